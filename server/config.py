@@ -1,0 +1,96 @@
+"""Settings: environment variables `AGENT_COORD_*` (part of the contract), optionally a TOML file.
+
+The TOML file (`AGENT_COORD_CONFIG`, else `<repo>/.agent-coord.toml` is not read implicitly: explicit is
+safer for a tool that touches repositories) may hold the same keys in lower case.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_AGENT_PATTERNS = ("claude", "@anthropic-ai/claude-code", "claude-code")
+# Processes between an agent and its server that are not the agent itself (hooks run via `sh -c`).
+DEFAULT_WRAPPERS = ("sh", "bash", "dash", "zsh", "fish", "env", "timeout", "uv", "uvx", "npx", "nohup")
+
+
+def _state_home() -> Path:
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return Path(xdg) if xdg else Path.home() / ".local" / "state"
+
+
+def _default_manictime() -> Path | None:
+    local = os.environ.get("LOCALAPPDATA")
+    if not local:
+        return None
+    path = Path(local) / "Finkit" / "ManicTime" / "ManicTimeReports.db"
+    return path if path.exists() else None
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads `AGENT_COORD_CONFIG` (a TOML file) at lower priority than the environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = os.environ.get("AGENT_COORD_CONFIG")
+        self._data: dict[str, Any] = {}
+        if path:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+            section = raw.get("agent-coord", raw)
+            self._data = {str(k).lower(): v for k, v in section.items()}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENT_COORD_", extra="ignore")
+
+    db: Path = Field(default_factory=lambda: _state_home() / "agent-coord" / "coord.db")
+    repo: Path | None = None
+    pool_root: Path | None = None
+    pool_max: int = Field(default=8, ge=1, le=1000)
+    agent_id: str | None = None
+    allocation_timeout_s: float = Field(default=10.0, gt=0)
+    heartbeat_active_s: float = Field(default=10.0, gt=0)
+    heartbeat_idle_s: float = Field(default=60.0, gt=0)
+    stale_after_s: float = Field(default=300.0, gt=0)
+    validate_every_s: float = Field(default=300.0, gt=0)
+    contention_threshold: int = Field(default=3, ge=1)
+    jitter_max_ms: int = Field(default=500, ge=0)
+    retries: int = Field(default=3, ge=0)
+    focus_skips_jitter: bool = True
+    manictime_db: Path | None = Field(default_factory=_default_manictime)
+    agent_process_patterns: tuple[str, ...] = DEFAULT_AGENT_PATTERNS
+    wrapper_processes: tuple[str, ...] = DEFAULT_WRAPPERS
+    metrics_window_s: float = Field(default=7 * 86400.0, gt=0)
+    activity_file: Path | None = None
+    branch_prefix: str = "worktree-"
+    post_create: tuple[str, ...] = ()
+    setup_timeout_s: float = Field(default=600.0, gt=0)
+    watch_interval_s: float = Field(default=0.1, gt=0)
+
+    @field_validator("repo", "pool_root", "db", "manictime_db", "activity_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))

@@ -1,0 +1,1 @@
+"""Domain logic. Nothing here imports MCP, tools or resources."""

@@ -1,0 +1,268 @@
+"""Async git driver. Every call is an argument list; no user string reaches git as an option."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from opentelemetry import trace
+
+from .errors import CoordError, ErrorCode
+
+tracer = trace.get_tracer("agent-coord.git")
+
+MAX_REF_LENGTH = 255
+RESCUE_NAMESPACE = "refs/agent-coord/rescue"
+RESCUE_IDENTITY = {
+    "GIT_AUTHOR_NAME": "agent-coord rescue",
+    "GIT_AUTHOR_EMAIL": "agent-coord@localhost",
+    "GIT_COMMITTER_NAME": "agent-coord rescue",
+    "GIT_COMMITTER_EMAIL": "agent-coord@localhost",
+}
+
+
+class GitError(Exception):
+    def __init__(self, args: list[str], returncode: int, stderr: str) -> None:
+        self.args_list = args
+        self.returncode = returncode
+        self.stderr = stderr.strip()
+        super().__init__(self.reason)
+
+    @property
+    def reason(self) -> str:
+        lines = [ln.strip() for ln in self.stderr.splitlines() if ln.strip()]
+        important = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]
+        text = "; ".join(important or lines[-2:]) or f"git exited with {self.returncode}"
+        return text[:500]
+
+
+@dataclass(frozen=True)
+class WorktreeInfo:
+    path: str
+    head: str | None
+    branch: str | None  # short name, None when detached
+    detached: bool
+    bare: bool
+    locked: bool
+    lock_reason: str | None
+    prunable: bool
+
+
+@dataclass(frozen=True)
+class WorktreeStatus:
+    changed: list[str] = field(default_factory=list)  # porcelain lines: "XY path"
+    unsaved_commits: int = 0  # commits reachable only from a detached HEAD
+    branch: str | None = None
+    head: str | None = None
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.changed) or self.unsaved_commits > 0
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    # Machine-readable messages, never a prompt, and no optional lock that an agent's own git would trip on.
+    env.update({"LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"})
+    for key in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        env.pop(key, None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def reject_option_like(value: str, what: str, code: ErrorCode = ErrorCode.INVALID_ARGUMENT) -> None:
+    if value.startswith("-"):
+        raise CoordError(code, f"{what} {value!r} starts with '-', which git would read as an option")
+    if "\x00" in value:
+        raise CoordError(code, f"{what} contains a NUL byte")
+
+
+class GitDriver:
+    def __init__(self, git: str = "git") -> None:
+        self.git = git
+
+    async def run(self, cwd: str | Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
+        cmd = [self.git, "-C", str(cwd), *args]
+        with tracer.start_as_current_span("git") as span:
+            span.set_attribute("git.command", args[0] if args else "")
+            span.set_attribute("git.cwd", str(cwd))
+            started = time.monotonic()
+            result = await anyio.run_process(cmd, check=False, env=_env(env), stdin=None)
+            span.set_attribute("git.duration_ms", (time.monotonic() - started) * 1000)
+            span.set_attribute("git.returncode", result.returncode)
+            if check and result.returncode != 0:
+                err = GitError(cmd, result.returncode, result.stderr.decode("utf-8", "replace"))
+                span.set_attribute("git.error", err.reason)
+                raise err
+            return result.stdout.decode("utf-8", "replace")
+
+    # ---- repositories and names ---------------------------------------------------------------
+
+    async def main_worktree(self, path: Path) -> Path:
+        """The main worktree of the repository containing `path` (a linked worktree resolves to it)."""
+        if not path.is_dir():
+            raise CoordError(ErrorCode.NOT_A_REPOSITORY, f"{path} is not a directory")
+        try:
+            out = await self.run(path, "rev-parse", "--path-format=absolute", "--git-common-dir")
+        except GitError as exc:
+            raise CoordError(ErrorCode.NOT_A_REPOSITORY, f"{path} is not inside a git repository") from exc
+        common = Path(out.strip())
+        if common.name != ".git":
+            raise CoordError(ErrorCode.NOT_A_REPOSITORY, f"{path} belongs to a bare repository ({common})")
+        return common.parent.resolve()
+
+    async def check_branch_name(self, name: str) -> str:
+        if not name or len(name) > MAX_REF_LENGTH:
+            raise CoordError(ErrorCode.INVALID_BRANCH, f"branch name must be 1..{MAX_REF_LENGTH} characters")
+        reject_option_like(name, "branch name", ErrorCode.INVALID_BRANCH)
+        if "@{" in name or name in {"HEAD", "@"} or any(ord(c) < 32 or c == "\x7f" for c in name):
+            raise CoordError(ErrorCode.INVALID_BRANCH, f"{name!r} is not a valid branch name")
+        result = await anyio.run_process([self.git, "check-ref-format", "--branch", name], check=False, env=_env())
+        if result.returncode != 0:
+            raise CoordError(ErrorCode.INVALID_BRANCH, f"{name!r} is not a valid branch name (git check-ref-format)")
+        return result.stdout.decode().strip()
+
+    async def resolve_commit(self, repo: Path, rev: str) -> str:
+        out = await self.run(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+        return out.strip()
+
+    async def head_commit(self, repo: Path) -> str | None:
+        try:
+            return (await self.run(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")).strip() or None
+        except GitError:
+            return None
+
+    async def branch_exists(self, repo: Path, branch: str) -> bool:
+        out = await self.run(repo, "for-each-ref", "--format=%(refname)", f"refs/heads/{branch}")
+        return any(line == f"refs/heads/{branch}" for line in out.splitlines())
+
+    async def remote_branches(self, repo: Path, branch: str) -> list[str]:
+        out = await self.run(repo, "for-each-ref", "--format=%(refname:short)", f"refs/remotes/*/{branch}")
+        return [ln for ln in out.splitlines() if ln]
+
+    # ---- worktrees ----------------------------------------------------------------------------
+
+    async def worktrees(self, repo: Path) -> list[WorktreeInfo]:
+        out = await self.run(repo, "worktree", "list", "--porcelain", "-z")
+        infos: list[WorktreeInfo] = []
+        record: dict[str, str | None] = {}
+        for item in [*out.split("\0"), ""]:
+            if item == "":
+                if record:
+                    infos.append(_worktree_info(record))
+                    record = {}
+                continue
+            key, _, value = item.partition(" ")
+            record[key] = value if value else None
+        return infos
+
+    async def worktree_add(self, repo: Path, path: Path, *, branch: str, create_from: str | None) -> None:
+        if create_from is not None:
+            await self.run(repo, "worktree", "add", "--quiet", "-b", branch, "--", str(path), create_from)
+        else:
+            await self.run(repo, "worktree", "add", "--quiet", "--", str(path), branch)
+
+    async def worktree_add_detached(self, repo: Path, path: Path, commit: str) -> None:
+        await self.run(repo, "worktree", "add", "--quiet", "--detach", "--", str(path), commit)
+
+    async def switch(self, worktree: Path, branch: str, *, create_from: str | None = None) -> None:
+        if create_from is not None:
+            await self.run(worktree, "switch", "--quiet", "--no-guess", "-c", branch, create_from)
+        else:
+            await self.run(worktree, "switch", "--quiet", "--no-guess", branch)
+
+    async def detach(self, worktree: Path) -> None:
+        await self.run(worktree, "switch", "--quiet", "--detach")
+
+    async def worktree_remove(self, repo: Path, path: Path, *, force: bool = False) -> None:
+        args = ["worktree", "remove", *(["--force"] if force else []), "--", str(path)]
+        await self.run(repo, *args)
+
+    async def worktree_prune(self, repo: Path) -> None:
+        await self.run(repo, "worktree", "prune")
+
+    async def status(self, worktree: Path) -> WorktreeStatus:
+        out = await self.run(
+            worktree, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignore-submodules=none"
+        )
+        changed: list[str] = []
+        parts = out.split("\0")
+        i = 0
+        while i < len(parts):
+            entry = parts[i]
+            if entry:
+                changed.append(entry)
+                if entry[:1] in {"R", "C"}:
+                    i += 1  # renames carry the source path as the next field
+            i += 1
+        head_ref = (await self.run(worktree, "symbolic-ref", "-q", "HEAD", check=False)).strip()
+        branch = head_ref.removeprefix("refs/heads/") if head_ref.startswith("refs/heads/") else None
+        head = await self.head_commit(worktree)
+        unsaved = 0
+        if branch is None and head is not None:
+            # A detached HEAD's own commits would be lost to the reflog once we detach elsewhere.
+            count = await self.run(
+                worktree,
+                "rev-list",
+                "--count",
+                "HEAD",
+                "--not",
+                "--branches",
+                "--tags",
+                "--remotes",
+                f"--glob={RESCUE_NAMESPACE.removeprefix('refs/')}/*",
+            )
+            unsaved = int(count.strip() or 0)
+        return WorktreeStatus(changed=changed, unsaved_commits=unsaved, branch=branch, head=head)
+
+    # ---- saving work --------------------------------------------------------------------------
+
+    async def rescue(self, worktree: Path, ref: str, message: str) -> str:
+        """Commit the whole working tree (tracked and untracked) to `ref` without touching the index.
+
+        Returns the rescue commit. The worktree, its index and its branch are left exactly as found.
+        """
+        head = await self.head_commit(worktree)
+        with tempfile.TemporaryDirectory(prefix="agent-coord-rescue-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), **RESCUE_IDENTITY}
+            if head is not None:
+                await self.run(worktree, "read-tree", head, env=env)
+            await self.run(worktree, "add", "--all", "--", ".", env=env)
+            tree = (await self.run(worktree, "write-tree", env=env)).strip()
+        parents = ["-p", head] if head is not None else []
+        commit = (await self.run(worktree, "commit-tree", tree, *parents, "-m", message, env=env)).strip()
+        await self.run(worktree, "update-ref", "-m", "agent-coord rescue", ref, commit)
+        # Proof before anyone deletes anything: the ref must resolve to what we wrote.
+        if (await self.run(worktree, "rev-parse", "--verify", ref)).strip() != commit:
+            raise GitError(["update-ref", ref], 1, "rescue ref did not verify")
+        return commit
+
+    async def discard_changes(self, worktree: Path) -> None:
+        """Reset tracked files and remove untracked ones (not ignored ones: build caches stay warm)."""
+        await self.run(worktree, "reset", "--hard", "--quiet")
+        await self.run(worktree, "clean", "-d", "--force", "--quiet")
+
+
+def _worktree_info(record: dict[str, str | None]) -> WorktreeInfo:
+    branch_ref = record.get("branch")
+    return WorktreeInfo(
+        path=record.get("worktree") or "",
+        head=record.get("HEAD"),
+        branch=branch_ref.removeprefix("refs/heads/") if branch_ref else None,
+        detached="detached" in record,
+        bare="bare" in record,
+        locked="locked" in record,
+        lock_reason=record.get("locked"),
+        prunable="prunable" in record,
+    )
+
+
+def rescue_ref_name(branch: str | None, slot_id: str, when: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when or time.time()))
+    suffix = f"{int((when or time.time()) * 1000) % 1000:03d}"
+    return f"{RESCUE_NAMESPACE}/{branch or slot_id}/{stamp}.{suffix}"

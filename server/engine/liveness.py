@@ -1,0 +1,138 @@
+"""Who is this agent, and is that one alive? Deterministic where it can be, lease-based where not.
+
+An agent is its process: host, boot id, pid *and* create time (a reused pid has another create time).
+The agent process is the server's nearest ancestor that is not a wrapper (a shell that runs a hook,
+`uv run`, `npx`), so a hook run through `sh -c` is attributed to Claude Code, not to the shell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from .records import Agent
+
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str:
+    try:
+        return BOOT_ID_FILE.read_text().strip()
+    except OSError:
+        return f"boot-{int(psutil.boot_time())}"
+
+
+def create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def _process_name(proc: psutil.Process) -> str:
+    try:
+        name = proc.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""
+    return name.lower().removesuffix(".exe")
+
+
+def agent_process(wrappers: tuple[str, ...], start_pid: int | None = None) -> psutil.Process:
+    """The nearest ancestor of this process that is not a wrapper; the parent when all are."""
+    me = psutil.Process(start_pid or os.getpid())
+    parent = me.parent()
+    if parent is None:
+        return me
+    candidate = parent
+    wrapper_names = {w.lower() for w in wrappers}
+    while _process_name(candidate) in wrapper_names:
+        up = candidate.parent()
+        if up is None or up.pid <= 1:
+            break
+        candidate = up
+    return candidate
+
+
+@dataclass(frozen=True)
+class Identity:
+    agent_id: str
+    host: str
+    boot_id: str
+    pid: int
+    pid_create_time: float
+    server_pid: int
+    server_create_time: float
+
+    @classmethod
+    def detect(cls, agent_id: str | None, wrappers: tuple[str, ...]) -> Identity:
+        host = socket.gethostname()
+        boot = boot_id()
+        agent = agent_process(wrappers)
+        agent_created = agent.create_time()
+        me = psutil.Process()
+        if not agent_id:
+            # Stable for the agent process: a restarted server under the same agent gets the same id.
+            digest = hashlib.sha256(f"{host}|{boot}|{agent.pid}|{agent_created}".encode()).hexdigest()
+            agent_id = f"agent-{digest[:8]}"
+        return cls(
+            agent_id=agent_id,
+            host=host,
+            boot_id=boot,
+            pid=agent.pid,
+            pid_create_time=agent_created,
+            server_pid=me.pid,
+            server_create_time=me.create_time(),
+        )
+
+    def as_agent(self, *, repo_id: int | None, lease_s: float, status: str = "active") -> Agent:
+        now = time.time()
+        return Agent(
+            id=self.agent_id,
+            host=self.host,
+            boot_id=self.boot_id,
+            pid=self.pid,
+            pid_create_time=self.pid_create_time,
+            server_pid=self.server_pid,
+            server_create_time=self.server_create_time,
+            repo_id=repo_id,
+            status=status,
+            note=None,
+            started_at=now,
+            last_heartbeat=now,
+            lease_expires_at=now + lease_s,
+        )
+
+
+@dataclass(frozen=True)
+class Liveness:
+    alive: bool
+    reason: str  # "alive", "process gone", "pid reused", "host rebooted", "lease expired", ...
+    stale: bool = False  # not provably dead, but its lease lapsed
+
+
+# Create times come from /proc with jiffy resolution; allow for rounding between readers.
+CREATE_TIME_TOLERANCE_S = 0.05
+
+
+def judge(agent: Agent, *, host: str, boot: str, now: float | None = None) -> Liveness:
+    """Dead at once when provably so on this host; otherwise stale when the lease lapsed."""
+    now = time.time() if now is None else now
+    if agent.host == host:
+        if agent.boot_id != boot:
+            return Liveness(False, "host rebooted since the agent registered")
+        seen = create_time(agent.pid)
+        if seen is None:
+            return Liveness(False, f"agent process {agent.pid} is gone")
+        if abs(seen - agent.pid_create_time) > CREATE_TIME_TOLERANCE_S:
+            return Liveness(False, f"pid {agent.pid} now belongs to another process (pid reused)")
+    if agent.lease_expires_at < now:
+        return Liveness(False, f"no heartbeat for {now - agent.last_heartbeat:.0f}s (lease expired)", stale=True)
+    if agent.status == "disconnected":
+        return Liveness(True, "disconnected; holds its allocations until the lease lapses")
+    return Liveness(True, "alive")

@@ -1,0 +1,93 @@
+"""Plain records read from and written to the store. Shared by every engine module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class SlotState(StrEnum):
+    FREE = "FREE"  # on disk, detached HEAD, clean: can be handed out
+    ALLOCATING = "ALLOCATING"  # phase 1 done, git running
+    BUSY = "BUSY"  # held by an agent
+    RELEASING = "RELEASING"  # owner is saving/cleaning it before FREE
+    QUARANTINED = "QUARANTINED"  # holds work we could not save; never handed out
+
+
+HELD_STATES = (SlotState.ALLOCATING, SlotState.BUSY, SlotState.RELEASING)
+
+
+class Action(StrEnum):
+    """Event-log actions. Metrics and the activity view are computed from these."""
+
+    ALLOCATE = "allocate"  # outcome "ok" or an ErrorCode value
+    CAS_LOST = "cas_lost"  # a compare-and-swap attempt lost to another process
+    RELEASE = "release"  # outcome "ok" or an ErrorCode value
+    RECLAIM = "reclaim"  # outcome "freed", "rescued", "quarantined", "rolled_back"
+    RESCUE = "rescue"  # work saved to a ref; detail.rescue_ref
+    REGISTER = "register"  # an agent's server started
+    DISCONNECT = "disconnect"  # an agent's server stopped cleanly
+    AGENT_DEAD = "agent_dead"  # detected dead; detail.reason
+    AGENT_STALE = "agent_stale"  # lease lapsed
+    VALIDATE = "validate"  # one validation run; detail.findings
+    REPAIR = "repair"  # one repaired finding; detail.kind
+    ADOPT = "adopt"  # a worktree taken into the pool (validate or import)
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    ts: float  # wall clock, seconds since the epoch (UTC)
+    agent_id: str | None
+    action: str
+    repo_id: int | None
+    worktree_id: str | None
+    branch: str | None
+    outcome: str
+    duration_ms: float | None  # measured with a monotonic clock
+    fencing_token: int | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Repo:
+    id: int
+    path: str
+    pool_root: str
+
+
+@dataclass(frozen=True)
+class Slot:
+    id: str  # worktree_id, e.g. "wt-03"
+    repo_id: int
+    path: str
+    state: SlotState
+    version: int
+    owner: str | None
+    branch: str | None
+    fencing_token: int | None
+    lease_expires_at: float | None
+    since: float | None
+    released_at: float | None
+    task: str | None
+    rescue_ref: str | None
+    setup_done: bool
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Agent:
+    id: str
+    host: str
+    boot_id: str
+    pid: int  # the agent process (the server's parent, wrappers skipped)
+    pid_create_time: float
+    server_pid: int
+    server_create_time: float
+    repo_id: int | None
+    status: str  # active | idle | disconnected
+    note: str | None
+    started_at: float
+    last_heartbeat: float
+    lease_expires_at: float

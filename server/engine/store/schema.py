@@ -1,0 +1,86 @@
+"""Schema and migrations, versioned by `PRAGMA user_version`. Append a migration; never edit one."""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the coordination core
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('fencing_token', 0), ('slot_seq', 0);
+
+    CREATE TABLE repos (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,
+        pool_root TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+
+    CREATE TABLE slots (
+        id TEXT PRIMARY KEY,
+        repo_id INTEGER NOT NULL REFERENCES repos(id),
+        path TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL
+            CHECK (state IN ('FREE', 'ALLOCATING', 'BUSY', 'RELEASING', 'QUARANTINED')),
+        version INTEGER NOT NULL DEFAULT 0,
+        owner TEXT,
+        branch TEXT,
+        fencing_token INTEGER,
+        lease_expires_at REAL,
+        since REAL,
+        released_at REAL,
+        task TEXT,
+        rescue_ref TEXT,
+        setup_done INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    -- One live allocation per branch and repository, enforced by the database itself.
+    CREATE UNIQUE INDEX slots_branch_held ON slots (repo_id, branch)
+        WHERE state IN ('ALLOCATING', 'BUSY', 'RELEASING');
+    CREATE INDEX slots_owner ON slots (owner);
+
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        boot_id TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        pid_create_time REAL NOT NULL,
+        server_pid INTEGER NOT NULL,
+        server_create_time REAL NOT NULL,
+        repo_id INTEGER,
+        status TEXT NOT NULL DEFAULT 'active',
+        note TEXT,
+        started_at REAL NOT NULL,
+        last_heartbeat REAL NOT NULL,
+        lease_expires_at REAL NOT NULL
+    );
+
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        agent_id TEXT,
+        action TEXT NOT NULL,
+        repo_id INTEGER,
+        worktree_id TEXT,
+        branch TEXT,
+        outcome TEXT NOT NULL,
+        duration_ms REAL,
+        fencing_token INTEGER,
+        detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_ts ON events (ts);
+    -- Append-only: the log is evidence, so the database refuses edits and deletes.
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        version INTEGER NOT NULL DEFAULT 0
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,236 @@
+"""The pool engine against real git: two-phase allocation, warm reuse, conflicts, release, rescue."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.engine.errors import CoordError, ErrorCode
+from server.engine.records import SlotState
+
+from .conftest import git
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_allocate_creates_then_reuses_warm_slot(coord: Any, repo: Path, tmp_path: Path) -> None:
+    first = await coord.pool.allocate("feat/a")
+    assert first.reused is False
+    assert Path(first.path).parent == (tmp_path / "pool").resolve()
+    assert git(Path(first.path), "symbolic-ref", "--short", "HEAD").strip() == "feat/a"
+    assert first.strategy == "optimistic" and first.attempts == 1
+    assert first.fencing_token > 0
+
+    released = await coord.pool.release(worktree_id=first.worktree_id)
+    assert released.state == "FREE" and released.dirty is False
+    # Warm: still on disk, detached, branch kept.
+    assert Path(first.path).is_dir()
+    assert git(Path(first.path), "status", "--porcelain=v2", "--branch").splitlines()[1] == "# branch.head (detached)"
+    assert "feat/a" in git(repo, "branch", "--list", "feat/a")
+
+    second = await coord.pool.allocate("feat/b")
+    assert second.reused is True
+    assert second.worktree_id == first.worktree_id
+    assert second.fencing_token > first.fencing_token
+    assert git(Path(second.path), "symbolic-ref", "--short", "HEAD").strip() == "feat/b"
+
+
+async def test_same_agent_same_branch_is_idempotent(coord: Any) -> None:
+    a = await coord.pool.allocate("feat/x")
+    b = await coord.pool.allocate("feat/x")
+    assert b.worktree_id == a.worktree_id and b.fencing_token == a.fencing_token
+    assert b.strategy == "existing"
+    assert len([s for s in await coord.store.slots() if s.state == SlotState.BUSY]) == 1
+
+
+async def test_existing_branch_is_checked_out_not_recreated(coord: Any, repo: Path) -> None:
+    git(repo, "branch", "old-work")
+    (repo / "f.txt").write_text("x")
+    result = await coord.pool.allocate("old-work")
+    assert git(Path(result.path), "rev-parse", "HEAD") == git(repo, "rev-parse", "old-work")
+
+
+async def test_base_is_the_start_of_a_new_branch(coord: Any, repo: Path) -> None:
+    first = git(repo, "rev-parse", "HEAD").strip()
+    (repo / "b.txt").write_text("b")
+    git(repo, "add", "b.txt")
+    git(repo, "commit", "-q", "-m", "second")
+    result = await coord.pool.allocate("from-first", base=first)
+    assert git(Path(result.path), "rev-parse", "HEAD").strip() == first
+
+
+async def test_branch_checked_out_in_main_worktree_conflicts(coord: Any) -> None:
+    with pytest.raises(CoordError) as err:
+        await coord.pool.allocate("main")
+    assert err.value.code == ErrorCode.BRANCH_CONFLICT
+    assert "main worktree" in err.value.message
+    assert await coord.store.slots() == []
+
+
+async def test_branch_held_by_other_agent_conflicts(coord: Any, settings: Any) -> None:
+    from server.engine.coordinator import Coordinator
+
+    held = await coord.pool.allocate("shared")
+    async with Coordinator.open(settings, register=True, agent_id="agent-other") as other:
+        with pytest.raises(CoordError) as err:
+            await other.pool.allocate("shared")
+    assert err.value.code == ErrorCode.BRANCH_CONFLICT
+    assert "agent-test" in err.value.message and held.worktree_id in err.value.message
+    assert "since" in err.value.message
+
+
+async def test_pool_exhausted(make_settings: Any) -> None:
+    from server.engine.coordinator import Coordinator
+
+    async with Coordinator.open(make_settings(pool_max=2), register=True, agent_id="agent-x") as c:
+        await c.pool.allocate("a")
+        await c.pool.allocate("b")
+        with pytest.raises(CoordError) as err:
+            await c.pool.allocate("c")
+        assert err.value.code == ErrorCode.POOL_EXHAUSTED
+        assert len(await c.store.slots()) == 2
+
+
+async def test_git_failure_rolls_back_to_free(coord: Any) -> None:
+    warm = await coord.pool.allocate("warm")
+    await coord.pool.release(worktree_id=warm.worktree_id)
+    with pytest.raises(CoordError) as err:
+        await coord.pool.allocate("bad-base", base="no-such-ref")
+    assert err.value.code == ErrorCode.GIT_FAILED
+    assert "no-such-ref" in err.value.message  # git's own reason
+    (slot,) = await coord.store.slots()
+    assert slot.state == SlotState.FREE and slot.owner is None and slot.branch is None
+    # And the cold path: no slot left behind at all.
+    other = await coord.pool.allocate("taken-warm")
+    with pytest.raises(CoordError) as err2:
+        await coord.pool.allocate("bad-base-2", base="nope")
+    assert err2.value.code == ErrorCode.GIT_FAILED
+    slots = await coord.store.slots()
+    assert [s.id for s in slots] == [other.worktree_id]
+
+
+async def test_dirty_release_refused_then_forced_to_rescue_ref(coord: Any, repo: Path) -> None:
+    a = await coord.pool.allocate("work")
+    wt = Path(a.path)
+    (wt / "README.md").write_text("changed\n")
+    (wt / "new-file.txt").write_bytes(b"\x00\x01binary\xff")
+    (wt / "sub").mkdir()
+    (wt / "sub" / "deep.txt").write_text("deep")
+    before = await coord.store.slots()
+    with pytest.raises(CoordError) as err:
+        await coord.pool.release(worktree_id=a.worktree_id)
+    assert err.value.code == ErrorCode.WORKTREE_DIRTY
+    assert "README.md" in err.value.message and "new-file.txt" in err.value.message
+    assert await coord.store.slots() == before
+    assert (wt / "new-file.txt").exists()
+
+    r = await coord.pool.release(worktree_id=a.worktree_id, force=True)
+    assert r.dirty and r.rescue_ref and r.rescue_ref.startswith("refs/agent-coord/rescue/work/")
+    assert git(repo, "show", f"{r.rescue_ref}:README.md") == "changed\n"
+    blob = subprocess_bytes(repo, "show", f"{r.rescue_ref}:new-file.txt")
+    assert blob == b"\x00\x01binary\xff"
+    assert git(repo, "show", f"{r.rescue_ref}:sub/deep.txt") == "deep"
+    # The rescue commit sits on the branch tip, so `git diff` shows exactly the work.
+    assert git(repo, "rev-parse", f"{r.rescue_ref}^").strip() == git(repo, "rev-parse", "work").strip()
+    assert not (wt / "new-file.txt").exists()
+
+
+def subprocess_bytes(cwd: Path, *args: str) -> bytes:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True).stdout
+
+
+async def test_release_by_branch_path_and_default(coord: Any) -> None:
+    a = await coord.pool.allocate("one")
+    r = await coord.pool.release(branch="one")
+    assert r.worktree_id == a.worktree_id
+    b = await coord.pool.allocate("two")
+    r = await coord.pool.release(path=b.path)
+    assert r.worktree_id == b.worktree_id
+    c = await coord.pool.allocate("three")
+    r = await coord.pool.release()
+    assert r.worktree_id == c.worktree_id
+    with pytest.raises(CoordError) as err:
+        await coord.pool.release()
+    assert err.value.code == ErrorCode.NOT_FOUND
+
+
+async def test_release_of_another_agents_worktree_needs_force(coord: Any, settings: Any) -> None:
+    from server.engine.coordinator import Coordinator
+
+    a = await coord.pool.allocate("theirs")
+    async with Coordinator.open(settings, register=True, agent_id="agent-other") as other:
+        with pytest.raises(CoordError) as err:
+            await other.pool.release(worktree_id=a.worktree_id)
+        assert err.value.code == ErrorCode.NOT_OWNER
+        r = await other.pool.release(worktree_id=a.worktree_id, force=True)
+        assert r.state == "FREE"
+    events = await coord.store.events()
+    forced = [e for e in events if e.action == "release" and e.outcome == "ok"]
+    assert forced[-1].detail.get("forced_from") == "agent-test"
+
+
+async def test_remove_deletes_the_slot(coord: Any, repo: Path) -> None:
+    a = await coord.pool.allocate("gone")
+    r = await coord.pool.release(worktree_id=a.worktree_id, remove=True)
+    assert r.removed and not Path(a.path).exists()
+    assert await coord.store.slots() == []
+    assert a.path not in git(repo, "worktree", "list")
+
+
+async def test_locked_worktree_is_not_released(coord: Any, repo: Path) -> None:
+    a = await coord.pool.allocate("locked")
+    git(repo, "worktree", "lock", "--reason", "keep", a.path)
+    with pytest.raises(CoordError) as err:
+        await coord.pool.release(worktree_id=a.worktree_id, force=True)
+    assert err.value.code == ErrorCode.WORKTREE_LOCKED
+
+
+async def test_database_file_is_private(coord: Any, settings: Any) -> None:
+    mode = stat.S_IMODE(os.stat(settings.db).st_mode)
+    assert mode == 0o600
+
+
+async def test_fencing_tokens_strictly_increase(coord: Any) -> None:
+    tokens = []
+    for i in range(5):
+        a = await coord.pool.allocate(f"t{i}")
+        tokens.append(a.fencing_token)
+        await coord.pool.release(worktree_id=a.worktree_id)
+    assert tokens == sorted(set(tokens))
+
+
+async def test_worktreeinclude_and_post_create_once(make_settings: Any, repo: Path, tmp_path: Path) -> None:
+    from server.engine.coordinator import Coordinator
+
+    (repo / ".env").write_text("SECRET=1\n")
+    (repo / ".worktreeinclude").write_text(".env\n")
+    marker = tmp_path / "setup-runs.log"
+    script = tmp_path / "setup.sh"
+    script.write_text(f"#!/bin/sh\necho run >> {marker}\n")
+    script.chmod(0o755)
+    s = make_settings(post_create=(str(script),))
+    async with Coordinator.open(s, register=True, agent_id="agent-setup") as c:
+        a = await c.pool.allocate("inc")
+        assert (Path(a.path) / ".env").read_text() == "SECRET=1\n"
+        await c.pool.release(worktree_id=a.worktree_id)
+        await c.pool.allocate("inc2")  # warm reuse: no second setup
+    assert marker.read_text().count("run") == 1
+
+
+async def test_failing_post_create_fails_cleanly(make_settings: Any) -> None:
+    from server.engine.coordinator import Coordinator
+
+    s = make_settings(post_create=("sh -c 'echo boom >&2; exit 3'",))
+    async with Coordinator.open(s, register=True, agent_id="agent-setup") as c:
+        with pytest.raises(CoordError) as err:
+            await c.pool.allocate("setup-fails")
+        assert err.value.code == ErrorCode.GIT_FAILED
+        assert "boom" in err.value.message and "exited 3" in err.value.message
+        (slot,) = await c.store.slots()
+        assert slot.state == SlotState.FREE and not slot.setup_done

@@ -1,0 +1,1 @@
+"""The MCP tools: thin handlers over the coordinator, one module each."""
