@@ -3,6 +3,7 @@ the background work of a server (lease renewal, validation when it holds the val
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ from .store import EventDraft, Store
 from .validate import Validator
 
 tracer = trace.get_tracer("agent-coord.coordinator")
+logger = logging.getLogger("agent-coord")
 VALIDATOR_LEASE = "validator"
 DEAD_AGENT_VISIBLE_S = 86400.0
 
@@ -152,7 +154,8 @@ class Coordinator:
                     lease_s=self.settings.stale_after_s,
                     server_pid=self.identity.server_pid,
                 )
-            except Exception:
+            except Exception:  # a missed renewal is retried next tick; the lease has slack
+                logger.warning("lease renewal failed; retrying next tick", exc_info=True)
                 continue
 
     # ---- validation ---------------------------------------------------------------------------
@@ -171,8 +174,8 @@ class Coordinator:
                     )
                     self.validations_run += 1
                     await self.validator.validate(repair=True)
-            except Exception:
-                pass
+            except Exception:  # validation is best effort; the next interval tries again
+                logger.warning("background validation failed", exc_info=True)
             await anyio.sleep(interval)
 
     # ---- status -------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ class GitDriver:
 
     async def main_worktree(self, path: Path) -> Path:
         """The main worktree of the repository containing `path` (a linked worktree resolves to it)."""
-        if not path.is_dir():
+        if not await anyio.Path(path).is_dir():
             raise CoordError(ErrorCode.NOT_A_REPOSITORY, f"{path} is not a directory")
         try:
             out = await self.run(path, "rev-parse", "--path-format=absolute", "--git-common-dir")

@@ -37,6 +37,18 @@ class _Claim:
     warm: bool
 
 
+def _make_room(path: Path) -> None:
+    """A new slot's directory must not exist; an empty leftover is removed, anything else refused."""
+    if path.is_symlink():
+        raise GitError(["worktree", "add"], 1, f"fatal: {path} is a symlink; run validate --repair")
+    if path.exists():
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        else:
+            raise GitError(["worktree", "add"], 1, f"fatal: {path} already exists; run validate --repair")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def _since(ts: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "an unknown time"
 
@@ -249,14 +261,7 @@ class Pool:
         return head
 
     async def _make_room(self, path: Path) -> None:
-        if path.is_symlink():
-            raise GitError(["worktree", "add"], 1, f"fatal: {path} is a symlink; run validate --repair")
-        if path.exists():
-            if path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-            else:
-                raise GitError(["worktree", "add"], 1, f"fatal: {path} already exists; run validate --repair")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(_make_room, path)
 
     async def _roll_back(self, repo: Repo, claim: _Claim, reason: str) -> None:
         """ALLOCATING → FREE (or gone, for a slot whose worktree was never made)."""
@@ -456,8 +461,7 @@ class Pool:
             found = [s for s in slots if s.id == worktree_id]
             what = f"worktree {worktree_id!r}"
         elif path is not None:
-            target = Path(path).expanduser()
-            target = target.resolve() if target.is_absolute() else target
+            target = Path(await (await anyio.Path(path).expanduser()).resolve())
             found = [s for s in slots if Path(s.path) == target]
             what = f"a worktree at {path!r}"
         elif branch is not None:

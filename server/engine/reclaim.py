@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import anyio
 from opentelemetry import trace
 
 from .git import GitDriver, GitError, rescue_ref_name
@@ -68,8 +69,8 @@ class Reclaimer:
                 detail={**base, **extra},
             )
 
-        if info is None or not path.is_dir():
-            if path.exists() or info is not None:
+        if info is None or not await anyio.Path(path).is_dir():
+            if info is not None or await anyio.Path(path).exists():
                 await self.git.worktree_prune(Path(repo.path))
             await self.store.transition(
                 slot.id,

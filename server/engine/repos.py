@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import anyio
+
 from ..config import Settings
 from .errors import CoordError, ErrorCode
 from .git import GitDriver, reject_option_like
@@ -44,7 +46,7 @@ class RepoResolver:
             if not repo_arg or len(repo_arg) > MAX_PATH:
                 raise CoordError(ErrorCode.NOT_A_REPOSITORY, "repo must be a path of 1..4096 characters")
             reject_option_like(repo_arg, "repo", ErrorCode.NOT_A_REPOSITORY)
-            start = Path(repo_arg).expanduser()
+            start = Path(await anyio.Path(repo_arg).expanduser())
             if not start.is_absolute():
                 raise CoordError(ErrorCode.NOT_A_REPOSITORY, f"repo must be an absolute path, got {repo_arg!r}")
         elif self.settings.repo is not None:

@@ -44,7 +44,7 @@ class Validator:
             if repo_arg is not None:
                 repos = [await self.repos.resolve(repo_arg)]
             else:
-                repos = [r for r in await self.store.repos() if Path(r.path).is_dir()]
+                repos = [r for r in await self.store.repos() if await anyio.Path(r.path).is_dir()]
             findings: list[Finding] = []
             skipped: list[Finding] = []
             agents = {a.id: a for a in await self.store.agents()}
@@ -166,7 +166,7 @@ class Validator:
                     )
                 )
                 continue
-            exists = Path(s.path).is_dir()
+            exists = await anyio.Path(s.path).is_dir()
             if info is None or not exists or info.prunable:
                 kind = "orphaned_allocation" if s.state in HELD_STATES else "missing_worktree"
                 if s.state == SlotState.QUARANTINED:
@@ -219,7 +219,7 @@ class Validator:
         known = {_norm(s.path) for s in slots}
         for w in worktrees:
             path = Path(w.path)
-            if _norm(w.path) in known or path.parent.resolve() != pool_root.resolve():
+            if _norm(w.path) in known or _norm(str(path.parent)) != _norm(str(pool_root)):
                 if w.prunable and _norm(w.path) not in known:
                     need_prune = True
                     f = Finding(
@@ -352,7 +352,7 @@ class Validator:
             state = SlotState.FREE if clean else SlotState.QUARANTINED
             slot = await self.store.insert_slot(
                 repo,
-                str(Path(w.path).resolve()),
+                _norm(w.path),
                 state=state,
                 branch=None if clean else w.branch,
                 event=EventDraft(
@@ -371,10 +371,10 @@ class Validator:
 
     async def _leftovers(self, repo: Repo, slots: list[Slot], worktrees: list[WorktreeInfo], repair: bool, add) -> None:  # type: ignore[no-untyped-def]
         root = Path(repo.pool_root)
-        if not root.is_dir():
+        if not await anyio.Path(root).is_dir():
             return
         known = {_norm(s.path) for s in slots} | {_norm(w.path) for w in worktrees}
-        for entry in sorted(root.iterdir()):
+        for entry in await anyio.to_thread.run_sync(lambda: sorted(root.iterdir())):
             if entry.name.startswith(".") or _norm(str(entry)) in known:
                 continue
             f = Finding(
@@ -408,7 +408,7 @@ class Validator:
         path = Path(s.path)
         if (
             gone is not None
-            and path.exists()
+            and await anyio.Path(path).exists()
             and not any(_norm(str(path)) == _norm(o.path) for o in await self.store.slots(repo.id))
         ):
             await anyio.to_thread.run_sync(_move_aside, path, Path(repo.pool_root))

@@ -69,9 +69,9 @@ class Connection:
         if migrate:
             await self._migrate()
         for suffix in ("-wal", "-shm"):
-            side = Path(str(path) + suffix)
-            if side.exists():
-                os.chmod(side, 0o600)
+            side = anyio.Path(str(path) + suffix)
+            if await side.exists():
+                await side.chmod(0o600)
         return self
 
     async def _migrate(self) -> None:

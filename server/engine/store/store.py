@@ -20,6 +20,21 @@ import aiosqlite
 from ..records import HELD_STATES, Agent, Event, Repo, Slot, SlotState
 from .connection import Connection
 
+SLOT_COLUMNS = frozenset(
+    {
+        "state",
+        "owner",
+        "branch",
+        "fencing_token",
+        "lease_expires_at",
+        "since",
+        "released_at",
+        "task",
+        "rescue_ref",
+        "setup_done",
+    }
+)
+
 
 @dataclass
 class EventDraft:
@@ -252,7 +267,9 @@ class Store:
                 sets += ", note = ?"
                 args.append(note)
             cur = await conn.execute(
-                f"UPDATE agents SET {sets} WHERE id = ? AND server_pid = ?", (*args, agent_id, server_pid)
+                # Only fixed column names are interpolated; every value is bound.
+                f"UPDATE agents SET {sets} WHERE id = ? AND server_pid = ?",  # noqa: S608
+                (*args, agent_id, server_pid),
             )
             if cur.rowcount == 0:
                 return None, 0
@@ -412,7 +429,7 @@ class Store:
             if expect_version is not None:
                 where += " AND version = ?"
                 args.append(expect_version)
-            row = await (await conn.execute(f"SELECT * FROM slots WHERE {where}", args)).fetchone()
+            row = await (await conn.execute(f"SELECT * FROM slots WHERE {where}", args)).fetchone()  # noqa: S608
             if row is None:
                 return None
             before = _slot(row)
@@ -422,8 +439,11 @@ class Store:
             else:
                 values = dict(changes or {})
                 values = {k: (v.value if isinstance(v, SlotState) else v) for k, v in values.items()}
+                unknown = set(values) - SLOT_COLUMNS
+                if unknown:
+                    raise ValueError(f"not slot columns: {sorted(unknown)}")
                 sets = ", ".join([f"{k} = ?" for k in values] + ["version = version + 1"])
-                await conn.execute(f"UPDATE slots SET {sets} WHERE id = ?", (*values.values(), slot_id))
+                await conn.execute(f"UPDATE slots SET {sets} WHERE id = ?", (*values.values(), slot_id))  # noqa: S608
                 new_row = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,))).fetchone()
                 assert new_row is not None
                 after = _slot(new_row)
