@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     retries: int = Field(default=3, ge=0)
     focus_skips_jitter: bool = True
     manictime_db: Path | None = Field(default_factory=_default_manictime)
+    # ManicTime writes its reports database late; an activity that ended this long ago still counts as now.
+    manictime_lag_s: float = Field(default=120.0, ge=0)
     agent_process_patterns: tuple[str, ...] = DEFAULT_AGENT_PATTERNS
     wrapper_processes: tuple[str, ...] = DEFAULT_WRAPPERS
     metrics_window_s: float = Field(default=7 * 86400.0, gt=0)

@@ -26,7 +26,7 @@ class ContentionMonitor:
         self.settings = settings
         self.identity = identity
         self.processes = ProcessScanner(settings.agent_process_patterns)
-        self.manictime = ManicTimeReader(settings.manictime_db)
+        self.manictime = ManicTimeReader(settings.manictime_db, lag_tolerance_s=settings.manictime_lag_s)
 
     async def snapshot(self, repo: Repo | None) -> Contention:
         started = time.monotonic()
