@@ -5,7 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import core  # noqa: F401 - registers serve, status, validate
+from . import (  # noqa: F401 - each module registers its commands
+    core,  # serve, status, validate
+    hooks,  # hook worktree-create|worktree-remove|session-start|session-end, install-claude
+    observe,  # metrics, activity
+    pool_files,  # release, import-pool, export-pool
+    showcase,  # dashboard, demo
+)
 from .common import app
 
 
