@@ -255,11 +255,12 @@ def build_manictime_db(
     omit_columns: Mapping[str, Sequence[str]] | None = None,
     newer_schema: bool = False,
     report_ids: Mapping[str, int] | None = None,
+    activities: Sequence[FixtureActivity] | None = None,
 ) -> FixtureDay:
     """Write the fixture day to `path`. `omit_*` simulate an older ManicTime, `newer_schema` a newer one."""
     ids = dict(report_ids or DEFAULT_REPORT_IDS)
     omit = {t: set(c) for t, c in (omit_columns or {}).items()}
-    activities = _day()
+    activities = list(activities) if activities is not None else _day()
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute(f"PRAGMA journal_mode = {journal_mode}")
