@@ -187,22 +187,17 @@ class GitDriver:
         await self.run(repo, "worktree", "prune")
 
     async def status(self, worktree: Path) -> WorktreeStatus:
+        """Changed and untracked files, the branch and HEAD, in one `git status` (porcelain v2)."""
         out = await self.run(
-            worktree, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignore-submodules=none"
+            worktree,
+            "status",
+            "--porcelain=v2",
+            "--branch",
+            "-z",
+            "--untracked-files=all",
+            "--ignore-submodules=none",
         )
-        changed: list[str] = []
-        parts = out.split("\0")
-        i = 0
-        while i < len(parts):
-            entry = parts[i]
-            if entry:
-                changed.append(entry)
-                if entry[:1] in {"R", "C"}:
-                    i += 1  # renames carry the source path as the next field
-            i += 1
-        head_ref = (await self.run(worktree, "symbolic-ref", "-q", "HEAD", check=False)).strip()
-        branch = head_ref.removeprefix("refs/heads/") if head_ref.startswith("refs/heads/") else None
-        head = await self.head_commit(worktree)
+        changed, branch, head = _parse_status_v2(out)
         unsaved = 0
         if branch is None and head is not None:
             # A detached HEAD's own commits would be lost to the reflog once we detach elsewhere.
@@ -246,6 +241,39 @@ class GitDriver:
         """Reset tracked files and remove untracked ones (not ignored ones: build caches stay warm)."""
         await self.run(worktree, "reset", "--hard", "--quiet")
         await self.run(worktree, "clean", "-d", "--force", "--quiet")
+
+
+def _parse_status_v2(out: str) -> tuple[list[str], str | None, str | None]:
+    """(changes as "XY path", branch or None when detached, HEAD commit or None when unborn)."""
+    changed: list[str] = []
+    branch: str | None = None
+    head: str | None = None
+    fields = out.split("\0")
+    i = 0
+    while i < len(fields):
+        entry = fields[i]
+        i += 1
+        if not entry:
+            continue
+        if entry.startswith("# branch.oid "):
+            oid = entry.removeprefix("# branch.oid ")
+            head = None if oid == "(initial)" else oid
+        elif entry.startswith("# branch.head "):
+            name = entry.removeprefix("# branch.head ")
+            branch = None if name == "(detached)" else name
+        elif entry.startswith("? "):
+            changed.append(f"?? {entry[2:]}")
+        elif entry.startswith("1 "):
+            parts = entry.split(" ", 8)
+            changed.append(f"{parts[1]} {parts[8]}")
+        elif entry.startswith("2 "):
+            parts = entry.split(" ", 9)
+            changed.append(f"{parts[1]} {parts[9]}")
+            i += 1  # a rename carries its source path as the next field
+        elif entry.startswith("u "):
+            parts = entry.split(" ", 10)
+            changed.append(f"{parts[1]} {parts[10]}")
+    return changed, branch, head
 
 
 def _worktree_info(record: dict[str, str | None]) -> WorktreeInfo:

@@ -12,8 +12,9 @@ import anyio
 from opentelemetry import trace
 
 from ..config import Settings
+from .concurrency import gather
 from .errors import CoordError, ErrorCode
-from .git import GitDriver, GitError, reject_option_like, rescue_ref_name
+from .git import GitDriver, GitError, WorktreeInfo, reject_option_like, rescue_ref_name
 from .liveness import Identity
 from .models import AllocationResult, Contention, ReleaseResult
 from .records import Action, Repo, Slot, SlotState
@@ -47,6 +48,19 @@ def _make_room(path: Path) -> None:
         else:
             raise GitError(["worktree", "add"], 1, f"fatal: {path} already exists; run validate --repair")
     path.parent.mkdir(parents=True, exist_ok=True)
+
+
+async def _none() -> None:
+    return None
+
+
+def _default_start(remotes: list[str] | None, head: str | None) -> str:
+    """A new branch starts from its only remote-tracking namesake, else from the main worktree's HEAD."""
+    if remotes is not None and len(remotes) == 1:
+        return remotes[0]
+    if head is None:
+        raise GitError(["rev-parse", "HEAD"], 1, "fatal: the repository has no commit to start a branch from")
+    return head
 
 
 def _since(ts: float | None) -> str:
@@ -105,18 +119,20 @@ class Pool:
         if task is not None and len(task) > MAX_TEXT:
             raise CoordError(ErrorCode.INVALID_ARGUMENT, "task must be at most 4096 characters")
         repo = await self.repos.resolve(repo_arg)
-        branch = await self.git.check_branch_name(branch)
+        # Independent reads at once: the name check, git's worktrees and the store's slots.
+        branch, worktrees, slots = await gather(
+            self.git.check_branch_name(branch), self._worktrees_or_fail(repo), self.store.slots(repo.id)
+        )
         span = trace.get_current_span()
         span.set_attribute("repo.path", repo.path)
         span.set_attribute("branch", branch)
 
-        slots = await self.store.slots(repo.id)
         for s in slots:
             if s.branch == branch and s.state in (SlotState.BUSY, SlotState.ALLOCATING, SlotState.RELEASING):
                 if s.owner == self.me and s.state == SlotState.BUSY:
                     return await self._existing(repo, s, started)
                 await self._refuse(repo, branch, started, self._conflict_from_slot(s))
-        await self._check_git_conflict(repo, branch, slots, started)
+        await self._check_git_conflict(repo, branch, slots, worktrees, started)
 
         snapshot = await self.contention.snapshot(repo)
         pessimistic = snapshot.level >= self.settings.contention_threshold
@@ -229,11 +245,15 @@ class Pool:
         with tracer.start_as_current_span("git.phase") as span:
             span.set_attribute("worktree.warm", claim.warm)
             try:
-                start = None
-                if not await self.git.branch_exists(Path(repo.path), branch):
-                    start = base or await self._default_start(Path(repo.path), branch)
+                repo_path = Path(repo.path)
+                exists, state, remotes, head = await gather(
+                    self.git.branch_exists(repo_path, branch),
+                    self.git.status(path) if claim.warm else _none(),
+                    self.git.remote_branches(repo_path, branch) if base is None else _none(),
+                    self.git.head_commit(repo_path) if base is None else _none(),
+                )
+                start = None if exists else (base or _default_start(remotes, head))
                 if claim.warm:
-                    state = await self.git.status(path)
                     if state.dirty:
                         # A FREE slot is clean by invariant; if someone wrote into it, save that first.
                         await self._rescue(repo, claim.slot, path, reason="stray changes in a free slot")
@@ -250,15 +270,6 @@ class Pool:
                 with anyio.CancelScope(shield=True):
                     await self._roll_back(repo, claim, reason)
                 raise CoordError(ErrorCode.GIT_FAILED, f"git failed while preparing {claim.slot.id}: {reason}") from exc
-
-    async def _default_start(self, repo: Path, branch: str) -> str:
-        remotes = await self.git.remote_branches(repo, branch)
-        if len(remotes) == 1:
-            return remotes[0]
-        head = await self.git.head_commit(repo)
-        if head is None:
-            raise GitError(["rev-parse", "HEAD"], 1, "fatal: the repository has no commit to start a branch from")
-        return head
 
     async def _make_room(self, path: Path) -> None:
         await anyio.to_thread.run_sync(_make_room, path)
@@ -381,11 +392,15 @@ class Pool:
             contention=snapshot,
         )
 
-    async def _check_git_conflict(self, repo: Repo, branch: str, slots: list[Slot], started: float) -> None:
+    async def _worktrees_or_fail(self, repo: Repo) -> list[WorktreeInfo]:
         try:
-            worktrees = await self.git.worktrees(Path(repo.path))
+            return await self.git.worktrees(Path(repo.path))
         except GitError as exc:
             raise CoordError(ErrorCode.GIT_FAILED, f"git worktree list failed: {exc.reason}") from exc
+
+    async def _check_git_conflict(
+        self, repo: Repo, branch: str, slots: list[Slot], worktrees: list[WorktreeInfo], started: float
+    ) -> None:
         for wt in worktrees:
             if wt.branch == branch:
                 known = next((s for s in slots if Path(s.path) == Path(wt.path)), None)
@@ -437,7 +452,7 @@ class Pool:
         )
         raise error
 
-    async def _safe_worktrees(self, repo: Path) -> list:  # type: ignore[type-arg]
+    async def _safe_worktrees(self, repo: Path) -> list[WorktreeInfo]:
         try:
             return await self.git.worktrees(repo)
         except GitError:
