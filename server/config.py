@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     manictime_db: Path | None = Field(default_factory=_default_manictime)
     # ManicTime writes its reports database late; an activity that ended this long ago still counts as now.
     manictime_lag_s: float = Field(default=120.0, ge=0)
+    # Which parts of an agent a focused window's title or path must show to count as that agent's.
+    focus_match: tuple[Literal["worktree_path", "branch", "agent_id"], ...] = ("worktree_path", "branch", "agent_id")
+    # Executables that mark the focused window as an agent or terminal program (empty: the built-in list).
+    focus_programs: tuple[str, ...] = ()
     agent_process_patterns: tuple[str, ...] = DEFAULT_AGENT_PATTERNS
     wrapper_processes: tuple[str, ...] = DEFAULT_WRAPPERS
     metrics_window_s: float = Field(default=7 * 86400.0, gt=0)

@@ -139,3 +139,14 @@ async def test_six_processes_race_for_three_slots(env: dict[str, str]) -> None:
     assert all(text.startswith("POOL_EXHAUSTED:") for text in losses), losses
     assert len({w["worktree_id"] for w in wins}) == 3
     assert max(elapsed for _, elapsed in results) < timeout_s
+
+
+async def test_focus_rules_are_settings(make_settings: Any, tmp_path: Path) -> None:
+    db = tmp_path / "ManicTimeReports.db"
+    _focus_db(db, "u@box: claude — agent-0")
+    matched = make_settings(manictime_db=db)
+    ignored = make_settings(manictime_db=db, focus_match=("worktree_path", "branch"))
+    for settings, expected in ((matched, "agent-0"), (ignored, None)):
+        async with Coordinator.open(settings, register=True, agent_id="agent-0") as me:
+            snapshot = await me.contention.snapshot(await me.default_repo())
+            assert snapshot.focused_agent == expected

@@ -16,7 +16,7 @@ from ..liveness import Identity, judge
 from ..models import Contention, ContentionSource
 from ..records import HELD_STATES, Repo
 from ..store import Store
-from .manictime import AgentWindowKey, ManicTimeReader
+from .manictime import DEFAULT_AGENT_EXECUTABLES, AgentWindowKey, ManicTimeReader, WindowMatchRules
 from .processes import ProcessScanner
 
 
@@ -26,7 +26,17 @@ class ContentionMonitor:
         self.settings = settings
         self.identity = identity
         self.processes = ProcessScanner(settings.agent_process_patterns)
-        self.manictime = ManicTimeReader(settings.manictime_db, lag_tolerance_s=settings.manictime_lag_s)
+        rules = WindowMatchRules(
+            match_worktree_path="worktree_path" in settings.focus_match,
+            match_branch="branch" in settings.focus_match,
+            match_agent_id="agent_id" in settings.focus_match,
+            known_agent_executables=(
+                frozenset(p.casefold() for p in settings.focus_programs)
+                if settings.focus_programs
+                else DEFAULT_AGENT_EXECUTABLES
+            ),
+        )
+        self.manictime = ManicTimeReader(settings.manictime_db, lag_tolerance_s=settings.manictime_lag_s, rules=rules)
 
     async def snapshot(self, repo: Repo | None) -> Contention:
         started = time.monotonic()
