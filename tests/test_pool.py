@@ -234,3 +234,29 @@ async def test_failing_post_create_fails_cleanly(make_settings: Any) -> None:
         assert "boom" in err.value.message and "exited 3" in err.value.message
         (slot,) = await c.store.slots()
         assert slot.state == SlotState.FREE and not slot.setup_done
+
+
+async def test_cancelled_allocation_leaves_nothing_half_done(make_settings: Any) -> None:
+    import anyio
+
+    from server.engine.coordinator import Coordinator
+
+    s = make_settings(post_create=("sleep 5",))
+    async with Coordinator.open(s, register=True, agent_id="agent-cancel") as c:
+        with anyio.move_on_after(0.5) as scope:
+            await c.pool.allocate("cancelled")
+        assert scope.cancelled_caught
+        (slot,) = await c.store.slots()
+        assert slot.state == SlotState.FREE and slot.owner is None and slot.branch is None
+        assert git(Path(slot.path), "status", "--porcelain=v2", "--branch").splitlines()[1].endswith("(detached)")
+        events = [e for e in await c.store.events() if e.action == "reclaim"]
+        assert events[-1].outcome == "rolled_back"
+
+
+async def test_setup_time_does_not_count_against_the_allocation_timeout(make_settings: Any) -> None:
+    from server.engine.coordinator import Coordinator
+
+    s = make_settings(post_create=("sleep 1.5",), allocation_timeout_s=1.0)
+    async with Coordinator.open(s, register=True, agent_id="agent-slow-setup") as c:
+        result = await c.pool.allocate("slow-setup")
+        assert result.latency_ms > 1000

@@ -14,11 +14,13 @@ from opentelemetry import trace
 from ..config import Settings
 from .concurrency import gather
 from .errors import CoordError, ErrorCode
-from .git import GitDriver, GitError, WorktreeInfo, reject_option_like, rescue_ref_name
+from .git import GitDriver, GitError, WorktreeInfo, reject_option_like
 from .liveness import Identity
-from .models import AllocationResult, Contention, ReleaseResult
+from .models import AllocationResult, Contention
 from .records import Action, Repo, Slot, SlotState
+from .release import Releaser
 from .repos import RepoResolver, confine
+from .rescue import save_work
 from .slot_setup import SetupError, copy_included_files, run_post_create
 from .store import BranchHeldError, EventDraft, Store
 
@@ -84,6 +86,9 @@ class Pool:
         self.repos = repos
         self.contention = contention
         self._tokens: dict[str, int] = {}  # the fencing tokens this server was granted
+        self.releaser = Releaser(store, git, identity, repos, self._tokens)
+        self.release = self.releaser.release
+        self.find_slot = self.releaser.find_slot
 
     @property
     def me(self) -> str:
@@ -150,7 +155,9 @@ class Pool:
                 warmest = (not pessimistic) or snapshot.caller_focused
                 for attempt in range(self.settings.retries + 1):
                     attempts = attempt + 1
-                    claim = await self._claim(repo, branch, task, warmest, strategy, started)
+                    # Shielded: once the row is claimed we must know it, to roll it back on any exit.
+                    with anyio.CancelScope(shield=True):
+                        claim = await self._claim(repo, branch, task, warmest, strategy, started)
                     if claim is not None:
                         break
                     await self.store.log(
@@ -180,6 +187,9 @@ class Pool:
                     )
                 assert claim is not None
                 await self._git_phase(repo, claim, branch, base)
+            if not claim.slot.setup_done:
+                # Outside the allocation timeout: a dependency install may take minutes (setup_timeout_s).
+                await self._setup(repo, claim)
         except TimeoutError:
             if claim is not None:
                 with anyio.CancelScope(shield=True):
@@ -195,6 +205,26 @@ class Pool:
                 attempts=attempts,
                 contention=snapshot,
             )
+        except (GitError, SetupError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, GitError) else str(exc)
+            assert claim is not None
+            span.set_status(trace.StatusCode.ERROR, reason)
+            with anyio.CancelScope(shield=True):
+                await self._roll_back(repo, claim, reason)
+            await self._refuse(
+                repo,
+                branch,
+                started,
+                CoordError(ErrorCode.GIT_FAILED, f"could not prepare {claim.slot.id}: {reason}"),
+                attempts=attempts,
+                contention=snapshot,
+            )
+        except BaseException:
+            # Cancelled by the client, or refused after the claim: leave nothing half-done.
+            if claim is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._roll_back(repo, claim, "allocation abandoned")
+            raise
         assert claim is not None
         return await self._finish(repo, claim, branch, strategy, attempts, jitter_ms, snapshot, started)
 
@@ -240,36 +270,33 @@ class Pool:
             return _Claim(slot, warm=False)
 
     async def _git_phase(self, repo: Repo, claim: _Claim, branch: str, base: str | None) -> None:
-        """Between the phases: git runs with no transaction open. Failure rolls the slot back."""
+        """Between the phases: git runs with no transaction open. The caller rolls back on failure."""
         path = confine(Path(repo.pool_root), Path(claim.slot.path))
         with tracer.start_as_current_span("git.phase") as span:
             span.set_attribute("worktree.warm", claim.warm)
-            try:
-                repo_path = Path(repo.path)
-                exists, state, remotes, head = await gather(
-                    self.git.branch_exists(repo_path, branch),
-                    self.git.status(path) if claim.warm else _none(),
-                    self.git.remote_branches(repo_path, branch) if base is None else _none(),
-                    self.git.head_commit(repo_path) if base is None else _none(),
-                )
-                start = None if exists else (base or _default_start(remotes, head))
-                if claim.warm:
-                    if state.dirty:
-                        # A FREE slot is clean by invariant; if someone wrote into it, save that first.
-                        await self._rescue(repo, claim.slot, path, reason="stray changes in a free slot")
-                    await self.git.switch(path, branch, create_from=start)
-                else:
-                    await self._make_room(path)
-                    await self.git.worktree_add(Path(repo.path), path, branch=branch, create_from=start)
-                if not claim.slot.setup_done:
-                    await copy_included_files(self.git, Path(repo.path), path)
-                    await run_post_create(self.settings.post_create, path, self.settings.setup_timeout_s)
-            except (GitError, SetupError, OSError) as exc:
-                reason = exc.reason if isinstance(exc, GitError) else str(exc)
-                span.set_status(trace.StatusCode.ERROR, reason)
-                with anyio.CancelScope(shield=True):
-                    await self._roll_back(repo, claim, reason)
-                raise CoordError(ErrorCode.GIT_FAILED, f"git failed while preparing {claim.slot.id}: {reason}") from exc
+            repo_path = Path(repo.path)
+            exists, state, remotes, head = await gather(
+                self.git.branch_exists(repo_path, branch),
+                self.git.status(path) if claim.warm else _none(),
+                self.git.remote_branches(repo_path, branch) if base is None else _none(),
+                self.git.head_commit(repo_path) if base is None else _none(),
+            )
+            start = None if exists else (base or _default_start(remotes, head))
+            if claim.warm:
+                if state.dirty:
+                    # A FREE slot is clean by invariant; if something wrote into it, save that, then clean.
+                    await save_work(self.git, self.store, self.me, claim.slot, path, "stray changes in a free slot")
+                    await self.git.discard_changes(path)
+                await self.git.switch(path, branch, create_from=start)
+            else:
+                await self._make_room(path)
+                await self.git.worktree_add(repo_path, path, branch=branch, create_from=start)
+
+    async def _setup(self, repo: Repo, claim: _Claim) -> None:
+        path = Path(claim.slot.path)
+        with tracer.start_as_current_span("slot.setup"):
+            await copy_included_files(self.git, Path(repo.path), path)
+            await run_post_create(self.settings.post_create, path, self.settings.setup_timeout_s)
 
     async def _make_room(self, path: Path) -> None:
         await anyio.to_thread.run_sync(_make_room, path)
@@ -290,10 +317,32 @@ class Pool:
             return
         try:
             status = await self.git.status(path)
-            if status.branch is not None and not status.dirty:
+            if status.dirty:
+                # What setup or a half-done switch left behind: saved, never silently dropped.
+                await save_work(self.git, self.store, self.me, slot, path, f"allocation rolled back: {reason}")
+                await self.git.discard_changes(path)
+            if status.branch is not None:
                 await self.git.detach(path)
-        except GitError:
-            pass
+        except GitError as exc:
+            await self.store.transition(
+                slot.id,
+                expect_state=SlotState.ALLOCATING,
+                expect_token=token,
+                changes={"state": SlotState.QUARANTINED, "owner": None, "lease_expires_at": None},
+                events=[
+                    draft,
+                    EventDraft(
+                        Action.RECLAIM,
+                        "quarantined",
+                        self.me,
+                        repo.id,
+                        slot.id,
+                        slot.branch,
+                        detail={"error": exc.reason},
+                    ),
+                ],
+            )
+            return
         await self.store.transition(
             slot.id,
             expect_state=SlotState.ALLOCATING,
@@ -457,224 +506,3 @@ class Pool:
             return await self.git.worktrees(repo)
         except GitError:
             return []
-
-    # ---- release ------------------------------------------------------------------------------
-
-    async def find_slot(
-        self, *, worktree_id: str | None, path: str | None, branch: str | None, repo_arg: str | None = None
-    ) -> Slot:
-        given = [v for v in (worktree_id, path, branch) if v is not None]
-        if len(given) > 1:
-            raise CoordError(ErrorCode.INVALID_ARGUMENT, "give one of worktree_id, path or branch, not several")
-        for value, what in ((worktree_id, "worktree_id"), (path, "path"), (branch, "branch")):
-            if value is not None:
-                if not value or len(value) > MAX_TEXT:
-                    raise CoordError(ErrorCode.INVALID_ARGUMENT, f"{what} must be 1..4096 characters")
-                reject_option_like(value, what)
-        slots = await self.store.slots()
-        if worktree_id is not None:
-            found = [s for s in slots if s.id == worktree_id]
-            what = f"worktree {worktree_id!r}"
-        elif path is not None:
-            target = Path(await (await anyio.Path(path).expanduser()).resolve())
-            found = [s for s in slots if Path(s.path) == target]
-            what = f"a worktree at {path!r}"
-        elif branch is not None:
-            found = [s for s in slots if s.branch == branch and s.state != SlotState.FREE]
-            if len(found) > 1:
-                mine = [s for s in found if s.owner == self.me]
-                found = mine or found
-            what = f"an allocation of branch {branch!r}"
-        else:
-            found = [s for s in slots if s.owner == self.me and s.state == SlotState.BUSY]
-            if len(found) > 1:
-                ids = ", ".join(s.id for s in found)
-                raise CoordError(
-                    ErrorCode.INVALID_ARGUMENT,
-                    f"you hold {len(found)} worktrees ({ids}); name the one to release",
-                )
-            what = "an allocation held by you"
-        if not found:
-            raise CoordError(ErrorCode.NOT_FOUND, f"there is no {what}; call status to see the pool")
-        return found[0]
-
-    async def release(
-        self,
-        *,
-        worktree_id: str | None = None,
-        path: str | None = None,
-        branch: str | None = None,
-        force: bool = False,
-        remove: bool = False,
-    ) -> ReleaseResult:
-        started = time.monotonic()
-        with tracer.start_as_current_span("release") as span:
-            slot = await self.find_slot(worktree_id=worktree_id, path=path, branch=branch)
-            span.set_attribute("worktree.id", slot.id)
-            repo = await self.repos.by_id(slot.repo_id)
-            try:
-                return await self._release(repo, slot, force, remove, started)
-            except CoordError as exc:
-                span.set_attribute("error.code", exc.code.value)
-                await self.store.log(
-                    EventDraft(
-                        Action.RELEASE,
-                        exc.code.value,
-                        self.me,
-                        repo.id,
-                        slot.id,
-                        slot.branch,
-                        (time.monotonic() - started) * 1000,
-                        slot.fencing_token,
-                        detail={"message": exc.message},
-                    )
-                )
-                raise
-
-    async def _release(self, repo: Repo, slot: Slot, force: bool, remove: bool, started: float) -> ReleaseResult:
-        if slot.state == SlotState.FREE:
-            if not remove:
-                return ReleaseResult(worktree_id=slot.id, path=slot.path, branch=None, state="FREE", dirty=False)
-        elif slot.state != SlotState.BUSY:
-            raise CoordError(
-                ErrorCode.NOT_FOUND,
-                f"{slot.id} is {slot.state.value}, not an allocation that can be released",
-            )
-        forced_from: str | None = None
-        if slot.state == SlotState.BUSY and slot.owner != self.me:
-            if not force:
-                raise CoordError(
-                    ErrorCode.NOT_OWNER,
-                    f"{slot.id} is held by agent {slot.owner}; pass force=true to take it back "
-                    "(its changes are saved to a rescue ref first)",
-                )
-            forced_from = slot.owner
-        token = self._tokens.get(slot.id, slot.fencing_token) if forced_from is None else slot.fencing_token
-        path = confine(Path(repo.pool_root), Path(slot.path))
-        worktrees = await self._safe_worktrees(Path(repo.path))
-        info = next((w for w in worktrees if Path(w.path) == path), None)
-        if info is not None and info.locked:
-            raise CoordError(
-                ErrorCode.WORKTREE_LOCKED,
-                f"{slot.id} is locked ({info.lock_reason or 'git worktree lock'}); "
-                f"unlock it with: git worktree unlock {path}",
-            )
-        status = await self.git.status(path) if info is not None and path.is_dir() else None
-        dirty = bool(status and status.dirty)
-        if dirty and not force:
-            assert status is not None
-            files = [c[3:] for c in status.changed][:20]
-            more = f" (+{len(status.changed) - 20} more)" if len(status.changed) > 20 else ""
-            commits = f"; {status.unsaved_commits} commit(s) only on a detached HEAD" if status.unsaved_commits else ""
-            raise CoordError(
-                ErrorCode.WORKTREE_DIRTY,
-                f"{slot.id} has uncommitted or untracked changes: {', '.join(files)}{more}{commits}; "
-                "commit them, or pass force=true to save them to a rescue ref",
-            )
-        original = slot.state
-        if original == SlotState.BUSY:
-            held = await self.store.transition(
-                slot.id,
-                expect_state=SlotState.BUSY,
-                expect_token=token,
-                changes={"state": SlotState.RELEASING},
-            )
-        else:
-            held = await self.store.transition(
-                slot.id,
-                expect_state=SlotState.FREE,
-                expect_version=slot.version,
-                changes={"state": SlotState.RELEASING, "owner": self.me},
-            )
-        if held is None:
-            raise CoordError(
-                ErrorCode.NOT_OWNER,
-                f"{slot.id} changed hands while releasing (fencing token {token} is stale)",
-            )
-        rescue: str | None = None
-        try:
-            if dirty:
-                rescue = await self._rescue(repo, slot, path, reason="forced release")
-                await self.git.discard_changes(path)
-            if info is not None:
-                if remove:
-                    await self.git.worktree_remove(Path(repo.path), path)
-                elif status is not None and status.branch is not None:
-                    await self.git.detach(path)
-            elif remove or not path.exists():
-                await self.git.worktree_prune(Path(repo.path))
-        except GitError as exc:
-            with anyio.CancelScope(shield=True):
-                await self.store.transition(
-                    slot.id,
-                    expect_state=SlotState.RELEASING,
-                    expect_token=token,
-                    changes={"state": original, "owner": slot.owner},
-                )
-            raise CoordError(ErrorCode.GIT_FAILED, f"git failed while releasing {slot.id}: {exc.reason}") from exc
-        gone = remove or info is None
-        detail: dict[str, object] = {"remove": remove, "force": force}
-        if forced_from:
-            detail["forced_from"] = forced_from
-        if rescue:
-            detail["rescue_ref"] = rescue
-        event = EventDraft(
-            Action.RELEASE,
-            "ok",
-            self.me,
-            repo.id,
-            slot.id,
-            slot.branch,
-            (time.monotonic() - started) * 1000,
-            token,
-            detail=detail,
-        )
-        await self.store.transition(
-            slot.id,
-            expect_state=SlotState.RELEASING,
-            expect_token=token,
-            delete=gone,
-            changes=None
-            if gone
-            else {
-                "state": SlotState.FREE,
-                "owner": None,
-                "branch": None,
-                "lease_expires_at": None,
-                "since": None,
-                "released_at": time.time(),
-                "task": None,
-                "rescue_ref": rescue,
-            },
-            events=[event],
-        )
-        self._tokens.pop(slot.id, None)
-        return ReleaseResult(
-            worktree_id=slot.id,
-            path=slot.path,
-            branch=slot.branch,
-            state="REMOVED" if gone else "FREE",
-            dirty=dirty,
-            rescue_ref=rescue,
-            removed=gone,
-        )
-
-    async def _rescue(self, repo: Repo, slot: Slot, path: Path, *, reason: str) -> str:
-        ref = rescue_ref_name(slot.branch, slot.id)
-        commit = await self.git.rescue(
-            path, ref, f"agent-coord rescue of {slot.id} ({slot.branch or 'detached'}): {reason}"
-        )
-        await self.store.log(
-            EventDraft(
-                Action.RESCUE,
-                "saved",
-                self.me,
-                repo.id,
-                slot.id,
-                slot.branch,
-                None,
-                slot.fencing_token,
-                detail={"rescue_ref": ref, "commit": commit, "reason": reason, "owner": slot.owner},
-            )
-        )
-        return ref

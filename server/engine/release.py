@@ -1,0 +1,244 @@
+"""Release: give a worktree back warm (detached HEAD) or remove it, never losing its work.
+
+Two-phase like allocation: BUSY → RELEASING (CAS on the fencing token) → git → FREE or deleted.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+from opentelemetry import trace
+
+from .errors import CoordError, ErrorCode
+from .git import GitDriver, GitError, WorktreeInfo, reject_option_like
+from .liveness import Identity
+from .models import ReleaseResult
+from .records import Action, Repo, Slot, SlotState
+from .repos import RepoResolver, confine
+from .rescue import save_work
+from .store import EventDraft, Store
+
+tracer = trace.get_tracer("agent-coord.pool")
+MAX_TEXT = 4096
+
+
+class Releaser:
+    def __init__(
+        self, store: Store, git: GitDriver, identity: Identity, repos: RepoResolver, tokens: dict[str, int]
+    ) -> None:
+        self.store = store
+        self.git = git
+        self.identity = identity
+        self.repos = repos
+        self._tokens = tokens  # shared with the Pool: the fencing tokens this server was granted
+
+    @property
+    def me(self) -> str:
+        return self.identity.agent_id
+
+    async def _safe_worktrees(self, repo: Path) -> list[WorktreeInfo]:
+        try:
+            return await self.git.worktrees(repo)
+        except GitError:
+            return []
+
+    async def find_slot(
+        self, *, worktree_id: str | None, path: str | None, branch: str | None, repo_arg: str | None = None
+    ) -> Slot:
+        given = [v for v in (worktree_id, path, branch) if v is not None]
+        if len(given) > 1:
+            raise CoordError(ErrorCode.INVALID_ARGUMENT, "give one of worktree_id, path or branch, not several")
+        for value, what in ((worktree_id, "worktree_id"), (path, "path"), (branch, "branch")):
+            if value is not None:
+                if not value or len(value) > MAX_TEXT:
+                    raise CoordError(ErrorCode.INVALID_ARGUMENT, f"{what} must be 1..4096 characters")
+                reject_option_like(value, what)
+        slots = await self.store.slots()
+        if worktree_id is not None:
+            found = [s for s in slots if s.id == worktree_id]
+            what = f"worktree {worktree_id!r}"
+        elif path is not None:
+            target = Path(await (await anyio.Path(path).expanduser()).resolve())
+            found = [s for s in slots if Path(s.path) == target]
+            what = f"a worktree at {path!r}"
+        elif branch is not None:
+            found = [s for s in slots if s.branch == branch and s.state != SlotState.FREE]
+            if len(found) > 1:
+                mine = [s for s in found if s.owner == self.me]
+                found = mine or found
+            what = f"an allocation of branch {branch!r}"
+        else:
+            found = [s for s in slots if s.owner == self.me and s.state == SlotState.BUSY]
+            if len(found) > 1:
+                ids = ", ".join(s.id for s in found)
+                raise CoordError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"you hold {len(found)} worktrees ({ids}); name the one to release",
+                )
+            what = "an allocation held by you"
+        if not found:
+            raise CoordError(ErrorCode.NOT_FOUND, f"there is no {what}; call status to see the pool")
+        return found[0]
+
+    async def release(
+        self,
+        *,
+        worktree_id: str | None = None,
+        path: str | None = None,
+        branch: str | None = None,
+        force: bool = False,
+        remove: bool = False,
+    ) -> ReleaseResult:
+        started = time.monotonic()
+        with tracer.start_as_current_span("release") as span:
+            slot = await self.find_slot(worktree_id=worktree_id, path=path, branch=branch)
+            span.set_attribute("worktree.id", slot.id)
+            repo = await self.repos.by_id(slot.repo_id)
+            try:
+                return await self._release(repo, slot, force, remove, started)
+            except CoordError as exc:
+                span.set_attribute("error.code", exc.code.value)
+                await self.store.log(
+                    EventDraft(
+                        Action.RELEASE,
+                        exc.code.value,
+                        self.me,
+                        repo.id,
+                        slot.id,
+                        slot.branch,
+                        (time.monotonic() - started) * 1000,
+                        slot.fencing_token,
+                        detail={"message": exc.message},
+                    )
+                )
+                raise
+
+    async def _release(self, repo: Repo, slot: Slot, force: bool, remove: bool, started: float) -> ReleaseResult:
+        if slot.state == SlotState.FREE:
+            if not remove:
+                return ReleaseResult(worktree_id=slot.id, path=slot.path, branch=None, state="FREE", dirty=False)
+        elif slot.state != SlotState.BUSY:
+            raise CoordError(
+                ErrorCode.NOT_FOUND,
+                f"{slot.id} is {slot.state.value}, not an allocation that can be released",
+            )
+        forced_from: str | None = None
+        if slot.state == SlotState.BUSY and slot.owner != self.me:
+            if not force:
+                raise CoordError(
+                    ErrorCode.NOT_OWNER,
+                    f"{slot.id} is held by agent {slot.owner}; pass force=true to take it back "
+                    "(its changes are saved to a rescue ref first)",
+                )
+            forced_from = slot.owner
+        token = self._tokens.get(slot.id, slot.fencing_token) if forced_from is None else slot.fencing_token
+        path = confine(Path(repo.pool_root), Path(slot.path))
+        worktrees = await self._safe_worktrees(Path(repo.path))
+        info = next((w for w in worktrees if Path(w.path) == path), None)
+        if info is not None and info.locked:
+            raise CoordError(
+                ErrorCode.WORKTREE_LOCKED,
+                f"{slot.id} is locked ({info.lock_reason or 'git worktree lock'}); "
+                f"unlock it with: git worktree unlock {path}",
+            )
+        status = await self.git.status(path) if info is not None and await anyio.Path(path).is_dir() else None
+        dirty = bool(status and status.dirty)
+        if dirty and not force:
+            assert status is not None
+            files = [c[3:] for c in status.changed][:20]
+            more = f" (+{len(status.changed) - 20} more)" if len(status.changed) > 20 else ""
+            commits = f"; {status.unsaved_commits} commit(s) only on a detached HEAD" if status.unsaved_commits else ""
+            raise CoordError(
+                ErrorCode.WORKTREE_DIRTY,
+                f"{slot.id} has uncommitted or untracked changes: {', '.join(files)}{more}{commits}; "
+                "commit them, or pass force=true to save them to a rescue ref",
+            )
+        original = slot.state
+        if original == SlotState.BUSY:
+            held = await self.store.transition(
+                slot.id,
+                expect_state=SlotState.BUSY,
+                expect_token=token,
+                changes={"state": SlotState.RELEASING},
+            )
+        else:
+            held = await self.store.transition(
+                slot.id,
+                expect_state=SlotState.FREE,
+                expect_version=slot.version,
+                changes={"state": SlotState.RELEASING, "owner": self.me},
+            )
+        if held is None:
+            raise CoordError(
+                ErrorCode.NOT_OWNER,
+                f"{slot.id} changed hands while releasing (fencing token {token} is stale)",
+            )
+        rescue: str | None = None
+        try:
+            if dirty:
+                rescue = await save_work(self.git, self.store, self.me, slot, path, "forced release")
+                await self.git.discard_changes(path)
+            if info is not None:
+                if remove:
+                    await self.git.worktree_remove(Path(repo.path), path)
+                elif status is not None and status.branch is not None:
+                    await self.git.detach(path)
+            elif remove or not await anyio.Path(path).exists():
+                await self.git.worktree_prune(Path(repo.path))
+        except GitError as exc:
+            with anyio.CancelScope(shield=True):
+                await self.store.transition(
+                    slot.id,
+                    expect_state=SlotState.RELEASING,
+                    expect_token=token,
+                    changes={"state": original, "owner": slot.owner},
+                )
+            raise CoordError(ErrorCode.GIT_FAILED, f"git failed while releasing {slot.id}: {exc.reason}") from exc
+        gone = remove or info is None
+        detail: dict[str, object] = {"remove": remove, "force": force}
+        if forced_from:
+            detail["forced_from"] = forced_from
+        if rescue:
+            detail["rescue_ref"] = rescue
+        event = EventDraft(
+            Action.RELEASE,
+            "ok",
+            self.me,
+            repo.id,
+            slot.id,
+            slot.branch,
+            (time.monotonic() - started) * 1000,
+            token,
+            detail=detail,
+        )
+        await self.store.transition(
+            slot.id,
+            expect_state=SlotState.RELEASING,
+            expect_token=token,
+            delete=gone,
+            changes=None
+            if gone
+            else {
+                "state": SlotState.FREE,
+                "owner": None,
+                "branch": None,
+                "lease_expires_at": None,
+                "since": None,
+                "released_at": time.time(),
+                "task": None,
+                "rescue_ref": rescue,
+            },
+            events=[event],
+        )
+        self._tokens.pop(slot.id, None)
+        return ReleaseResult(
+            worktree_id=slot.id,
+            path=slot.path,
+            branch=slot.branch,
+            state="REMOVED" if gone else "FREE",
+            dirty=dirty,
+            rescue_ref=rescue,
+            removed=gone,
+        )
