@@ -260,3 +260,25 @@ async def test_setup_time_does_not_count_against_the_allocation_timeout(make_set
     async with Coordinator.open(s, register=True, agent_id="agent-slow-setup") as c:
         result = await c.pool.allocate("slow-setup")
         assert result.latency_ms > 1000
+
+
+async def test_new_slots_skip_paths_taken_by_adopted_worktrees(coord: Any, repo: Path, tmp_path: Path) -> None:
+    from server.engine.records import SlotState
+    from server.engine.store import EventDraft
+
+    pool = tmp_path / "pool"
+    pool.mkdir(exist_ok=True)
+    git(repo, "worktree", "add", "-q", "--detach", str(pool / "wt-02"))
+    r = await coord.repos.resolve(None)
+    adopted = await coord.store.insert_slot(
+        r,
+        str((pool / "wt-02").resolve()),
+        state=SlotState.FREE,
+        branch=None,
+        event=EventDraft("adopt", "FREE", "agent-test"),
+    )
+    assert adopted.id == "wt-01"  # ids come from the sequence; the adopted path keeps its name
+    a = await coord.pool.allocate("x1")  # warm: the adopted slot
+    b = await coord.pool.allocate("x2")  # cold: wt-02's default path is taken, so wt-03
+    assert a.worktree_id == "wt-01" and b.worktree_id == "wt-03"
+    assert Path(b.path).name == "wt-03"

@@ -18,7 +18,7 @@ from .contention.snapshot import ContentionMonitor
 from .errors import CoordError, ErrorCode
 from .git import GitDriver
 from .liveness import Identity, judge
-from .metrics import compute_metrics
+from .metrics import MetricsReport, compute_metrics
 from .models import (
     AgentView,
     Contention,
@@ -244,7 +244,7 @@ class Coordinator:
             metrics=(await self.metrics()).model_dump(mode="json"),
         )
 
-    async def metrics(self):  # type: ignore[no-untyped-def]
+    async def metrics(self) -> MetricsReport:
         now = time.time()
         window = self.settings.metrics_window_s
         events = await self.store.events(since_ts=now - window - 86400)

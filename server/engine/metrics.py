@@ -274,7 +274,8 @@ def _busy_seconds(events: Sequence[Event], span_start: float, now: float) -> tup
         wid = e.worktree_id
         if wid is None:
             continue
-        if e.action == Action.ALLOCATE and e.outcome == "ok":
+        # A grant, or a busy worktree taken into the pool by import, opens a busy interval.
+        if (e.action == Action.ALLOCATE and e.outcome == "ok") or (e.action == Action.ADOPT and e.outcome == "BUSY"):
             if wid in held_since:
                 close(wid, e.ts)
             held_since[wid] = e.ts

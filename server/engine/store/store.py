@@ -381,11 +381,7 @@ class Store:
             ).fetchone()
             if count_row is not None and int(count_row[0]) >= pool_max:
                 return None
-            seq_row = await (
-                await conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'slot_seq' RETURNING value")
-            ).fetchone()
-            assert seq_row is not None
-            slot_id = f"wt-{int(seq_row[0]):02d}"
+            slot_id = await _next_slot_id(conn, repo.pool_root)
             path = str(Path(repo.pool_root) / slot_id)
             token = await _next_token(conn)
             await conn.execute(
@@ -464,11 +460,7 @@ class Store:
         now = time.time()
 
         async def tx(conn: aiosqlite.Connection) -> Slot:
-            seq_row = await (
-                await conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'slot_seq' RETURNING value")
-            ).fetchone()
-            assert seq_row is not None
-            slot_id = f"wt-{int(seq_row[0]):02d}"
+            slot_id = await _next_slot_id(conn, repo.pool_root)
             await conn.execute(
                 "INSERT INTO slots (id, repo_id, path, state, version, branch, released_at, setup_done,"
                 " created_at) VALUES (?, ?, ?, ?, 0, ?, ?, 1, ?)",
@@ -644,6 +636,20 @@ class AdoptionConflictError(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+async def _next_slot_id(conn: aiosqlite.Connection, pool_root: str) -> str:
+    """The next `wt-NN` whose id and default path are both unused (adopted worktrees keep odd names)."""
+    while True:
+        row = await (
+            await conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'slot_seq' RETURNING value")
+        ).fetchone()
+        assert row is not None
+        slot_id = f"wt-{int(row[0]):02d}"
+        path = str(Path(pool_root) / slot_id)
+        taken = await (await conn.execute("SELECT 1 FROM slots WHERE id = ? OR path = ?", (slot_id, path))).fetchone()
+        if taken is None:
+            return slot_id
 
 
 async def _slot_exists(conn: aiosqlite.Connection, slot_id: str) -> bool:
