@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from rich.console import Console
@@ -9,7 +10,13 @@ from rich.table import Table
 
 from .engine.models import StatusResult, ValidateResult
 
-console = Console()
+
+def output_console() -> Console:
+    """A terminal gets rich's own width and colour; a pipe gets no colour and lines never wrapped."""
+    return Console() if sys.stdout.isatty() else Console(width=100_000)
+
+
+console = output_console()
 
 
 def ago(ts: float | None) -> str:

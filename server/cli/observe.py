@@ -19,6 +19,7 @@ from ..engine.coordinator import Coordinator
 from ..engine.metrics import ROW_HEADER, MetricsReport
 from ..engine.records import Event
 from ..engine.watch import ChangeWatcher
+from ..render import output_console
 from .common import app, emit_json, run_with_coordinator
 
 DEFAULT_LIMIT = 50  # as many as `coord://activity` shows
@@ -41,12 +42,6 @@ def metrics(
         emit_json(report.model_dump(mode="json"))
         return
     print_metrics(report, output_console())
-
-
-def output_console() -> Console:
-    """Rich on a terminal (its width, colour); elsewhere plain text with no width limit, because a
-    pipe or a file has no width, and wrapped or truncated cells would break `grep` and `cut`."""
-    return Console() if sys.stdout.isatty() else Console(width=100_000)
 
 
 def print_metrics(report: MetricsReport, console: Console) -> None:

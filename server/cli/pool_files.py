@@ -22,8 +22,8 @@ from ..engine.models import ReleaseResult
 from ..engine.pool_import import ImportResult, PoolImporter, PoolImportError
 from ..engine.pool_markdown import PoolFileError
 from ..engine.records import SlotState
+from ..render import output_console
 from .common import EXIT_REFUSED, app, emit_json, run_with_coordinator
-from .observe import output_console
 
 
 def operator_id() -> str:
