@@ -125,18 +125,33 @@ async def _watch(state: AppState, subs: Subscriptions) -> None:
     """On every commit by any process: announce the pool resources, and mirror new activity lines."""
     coord = state.coord
     mirror = ActivityMirror(state.settings.activity_file) if state.settings.activity_file else None
-    last_event = max((e.id for e in await coord.store.events(limit=1, newest=True)), default=0)
     watcher = ChangeWatcher(coord.store.path, state.settings.watch_interval_s)
-    async for _ in watcher.changes():
-        await subs.announce(resources.POOL_URIS)
+    try:
+        async for _ in watcher.changes():
+            await subs.announce(resources.POOL_URIS)
+            if mirror is not None:
+                await _mirror(coord, mirror)
+    finally:
         if mirror is not None:
-            new = await coord.store.events(after_id=last_event)
-            if new:
-                last_event = new[-1].id
-                # Only this process mirrors its own agent's events, so N servers do not write N copies.
-                mine = [format_activity_line(e) for e in new if e.agent_id == coord.agent_id]
-                if mine:
-                    await anyio.to_thread.run_sync(mirror.append, mine)
+            # What this server committed while shutting down (its last releases) still gets mirrored.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await _mirror(coord, mirror)
+
+
+async def _mirror(coord: Coordinator, mirror: ActivityMirror) -> None:
+    """Append the events no process has mirrored yet. A cursor in the store, moved by CAS, makes each
+    event land in the file once, whichever of the N servers sees it first."""
+    newest = await coord.store.events(limit=1, newest=True)
+    if not newest:
+        return
+    claimed = await coord.store.claim_events("activity-mirror", newest[-1].id)
+    if claimed is None:
+        return
+    after, upto = claimed
+    events = [e for e in await coord.store.events(after_id=after) if e.id <= upto]
+    lines = [format_activity_line(e) for e in events]
+    if lines:
+        await anyio.to_thread.run_sync(mirror.append, lines)
 
 
 def build_server(settings: Settings | None = None) -> MCPServer[AppState]:

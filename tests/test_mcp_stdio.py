@@ -11,7 +11,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from .conftest import git, server_params
+from .conftest import git, run_agents, server_params
 
 pytestmark = pytest.mark.anyio
 
@@ -120,3 +120,22 @@ async def test_subscriber_on_a_sees_allocation_through_b(env: dict[str, str]) ->
                 event = await sub.__anext__()
         assert "coord://pool" in received
         assert getattr(event, "uri", None) == "coord://pool"
+
+
+async def test_activity_mirror_has_each_event_once_across_servers(env: dict[str, str], tmp_path: Path) -> None:
+    from server.engine.activity import ActivityMirror
+
+    mirror = tmp_path / "worktrees.activity.md"
+
+    async def script(client: Any, i: int) -> Any:
+        result = structured(await client.call_tool("allocate_worktree", {"branch": f"mirror-{i}"}))
+        await client.call_tool("release_worktree", {"worktree_id": result["worktree_id"]})
+        await anyio.sleep(0.6)  # let the watchers see the last commits
+        return result
+
+    await run_agents(env, 3, script, prefix="mirror", AGENT_COORD_ACTIVITY_FILE=str(mirror))
+    lines = ActivityMirror(mirror).read_lines()
+    allocations = [ln for ln in lines if ln.action == "allocate"]
+    releases = [ln for ln in lines if ln.action == "release"]
+    assert sorted(ln.branch or "" for ln in allocations) == ["mirror-0", "mirror-1", "mirror-2"]
+    assert sorted(ln.branch or "" for ln in releases) == ["mirror-0", "mirror-1", "mirror-2"]

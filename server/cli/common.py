@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -39,6 +40,11 @@ def run_with_coordinator(
     except CoordError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(EXIT_REFUSED) from exc
+
+
+def absolute_repo(repo: str | None) -> str | None:
+    """A --repo given on the command line may be relative to the shell's directory; the engine wants absolute."""
+    return str(Path(repo).expanduser().resolve()) if repo else None
 
 
 def emit_json(data: Any) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 import anyio
 import typer
 
-from .common import EXIT_FINDINGS, app, emit_json, run_with_coordinator
+from .common import EXIT_FINDINGS, absolute_repo, app, emit_json, run_with_coordinator
 
 
 @app.command()
@@ -24,7 +24,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Show the pool, the agents and the contention."""
-    result = run_with_coordinator(lambda c: c.status(repo))
+    result = run_with_coordinator(lambda c: c.status(absolute_repo(repo)))
     if as_json:
         emit_json(result.model_dump(mode="json"))
         return
@@ -40,7 +40,7 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Find drift between the store and git; with --repair, fix it."""
-    result = run_with_coordinator(lambda c: c.validate(repair=repair, repo=repo))
+    result = run_with_coordinator(lambda c: c.validate(repair=repair, repo=absolute_repo(repo)))
     if as_json:
         emit_json(result.model_dump(mode="json"))
     else:

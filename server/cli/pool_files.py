@@ -23,7 +23,7 @@ from ..engine.pool_import import ImportResult, PoolImporter, PoolImportError
 from ..engine.pool_markdown import PoolFileError
 from ..engine.records import SlotState
 from ..render import output_console
-from .common import EXIT_REFUSED, app, emit_json, run_with_coordinator
+from .common import EXIT_REFUSED, absolute_repo, app, emit_json, run_with_coordinator
 
 
 def operator_id() -> str:
@@ -38,12 +38,6 @@ def operator_id() -> str:
     except (KeyError, OSError):  # no login name (a container without /etc/passwd entry)
         user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
     return f"cli-{user}"
-
-
-def _absolute_repo(repo: str | None) -> str | None:
-    # The engine wants an absolute path (a relative one would depend on the server's cwd); on the
-    # command line, relative to where the user stands is what is meant.
-    return None if repo is None else str(Path(repo).expanduser().absolute())
 
 
 def _cli_message(exc: CoordError) -> str:
@@ -152,7 +146,7 @@ def export_pool(
     repo: Annotated[str | None, typer.Option(help="repository path (default: configured or cwd)")] = None,
 ) -> None:
     """Write the pool as the Markdown table `coord://pool.md` serves."""
-    status = run_with_coordinator(lambda c: c.status(_absolute_repo(repo), with_contention=False))
+    status = run_with_coordinator(lambda c: c.status(absolute_repo(repo), with_contention=False))
     text = pool_markdown(status)
     if output is None:
         sys.stdout.write(text)
@@ -223,7 +217,7 @@ def import_pool(
                 text,
                 base_dir=base_dir,
                 source=source,
-                repo_arg=_absolute_repo(repo),
+                repo_arg=absolute_repo(repo),
                 lease_s=lease if lease is not None else coord.settings.stale_after_s,
                 dry_run=dry_run,
             )

@@ -199,6 +199,7 @@ class Coordinator:
                     agent_id=a.id,
                     status=a.status,
                     alive=verdict.alive,
+                    stale=verdict.stale,
                     reason=verdict.reason,
                     host=a.host,
                     pid=a.pid,

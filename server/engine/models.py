@@ -87,6 +87,7 @@ class AgentView(BaseModel):
     agent_id: str
     status: str
     alive: bool
+    stale: bool = False
     reason: str
     host: str
     pid: int

@@ -572,6 +572,28 @@ class Store:
 
         return await self._conn.read(tx)
 
+    # ---- cursors (exactly one process handles each event, e.g. the activity mirror) ----------
+
+    async def claim_events(self, cursor: str, upto: int) -> tuple[int, int] | None:
+        """Move the named cursor to `upto` by CAS; return the claimed range (after, upto], or None when
+        another process already claimed past it. Each event is thereby handled by exactly one process."""
+
+        async def tx(conn: aiosqlite.Connection) -> tuple[int, int] | None:
+            key = f"cursor:{cursor}"
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, (SELECT COALESCE(MAX(id), 0) FROM events WHERE id < ?))"
+                " ON CONFLICT(key) DO NOTHING",
+                (key, upto),
+            )
+            row = await (await conn.execute("SELECT value FROM meta WHERE key = ?", (key,))).fetchone()
+            after = int(row[0]) if row else 0
+            if after >= upto:
+                return None
+            await conn.execute("UPDATE meta SET value = ? WHERE key = ? AND value = ?", (upto, key, after))
+            return after, upto
+
+        return await self._conn.write(tx)
+
     # ---- leases (one background validator at a time) ----------------------------------------
 
     async def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
