@@ -1,0 +1,93 @@
+"""The MCP Inspector CLI, a client nobody here wrote, against the real server.
+
+`.ci/run` installs @modelcontextprotocol/inspector@0.15.0 (the last release that runs on Node 20)
+into `.ci/inspector`. Locally the tests skip when it is not installed; in CI (CI=true) a missing
+inspector is a failure, so the check cannot silently stop running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_INSPECTOR = ROOT / ".ci" / "inspector" / "node_modules" / ".bin" / "mcp-inspector"
+MCP_JSON = ROOT / "claude_config" / ".mcp.json"
+TOOLS = {"allocate_worktree", "release_worktree", "heartbeat", "status", "validate"}
+
+
+def _inspector() -> Path:
+    # conftest.py strips AGENT_COORD_* from the environment before this module is imported, so the
+    # variable .ci/run exports is usually gone by now; .ci/run installs to LOCAL_INSPECTOR anyway.
+    for candidate in (os.environ.get("AGENT_COORD_INSPECTOR"), str(LOCAL_INSPECTOR)):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    reason = f"MCP Inspector not installed (AGENT_COORD_INSPECTOR unset, {LOCAL_INSPECTOR} missing); run .ci/run"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def inspector() -> Path:
+    return _inspector()
+
+
+def _base_env() -> dict[str, str]:
+    """This environment without any agent-coord setting (conftest removed them; be explicit)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
+
+
+def _inspect(inspector: Path, args: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [str(inspector), "--cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=90
+    )
+    assert proc.returncode == 0, f"inspector failed ({proc.returncode}): {proc.stderr}"
+    result = json.loads(proc.stdout)
+    assert isinstance(result, dict)
+    return result
+
+
+def _check_status(result: dict[str, Any], repo: Path) -> None:
+    # The inspector prints tool errors as results with isError (and exits 0): check both.
+    assert not result.get("isError"), result
+    status = result["structuredContent"]
+    assert status["repo"] == str(repo.resolve())
+    assert {"size", "free", "busy", "max"} <= set(status["pool"])
+    assert '"pool"' in result["content"][0]["text"]
+
+
+def test_inspector_lists_tools_and_calls_status(
+    inspector: Path, env: dict[str, str], repo: Path, tmp_path: Path
+) -> None:
+    # The server's settings go through the inspector's own `-e KEY=VALUE` flags.
+    flags = [arg for key, value in env.items() if value for arg in ("-e", f"{key}={value}")]
+    server = [*flags, sys.executable, "-m", "server"]
+
+    listed = _inspect(inspector, [*server, "--method", "tools/list"], _base_env(), tmp_path)
+    assert {tool["name"] for tool in listed["tools"]} == TOOLS
+    called = _inspect(inspector, [*server, "--method", "tools/call", "--tool-name", "status"], _base_env(), tmp_path)
+    _check_status(called, repo)
+
+
+def test_inspector_driven_by_the_shipped_mcp_json(
+    inspector: Path, env: dict[str, str], repo: Path, tmp_path: Path
+) -> None:
+    # The shipped file, unchanged: it runs `agent-coord serve` from PATH, as Claude Code would. The
+    # inspector hands its environment to the server, so the settings travel in the environment.
+    before = MCP_JSON.read_bytes()
+    run_env = {**_base_env(), **{k: v for k, v in env.items() if v}}
+    run_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), run_env.get("PATH", "")])
+    config = ["--config", str(MCP_JSON), "--server", "coord"]
+
+    listed = _inspect(inspector, [*config, "--method", "tools/list"], run_env, tmp_path)
+    assert {tool["name"] for tool in listed["tools"]} == TOOLS
+    called = _inspect(inspector, [*config, "--method", "tools/call", "--tool-name", "status"], run_env, tmp_path)
+    _check_status(called, repo)
+    assert MCP_JSON.read_bytes() == before
