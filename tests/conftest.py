@@ -25,7 +25,7 @@ os.environ.update(
 # Keep tests away from the developer's real state and ManicTime.
 os.environ.pop("LOCALAPPDATA", None)
 for key in list(os.environ):
-    if key.startswith("AGENT_COORD_"):
+    if key.startswith("AGENT_COORD_") and key != "AGENT_COORD_INSPECTOR":
         del os.environ[key]
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from server.engine.errors import CoordError, ErrorCode
@@ -164,6 +166,10 @@ async def test_release_of_another_agents_worktree_needs_force(coord: Any, settin
     from server.engine.coordinator import Coordinator
 
     a = await coord.pool.allocate("theirs")
+    # Both coordinators live in this test process; make the owner another (live) process, as it would be.
+    init = psutil.Process(1)
+    with sqlite3.connect(settings.db) as db:
+        db.execute("UPDATE agents SET pid = ?, pid_create_time = ? WHERE id = 'agent-test'", (1, init.create_time()))
     async with Coordinator.open(settings, register=True, agent_id="agent-other") as other:
         with pytest.raises(CoordError) as err:
             await other.pool.release(worktree_id=a.worktree_id)
@@ -282,3 +288,16 @@ async def test_new_slots_skip_paths_taken_by_adopted_worktrees(coord: Any, repo:
     b = await coord.pool.allocate("x2")  # cold: wt-02's default path is taken, so wt-03
     assert a.worktree_id == "wt-01" and b.worktree_id == "wt-03"
     assert Path(b.path).name == "wt-03"
+
+
+async def test_same_agent_process_releases_without_force(coord: Any, settings: Any) -> None:
+    """A hook of the same Claude Code process allocates as `claude-<session>`; the session's server may
+    release it: an agent is its process, whatever id it registered under."""
+    from server.engine.coordinator import Coordinator
+
+    async with Coordinator.open(settings, register=True, agent_id="claude-0123456789ab") as hook:
+        a = await hook.pool.allocate("from-hook")
+    r = await coord.pool.release(worktree_id=a.worktree_id)
+    assert r.state == "FREE"
+    ok = [e for e in await coord.store.events() if e.action == "release" and e.outcome == "ok"]
+    assert "forced_from" not in ok[-1].detail

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..config import Settings
 from .coordinator import Coordinator
 from .errors import CoordError, ErrorCode
-from .liveness import CREATE_TIME_TOLERANCE_S
+from .liveness import same_agent_process
 from .models import AllocationResult, ReleaseResult
 from .pool import Pool
 from .records import HELD_STATES, Action, Agent, Repo, Slot, SlotState
@@ -170,14 +170,7 @@ def hook_settings(settings: Settings) -> Settings:
 
 def same_process(coord: Coordinator, agent: Agent | None) -> bool:
     """Was `agent` registered by the Claude Code process this hook runs under?"""
-    me = coord.identity
-    return (
-        agent is not None
-        and agent.host == me.host
-        and agent.boot_id == me.boot_id
-        and agent.pid == me.pid
-        and abs(agent.pid_create_time - me.pid_create_time) <= CREATE_TIME_TOLERANCE_S
-    )
+    return same_agent_process(coord.identity, agent)
 
 
 def pool_as(coord: Coordinator, agent_id: str) -> Pool:

@@ -13,7 +13,7 @@ from opentelemetry import trace
 
 from .errors import CoordError, ErrorCode
 from .git import GitDriver, GitError, WorktreeInfo, reject_option_like
-from .liveness import Identity
+from .liveness import Identity, same_agent_process
 from .models import ReleaseResult
 from .records import Action, Repo, Slot, SlotState
 from .repos import RepoResolver, confine
@@ -37,6 +37,11 @@ class Releaser:
     @property
     def me(self) -> str:
         return self.identity.agent_id
+
+    async def _same_process(self, owner: str | None) -> bool:
+        """An agent is its process: what a hook of this same Claude Code process allocated under another
+        id (`claude-<session>`) is ours to release without force."""
+        return owner is not None and same_agent_process(self.identity, await self.store.agent(owner))
 
     async def _safe_worktrees(self, repo: Path) -> list[WorktreeInfo]:
         try:
@@ -62,13 +67,13 @@ class Releaser:
         elif path is not None:
             target = Path(await (await anyio.Path(path).expanduser()).resolve())
             found = [s for s in slots if Path(s.path) == target]
-            what = f"a worktree at {path!r}"
+            what = f"worktree at {path!r}"
         elif branch is not None:
             found = [s for s in slots if s.branch == branch and s.state != SlotState.FREE]
             if len(found) > 1:
                 mine = [s for s in found if s.owner == self.me]
                 found = mine or found
-            what = f"an allocation of branch {branch!r}"
+            what = f"allocation of branch {branch!r}"
         else:
             found = [s for s in slots if s.owner == self.me and s.state == SlotState.BUSY]
             if len(found) > 1:
@@ -77,7 +82,7 @@ class Releaser:
                     ErrorCode.INVALID_ARGUMENT,
                     f"you hold {len(found)} worktrees ({ids}); name the one to release",
                 )
-            what = "an allocation held by you"
+            what = "allocation held by you"
         if not found:
             raise CoordError(ErrorCode.NOT_FOUND, f"there is no {what}; call status to see the pool")
         return found[0]
@@ -125,7 +130,7 @@ class Releaser:
                 f"{slot.id} is {slot.state.value}, not an allocation that can be released",
             )
         forced_from: str | None = None
-        if slot.state == SlotState.BUSY and slot.owner != self.me:
+        if slot.state == SlotState.BUSY and slot.owner != self.me and not await self._same_process(slot.owner):
             if not force:
                 raise CoordError(
                     ErrorCode.NOT_OWNER,
