@@ -13,12 +13,15 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import psutil
 
 from .records import Agent
 
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+# Create times come from /proc with jiffy resolution; allow for rounding between readers.
+CREATE_TIME_TOLERANCE_S = 0.05
 
 
 def boot_id() -> str:
@@ -33,6 +36,31 @@ def create_time(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
+
+
+ProcessState = Literal["alive", "gone", "reused", "unknown"]
+
+
+def process_state(pid: int, created: float) -> ProcessState:
+    """Is the process `pid` that was created at `created` still running, on this host?
+
+    "reused": the pid runs another program now (another create time). "gone" includes a zombie: it
+    has exited and only waits to be reaped, and an unreaped agent must not hold worktrees forever.
+    "unknown": the process exists but may not be inspected (another user, hidepid); the lease decides.
+    """
+    if pid <= 0:
+        return "gone"
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - created) > CREATE_TIME_TOLERANCE_S:
+            return "reused"
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return "gone"
+    except psutil.NoSuchProcess:  # ZombieProcess is a NoSuchProcess too
+        return "gone"
+    except psutil.AccessDenied:
+        return "unknown"
+    return "alive"
 
 
 def _process_name(proc: psutil.Process) -> str:
@@ -116,23 +144,50 @@ class Liveness:
     stale: bool = False  # not provably dead, but its lease lapsed
 
 
-# Create times come from /proc with jiffy resolution; allow for rounding between readers.
-CREATE_TIME_TOLERANCE_S = 0.05
-
-
 def judge(agent: Agent, *, host: str, boot: str, now: float | None = None) -> Liveness:
     """Dead at once when provably so on this host; otherwise stale when the lease lapsed."""
     now = time.time() if now is None else now
     if agent.host == host:
         if agent.boot_id != boot:
             return Liveness(False, "host rebooted since the agent registered")
-        seen = create_time(agent.pid)
-        if seen is None:
+        state = process_state(agent.pid, agent.pid_create_time)
+        if state == "gone":
             return Liveness(False, f"agent process {agent.pid} is gone")
-        if abs(seen - agent.pid_create_time) > CREATE_TIME_TOLERANCE_S:
+        if state == "reused":
             return Liveness(False, f"pid {agent.pid} now belongs to another process (pid reused)")
     if agent.lease_expires_at < now:
-        return Liveness(False, f"no heartbeat for {now - agent.last_heartbeat:.0f}s (lease expired)", stale=True)
+        return Liveness(False, f"no heartbeat for {now - agent.last_heartbeat:.1f}s (lease expired)", stale=True)
     if agent.status == "disconnected":
         return Liveness(True, "disconnected; holds its allocations until the lease lapses")
     return Liveness(True, "alive")
+
+
+def server_gone(agent: Agent, *, host: str, boot: str) -> str | None:
+    """Why the server that last registered `agent` is provably gone (this host only), else None.
+
+    A live agent may outlive its server (Claude Code keeps editing after its MCP server died), so this
+    never makes an agent's BUSY slots reclaimable; it only says that an ALLOCATING or RELEASING row that
+    server began can never be finished by it.
+    """
+    if agent.host != host:
+        return None
+    if agent.boot_id != boot:
+        return "host rebooted since its server registered"
+    state = process_state(agent.server_pid, agent.server_create_time)
+    if state == "gone":
+        return f"its server process {agent.server_pid} is gone"
+    if state == "reused":
+        return f"its server's pid {agent.server_pid} now belongs to another process"
+    return None
+
+
+def same_agent_process(me: Identity, agent: Agent | None) -> bool:
+    """Was `agent` registered from the same agent process as `me` (this host, this boot, same pid and
+    create time)? Then it is the same agent under another id, e.g. a hook's `claude-<session>`."""
+    return (
+        agent is not None
+        and agent.host == me.host
+        and agent.boot_id == me.boot_id
+        and agent.pid == me.pid
+        and abs(agent.pid_create_time - me.pid_create_time) <= CREATE_TIME_TOLERANCE_S
+    )
