@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -195,6 +197,12 @@ def test_export_then_import_round_trips(
 
 def test_release_for_scripts(settings: Settings, repo: Path) -> None:
     allocated = with_coord(lambda c: c.pool.allocate("feat/script"), agent_id="cli-tester")
+    # The owner and this CLI run in one test process; make the owner another live process, as it would
+    # be (an agent is its process: the same process may release without --force).
+    with sqlite3.connect(settings.db) as db:
+        db.execute(
+            "UPDATE agents SET pid = 1, pid_create_time = ? WHERE id = 'cli-tester'", (psutil.Process(1).create_time(),)
+        )
     usage = invoke("release")
     assert usage.exit_code == 2
     both = invoke("release", "--branch", "feat/script", "--agent", "cli-tester")
@@ -240,7 +248,7 @@ def test_paths_the_store_knows_are_skipped_and_differences_reported(legacy: Path
 @pytest.mark.anyio
 async def test_a_conflict_at_write_time_undoes_the_detach(legacy: Path, coord: Any, tmp_path: Path) -> None:
     from server.engine.pool_import import PoolImporter, PoolImportError
-    from server.engine.store.store import AdoptionConflictError
+    from server.engine.store import AdoptionConflictError
 
     pool = tmp_path / "pool"
 

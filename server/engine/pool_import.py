@@ -43,8 +43,7 @@ from .liveness import Identity
 from .pool_markdown import ParsedPoolRow, PoolFileError, parse_pool_markdown
 from .records import HELD_STATES, Action, Agent, Repo, SlotState
 from .repos import RepoResolver, confine
-from .store import BranchHeldError, EventDraft, Store
-from .store.store import AdoptionConflictError, SlotAdoption
+from .store import AdoptionConflictError, BranchHeldError, EventDraft, SlotAdoption, Store
 
 tracer = trace.get_tracer("agent-coord.import")
 

@@ -1,6 +1,7 @@
 """The store: SQLite behind the transitions the pool needs."""
 
 from .connection import StoreBusyError
-from .store import BranchHeldError, EventDraft, Store
+from .rows import AdoptionConflictError, BranchHeldError, EventDraft, SlotAdoption
+from .store import Store
 
-__all__ = ["BranchHeldError", "EventDraft", "Store", "StoreBusyError"]
+__all__ = ["AdoptionConflictError", "BranchHeldError", "EventDraft", "SlotAdoption", "Store", "StoreBusyError"]

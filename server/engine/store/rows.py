@@ -1,0 +1,162 @@
+"""Rows to records, event drafts, and the SQL helpers the transitions share."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ..records import HELD_STATES, Agent, Event, Slot, SlotState
+from .connection import Connection
+
+SLOT_COLUMNS = frozenset(
+    {
+        "state",
+        "owner",
+        "branch",
+        "fencing_token",
+        "lease_expires_at",
+        "since",
+        "released_at",
+        "task",
+        "rescue_ref",
+        "setup_done",
+    }
+)
+
+
+@dataclass
+class EventDraft:
+    action: str
+    outcome: str
+    agent_id: str | None = None
+    repo_id: int | None = None
+    worktree_id: str | None = None
+    branch: str | None = None
+    duration_ms: float | None = None
+    fencing_token: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _slot(row: sqlite3.Row) -> Slot:
+    return Slot(
+        id=row["id"],
+        repo_id=row["repo_id"],
+        path=row["path"],
+        state=SlotState(row["state"]),
+        version=row["version"],
+        owner=row["owner"],
+        branch=row["branch"],
+        fencing_token=row["fencing_token"],
+        lease_expires_at=row["lease_expires_at"],
+        since=row["since"],
+        released_at=row["released_at"],
+        task=row["task"],
+        rescue_ref=row["rescue_ref"],
+        setup_done=bool(row["setup_done"]),
+        created_at=row["created_at"],
+    )
+
+
+def _agent(row: sqlite3.Row) -> Agent:
+    return Agent(**{k: row[k] for k in row.keys()})  # noqa: SIM118 - sqlite3.Row is not a Mapping
+
+
+def _event(row: sqlite3.Row) -> Event:
+    data = {k: row[k] for k in row.keys()}  # noqa: SIM118
+    data["detail"] = json.loads(data["detail"] or "{}")
+    return Event(**data)
+
+
+async def _append(conn: aiosqlite.Connection, draft: EventDraft, now: float) -> None:
+    await conn.execute(
+        "INSERT INTO events (ts, agent_id, action, repo_id, worktree_id, branch, outcome, duration_ms,"
+        " fencing_token, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            now,
+            draft.agent_id,
+            draft.action,
+            draft.repo_id,
+            draft.worktree_id,
+            draft.branch,
+            draft.outcome,
+            draft.duration_ms,
+            draft.fencing_token,
+            json.dumps(draft.detail, default=str, sort_keys=True),
+        ),
+    )
+
+
+class _LostCas(Exception):
+    pass
+
+
+class BranchHeldError(Exception):
+    def __init__(self, holder: Slot) -> None:
+        super().__init__(holder.branch)
+        self.holder = holder
+
+
+async def _raise_if_branch_held(conn: aiosqlite.Connection, repo_id: int, branch: str) -> None:
+    row = await (
+        await conn.execute(
+            "SELECT * FROM slots WHERE repo_id = ? AND branch = ? AND state IN (?, ?, ?)",
+            (repo_id, branch, *HELD_STATES),
+        )
+    ).fetchone()
+    if row is not None:
+        raise BranchHeldError(_slot(row))
+
+
+@dataclass
+class SlotAdoption:
+    """One worktree for `Store.adopt_slots`: FREE, BUSY (with `owner`) or QUARANTINED."""
+
+    path: str
+    state: SlotState
+    branch: str | None
+    event: EventDraft  # worktree_id and fencing_token are filled in by the store
+    owner: str | None = None
+
+
+class AdoptionConflictError(Exception):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+async def _next_slot_id(conn: aiosqlite.Connection, pool_root: str) -> str:
+    """The next `wt-NN` whose id and default path are both unused (adopted worktrees keep odd names)."""
+    while True:
+        row = await (
+            await conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'slot_seq' RETURNING value")
+        ).fetchone()
+        assert row is not None
+        slot_id = f"wt-{int(row[0]):02d}"
+        path = str(Path(pool_root) / slot_id)
+        taken = await (await conn.execute("SELECT 1 FROM slots WHERE id = ? OR path = ?", (slot_id, path))).fetchone()
+        if taken is None:
+            return slot_id
+
+
+async def _slot_exists(conn: aiosqlite.Connection, slot_id: str) -> bool:
+    return await (await conn.execute("SELECT 1 FROM slots WHERE id = ?", (slot_id,))).fetchone() is not None
+
+
+async def _next_token(conn: aiosqlite.Connection) -> int:
+    row = await (
+        await conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'fencing_token' RETURNING value")
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+class _Tables:
+    """What every part of the store shares: one connection (see connection.py for its rules)."""
+
+    _conn: Connection

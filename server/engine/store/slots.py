@@ -1,0 +1,237 @@
+"""Repositories and slots: the compare-and-swap transitions of allocation and release."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ..records import HELD_STATES, Repo, Slot, SlotState
+from .rows import (
+    SLOT_COLUMNS,
+    EventDraft,
+    _append,
+    _LostCas,
+    _next_slot_id,
+    _next_token,
+    _raise_if_branch_held,
+    _slot,
+    _Tables,
+)
+
+
+class SlotTransitions(_Tables):
+    """Every change is a CAS on (id, state, version or fencing token) that writes its events alongside."""
+
+    async def ensure_repo(self, path: str, pool_root: str) -> Repo:
+        async def tx(conn: aiosqlite.Connection) -> Repo:
+            await conn.execute(
+                "INSERT INTO repos (path, pool_root, created_at) VALUES (?, ?, ?) ON CONFLICT(path) DO NOTHING",
+                (path, pool_root, time.time()),
+            )
+            row = await (await conn.execute("SELECT * FROM repos WHERE path = ?", (path,))).fetchone()
+            assert row is not None
+            return Repo(id=row["id"], path=row["path"], pool_root=row["pool_root"])
+
+        return await self._conn.write(tx)
+
+    async def repos(self) -> list[Repo]:
+        async def tx(conn: aiosqlite.Connection) -> list[Repo]:
+            rows = await (await conn.execute("SELECT * FROM repos ORDER BY id")).fetchall()
+            return [Repo(id=r["id"], path=r["path"], pool_root=r["pool_root"]) for r in rows]
+
+        return await self._conn.read(tx)
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    async def slots(self, repo_id: int | None = None) -> list[Slot]:
+        async def tx(conn: aiosqlite.Connection) -> list[Slot]:
+            if repo_id is None:
+                cur = await conn.execute("SELECT * FROM slots ORDER BY id")
+            else:
+                cur = await conn.execute("SELECT * FROM slots WHERE repo_id = ? ORDER BY id", (repo_id,))
+            return [_slot(r) for r in await cur.fetchall()]
+
+        return await self._conn.read(tx)
+
+    async def slot(self, slot_id: str) -> Slot | None:
+        async def tx(conn: aiosqlite.Connection) -> Slot | None:
+            row = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,))).fetchone()
+            return _slot(row) if row else None
+
+        return await self._conn.read(tx)
+
+    async def holder_of_branch(self, repo_id: int, branch: str) -> Slot | None:
+        async def tx(conn: aiosqlite.Connection) -> Slot | None:
+            row = await (
+                await conn.execute(
+                    "SELECT * FROM slots WHERE repo_id = ? AND branch = ? AND state IN (?, ?, ?)",
+                    (repo_id, branch, *HELD_STATES),
+                )
+            ).fetchone()
+            return _slot(row) if row else None
+
+        return await self._conn.read(tx)
+
+    async def claim_free_slot(
+        self,
+        slot_id: str,
+        expected_version: int,
+        *,
+        owner: str,
+        branch: str,
+        task: str | None,
+        lease_s: float,
+        event: EventDraft | None = None,
+    ) -> Slot | None:
+        """Phase 1, warm: CAS FREE → ALLOCATING with a new fencing token. None when the CAS lost.
+
+        Raises `BranchHeld` with the holder when the branch was taken in the meantime.
+        """
+        now = time.time()
+
+        async def tx(conn: aiosqlite.Connection) -> Slot | None:
+            slot_row = await (await conn.execute("SELECT repo_id FROM slots WHERE id = ?", (slot_id,))).fetchone()
+            if slot_row is None:
+                return None
+            await _raise_if_branch_held(conn, slot_row["repo_id"], branch)
+            token = await _next_token(conn)
+            cur = await conn.execute(
+                "UPDATE slots SET state = 'ALLOCATING', version = version + 1, owner = ?, branch = ?,"
+                " fencing_token = ?, lease_expires_at = ?, since = ?, task = ?, rescue_ref = NULL"
+                " WHERE id = ? AND state = 'FREE' AND version = ?",
+                (owner, branch, token, now + lease_s, now, task, slot_id, expected_version),
+            )
+            if cur.rowcount == 0:
+                # Roll the token back with the rest: a lost CAS must not burn a number.
+                raise _LostCas
+            if event is not None:
+                event.fencing_token = token
+                event.worktree_id = slot_id
+                await _append(conn, event, now)
+            row = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,))).fetchone()
+            return _slot(row) if row else None
+
+        try:
+            return await self._conn.write(tx)
+        except _LostCas:
+            return None
+
+    async def claim_new_slot(
+        self,
+        repo: Repo,
+        *,
+        owner: str,
+        branch: str,
+        task: str | None,
+        lease_s: float,
+        pool_max: int,
+        event: EventDraft | None = None,
+    ) -> Slot | None:
+        """Phase 1, cold: insert an ALLOCATING slot if the pool is below its maximum. None when full."""
+        now = time.time()
+
+        async def tx(conn: aiosqlite.Connection) -> Slot | None:
+            await _raise_if_branch_held(conn, repo.id, branch)
+            count_row = await (
+                await conn.execute(
+                    "SELECT COUNT(*) FROM slots WHERE repo_id = ? AND state != 'QUARANTINED'", (repo.id,)
+                )
+            ).fetchone()
+            if count_row is not None and int(count_row[0]) >= pool_max:
+                return None
+            slot_id = await _next_slot_id(conn, repo.pool_root)
+            path = str(Path(repo.pool_root) / slot_id)
+            token = await _next_token(conn)
+            await conn.execute(
+                "INSERT INTO slots (id, repo_id, path, state, version, owner, branch, fencing_token,"
+                " lease_expires_at, since, task, created_at) VALUES (?, ?, ?, 'ALLOCATING', 0, ?, ?, ?, ?, ?, ?, ?)",
+                (slot_id, repo.id, path, owner, branch, token, now + lease_s, now, task, now),
+            )
+            if event is not None:
+                event.fencing_token = token
+                event.worktree_id = slot_id
+                await _append(conn, event, now)
+            row = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,))).fetchone()
+            return _slot(row) if row else None
+
+        return await self._conn.write(tx)
+
+    async def transition(
+        self,
+        slot_id: str,
+        *,
+        expect_state: SlotState | Sequence[SlotState],
+        expect_token: int | None = None,
+        expect_version: int | None = None,
+        changes: dict[str, Any] | None = None,
+        delete: bool = False,
+        events: Sequence[EventDraft] = (),
+    ) -> Slot | None:
+        """The general compare-and-swap: apply `changes` (or delete) only if the row still matches.
+
+        Returns the new row (or the deleted one), None when the CAS lost.
+        """
+        states = [expect_state] if isinstance(expect_state, SlotState) else list(expect_state)
+        now = time.time()
+
+        async def tx(conn: aiosqlite.Connection) -> Slot | None:
+            where = f"id = ? AND state IN ({','.join('?' * len(states))})"
+            args: list[Any] = [slot_id, *[s.value for s in states]]
+            if expect_token is not None:
+                where += " AND fencing_token = ?"
+                args.append(expect_token)
+            if expect_version is not None:
+                where += " AND version = ?"
+                args.append(expect_version)
+            row = await (await conn.execute(f"SELECT * FROM slots WHERE {where}", args)).fetchone()  # noqa: S608
+            if row is None:
+                return None
+            before = _slot(row)
+            if delete:
+                await conn.execute("DELETE FROM slots WHERE id = ?", (slot_id,))
+                after = before
+            else:
+                values = dict(changes or {})
+                values = {k: (v.value if isinstance(v, SlotState) else v) for k, v in values.items()}
+                unknown = set(values) - SLOT_COLUMNS
+                if unknown:
+                    raise ValueError(f"not slot columns: {sorted(unknown)}")
+                sets = ", ".join([f"{k} = ?" for k in values] + ["version = version + 1"])
+                await conn.execute(f"UPDATE slots SET {sets} WHERE id = ?", (*values.values(), slot_id))  # noqa: S608
+                new_row = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,))).fetchone()
+                assert new_row is not None
+                after = _slot(new_row)
+            for draft in events:
+                if draft.worktree_id is None:
+                    draft.worktree_id = slot_id
+                if draft.fencing_token is None:
+                    draft.fencing_token = before.fencing_token
+                await _append(conn, draft, now)
+            return after
+
+        return await self._conn.write(tx)
+
+    async def insert_slot(
+        self, repo: Repo, path: str, *, state: SlotState, branch: str | None, event: EventDraft
+    ) -> Slot:
+        """Adopt a worktree the store did not know (validation, import)."""
+        now = time.time()
+
+        async def tx(conn: aiosqlite.Connection) -> Slot:
+            slot_id = await _next_slot_id(conn, repo.pool_root)
+            await conn.execute(
+                "INSERT INTO slots (id, repo_id, path, state, version, branch, released_at, setup_done,"
+                " created_at) VALUES (?, ?, ?, ?, 0, ?, ?, 1, ?)",
+                (slot_id, repo.id, path, state.value, branch, now, now),
+            )
+            event.worktree_id = slot_id
+            await _append(conn, event, now)
+            row = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,))).fetchone()
+            assert row is not None
+            return _slot(row)
+
+        return await self._conn.write(tx)
