@@ -8,6 +8,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from .engine.metrics import ROW_HEADER
 from .engine.models import StatusResult, ValidateResult
 
 
@@ -75,3 +76,14 @@ def print_findings(r: ValidateResult) -> None:
         table.add_row(f.kind, f.worktree_id or "-", f.path or "-", f.detail, f.action, "yes" if f.repaired else "no")
     if r.findings or r.skipped:
         console.print(table)
+
+
+# A metric's state against its target, in the same colour wherever a metric is shown.
+METRIC_STATE_STYLE = {"ok": "green", "warning": "yellow", "failing": "bold red", "not enough data": "dim"}
+# The detail column needs ~40 more columns; narrower, it would squeeze the others to one word a line.
+METRICS_WIDE = 120
+
+
+def metric_header(width: int) -> tuple[str, ...]:
+    """The columns of a metrics table (``MetricsReport.as_rows``) that fit in ``width``."""
+    return ROW_HEADER if width >= METRICS_WIDE else ROW_HEADER[:-1]
