@@ -19,12 +19,10 @@ from ..engine.coordinator import Coordinator
 from ..engine.metrics import ROW_HEADER, MetricsReport
 from ..engine.records import Event
 from ..engine.watch import ChangeWatcher
-from ..render import output_console
+from ..render import METRIC_STATE_STYLE, metric_header, output_console
 from .common import app, emit_json, run_with_coordinator
 
 DEFAULT_LIMIT = 50  # as many as `coord://activity` shows
-WIDE = 120  # columns from which the metrics table shows its detail column
-STATE_STYLE = {"ok": "green", "warning": "yellow", "failing": "bold red", "not enough data": "dim"}
 
 
 @app.command()
@@ -47,17 +45,17 @@ def metrics(
 def print_metrics(report: MetricsReport, console: Console) -> None:
     days = report.window_s / 86400
     window = f"{days:g} days" if days >= 1 else f"{report.window_s / 3600:g} h"
-    overall = STATE_STYLE.get(report.overall, "")
+    overall = METRIC_STATE_STYLE.get(report.overall, "")
     console.print(f"metrics over {window}: overall [{overall}]{report.overall}[/]")
     # The detail column needs ~40 more columns; on a narrow terminal it would squeeze to one word a
     # line, so there it is left out (`--json` has it) and names, values and targets stay whole.
-    columns = ROW_HEADER if console.width >= WIDE else ROW_HEADER[:-1]
+    columns = metric_header(console.width)
     table = Table(box=None, pad_edge=False)
     for column in columns:
         table.add_column(column, justify="right" if column in ("value", "samples") else "left", no_wrap=True)
     for row in report.as_rows():
         cells = [
-            f"[{STATE_STYLE.get(cell, '')}]{cell}[/]" if name == "state" else cell
+            f"[{METRIC_STATE_STYLE.get(cell, '')}]{cell}[/]" if name == "state" else cell
             for name, cell in zip(ROW_HEADER, row, strict=True)
         ]
         table.add_row(*cells[: len(columns)])
