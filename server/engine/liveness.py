@@ -33,7 +33,7 @@ def boot_id() -> str:
 
 def create_time(pid: int) -> float | None:
     try:
-        return psutil.Process(pid).create_time()
+        return float(psutil.Process(pid).create_time())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
 
@@ -65,7 +65,7 @@ def process_state(pid: int, created: float) -> ProcessState:
 
 def _process_name(proc: psutil.Process) -> str:
     try:
-        name = proc.name()
+        name = str(proc.name())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return ""
     return name.lower().removesuffix(".exe")
