@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -154,24 +157,30 @@ async def _mirror(coord: Coordinator, mirror: ActivityMirror) -> None:
         await anyio.to_thread.run_sync(mirror.append, lines)
 
 
-def build_server(settings: Settings | None = None) -> MCPServer[AppState]:
+def build_server(
+    settings: Settings | None = None, *, on_stopped: Callable[[], None] | None = None
+) -> MCPServer[AppState]:
     settings = settings or Settings()
     state = AppState(settings)
     subs = Subscriptions()
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
-        async with Coordinator.open(settings, register=True) as coord:
-            state.coord = coord
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(coord.run_heartbeats)
-                tg.start_soon(coord.run_validator)
-                tg.start_soon(_watch, state, subs)
-                try:
-                    yield state
-                finally:
-                    tg.cancel_scope.cancel()
-            state.coord = None
+        try:
+            async with Coordinator.open(settings, register=True) as coord:
+                state.coord = coord
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(coord.run_heartbeats)
+                    tg.start_soon(coord.run_validator)
+                    tg.start_soon(_watch, state, subs)
+                    try:
+                        yield state
+                    finally:
+                        tg.cancel_scope.cancel()
+                state.coord = None
+        finally:
+            if on_stopped is not None:
+                on_stopped()
 
     mcp: MCPServer[AppState] = MCPServer(
         "agent-coord",
@@ -194,16 +203,21 @@ def build_server(settings: Settings | None = None) -> MCPServer[AppState]:
 async def serve_stdio(settings: Settings | None = None) -> None:
     """Serve on stdio until stdin closes or SIGTERM/SIGINT arrives; either way the lifespan unwinds
     (the agent is recorded as disconnected) well within 2 s."""
-    import signal
-
-    server = build_server(settings)
+    stopped = anyio.Event()
+    server = build_server(settings, on_stopped=stopped.set)
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     tg.cancel_scope.cancel()
-                    return
+                    # The lifespan unwinds (the agent is recorded disconnected), but the SDK's stdin
+                    # reader thread cannot be cancelled and would keep the process until stdin closes.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(1.5):
+                        await stopped.wait()
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(0)
 
         tg.start_soon(stop_on_signal)
         await server.run_stdio_async()

@@ -50,8 +50,16 @@ class Coordinator:
         self.repos = RepoResolver(store, self.git, settings)
         self.contention = ContentionMonitor(store, settings, identity)
         self.pool = Pool(store, self.git, settings, identity, self.repos, self.contention)
-        self.reclaimer = Reclaimer(store, self.git, self.repos, identity)
-        self.validator = Validator(store, self.git, self.repos, self.reclaimer, identity)
+        self.reclaimer = Reclaimer(store, self.git, self.repos, identity, lease_s=settings.stale_after_s)
+        # An allocation in flight longer than any allocation may take (setup included) is stuck.
+        self.validator = Validator(
+            store,
+            self.git,
+            self.repos,
+            self.reclaimer,
+            identity,
+            allocating_grace_s=settings.allocation_timeout_s + settings.setup_timeout_s + 60,
+        )
         self.agent_status: Literal["active", "idle"] = "active"
         self.registered = False
         self.validations_run = 0
@@ -73,11 +81,18 @@ class Coordinator:
             with anyio.CancelScope(shield=True):
                 if coord.registered:
                     await coord.disconnect()
+                # Hand the validator lease on now rather than make the others wait for it to lapse.
+                await store.release_lease(VALIDATOR_LEASE, coord.lease_holder)
                 await store.close()
 
     @property
     def agent_id(self) -> str:
         return self.identity.agent_id
+
+    @property
+    def lease_holder(self) -> str:
+        # Per server, not per agent id: two servers under one id must not both hold the lease.
+        return f"{self.agent_id}/{self.identity.server_pid}"
 
     async def default_repo(self) -> Repo | None:
         try:
@@ -168,7 +183,7 @@ class Coordinator:
         interval = self.settings.validate_every_s
         while True:
             try:
-                if await self.store.take_lease(VALIDATOR_LEASE, self.agent_id, ttl_s=interval * 1.5):
+                if await self.store.take_lease(VALIDATOR_LEASE, self.lease_holder, ttl_s=interval * 1.5):
                     await self.store.log(
                         EventDraft(Action.VALIDATE, "started", self.agent_id, detail={"interval_s": interval})
                     )

@@ -231,11 +231,22 @@ class GitDriver:
             tree = (await self.run(worktree, "write-tree", env=env)).strip()
         parents = ["-p", head] if head is not None else []
         commit = (await self.run(worktree, "commit-tree", tree, *parents, "-m", message, env=env)).strip()
-        await self.run(worktree, "update-ref", "-m", "agent-coord rescue", ref, commit)
+        # The all-zero old value makes update-ref create only: an existing rescue is never overwritten.
+        await self.run(worktree, "update-ref", "-m", "agent-coord rescue", ref, commit, "0" * 40)
         # Proof before anyone deletes anything: the ref must resolve to what we wrote.
         if (await self.run(worktree, "rev-parse", "--verify", ref)).strip() != commit:
             raise GitError(["update-ref", ref], 1, "rescue ref did not verify")
         return commit
+
+    async def free_rescue_ref(self, repo: Path, branch: str | None, slot_id: str) -> str:
+        """A rescue ref name nobody has used: two rescues of one branch in one millisecond must not clash."""
+        base = rescue_ref_name(branch, slot_id)
+        for n in range(100):
+            ref = base if n == 0 else f"{base}-{n}"
+            exists = await self.run(repo, "rev-parse", "--verify", "--quiet", ref, check=False)
+            if not exists.strip():
+                return ref
+        raise GitError(["rev-parse", base], 1, "no free rescue ref name")
 
     async def discard_changes(self, worktree: Path) -> None:
         """Reset tracked files and remove untracked ones (not ignored ones: build caches stay warm)."""

@@ -233,8 +233,10 @@ class Pool:
     ) -> _Claim | None:
         """Phase 1: one compare-and-swap. None when another process won the race for the slot."""
         with tracer.start_as_current_span("cas.claim"):
-            slots = await self.store.slots(repo.id)
-            free = [s for s in slots if s.state == SlotState.FREE]
+            slots, worktrees = await gather(self.store.slots(repo.id), self._safe_worktrees(Path(repo.path)))
+            # Only FREE slots that git still lists as live worktrees: a deleted one is validation's job.
+            listed = {Path(w.path) for w in worktrees if not w.prunable}
+            free = [s for s in slots if s.state == SlotState.FREE and Path(s.path) in listed]
             # Warmest (most recently released) first for the focused or uncontended caller;
             # under contention others take the coldest, leaving the warm one for the user's focus.
             free.sort(key=lambda s: s.released_at or 0.0, reverse=warmest)

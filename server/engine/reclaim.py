@@ -25,7 +25,7 @@ from pathlib import Path
 import anyio
 from opentelemetry import trace
 
-from .git import RESCUE_IDENTITY, RESCUE_NAMESPACE, GitDriver, GitError, WorktreeInfo, rescue_ref_name
+from .git import RESCUE_IDENTITY, RESCUE_NAMESPACE, GitDriver, GitError, WorktreeInfo
 from .liveness import Identity
 from .records import Action, Repo, Slot, SlotState
 from .repos import RepoResolver
@@ -236,14 +236,7 @@ class Reclaimer:
             raise GitError(["update-ref", ref], 1, "rescue ref did not verify")
 
     async def unique_ref(self, repo: Path, branch: str | None, slot_id: str) -> str:
-        """A rescue ref name nobody has used: two rescues of one branch in one millisecond must not clash."""
-        base = rescue_ref_name(branch, slot_id)
-        for n in range(100):
-            ref = base if n == 0 else f"{base}-{n}"
-            exists = await self.git.run(repo, "rev-parse", "--verify", "--quiet", ref, check=False)
-            if not exists.strip():
-                return ref
-        raise GitError(["rev-parse", base], 1, "no free rescue ref name")
+        return await self.git.free_rescue_ref(repo, branch, slot_id)
 
 
 class _Job:

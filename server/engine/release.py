@@ -190,8 +190,8 @@ class Releaser:
                     await self.git.worktree_remove(Path(repo.path), path)
                 elif status is not None and status.branch is not None:
                     await self.git.detach(path)
-            elif remove or not await anyio.Path(path).exists():
-                await self.git.worktree_prune(Path(repo.path))
+            # With no git entry for the slot there is nothing to prune; a repo-wide `git worktree prune`
+            # here would drop other vanished worktrees' entries before validation saved their work.
         except GitError as exc:
             with anyio.CancelScope(shield=True):
                 await self.store.transition(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .git import GitDriver, rescue_ref_name
+from .git import GitDriver
 from .records import Action, Slot
 from .store import EventDraft, Store
 
 
 async def save_work(git: GitDriver, store: Store, agent_id: str, slot: Slot, path: Path, reason: str) -> str:
     """Commit the whole working tree of `slot` to a new rescue ref; return the ref's name."""
-    ref = rescue_ref_name(slot.branch, slot.id)
+    ref = await git.free_rescue_ref(path, slot.branch, slot.id)
     commit = await git.rescue(path, ref, f"agent-coord rescue of {slot.id} ({slot.branch or 'detached'}): {reason}")
     await store.log(
         EventDraft(
