@@ -138,6 +138,7 @@ class Pool:
                     return await self._existing(repo, s, started)
                 await self._refuse(repo, branch, started, self._conflict_from_slot(s))
         await self._check_git_conflict(repo, branch, slots, worktrees, started)
+        listed = {Path(w.path) for w in worktrees if not w.prunable}
 
         snapshot = await self.contention.snapshot(repo)
         pessimistic = snapshot.level >= self.settings.contention_threshold
@@ -157,7 +158,7 @@ class Pool:
                     attempts = attempt + 1
                     # Shielded: once the row is claimed we must know it, to roll it back on any exit.
                     with anyio.CancelScope(shield=True):
-                        claim = await self._claim(repo, branch, task, warmest, strategy, started)
+                        claim = await self._claim(repo, branch, task, warmest, listed, started)
                     if claim is not None:
                         break
                     await self.store.log(
@@ -229,13 +230,20 @@ class Pool:
         return await self._finish(repo, claim, branch, strategy, attempts, jitter_ms, snapshot, started)
 
     async def _claim(
-        self, repo: Repo, branch: str, task: str | None, warmest: bool, strategy: str, started: float
+        self,
+        repo: Repo,
+        branch: str,
+        task: str | None,
+        warmest: bool,
+        listed: set[Path],
+        started: float,
     ) -> _Claim | None:
-        """Phase 1: one compare-and-swap. None when another process won the race for the slot."""
+        """Phase 1: one compare-and-swap. None when another process won the race for the slot.
+
+        Only FREE slots that git lists as live worktrees (`listed`) are candidates: a slot whose
+        directory was deleted is validation's to repair, not an allocation's to fail on."""
         with tracer.start_as_current_span("cas.claim"):
-            slots, worktrees = await gather(self.store.slots(repo.id), self._safe_worktrees(Path(repo.path)))
-            # Only FREE slots that git still lists as live worktrees: a deleted one is validation's job.
-            listed = {Path(w.path) for w in worktrees if not w.prunable}
+            slots = await self.store.slots(repo.id)
             free = [s for s in slots if s.state == SlotState.FREE and Path(s.path) in listed]
             # Warmest (most recently released) first for the focused or uncontended caller;
             # under contention others take the coldest, leaving the warm one for the user's focus.
