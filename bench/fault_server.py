@@ -1,0 +1,101 @@
+"""agent-coord's stdio server, unchanged, plus what the fault campaign needs to aim its kills.
+
+`python -m bench.fault_server` serves exactly like `python -m server`, after wrapping two methods:
+  - `Connection._transaction` sets bit 0 of a one-byte flag (a shared file, mmap'ed) from before
+    `BEGIN` until after `COMMIT`/`ROLLBACK`; with AGENT_COORD_FAULT_TX_DELAY_MS it also sleeps up to
+    that long inside write transactions, after their statements and before `COMMIT`, so a kill can
+    land while the write lock is held and the transaction is not yet committed;
+  - `Pool._git_phase` (between phase 1, FREE→ALLOCATING committed, and phase 2, ALLOCATING→BUSY)
+    sets bit 1; AGENT_COORD_FAULT_GIT_DELAY_MS sleeps up to that long at its start.
+The chaos loop reads the flag to SIGKILL a server inside a transaction or between allocation phases,
+and reads it again after the kill to record where the process really died. Bytes 8..16 hold the pid.
+Nothing else is changed: the same store, pool, validator and tools run.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+from typing import Any
+
+IN_TX = 1
+BETWEEN_PHASES = 2
+
+
+def _install(flag_path: str) -> None:
+    from server.engine import pool as pool_module
+    from server.engine.store import connection as connection_module
+
+    fd = os.open(flag_path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, 16)
+    flag = mmap.mmap(fd, 16)
+    flag[8:16] = os.getpid().to_bytes(8, "little")
+    tx_delay = float(os.environ.get("AGENT_COORD_FAULT_TX_DELAY_MS", "0") or 0) / 1000
+    git_delay = float(os.environ.get("AGENT_COORD_FAULT_GIT_DELAY_MS", "0") or 0) / 1000
+
+    def set_bit(bit: int) -> None:
+        flag[0] = flag[0] | bit
+
+    def clear_bit(bit: int) -> None:
+        flag[0] = flag[0] & ~bit & 0xFF
+
+    import anyio
+
+    original_tx = connection_module.Connection._transaction
+
+    async def _transaction(self: Any, fn: Any, begin: str) -> Any:
+        set_bit(IN_TX)
+        try:
+            if tx_delay and begin == "BEGIN IMMEDIATE":
+
+                async def slow(conn: Any) -> Any:
+                    result = await fn(conn)
+                    await anyio.sleep(random.uniform(0, tx_delay))
+                    return result
+
+                return await original_tx(self, slow, begin)
+            return await original_tx(self, fn, begin)
+        finally:
+            clear_bit(IN_TX)
+
+    original_git_phase = pool_module.Pool._git_phase
+
+    async def _git_phase(self: Any, *args: Any, **kwargs: Any) -> Any:
+        set_bit(BETWEEN_PHASES)
+        try:
+            if git_delay:
+                await anyio.sleep(random.uniform(0, git_delay))
+            return await original_git_phase(self, *args, **kwargs)
+        finally:
+            clear_bit(BETWEEN_PHASES)
+
+    connection_module.Connection._transaction = _transaction  # type: ignore[method-assign]
+    pool_module.Pool._git_phase = _git_phase  # type: ignore[method-assign]
+
+
+def read_flag(flag_path: str) -> tuple[int, int]:
+    """(flag bits, pid) as last written by the server at that path; (0, 0) when there is none yet."""
+    try:
+        with open(flag_path, "rb") as fh:
+            data = fh.read(16)
+    except OSError:
+        return 0, 0
+    if len(data) < 16:
+        return 0, 0
+    return data[0], int.from_bytes(data[8:16], "little")
+
+
+def main() -> None:
+    flag_path = os.environ.get("AGENT_COORD_FAULT_FLAG")
+    if flag_path:
+        _install(flag_path)
+    import anyio
+
+    from server.app import serve_stdio
+
+    anyio.run(serve_stdio)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,570 @@
+"""Bad-input campaign: hypothesis generates the arguments of every tool and the stdin payloads of every
+hook. Whatever comes in: no crash, no unhandled exception text, every refusal starts with a known
+error code (server.engine.errors.ErrorCode), and a refused call changes nothing (the slots table and
+`git worktree list --porcelain` are compared before and after every refused call).
+
+Tools are called through an in-memory `mcp.Client(build_server(settings))` that stays up for the whole
+module (a blocking portal keeps its event loop alive between hypothesis examples); hooks are called
+in process through the `agent-coord` Typer app, as `agent-coord hook <name>` with the payload on stdin.
+
+The CI subset makes about 1,500 calls (~20 s); `pytest -m slow tests/test_fuzz.py` makes at least 10,000.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.engine.errors import ErrorCode
+
+from .conftest import git, make_repo
+
+KNOWN_CODES = frozenset(c.value for c in ErrorCode)
+TOOLS = ("allocate_worktree", "release_worktree", "heartbeat", "status", "validate")
+HOOKS = ("worktree-create", "worktree-remove", "session-start", "session-end")
+CI_EXAMPLES_PER_TOOL = 250
+CI_EXAMPLES_PER_HOOK = 60
+FULL_EXAMPLES_PER_TOOL = 1700
+FULL_EXAMPLES_PER_HOOK = 400
+FULL_MINIMUM_CALLS = 10_000
+
+
+@dataclass
+class Sandbox:
+    root: Path
+    repo: Path
+    pool: Path
+    db: Path
+    other_repo: Path
+    plain_dir: Path
+    env: dict[str, str]
+
+
+@dataclass
+class Harness:
+    sandbox: Sandbox
+    portal: Any
+    client: Any
+    calls: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    # -- what must not change --
+
+    def snapshot(self) -> tuple[Any, ...]:
+        with sqlite3.connect(f"file:{self.sandbox.db}?mode=ro", uri=True, timeout=30) as conn:
+            slots = conn.execute("SELECT * FROM slots ORDER BY id").fetchall()
+        worktrees = git(self.sandbox.repo, "worktree", "list", "--porcelain")
+        return tuple(slots), worktrees
+
+    # -- tools --
+
+    def call(self, tool: str, args: dict[str, Any]) -> Any:
+        return self.portal.call(self.client.call_tool, tool, args)
+
+    def check_tool(self, tool: str, args: dict[str, Any]) -> None:
+        before = self.snapshot()
+        result = self.call(tool, args)  # an exception here is a crash of the server or the transport
+        self.calls[tool] += 1
+        if result.is_error:
+            text = result.content[0].text if result.content else ""
+            code = text.split(":", 1)[0]
+            self.outcomes[f"{tool}:{code}"] += 1
+            if text == f"Error executing tool {tool}" and unknown_user_path(args):
+                self.outcomes["known bug: ~user path crashes the handler"] += 1  # see test_unknown_user_path
+                assert self.snapshot() == before, (tool, args, text)
+                return
+            if text.startswith(f"Error executing tool {tool}: ") and json_container_string(args):
+                self.outcomes["known bug: SDK pre-parses a JSON-looking string"] += 1  # see test_json_looking
+                assert self.snapshot() == before, (tool, args, text)
+                return
+            assert not text.startswith("Error executing tool"), (tool, args, text)
+            assert code in KNOWN_CODES, (tool, args, text)
+            after = self.snapshot()
+            if after != before and late_refusal(tool, code):
+                # Known issue (see test_invalid_base_is_refused_before_any_claim): the refusal came
+                # after phase 1, and the roll-back left the slot FREE again but with a new version,
+                # fencing token and released_at. Held to the same pool shape, not to the same rows.
+                self.outcomes["late refusal churned a FREE slot"] += 1
+                assert shape(after) == shape(before), ("a refused call changed the pool", tool, args, text)
+                return
+            assert after == before, ("a refused call changed the store or git", tool, args, text)
+            return
+        self.outcomes[f"{tool}:ok"] += 1
+        assert result.structured_content is not None, (tool, args)
+        if tool == "allocate_worktree" and result.structured_content.get("strategy") != "existing":
+            # Give it back, so the pool never fills up with what the fuzzer was granted.
+            back = self.call(
+                "release_worktree", {"worktree_id": result.structured_content["worktree_id"], "force": True}
+            )
+            assert not back.is_error, back.content
+        self.ensure_keep()
+
+    def ensure_keep(self) -> None:
+        """Keep one allocation held throughout, so conflicts and releases of a held slot get exercised."""
+        result = self.call("allocate_worktree", {"branch": "keep"})
+        assert not result.is_error, result.content
+
+    # -- hooks --
+
+    def check_hook(self, hook: str, payload: bytes) -> None:
+        from typer.testing import CliRunner
+
+        from server.cli import app
+
+        before = self.snapshot()
+        cwd = os.getcwd()
+        try:
+            result = CliRunner().invoke(app, ["hook", hook], input=payload, catch_exceptions=True)
+        finally:
+            os.chdir(cwd)  # a hook works from the payload's cwd
+        self.calls[f"hook {hook}"] += 1
+        assert result.exception is None or isinstance(result.exception, SystemExit), (
+            hook,
+            payload[:300],
+            repr(result.exception),
+        )
+        stdout = result.stdout
+        stderr = result.stderr
+        if result.exit_code == 0:
+            self.outcomes[f"hook {hook}:ok"] += 1
+            if hook == "worktree-create":
+                lines = stdout.splitlines()
+                assert len(lines) == 1, (payload[:300], stdout)
+                path = Path(lines[0])
+                assert path.is_absolute() and path.parent == self.sandbox.pool.resolve(), (payload[:300], stdout)
+                slot = next(
+                    w for w in self.call("status", {}).structured_content["worktrees"] if w["path"] == str(path)
+                )
+                back = self.call("release_worktree", {"worktree_id": slot["worktree_id"], "force": True})
+                assert not back.is_error, back.content
+                self.ensure_keep()
+            else:
+                assert stdout.strip() == "" or hook == "session-start", (hook, payload[:300], stdout)
+            return
+        reason = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+        code = reason.split(":", 1)[0]
+        self.outcomes[f"hook {hook}:{code}"] += 1
+        if "RuntimeError: Could not determine home directory" in reason and unknown_user_path(_json_or_none(payload)):
+            self.outcomes["known bug: ~user path crashes the hook"] += 1  # see test_unknown_user_path
+            assert self.snapshot() == before, (hook, payload[:300], stderr)
+            return
+        assert result.exit_code == 1, (hook, payload[:300], result.exit_code, stderr)
+        assert stdout.strip() == "", (hook, payload[:300], stdout)
+        assert len(stderr.strip().splitlines()) == 1, (hook, payload[:300], stderr)
+        assert code in KNOWN_CODES, (hook, payload[:300], stderr)
+        after = self.snapshot()
+        if after != before and hook == "worktree-create" and code == ErrorCode.GIT_FAILED.value:
+            # The same known issue as late_refusal: a `source_ref` that is not a commit fails after the claim.
+            self.outcomes["late refusal churned a FREE slot"] += 1
+            assert shape(after) == shape(before), ("a refused hook changed the pool", hook, payload[:300], stderr)
+            return
+        assert after == before, ("a refused hook changed the store or git", hook, payload[:300], stderr)
+
+
+def unknown_user_path(value: Any) -> bool:
+    """Does `value` hold a string like "~nosuchuser/x", which pathlib cannot expand (RuntimeError)?"""
+    if isinstance(value, dict):
+        return any(unknown_user_path(v) for v in value.values())
+    if isinstance(value, list):
+        return any(unknown_user_path(v) for v in value)
+    if not isinstance(value, str) or not value.startswith("~"):
+        return False
+    try:
+        Path(value).expanduser()
+    except RuntimeError:
+        return True
+    return False
+
+
+def json_container_string(args: dict[str, Any]) -> bool:
+    """Is an argument a string that parses as a JSON array, object or null (which the SDK then decodes)?"""
+    for value in args.values():
+        if isinstance(value, str):
+            try:
+                decoded = json.loads(value)
+            except (ValueError, RecursionError):
+                continue
+            if decoded is None or isinstance(decoded, list | dict):
+                return True
+    return False
+
+
+def _json_or_none(payload: bytes) -> Any:
+    try:
+        return json.loads(payload.decode("utf-8", "replace"))
+    except ValueError:
+        return None
+
+
+def late_refusal(tool: str, code: str) -> bool:
+    return tool == "allocate_worktree" and code == ErrorCode.GIT_FAILED.value
+
+
+def shape(snapshot: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The pool as an agent sees it: (id, path, state, owner, branch) of every slot, and git's list."""
+    slots, worktrees = snapshot
+    return tuple((r[0], r[2], r[3], r[5], r[6]) for r in slots), worktrees
+
+
+# ---- the sandbox and the long-lived server -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    from anyio.from_thread import start_blocking_portal
+    from mcp import Client
+
+    from server.app import build_server
+    from server.config import Settings
+
+    root = tmp_path_factory.mktemp("fuzz")
+    repo = make_repo(root)
+    git(repo, "branch", "existing")
+    other = make_repo(root, "other")
+    plain = root / "plain-dir"
+    plain.mkdir()
+    sandbox = Sandbox(
+        root=root,
+        repo=repo,
+        pool=root / "pool",
+        db=root / "state" / "coord.db",
+        other_repo=other,
+        plain_dir=plain,
+        env={
+            "AGENT_COORD_DB": str(root / "state" / "coord.db"),
+            "AGENT_COORD_REPO": str(repo),
+            "AGENT_COORD_POOL_ROOT": str(root / "pool"),
+            "AGENT_COORD_MANICTIME_DB": "",
+            "AGENT_COORD_POOL_MAX": "4",
+            # No background writes between a snapshot and the call it brackets.
+            "AGENT_COORD_HEARTBEAT_ACTIVE_S": "100000",
+            "AGENT_COORD_HEARTBEAT_IDLE_S": "100000",
+            "AGENT_COORD_VALIDATE_EVERY_S": "100000",
+        },
+    )
+    mp = pytest.MonkeyPatch()
+    for key, value in sandbox.env.items():
+        mp.setenv(key, value)  # the hooks read their settings from the environment
+    try:
+        server = build_server(Settings(agent_id="fuzzer"))
+        with start_blocking_portal() as portal, portal.wrap_async_context_manager(Client(server)) as client:
+            h = Harness(sandbox, portal, client)
+            h.ensure_keep()
+            warm = h.call("allocate_worktree", {"branch": "warm"})  # one FREE slot as well
+            h.call("release_worktree", {"worktree_id": warm.structured_content["worktree_id"]})
+            yield h
+    finally:
+        mp.undo()
+
+
+# ---- strategies --------------------------------------------------------------------------------
+
+TRICKY = [
+    "",
+    " ",
+    "-",
+    "--",
+    "-rf",
+    "--force",
+    "--orphan",
+    "-C/tmp",
+    "--upload-pack=touch /tmp/pwned",
+    "HEAD",
+    "@",
+    "@{-1}",
+    "main",
+    "keep",
+    "warm",
+    "existing",
+    "a..b",
+    "a/",
+    "/a",
+    "a//b",
+    ".hidden",
+    "x.lock",
+    "a b",
+    "a~1",
+    "a^",
+    "a:b",
+    "a?",
+    "a*",
+    "a[",
+    "a\\b",
+    "x\x00y",
+    "\n",
+    "\t",
+    "..",
+    "../..",
+    "../../etc",
+    "/",
+    "/etc/passwd",
+    "/dev/null",
+    "~",
+    "~root",
+    "~nosuchuser",
+    "~nosuchuser/repo",
+    "wt-01",
+    "wt-02",
+    "wt-99",
+    "wt-00",
+    "wt-1",
+    "worktree-x",
+    "ü",
+    "\u202e",
+    "🙂",
+    "$(touch /tmp/pwned)",
+    "`id`",
+    "a" * 255,
+    "a" * 256,
+    "b" * 5000,
+    "refs/heads/main",
+    "origin/main",
+    "[]",
+    "{}",
+    "null",
+    '["a"]',
+    "true",
+    "12",
+]
+
+
+def sandbox_paths(s: Sandbox) -> list[str]:
+    return [
+        str(s.repo),
+        str(s.repo) + "/",
+        str(s.repo / ".git"),
+        str(s.repo / "README.md"),
+        str(s.pool),
+        str(s.pool / "wt-01"),
+        str(s.pool / "wt-02"),
+        str(s.pool / "wt-99"),
+        str(s.pool / ".." / "repo"),
+        str(s.pool / "wt-01" / ".." / "wt-02"),
+        str(s.other_repo),
+        str(s.plain_dir),
+        str(s.root),
+        str(s.root / "missing"),
+        "relative/path",
+        "./repo",
+    ]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+REF_ALPHABET = "abcxyz019-_./@{}~^:?*[]\\ \x00\x7f\n"
+
+
+def strings(s: Sandbox) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.sampled_from(TRICKY + sandbox_paths(s)),
+        st.text(alphabet=REF_ALPHABET, max_size=40),
+        st.text(max_size=60),
+        st.from_regex(r"[a-z][a-z0-9/_-]{0,30}", fullmatch=True),
+    )
+
+
+def values(s: Sandbox) -> st.SearchStrategy[Any]:
+    return st.one_of(strings(s), strings(s), strings(s), JSON_VALUES)
+
+
+def tool_args(tool: str, s: Sandbox) -> st.SearchStrategy[dict[str, Any]]:
+    text, anything = strings(s), values(s)
+    flag = st.one_of(st.booleans(), st.booleans(), anything)
+    keys: dict[str, st.SearchStrategy[Any]] = {
+        "allocate_worktree": {
+            "branch": st.one_of(text, text, anything),
+            "base": anything,
+            "repo": anything,
+            "task": anything,
+        },
+        "release_worktree": {
+            "worktree_id": anything,
+            "path": anything,
+            "branch": anything,
+            "force": flag,
+            "remove": flag,
+        },
+        "heartbeat": {"status": st.one_of(st.sampled_from(["active", "idle"]), anything), "note": anything},
+        "status": {"repo": anything},
+        "validate": {"repair": flag, "repo": anything},
+    }[tool]
+    required = {"branch": keys["branch"]} if tool == "allocate_worktree" else {}
+    optional = {k: v for k, v in keys.items() if k not in required}
+    known = st.fixed_dictionaries(required, optional=optional)
+    extra = st.dictionaries(st.text(max_size=12), anything, max_size=2)
+    return st.one_of(known, known, known, st.builds(lambda a, b: {**b, **a}, known, extra), extra)
+
+
+def hook_payloads(hook: str, s: Sandbox) -> st.SearchStrategy[bytes]:
+    text, anything = strings(s), values(s)
+    fields: dict[str, st.SearchStrategy[Any]] = {
+        "session_id": st.one_of(text, anything),
+        "cwd": st.one_of(st.sampled_from(sandbox_paths(s)), anything),
+        "hook_event_name": anything,
+        "transcript_path": anything,
+    }
+    fields.update(
+        {
+            "worktree-create": {"name": text, "worktree_name": text, "base_path": anything, "source_ref": anything},
+            "worktree-remove": {"worktree_path": st.one_of(st.sampled_from(sandbox_paths(s)), anything)},
+            "session-start": {"source": anything},
+            "session-end": {"reason": anything},
+        }[hook]
+    )
+    objects = st.fixed_dictionaries({}, optional=fields).map(lambda d: json.dumps(d).encode())
+    return st.one_of(
+        objects,
+        objects,
+        objects,
+        st.binary(max_size=200),
+        JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+        st.text(max_size=100).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        st.just(b"{" * 5000),
+        st.just(b'{"name": "' + b"x" * (1 << 20) + b'"}'),
+    )
+
+
+# ---- the campaigns -----------------------------------------------------------------------------
+
+
+def fuzz_tool(h: Harness, tool: str, examples: int) -> None:
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=False,
+    )
+    @given(args=tool_args(tool, h.sandbox))
+    def prop(args: dict[str, Any]) -> None:
+        h.check_tool(tool, args)
+
+    prop()
+
+
+def fuzz_hook(h: Harness, hook: str, examples: int) -> None:
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(payload=hook_payloads(hook, h.sandbox))
+    def prop(payload: bytes) -> None:
+        h.check_hook(hook, payload)
+
+    prop()
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_fuzz_tool_arguments(harness: Harness, tool: str) -> None:
+    fuzz_tool(harness, tool, CI_EXAMPLES_PER_TOOL)
+    assert harness.calls[tool] >= CI_EXAMPLES_PER_TOOL // 2
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_fuzz_hook_payloads(harness: Harness, hook: str) -> None:
+    fuzz_hook(harness, hook, CI_EXAMPLES_PER_HOOK)
+    assert harness.calls[f"hook {hook}"] >= CI_EXAMPLES_PER_HOOK // 2
+
+
+def test_fuzzing_left_the_pool_consistent(harness: Harness) -> None:
+    """After everything the fuzzer threw: validation finds no drift, and git and the store agree."""
+    result = harness.call("validate", {"repair": False})
+    assert not result.is_error, result.content
+    assert result.structured_content["findings"] == [], result.structured_content["findings"]
+    ran = subprocess.run(["git", "-C", str(harness.sandbox.repo), "fsck", "--no-progress"], capture_output=True)
+    assert ran.returncode == 0, ran.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a `base` that is not a commit is found only in the git phase, after phase 1 claimed a "
+    "slot: the refusal is GIT_FAILED and the roll-back bumps the FREE slot's version, burns a fencing "
+    "token and logs a reclaim. Fix: resolve `base` before claiming (see RELIABILITY.md).",
+)
+def test_invalid_base_is_refused_before_any_claim(harness: Harness) -> None:
+    spare = harness.call("allocate_worktree", {"branch": "spare"})  # make sure a FREE slot is there to claim
+    assert not spare.is_error, spare.content
+    harness.call("release_worktree", {"worktree_id": spare.structured_content["worktree_id"]})
+    before = harness.snapshot()
+    result = harness.call("allocate_worktree", {"branch": "fresh-branch-from-bad-base", "base": "no-such-commit"})
+    assert result.is_error
+    assert harness.snapshot() == before, result.content[0].text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug (found by the full fuzz run): a path argument naming an unknown user, e.g. repo='~nosuchuser', "
+    "makes pathlib's expanduser raise RuntimeError in RepoResolver.resolve / Releaser.find_slot; the client "
+    "gets the SDK's bare 'Error executing tool X' with no code (the hooks: 'failed unexpectedly'). "
+    "Fix in RELIABILITY.md.",
+)
+@pytest.mark.parametrize(
+    ("tool", "args"),
+    [
+        ("allocate_worktree", {"branch": "x", "repo": "~nosuchuser"}),
+        ("release_worktree", {"path": "~nosuchuser/wt-01"}),
+        ("status", {"repo": "~nosuchuser"}),
+        ("validate", {"repo": "~nosuchuser"}),
+    ],
+)
+def test_unknown_user_path_is_refused_with_a_code(harness: Harness, tool: str, args: dict[str, Any]) -> None:
+    result = harness.call(tool, args)
+    assert result.is_error
+    assert result.content[0].text.split(":", 1)[0] in KNOWN_CODES, result.content[0].text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug (found by the full fuzz run): for `str | None` parameters the SDK json-decodes a string that "
+    "looks like a JSON array, object or null before validating (FuncMetadata.pre_parse_json): task='[]' or "
+    "repo='[]' is refused with the SDK's uncoded 'Error executing tool X: 1 validation error', and task='null' "
+    "silently becomes None. Fix in RELIABILITY.md.",
+)
+@pytest.mark.parametrize(
+    ("tool", "args", "field"),
+    [
+        ("allocate_worktree", {"branch": "json-task-1", "task": "[]"}, "task"),
+        ("allocate_worktree", {"branch": "json-task-2", "task": "null"}, "task"),
+        ("heartbeat", {"note": '{"a": 1}'}, None),
+        ("status", {"repo": "[]"}, None),
+    ],
+)
+def test_json_looking_strings_stay_strings(
+    harness: Harness, tool: str, args: dict[str, Any], field: str | None
+) -> None:
+    result = harness.call(tool, args)
+    if result.is_error:
+        assert result.content[0].text.split(":", 1)[0] in KNOWN_CODES, result.content[0].text
+        return
+    if field is not None:
+        assert result.structured_content.get(field, args[field]) == args[field]
+        status = harness.call("status", {}).structured_content
+        held = next(w for w in status["worktrees"] if w["branch"] == args["branch"])
+        harness.call("release_worktree", {"worktree_id": held["worktree_id"], "force": True})
+        assert held["task"] == args[field], held
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_fuzz_full_campaign(harness: Harness) -> None:
+    """At least 10,000 generated calls over every tool and every hook."""
+    start = sum(harness.calls.values())
+    for tool in TOOLS:
+        fuzz_tool(harness, tool, FULL_EXAMPLES_PER_TOOL)
+    for hook in HOOKS:
+        fuzz_hook(harness, hook, FULL_EXAMPLES_PER_HOOK)
+    made = sum(harness.calls.values()) - start
+    print(f"{made} calls: {dict(harness.calls)}")
+    print("outcomes:", dict(sorted(harness.outcomes.items())))
+    assert made >= FULL_MINIMUM_CALLS, harness.calls
+    test_fuzzing_left_the_pool_consistent(harness)
