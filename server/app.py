@@ -92,6 +92,10 @@ def _error_text(result: HandlerResult) -> str | None:
     return None
 
 
+def _keep_arguments(data: dict[str, Any]) -> dict[str, Any]:
+    return data
+
+
 def _error_result(text: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
@@ -192,6 +196,11 @@ def build_server(
     )
     for module in (allocate_worktree, release_worktree, heartbeat, status, validate):
         module.register(mcp, state)
+    # Our tools take strings as strings. The SDK would json-decode "[]", "{}" and "null" in `str | None`
+    # parameters before validating (task="null" would silently become no task); the arguments were
+    # already validated, strictly, by ToolErrorShape. Private SDK attribute: see docs/decisions.md.
+    for tool in mcp._tool_manager.list_tools():
+        object.__setattr__(tool.fn_metadata, "pre_parse_json", _keep_arguments)
     resources.register(mcp, state)
     # The SDK has no decorator for resources/subscribe yet: register on the low-level server.
     lowlevel = mcp._lowlevel_server

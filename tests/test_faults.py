@@ -106,13 +106,6 @@ def test_fault_campaign_full(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: nothing renews a RELEASING row's lease (Store.heartbeat renews BUSY and ALLOCATING only), so "
-    "validation reclaims the slot of a live agent whose release outlives the lease, and the release, not "
-    "checking its last compare-and-swap, still answers FREE: an acknowledged release with no `release` event, "
-    "and two actors running git in one worktree. Fix in RELIABILITY.md.",
-)
 async def test_slow_release_is_not_reclaimed_under_a_live_agent(make_settings: Any) -> None:
     import sqlite3
 

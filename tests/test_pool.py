@@ -97,19 +97,33 @@ async def test_pool_exhausted(make_settings: Any) -> None:
         assert len(await c.store.slots()) == 2
 
 
-async def test_git_failure_rolls_back_to_free(coord: Any) -> None:
+async def test_bad_base_is_refused_before_anything_is_claimed(coord: Any) -> None:
     warm = await coord.pool.allocate("warm")
     await coord.pool.release(worktree_id=warm.worktree_id)
+    before = await coord.store.slots()
     with pytest.raises(CoordError) as err:
         await coord.pool.allocate("bad-base", base="no-such-ref")
     assert err.value.code == ErrorCode.GIT_FAILED
-    assert "no-such-ref" in err.value.message  # git's own reason
+    assert "no-such-ref" in err.value.message and "fatal:" in err.value.message  # git's own reason
+    assert await coord.store.slots() == before  # not even a version moved
+
+
+async def test_git_failure_in_the_middle_rolls_back_to_free(coord: Any, repo: Path) -> None:
+    # `a` exists, so git cannot create `a/b` (refs/heads/a is a file): a failure only `git switch`
+    # or `git worktree add` meets, after the slot was claimed.
+    git(repo, "branch", "a")
+    warm = await coord.pool.allocate("warm")
+    await coord.pool.release(worktree_id=warm.worktree_id)
+    with pytest.raises(CoordError) as err:
+        await coord.pool.allocate("a/b")
+    assert err.value.code == ErrorCode.GIT_FAILED
+    assert "refs/heads/a" in err.value.message  # git's own reason
     (slot,) = await coord.store.slots()
     assert slot.state == SlotState.FREE and slot.owner is None and slot.branch is None
     # And the cold path: no slot left behind at all.
     other = await coord.pool.allocate("taken-warm")
     with pytest.raises(CoordError) as err2:
-        await coord.pool.allocate("bad-base-2", base="nope")
+        await coord.pool.allocate("a/c")
     assert err2.value.code == ErrorCode.GIT_FAILED
     slots = await coord.store.slots()
     assert [s.id for s in slots] == [other.worktree_id]

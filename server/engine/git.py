@@ -128,7 +128,7 @@ class GitDriver:
         return result.stdout.decode().strip()
 
     async def resolve_commit(self, repo: Path, rev: str) -> str:
-        out = await self.run(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+        out = await self.run(repo, "rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}")
         return out.strip()
 
     async def head_commit(self, repo: Path) -> str | None:

@@ -22,7 +22,7 @@ from .release import Releaser
 from .repos import RepoResolver, confine
 from .rescue import save_work
 from .slot_setup import SetupError, copy_included_files, run_post_create
-from .store import BranchHeldError, EventDraft, Store
+from .store import BranchHeldError, EventDraft, Store, StoreBusyError
 
 tracer = trace.get_tracer("agent-coord.pool")
 
@@ -86,7 +86,7 @@ class Pool:
         self.repos = repos
         self.contention = contention
         self._tokens: dict[str, int] = {}  # the fencing tokens this server was granted
-        self.releaser = Releaser(store, git, identity, repos, self._tokens)
+        self.releaser = Releaser(store, git, identity, repos, self._tokens, lease_s=settings.stale_after_s)
         self.release = self.releaser.release
         self.find_slot = self.releaser.find_slot
 
@@ -124,9 +124,12 @@ class Pool:
         if task is not None and len(task) > MAX_TEXT:
             raise CoordError(ErrorCode.INVALID_ARGUMENT, "task must be at most 4096 characters")
         repo = await self.repos.resolve(repo_arg)
-        # Independent reads at once: the name check, git's worktrees and the store's slots.
-        branch, worktrees, slots = await gather(
-            self.git.check_branch_name(branch), self._worktrees_or_fail(repo), self.store.slots(repo.id)
+        # Independent reads at once: the name check, the base, git's worktrees and the store's slots.
+        branch, base_commit, worktrees, slots = await gather(
+            self.git.check_branch_name(branch),
+            self._base_or_fail(repo, base) if base is not None else _none(),
+            self._worktrees_or_fail(repo),
+            self.store.slots(repo.id),
         )
         span = trace.get_current_span()
         span.set_attribute("repo.path", repo.path)
@@ -181,13 +184,13 @@ class Pool:
                         started,
                         CoordError(
                             ErrorCode.ALLOCATION_TIMEOUT,
-                            f"lost the compare-and-swap {attempts} times to other agents; retry shortly",
+                            f"the coordination database stayed locked through {attempts} attempts; retry shortly",
                         ),
                         attempts=attempts,
                         contention=snapshot,
                     )
                 assert claim is not None
-                await self._git_phase(repo, claim, branch, base)
+                await self._git_phase(repo, claim, branch, base_commit)
             if not claim.slot.setup_done:
                 # Outside the allocation timeout: a dependency install may take minutes (setup_timeout_s).
                 await self._setup(repo, claim)
@@ -238,23 +241,27 @@ class Pool:
         listed: set[Path],
         started: float,
     ) -> _Claim | None:
-        """Phase 1: one compare-and-swap. None when another process won the race for the slot.
+        """Phase 1: one compare-and-swap. None when the database stayed locked (contention): retry.
 
         Only FREE slots that git lists as live worktrees (`listed`) are candidates: a slot whose
         directory was deleted is validation's to repair, not an allocation's to fail on."""
         with tracer.start_as_current_span("cas.claim"):
-            slots = await self.store.slots(repo.id)
-            free = [s for s in slots if s.state == SlotState.FREE and Path(s.path) in listed]
-            # Warmest (most recently released) first for the focused or uncontended caller;
-            # under contention others take the coldest, leaving the warm one for the user's focus.
-            free.sort(key=lambda s: s.released_at or 0.0, reverse=warmest)
             lease = self.settings.stale_after_s
             try:
-                if free:
-                    slot = await self.store.claim_free_slot(
-                        free[0].id, free[0].version, owner=self.me, branch=branch, task=task, lease_s=lease
-                    )
-                    return _Claim(slot, warm=True) if slot else None
+                # The FREE slot is chosen inside the claiming transaction, so this cannot lose to another
+                # process while one exists. Warmest first for the focused or uncontended caller; under
+                # contention the others take the coldest, leaving the warm one for the user's focus.
+                slot = await self.store.claim_any_free_slot(
+                    repo.id,
+                    paths=sorted(str(p) for p in listed),
+                    warmest=warmest,
+                    owner=self.me,
+                    branch=branch,
+                    task=task,
+                    lease_s=lease,
+                )
+                if slot is not None:
+                    return _Claim(slot, warm=True)
                 slot = await self.store.claim_new_slot(
                     repo,
                     owner=self.me,
@@ -265,6 +272,8 @@ class Pool:
                 )
             except BranchHeldError as exc:
                 await self._refuse(repo, branch, started, self._conflict_from_slot(exc.holder))
+            except StoreBusyError:
+                return None  # the write lock stayed taken through the store's own retries: back off
             if slot is None:
                 await self._refuse(
                     repo,
@@ -450,6 +459,15 @@ class Pool:
             latency_ms=round((time.monotonic() - started) * 1000, 2),
             contention=snapshot,
         )
+
+    async def _base_or_fail(self, repo: Repo, base: str) -> str:
+        """A bad base is refused before anything is claimed, so the refusal changes nothing."""
+        try:
+            return await self.git.resolve_commit(Path(repo.path), base)
+        except GitError as exc:
+            raise CoordError(
+                ErrorCode.GIT_FAILED, f"base {base!r} is not a commit of {repo.path}: {exc.reason}"
+            ) from exc
 
     async def _worktrees_or_fail(self, repo: Repo) -> list[WorktreeInfo]:
         try:

@@ -410,7 +410,10 @@ def _resolved(path: str) -> Path:
 
 
 def _absolute_sync(text: str, base_dir: Path) -> Path:
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # "~name" for a user that does not exist: taken literally, then not found
+        path = Path(text)
     return _resolved(str(path if path.is_absolute() else base_dir / path))
 
 

@@ -26,8 +26,16 @@ MAX_TEXT = 4096
 
 class Releaser:
     def __init__(
-        self, store: Store, git: GitDriver, identity: Identity, repos: RepoResolver, tokens: dict[str, int]
+        self,
+        store: Store,
+        git: GitDriver,
+        identity: Identity,
+        repos: RepoResolver,
+        tokens: dict[str, int],
+        *,
+        lease_s: float,
     ) -> None:
+        self.lease_s = lease_s
         self.store = store
         self.git = git
         self.identity = identity
@@ -65,7 +73,10 @@ class Releaser:
             found = [s for s in slots if s.id == worktree_id]
             what = f"worktree {worktree_id!r}"
         elif path is not None:
-            target = Path(await (await anyio.Path(path).expanduser()).resolve())
+            try:
+                target = Path(await (await anyio.Path(path).expanduser()).resolve())
+            except RuntimeError as exc:  # "~name" for a user that does not exist
+                raise CoordError(ErrorCode.NOT_FOUND, f"cannot expand {path!r}: no such user") from exc
             found = [s for s in slots if Path(s.path) == target]
             what = f"worktree at {path!r}"
         elif branch is not None:
@@ -166,7 +177,8 @@ class Releaser:
                 slot.id,
                 expect_state=SlotState.BUSY,
                 expect_token=token,
-                changes={"state": SlotState.RELEASING},
+                # A fresh lease: a long release (a big rescue) must not lapse into a reclaim under us.
+                changes={"state": SlotState.RELEASING, "lease_expires_at": time.time() + self.lease_s},
             )
         else:
             held = await self.store.transition(
@@ -218,7 +230,7 @@ class Releaser:
             token,
             detail=detail,
         )
-        await self.store.transition(
+        done = await self.store.transition(
             slot.id,
             expect_state=SlotState.RELEASING,
             expect_token=token,
@@ -238,6 +250,10 @@ class Releaser:
             events=[event],
         )
         self._tokens.pop(slot.id, None)
+        if done is None:
+            # Never acknowledge what the store did not record.
+            saved = f"; its changes are in {rescue}" if rescue else ""
+            raise CoordError(ErrorCode.NOT_OWNER, f"{slot.id} was reclaimed while it was being released{saved}")
         return ReleaseResult(
             worktree_id=slot.id,
             path=slot.path,

@@ -46,7 +46,10 @@ class RepoResolver:
             if not repo_arg or len(repo_arg) > MAX_PATH:
                 raise CoordError(ErrorCode.NOT_A_REPOSITORY, "repo must be a path of 1..4096 characters")
             reject_option_like(repo_arg, "repo", ErrorCode.NOT_A_REPOSITORY)
-            start = Path(await anyio.Path(repo_arg).expanduser())
+            try:
+                start = Path(await anyio.Path(repo_arg).expanduser())
+            except RuntimeError as exc:  # "~name" for a user that does not exist
+                raise CoordError(ErrorCode.NOT_A_REPOSITORY, f"cannot expand {repo_arg!r}: no such user") from exc
             if not start.is_absolute():
                 raise CoordError(ErrorCode.NOT_A_REPOSITORY, f"repo must be an absolute path, got {repo_arg!r}")
         elif self.settings.repo is not None:

@@ -104,7 +104,8 @@ class AgentRecords(_Tables):
             if cur.rowcount == 0:
                 return None, 0
             cur = await conn.execute(
-                "UPDATE slots SET lease_expires_at = ? WHERE owner = ? AND state IN ('BUSY', 'ALLOCATING')",
+                "UPDATE slots SET lease_expires_at = ?"
+                " WHERE owner = ? AND state IN ('BUSY', 'ALLOCATING', 'RELEASING')",
                 (until, agent_id),
             )
             renewed = cur.rowcount

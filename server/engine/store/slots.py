@@ -76,6 +76,52 @@ class SlotTransitions(_Tables):
 
         return await self._conn.read(tx)
 
+    async def claim_any_free_slot(
+        self,
+        repo_id: int,
+        *,
+        paths: Sequence[str],
+        warmest: bool,
+        owner: str,
+        branch: str,
+        task: str | None,
+        lease_s: float,
+    ) -> Slot | None:
+        """Phase 1, warm: pick a FREE slot among `paths` and CAS it to ALLOCATING, in one transaction.
+
+        Choosing inside `BEGIN IMMEDIATE` means the claim cannot lose to another process while a FREE
+        slot exists (agents no longer all race for the same one). `warmest` picks the most recently
+        released slot, otherwise the least. None when no FREE slot is left.
+        """
+        now = time.time()
+        order = "DESC" if warmest else "ASC"
+
+        async def tx(conn: aiosqlite.Connection) -> Slot | None:
+            await _raise_if_branch_held(conn, repo_id, branch)
+            marks = ",".join("?" * len(paths))
+            row = await (
+                await conn.execute(
+                    f"SELECT id FROM slots WHERE repo_id = ? AND state = 'FREE' AND path IN ({marks})"  # noqa: S608
+                    f" ORDER BY COALESCE(released_at, 0) {order}, id LIMIT 1",
+                    (repo_id, *paths),
+                )
+            ).fetchone()
+            if row is None:
+                return None
+            token = await _next_token(conn)
+            await conn.execute(
+                "UPDATE slots SET state = 'ALLOCATING', version = version + 1, owner = ?, branch = ?,"
+                " fencing_token = ?, lease_expires_at = ?, since = ?, task = ?, rescue_ref = NULL"
+                " WHERE id = ? AND state = 'FREE'",
+                (owner, branch, token, now + lease_s, now, task, row["id"]),
+            )
+            claimed = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (row["id"],))).fetchone()
+            return _slot(claimed) if claimed else None
+
+        if not paths:
+            return None
+        return await self._conn.write(tx)
+
     async def claim_free_slot(
         self,
         slot_id: str,
