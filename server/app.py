@@ -229,5 +229,8 @@ async def serve_stdio(settings: Settings | None = None) -> None:
                     os._exit(0)
 
         tg.start_soon(stop_on_signal)
-        await server.run_stdio_async()
+        try:
+            await server.run_stdio_async()
+        except* (BrokenPipeError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the agent went away mid-reply: the lifespan has unwound; no traceback for that
         tg.cancel_scope.cancel()
