@@ -315,3 +315,17 @@ async def test_same_agent_process_releases_without_force(coord: Any, settings: A
     assert r.state == "FREE"
     ok = [e for e in await coord.store.events() if e.action == "release" and e.outcome == "ok"]
     assert "forced_from" not in ok[-1].detail
+
+
+async def test_new_branch_starts_from_its_only_remote_namesake(coord: Any, repo: Path, tmp_path: Path) -> None:
+    upstream = tmp_path / "upstream"
+    git(tmp_path, "clone", "-q", str(repo), str(upstream))
+    git(upstream, "switch", "-q", "-c", "remote-only")
+    (upstream / "r.txt").write_text("from upstream")
+    git(upstream, "add", "r.txt")
+    git(upstream, "commit", "-q", "-m", "upstream work")
+    git(upstream, "branch", "x/remote-only")  # origin/x/remote-only: same last name, another branch
+    git(repo, "remote", "add", "origin", str(upstream))
+    git(repo, "fetch", "-q", "origin")
+    a = await coord.pool.allocate("remote-only")
+    assert git(Path(a.path), "rev-parse", "HEAD") == git(repo, "rev-parse", "origin/remote-only")

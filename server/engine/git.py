@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 from opentelemetry import trace
 
+from .concurrency import gather
 from .errors import CoordError, ErrorCode
 
 tracer = trace.get_tracer("agent-coord.git")
@@ -137,13 +138,19 @@ class GitDriver:
         except GitError:
             return None
 
-    async def branch_exists(self, repo: Path, branch: str) -> bool:
-        out = await self.run(repo, "for-each-ref", "--format=%(refname)", f"refs/heads/{branch}")
-        return any(line == f"refs/heads/{branch}" for line in out.splitlines())
-
-    async def remote_branches(self, repo: Path, branch: str) -> list[str]:
-        out = await self.run(repo, "for-each-ref", "--format=%(refname:short)", f"refs/remotes/*/{branch}")
-        return [ln for ln in out.splitlines() if ln]
+    async def branch_refs(self, repo: Path, branch: str) -> tuple[bool, list[str]]:
+        """Does the local branch exist, and which remote-tracking branches share its name (one call)."""
+        out = await self.run(
+            repo, "for-each-ref", "--format=%(refname)", f"refs/heads/{branch}", f"refs/remotes/*/{branch}"
+        )
+        refs = out.splitlines()
+        # for-each-ref patterns also match refs *below* a name (refs/heads/x matches refs/heads/x/y): keep exact ones.
+        remotes = [
+            short
+            for r in refs
+            if r.startswith("refs/remotes/") and (short := r.removeprefix("refs/remotes/")).partition("/")[2] == branch
+        ]
+        return f"refs/heads/{branch}" in refs, remotes
 
     # ---- worktrees ----------------------------------------------------------------------------
 
@@ -186,10 +193,10 @@ class GitDriver:
     async def worktree_prune(self, repo: Path) -> None:
         await self.run(repo, "worktree", "prune")
 
-    async def status(self, worktree: Path) -> WorktreeStatus:
-        """Changed and untracked files, the branch and HEAD, in one `git status` (porcelain v2)."""
-        out = await self.run(
-            worktree,
+    async def status(self, worktree: Path, *, expect_detached: bool = False) -> WorktreeStatus:
+        """Changed and untracked files, the branch and HEAD, in one `git status` (porcelain v2), and the
+        commits only a detached HEAD holds. With `expect_detached` (a FREE slot) both run at once."""
+        status_args = (
             "status",
             "--porcelain=v2",
             "--branch",
@@ -197,23 +204,31 @@ class GitDriver:
             "--untracked-files=all",
             "--ignore-submodules=none",
         )
+        if expect_detached:
+            out, count = await gather(self.run(worktree, *status_args), self._unsaved_commits(worktree))
+        else:
+            out, count = await self.run(worktree, *status_args), None
         changed, branch, head = _parse_status_v2(out)
         unsaved = 0
         if branch is None and head is not None:
             # A detached HEAD's own commits would be lost to the reflog once we detach elsewhere.
-            count = await self.run(
-                worktree,
-                "rev-list",
-                "--count",
-                "HEAD",
-                "--not",
-                "--branches",
-                "--tags",
-                "--remotes",
-                f"--glob={RESCUE_NAMESPACE.removeprefix('refs/')}/*",
-            )
-            unsaved = int(count.strip() or 0)
+            unsaved = count if count is not None else await self._unsaved_commits(worktree)
         return WorktreeStatus(changed=changed, unsaved_commits=unsaved, branch=branch, head=head)
+
+    async def _unsaved_commits(self, worktree: Path) -> int:
+        out = await self.run(
+            worktree,
+            "rev-list",
+            "--count",
+            "HEAD",
+            "--not",
+            "--branches",
+            "--tags",
+            "--remotes",
+            f"--glob={RESCUE_NAMESPACE.removeprefix('refs/')}/*",
+            check=False,  # an unborn HEAD has no commits to lose
+        )
+        return int(out.strip() or 0) if out.strip().isdigit() else 0
 
     # ---- saving work --------------------------------------------------------------------------
 

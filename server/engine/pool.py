@@ -294,10 +294,9 @@ class Pool:
         with tracer.start_as_current_span("git.phase") as span:
             span.set_attribute("worktree.warm", claim.warm)
             repo_path = Path(repo.path)
-            exists, state, remotes, head = await gather(
-                self.git.branch_exists(repo_path, branch),
-                self.git.status(path) if claim.warm else _none(),
-                self.git.remote_branches(repo_path, branch) if base is None else _none(),
+            (exists, remotes), state, head = await gather(
+                self.git.branch_refs(repo_path, branch),
+                self.git.status(path, expect_detached=True) if claim.warm else _none(),
                 self.git.head_commit(repo_path) if base is None else _none(),
             )
             start = None if exists else (base or _default_start(remotes, head))
