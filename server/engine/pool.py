@@ -17,7 +17,7 @@ from .errors import CoordError, ErrorCode
 from .git import GitDriver, GitError, WorktreeInfo, reject_option_like
 from .liveness import Identity
 from .models import AllocationResult, Contention
-from .records import Action, Repo, Slot, SlotState
+from .records import Action, Repo, Slot, SlotState, freed
 from .release import Releaser
 from .repos import RepoResolver, confine
 from .rescue import save_work
@@ -365,15 +365,7 @@ class Pool:
             slot.id,
             expect_state=SlotState.ALLOCATING,
             expect_token=token,
-            changes={
-                "state": SlotState.FREE,
-                "owner": None,
-                "branch": None,
-                "lease_expires_at": None,
-                "since": None,
-                "released_at": time.time(),
-                "task": None,
-            },
+            changes=freed(time.time()),
             events=[draft],
         )
 

@@ -27,7 +27,7 @@ from opentelemetry import trace
 
 from .git import RESCUE_IDENTITY, RESCUE_NAMESPACE, GitDriver, GitError, WorktreeInfo
 from .liveness import Identity
-from .records import Action, Repo, Slot, SlotState
+from .records import Action, Repo, Slot, SlotState, freed
 from .repos import RepoResolver
 from .store import EventDraft, Store
 
@@ -299,16 +299,7 @@ class _Job:
             self.slot.id,
             expect_state=SlotState.RELEASING,
             expect_version=self.held.version,
-            changes={
-                "state": SlotState.FREE,
-                "owner": None,
-                "branch": None,
-                "lease_expires_at": None,
-                "since": None,
-                "released_at": time.time(),
-                "task": None,
-                "rescue_ref": self.rescue,
-            },
+            changes=freed(time.time(), self.rescue),
             events=[self.event(outcome)],
         )
         return outcome if done is not None else "lost_race"

@@ -18,6 +18,20 @@ class SlotState(StrEnum):
 HELD_STATES = (SlotState.ALLOCATING, SlotState.BUSY, SlotState.RELEASING)
 
 
+def freed(now: float, rescue_ref: str | None = None) -> dict[str, Any]:
+    """The changes that make a slot FREE again: nobody's, no branch, warm since `now`."""
+    return {
+        "state": SlotState.FREE,
+        "owner": None,
+        "branch": None,
+        "lease_expires_at": None,
+        "since": None,
+        "released_at": now,
+        "task": None,
+        "rescue_ref": rescue_ref,
+    }
+
+
 class Action(StrEnum):
     """Event-log actions. Metrics and the activity view are computed from these."""
 

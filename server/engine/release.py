@@ -15,7 +15,7 @@ from .errors import CoordError, ErrorCode
 from .git import GitDriver, GitError, WorktreeInfo, reject_option_like
 from .liveness import Identity, same_agent_process
 from .models import ReleaseResult
-from .records import Action, Repo, Slot, SlotState
+from .records import Action, Repo, Slot, SlotState, freed
 from .repos import RepoResolver, confine
 from .rescue import save_work
 from .store import EventDraft, Store
@@ -235,18 +235,7 @@ class Releaser:
             expect_state=SlotState.RELEASING,
             expect_token=token,
             delete=gone,
-            changes=None
-            if gone
-            else {
-                "state": SlotState.FREE,
-                "owner": None,
-                "branch": None,
-                "lease_expires_at": None,
-                "since": None,
-                "released_at": time.time(),
-                "task": None,
-                "rescue_ref": rescue,
-            },
+            changes=None if gone else freed(time.time(), rescue),
             events=[event],
         )
         self._tokens.pop(slot.id, None)

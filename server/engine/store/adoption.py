@@ -13,6 +13,7 @@ from .rows import (
     AdoptionConflictError,
     SlotAdoption,
     _append,
+    _insert_agent,
     _next_token,
     _raise_if_branch_held,
     _slot,
@@ -40,26 +41,7 @@ class Adoption(_Tables):
 
         async def tx(conn: aiosqlite.Connection) -> list[Slot]:
             for agent in agents:
-                await conn.execute(
-                    "INSERT INTO agents (id, host, boot_id, pid, pid_create_time, server_pid, server_create_time,"
-                    " repo_id, status, note, started_at, last_heartbeat, lease_expires_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
-                    (
-                        agent.id,
-                        agent.host,
-                        agent.boot_id,
-                        agent.pid,
-                        agent.pid_create_time,
-                        agent.server_pid,
-                        agent.server_create_time,
-                        agent.repo_id,
-                        agent.status,
-                        agent.note,
-                        agent.started_at,
-                        agent.last_heartbeat,
-                        agent.lease_expires_at,
-                    ),
-                )
+                await _insert_agent(conn, agent, on_conflict="DO NOTHING")
             named: dict[int, int] = {}  # adoption index -> number taken from its directory name
             for i, a in enumerate(adoptions):
                 name = Path(a.path).name

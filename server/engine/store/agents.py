@@ -12,6 +12,7 @@ from .rows import (
     EventDraft,
     _agent,
     _append,
+    _insert_agent,
     _Tables,
 )
 
@@ -37,30 +38,14 @@ class AgentRecords(_Tables):
 
     async def register_agent(self, agent: Agent) -> None:
         async def tx(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
-                "INSERT INTO agents (id, host, boot_id, pid, pid_create_time, server_pid, server_create_time,"
-                " repo_id, status, note, started_at, last_heartbeat, lease_expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(id) DO UPDATE SET host=excluded.host, boot_id=excluded.boot_id, pid=excluded.pid,"
+            await _insert_agent(
+                conn,
+                agent,
+                on_conflict="DO UPDATE SET host=excluded.host, boot_id=excluded.boot_id, pid=excluded.pid,"
                 " pid_create_time=excluded.pid_create_time, server_pid=excluded.server_pid,"
                 " server_create_time=excluded.server_create_time, repo_id=excluded.repo_id,"
                 " status=excluded.status, started_at=excluded.started_at,"
                 " last_heartbeat=excluded.last_heartbeat, lease_expires_at=excluded.lease_expires_at",
-                (
-                    agent.id,
-                    agent.host,
-                    agent.boot_id,
-                    agent.pid,
-                    agent.pid_create_time,
-                    agent.server_pid,
-                    agent.server_create_time,
-                    agent.repo_id,
-                    agent.status,
-                    agent.note,
-                    agent.started_at,
-                    agent.last_heartbeat,
-                    agent.lease_expires_at,
-                ),
             )
             await _append(
                 conn,

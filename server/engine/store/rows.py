@@ -72,6 +72,33 @@ def _event(row: sqlite3.Row) -> Event:
     return Event(**data)
 
 
+async def _insert_agent(conn: aiosqlite.Connection, agent: Agent, *, on_conflict: str) -> None:
+    """Insert an agent row; `on_conflict` (fixed text from our code) says what an existing id gets."""
+    columns = (
+        "id, host, boot_id, pid, pid_create_time, server_pid, server_create_time, repo_id, status, note,"
+        " started_at, last_heartbeat, lease_expires_at"
+    )
+    sql = f"INSERT INTO agents ({columns}) VALUES ({', '.join('?' * 13)}) ON CONFLICT(id) {on_conflict}"  # noqa: S608
+    await conn.execute(
+        sql,
+        (
+            agent.id,
+            agent.host,
+            agent.boot_id,
+            agent.pid,
+            agent.pid_create_time,
+            agent.server_pid,
+            agent.server_create_time,
+            agent.repo_id,
+            agent.status,
+            agent.note,
+            agent.started_at,
+            agent.last_heartbeat,
+            agent.lease_expires_at,
+        ),
+    )
+
+
 async def _append(conn: aiosqlite.Connection, draft: EventDraft, now: float) -> None:
     await conn.execute(
         "INSERT INTO events (ts, agent_id, action, repo_id, worktree_id, branch, outcome, duration_ms,"
