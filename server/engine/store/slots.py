@@ -108,13 +108,7 @@ class SlotTransitions(_Tables):
             ).fetchone()
             if row is None:
                 return None
-            token = await _next_token(conn)
-            await conn.execute(
-                "UPDATE slots SET state = 'ALLOCATING', version = version + 1, owner = ?, branch = ?,"
-                " fencing_token = ?, lease_expires_at = ?, since = ?, task = ?, rescue_ref = NULL"
-                " WHERE id = ? AND state = 'FREE'",
-                (owner, branch, token, now + lease_s, now, task, row["id"]),
-            )
+            await _to_allocating(conn, row["id"], None, owner, branch, task, now, lease_s)
             claimed = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (row["id"],))).fetchone()
             return _slot(claimed) if claimed else None
 
@@ -144,14 +138,8 @@ class SlotTransitions(_Tables):
             if slot_row is None:
                 return None
             await _raise_if_branch_held(conn, slot_row["repo_id"], branch)
-            token = await _next_token(conn)
-            cur = await conn.execute(
-                "UPDATE slots SET state = 'ALLOCATING', version = version + 1, owner = ?, branch = ?,"
-                " fencing_token = ?, lease_expires_at = ?, since = ?, task = ?, rescue_ref = NULL"
-                " WHERE id = ? AND state = 'FREE' AND version = ?",
-                (owner, branch, token, now + lease_s, now, task, slot_id, expected_version),
-            )
-            if cur.rowcount == 0:
+            token = await _to_allocating(conn, slot_id, expected_version, owner, branch, task, now, lease_s)
+            if token is None:
                 # Roll the token back with the rest: a lost CAS must not burn a number.
                 raise _LostCas
             if event is not None:
@@ -281,3 +269,25 @@ class SlotTransitions(_Tables):
             return _slot(row)
 
         return await self._conn.write(tx)
+
+
+async def _to_allocating(
+    conn: aiosqlite.Connection,
+    slot_id: str,
+    version: int | None,
+    owner: str,
+    branch: str,
+    task: str | None,
+    now: float,
+    lease_s: float,
+) -> int | None:
+    """CAS a FREE slot (at `version`, when given) to ALLOCATING with a new fencing token; the token,
+    or None when the row was not FREE at that version (the caller rolls the transaction back)."""
+    token = await _next_token(conn)
+    cur = await conn.execute(
+        "UPDATE slots SET state = 'ALLOCATING', version = version + 1, owner = ?, branch = ?,"
+        " fencing_token = ?, lease_expires_at = ?, since = ?, task = ?, rescue_ref = NULL"
+        " WHERE id = ? AND state = 'FREE' AND (? IS NULL OR version = ?)",
+        (owner, branch, token, now + lease_s, now, task, slot_id, version, version),
+    )
+    return token if cur.rowcount else None
