@@ -109,24 +109,44 @@ async def test_bad_base_is_refused_before_anything_is_claimed(coord: Any) -> Non
 
 
 async def test_git_failure_in_the_middle_rolls_back_to_free(coord: Any, repo: Path) -> None:
-    # `a` exists, so git cannot create `a/b` (refs/heads/a is a file): a failure only `git switch`
-    # or `git worktree add` meets, after the slot was claimed.
-    git(repo, "branch", "a")
+    # A post-checkout hook's exit status becomes `git switch`'s and `git worktree add`'s: a failure
+    # that only git meets, after the slot was claimed.
+    hook = repo / ".git" / "hooks" / "post-checkout"
+    hook.write_text(
+        '#!/bin/sh\ncase "$(git rev-parse --abbrev-ref HEAD)" in boom*) echo "hook says no" >&2; exit 1;; esac\n'
+    )
+    hook.chmod(0o755)
     warm = await coord.pool.allocate("warm")
     await coord.pool.release(worktree_id=warm.worktree_id)
     with pytest.raises(CoordError) as err:
-        await coord.pool.allocate("a/b")
+        await coord.pool.allocate("boom-warm")
     assert err.value.code == ErrorCode.GIT_FAILED
-    assert "refs/heads/a" in err.value.message  # git's own reason
+    assert "hook says no" in err.value.message  # git's own reason
     (slot,) = await coord.store.slots()
     assert slot.state == SlotState.FREE and slot.owner is None and slot.branch is None
-    # And the cold path: no slot left behind at all.
+    # And the cold path: git made the worktree before its hook failed, so the new slot stays, FREE.
     other = await coord.pool.allocate("taken-warm")
     with pytest.raises(CoordError) as err2:
-        await coord.pool.allocate("a/c")
+        await coord.pool.allocate("boom-cold")
     assert err2.value.code == ErrorCode.GIT_FAILED
-    slots = await coord.store.slots()
-    assert [s.id for s in slots] == [other.worktree_id]
+    slots = {s.id: s for s in await coord.store.slots()}
+    assert slots.pop(other.worktree_id).state == SlotState.BUSY
+    (new,) = slots.values()
+    assert new.state == SlotState.FREE and new.owner is None
+    assert git(Path(new.path), "status", "--porcelain=v2", "--branch").splitlines()[1].endswith("(detached)")
+
+
+async def test_names_git_cannot_create_are_refused_before_any_claim(coord: Any, repo: Path) -> None:
+    git(repo, "branch", "a")
+    git(repo, "branch", "x/y")
+    warm = await coord.pool.allocate("warm")
+    await coord.pool.release(worktree_id=warm.worktree_id)
+    before = await coord.store.slots()
+    for name in ("a/b", "x", "z/" + "q" * 251):
+        with pytest.raises(CoordError) as err:
+            await coord.pool.allocate(name)
+        assert err.value.code == ErrorCode.INVALID_BRANCH, name
+    assert await coord.store.slots() == before
 
 
 async def test_dirty_release_refused_then_forced_to_rescue_ref(coord: Any, repo: Path) -> None:

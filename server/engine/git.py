@@ -17,6 +17,7 @@ from .errors import CoordError, ErrorCode
 tracer = trace.get_tracer("agent-coord.git")
 
 MAX_REF_LENGTH = 255
+MAX_REF_COMPONENT_BYTES = 250  # NAME_MAX 255 minus ".lock"
 RESCUE_NAMESPACE = "refs/agent-coord/rescue"
 RESCUE_IDENTITY = {
     "GIT_AUTHOR_NAME": "agent-coord rescue",
@@ -51,6 +52,13 @@ class WorktreeInfo:
     locked: bool
     lock_reason: str | None
     prunable: bool
+
+
+@dataclass(frozen=True)
+class BranchRefs:
+    exists: bool
+    remotes: list[str]  # "origin/<branch>", …
+    clash: str | None  # an existing branch that makes this name impossible to create (`a` for `a/b`)
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,12 @@ class GitDriver:
         reject_option_like(name, "branch name", ErrorCode.INVALID_BRANCH)
         if "@{" in name or name in {"HEAD", "@"} or any(ord(c) < 32 or c == "\x7f" for c in name):
             raise CoordError(ErrorCode.INVALID_BRANCH, f"{name!r} is not a valid branch name")
+        # Each name component becomes a file (and a ".lock" beside it) under refs/heads: keep it within NAME_MAX.
+        if any(len(part.encode()) > MAX_REF_COMPONENT_BYTES for part in name.split("/")):
+            raise CoordError(
+                ErrorCode.INVALID_BRANCH,
+                f"a component of the branch name is longer than {MAX_REF_COMPONENT_BYTES} bytes (file name limit)",
+            )
         result = await anyio.run_process([self.git, "check-ref-format", "--branch", name], check=False, env=_env())
         if result.returncode != 0:
             raise CoordError(ErrorCode.INVALID_BRANCH, f"{name!r} is not a valid branch name (git check-ref-format)")
@@ -138,19 +152,23 @@ class GitDriver:
         except GitError:
             return None
 
-    async def branch_refs(self, repo: Path, branch: str) -> tuple[bool, list[str]]:
-        """Does the local branch exist, and which remote-tracking branches share its name (one call)."""
+    async def branch_refs(self, repo: Path, branch: str) -> BranchRefs:
+        """In one call: does the local branch exist, which remote-tracking branches share its name, and
+        would creating it clash with a branch above or below it (`a` vs `a/b`: refs are files)."""
+        parts = branch.split("/")
+        parents = [f"refs/heads/{'/'.join(parts[:i])}" for i in range(1, len(parts))]
         out = await self.run(
-            repo, "for-each-ref", "--format=%(refname)", f"refs/heads/{branch}", f"refs/remotes/*/{branch}"
+            repo, "for-each-ref", "--format=%(refname)", f"refs/heads/{branch}", f"refs/remotes/*/{branch}", *parents
         )
         refs = out.splitlines()
+        clash = next((r for r in refs if r in parents or r.startswith(f"refs/heads/{branch}/")), None)
         # for-each-ref patterns also match refs *below* a name (refs/heads/x matches refs/heads/x/y): keep exact ones.
         remotes = [
             short
             for r in refs
             if r.startswith("refs/remotes/") and (short := r.removeprefix("refs/remotes/")).partition("/")[2] == branch
         ]
-        return f"refs/heads/{branch}" in refs, remotes
+        return BranchRefs(f"refs/heads/{branch}" in refs, remotes, clash.removeprefix("refs/heads/") if clash else None)
 
     # ---- worktrees ----------------------------------------------------------------------------
 

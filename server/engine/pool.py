@@ -14,7 +14,7 @@ from opentelemetry import trace
 from ..config import Settings
 from .concurrency import gather
 from .errors import CoordError, ErrorCode
-from .git import GitDriver, GitError, WorktreeInfo, reject_option_like
+from .git import BranchRefs, GitDriver, GitError, WorktreeInfo, reject_option_like
 from .liveness import Identity
 from .models import AllocationResult, Contention
 from .records import Action, Repo, Slot, SlotState, freed
@@ -125,12 +125,26 @@ class Pool:
             raise CoordError(ErrorCode.INVALID_ARGUMENT, "task must be at most 4096 characters")
         repo = await self.repos.resolve(repo_arg)
         # Independent reads at once: the name check, the base, git's worktrees and the store's slots.
-        branch, base_commit, worktrees, slots = await gather(
-            self.git.check_branch_name(branch),
+        branch = await self.git.check_branch_name(branch)
+        # Independent reads at once: the base, the branch's refs, git's worktrees and the store's slots.
+        base_commit, refs, worktrees, slots = await gather(
             self._base_or_fail(repo, base) if base is not None else _none(),
+            self.git.branch_refs(Path(repo.path), branch),
             self._worktrees_or_fail(repo),
             self.store.slots(repo.id),
         )
+        if not refs.exists and refs.clash is not None:
+            # Found now, not by git after a slot was claimed: a refused call changes nothing.
+            await self._refuse(
+                repo,
+                branch,
+                started,
+                CoordError(
+                    ErrorCode.INVALID_BRANCH,
+                    f"branch {branch!r} cannot be created in {repo.path}: branch {refs.clash!r} exists "
+                    "(git stores refs as files, so 'a' and 'a/b' cannot both exist); pick another name",
+                ),
+            )
         span = trace.get_current_span()
         span.set_attribute("repo.path", repo.path)
         span.set_attribute("branch", branch)
@@ -190,7 +204,7 @@ class Pool:
                         contention=snapshot,
                     )
                 assert claim is not None
-                await self._git_phase(repo, claim, branch, base_commit)
+                await self._git_phase(repo, claim, branch, base_commit, refs)
             if not claim.slot.setup_done:
                 # Outside the allocation timeout: a dependency install may take minutes (setup_timeout_s).
                 await self._setup(repo, claim)
@@ -288,18 +302,17 @@ class Pool:
             assert slot is not None
             return _Claim(slot, warm=False)
 
-    async def _git_phase(self, repo: Repo, claim: _Claim, branch: str, base: str | None) -> None:
+    async def _git_phase(self, repo: Repo, claim: _Claim, branch: str, base: str | None, refs: BranchRefs) -> None:
         """Between the phases: git runs with no transaction open. The caller rolls back on failure."""
         path = confine(Path(repo.pool_root), Path(claim.slot.path))
         with tracer.start_as_current_span("git.phase") as span:
             span.set_attribute("worktree.warm", claim.warm)
             repo_path = Path(repo.path)
-            (exists, remotes), state, head = await gather(
-                self.git.branch_refs(repo_path, branch),
+            state, head = await gather(
                 self.git.status(path, expect_detached=True) if claim.warm else _none(),
-                self.git.head_commit(repo_path) if base is None else _none(),
+                self.git.head_commit(repo_path) if base is None and not refs.exists else _none(),
             )
-            start = None if exists else (base or _default_start(remotes, head))
+            start = None if refs.exists else (base or _default_start(refs.remotes, head))
             if claim.warm:
                 if state.dirty:
                     # A FREE slot is clean by invariant; if something wrote into it, save that, then clean.
