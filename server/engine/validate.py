@@ -38,6 +38,7 @@ from .repos import RepoResolver
 from .store import EventDraft, Store
 
 tracer = trace.get_tracer("agent-coord.validate")
+RECLAIM_CONCURRENCY = 4
 STATUS_CONCURRENCY = 8
 TRANSIENT_STATES = (SlotState.ALLOCATING, SlotState.RELEASING)
 
@@ -49,6 +50,9 @@ class _Run:
     skipped: list[Finding] = field(default_factory=list)
     # Owners judged not alive in this run, so that their agent rows can be marked after repair.
     gone: dict[str, tuple[Agent, Liveness]] = field(default_factory=dict)
+    # Reclaims of slots that git still lists (dead owners, dirty free slots): each touches only its own
+    # worktree, so they run together after the checks (RECLAIM_CONCURRENCY at a time).
+    reclaims: list[tuple[Slot, Finding, str]] = field(default_factory=list)
 
 
 class Validator:
@@ -157,6 +161,7 @@ class Validator:
                 await self._busy(s, info, slots, run)
         free = [s for s in slots if s.id not in handled and s.state == SlotState.FREE]
         await self._free_slots(repo, free, by_path, run)
+        await self._reclaim_together(run)
         known = {_norm(s.path) for s in slots}
         untracked: list[WorktreeInfo] = []
         prunable: list[WorktreeInfo] = []
@@ -270,7 +275,7 @@ class Validator:
                 action="reclaim (work saved to a rescue ref first)",
             )
             if run.repair:
-                await self._reclaim(s, f, verdict.reason)
+                run.reclaims.append((s, f, verdict.reason))
             run.findings.append(f)
             return
         if info.branch is not None and info.branch != s.branch:
@@ -457,7 +462,7 @@ class Validator:
                 action="save any work to a rescue ref, then detach",
             )
             if run.repair:
-                await self._reclaim(s, f, detail)
+                run.reclaims.append((s, f, detail))
             run.findings.append(f)
 
     # ---- worktrees and directories the store does not know ----------------------------------------
@@ -567,6 +572,19 @@ class Validator:
             run.findings.append(f)
 
     # ---- shared ----------------------------------------------------------------------------------
+
+    async def _reclaim_together(self, run: _Run) -> None:
+        """The deferred reclaims, concurrently: a repair of many dead agents' slots is git-bound."""
+        jobs, run.reclaims = run.reclaims, []
+        limiter = anyio.CapacityLimiter(RECLAIM_CONCURRENCY)
+
+        async def one(s: Slot, f: Finding, reason: str) -> None:
+            async with limiter:
+                await self._reclaim(s, f, reason)
+
+        async with anyio.create_task_group() as tg:
+            for s, f, reason in jobs:
+                tg.start_soon(one, s, f, reason)
 
     async def _reclaim(self, s: Slot, f: Finding, reason: str) -> None:
         outcome = await self.reclaimer.reclaim(s, reason)
