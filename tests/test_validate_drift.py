@@ -278,3 +278,28 @@ async def test_detached_head_in_a_live_agents_worktree_is_its_business(coord: An
     assert (await coord.validate(repair=True)).findings == []
     (slot,) = await coord.store.slots()
     assert slot.branch == "feat/rebasing"
+
+
+async def test_commits_only_on_a_free_slots_detached_head_are_found_and_saved(coord: Any, repo: Path) -> None:
+    """A commit made on a FREE slot's detached HEAD is on no branch: found (one batched rev-list for
+    the pool), and saved to a rescue ref before the slot is cleaned."""
+    a = await coord.pool.allocate("commits-then-free")
+    b = await coord.pool.allocate("stays-clean")
+    await coord.pool.release(worktree_id=a.worktree_id)
+    await coord.pool.release(worktree_id=b.worktree_id)
+    wt = Path(a.path)
+    (wt / "stray.txt").write_text("committed on a detached HEAD")
+    git(wt, "add", "stray.txt")
+    git(wt, "commit", "-q", "-m", "stray commit")
+    stray = git(wt, "rev-parse", "HEAD").strip()
+    dry = await coord.validate(repair=False)
+    (f,) = dry.findings
+    assert f.kind == "dirty_free_slot" and f.worktree_id == a.worktree_id and "commit(s)" in f.detail
+    fixed = await coord.validate(repair=True)
+    assert [x.worktree_id for x in fixed.findings] == [a.worktree_id] and fixed.findings[0].repaired
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/agent-coord/rescue").split()
+    contains = [
+        subprocess.run(["git", "-C", str(repo), "merge-base", "--is-ancestor", stray, r]).returncode == 0 for r in refs
+    ]
+    assert any(contains)
+    assert (await coord.validate(repair=True)).findings == []

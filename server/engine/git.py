@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,7 +212,9 @@ class GitDriver:
     async def worktree_prune(self, repo: Path) -> None:
         await self.run(repo, "worktree", "prune")
 
-    async def status(self, worktree: Path, *, expect_detached: bool = False) -> WorktreeStatus:
+    async def status(
+        self, worktree: Path, *, expect_detached: bool = False, count_unsaved: bool = True
+    ) -> WorktreeStatus:
         """Changed and untracked files, the branch and HEAD, in one `git status` (porcelain v2), and the
         commits only a detached HEAD holds. With `expect_detached` (a FREE slot) both run at once."""
         status_args = (
@@ -228,10 +231,28 @@ class GitDriver:
             out, count = await self.run(worktree, *status_args), None
         changed, branch, head = _parse_status_v2(out)
         unsaved = 0
-        if branch is None and head is not None:
+        if branch is None and head is not None and count_unsaved:
             # A detached HEAD's own commits would be lost to the reflog once we detach elsewhere.
             unsaved = count if count is not None else await self._unsaved_commits(worktree)
         return WorktreeStatus(changed=changed, unsaved_commits=unsaved, branch=branch, head=head)
+
+    async def heads_with_unsaved_commits(self, repo: Path, heads: Sequence[str]) -> set[str]:
+        """Which of these commits hold commits no branch, tag, remote or rescue ref has: one `rev-list`
+        for a whole pool instead of one per worktree (a head is in the output iff it is unsaved)."""
+        if not heads:
+            return set()
+        out = await self.run(
+            repo,
+            "rev-list",
+            *sorted(set(heads)),
+            "--not",
+            "--branches",
+            "--tags",
+            "--remotes",
+            f"--glob={RESCUE_NAMESPACE.removeprefix('refs/')}/*",
+        )
+        listed = set(out.split())
+        return {h for h in heads if h in listed}
 
     async def _unsaved_commits(self, worktree: Path) -> int:
         out = await self.run(

@@ -20,6 +20,7 @@ transition in flight for drift:
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 from collections import defaultdict
@@ -423,7 +424,7 @@ class Validator:
         async def probe(s: Slot) -> None:
             async with limiter:
                 try:
-                    statuses[s.id] = await self.git.status(Path(s.path))
+                    statuses[s.id] = await self.git.status(Path(s.path), count_unsaved=False)
                 except GitError:
                     statuses[s.id] = None
 
@@ -432,6 +433,16 @@ class Validator:
                 info = by_path.get(_norm(s.path))
                 if info is not None and not info.locked and not info.prunable:
                     tg.start_soon(probe, s)
+        # Commits only on a detached HEAD: one rev-list for the whole pool, not one per slot.
+        detached = {sid: st.head for sid, st in statuses.items() if st and st.branch is None and st.head}
+        try:
+            unsaved = await self.git.heads_with_unsaved_commits(Path(repo.path), list(detached.values()))
+        except GitError:
+            unsaved = set(detached.values())  # cannot tell: treat as unsaved, so the reclaim saves them
+        for sid, head in detached.items():
+            st = statuses[sid]
+            if st is not None and head in unsaved:
+                statuses[sid] = dataclasses.replace(st, unsaved_commits=max(st.unsaved_commits, 1))
         suspects = [
             s
             for s in free
