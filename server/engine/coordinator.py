@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Literal
 
 import anyio
@@ -62,7 +61,6 @@ class Coordinator:
         )
         self.agent_status: Literal["active", "idle"] = "active"
         self.registered = False
-        self.validations_run = 0
         self._wake = anyio.Event()
 
     @classmethod
@@ -187,7 +185,6 @@ class Coordinator:
                     await self.store.log(
                         EventDraft(Action.VALIDATE, "started", self.agent_id, detail={"interval_s": interval})
                     )
-                    self.validations_run += 1
                     await self.validator.validate(repair=True)
             except Exception:  # validation is best effort; the next interval tries again
                 logger.warning("background validation failed", exc_info=True)
@@ -266,6 +263,3 @@ class Coordinator:
         events = await self.store.events(since_ts=now - window - 86400)
         slot_count = max(1, len(await self.store.slots()))
         return compute_metrics(events, now=now, window_s=window, slot_count=slot_count)
-
-    def pool_root_of(self, repo: Repo) -> Path:
-        return Path(repo.pool_root)

@@ -193,9 +193,6 @@ class GitDriver:
         else:
             await self.run(repo, "worktree", "add", "--quiet", "--", str(path), branch)
 
-    async def worktree_add_detached(self, repo: Path, path: Path, commit: str) -> None:
-        await self.run(repo, "worktree", "add", "--quiet", "--detach", "--", str(path), commit)
-
     async def switch(self, worktree: Path, branch: str, *, create_from: str | None = None) -> None:
         if create_from is not None:
             await self.run(worktree, "switch", "--quiet", "--no-guess", "-c", branch, create_from)

@@ -31,13 +31,6 @@ def boot_id() -> str:
         return f"boot-{int(psutil.boot_time())}"
 
 
-def create_time(pid: int) -> float | None:
-    try:
-        return float(psutil.Process(pid).create_time())
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
-
-
 ProcessState = Literal["alive", "gone", "reused", "unknown"]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiosqlite
 
-from ..records import HELD_STATES, Repo, Slot, SlotState
+from ..records import Repo, Slot, SlotState
 from .rows import (
     SLOT_COLUMNS,
     EventDraft,
@@ -60,18 +60,6 @@ class SlotTransitions(_Tables):
     async def slot(self, slot_id: str) -> Slot | None:
         async def tx(conn: aiosqlite.Connection) -> Slot | None:
             row = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,))).fetchone()
-            return _slot(row) if row else None
-
-        return await self._conn.read(tx)
-
-    async def holder_of_branch(self, repo_id: int, branch: str) -> Slot | None:
-        async def tx(conn: aiosqlite.Connection) -> Slot | None:
-            row = await (
-                await conn.execute(
-                    "SELECT * FROM slots WHERE repo_id = ? AND branch = ? AND state IN (?, ?, ?)",
-                    (repo_id, branch, *HELD_STATES),
-                )
-            ).fetchone()
             return _slot(row) if row else None
 
         return await self._conn.read(tx)
