@@ -377,6 +377,11 @@ async def test_sigterm_to_the_agent_process_is_a_death_too(env: dict[str, str]) 
             (f,) = findings
             assert f["kind"] == "dead_agent" and f["action"] == "reclaimed: freed"
         else:
-            # The observer's own start-up validation (it took the lease the dead server handed on) was first.
-            activity = (await observer.read_resource("coord://activity")).contents[0].text
-            assert any("| reclaim | feat/term | freed |" in line for line in activity.splitlines()), activity
+            # The observer's own start-up validation (it took the lease the dead server handed on) was
+            # first, and may still be reclaiming: wait for its event.
+            with anyio.fail_after(5):
+                while True:
+                    activity = (await observer.read_resource("coord://activity")).contents[0].text
+                    if any("| reclaim | feat/term | freed |" in line for line in activity.splitlines()):
+                        break
+                    await anyio.sleep(0.1)
