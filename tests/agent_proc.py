@@ -284,3 +284,14 @@ async def wait_for(check: Callable[[], Awaitable[bool] | bool], timeout: float, 
 
 if __name__ == "__main__":
     anyio.run(_main, json.loads(sys.argv[1]) if len(sys.argv) > 1 else [])
+
+
+def set_agent(env: dict[str, str], agent_id: str, **values: Any) -> None:
+    """Edit an agent's row behind the coordinator's back (what a crash or pid reuse leaves)."""
+    conn = sqlite3.connect(env["AGENT_COORD_DB"], timeout=5)
+    try:
+        sets = ", ".join(f"{k} = ?" for k in values)
+        conn.execute(f"UPDATE agents SET {sets} WHERE id = ?", (*values.values(), agent_id))
+        conn.commit()
+    finally:
+        conn.close()

@@ -22,7 +22,7 @@ from mcp import Client
 from server.engine.liveness import Identity, judge, process_state, server_gone
 from server.engine.records import Agent, SlotState
 
-from .agent_proc import events, query, start_server, stop_servers, wait_for
+from .agent_proc import events, query, set_agent, start_server, stop_servers, wait_for
 from .conftest import server_params
 
 pytestmark = pytest.mark.anyio
@@ -39,16 +39,6 @@ def _agent(**changes: Any) -> Agent:
 
 def _judge(agent: Agent, now: float | None = None) -> Any:
     return judge(agent, host="this-host", boot="boot-1", now=now)
-
-
-def set_agent(env: dict[str, str], agent_id: str, **values: Any) -> None:
-    conn = sqlite3.connect(env["AGENT_COORD_DB"], timeout=5)
-    try:
-        sets = ", ".join(f"{k} = ?" for k in values)
-        conn.execute(f"UPDATE agents SET {sets} WHERE id = ?", (*values.values(), agent_id))
-        conn.commit()
-    finally:
-        conn.close()
 
 
 # ---- judge: the rules ------------------------------------------------------------------------------

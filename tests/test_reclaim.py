@@ -22,7 +22,7 @@ from mcp import Client
 
 from server.engine.records import SlotState
 
-from .agent_proc import agent_process, call_step, events, query, reap, wait_for, write_step
+from .agent_proc import agent_process, call_step, events, query, reap, set_agent, wait_for, write_step
 from .conftest import git, server_params
 
 pytestmark = pytest.mark.anyio
@@ -41,17 +41,6 @@ def structured(result: Any) -> dict[str, Any]:
     assert not result.is_error, result.content
     data: dict[str, Any] = result.structured_content
     return data
-
-
-def set_agent(env: dict[str, str], agent_id: str, **values: Any) -> None:
-    """Edit an agent's row behind the coordinator's back (what a crash or pid reuse leaves)."""
-    conn = sqlite3.connect(env["AGENT_COORD_DB"], timeout=5)
-    try:
-        sets = ", ".join(f"{k} = ?" for k in values)
-        conn.execute(f"UPDATE agents SET {sets} WHERE id = ?", (*values.values(), agent_id))
-        conn.commit()
-    finally:
-        conn.close()
 
 
 def dead_pid() -> tuple[int, float]:
