@@ -348,17 +348,7 @@ class Validator:
                     expect_state=SlotState.BUSY,
                     expect_version=s.version,
                     changes={"branch": info.branch},
-                    events=[
-                        EventDraft(
-                            Action.REPAIR,
-                            "ok",
-                            self.identity.agent_id,
-                            s.repo_id,
-                            s.id,
-                            info.branch,
-                            detail={"kind": "branch_mismatch", "was": s.branch},
-                        )
-                    ],
+                    events=[self._repair_event(s.repo_id, s.id, info.branch, kind="branch_mismatch", was=s.branch)],
                 )
             except sqlite3.IntegrityError:  # another slot took that branch since we looked
                 done = None
@@ -395,15 +385,7 @@ class Validator:
             expect_version=s.version,
             delete=True,
             events=[
-                EventDraft(
-                    Action.REPAIR,
-                    "ok",
-                    self.identity.agent_id,
-                    s.repo_id,
-                    s.id,
-                    s.branch,
-                    detail={"kind": f.kind, "previous_owner": s.owner, "state": s.state.value},
-                )
+                self._repair_event(s.repo_id, s.id, s.branch, kind=f.kind, previous_owner=s.owner, state=s.state.value)
             ],
         )
         path = Path(s.path)
@@ -572,17 +554,18 @@ class Validator:
                     f.action = "removed (it was an empty directory)"
                 if moved is not None:
                     await self.store.log(
-                        EventDraft(
-                            Action.REPAIR,
-                            "ok",
-                            self.identity.agent_id,
-                            repo.id,
-                            detail={"kind": f.kind, "path": str(entry), "moved_to": str(moved)},
-                        )
+                        self._repair_event(repo.id, None, None, kind=f.kind, path=str(entry), moved_to=str(moved))
                     )
             run.findings.append(f)
 
     # ---- shared ----------------------------------------------------------------------------------
+
+    def _repair_event(
+        self, repo_id: int | None, worktree_id: str | None, branch: str | None, **detail: object
+    ) -> EventDraft:
+        return EventDraft(
+            Action.REPAIR, "ok", self.identity.agent_id, repo_id, worktree_id, branch, detail=dict(detail)
+        )
 
     async def _reclaim_together(self, run: _Run) -> None:
         """The deferred reclaims, concurrently: a repair of many dead agents' slots is git-bound."""
