@@ -1,10 +1,11 @@
 """agent-coord's stdio server, unchanged, plus what the fault campaign needs to aim its kills.
 
 `python -m bench.fault_server` serves exactly like `python -m server`, after wrapping two methods:
-  - `Connection._transaction` sets bit 0 of a one-byte flag (a shared file, mmap'ed) from before
-    `BEGIN` until after `COMMIT`/`ROLLBACK`; with AGENT_COORD_FAULT_TX_DELAY_MS it also sleeps up to
-    that long inside write transactions, after their statements and before `COMMIT`, so a kill can
-    land while the write lock is held and the transaction is not yet committed;
+  - `connection._run` (one whole transaction, in the store's worker thread) sets bit 0 of a one-byte
+    flag (a shared file, mmap'ed) from before `BEGIN` until after `COMMIT`/`ROLLBACK`; with
+    AGENT_COORD_FAULT_TX_DELAY_MS it also sleeps up to that long inside write transactions, after
+    their statements and before `COMMIT`, so a kill can land while the write lock is held and the
+    transaction is not yet committed;
   - `Pool._git_phase` (between phase 1, FREE→ALLOCATING committed, and phase 2, ALLOCATING→BUSY)
     sets bit 1; AGENT_COORD_FAULT_GIT_DELAY_MS sleeps up to that long at its start.
 The chaos loop reads the flag to SIGKILL a server inside a transaction or between allocation phases,
@@ -17,6 +18,7 @@ from __future__ import annotations
 import mmap
 import os
 import random
+import time
 from typing import Any
 
 IN_TX = 1
@@ -42,20 +44,21 @@ def _install(flag_path: str) -> None:
 
     import anyio
 
-    original_tx = connection_module.Connection._transaction
+    original_run = connection_module._run
 
-    async def _transaction(self: Any, fn: Any, begin: str) -> Any:
+    def _run(conn: Any, fn: Any, begin: str) -> Any:
+        # Runs in the store's worker thread, around the whole transaction.
         set_bit(IN_TX)
         try:
             if tx_delay and begin == "BEGIN IMMEDIATE":
 
-                async def slow(conn: Any) -> Any:
-                    result = await fn(conn)
-                    await anyio.sleep(random.uniform(0, tx_delay))
+                def slow(c: Any) -> Any:
+                    result = fn(c)
+                    time.sleep(random.uniform(0, tx_delay))
                     return result
 
-                return await original_tx(self, slow, begin)
-            return await original_tx(self, fn, begin)
+                return original_run(conn, slow, begin)
+            return original_run(conn, fn, begin)
         finally:
             clear_bit(IN_TX)
 
@@ -70,7 +73,7 @@ def _install(flag_path: str) -> None:
         finally:
             clear_bit(BETWEEN_PHASES)
 
-    connection_module.Connection._transaction = _transaction  # type: ignore[method-assign]
+    connection_module._run = _run
     pool_module.Pool._git_phase = _git_phase  # type: ignore[method-assign]
 
 

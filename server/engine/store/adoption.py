@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
-import aiosqlite
 
 from ..records import Agent, Repo, Slot, SlotState
 from .rows import (
@@ -39,37 +38,35 @@ class Adoption(_Tables):
         """
         now = time.time()
 
-        async def tx(conn: aiosqlite.Connection) -> list[Slot]:
+        def tx(conn: sqlite3.Connection) -> list[Slot]:
             for agent in agents:
-                await _insert_agent(conn, agent, on_conflict="DO NOTHING")
+                _insert_agent(conn, agent, on_conflict="DO NOTHING")
             named: dict[int, int] = {}  # adoption index -> number taken from its directory name
             for i, a in enumerate(adoptions):
                 name = Path(a.path).name
                 if name.startswith("wt-") and name[3:].isdigit() and name == f"wt-{int(name[3:]):02d}":
                     named[i] = int(name[3:])
             if named:
-                await conn.execute(
-                    "UPDATE meta SET value = MAX(value, ?) WHERE key = 'slot_seq'", (max(named.values()),)
-                )
+                conn.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'slot_seq'", (max(named.values()),))
             taken: set[str] = set()
             result: list[Slot] = []
             for i, a in enumerate(adoptions):
-                known = await (await conn.execute("SELECT id FROM slots WHERE path = ?", (a.path,))).fetchone()
+                known = conn.execute("SELECT id FROM slots WHERE path = ?", (a.path,)).fetchone()
                 if known is not None:
                     raise AdoptionConflictError(a.path, f"already in the pool as {known['id']}")
                 if a.state == SlotState.BUSY and a.branch is not None:
-                    await _raise_if_branch_held(conn, repo.id, a.branch)
+                    _raise_if_branch_held(conn, repo.id, a.branch)
                 slot_id = f"wt-{named[i]:02d}" if i in named else None
-                while slot_id is None or slot_id in taken or await _slot_exists(conn, slot_id):
-                    seq_row = await (
-                        await conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'slot_seq' RETURNING value")
+                while slot_id is None or slot_id in taken or _slot_exists(conn, slot_id):
+                    seq_row = conn.execute(
+                        "UPDATE meta SET value = value + 1 WHERE key = 'slot_seq' RETURNING value"
                     ).fetchone()
                     assert seq_row is not None
                     slot_id = f"wt-{int(seq_row[0]):02d}"
                 taken.add(slot_id)
                 held = a.state == SlotState.BUSY
-                token = await _next_token(conn) if held else None
-                await conn.execute(
+                token = _next_token(conn) if held else None
+                conn.execute(
                     "INSERT INTO slots (id, repo_id, path, state, version, owner, branch, fencing_token,"
                     " lease_expires_at, since, released_at, setup_done, created_at)"
                     " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, 1, ?)",
@@ -89,8 +86,8 @@ class Adoption(_Tables):
                 )
                 a.event.worktree_id = slot_id
                 a.event.fencing_token = token
-                await _append(conn, a.event, now)
-                row = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,))).fetchone()
+                _append(conn, a.event, now)
+                row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
                 assert row is not None
                 result.append(_slot(row))
             return result

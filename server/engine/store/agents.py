@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any
-
-import aiosqlite
 
 from ..records import Agent
 from .rows import (
@@ -21,15 +20,15 @@ class AgentRecords(_Tables):
     """The agents table. Only the server that registered an id renews it."""
 
     async def agents(self) -> list[Agent]:
-        async def tx(conn: aiosqlite.Connection) -> list[Agent]:
-            rows = await (await conn.execute("SELECT * FROM agents ORDER BY id")).fetchall()
+        def tx(conn: sqlite3.Connection) -> list[Agent]:
+            rows = conn.execute("SELECT * FROM agents ORDER BY id").fetchall()
             return [_agent(r) for r in rows]
 
         return await self._conn.read(tx)
 
     async def agent(self, agent_id: str) -> Agent | None:
-        async def tx(conn: aiosqlite.Connection) -> Agent | None:
-            row = await (await conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,))).fetchone()
+        def tx(conn: sqlite3.Connection) -> Agent | None:
+            row = conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
             return _agent(row) if row else None
 
         return await self._conn.read(tx)
@@ -37,8 +36,8 @@ class AgentRecords(_Tables):
     # ---- agents -----------------------------------------------------------------------------
 
     async def register_agent(self, agent: Agent) -> None:
-        async def tx(conn: aiosqlite.Connection) -> None:
-            await _insert_agent(
+        def tx(conn: sqlite3.Connection) -> None:
+            _insert_agent(
                 conn,
                 agent,
                 on_conflict="DO UPDATE SET host=excluded.host, boot_id=excluded.boot_id, pid=excluded.pid,"
@@ -47,7 +46,7 @@ class AgentRecords(_Tables):
                 " status=excluded.status, started_at=excluded.started_at,"
                 " last_heartbeat=excluded.last_heartbeat, lease_expires_at=excluded.lease_expires_at",
             )
-            await _append(
+            _append(
                 conn,
                 EventDraft(
                     action="register",
@@ -72,7 +71,7 @@ class AgentRecords(_Tables):
         now = time.time()
         until = now + lease_s
 
-        async def tx(conn: aiosqlite.Connection) -> tuple[Agent | None, int]:
+        def tx(conn: sqlite3.Connection) -> tuple[Agent | None, int]:
             sets = "last_heartbeat = ?, lease_expires_at = ?"
             args: list[Any] = [now, until]
             if status is not None:
@@ -81,20 +80,20 @@ class AgentRecords(_Tables):
             if note is not None:
                 sets += ", note = ?"
                 args.append(note)
-            cur = await conn.execute(
+            cur = conn.execute(
                 # Only fixed column names are interpolated; every value is bound.
                 f"UPDATE agents SET {sets} WHERE id = ? AND server_pid = ?",  # noqa: S608
                 (*args, agent_id, server_pid),
             )
             if cur.rowcount == 0:
                 return None, 0
-            cur = await conn.execute(
+            cur = conn.execute(
                 "UPDATE slots SET lease_expires_at = ?"
                 " WHERE owner = ? AND state IN ('BUSY', 'ALLOCATING', 'RELEASING')",
                 (until, agent_id),
             )
             renewed = cur.rowcount
-            row = await (await conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,))).fetchone()
+            row = conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
             return (_agent(row) if row else None), renewed
 
         return await self._conn.write(tx)
@@ -102,16 +101,16 @@ class AgentRecords(_Tables):
     async def set_agent_status(
         self, agent_id: str, status: str, *, server_pid: int | None, event: EventDraft | None
     ) -> bool:
-        async def tx(conn: aiosqlite.Connection) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
             if server_pid is None:
-                cur = await conn.execute("UPDATE agents SET status = ? WHERE id = ?", (status, agent_id))
+                cur = conn.execute("UPDATE agents SET status = ? WHERE id = ?", (status, agent_id))
             else:
-                cur = await conn.execute(
+                cur = conn.execute(
                     "UPDATE agents SET status = ? WHERE id = ? AND server_pid = ?",
                     (status, agent_id, server_pid),
                 )
             if cur.rowcount and event is not None:
-                await _append(conn, event, time.time())
+                _append(conn, event, time.time())
             return cur.rowcount > 0
 
         return await self._conn.write(tx)

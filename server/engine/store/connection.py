@@ -1,7 +1,14 @@
 """One SQLite connection, serialised by a lock, with `BEGIN IMMEDIATE` writes and bounded busy retries.
 
+A transaction is one synchronous function over a stdlib `sqlite3.Connection`, run whole in one worker
+thread call: `BEGIN`, its statements and `COMMIT` cost one hop off the event loop, not one per
+statement. That matters beyond speed: between two hops a process can be descheduled while it holds
+SQLite's write lock, and every other process then sleeps in busy_timeout's back-off (BENCHMARKS.md,
+"Store compare-and-swap": op p99 at 16 processes fell from 79 ms to single digits).
+
 Tasks never share a transaction: every transaction runs under the connection's lock, and is shielded
-from cancellation so a cancelled caller cannot leave it open.
+from cancellation; the worker thread is never abandoned, so a transaction always ends in `COMMIT` or
+`ROLLBACK` in its thread.
 """
 
 from __future__ import annotations
@@ -9,12 +16,13 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import aiosqlite
 import anyio
+import anyio.to_thread
 
 from .schema import MIGRATIONS
 
@@ -22,6 +30,8 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 8
+
+Transaction = Callable[[sqlite3.Connection], T]
 
 
 class StoreBusyError(Exception):
@@ -43,29 +53,52 @@ def prepare_db_file(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open and configure the connection (runs in a worker thread: it may wait for the WAL switch)."""
+    prepare_db_file(path)
+    # check_same_thread=False: each transaction runs in whichever worker thread anyio hands out; the
+    # Connection's lock guarantees only one of them touches the connection at a time.
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # WAL lets readers (status, dashboards, the change watcher) run beside the writer.
+        for attempt in range(BUSY_RETRIES):
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or attempt == BUSY_RETRIES - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _run(conn: sqlite3.Connection, fn: Transaction[T], begin: str) -> T:
+    conn.execute(begin)
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
 class Connection:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._lock = anyio.Lock()
 
     @classmethod
     async def open(cls, path: Path, *, migrate: bool = True) -> Connection:
-        prepare_db_file(path)
-        conn = await aiosqlite.connect(str(path), isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        # WAL lets readers (status, dashboards, the change watcher) run beside the writer.
-        for attempt in range(BUSY_RETRIES):
-            try:
-                await conn.execute("PRAGMA journal_mode = WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or attempt == BUSY_RETRIES - 1:
-                    raise
-                await anyio.sleep(0.05 * (attempt + 1))
-        await conn.execute("PRAGMA synchronous = NORMAL")
-        await conn.execute("PRAGMA foreign_keys = ON")
-        self = cls(conn)
+        self = cls(await anyio.to_thread.run_sync(_connect, path))
         if migrate:
             await self._migrate()
         for suffix in ("-wal", "-shm"):
@@ -75,8 +108,8 @@ class Connection:
         return self
 
     async def _migrate(self) -> None:
-        async def step(conn: aiosqlite.Connection) -> None:
-            row = await (await conn.execute("PRAGMA user_version")).fetchone()
+        def step(conn: sqlite3.Connection) -> None:
+            row = conn.execute("PRAGMA user_version").fetchone()
             version = int(row[0]) if row else 0
             if version > len(MIGRATIONS):
                 raise RuntimeError(
@@ -84,55 +117,43 @@ class Connection:
                 )
             for index in range(version, len(MIGRATIONS)):
                 for statement in _split_sql(MIGRATIONS[index]):
-                    await conn.execute(statement)
-                await conn.execute(f"PRAGMA user_version = {index + 1}")
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {index + 1}")
 
         await self.write(step)
 
     async def close(self) -> None:
-        await self._conn.close()
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                await anyio.to_thread.run_sync(self._conn.close)
 
-    async def write(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def write(self, fn: Transaction[T]) -> T:
         """Run `fn` inside `BEGIN IMMEDIATE` … `COMMIT`, retrying the whole of it on SQLITE_BUSY."""
-        for attempt in range(BUSY_RETRIES):
-            try:
-                with anyio.CancelScope(shield=True):
-                    async with self._lock:
-                        return await self._transaction(fn, "BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-                await anyio.sleep(random.uniform(0.005, 0.02) * (2**attempt))
-        raise StoreBusyError("the database stayed locked through every retry")
+        return await self._retrying(fn, "BEGIN IMMEDIATE")
 
-    async def read(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def read(self, fn: Transaction[T]) -> T:
         """Run `fn` in one deferred transaction, so several SELECTs see one snapshot."""
-        for attempt in range(BUSY_RETRIES):
-            try:
-                with anyio.CancelScope(shield=True):
-                    async with self._lock:
-                        return await self._transaction(fn, "BEGIN")
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-                await anyio.sleep(random.uniform(0.005, 0.02) * (2**attempt))
-        raise StoreBusyError("the database stayed locked through every retry")
+        return await self._retrying(fn, "BEGIN")
 
     async def scalar(self, sql: str) -> int:
-        async with self._lock:
-            row = await (await self._conn.execute(sql)).fetchone()
-        return int(row[0]) if row else 0
+        def one(conn: sqlite3.Connection) -> int:
+            row = conn.execute(sql).fetchone()
+            return int(row[0]) if row else 0
 
-    async def _transaction(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]], begin: str) -> T:
-        await self._conn.execute(begin)
-        try:
-            result = await fn(self._conn)
-            await self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                await self._conn.execute("ROLLBACK")
-            raise
-        return result
+        async with self._lock:
+            return await anyio.to_thread.run_sync(one, self._conn)
+
+    async def _retrying(self, fn: Transaction[T], begin: str) -> T:
+        for attempt in range(BUSY_RETRIES):
+            try:
+                with anyio.CancelScope(shield=True):
+                    async with self._lock:
+                        return await anyio.to_thread.run_sync(_run, self._conn, fn, begin)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                await anyio.sleep(random.uniform(0.005, 0.02) * (2**attempt))
+        raise StoreBusyError("the database stayed locked through every retry")
 
 
 def _split_sql(script: str) -> list[str]:

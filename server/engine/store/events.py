@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any
-
-import aiosqlite
 
 from ..records import Event
 from .rows import (
@@ -28,8 +27,8 @@ class EventLog(_Tables):
     # ---- events -----------------------------------------------------------------------------
 
     async def log(self, draft: EventDraft) -> None:
-        async def tx(conn: aiosqlite.Connection) -> None:
-            await _append(conn, draft, time.time())
+        def tx(conn: sqlite3.Connection) -> None:
+            _append(conn, draft, time.time())
 
         await self._conn.write(tx)
 
@@ -51,8 +50,8 @@ class EventLog(_Tables):
             sql += " LIMIT ?"
             args.append(limit)
 
-        async def tx(conn: aiosqlite.Connection) -> list[Event]:
-            rows = await (await conn.execute(sql, args)).fetchall()
+        def tx(conn: sqlite3.Connection) -> list[Event]:
+            rows = conn.execute(sql, args).fetchall()
             return [_event(r) for r in rows]
 
         result = await self._conn.read(tx)
@@ -61,8 +60,8 @@ class EventLog(_Tables):
     # ---- repositories -----------------------------------------------------------------------
 
     async def integrity_check(self) -> str:
-        async def tx(conn: aiosqlite.Connection) -> str:
-            row = await (await conn.execute("PRAGMA integrity_check")).fetchone()
+        def tx(conn: sqlite3.Connection) -> str:
+            row = conn.execute("PRAGMA integrity_check").fetchone()
             return str(row[0]) if row else "no answer"
 
         return await self._conn.read(tx)
@@ -73,18 +72,18 @@ class EventLog(_Tables):
         """Move the named cursor to `upto` by CAS; return the claimed range (after, upto], or None when
         another process already claimed past it. Each event is thereby handled by exactly one process."""
 
-        async def tx(conn: aiosqlite.Connection) -> tuple[int, int] | None:
+        def tx(conn: sqlite3.Connection) -> tuple[int, int] | None:
             key = f"cursor:{cursor}"
-            await conn.execute(
+            conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, (SELECT COALESCE(MAX(id), 0) FROM events WHERE id < ?))"
                 " ON CONFLICT(key) DO NOTHING",
                 (key, upto),
             )
-            row = await (await conn.execute("SELECT value FROM meta WHERE key = ?", (key,))).fetchone()
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             after = int(row[0]) if row else 0
             if after >= upto:
                 return None
-            await conn.execute("UPDATE meta SET value = ? WHERE key = ? AND value = ?", (upto, key, after))
+            conn.execute("UPDATE meta SET value = ? WHERE key = ? AND value = ?", (upto, key, after))
             return after, upto
 
         return await self._conn.write(tx)
@@ -95,12 +94,12 @@ class EventLog(_Tables):
         """Take or renew a named lease by CAS; True when `holder` has it until now + ttl."""
         now = time.time()
 
-        async def tx(conn: aiosqlite.Connection) -> bool:
-            await conn.execute(
+        def tx(conn: sqlite3.Connection) -> bool:
+            conn.execute(
                 "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT(name) DO NOTHING",
                 (name, holder, now + ttl_s),
             )
-            cur = await conn.execute(
+            cur = conn.execute(
                 "UPDATE leases SET holder = ?, expires_at = ?, version = version + 1"
                 " WHERE name = ? AND (holder = ? OR expires_at < ?)",
                 (holder, now + ttl_s, name, holder, now),
@@ -110,7 +109,7 @@ class EventLog(_Tables):
         return await self._conn.write(tx)
 
     async def release_lease(self, name: str, holder: str) -> None:
-        async def tx(conn: aiosqlite.Connection) -> None:
-            await conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
         await self._conn.write(tx)

@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from ..records import HELD_STATES, Agent, Event, Slot, SlotState
 from .connection import Connection
 
@@ -72,14 +70,14 @@ def _event(row: sqlite3.Row) -> Event:
     return Event(**data)
 
 
-async def _insert_agent(conn: aiosqlite.Connection, agent: Agent, *, on_conflict: str) -> None:
+def _insert_agent(conn: sqlite3.Connection, agent: Agent, *, on_conflict: str) -> None:
     """Insert an agent row; `on_conflict` (fixed text from our code) says what an existing id gets."""
     columns = (
         "id, host, boot_id, pid, pid_create_time, server_pid, server_create_time, repo_id, status, note,"
         " started_at, last_heartbeat, lease_expires_at"
     )
     sql = f"INSERT INTO agents ({columns}) VALUES ({', '.join('?' * 13)}) ON CONFLICT(id) {on_conflict}"  # noqa: S608
-    await conn.execute(
+    conn.execute(
         sql,
         (
             agent.id,
@@ -99,8 +97,8 @@ async def _insert_agent(conn: aiosqlite.Connection, agent: Agent, *, on_conflict
     )
 
 
-async def _append(conn: aiosqlite.Connection, draft: EventDraft, now: float) -> None:
-    await conn.execute(
+def _append(conn: sqlite3.Connection, draft: EventDraft, now: float) -> None:
+    conn.execute(
         "INSERT INTO events (ts, agent_id, action, repo_id, worktree_id, branch, outcome, duration_ms,"
         " fencing_token, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
@@ -128,12 +126,10 @@ class BranchHeldError(Exception):
         self.holder = holder
 
 
-async def _raise_if_branch_held(conn: aiosqlite.Connection, repo_id: int, branch: str) -> None:
-    row = await (
-        await conn.execute(
-            "SELECT * FROM slots WHERE repo_id = ? AND branch = ? AND state IN (?, ?, ?)",
-            (repo_id, branch, *HELD_STATES),
-        )
+def _raise_if_branch_held(conn: sqlite3.Connection, repo_id: int, branch: str) -> None:
+    row = conn.execute(
+        "SELECT * FROM slots WHERE repo_id = ? AND branch = ? AND state IN (?, ?, ?)",
+        (repo_id, branch, *HELD_STATES),
     ).fetchone()
     if row is not None:
         raise BranchHeldError(_slot(row))
@@ -157,28 +153,24 @@ class AdoptionConflictError(Exception):
         self.reason = reason
 
 
-async def _next_slot_id(conn: aiosqlite.Connection, pool_root: str) -> str:
+def _next_slot_id(conn: sqlite3.Connection, pool_root: str) -> str:
     """The next `wt-NN` whose id and default path are both unused (adopted worktrees keep odd names)."""
     while True:
-        row = await (
-            await conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'slot_seq' RETURNING value")
-        ).fetchone()
+        row = conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'slot_seq' RETURNING value").fetchone()
         assert row is not None
         slot_id = f"wt-{int(row[0]):02d}"
         path = str(Path(pool_root) / slot_id)
-        taken = await (await conn.execute("SELECT 1 FROM slots WHERE id = ? OR path = ?", (slot_id, path))).fetchone()
+        taken = conn.execute("SELECT 1 FROM slots WHERE id = ? OR path = ?", (slot_id, path)).fetchone()
         if taken is None:
             return slot_id
 
 
-async def _slot_exists(conn: aiosqlite.Connection, slot_id: str) -> bool:
-    return await (await conn.execute("SELECT 1 FROM slots WHERE id = ?", (slot_id,))).fetchone() is not None
+def _slot_exists(conn: sqlite3.Connection, slot_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM slots WHERE id = ?", (slot_id,)).fetchone() is not None
 
 
-async def _next_token(conn: aiosqlite.Connection) -> int:
-    row = await (
-        await conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'fencing_token' RETURNING value")
-    ).fetchone()
+def _next_token(conn: sqlite3.Connection) -> int:
+    row = conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'fencing_token' RETURNING value").fetchone()
     assert row is not None
     return int(row[0])
 

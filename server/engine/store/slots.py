@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import aiosqlite
 
 from ..records import Repo, Slot, SlotState
 from .rows import (
@@ -27,20 +26,20 @@ class SlotTransitions(_Tables):
     """Every change is a CAS on (id, state, version or fencing token) that writes its events alongside."""
 
     async def ensure_repo(self, path: str, pool_root: str) -> Repo:
-        async def tx(conn: aiosqlite.Connection) -> Repo:
-            await conn.execute(
+        def tx(conn: sqlite3.Connection) -> Repo:
+            conn.execute(
                 "INSERT INTO repos (path, pool_root, created_at) VALUES (?, ?, ?) ON CONFLICT(path) DO NOTHING",
                 (path, pool_root, time.time()),
             )
-            row = await (await conn.execute("SELECT * FROM repos WHERE path = ?", (path,))).fetchone()
+            row = conn.execute("SELECT * FROM repos WHERE path = ?", (path,)).fetchone()
             assert row is not None
             return Repo(id=row["id"], path=row["path"], pool_root=row["pool_root"])
 
         return await self._conn.write(tx)
 
     async def repos(self) -> list[Repo]:
-        async def tx(conn: aiosqlite.Connection) -> list[Repo]:
-            rows = await (await conn.execute("SELECT * FROM repos ORDER BY id")).fetchall()
+        def tx(conn: sqlite3.Connection) -> list[Repo]:
+            rows = conn.execute("SELECT * FROM repos ORDER BY id").fetchall()
             return [Repo(id=r["id"], path=r["path"], pool_root=r["pool_root"]) for r in rows]
 
         return await self._conn.read(tx)
@@ -48,18 +47,18 @@ class SlotTransitions(_Tables):
     # ---- reads ------------------------------------------------------------------------------
 
     async def slots(self, repo_id: int | None = None) -> list[Slot]:
-        async def tx(conn: aiosqlite.Connection) -> list[Slot]:
+        def tx(conn: sqlite3.Connection) -> list[Slot]:
             if repo_id is None:
-                cur = await conn.execute("SELECT * FROM slots ORDER BY id")
+                cur = conn.execute("SELECT * FROM slots ORDER BY id")
             else:
-                cur = await conn.execute("SELECT * FROM slots WHERE repo_id = ? ORDER BY id", (repo_id,))
-            return [_slot(r) for r in await cur.fetchall()]
+                cur = conn.execute("SELECT * FROM slots WHERE repo_id = ? ORDER BY id", (repo_id,))
+            return [_slot(r) for r in cur.fetchall()]
 
         return await self._conn.read(tx)
 
     async def slot(self, slot_id: str) -> Slot | None:
-        async def tx(conn: aiosqlite.Connection) -> Slot | None:
-            row = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,))).fetchone()
+        def tx(conn: sqlite3.Connection) -> Slot | None:
+            row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
             return _slot(row) if row else None
 
         return await self._conn.read(tx)
@@ -84,20 +83,18 @@ class SlotTransitions(_Tables):
         now = time.time()
         order = "DESC" if warmest else "ASC"
 
-        async def tx(conn: aiosqlite.Connection) -> Slot | None:
-            await _raise_if_branch_held(conn, repo_id, branch)
+        def tx(conn: sqlite3.Connection) -> Slot | None:
+            _raise_if_branch_held(conn, repo_id, branch)
             marks = ",".join("?" * len(paths))
-            row = await (
-                await conn.execute(
-                    f"SELECT id FROM slots WHERE repo_id = ? AND state = 'FREE' AND path IN ({marks})"  # noqa: S608
-                    f" ORDER BY COALESCE(released_at, 0) {order}, id LIMIT 1",
-                    (repo_id, *paths),
-                )
+            row = conn.execute(
+                f"SELECT id FROM slots WHERE repo_id = ? AND state = 'FREE' AND path IN ({marks})"  # noqa: S608
+                f" ORDER BY COALESCE(released_at, 0) {order}, id LIMIT 1",
+                (repo_id, *paths),
             ).fetchone()
             if row is None:
                 return None
-            await _to_allocating(conn, row["id"], None, owner, branch, task, now, lease_s)
-            claimed = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (row["id"],))).fetchone()
+            _to_allocating(conn, row["id"], None, owner, branch, task, now, lease_s)
+            claimed = conn.execute("SELECT * FROM slots WHERE id = ?", (row["id"],)).fetchone()
             return _slot(claimed) if claimed else None
 
         if not paths:
@@ -121,20 +118,20 @@ class SlotTransitions(_Tables):
         """
         now = time.time()
 
-        async def tx(conn: aiosqlite.Connection) -> Slot | None:
-            slot_row = await (await conn.execute("SELECT repo_id FROM slots WHERE id = ?", (slot_id,))).fetchone()
+        def tx(conn: sqlite3.Connection) -> Slot | None:
+            slot_row = conn.execute("SELECT repo_id FROM slots WHERE id = ?", (slot_id,)).fetchone()
             if slot_row is None:
                 return None
-            await _raise_if_branch_held(conn, slot_row["repo_id"], branch)
-            token = await _to_allocating(conn, slot_id, expected_version, owner, branch, task, now, lease_s)
+            _raise_if_branch_held(conn, slot_row["repo_id"], branch)
+            token = _to_allocating(conn, slot_id, expected_version, owner, branch, task, now, lease_s)
             if token is None:
                 # Roll the token back with the rest: a lost CAS must not burn a number.
                 raise _LostCas
             if event is not None:
                 event.fencing_token = token
                 event.worktree_id = slot_id
-                await _append(conn, event, now)
-            row = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,))).fetchone()
+                _append(conn, event, now)
+            row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
             return _slot(row) if row else None
 
         try:
@@ -156,19 +153,17 @@ class SlotTransitions(_Tables):
         """Phase 1, cold: insert an ALLOCATING slot if the pool is below its maximum. None when full."""
         now = time.time()
 
-        async def tx(conn: aiosqlite.Connection) -> Slot | None:
-            await _raise_if_branch_held(conn, repo.id, branch)
-            count_row = await (
-                await conn.execute(
-                    "SELECT COUNT(*) FROM slots WHERE repo_id = ? AND state != 'QUARANTINED'", (repo.id,)
-                )
+        def tx(conn: sqlite3.Connection) -> Slot | None:
+            _raise_if_branch_held(conn, repo.id, branch)
+            count_row = conn.execute(
+                "SELECT COUNT(*) FROM slots WHERE repo_id = ? AND state != 'QUARANTINED'", (repo.id,)
             ).fetchone()
             if count_row is not None and int(count_row[0]) >= pool_max:
                 return None
-            slot_id = await _next_slot_id(conn, repo.pool_root)
+            slot_id = _next_slot_id(conn, repo.pool_root)
             path = str(Path(repo.pool_root) / slot_id)
-            token = await _next_token(conn)
-            await conn.execute(
+            token = _next_token(conn)
+            conn.execute(
                 "INSERT INTO slots (id, repo_id, path, state, version, owner, branch, fencing_token,"
                 " lease_expires_at, since, task, created_at) VALUES (?, ?, ?, 'ALLOCATING', 0, ?, ?, ?, ?, ?, ?, ?)",
                 (slot_id, repo.id, path, owner, branch, token, now + lease_s, now, task, now),
@@ -176,8 +171,8 @@ class SlotTransitions(_Tables):
             if event is not None:
                 event.fencing_token = token
                 event.worktree_id = slot_id
-                await _append(conn, event, now)
-            row = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,))).fetchone()
+                _append(conn, event, now)
+            row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
             return _slot(row) if row else None
 
         return await self._conn.write(tx)
@@ -200,7 +195,7 @@ class SlotTransitions(_Tables):
         states = [expect_state] if isinstance(expect_state, SlotState) else list(expect_state)
         now = time.time()
 
-        async def tx(conn: aiosqlite.Connection) -> Slot | None:
+        def tx(conn: sqlite3.Connection) -> Slot | None:
             where = f"id = ? AND state IN ({','.join('?' * len(states))})"
             args: list[Any] = [slot_id, *[s.value for s in states]]
             if expect_token is not None:
@@ -209,12 +204,12 @@ class SlotTransitions(_Tables):
             if expect_version is not None:
                 where += " AND version = ?"
                 args.append(expect_version)
-            row = await (await conn.execute(f"SELECT * FROM slots WHERE {where}", args)).fetchone()  # noqa: S608
+            row = conn.execute(f"SELECT * FROM slots WHERE {where}", args).fetchone()  # noqa: S608
             if row is None:
                 return None
             before = _slot(row)
             if delete:
-                await conn.execute("DELETE FROM slots WHERE id = ?", (slot_id,))
+                conn.execute("DELETE FROM slots WHERE id = ?", (slot_id,))
                 after = before
             else:
                 values = dict(changes or {})
@@ -223,8 +218,8 @@ class SlotTransitions(_Tables):
                 if unknown:
                     raise ValueError(f"not slot columns: {sorted(unknown)}")
                 sets = ", ".join([f"{k} = ?" for k in values] + ["version = version + 1"])
-                await conn.execute(f"UPDATE slots SET {sets} WHERE id = ?", (*values.values(), slot_id))  # noqa: S608
-                new_row = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,))).fetchone()
+                conn.execute(f"UPDATE slots SET {sets} WHERE id = ?", (*values.values(), slot_id))  # noqa: S608
+                new_row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
                 assert new_row is not None
                 after = _slot(new_row)
             for draft in events:
@@ -232,7 +227,7 @@ class SlotTransitions(_Tables):
                     draft.worktree_id = slot_id
                 if draft.fencing_token is None:
                     draft.fencing_token = before.fencing_token
-                await _append(conn, draft, now)
+                _append(conn, draft, now)
             return after
 
         return await self._conn.write(tx)
@@ -243,24 +238,24 @@ class SlotTransitions(_Tables):
         """Adopt a worktree the store did not know (validation, import)."""
         now = time.time()
 
-        async def tx(conn: aiosqlite.Connection) -> Slot:
-            slot_id = await _next_slot_id(conn, repo.pool_root)
-            await conn.execute(
+        def tx(conn: sqlite3.Connection) -> Slot:
+            slot_id = _next_slot_id(conn, repo.pool_root)
+            conn.execute(
                 "INSERT INTO slots (id, repo_id, path, state, version, branch, released_at, setup_done,"
                 " created_at) VALUES (?, ?, ?, ?, 0, ?, ?, 1, ?)",
                 (slot_id, repo.id, path, state.value, branch, now, now),
             )
             event.worktree_id = slot_id
-            await _append(conn, event, now)
-            row = await (await conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,))).fetchone()
+            _append(conn, event, now)
+            row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
             assert row is not None
             return _slot(row)
 
         return await self._conn.write(tx)
 
 
-async def _to_allocating(
-    conn: aiosqlite.Connection,
+def _to_allocating(
+    conn: sqlite3.Connection,
     slot_id: str,
     version: int | None,
     owner: str,
@@ -271,8 +266,8 @@ async def _to_allocating(
 ) -> int | None:
     """CAS a FREE slot (at `version`, when given) to ALLOCATING with a new fencing token; the token,
     or None when the row was not FREE at that version (the caller rolls the transaction back)."""
-    token = await _next_token(conn)
-    cur = await conn.execute(
+    token = _next_token(conn)
+    cur = conn.execute(
         "UPDATE slots SET state = 'ALLOCATING', version = version + 1, owner = ?, branch = ?,"
         " fencing_token = ?, lease_expires_at = ?, since = ?, task = ?, rescue_ref = NULL"
         " WHERE id = ? AND state = 'FREE' AND (? IS NULL OR version = ?)",
