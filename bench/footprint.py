@@ -27,8 +27,6 @@ from typing import Any
 from bench._common import default_base, git_env, machine, machine_line, median, table, write_results
 
 BARE = "from mcp.server import MCPServer"
-# The prototype entry point: what `python -m server` does, minus importing the whole Typer CLI first.
-DIRECT = ("-c", "import anyio\nfrom server.app import serve_stdio\nanyio.run(serve_stdio)")
 BARE_RSS = (
     "from mcp.server import MCPServer\n"
     "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])"
@@ -129,16 +127,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--calls", type=int, default=None)
     parser.add_argument("--base-dir", default=None, help=f"where state goes (default {default_base()})")
-    parser.add_argument(
-        "--prototype", action="store_true", help="also time a server started without the CLI (serve_stdio directly)"
-    )
     args = parser.parse_args()
     reps = args.reps or (3 if args.quick else 7)
     calls = args.calls or (400 if args.quick else 1000)
     info = machine()
     print(machine_line(info), flush=True)
     startup: list[float] = []
-    direct: list[float] = []
     bare: list[float] = []
     bare_rss: list[int] = []
     rss_samples: list[dict[str, Any]] = []
@@ -147,20 +141,19 @@ def main() -> None:
         make_env(base, 0)
         bare_import_ms()  # warm the page cache for both sides alike
         for rep in range(reps):
-            kinds = ["server", "bare", *(["direct"] if args.prototype else [])]
+            kinds = ["server", "bare"]
             order = kinds[rep % len(kinds) :] + kinds[: rep % len(kinds)]
             for what in order:
                 if what == "bare":
                     bare.append(bare_import_ms())
                     bare_rss.append(bare_import_rss_kb())
                     continue
-                server = RawServer(make_env(base, rep), DIRECT if what == "direct" else ("-m", "server"))
+                server = RawServer(make_env(base, rep), ("-m", "server"))
                 try:
-                    (direct if what == "direct" else startup).append(server.initialize())
+                    startup.append(server.initialize())
                 finally:
                     server.close()
-            extra = f", direct entry {direct[-1]:.0f} ms" if direct else ""
-            print(f"  rep {rep}: server {startup[-1]:.0f} ms, bare import {bare[-1]:.0f} ms{extra}", flush=True)
+            print(f"  rep {rep}: server {startup[-1]:.0f} ms, bare import {bare[-1]:.0f} ms", flush=True)
         # memory: one long-lived server
         server = RawServer(make_env(base, 999))
         try:
@@ -189,18 +182,6 @@ def main() -> None:
     ratio = median(startup) / median(bare)
     rows = [
         ["start-up to initialize response", f"{median(startup):.0f} ms", f"{median(bare):.0f} ms", f"{ratio:.2f}x"],
-        *(
-            [
-                [
-                    "  prototype: serve_stdio without the CLI",
-                    f"{median(direct):.0f} ms",
-                    f"{median(bare):.0f} ms",
-                    f"{median(direct) / median(bare):.2f}x",
-                ]
-            ]
-            if direct
-            else []
-        ),
         [
             "RSS idle (2 s after initialize)",
             f"{idle_mb:.1f} MB",
@@ -238,7 +219,6 @@ def main() -> None:
             "reps": reps,
             "calls": calls,
             "startup_ms": startup,
-            "direct_startup_ms": direct,
             "bare_import_ms": bare,
             "bare_rss_kb": bare_rss,
             "rss_samples": rss_samples,

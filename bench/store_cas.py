@@ -1,9 +1,10 @@
 """Store compare-and-swap: allocate+release cycles through agent-coord's Store, beside raw sqlite3.
 
 One cycle is what the pool does to the database for one allocation and its release, without git:
-  claim (Store.claim_free_slot on the warmest FREE slot, or Store.claim_new_slot while the pool is
-  below its maximum; a lost CAS is retried) → Store.transition ALLOCATING→BUSY (+ the `allocate`
-  event) → Store.transition BUSY→FREE (+ the `release` event).
+  claim (Store.claim_any_free_slot: the warmest FREE slot chosen inside the claiming transaction, as
+  `Pool` does; Store.claim_new_slot when none is FREE and the pool is below its maximum; a claim that
+  finds neither is retried) → Store.transition ALLOCATING→BUSY (+ the `allocate` event) →
+  Store.transition BUSY→FREE (+ the `release` event).
 The raw baseline runs the very same SQL statements, transaction for transaction, with the stdlib
 `sqlite3` module (WAL, busy_timeout=5000, synchronous=NORMAL, BEGIN IMMEDIATE, the same retry on
 SQLITE_BUSY), on a database with the same schema, in the same run, interleaved with the store runs.
@@ -39,9 +40,7 @@ LEASE_S = 300.0
 # ---- the agent-coord store worker -----------------------------------------------------------------
 
 
-async def _store_worker(
-    db: Path, pool_max: int, duration: float, rate: float, start: float, *, variant: str = "store"
-) -> dict[str, Any]:
+async def _store_worker(db: Path, pool_max: int, duration: float, rate: float, start: float) -> dict[str, Any]:
     from server.engine.records import Action, SlotState
     from server.engine.store import EventDraft, Store, StoreBusyError
     from server.engine.store import connection as connection_module
@@ -57,16 +56,11 @@ async def _store_worker(
         return hit
 
     connection_module._is_busy = counting_is_busy  # count the SQLITE_BUSY the store absorbed
-    prototype = variant != "store"
-    if prototype:
-        from bench.proto_onehop import OneHopStore, PickInTxStore
-
-        store: Store = await (PickInTxStore if variant == "pick" else OneHopStore).open(db)
-    else:
-        store = await Store.open(db)
+    store = await Store.open(db)
     repo = await store.ensure_repo("/bench/repo", "/bench/pool")
     owner = f"bench-{os.getpid()}"
     branch = f"b-{os.getpid()}"
+    paths = _slot_paths(pool_max)
     await _wait_until(start)
     phase = _phase(rate)
     cycles: list[float] = []
@@ -86,27 +80,12 @@ async def _store_worker(
         c0 = time.perf_counter()
         try:
             slot = None
-            while slot is None and variant == "pick":
-                t = time.perf_counter()
-                slot = await store.claim_warmest_or_new(  # type: ignore[attr-defined]
-                    repo, owner=owner, branch=branch, task=None, lease_s=LEASE_S, pool_max=pool_max, warmest=True
-                )
-                ops.append((time.perf_counter() - t) * 1000)
-                if slot is None:
-                    lost += 1
             while slot is None:
                 t = time.perf_counter()
-                slots = await store.slots(repo.id)
-                ops.append((time.perf_counter() - t) * 1000)
-                free = sorted(
-                    (s for s in slots if s.state == SlotState.FREE), key=lambda s: s.released_at or 0.0, reverse=True
+                slot = await store.claim_any_free_slot(
+                    repo.id, paths=paths, warmest=True, owner=owner, branch=branch, task=None, lease_s=LEASE_S
                 )
-                t = time.perf_counter()
-                if free:
-                    slot = await store.claim_free_slot(
-                        free[0].id, free[0].version, owner=owner, branch=branch, task=None, lease_s=LEASE_S
-                    )
-                else:
+                if slot is None:
                     slot = await store.claim_new_slot(
                         repo, owner=owner, branch=branch, task=None, lease_s=LEASE_S, pool_max=pool_max
                     )
@@ -147,8 +126,6 @@ async def _store_worker(
             continue
         cycles.append((time.perf_counter() - c0) * 1000)
     elapsed = time.time() - start
-    if prototype:
-        busy_retried += store._conn.busy_retried  # type: ignore[attr-defined]
     await store.close()
     return {
         "cycles": cycles,
@@ -221,26 +198,29 @@ def _raw_worker(db: Path, pool_max: int, duration: float, rate: float, start: fl
             conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'fencing_token' RETURNING value").fetchone()[0]
         )
 
-    def read_slots() -> list[sqlite3.Row]:
-        return conn.execute("SELECT * FROM slots WHERE repo_id = ? ORDER BY id", (repo_id,)).fetchall()
+    paths = _slot_paths(pool_max)
+    marks = ",".join("?" * len(paths))
 
-    def claim_free(slot_id: str, version: int) -> sqlite3.Row | None:
+    def claim_any() -> sqlite3.Row | None:
         now = time.time()
-        if conn.execute("SELECT repo_id FROM slots WHERE id = ?", (slot_id,)).fetchone() is None:
-            return None
         conn.execute(
             "SELECT * FROM slots WHERE repo_id = ? AND branch = ? AND state IN (?, ?, ?)", (repo_id, branch, *held)
-        )
+        ).fetchone()
+        row = conn.execute(
+            f"SELECT id FROM slots WHERE repo_id = ? AND state = 'FREE' AND path IN ({marks})"
+            " ORDER BY COALESCE(released_at, 0) DESC, id LIMIT 1",
+            (repo_id, *paths),
+        ).fetchone()
+        if row is None:
+            return None
         token = next_token()
-        cur = conn.execute(
+        conn.execute(
             "UPDATE slots SET state = 'ALLOCATING', version = version + 1, owner = ?, branch = ?,"
             " fencing_token = ?, lease_expires_at = ?, since = ?, task = ?, rescue_ref = NULL"
-            " WHERE id = ? AND state = 'FREE' AND version = ?",
-            (owner, branch, token, now + LEASE_S, now, None, slot_id, version),
+            " WHERE id = ? AND state = 'FREE' AND (? IS NULL OR version = ?)",
+            (owner, branch, token, now + LEASE_S, now, None, row["id"], None, None),
         )
-        if cur.rowcount == 0:
-            raise _LostCasError
-        return conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
+        return conn.execute("SELECT * FROM slots WHERE id = ?", (row["id"],)).fetchone()
 
     def claim_new() -> sqlite3.Row | None:
         now = time.time()
@@ -297,20 +277,9 @@ def _raw_worker(db: Path, pool_max: int, duration: float, rate: float, start: fl
             slot = None
             while slot is None:
                 t = time.perf_counter()
-                slots = write(read_slots, "BEGIN")
-                ops.append((time.perf_counter() - t) * 1000)
-                free = sorted(
-                    (s for s in slots if s["state"] == "FREE"), key=lambda s: s["released_at"] or 0.0, reverse=True
-                )
-                t = time.perf_counter()
-                try:
-                    if free:
-                        fid, fver = free[0]["id"], free[0]["version"]
-                        slot = write(lambda fid=fid, fver=fver: claim_free(fid, fver))
-                    else:
-                        slot = write(claim_new)
-                except _LostCasError:
-                    slot = None
+                slot = write(claim_any)
+                if slot is None:
+                    slot = write(claim_new)
                 ops.append((time.perf_counter() - t) * 1000)
                 if slot is None:
                     lost += 1
@@ -363,8 +332,9 @@ def _raw_worker(db: Path, pool_max: int, duration: float, rate: float, start: fl
     }
 
 
-class _LostCasError(Exception):
-    pass
+def _slot_paths(pool_max: int) -> list[str]:
+    """The paths the pool would pass as live worktrees: every slot `claim_new_slot` can create."""
+    return [f"/bench/pool/wt-{i:02d}" for i in range(1, pool_max + 1)]
 
 
 def _phase(rate: float) -> float:
@@ -387,10 +357,8 @@ def _wait_until_sync(t: float) -> None:
 def worker_main(args: argparse.Namespace) -> None:
     print("ready", flush=True)
     start = float(sys.stdin.readline())
-    if args.impl in ("store", "proto", "pick"):
-        result = asyncio.run(
-            _store_worker(Path(args.db), args.pool_max, args.duration, args.rate, start, variant=args.impl)
-        )
+    if args.impl == "store":
+        result = asyncio.run(_store_worker(Path(args.db), args.pool_max, args.duration, args.rate, start))
     else:
         result = _raw_worker(Path(args.db), args.pool_max, args.duration, args.rate, start)
     print(json.dumps(result), flush=True)
@@ -484,14 +452,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=None, help="repetitions of each configuration (median taken)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per full-speed run")
     parser.add_argument("--procs", default="1,4,16", help="process counts for the full-speed runs")
-    parser.add_argument(
-        "--prototype",
-        action="store_true",
-        help="also run the prototypes of bench/proto_onehop.py: proto (one thread hop per transaction) and pick "
-        "(one hop, and the slot chosen inside the claiming transaction)",
-    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--impl", choices=["store", "raw", "proto", "pick"], help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=["store", "raw"], help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--pool-max", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -504,7 +466,7 @@ def main() -> None:
     duration = args.duration or (1.0 if args.quick else 3.0)
     paced_duration = 2.0 if args.quick else 5.0
     counts = [int(x) for x in args.procs.split(",")]
-    impls = ["store", "raw", *(["proto", "pick"] if args.prototype else [])]
+    impls = ["store", "raw"]
     info = machine()
     print(machine_line(info), flush=True)
     runs: list[dict[str, Any]] = []
@@ -589,7 +551,7 @@ def main() -> None:
                 "cycle p50 ms",
                 "cycle p99 ms",
                 "cycle max ms",
-                "lost CAS",
+                "claims retried",
                 "BUSY retried",
                 "BUSY to caller",
                 "x raw",

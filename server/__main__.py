@@ -1,6 +1,12 @@
-"""`python -m server` is `agent-coord serve`: the stdio MCP server."""
+"""`python -m server` is `agent-coord serve`: the stdio MCP server.
 
-from .cli import main
+It calls `serve_stdio` directly instead of going through the CLI: importing Typer, Rich and every
+command module first cost ~10 ms of start-up per server (BENCHMARKS.md, "Start-up and memory").
+"""
+
+import anyio
+
+from .app import serve_stdio
 
 if __name__ == "__main__":
-    main(["serve"])
+    anyio.run(serve_stdio)
