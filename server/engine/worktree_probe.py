@@ -1,0 +1,90 @@
+"""Cheap re-checks of what an earlier `git worktree list` said, from the files git itself reads.
+
+A listing is a few milliseconds of git per call, and a repair used to list again before every
+reclaim. What a reclaim or a prune acts on is decided by a handful of files, which these functions
+read directly (no git process):
+
+* `<worktree>/.git`, a file `gitdir: <admin dir>` (`.git/worktrees/<name>`), and that admin
+  directory's `gitdir` file naming `<worktree>/.git` back: git lists the worktree iff the admin
+  directory names it, and calls it *prunable* iff that `.git` is gone;
+* `<admin dir>/locked`: `git worktree lock`, which git's listing reports and `git worktree prune`
+  honours.
+
+They are blocking (small file reads): run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .git import WorktreeInfo
+from .worktree_listing import real_path
+
+
+class OnDisk(enum.Enum):
+    WORKTREE = "worktree"  # a linked worktree git lists at this path
+    LOCKED = "locked"  # the same, locked
+    NOTHING = "nothing"  # no `.git` at the path: no worktree, or one git would call prunable
+    OTHER = "other"  # a `.git` that is no linked worktree of a listing (a copy, a repository, unreadable)
+
+
+def probe_worktree(path: Path) -> OnDisk:
+    """What is at `path` now, as far as `git worktree list` is concerned."""
+    dotgit = path / ".git"
+    try:
+        if not os.path.lexists(dotgit):
+            return OnDisk.NOTHING
+        if not dotgit.is_file():
+            return OnDisk.OTHER
+        line = dotgit.read_text(encoding="utf-8").strip()
+        if not line.startswith("gitdir: "):
+            return OnDisk.OTHER
+        admin = path / line.removeprefix("gitdir: ")  # an absolute path replaces `path`
+        back = (admin / "gitdir").read_text(encoding="utf-8").strip()
+        if not back or real_path(str(admin / back)) != real_path(str(dotgit)):
+            return OnDisk.OTHER
+        return OnDisk.LOCKED if (admin / "locked").exists() else OnDisk.WORKTREE
+    except (OSError, UnicodeDecodeError):
+        return OnDisk.OTHER
+
+
+def listing_holds(info: WorktreeInfo | None, now: OnDisk) -> bool:
+    """Whether what the listing said of a path (`info`) still holds, given what is there now."""
+    if info is None or info.prunable:
+        return now is OnDisk.NOTHING
+    return now in (OnDisk.WORKTREE, OnDisk.LOCKED)
+
+
+@dataclass(frozen=True)
+class AdminDir:
+    """One `.git/worktrees/<name>` directory, judged as `git worktree prune` (no `--expire`) would."""
+
+    path: Path
+    worktree: str | None  # the real path of its worktree; None when its `gitdir` file is unreadable
+    locked: bool
+    prunable: bool  # what `git worktree prune` removes: unlocked, and its worktree's `.git` is gone
+
+
+def scan_admin_dirs(common_dir: Path) -> list[AdminDir]:
+    """Every worktree administrative directory of a repository (`common_dir` is its `.git`)."""
+    base = common_dir / "worktrees"
+    if not base.is_dir():
+        return []
+    found: list[AdminDir] = []
+    for d in sorted(base.iterdir()):
+        if not d.is_dir():
+            continue
+        locked = (d / "locked").exists()
+        try:
+            gitfile = (d / "gitdir").read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            gitfile = ""
+        if not gitfile:
+            found.append(AdminDir(d, None, locked, not locked))
+            continue
+        target = d / gitfile  # git ≥ 2.48 may write it relative to the admin directory
+        found.append(AdminDir(d, real_path(str(target.parent)), locked, not locked and not os.path.lexists(target)))
+    return found
