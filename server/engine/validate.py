@@ -32,8 +32,9 @@ from opentelemetry import trace
 
 from .git import GitDriver, GitError, WorktreeInfo, WorktreeStatus
 from .liveness import Identity, Liveness, judge, server_gone
+from .lost_and_found import LOST_AND_FOUND, move_aside
 from .models import Finding, ValidateResult
-from .reclaim import LOST_AND_FOUND, REPAIRED_OUTCOMES, Reclaimer, move_aside
+from .reclaim import REPAIRED_OUTCOMES, Reclaimer
 from .records import HELD_STATES, Action, Agent, Repo, Slot, SlotState
 from .repos import RepoResolver
 from .store import EventDraft, Store
@@ -519,8 +520,7 @@ class Validator:
         run.findings.extend(found)
 
     async def _prune(self, repo: Repo) -> bool:
-        pruned, _ = await self.reclaimer.prune(repo, "prunable git worktree entry")
-        return pruned
+        return (await self.reclaimer.prune(repo, "prunable git worktree entry")).pruned
 
     async def _leftovers(self, repo: Repo, run: _Run) -> None:
         root = Path(repo.pool_root)

@@ -1,0 +1,177 @@
+"""`git worktree prune`, but only once what it would delete is saved.
+
+Pruning deletes the administrative directory of every vanished worktree at once (not only the one a
+caller has in mind): its HEAD and its index. A detached HEAD's own commits and anything staged would
+then be unreachable, so each prunable entry's staged index and unsaved commits go to a verified
+rescue ref first, and nothing is pruned unless every entry was saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from .git import RESCUE_IDENTITY, RESCUE_NAMESPACE, GitDriver, GitError, WorktreeInfo
+from .liveness import Identity
+from .records import Action, Repo
+from .store import EventDraft, Store
+from .worktree_listing import WorktreeListing
+from .worktree_probe import AdminDir, scan_admin_dirs
+
+
+@dataclass(frozen=True)
+class SavedEntry:
+    path: str
+    rescue_ref: str
+    commit: str
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    pruned: bool  # every prunable entry was saved and git's entries are gone
+    rescue_refs: dict[str, str] = field(default_factory=dict)  # real worktree path → rescue ref
+
+
+class SafePruner:
+    def __init__(self, store: Store, git: GitDriver, identity: Identity) -> None:
+        self.store = store
+        self.git = git
+        self.identity = identity
+
+    async def prune(self, repo: Repo, reason: str, listing: WorktreeListing | None = None) -> PruneResult:
+        """Save every prunable entry, then prune. With the `listing` of an earlier `git worktree list`
+        no new listing is taken, unless the administrative directories show an entry it lacks."""
+        repo_path = Path(repo.path)
+        try:
+            common = Path(
+                (await self.git.run(repo_path, "rev-parse", "--path-format=absolute", "--git-common-dir")).strip()
+            )
+        except GitError:
+            return PruneResult(False)
+        if listing is not None:
+            admin = await anyio.to_thread.run_sync(scan_admin_dirs, common)
+            entries = _still_doomed(listing, admin)
+            if entries is not None:
+                if not entries:
+                    return PruneResult(True)  # nothing is prunable any more (an earlier prune of this run)
+                return await self._save_then_prune(repo, entries, listing, admin, reason)
+        try:
+            listing = await WorktreeListing.read(self.git, repo_path)
+        except GitError:
+            return PruneResult(False)
+        # Read after the listing, so that every listed entry's admin directory (its index) is seen.
+        admin = await anyio.to_thread.run_sync(scan_admin_dirs, common)
+        entries = [w for w in listing.entries if w.prunable and not w.locked]
+        if not entries:
+            return PruneResult(True)
+        return await self._save_then_prune(repo, entries, listing, admin, reason)
+
+    async def _save_then_prune(
+        self, repo: Repo, entries: list[WorktreeInfo], listing: WorktreeListing, admin: list[AdminDir], reason: str
+    ) -> PruneResult:
+        admin_of = {a.worktree: a.path for a in admin if a.worktree is not None}
+        real = {id(w): p for p, w in listing.by_path.items()}
+        saved: dict[str, str] = {}
+        for info in entries:
+            path = real[id(info)]
+            try:
+                entry = await self._save_entry(repo, info, admin_of.get(path), reason)
+            except (GitError, OSError):
+                return PruneResult(False, saved)
+            if entry is not None:
+                saved[path] = entry.rescue_ref
+        try:
+            await self.git.worktree_prune(Path(repo.path))
+        except GitError:
+            return PruneResult(False, saved)
+        return PruneResult(True, saved)
+
+    async def _save_entry(self, repo: Repo, info: WorktreeInfo, admin: Path | None, reason: str) -> SavedEntry | None:
+        repo_path = Path(repo.path)
+        head = info.head if info.head and set(info.head) != {"0"} else None
+        tree: str | None = None
+        if admin is not None and await anyio.Path(admin / "index").is_file():
+            # The index of the vanished worktree still names every staged blob (they are in the object
+            # store); a tree of it is what `git commit` would have recorded.
+            tree = (await self.git.run(repo_path, "write-tree", env={"GIT_INDEX_FILE": str(admin / "index")})).strip()
+        head_tree = (await self.git.run(repo_path, "rev-parse", f"{head}^{{tree}}")).strip() if head else None
+        staged = tree is not None and tree != head_tree
+        unsaved = bool(head) and info.detached and await self._only_reachable_here(repo_path, head or "")
+        if not staged and not unsaved:
+            return None
+        if staged:
+            assert tree is not None
+            parents = ["-p", head] if head else []
+            commit = (
+                await self.git.run(
+                    repo_path,
+                    "commit-tree",
+                    tree,
+                    *parents,
+                    "-m",
+                    f"agent-coord rescue of the index of {info.path} (directory gone): {reason}",
+                    env=dict(RESCUE_IDENTITY),
+                )
+            ).strip()
+        else:
+            assert head is not None
+            commit = head
+        ref = await self.git.free_rescue_ref(repo_path, info.branch, Path(info.path).name)
+        await self._write_ref(repo_path, ref, commit)
+        await self.store.log(
+            EventDraft(
+                Action.RESCUE,
+                "saved",
+                self.identity.agent_id,
+                repo.id,
+                None,
+                info.branch,
+                detail={
+                    "rescue_ref": ref,
+                    "commit": commit,
+                    "reason": reason,
+                    "path": info.path,
+                    "saved": "staged index" if staged else "detached HEAD commits",
+                },
+            )
+        )
+        return SavedEntry(info.path, ref, commit)
+
+    async def _only_reachable_here(self, repo: Path, commit: str) -> bool:
+        count = await self.git.run(
+            repo,
+            "rev-list",
+            "--count",
+            commit,
+            "--not",
+            "--branches",
+            "--tags",
+            "--remotes",
+            f"--glob={RESCUE_NAMESPACE.removeprefix('refs/')}/*",
+        )
+        return int(count.strip() or 0) > 0
+
+    async def _write_ref(self, repo: Path, ref: str, commit: str) -> None:
+        # The all-zero old value makes update-ref create only: an existing rescue is never overwritten.
+        await self.git.run(repo, "update-ref", "-m", "agent-coord rescue", ref, commit, "0" * 40)
+        if (await self.git.run(repo, "rev-parse", "--verify", ref)).strip() != commit:
+            raise GitError(["update-ref", ref], 1, "rescue ref did not verify")
+
+
+def _still_doomed(listing: WorktreeListing, admin: list[AdminDir]) -> list[WorktreeInfo] | None:
+    """The listed entries `git worktree prune` would delete now, or None when the listing is stale.
+
+    Why this is enough: `git worktree prune` removes exactly the unlocked admin directories whose
+    worktree's `.git` is gone, which is what `admin` was just read from. If each of them is an entry
+    the listing saw as prunable (a vanished worktree's HEAD and index do not change), saving those
+    entries saves everything the prune deletes. An entry that vanished after the listing, or one whose
+    path cannot be read, fails the check, and the caller lists again.
+    """
+    doomed = [a for a in admin if a.prunable]
+    if any(a.worktree is None or (w := listing.at(a.worktree)) is None or not w.prunable for a in doomed):
+        return None
+    # The locks are the scan's, not the listing's: a worktree unlocked since is pruned, so it is saved.
+    found = {a.worktree: listing.at(a.worktree) for a in doomed if a.worktree is not None}
+    return [w for w in found.values() if w is not None]
