@@ -1,0 +1,61 @@
+"""Worktrees whose directory is gone: settled slots without a worktree, and git entries (prunable)
+nobody records. One repair prunes once per repository, after saving what git still holds of every
+vanished worktree (a detached HEAD's own commits, a staged index), then drops the slots' records."""
+
+from __future__ import annotations
+
+from .git import WorktreeInfo
+from .models import Finding
+from .records import Slot, SlotState
+from .validate_context import Checker, RepoPass, ValidationRun
+
+PRUNE_REASON = "prunable git worktree entry"
+
+
+async def note_missing(
+    ck: Checker, run: ValidationRun, rp: RepoPass, s: Slot, info: WorktreeInfo | None, exists: bool
+) -> None:
+    """A settled slot whose directory or git entry is gone; repaired later by `repair_vanished`."""
+    if s.owner:
+        await ck.owner(s.owner, run)  # only so that a gone owner is marked after the repair
+    f = Finding(
+        kind="orphaned_allocation" if s.state == SlotState.BUSY else "missing_worktree",
+        worktree_id=s.id,
+        path=s.path,
+        agent_id=s.owner,
+        detail=f"{s.state.value} slot has no {'directory' if not exists else 'git worktree'}",
+        action="drop the record and prune git's entry (anything git still holds is saved first)",
+    )
+    if run.repair:
+        rp.missing.append((s, info, f))
+    run.findings.append(f)
+
+
+def prunable_findings(entries: list[WorktreeInfo]) -> list[Finding]:
+    return [
+        Finding(
+            kind="prunable_worktree",
+            path=w.path,
+            detail="git lists a worktree whose directory is gone",
+            action="git worktree prune (a detached HEAD's own commits and a staged index are saved first)",
+        )
+        for w in entries
+    ]
+
+
+async def repair_vanished(ck: Checker, run: ValidationRun, rp: RepoPass, prunable: list[Finding]) -> None:
+    """One prune for the pass (it removes every vanished entry at once), then drop the missing slots."""
+    if not run.repair:
+        return
+    pruned = True
+    if prunable or any(info is not None for _, info, _ in rp.missing):
+        result = await ck.reclaimer.prune(rp.repo, PRUNE_REASON, rp.listing)
+        pruned = rp.pruned = result.pruned
+    for f in prunable:
+        f.repaired = pruned
+    missing, rp.missing = rp.missing, []
+    for s, info, f in missing:
+        if info is not None and not pruned:
+            f.action = "none: what git holds of it could not be saved; left for a person"
+            continue
+        f.repaired = await ck.drop(s, f, rp.repo, move_directory=True)
