@@ -12,13 +12,13 @@ from pathlib import Path
 import anyio
 from opentelemetry import trace
 
+from . import branch_names
 from .concurrency import gather
 from .errors import CoordError, ErrorCode
 
 tracer = trace.get_tracer("agent-coord.git")
 
-MAX_REF_LENGTH = 255
-MAX_REF_COMPONENT_BYTES = 250  # NAME_MAX 255 minus ".lock"
+BRANCH_VERDICTS_KEPT = 4096  # git's verdicts on names outside the plain alphabet, oldest dropped first
 RESCUE_NAMESPACE = "refs/agent-coord/rescue"
 RESCUE_IDENTITY = {
     "GIT_AUTHOR_NAME": "agent-coord rescue",
@@ -95,6 +95,7 @@ def reject_option_like(value: str, what: str, code: ErrorCode = ErrorCode.INVALI
 class GitDriver:
     def __init__(self, git: str = "git") -> None:
         self.git = git
+        self._branch_verdicts: dict[str, bool] = {}
 
     async def run(self, cwd: str | Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
         cmd = [self.git, "-C", str(cwd), *args]
@@ -127,21 +128,28 @@ class GitDriver:
         return common.parent.resolve()
 
     async def check_branch_name(self, name: str) -> str:
-        if not name or len(name) > MAX_REF_LENGTH:
-            raise CoordError(ErrorCode.INVALID_BRANCH, f"branch name must be 1..{MAX_REF_LENGTH} characters")
-        reject_option_like(name, "branch name", ErrorCode.INVALID_BRANCH)
-        if "@{" in name or name in {"HEAD", "@"} or any(ord(c) < 32 or c == "\x7f" for c in name):
-            raise CoordError(ErrorCode.INVALID_BRANCH, f"{name!r} is not a valid branch name")
-        # Each name component becomes a file (and a ".lock" beside it) under refs/heads: keep it within NAME_MAX.
-        if any(len(part.encode()) > MAX_REF_COMPONENT_BYTES for part in name.split("/")):
-            raise CoordError(
-                ErrorCode.INVALID_BRANCH,
-                f"a component of the branch name is longer than {MAX_REF_COMPONENT_BYTES} bytes (file name limit)",
-            )
-        result = await anyio.run_process([self.git, "check-ref-format", "--branch", name], check=False, env=_env())
-        if result.returncode != 0:
+        """`name` if git can create it as a branch, else INVALID_BRANCH (before anything is claimed).
+
+        Plain names are judged in Python (branch_names.py), others by `git check-ref-format --branch`
+        once per name: a name never reaches git as an option and never changes on the way."""
+        branch_names.check_always(name)
+        if branch_names.is_plain(name):
+            problem = branch_names.plain_problem(name)
+            if problem is not None:
+                raise branch_names.refuse(name, problem)
+            return name
+        valid = self._branch_verdicts.get(name)
+        if valid is None:
+            result = await anyio.run_process([self.git, "check-ref-format", "--branch", name], check=False, env=_env())
+            valid = result.returncode == 0
+            if len(self._branch_verdicts) >= BRANCH_VERDICTS_KEPT:
+                self._branch_verdicts.pop(next(iter(self._branch_verdicts)))
+            self._branch_verdicts[name] = valid
+        if not valid:
             raise CoordError(ErrorCode.INVALID_BRANCH, f"{name!r} is not a valid branch name (git check-ref-format)")
-        return result.stdout.decode().strip()
+        # Not git's output: it ends in a newline, and stripping it as text would also strip a trailing
+        # no-break space that is part of the name. With '@{' refused, git prints the name unchanged.
+        return name
 
     async def resolve_commit(self, repo: Path, rev: str) -> str:
         out = await self.run(repo, "rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}")
