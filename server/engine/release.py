@@ -12,13 +12,14 @@ import anyio
 from opentelemetry import trace
 
 from .errors import CoordError, ErrorCode
-from .git import GitDriver, GitError, WorktreeInfo, reject_option_like
+from .git import GitDriver, GitError, reject_option_like
 from .liveness import Identity, same_agent_process
 from .models import ReleaseResult
 from .records import Action, Repo, Slot, SlotState, freed
 from .repos import RepoResolver, confine
 from .rescue import save_work
 from .store import EventDraft, Store
+from .worktree_record import WorktreeRecord, read_worktree_record
 
 tracer = trace.get_tracer("agent-coord.pool")
 MAX_TEXT = 4096
@@ -51,11 +52,18 @@ class Releaser:
         id (`claude-<session>`) is ours to release without force."""
         return owner is not None and same_agent_process(self.identity, await self.store.agent(owner))
 
-    async def _safe_worktrees(self, repo: Path) -> list[WorktreeInfo]:
+    async def _git_record(self, repo: Repo, path: Path) -> WorktreeRecord | None:
+        """Git's record of the slot (None: git lists no worktree there). Read from the slot's own
+        admin files when they settle it, which spares a `git worktree list`; else from the listing."""
+        record = await anyio.to_thread.run_sync(read_worktree_record, Path(repo.path) / ".git", path)
+        if record is not None:
+            return record
         try:
-            return await self.git.worktrees(repo)
+            worktrees = await self.git.worktrees(Path(repo.path))
         except GitError:
-            return []
+            worktrees = []
+        info = next((w for w in worktrees if Path(w.path) == path), None)
+        return None if info is None else WorktreeRecord(locked=info.locked, lock_reason=info.lock_reason)
 
     async def find_slot(
         self, *, worktree_id: str | None, path: str | None, branch: str | None, repo_arg: str | None = None
@@ -150,16 +158,16 @@ class Releaser:
                 )
             forced_from = slot.owner
         token = self._tokens.get(slot.id, slot.fencing_token) if forced_from is None else slot.fencing_token
-        path = confine(Path(repo.pool_root), Path(slot.path))
-        worktrees = await self._safe_worktrees(Path(repo.path))
-        info = next((w for w in worktrees if Path(w.path) == path), None)
-        if info is not None and info.locked:
+        # Resolving follows symlinks on disk: not on the event loop.
+        path = await anyio.to_thread.run_sync(confine, Path(repo.pool_root), Path(slot.path))
+        record = await self._git_record(repo, path)
+        if record is not None and record.locked:
             raise CoordError(
                 ErrorCode.WORKTREE_LOCKED,
-                f"{slot.id} is locked ({info.lock_reason or 'git worktree lock'}); "
+                f"{slot.id} is locked ({record.lock_reason or 'git worktree lock'}); "
                 f"unlock it with: git worktree unlock {path}",
             )
-        status = await self.git.status(path) if info is not None and await anyio.Path(path).is_dir() else None
+        status = await self.git.status(path) if record is not None and await anyio.Path(path).is_dir() else None
         dirty = bool(status and status.dirty)
         if dirty and not force:
             assert status is not None
@@ -197,7 +205,7 @@ class Releaser:
             if dirty:
                 rescue = await save_work(self.git, self.store, self.me, slot, path, "forced release")
                 await self.git.discard_changes(path)
-            if info is not None:
+            if record is not None:
                 if remove:
                     await self.git.worktree_remove(Path(repo.path), path)
                 elif status is not None and status.branch is not None:
@@ -213,7 +221,7 @@ class Releaser:
                     changes={"state": original, "owner": slot.owner},
                 )
             raise CoordError(ErrorCode.GIT_FAILED, f"git failed while releasing {slot.id}: {exc.reason}") from exc
-        gone = remove or info is None
+        gone = remove or record is None
         detail: dict[str, object] = {"remove": remove, "force": force}
         if forced_from:
             detail["forced_from"] = forced_from
