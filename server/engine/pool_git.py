@@ -1,0 +1,89 @@
+"""Between the two phases of an allocation: git puts the branch in the claimed slot, with no transaction
+open; and when anything fails after the claim, the slot goes back to FREE without losing a byte."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .git import GitDriver, GitError, WorktreeInfo
+from .records import Action, Repo, Slot, SlotState, freed
+from .rescue import save_work
+from .store import EventDraft, Store
+
+
+@dataclass
+class Claim:
+    slot: Slot
+    warm: bool
+
+
+def make_room(path: Path) -> None:
+    """A new slot's directory must not exist; an empty leftover is removed, anything else refused."""
+    if path.is_symlink():
+        raise GitError(["worktree", "add"], 1, f"fatal: {path} is a symlink; run validate --repair")
+    if path.exists():
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        else:
+            raise GitError(["worktree", "add"], 1, f"fatal: {path} already exists; run validate --repair")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slot: Slot, reason: str) -> None:
+    """ALLOCATING → FREE (or gone, for a slot whose worktree was never made); QUARANTINED when what
+    the failed allocation left behind cannot be saved."""
+    token = slot.fencing_token
+    path = Path(slot.path)
+    registered = any(Path(w.path) == path for w in await _safe_worktrees(git, Path(repo.path)))
+    draft = EventDraft(
+        Action.RECLAIM, "rolled_back", agent_id, repo.id, slot.id, slot.branch, detail={"reason": reason}
+    )
+    if not registered:
+        await store.transition(
+            slot.id, expect_state=SlotState.ALLOCATING, expect_token=token, delete=True, events=[draft]
+        )
+        return
+    try:
+        status = await git.status(path)
+        if status.dirty:
+            # What setup or a half-done switch left behind: saved, never silently dropped.
+            await save_work(git, store, agent_id, slot, path, f"allocation rolled back: {reason}")
+            await git.discard_changes(path)
+        if status.branch is not None:
+            await git.detach(path)
+    except GitError as exc:
+        await store.transition(
+            slot.id,
+            expect_state=SlotState.ALLOCATING,
+            expect_token=token,
+            changes={"state": SlotState.QUARANTINED, "owner": None, "lease_expires_at": None},
+            events=[
+                draft,
+                EventDraft(
+                    Action.RECLAIM,
+                    "quarantined",
+                    agent_id,
+                    repo.id,
+                    slot.id,
+                    slot.branch,
+                    detail={"error": exc.reason},
+                ),
+            ],
+        )
+        return
+    await store.transition(
+        slot.id,
+        expect_state=SlotState.ALLOCATING,
+        expect_token=token,
+        changes=freed(time.time()),
+        events=[draft],
+    )
+
+
+async def _safe_worktrees(git: GitDriver, repo: Path) -> list[WorktreeInfo]:
+    try:
+        return await git.worktrees(repo)
+    except GitError:
+        return []
