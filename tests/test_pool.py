@@ -349,3 +349,125 @@ async def test_new_branch_starts_from_its_only_remote_namesake(coord: Any, repo:
     git(repo, "fetch", "-q", "origin")
     a = await coord.pool.allocate("remote-only")
     assert git(Path(a.path), "rev-parse", "HEAD") == git(repo, "rev-parse", "origin/remote-only")
+
+
+# ---- the warm path's safety checks, with fewer git processes -------------------------------------
+
+
+async def test_stray_changes_in_a_free_slot_go_to_a_rescue_ref_before_the_switch(coord: Any, repo: Path) -> None:
+    first = await coord.pool.allocate("first")
+    await coord.pool.release(worktree_id=first.worktree_id)
+    wt = Path(first.path)
+    (wt / "stray.txt").write_text("written into a free slot\n")
+    (wt / "deep").mkdir()
+    (wt / "deep" / "er.txt").write_text("untracked, two levels down\n")
+    (wt / "README.md").write_text("edited in a free slot\n")
+
+    second = await coord.pool.allocate("second")
+    assert second.reused and second.worktree_id == first.worktree_id
+    rescues = [e for e in await coord.store.events() if e.action == "rescue"]
+    assert [e.detail["reason"] for e in rescues] == ["stray changes in a free slot"]
+    ref = rescues[0].detail["rescue_ref"]
+    assert git(repo, "show", f"{ref}:stray.txt") == "written into a free slot\n"
+    assert git(repo, "show", f"{ref}:deep/er.txt") == "untracked, two levels down\n"
+    assert git(repo, "show", f"{ref}:README.md") == "edited in a free slot\n"
+    # Nothing followed the slot into the new agent's branch.
+    assert git(wt, "status", "--porcelain", "--untracked-files=all") == ""
+    assert git(wt, "symbolic-ref", "--short", "HEAD").strip() == "second"
+
+
+async def test_commits_only_on_a_free_slots_head_are_rescued(coord: Any, repo: Path) -> None:
+    # Two ways a FREE slot's detached HEAD ends up holding the only copy of commits: someone commits
+    # in the free slot, or the branch it was released from is deleted.
+    a = await coord.pool.allocate("committed-in-free-slot")
+    await coord.pool.release(worktree_id=a.worktree_id)
+    wt = Path(a.path)
+    (wt / "c.txt").write_text("c")
+    git(wt, "add", "c.txt")
+    git(wt, "commit", "-q", "-m", "on the free slot's detached HEAD")
+    lonely = git(wt, "rev-parse", "HEAD").strip()
+    b = await coord.pool.allocate("after-commit")
+    assert b.worktree_id == a.worktree_id
+
+    (wt / "d.txt").write_text("d")
+    git(wt, "add", "d.txt")
+    git(wt, "commit", "-q", "-m", "on the branch")
+    on_branch = git(wt, "rev-parse", "HEAD").strip()
+    await coord.pool.release(worktree_id=b.worktree_id)
+    git(repo, "branch", "-D", "after-commit")
+    c = await coord.pool.allocate("after-delete")
+    assert c.worktree_id == a.worktree_id
+
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/agent-coord/rescue").split()
+    assert len(refs) == 2
+    for commit in (lonely, on_branch):
+        assert any(is_ancestor(repo, commit, r) for r in refs), commit
+
+
+def is_ancestor(repo: Path, commit: str, ref: str) -> bool:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(repo), "merge-base", "--is-ancestor", commit, ref]).returncode == 0
+
+
+async def test_a_free_slot_head_that_moved_off_the_listed_tip_is_counted(coord: Any, repo: Path) -> None:
+    a = await coord.pool.allocate("tip")
+    await coord.pool.release(worktree_id=a.worktree_id)
+    wt = Path(a.path)
+    tip = git(repo, "rev-parse", "tip").strip()
+    clean = await coord.git.free_slot_status(wt, listed_head=tip, tips={tip})
+    assert not clean.dirty and clean.head == tip
+    # The listing (taken before the claim) said HEAD was at a tip; a commit since then moved it.
+    git(wt, "commit", "-q", "--allow-empty", "-m", "after the listing")
+    moved = await coord.git.free_slot_status(wt, listed_head=tip, tips={tip})
+    assert moved.unsaved_commits == 1 and moved.dirty
+
+
+async def test_an_unborn_repository_is_refused_before_any_claim(make_settings: Any, tmp_path: Path) -> None:
+    from server.engine.coordinator import Coordinator
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    git(empty, "init", "-q", "-b", "main")
+    async with Coordinator.open(make_settings(), register=True, agent_id="agent-unborn") as c:
+        with pytest.raises(CoordError) as err:
+            await c.pool.allocate("first", repo=str(empty))
+        assert err.value.code == ErrorCode.GIT_FAILED
+        assert "no commit" in err.value.message
+        assert await c.store.slots() == []
+
+
+async def test_a_new_branch_starts_from_the_main_worktrees_head_as_it_is_now(coord: Any, repo: Path) -> None:
+    a = await coord.pool.allocate("before")
+    await coord.pool.release(worktree_id=a.worktree_id)
+    (repo / "later.txt").write_text("later")
+    git(repo, "add", "later.txt")
+    git(repo, "commit", "-q", "-m", "main moves on")
+    b = await coord.pool.allocate("after")
+    assert git(Path(b.path), "rev-parse", "HEAD") == git(repo, "rev-parse", "HEAD")
+    git(repo, "switch", "-q", "--detach", "HEAD~1")  # a detached main worktree: its HEAD all the same
+    c = await coord.pool.allocate("from-detached")
+    assert git(Path(c.path), "rev-parse", "HEAD") == git(repo, "rev-parse", "HEAD")
+
+
+async def test_git_processes_per_allocation_and_release(coord: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm path is CPU-bound by git processes (BENCHMARKS.md): hold it to its budget."""
+    import anyio
+
+    ran: list[str] = []
+    real = anyio.run_process
+
+    async def counting(command: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(str(command[0])).name == "git":
+            ran.append(" ".join(str(c) for c in command[3:5] if not str(c).startswith("-")))
+        return await real(command, *args, **kwargs)
+
+    monkeypatch.setattr(anyio, "run_process", counting)
+    cold = await coord.pool.allocate("cold")
+    assert len(ran) == 3, ran  # for-each-ref, worktree list, worktree add
+    ran.clear()
+    await coord.pool.release(worktree_id=cold.worktree_id)
+    assert len(ran) == 2, ran  # status, switch --detach
+    ran.clear()
+    warm = await coord.pool.allocate("warm")
+    assert warm.reused and len(ran) == 4, ran  # for-each-ref, worktree list, status, switch

@@ -15,18 +15,16 @@ import anyio
 from opentelemetry import trace
 
 from ..config import Settings
-from .concurrency import gather
 from .errors import CoordError, ErrorCode
 from .git import GitDriver, GitError
 from .liveness import Identity
 from .models import AllocationResult, Contention
 from .pool_checks import MAX_TEXT, Checks, Plan, conflict_from_slot, default_start
-from .pool_git import Claim, make_room, roll_back
+from .pool_git import Claim, add_cold_slot, make_room, roll_back, switch_warm_slot
 from .pool_grant import existing, grant
 from .records import Action, Repo
 from .release import Releaser
 from .repos import RepoResolver, confine
-from .rescue import save_work
 from .slot_setup import SetupError, copy_included_files, run_post_create
 from .store import BranchHeldError, EventDraft, Store, StoreBusyError
 
@@ -265,25 +263,24 @@ class Pool:
 
     async def _git_phase(self, repo: Repo, claim: Claim, plan: Plan) -> None:
         """Between the phases: git runs with no transaction open. The caller rolls back on failure."""
-        path = confine(Path(repo.pool_root), Path(claim.slot.path))
+        # Resolving follows symlinks on disk: not on the event loop.
+        path = await anyio.to_thread.run_sync(confine, Path(repo.pool_root), Path(claim.slot.path))
         with tracer.start_as_current_span("git.phase") as span:
             span.set_attribute("worktree.warm", claim.warm)
-            repo_path = Path(repo.path)
-            refs = plan.refs
-            state, head = await gather(
-                self.git.status(path, expect_detached=True) if claim.warm else _none(),
-                self.git.head_commit(repo_path) if plan.base_commit is None and not refs.exists else _none(),
-            )
-            start = None if refs.exists else (plan.base_commit or default_start(refs.remotes, head))
             if claim.warm:
-                if state.dirty:
-                    # A FREE slot is clean by invariant; if something wrote into it, save that, then clean.
-                    await save_work(self.git, self.store, self.me, claim.slot, path, "stray changes in a free slot")
-                    await self.git.discard_changes(path)
-                await self.git.switch(path, plan.branch, create_from=start)
+                await switch_warm_slot(
+                    self.git,
+                    self.store,
+                    self.me,
+                    claim.slot,
+                    path,
+                    plan.branch,
+                    plan.start,
+                    listed_head=plan.listed_head(path),
+                    tips=plan.refs.tips,
+                )
             else:
-                await anyio.to_thread.run_sync(make_room, path)
-                await self.git.worktree_add(repo_path, path, branch=plan.branch, create_from=start)
+                await add_cold_slot(self.git, Path(repo.path), path, plan.branch, plan.start)
 
     async def _setup(self, repo: Repo, claim: Claim) -> None:
         path = Path(claim.slot.path)

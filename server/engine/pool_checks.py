@@ -30,13 +30,16 @@ class Plan:
     branch: str
     refs: BranchRefs
     worktrees: list[WorktreeInfo]
-    base_commit: str | None  # the base, resolved
+    start: str | None  # where a new branch starts; None when the branch exists and is checked out as it is
     held: Slot | None  # the caller's own BUSY allocation of this branch: answered as it is
 
     @property
     def listed(self) -> set[Path]:
         """The live worktrees git lists: the only FREE slots worth claiming."""
         return {Path(w.path) for w in self.worktrees if not w.prunable}
+
+    def listed_head(self, path: Path) -> str | None:
+        return next((w.head for w in self.worktrees if Path(w.path) == path), None)
 
 
 def since(ts: float | None) -> str:
@@ -136,10 +139,26 @@ class Checks:
         for s in slots:
             if s.branch == branch and s.state in (SlotState.BUSY, SlotState.ALLOCATING, SlotState.RELEASING):
                 if s.owner == self.me and s.state == SlotState.BUSY:
-                    return Plan(repo, branch, refs, worktrees, base_commit, held=s)
+                    return Plan(repo, branch, refs, worktrees, None, held=s)
                 await self.refuse(repo, branch, started, conflict_from_slot(s))
         await self._check_git_conflict(repo, branch, slots, worktrees, started)
-        return Plan(repo, branch, refs, worktrees, base_commit, held=None)
+        start = base_commit
+        if start is None and not refs.exists:
+            try:
+                start = default_start(refs.remotes, await self._main_head(repo, refs, worktrees))
+            except GitError as exc:
+                # An unborn repository: refused here rather than found by git after a claim.
+                await self.refuse(repo, branch, started, CoordError(ErrorCode.GIT_FAILED, exc.reason))
+        return Plan(repo, branch, refs, worktrees, None if refs.exists else start, held=None)
+
+    async def _main_head(self, repo: Repo, refs: BranchRefs, worktrees: list[WorktreeInfo]) -> str | None:
+        """The main worktree's HEAD commit, from git's listing (no `rev-parse`); None when unborn."""
+        if len(refs.remotes) == 1:
+            return None  # not needed: the branch starts from its remote namesake
+        main = next((w for w in worktrees if Path(w.path) == Path(repo.path)), None)
+        if main is None or main.head is None:
+            return await self.git.head_commit(Path(repo.path))  # listed under another spelling: ask git
+        return main.head if main.head.strip("0") else None  # an unborn HEAD is listed as all zeros
 
     async def _base_or_fail(self, repo: Repo, base: str) -> str:
         """A bad base is refused before anything is claimed, so the refusal changes nothing."""

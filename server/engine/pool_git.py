@@ -4,8 +4,11 @@ open; and when anything fails after the claim, the slot goes back to FREE withou
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+
+import anyio
 
 from .git import GitDriver, GitError, WorktreeInfo
 from .records import Action, Repo, Slot, SlotState, freed
@@ -29,6 +32,32 @@ def make_room(path: Path) -> None:
         else:
             raise GitError(["worktree", "add"], 1, f"fatal: {path} already exists; run validate --repair")
     path.parent.mkdir(parents=True, exist_ok=True)
+
+
+async def switch_warm_slot(
+    git: GitDriver,
+    store: Store,
+    agent_id: str,
+    slot: Slot,
+    path: Path,
+    branch: str,
+    start: str | None,
+    *,
+    listed_head: str | None,
+    tips: Collection[str],
+) -> None:
+    """A FREE slot is clean by invariant; if something wrote into it, that is saved to a rescue ref and
+    cleaned before the switch, so it never follows the slot into the next agent's branch."""
+    state = await git.free_slot_status(path, listed_head=listed_head, tips=tips)
+    if state.dirty:
+        await save_work(git, store, agent_id, slot, path, "stray changes in a free slot")
+        await git.discard_changes(path)
+    await git.switch(path, branch, create_from=start)
+
+
+async def add_cold_slot(git: GitDriver, repo: Path, path: Path, branch: str, start: str | None) -> None:
+    await anyio.to_thread.run_sync(make_room, path)
+    await git.worktree_add(repo, path, branch=branch, create_from=start)
 
 
 async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slot: Slot, reason: str) -> None:
