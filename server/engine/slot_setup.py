@@ -42,7 +42,7 @@ def _copy_one(src_root: Path, dst_root: Path, rel: str) -> bool:
 async def copy_included_files(git: GitDriver, repo: Path, slot: Path) -> list[str]:
     """Copy untracked files of the main worktree that `.worktreeinclude` (gitignore syntax) matches."""
     include = repo / INCLUDE_FILE
-    if not include.is_file():
+    if not await anyio.Path(include).is_file():  # a stat, but not on the event loop
         return []
     out = await git.run(repo, "ls-files", "-z", "--others", "--ignored", f"--exclude-from={include}")
     names = [n for n in out.split("\0") if n and n != INCLUDE_FILE]
