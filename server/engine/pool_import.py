@@ -30,16 +30,25 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 from opentelemetry import trace
-from pydantic import BaseModel, Field
 
 from .errors import CoordError
 from .git import GitDriver, GitError, WorktreeStatus
 from .liveness import Identity
+from .pool_import_rows import (
+    ImportPlan,
+    ImportResult,
+    ImportRow,
+    PoolImportError,
+    absolute,
+    dirty_message,
+    resolved,
+    store_problem,
+    target_state,
+)
 from .pool_markdown import ParsedPoolRow, PoolFileError, parse_pool_markdown
 from .records import HELD_STATES, Action, Agent, Repo, SlotState
 from .repos import RepoResolver, confine
@@ -51,49 +60,6 @@ tracer = trace.get_tracer("agent-coord.import")
 PLACEHOLDER_HOST = "(imported)"
 PLACEHOLDER_STATUS = "imported"
 STATUS_CONCURRENCY = 8
-MAX_LISTED_CHANGES = 5
-
-
-class PoolImportError(ValueError):
-    """Every problem found in the file, one per line of the message, each naming its line."""
-
-    def __init__(self, problems: list[PoolFileError]) -> None:
-        self.problems = sorted(problems, key=lambda p: p.line)
-        super().__init__("\n".join(str(p) for p in self.problems))
-
-
-class ImportRow(BaseModel):
-    line: int
-    path: str = Field(description="the worktree's resolved absolute path")
-    action: str = Field(description="adopt, or skip (the store already knows this path)")
-    state: str = Field(description="the state the slot has after the import")
-    agent_id: str | None
-    branch: str | None
-    worktree_id: str | None = Field(default=None, description="assigned on adoption; null in a dry run")
-    note: str = ""
-
-
-class ImportResult(BaseModel):
-    repo: str
-    pool_root: str
-    source: str
-    dry_run: bool
-    adopted: int
-    skipped: int
-    placeholder_agents: list[str] = Field(description="agent ids recorded for BUSY rows the store did not know")
-    lease_s: float
-    rows: list[ImportRow]
-
-
-@dataclass
-class _Plan:
-    row: ParsedPoolRow
-    path: Path
-    state: SlotState
-    branch: str | None
-    owner: str | None
-    detach_from: str | None = None  # a FREE worktree on this branch is detached before adoption
-    known_as: str | None = None  # the store already has this path (skip)
 
 
 class PoolImporter:
@@ -130,7 +96,7 @@ class PoolImporter:
 
     # ---- checking -------------------------------------------------------------------------------
 
-    async def _check(self, repo: Repo, rows: list[ParsedPoolRow], base_dir: Path) -> list[_Plan]:
+    async def _check(self, repo: Repo, rows: list[ParsedPoolRow], base_dir: Path) -> list[ImportPlan]:
         problems: list[PoolFileError] = []
         main = Path(repo.path)
         try:
@@ -140,17 +106,17 @@ class PoolImporter:
         all_slots = await self.store.slots()
         # resolve() reads symlinks from disk: keep it off the event loop.
         by_path, known = await anyio.to_thread.run_sync(
-            lambda: ({_resolved(w.path): w for w in worktrees}, {_resolved(s.path): s for s in all_slots})
+            lambda: ({resolved(w.path): w for w in worktrees}, {resolved(s.path): s for s in all_slots})
         )
         held_branches = {
             s.branch: s for s in await self.store.slots(repo.id) if s.state in HELD_STATES and s.branch is not None
         }
         pool_root = Path(repo.pool_root)
         seen: dict[Path, int] = {}
-        candidates: list[_Plan] = []
+        candidates: list[ImportPlan] = []
         for row in rows:
             assert row.path is not None  # the parser refuses an empty path
-            path = await _absolute(row.path, base_dir)
+            path = await absolute(row.path, base_dir)
             where = row.path if str(path) == row.path else f"{row.path} ({path})"
             if path in seen:
                 problems.append(PoolFileError(row.line, f"{where} is listed again (first on line {seen[path]})"))
@@ -180,7 +146,7 @@ class PoolImporter:
                 )
                 continue
             slot = known.get(path)
-            plan = _Plan(row=row, path=path, state=_target_state(row.status), branch=info.branch, owner=None)
+            plan = ImportPlan(row=row, path=path, state=target_state(row.status), branch=info.branch, owner=None)
             if slot is not None:
                 plan.known_as = slot.id
                 plan.state, plan.branch, plan.owner = slot.state, slot.branch, slot.owner
@@ -224,7 +190,7 @@ class PoolImporter:
         statuses = await self._statuses(
             [p.path for p in candidates if p.known_as is None and p.state == SlotState.FREE]
         )
-        plans: list[_Plan] = []
+        plans: list[ImportPlan] = []
         for plan in candidates:
             if plan.known_as is None and plan.state == SlotState.FREE:
                 status = statuses[plan.path]
@@ -232,7 +198,7 @@ class PoolImporter:
                     problems.append(PoolFileError(plan.row.line, f"git status failed in {plan.path}: {status}"))
                     continue
                 if status.dirty:
-                    problems.append(PoolFileError(plan.row.line, _dirty_message(plan.path, status)))
+                    problems.append(PoolFileError(plan.row.line, dirty_message(plan.path, status)))
                     continue
                 plan.detach_from, plan.branch = status.branch, None
             plans.append(plan)
@@ -267,7 +233,7 @@ class PoolImporter:
                 tg.start_soon(probe, path)
         return found
 
-    async def _placeholders(self, repo: Repo, plans: list[_Plan], lease_s: float) -> list[Agent]:
+    async def _placeholders(self, repo: Repo, plans: list[ImportPlan], lease_s: float) -> list[Agent]:
         registered = {a.id for a in await self.store.agents()}
         now = time.time()
         owners = sorted({p.owner for p in plans if p.known_as is None and p.owner and p.owner not in registered})
@@ -293,14 +259,14 @@ class PoolImporter:
     # ---- adopting -------------------------------------------------------------------------------
 
     async def _adopt(
-        self, repo: Repo, plans: list[_Plan], agents: list[Agent], lease_s: float, source: str
+        self, repo: Repo, plans: list[ImportPlan], agents: list[Agent], lease_s: float, source: str
     ) -> dict[Path, str]:
         todo = [p for p in plans if p.known_as is None]
         if not todo:
             return {}
         # Git first, store second: a FREE slot in the store must already be detached, or the next
         # agent would be handed a worktree whose branch is still checked out.
-        detached: list[_Plan] = []
+        detached: list[ImportPlan] = []
         try:
             for plan in todo:
                 if plan.detach_from is not None:
@@ -339,7 +305,7 @@ class PoolImporter:
                     assert plan.detach_from is not None
                     with contextlib.suppress(GitError):  # best effort: the branch ref itself is untouched
                         await self.git.switch(plan.path, plan.detach_from)
-            raise PoolImportError([_store_problem(exc, todo)]) from exc
+            raise PoolImportError([store_problem(exc, todo)]) from exc
         return {Path(s.path): s.id for s in slots}
 
     def _result(
@@ -347,7 +313,7 @@ class PoolImporter:
         repo: Repo,
         source: str,
         dry_run: bool,
-        plans: list[_Plan],
+        plans: list[ImportPlan],
         adopted: dict[Path, str],
         agents: list[Agent],
         lease_s: float,
@@ -358,7 +324,7 @@ class PoolImporter:
             notes: list[str] = []
             if p.known_as is not None:
                 notes.append(f"already in the pool as {p.known_as}; its record is kept")
-                listed = _target_state(p.row.status)
+                listed = target_state(p.row.status)
                 if listed != p.state or (p.row.agent is not None and p.row.agent != p.owner):
                     # E.g. a server's validation adopted it before the import: say so, do not guess.
                     holder = f" ({p.row.agent})" if p.row.agent else ""
@@ -395,59 +361,3 @@ class PoolImporter:
             lease_s=lease_s,
             rows=rows,
         )
-
-
-def _target_state(listed: SlotState) -> SlotState:
-    # ALLOCATING/RELEASING are moments of a live process; in a file they can only mean "held".
-    return SlotState.BUSY if listed in HELD_STATES else listed
-
-
-def _resolved(path: str) -> Path:
-    try:
-        return Path(path).resolve()
-    except OSError:
-        return Path(path)
-
-
-def _absolute_sync(text: str, base_dir: Path) -> Path:
-    try:
-        path = Path(text).expanduser()
-    except RuntimeError:  # "~name" for a user that does not exist: taken literally, then not found
-        path = Path(text)
-    return _resolved(str(path if path.is_absolute() else base_dir / path))
-
-
-async def _absolute(text: str, base_dir: Path) -> Path:
-    # expanduser() and resolve() read the environment and the filesystem: keep them off the event loop.
-    return await anyio.to_thread.run_sync(_absolute_sync, text, base_dir)
-
-
-def _dirty_message(path: Path, status: WorktreeStatus) -> str:
-    parts: list[str] = []
-    if status.changed:
-        files = ", ".join(c[3:] for c in status.changed[:MAX_LISTED_CHANGES])
-        more = (
-            f" (+{len(status.changed) - MAX_LISTED_CHANGES} more)" if len(status.changed) > MAX_LISTED_CHANGES else ""
-        )
-        parts.append(f"uncommitted or untracked changes: {files}{more}")
-    if status.unsaved_commits:
-        parts.append(f"{status.unsaved_commits} commit(s) only on its detached HEAD")
-    return (
-        f"{path} is listed as FREE but has {'; '.join(parts)}; commit or remove them, or list it as BUSY with its agent"
-    )
-
-
-def _store_problem(exc: Exception, plans: list[_Plan]) -> PoolFileError:
-    """Another process changed the pool between our checks and our write: name the row it hit."""
-    if isinstance(exc, AdoptionConflictError):
-        line = next((p.row.line for p in plans if str(p.path) == exc.path), 0)
-        return PoolFileError(line, f"{exc.path} was added to the pool meanwhile ({exc.reason}); nothing was imported")
-    if isinstance(exc, BranchHeldError):
-        line = next((p.row.line for p in plans if p.branch == exc.holder.branch), 0)
-        return PoolFileError(
-            line,
-            f"branch {exc.holder.branch!r} was taken by agent {exc.holder.owner} ({exc.holder.id}) meanwhile; "
-            "nothing was imported",
-        )
-    assert isinstance(exc, GitError)
-    return PoolFileError(0, f"git failed while detaching a FREE worktree: {exc.reason}; nothing was imported")
