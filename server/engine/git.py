@@ -186,7 +186,7 @@ class GitDriver:
                 elif clash is None and (ref in parents or ref.startswith(f"{own}/")):
                     clash = ref.removeprefix("refs/heads/")
             elif (short := ref.removeprefix("refs/remotes/")).partition("/")[2] == branch:
-                # The pattern also matches refs below the name (`origin/x/<branch>`): keep exact ones.
+                # Exact namesakes only: `origin/<branch>`, never `origin/x/<branch>`.
                 remotes.append(short)
         return BranchRefs(exists, remotes, clash, frozenset(tips))
 

@@ -20,7 +20,7 @@ from .git import GitDriver, GitError
 from .liveness import Identity
 from .models import AllocationResult, Contention
 from .pool_checks import MAX_TEXT, Checks, Plan, conflict_from_slot, default_start
-from .pool_git import Claim, add_cold_slot, make_room, roll_back, switch_warm_slot
+from .pool_git import Claim, add_cold_slot, roll_back, switch_warm_slot
 from .pool_grant import existing, grant
 from .records import Action, Repo
 from .release import Releaser
@@ -28,23 +28,22 @@ from .repos import RepoResolver, confine
 from .slot_setup import SetupError, copy_included_files, run_post_create
 from .store import BranchHeldError, EventDraft, Store, StoreBusyError
 
-__all__ = ["MAX_TEXT", "ContentionMonitor", "Pool", "_Claim", "_default_start", "_make_room", "_none"]
+__all__ = ["MAX_TEXT", "ContentionMonitor", "Pool", "_Claim", "_default_start", "_none"]
 
 tracer = trace.get_tracer("agent-coord.pool")
 
 BACKOFF_BASE_S = 0.05
 
-# Earlier names of what moved to pool_checks / pool_git, for scripts that patch or call them (bench/).
+# Earlier names of what moved to pool_checks / pool_git: bench/proto_*.py still use them.
 _Claim = Claim
 _default_start = default_start
-_make_room = make_room
 
 
 class ContentionMonitor(Protocol):
     async def snapshot(self, repo: Repo) -> Contention: ...
 
 
-async def _none() -> None:
+async def _none() -> None:  # bench/proto_fastpath.py
     return None
 
 
