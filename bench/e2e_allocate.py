@@ -296,12 +296,10 @@ def main() -> None:
     parser.add_argument("--jitter", action="store_true", help="keep the pessimistic jitter (0-500 ms) on")
     parser.add_argument(
         "--prototype",
-        nargs="?",
-        const="bench.proto_claim",
         default=None,
         metavar="MODULE",
-        help="also run a prototype server module beside the real one, interleaved: bench.proto_claim (the "
-        "default: slot chosen inside the claim) or bench.proto_fastpath (fewer git processes when warm)",
+        help="also run another server module (python -m MODULE, e.g. a prototype of a change) beside the real "
+        "one, interleaved, for a before/after in one run",
     )
     args = parser.parse_args()
     counts = [int(x) for x in (args.agents or ("1,4" if args.quick else "1,4,16")).split(",")]

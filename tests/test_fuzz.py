@@ -127,10 +127,15 @@ class Harness:
                 lines = stdout.splitlines()
                 assert len(lines) == 1, (payload[:300], stdout)
                 path = Path(lines[0])
-                assert path.is_absolute() and path.parent == self.sandbox.pool.resolve(), (payload[:300], stdout)
-                slot = next(
-                    w for w in self.call("status", {}).structured_content["worktrees"] if w["path"] == str(path)
-                )
+                # The configured repository's pool, or the default `<repo>.worktrees` of the other
+                # repository when the payload's cwd is in it (docs/decisions.md, "Store").
+                pools = {
+                    self.sandbox.pool.resolve(): self.sandbox.repo,
+                    self.sandbox.other_repo.with_name("other.worktrees").resolve(): self.sandbox.other_repo,
+                }
+                assert path.is_absolute() and path.parent in pools, (payload[:300], stdout)
+                status = self.call("status", {"repo": str(pools[path.parent])}).structured_content
+                slot = next(w for w in status["worktrees"] if w["path"] == str(path))
                 back = self.call("release_worktree", {"worktree_id": slot["worktree_id"], "force": True})
                 assert not back.is_error, back.content
                 self.ensure_keep()
@@ -414,6 +419,16 @@ def test_fuzzing_left_the_pool_consistent(harness: Harness) -> None:
     assert result.structured_content["findings"] == [], result.structured_content["findings"]
     ran = subprocess.run(["git", "-C", str(harness.sandbox.repo), "fsck", "--no-progress"], capture_output=True)
     assert ran.returncode == 0, ran.stderr
+
+
+def test_hook_in_another_repository_uses_that_repositorys_pool(harness: Harness) -> None:
+    """Found by the fuzzer: a payload whose cwd is another repository gets a slot of that repository's
+    default pool (`<repo>.worktrees`), not of the configured one; an option-like name is sanitised."""
+    s = harness.sandbox
+    payload = json.dumps({"session_id": "", "cwd": str(s.other_repo), "worktree_name": "--force"}).encode()
+    before = harness.outcomes["hook worktree-create:ok"]
+    harness.check_hook("worktree-create", payload)  # asserts the path's pool and releases the slot
+    assert harness.outcomes["hook worktree-create:ok"] == before + 1
 
 
 def test_invalid_base_is_refused_before_any_claim(harness: Harness) -> None:

@@ -19,7 +19,7 @@ from .errors import CoordError, ErrorCode
 from .git import GitDriver, GitError
 from .liveness import Identity
 from .models import AllocationResult, Contention
-from .pool_checks import MAX_TEXT, Checks, Plan, conflict_from_slot, default_start
+from .pool_checks import MAX_TEXT, Checks, Plan, conflict_from_slot
 from .pool_git import Claim, add_cold_slot, roll_back, switch_warm_slot
 from .pool_grant import existing, grant
 from .records import Action, Repo
@@ -28,15 +28,11 @@ from .repos import RepoResolver, confine
 from .slot_setup import SetupError, copy_included_files, run_post_create
 from .store import BranchHeldError, EventDraft, Store, StoreBusyError
 
-__all__ = ["MAX_TEXT", "ContentionMonitor", "Pool", "_Claim", "_default_start", "_none"]
+__all__ = ["MAX_TEXT", "ContentionMonitor", "Pool"]
 
 tracer = trace.get_tracer("agent-coord.pool")
 
 BACKOFF_BASE_S = 0.05
-
-# Earlier names of what moved to pool_checks / pool_git: bench/proto_*.py still use them.
-_Claim = Claim
-_default_start = default_start
 
 
 class ContentionMonitor(Protocol):
