@@ -21,6 +21,11 @@ from .worktree_listing import WorktreeListing, real_path, real_paths
 RECLAIM_CONCURRENCY = 4
 
 
+def slot_finding(s: Slot, *, kind: str, detail: str, action: str) -> Finding:
+    """A finding about one recorded slot, naming it, its path and its holder."""
+    return Finding(kind=kind, worktree_id=s.id, path=s.path, agent_id=s.owner, detail=detail, action=action)
+
+
 @dataclass
 class ValidationRun:
     """One validation, across repositories."""

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .models import Finding
 from .records import HELD_STATES, Slot
-from .validate_context import Checker, RepoPass, ValidationRun
+from .validate_context import Checker, RepoPass, ValidationRun, slot_finding
 
 
 async def check_duplicates(ck: Checker, run: ValidationRun, rp: RepoPass) -> set[str]:
@@ -30,11 +29,9 @@ async def check_duplicates(ck: Checker, run: ValidationRun, rp: RepoPass) -> set
         for s in group:
             if s is keep:
                 continue
-            f = Finding(
+            f = slot_finding(
+                s,
                 kind="duplicate_path",
-                worktree_id=s.id,
-                path=s.path,
-                agent_id=s.owner,
                 detail=f"{s.id} records the same path as {keep.id}",
                 action=f"drop this record (the worktree stays, recorded as {keep.id})",
             )
@@ -54,11 +51,9 @@ async def check_duplicates(ck: Checker, run: ValidationRun, rp: RepoPass) -> set
         for s in holders:
             if s is keep:
                 continue
-            f = Finding(
+            f = slot_finding(
+                s,
                 kind="duplicate_branch",
-                worktree_id=s.id,
-                path=s.path,
-                agent_id=s.owner,
                 detail=f"branch {branch!r} is also recorded for {keep.id}",
                 action="reclaim this one (work saved to a rescue ref)",
             )

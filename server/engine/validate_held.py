@@ -9,9 +9,8 @@ import time
 
 from .git import WorktreeInfo
 from .liveness import Liveness, server_gone
-from .models import Finding
 from .records import HELD_STATES, Agent, Slot, SlotState
-from .validate_context import Checker, RepoPass, ValidationRun
+from .validate_context import Checker, RepoPass, ValidationRun, slot_finding
 
 TRANSIENT_STATES = (SlotState.ALLOCATING, SlotState.RELEASING)
 
@@ -19,11 +18,9 @@ TRANSIENT_STATES = (SlotState.ALLOCATING, SlotState.RELEASING)
 async def check_busy(ck: Checker, run: ValidationRun, rp: RepoPass, s: Slot, info: WorktreeInfo) -> None:
     _, verdict = await ck.owner(s.owner, run)
     if not verdict.alive:
-        f = Finding(
+        f = slot_finding(
+            s,
             kind="stale_lease" if verdict.stale else "dead_agent",
-            worktree_id=s.id,
-            path=s.path,
-            agent_id=s.owner,
             detail=verdict.reason,
             action="reclaim (work saved to a rescue ref first)",
         )
@@ -39,11 +36,9 @@ async def check_busy(ck: Checker, run: ValidationRun, rp: RepoPass, s: Slot, inf
 
 async def _branch_mismatch(ck: Checker, run: ValidationRun, rp: RepoPass, s: Slot, info: WorktreeInfo) -> None:
     taken = any(o.id != s.id and o.branch == info.branch and o.state in HELD_STATES for o in rp.slots)
-    f = Finding(
+    f = slot_finding(
+        s,
         kind="branch_mismatch",
-        worktree_id=s.id,
-        path=s.path,
-        agent_id=s.owner,
         detail=f"recorded branch {s.branch!r}, git has {info.branch!r}",
         action="record git's branch" if not taken else "none: that branch is recorded for another slot",
     )
@@ -68,11 +63,9 @@ async def check_in_flight(ck: Checker, run: ValidationRun, rp: RepoPass, s: Slot
     reason = stuck_reason(ck, s, agent, verdict)
     if reason is None:
         return
-    f = Finding(
+    f = slot_finding(
+        s,
         kind="stuck_allocating" if s.state == SlotState.ALLOCATING else "stuck_releasing",
-        worktree_id=s.id,
-        path=s.path,
-        agent_id=s.owner,
         detail=reason,
         action="roll back (work saved to a rescue ref first)",
     )

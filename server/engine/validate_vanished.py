@@ -7,7 +7,7 @@ from __future__ import annotations
 from .git import WorktreeInfo
 from .models import Finding
 from .records import Slot, SlotState
-from .validate_context import Checker, RepoPass, ValidationRun
+from .validate_context import Checker, RepoPass, ValidationRun, slot_finding
 
 PRUNE_REASON = "prunable git worktree entry"
 
@@ -18,11 +18,9 @@ async def note_missing(
     """A settled slot whose directory or git entry is gone; repaired later by `repair_vanished`."""
     if s.owner:
         await ck.owner(s.owner, run)  # only so that a gone owner is marked after the repair
-    f = Finding(
+    f = slot_finding(
+        s,
         kind="orphaned_allocation" if s.state == SlotState.BUSY else "missing_worktree",
-        worktree_id=s.id,
-        path=s.path,
-        agent_id=s.owner,
         detail=f"{s.state.value} slot has no {'directory' if not exists else 'git worktree'}",
         action="drop the record and prune git's entry (anything git still holds is saved first)",
     )
