@@ -431,6 +431,14 @@ def test_hook_in_another_repository_uses_that_repositorys_pool(harness: Harness)
     assert harness.outcomes["hook worktree-create:ok"] == before + 1
 
 
+@pytest.mark.parametrize("hook", HOOKS)
+def test_a_cwd_too_long_for_the_file_system_is_a_known_refusal(harness: Harness, hook: str) -> None:
+    """Found by the full campaign: ENAMETOOLONG from a stat of the payload's cwd escaped as an
+    unexpected error. Every hook must answer it with a known code (or ignore it), like any bad path."""
+    payload = {"session_id": "s", "cwd": "a" * 300, "worktree_name": "x", "worktree_path": "a" * 300}
+    harness.check_hook(hook, json.dumps(payload).encode())
+
+
 def test_invalid_base_is_refused_before_any_claim(harness: Harness) -> None:
     spare = harness.call("allocate_worktree", {"branch": "spare"})  # make sure a FREE slot is there to claim
     assert not spare.is_error, spare.content

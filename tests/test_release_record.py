@@ -75,3 +75,35 @@ async def test_a_slot_with_a_broken_git_file_is_still_judged_by_git(coord: Any, 
     with pytest.raises(CoordError) as err:
         await coord.pool.release(worktree_id=a.worktree_id, force=True)
     assert err.value.code == ErrorCode.WORKTREE_LOCKED and "kept" in err.value.message
+
+
+def _admin_dir(repo: Path, slot: Path) -> Path:
+    gitdir = (slot / ".git").read_text().strip().removeprefix("gitdir: ")
+    return (slot / gitdir).resolve()
+
+
+@pytest.mark.anyio
+async def test_a_lock_that_is_not_a_plain_file_still_locks(coord: Any, repo: Path) -> None:
+    a = await coord.pool.allocate("odd-lock")
+    (Path(a.path) / "work.txt").write_text("unsaved\n")
+    (_admin_dir(repo, Path(a.path)) / "locked").symlink_to("/nonexistent/lock")  # git lstat()s it: locked
+    with pytest.raises(CoordError) as err:
+        await coord.pool.release(worktree_id=a.worktree_id, force=True)
+    assert err.value.code == ErrorCode.WORKTREE_LOCKED
+    assert (Path(a.path) / "work.txt").read_text() == "unsaved\n"
+    (slot,) = await coord.store.slots()
+    assert slot.state == SlotState.BUSY
+
+
+@pytest.mark.anyio
+async def test_git_failing_to_list_refuses_the_release_and_keeps_the_record(coord: Any, repo: Path) -> None:
+    a = await coord.pool.allocate("unlistable")
+    (Path(a.path) / "work.txt").write_text("unsaved\n")
+    (_admin_dir(repo, Path(a.path)) / "locked").mkdir()  # `git worktree list` dies reading it
+    (Path(a.path) / ".git").rename(Path(a.path) / ".git-aside")  # and the files no longer settle it
+    with pytest.raises(CoordError) as err:
+        await coord.pool.release(worktree_id=a.worktree_id, force=True)
+    assert err.value.code == ErrorCode.GIT_FAILED and "nothing was released" in err.value.message
+    assert (Path(a.path) / "work.txt").read_text() == "unsaved\n"
+    (slot,) = await coord.store.slots()
+    assert slot.state == SlotState.BUSY

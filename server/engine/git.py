@@ -117,7 +117,11 @@ class GitDriver:
 
     async def main_worktree(self, path: Path) -> Path:
         """The main worktree of the repository containing `path` (a linked worktree resolves to it)."""
-        if not await anyio.Path(path).is_dir():
+        try:
+            is_dir = await anyio.Path(path).is_dir()
+        except OSError as exc:  # a name too long, a path through a file: not a place we can use
+            raise CoordError(ErrorCode.NOT_A_REPOSITORY, f"{path} cannot be used: {exc.strerror}") from exc
+        if not is_dir:
             raise CoordError(ErrorCode.NOT_A_REPOSITORY, f"{path} is not a directory")
         try:
             out = await self.run(path, "rev-parse", "--path-format=absolute", "--git-common-dir")

@@ -207,8 +207,11 @@ class PoolImporter:
         return plans
 
     async def _not_a_worktree(self, where: str, path: Path, main: Path) -> str:
-        if not await anyio.Path(path).is_dir():
-            return f"{where} does not exist"
+        try:
+            if not await anyio.Path(path).is_dir():
+                return f"{where} does not exist"
+        except OSError as exc:
+            return f"{where} cannot be used: {exc.strerror}"
         try:
             other = await self.git.main_worktree(path)
         except CoordError:

@@ -19,6 +19,7 @@ from .records import Action, Repo, Slot, SlotState, freed
 from .repos import RepoResolver, confine
 from .rescue import save_work
 from .store import EventDraft, Store
+from .worktree_listing import WorktreeListing
 from .worktree_record import WorktreeRecord, read_worktree_record
 
 tracer = trace.get_tracer("agent-coord.pool")
@@ -59,10 +60,15 @@ class Releaser:
         if record is not None:
             return record
         try:
-            worktrees = await self.git.worktrees(Path(repo.path))
-        except GitError:
-            worktrees = []
-        info = next((w for w in worktrees if Path(w.path) == path), None)
+            listing = await WorktreeListing.read(self.git, Path(repo.path))
+        except GitError as exc:
+            # Not "no worktree": that would skip the lock check and the rescue and drop the record
+            # of a worktree that may hold work (git dies on an unreadable `locked`, for one).
+            raise CoordError(
+                ErrorCode.GIT_FAILED,
+                f"git worktree list failed in {repo.path}: {exc.reason}; nothing was released",
+            ) from exc
+        info = listing.at(str(path))  # `path` is resolved (confine), the listing's keys too
         return None if info is None else WorktreeRecord(locked=info.locked, lock_reason=info.lock_reason)
 
     async def find_slot(

@@ -47,7 +47,9 @@ def read_worktree_record(common_dir: Path, path: Path) -> WorktreeRecord | None:
         if not os.path.lexists(lock):
             return WorktreeRecord(locked=False, lock_reason=None)
         if lock.is_symlink() or not lock.is_file():
-            return None  # git follows the link (stat): let git say what it finds
+            # Whatever it is, it is there: locked (git's listing would die reading it, and a lock we
+            # cannot read must still keep the worktree from being released).
+            return WorktreeRecord(locked=True, lock_reason=None)
         reason = lock.read_text(encoding="utf-8", errors="replace").strip()
         return WorktreeRecord(locked=True, lock_reason=reason or None)
     except (OSError, UnicodeDecodeError, RuntimeError):
