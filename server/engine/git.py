@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -60,7 +60,6 @@ class BranchRefs:
     exists: bool
     remotes: list[str]  # "origin/<branch>", …
     clash: str | None  # an existing branch that makes this name impossible to create (`a` for `a/b`)
-    tips: frozenset[str] = frozenset()  # the commits local branches point at
 
 
 @dataclass(frozen=True)
@@ -168,23 +167,16 @@ class GitDriver:
 
     async def branch_refs(self, repo: Path, branch: str) -> BranchRefs:
         """In one call: does the local branch exist, which remote-tracking branches share its name,
-        would creating it clash with a branch above or below it (`a` vs `a/b`: refs are files), and
-        where every local branch points (so a free slot's detached HEAD at a branch tip needs no
-        `rev-list` to prove its commits are saved)."""
-        out = await self.run(
-            repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", f"refs/remotes/*/{branch}"
-        )
+        and would creating it clash with a branch above or below it (`a` vs `a/b`: refs are files)."""
+        out = await self.run(repo, "for-each-ref", "--format=%(refname)", "refs/heads", f"refs/remotes/*/{branch}")
         own = f"refs/heads/{branch}"
         parts = branch.split("/")
         parents = {f"refs/heads/{'/'.join(parts[:i])}" for i in range(1, len(parts))}
         exists = False
         clash: str | None = None
         remotes: list[str] = []
-        tips: set[str] = set()
-        for line in out.splitlines():
-            oid, _, ref = line.partition(" ")
+        for ref in out.splitlines():
             if ref.startswith("refs/heads/"):
-                tips.add(oid)
                 if ref == own:
                     exists = True
                 elif clash is None and (ref in parents or ref.startswith(f"{own}/")):
@@ -192,7 +184,7 @@ class GitDriver:
             elif (short := ref.removeprefix("refs/remotes/")).partition("/")[2] == branch:
                 # Exact namesakes only: `origin/<branch>`, never `origin/x/<branch>`.
                 remotes.append(short)
-        return BranchRefs(exists, remotes, clash, frozenset(tips))
+        return BranchRefs(exists, remotes, clash)
 
     # ---- worktrees ----------------------------------------------------------------------------
 
@@ -255,20 +247,6 @@ class GitDriver:
             # A detached HEAD's own commits would be lost to the reflog once we detach elsewhere.
             unsaved = count if count is not None else await self._unsaved_commits(worktree)
         return WorktreeStatus(changed=changed, unsaved_commits=unsaved, branch=branch, head=head)
-
-    async def free_slot_status(
-        self, worktree: Path, *, listed_head: str | None, tips: Collection[str]
-    ) -> WorktreeStatus:
-        """`status` of a FREE slot. Its HEAD is detached where its last owner's branch pointed, and a HEAD
-        at a branch tip (`tips`: where local branches point) has all its commits on that branch, so the
-        unsaved-commit `rev-list` runs only when status finds HEAD off the tips. When git's earlier
-        listing already showed it off them (`listed_head`), both run at once."""
-        if listed_head is None or listed_head not in tips:
-            return await self.status(worktree, expect_detached=True)
-        found = await self.status(worktree, count_unsaved=False)
-        if found.branch is None and found.head is not None and found.head not in tips:
-            found = replace(found, unsaved_commits=await self._unsaved_commits(worktree))
-        return found
 
     async def heads_with_unsaved_commits(self, repo: Path, heads: Sequence[str]) -> set[str]:
         """Which of these commits hold commits no branch, tag, remote or rescue ref has: one `rev-list`

@@ -271,8 +271,6 @@ class Pool:
                     path,
                     plan.branch,
                     plan.start,
-                    listed_head=plan.listed_head(path),
-                    tips=plan.refs.tips,
                 )
             else:
                 await add_cold_slot(self.git, Path(repo.path), path, plan.branch, plan.start)

@@ -38,9 +38,6 @@ class Plan:
         """The live worktrees git lists: the only FREE slots worth claiming."""
         return {Path(w.path) for w in self.worktrees if not w.prunable}
 
-    def listed_head(self, path: Path) -> str | None:
-        return next((w.head for w in self.worktrees if Path(w.path) == path), None)
-
 
 def since(ts: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "an unknown time"

@@ -4,7 +4,6 @@ open; and when anything fails after the claim, the slot goes back to FREE withou
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +41,15 @@ async def switch_warm_slot(
     path: Path,
     branch: str,
     start: str | None,
-    *,
-    listed_head: str | None,
-    tips: Collection[str],
 ) -> None:
     """A FREE slot is clean by invariant; if something wrote into it, that is saved to a rescue ref and
-    cleaned before the switch, so it never follows the slot into the next agent's branch."""
-    state = await git.free_slot_status(path, listed_head=listed_head, tips=tips)
+    cleaned before the switch, so it never follows the slot into the next agent's branch.
+
+    The unsaved-commit count runs beside the status, right before the switch, every time: judging
+    "HEAD is at a branch tip, so nothing is unsaved" from refs read before the claim would trust a
+    picture up to the allocation timeout old, and a branch deleted or moved meanwhile would leave the
+    slot's commits only in a reflog that the next `worktree remove` deletes."""
+    state = await git.status(path, expect_detached=True)
     if state.dirty:
         await save_work(git, store, agent_id, slot, path, "stray changes in a free slot")
         await git.discard_changes(path)
