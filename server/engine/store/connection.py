@@ -18,6 +18,7 @@ from cancellation; the thread is never abandoned, so a transaction always ends i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import sqlite3
@@ -41,6 +42,10 @@ Transaction = Callable[[sqlite3.Connection], T]
 
 class StoreBusyError(Exception):
     """SQLITE_BUSY persisted through every retry."""
+
+
+class StoreClosedError(RuntimeError):
+    """The store was used after `close()`."""
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -99,6 +104,7 @@ class Connection:
         self._conn = conn
         self._thread = thread
         self._lock = anyio.Lock()
+        self._closed = False
 
     @classmethod
     async def open(cls, path: Path, *, migrate: bool = True) -> Connection:
@@ -109,16 +115,34 @@ class Connection:
             thread.shutdown(wait=False)
             raise
         self = cls(conn, thread)
-        if migrate:
-            await self._migrate()
-        for suffix in ("-wal", "-shm"):
-            side = anyio.Path(str(path) + suffix)
-            if await side.exists():
-                await side.chmod(0o600)
+        try:
+            if migrate:
+                await self._migrate()
+            for suffix in ("-wal", "-shm"):
+                side = anyio.Path(str(path) + suffix)
+                if await side.exists():
+                    await side.chmod(0o600)
+        except BaseException:
+            await self.close()  # a schema newer than us, a cancelled start: no connection or thread left behind
+            raise
         return self
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        """Run `fn` in the connection's thread and wait until it has finished, whatever happens.
+
+        The callers' anyio shields cover anyio cancellation; a native `Task.cancel()` gets past them,
+        so the call is also shielded here, and a cancelled caller still waits for the thread before
+        its lock is released: the connection is never used by two calls at once."""
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        future = asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([future])
+            raise
 
     async def _migrate(self) -> None:
         def step(conn: sqlite3.Connection) -> None:
@@ -136,11 +160,15 @@ class Connection:
         await self.write(step)
 
     async def close(self) -> None:
+        """Close the connection and end its thread; a second call does nothing."""
         with anyio.CancelScope(shield=True):
             async with self._lock:
+                if self._closed:
+                    return
                 try:
                     await self._in_thread(self._conn.close)
                 finally:
+                    self._closed = True
                     self._thread.shutdown(wait=False)  # idle by now: its thread ends on its own
 
     async def write(self, fn: Transaction[T]) -> T:

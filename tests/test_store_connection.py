@@ -1,0 +1,68 @@
+"""The store's connection: one thread, one transaction at a time, whatever cancels the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from server.engine.store import Store, StoreClosedError
+from server.engine.store.connection import Connection
+
+pytestmark = pytest.mark.anyio
+
+
+def store_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith("agent-coord-store"))
+
+
+async def test_a_natively_cancelled_caller_waits_for_its_transaction(tmp_path: Path) -> None:
+    conn = await Connection.open(tmp_path / "c.db")
+    spans: list[tuple[str, float, float]] = []
+
+    def slow(c: sqlite3.Connection) -> None:
+        start = time.monotonic()
+        c.execute("INSERT INTO meta (key, value) VALUES ('slow', 1)")
+        time.sleep(0.3)
+        spans.append(("slow", start, time.monotonic()))
+
+    def quick(c: sqlite3.Connection) -> int:
+        start = time.monotonic()
+        row = c.execute("SELECT value FROM meta WHERE key = 'slow'").fetchone()
+        spans.append(("quick", start, time.monotonic()))
+        return int(row[0]) if row else 0
+
+    task = asyncio.create_task(conn.write(slow))
+    await asyncio.sleep(0.05)
+    task.cancel()  # a native cancel: anyio's shields do not stop it
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The cancelled caller returned only once its transaction had committed: the next one sees it.
+    assert [name for name, *_ in spans] == ["slow"]
+    assert await conn.write(quick) == 1
+    (_, _, slow_end), (_, quick_start, _) = spans
+    assert quick_start >= slow_end
+    await conn.close()
+
+
+async def test_a_failed_open_leaves_no_thread_and_close_is_idempotent(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    store = await Store.open(db)
+    await store.close()
+    await store.close()  # a second close does nothing
+    with pytest.raises(StoreClosedError):
+        await store.slots()
+    with sqlite3.connect(db) as raw:
+        raw.execute("PRAGMA user_version = 999")
+    before = store_threads()
+    with pytest.raises(RuntimeError, match="newer than this agent-coord"):
+        await Store.open(db)
+    for _ in range(50):  # the executor's thread ends on its own once shut down
+        if store_threads() <= before:
+            break
+        await asyncio.sleep(0.01)
+    assert store_threads() <= before
