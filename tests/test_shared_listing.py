@@ -24,7 +24,7 @@ from server.engine.validate import Validator
 from server.engine.worktree_listing import WorktreeListing
 
 from .agent_proc import set_agent
-from .conftest import git
+from .conftest import git, make_repo
 
 pytestmark = pytest.mark.anyio
 
@@ -249,3 +249,41 @@ def test_the_disk_probe_agrees_with_git(repo: Path, tmp_path: Path) -> None:
     for path, a in admin.items():
         assert a.locked == ("\nlocked" in porcelain[path])
         assert a.prunable == ("\nprunable" in porcelain[path])
+
+
+def test_a_lock_is_what_git_calls_one(repo: Path, tmp_path: Path) -> None:
+    """Git tests `locked` with lstat: a dangling link or a directory in its place is a lock too."""
+    from server.engine.worktree_probe import OnDisk, probe_worktree, scan_admin_dirs
+
+    dangling, directory = tmp_path / "dangling", tmp_path / "directory"
+    for wt in (dangling, directory):
+        git(repo, "worktree", "add", "-q", "--detach", str(wt))
+    admin = repo / ".git" / "worktrees"
+    (admin / "dangling" / "locked").symlink_to(tmp_path / "nowhere")
+    (admin / "directory" / "locked").mkdir()
+    assert probe_worktree(dangling) is OnDisk.LOCKED
+    assert probe_worktree(directory) is OnDisk.LOCKED
+    for wt in (dangling, directory):
+        shutil.rmtree(wt)
+    judged = scan_admin_dirs(repo / ".git")
+    assert len(judged) == 2 and all(a.locked and not a.prunable for a in judged)
+    git(repo, "worktree", "prune")  # git agrees: it keeps both
+    assert sorted(d.name for d in admin.iterdir()) == ["dangling", "directory"]
+
+
+def test_a_worktree_of_another_repository_is_not_ours(repo: Path, tmp_path: Path) -> None:
+    """A slot's path re-created as a linked worktree of another repository after the listing."""
+    from server.engine.worktree_probe import OnDisk, probe_worktree
+
+    slot = tmp_path / "slot"
+    git(repo, "worktree", "add", "-q", "--detach", str(slot))
+    link = tmp_path / "link"
+    link.symlink_to(repo)
+    assert probe_worktree(slot, repo / ".git") is OnDisk.WORKTREE
+    assert probe_worktree(slot, link / ".git") is OnDisk.WORKTREE  # another spelling of the same `.git`
+    git(repo, "worktree", "remove", str(slot))
+    other = make_repo(tmp_path, "other")
+    git(other, "worktree", "add", "-q", "--detach", str(slot))
+    assert probe_worktree(slot, repo / ".git") is OnDisk.OTHER
+    assert probe_worktree(slot, other / ".git") is OnDisk.WORKTREE
+    assert probe_worktree(slot) is OnDisk.WORKTREE  # a caller that does not say which repository

@@ -1,13 +1,22 @@
-"""`git worktree prune`, but only once what it would delete is saved.
+"""What `git worktree prune` does, but only to what was saved first.
 
-Pruning deletes the administrative directory of every vanished worktree at once (not only the one a
-caller has in mind): its HEAD and its index. A detached HEAD's own commits and anything staged would
-then be unreachable, so each prunable entry's staged index and unsaved commits go to a verified
-rescue ref first, and nothing is pruned unless every entry was saved.
+Pruning deletes the administrative directory of a vanished worktree: its HEAD and its index. A
+detached HEAD's own commits and anything staged would then be unreachable, so each prunable entry's
+staged index and unsaved commits go to a verified rescue ref first, and nothing is pruned unless
+every entry was saved.
+
+`git worktree prune` itself is not run: it deletes every vanished entry of the repository at the
+moment it runs, also one whose directory went away after our saves (several git processes earlier),
+or one another task or process is saving from right then. Instead exactly the administrative
+directories that were saved are deleted, each re-judged just before as git would (still unlocked,
+its worktree's `.git` still gone, still naming the same path). Whatever vanishes later is left to
+the next prune, which saves it first. Prunes of one repository in this process also take turns, so
+two reclaims do not save the same entries twice or delete what the other is reading.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +27,7 @@ from .liveness import Identity
 from .records import Action, Repo
 from .store import EventDraft, Store
 from .worktree_listing import WorktreeListing
-from .worktree_probe import AdminDir, scan_admin_dirs
+from .worktree_probe import AdminDir, judge_admin_dir, scan_admin_dirs
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,7 @@ class SavedEntry:
 
 @dataclass(frozen=True)
 class PruneResult:
-    pruned: bool  # every prunable entry was saved and git's entries are gone
+    pruned: bool  # every prunable entry was saved and git's entries of them are gone
     rescue_refs: dict[str, str] = field(default_factory=dict)  # real worktree path → rescue ref
 
 
@@ -39,9 +48,11 @@ class SafePruner:
         self.store = store
         self.git = git
         self.identity = identity
+        # One prune at a time per repository (keyed by its `.git`); made on first use, in the event loop.
+        self._turns: dict[str, anyio.Lock] = {}
 
     async def prune(self, repo: Repo, reason: str, listing: WorktreeListing | None = None) -> PruneResult:
-        """Save every prunable entry, then prune. With the `listing` of an earlier `git worktree list`
+        """Save every prunable entry, then prune it. With the `listing` of an earlier `git worktree list`
         no new listing is taken, unless the administrative directories show an entry it lacks."""
         repo_path = Path(repo.path)
         try:
@@ -50,6 +61,13 @@ class SafePruner:
             )
         except GitError:
             return PruneResult(False)
+        turn = self._turns.setdefault(str(common), anyio.Lock())
+        async with turn:
+            # A prune that waited here sees what the one before it deleted: its scan comes after.
+            return await self._prune(repo, common, reason, listing)
+
+    async def _prune(self, repo: Repo, common: Path, reason: str, listing: WorktreeListing | None) -> PruneResult:
+        repo_path = Path(repo.path)
         if listing is not None:
             admin = await anyio.to_thread.run_sync(scan_admin_dirs, common)
             entries = _still_doomed(listing, admin)
@@ -71,20 +89,26 @@ class SafePruner:
     async def _save_then_prune(
         self, repo: Repo, entries: list[WorktreeInfo], listing: WorktreeListing, admin: list[AdminDir], reason: str
     ) -> PruneResult:
-        admin_of = {a.worktree: a.path for a in admin if a.worktree is not None}
+        admin_of = {a.worktree: a for a in admin if a.worktree is not None}
         real = {id(w): p for p, w in listing.by_path.items()}
         saved: dict[str, str] = {}
+        done: list[AdminDir] = []  # the admin directories whose worktree's work is now safe
         for info in entries:
             path = real[id(info)]
+            own = admin_of.get(path)
             try:
-                entry = await self._save_entry(repo, info, admin_of.get(path), reason)
+                entry = await self._save_entry(repo, info, own.path if own is not None else None, reason)
             except (GitError, OSError):
                 return PruneResult(False, saved)
             if entry is not None:
                 saved[path] = entry.rescue_ref
+            if own is not None:
+                done.append(own)
         try:
-            await self.git.worktree_prune(Path(repo.path))
-        except GitError:
+            # Not `git worktree prune`: it would also delete entries that vanished after these saves
+            # (see the module docstring). Only what was saved goes.
+            await anyio.to_thread.run_sync(_delete_saved, done)
+        except OSError:
             return PruneResult(False, saved)
         return PruneResult(True, saved)
 
@@ -161,17 +185,37 @@ class SafePruner:
 
 
 def _still_doomed(listing: WorktreeListing, admin: list[AdminDir]) -> list[WorktreeInfo] | None:
-    """The listed entries `git worktree prune` would delete now, or None when the listing is stale.
+    """The listed entries a prune would delete now, or None when the listing is stale.
 
-    Why this is enough: `git worktree prune` removes exactly the unlocked admin directories whose
-    worktree's `.git` is gone, which is what `admin` was just read from. If each of them is an entry
-    the listing saw as prunable (a vanished worktree's HEAD and index do not change), saving those
-    entries saves everything the prune deletes. An entry that vanished after the listing, or one whose
-    path cannot be read, fails the check, and the caller lists again.
+    Why this is enough: git prunes exactly the unlocked admin directories whose worktree's `.git` is
+    gone, which is what `admin` was just read from. If each of them is an entry the listing saw as
+    prunable (a vanished worktree's HEAD and index do not change), saving those entries saves
+    everything the prune deletes. An entry that vanished after the listing fails the check, and the
+    caller lists again. An admin directory whose `gitdir` cannot be read is left out: git does not list
+    it, so nothing tells whose work its index holds, and `_delete_saved` never deletes it.
     """
-    doomed = [a for a in admin if a.prunable]
+    doomed = [a for a in admin if a.prunable and a.worktree is not None]
     if any(a.worktree is None or (w := listing.at(a.worktree)) is None or not w.prunable for a in doomed):
         return None
     # The locks are the scan's, not the listing's: a worktree unlocked since is pruned, so it is saved.
     found = {a.worktree: listing.at(a.worktree) for a in doomed if a.worktree is not None}
     return [w for w in found.values() if w is not None]
+
+
+def _delete_saved(saved: list[AdminDir]) -> None:
+    """Delete each saved admin directory that git would still prune (blocking: a worker thread).
+
+    Re-judged right before, from the files `git worktree prune` reads: one locked since, or whose
+    worktree is back, or which names another path now, is not what was saved, so it stays. The span
+    between that check and the deletion is the one git's own prune has; it is file reads, no process.
+    """
+    for was in saved:
+        now = judge_admin_dir(was.path)
+        if now.prunable and now.worktree is not None and now.worktree == was.worktree:
+            shutil.rmtree(was.path, onerror=_gone_is_fine)
+
+
+def _gone_is_fine(func: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+    # Another process pruning the same entry at once removes some files first: that is the goal too.
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]

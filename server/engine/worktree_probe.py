@@ -31,8 +31,13 @@ class OnDisk(enum.Enum):
     OTHER = "other"  # a `.git` that is no linked worktree of a listing (a copy, a repository, unreadable)
 
 
-def probe_worktree(path: Path) -> OnDisk:
-    """What is at `path` now, as far as `git worktree list` is concerned."""
+def probe_worktree(path: Path, common_dir: Path | None = None) -> OnDisk:
+    """What is at `path` now, as far as `git worktree list` of the repository whose `.git` is
+    `common_dir` is concerned.
+
+    Without `common_dir` a linked worktree of any repository counts: the path may have been re-created
+    as a worktree of another repository since the listing was taken, and acting on it would run
+    status, rescue or discard against that repository. Callers that know the repository pass it."""
     dotgit = path / ".git"
     try:
         if not os.path.lexists(dotgit):
@@ -43,11 +48,15 @@ def probe_worktree(path: Path) -> OnDisk:
         if not line.startswith("gitdir: "):
             return OnDisk.OTHER
         admin = path / line.removeprefix("gitdir: ")  # an absolute path replaces `path`
+        # Resolved whole, as in `worktree_record`: a link in place of the admin directory counts as its target.
+        if common_dir is not None and admin.resolve().parent != (common_dir / "worktrees").resolve():
+            return OnDisk.OTHER  # an admin directory of another repository
         back = (admin / "gitdir").read_text(encoding="utf-8").strip()
         if not back or real_path(str(admin / back)) != real_path(str(dotgit)):
             return OnDisk.OTHER
-        return OnDisk.LOCKED if (admin / "locked").exists() else OnDisk.WORKTREE
-    except (OSError, UnicodeDecodeError):
+        # lexists, as git (lstat): a dangling link or a directory named `locked` is a lock too.
+        return OnDisk.LOCKED if os.path.lexists(admin / "locked") else OnDisk.WORKTREE
+    except (OSError, UnicodeDecodeError, RuntimeError):  # RuntimeError: a symlink loop
         return OnDisk.OTHER
 
 
@@ -73,18 +82,18 @@ def scan_admin_dirs(common_dir: Path) -> list[AdminDir]:
     base = common_dir / "worktrees"
     if not base.is_dir():
         return []
-    found: list[AdminDir] = []
-    for d in sorted(base.iterdir()):
-        if not d.is_dir():
-            continue
-        locked = (d / "locked").exists()
-        try:
-            gitfile = (d / "gitdir").read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            gitfile = ""
-        if not gitfile:
-            found.append(AdminDir(d, None, locked, not locked))
-            continue
-        target = d / gitfile  # git ≥ 2.48 may write it relative to the admin directory
-        found.append(AdminDir(d, real_path(str(target.parent)), locked, not locked and not os.path.lexists(target)))
-    return found
+    return [judge_admin_dir(d) for d in sorted(base.iterdir()) if d.is_dir()]
+
+
+def judge_admin_dir(d: Path) -> AdminDir:
+    """One administrative directory `d`, as `git worktree prune` would judge it now. A directory that
+    is gone by now reads as prunable with no worktree (its `gitdir` is unreadable)."""
+    locked = os.path.lexists(d / "locked")  # git tests the lock with lstat
+    try:
+        gitfile = (d / "gitdir").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        gitfile = ""
+    if not gitfile:
+        return AdminDir(d, None, locked, not locked)
+    target = d / gitfile  # git ≥ 2.48 may write it relative to the admin directory
+    return AdminDir(d, real_path(str(target.parent)), locked, not locked and not os.path.lexists(target))

@@ -1,0 +1,147 @@
+"""A prune deletes only what it saved: real repositories, real `git worktree`, worst-moment changes.
+
+The git driver is the real one, instrumented only to run a person's action once, right after the
+prune wrote its first rescue ref (between the saves and the deletion).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from server.engine.git import GitDriver
+from server.engine.records import Repo
+from server.engine.safe_prune import PruneResult, SafePruner
+
+from .conftest import git
+
+pytestmark = pytest.mark.anyio
+
+
+class SaveHookGit(GitDriver):
+    """The real driver; runs `after_save` once, right after the first rescue ref is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after_save: Callable[[], None] | None = None
+
+    async def run(self, cwd: str | Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
+        out = await super().run(cwd, *args, check=check, env=env)
+        if args[:1] == ("update-ref",):
+            hook, self.after_save = self.after_save, None
+            if hook is not None:
+                hook()
+        return out
+
+
+def rescue_refs(repo: Path) -> list[str]:
+    return git(repo, "for-each-ref", "--format=%(refname)", "refs/agent-coord/rescue").split()
+
+
+def shown(repo: Path, spec: str) -> bytes:
+    return subprocess.run(["git", "-C", str(repo), "show", spec], capture_output=True, check=True).stdout
+
+
+def staged_worktree(repo: Path, path: Path, name: str, content: str) -> None:
+    """A detached worktree at `path` with `name` staged (and not committed)."""
+    git(repo, "worktree", "add", "-q", "--detach", str(path))
+    (path / name).write_text(content)
+    git(path, "add", name)
+
+
+def porcelain(repo: Path) -> dict[str, str]:
+    """`git worktree list --porcelain`, each entry by its path."""
+    blocks = [b for b in git(repo, "worktree", "list", "--porcelain").split("\n\n") if b.strip()]
+    return {b.split("\n", 1)[0].removeprefix("worktree "): b for b in blocks}
+
+
+async def pruner_for(coord: Any, repo: Path, git_driver: GitDriver) -> tuple[SafePruner, Repo]:
+    return SafePruner(coord.store, git_driver, coord.identity), await coord.repos.resolve(str(repo))
+
+
+async def test_a_worktree_deleted_after_the_saves_keeps_its_entry(coord: Any, repo: Path, tmp_path: Path) -> None:
+    """`git worktree prune` would delete every vanished entry, also one whose directory went away after
+    the prune saved the others: its index (the staged work) would go unsaved."""
+    first, late = tmp_path / "first", tmp_path / "late"
+    staged_worktree(repo, first, "one.txt", "staged in the first")
+    staged_worktree(repo, late, "two.txt", "staged in the late one")
+    shutil.rmtree(first)
+    hooked = SaveHookGit()
+    hooked.after_save = lambda: shutil.rmtree(late)
+    pruner, r = await pruner_for(coord, repo, hooked)
+
+    result = await pruner.prune(r, "test")
+    assert result.pruned and set(result.rescue_refs) == {str(first.resolve())}
+    assert shown(repo, f"{result.rescue_refs[str(first.resolve())]}:one.txt") == b"staged in the first"
+    listed = porcelain(repo)
+    assert str(first.resolve()) not in listed
+    # Not saved by this prune, so not deleted by it: git still holds the late one's HEAD and index.
+    assert "\nprunable" in listed[str(late.resolve())]
+
+    again = await pruner.prune(r, "test")
+    assert again.pruned and set(again.rescue_refs) == {str(late.resolve())}
+    assert shown(repo, f"{again.rescue_refs[str(late.resolve())]}:two.txt") == b"staged in the late one"
+    assert "prunable" not in git(repo, "worktree", "list", "--porcelain")
+    assert not (repo / ".git" / "worktrees" / "late").exists()
+
+
+async def test_a_worktree_locked_after_the_saves_is_not_pruned(coord: Any, repo: Path, tmp_path: Path) -> None:
+    """Each saved admin directory is judged again right before it is deleted."""
+    gone = tmp_path / "gone"
+    staged_worktree(repo, gone, "wip.txt", "staged")
+    shutil.rmtree(gone)
+    hooked = SaveHookGit()
+    hooked.after_save = lambda: git(repo, "worktree", "lock", "--reason", "on a stick", str(gone))
+    pruner, r = await pruner_for(coord, repo, hooked)
+
+    result = await pruner.prune(r, "test")
+    assert result.pruned and len(rescue_refs(repo)) == 1
+    entry = porcelain(repo)[str(gone.resolve())]
+    assert "\nlocked on a stick" in entry and "prunable" not in entry
+
+
+async def test_concurrent_prunes_of_one_repository_take_turns(coord: Any, repo: Path, tmp_path: Path) -> None:
+    """Two reclaims pruning at once: one saves and deletes, the other then finds nothing left to do
+    (not a second rescue of the same work, not a failure from reading what the first deleted)."""
+    gone = [tmp_path / f"gone-{i}" for i in range(3)]
+    for i, path in enumerate(gone):
+        staged_worktree(repo, path, f"wip-{i}.txt", f"staged {i}")
+        shutil.rmtree(path)
+    pruner, r = await pruner_for(coord, repo, GitDriver())
+    results: list[PruneResult] = []
+
+    async def one() -> None:
+        results.append(await pruner.prune(r, "test"))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(one)
+    assert [res.pruned for res in results] == [True] * 4
+    saved = {path: ref for res in results for path, ref in res.rescue_refs.items()}
+    assert set(saved) == {str(p.resolve()) for p in gone}
+    assert sorted(rescue_refs(repo)) == sorted(saved.values())  # each entry saved once
+    for i, path in enumerate(gone):
+        assert shown(repo, f"{saved[str(path.resolve())]}:wip-{i}.txt") == f"staged {i}".encode()
+    assert "prunable" not in git(repo, "worktree", "list", "--porcelain")
+
+
+async def test_an_admin_dir_nobody_can_name_is_left_alone(coord: Any, repo: Path, tmp_path: Path) -> None:
+    """An admin directory without its `gitdir` file: git does not list it, so nothing tells whose staged
+    work its index holds. `git worktree prune` deleted it unsaved; now it stays for a person."""
+    orphan, gone = tmp_path / "orphan", tmp_path / "gone"
+    staged_worktree(repo, orphan, "wip.txt", "whose?")
+    (repo / ".git" / "worktrees" / "orphan" / "gitdir").unlink()
+    staged_worktree(repo, gone, "wip.txt", "staged")  # a prune has work to do: it saves this one
+    shutil.rmtree(gone)
+    pruner, r = await pruner_for(coord, repo, GitDriver())
+
+    result = await pruner.prune(r, "test")
+    assert result.pruned and set(result.rescue_refs) == {str(gone.resolve())}
+    assert not (repo / ".git" / "worktrees" / "gone").exists()
+    assert (repo / ".git" / "worktrees" / "orphan" / "index").is_file()
