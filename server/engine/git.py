@@ -221,9 +221,6 @@ class GitDriver:
         args = ["worktree", "remove", *(["--force"] if force else []), "--", str(path)]
         await self.run(repo, *args)
 
-    async def worktree_prune(self, repo: Path) -> None:
-        await self.run(repo, "worktree", "prune")
-
     async def status(
         self, worktree: Path, *, expect_detached: bool = False, count_unsaved: bool = True
     ) -> WorktreeStatus:
