@@ -5,7 +5,8 @@ killed agent's slot stayed held, and no file any agent wrote was lost.
 
 The CI subset runs a short campaign (3 agents, ~14 kills, < 60 s). The full one (>= 100 kills) is
 `pytest -m slow tests/test_faults.py` or `python -m bench.faults`. The campaign itself lives in
-bench/faults.py (the instrumented server in bench/fault_server.py); RELIABILITY.md has the results.
+bench/faults.py and bench/fault_*.py (the instrumented server in bench/fault_server.py); RELIABILITY.md
+has the results.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from bench.faults import CampaignConfig, grant_intervals, run_campaign, summarize
+from bench.fault_check import grant_intervals
+from bench.faults import CampaignConfig, run_campaign, summarize
 
 
 def _event(

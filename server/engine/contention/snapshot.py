@@ -16,8 +16,9 @@ from ..liveness import Identity, judge
 from ..models import Contention, ContentionSource
 from ..records import HELD_STATES, Repo
 from ..store import Store
-from .manictime import DEFAULT_AGENT_EXECUTABLES, AgentWindowKey, ManicTimeReader, WindowMatchRules
+from .manictime import ManicTimeReader
 from .processes import ProcessScanner
+from .window_match import DEFAULT_AGENT_EXECUTABLES, AgentWindowKey, WindowMatchRules
 
 
 class ContentionMonitor:

@@ -1,0 +1,111 @@
+"""The store side of bench/store_cas.py: allocate+release cycles through agent-coord's `Store`,
+counting the SQLITE_BUSY it absorbed and any that reached the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.cas_cycle import LEASE_S, slot_paths, start_phase, wait_until
+
+
+async def store_worker(db: Path, pool_max: int, duration: float, rate: float, start: float) -> dict[str, Any]:
+    from server.engine.records import Action, SlotState
+    from server.engine.store import EventDraft, Store, StoreBusyError
+    from server.engine.store import connection as connection_module
+
+    busy_retried = 0
+    original_is_busy = connection_module._is_busy
+
+    def counting_is_busy(exc: BaseException) -> bool:
+        nonlocal busy_retried
+        hit = original_is_busy(exc)
+        if hit:
+            busy_retried += 1
+        return hit
+
+    connection_module._is_busy = counting_is_busy  # count the SQLITE_BUSY the store absorbed
+    store = await Store.open(db)
+    repo = await store.ensure_repo("/bench/repo", "/bench/pool")
+    owner = f"bench-{os.getpid()}"
+    branch = f"b-{os.getpid()}"
+    paths = slot_paths(pool_max)
+    await wait_until(start)
+    phase = start_phase(rate)
+    cycles: list[float] = []
+    ops: list[float] = []
+    lost = 0
+    busy_to_caller = 0
+    end = start + duration
+    k = 0
+    while True:
+        due = start + phase + k / rate if rate > 0 else time.time()
+        if due >= end:
+            break
+        now = time.time()
+        if due > now:
+            await asyncio.sleep(due - now)
+        k += 1
+        c0 = time.perf_counter()
+        try:
+            slot = None
+            while slot is None:
+                t = time.perf_counter()
+                slot = await store.claim_any_free_slot(
+                    repo.id, paths=paths, warmest=True, owner=owner, branch=branch, task=None, lease_s=LEASE_S
+                )
+                if slot is None:
+                    slot = await store.claim_new_slot(
+                        repo, owner=owner, branch=branch, task=None, lease_s=LEASE_S, pool_max=pool_max
+                    )
+                ops.append((time.perf_counter() - t) * 1000)
+                if slot is None:
+                    lost += 1
+            token = slot.fencing_token
+            t = time.perf_counter()
+            busy = await store.transition(
+                slot.id,
+                expect_state=SlotState.ALLOCATING,
+                expect_token=token,
+                changes={"state": SlotState.BUSY, "lease_expires_at": time.time() + LEASE_S, "setup_done": 1},
+                events=[EventDraft(Action.ALLOCATE, "ok", owner, repo.id, slot.id, branch, 0.0, token)],
+            )
+            ops.append((time.perf_counter() - t) * 1000)
+            assert busy is not None, "lost a CAS on a slot this process owns"
+            t = time.perf_counter()
+            freed = await store.transition(
+                slot.id,
+                expect_state=SlotState.BUSY,
+                expect_token=token,
+                changes={
+                    "state": SlotState.FREE,
+                    "owner": None,
+                    "branch": None,
+                    "lease_expires_at": None,
+                    "since": None,
+                    "released_at": time.time(),
+                    "task": None,
+                },
+                events=[EventDraft(Action.RELEASE, "ok", owner, repo.id, slot.id, branch, 0.0, token)],
+            )
+            ops.append((time.perf_counter() - t) * 1000)
+            assert freed is not None, "lost a CAS on a slot this process owns"
+        except (StoreBusyError, sqlite3.OperationalError):
+            busy_to_caller += 1
+            continue
+        cycles.append((time.perf_counter() - c0) * 1000)
+    elapsed = time.time() - start
+    await store.close()
+    return {
+        "cycles": cycles,
+        "ops": ops,
+        "lost_cas": lost,
+        "busy_retried": busy_retried,
+        "busy_to_caller": busy_to_caller,
+        "elapsed": elapsed,
+    }
