@@ -145,3 +145,19 @@ async def test_an_admin_dir_nobody_can_name_is_left_alone(coord: Any, repo: Path
     assert result.pruned and set(result.rescue_refs) == {str(gone.resolve())}
     assert not (repo / ".git" / "worktrees" / "gone").exists()
     assert (repo / ".git" / "worktrees" / "orphan" / "index").is_file()
+
+
+async def test_validation_tells_a_person_about_an_entry_no_worktree_claims(coord: Any, repo: Path) -> None:
+    """An admin dir without `gitdir` is kept by every prune (nothing says whose index it is); validation
+    reports it as skipped, dry run or repair, and leaves it where it is."""
+    a = await coord.pool.allocate("orphan")
+    (Path(a.path) / "staged.txt").write_text("staged\n")
+    git(Path(a.path), "add", "staged.txt")
+    gitfile = (Path(a.path) / ".git").read_text().strip().removeprefix("gitdir: ")
+    admin = (Path(a.path) / gitfile).resolve()
+    (admin / "gitdir").unlink()
+    for repair in (False, True):
+        result = await coord.validate(repair=repair)
+        orphans = [f for f in result.skipped if f.kind == "orphaned_worktree_entry"]
+        assert [f.path for f in orphans] == [str(admin)], result.skipped
+    assert (admin / "index").is_file()  # the staged work's index is still there for the person

@@ -42,7 +42,7 @@ from .validate_duplicates import check_duplicates
 from .validate_free import check_free_slots
 from .validate_held import TRANSIENT_STATES, check_busy, check_in_flight
 from .validate_unknown import adopt_untracked, check_leftovers, sort_unknown
-from .validate_vanished import note_missing, prunable_findings, repair_vanished
+from .validate_vanished import note_missing, note_orphaned_entries, prunable_findings, repair_vanished
 from .worktree_listing import WorktreeListing
 
 tracer = trace.get_tracer("agent-coord.validate")
@@ -148,6 +148,7 @@ class Validator:
                 await check_busy(ck, run, rp, s, info)
         free = [s for s in slots if s.id not in handled and s.state == SlotState.FREE]
         await check_free_slots(ck, run, rp, free)
+        await note_orphaned_entries(run, Path(repo.path) / ".git")
         await ck.reclaim_deferred(rp)
         untracked, prunable = await sort_unknown(run, rp)
         await adopt_untracked(ck, run, rp, untracked)

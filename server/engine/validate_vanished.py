@@ -4,10 +4,15 @@ vanished worktree (a detached HEAD's own commits, a staged index), then drops th
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import anyio
+
 from .git import WorktreeInfo
 from .models import Finding
 from .records import Slot, SlotState
 from .validate_context import Checker, RepoPass, ValidationRun, slot_finding
+from .worktree_probe import scan_admin_dirs
 
 PRUNE_REASON = "prunable git worktree entry"
 
@@ -57,3 +62,20 @@ async def repair_vanished(ck: Checker, run: ValidationRun, rp: RepoPass, prunabl
             f.action = "none: what git holds of it could not be saved; left for a person"
             continue
         f.repaired = await ck.drop(s, f, rp.repo, move_directory=True)
+
+
+async def note_orphaned_entries(run: ValidationRun, common_dir: Path) -> None:
+    """Git entries (`.git/worktrees/<name>`) with no readable `gitdir` file: `git worktree list` does
+    not show them and `git worktree prune` would delete them, index and all. Nothing says whose work
+    their index or HEAD holds, so the pruner keeps them (docs/decisions.md); a person is told here."""
+    for entry in await anyio.to_thread.run_sync(scan_admin_dirs, common_dir):
+        if entry.worktree is None:
+            run.skipped.append(
+                Finding(
+                    kind="orphaned_worktree_entry",
+                    path=str(entry.path),
+                    detail="git's worktree entry has no readable gitdir file, so no worktree claims it; "
+                    "its index and HEAD may still hold staged work or commits",
+                    action="left for a person: look inside, then remove the directory or run git worktree prune",
+                )
+            )
