@@ -98,7 +98,8 @@ def raw_worker(db: Path, pool_max: int, duration: float, rate: float, start: flo
             " WHERE id = ? AND state = 'FREE' AND (? IS NULL OR version = ?)",
             (owner, branch, token, now + LEASE_S, now, None, row["id"], None, None),
         )
-        return conn.execute("SELECT * FROM slots WHERE id = ?", (row["id"],)).fetchone()
+        row_after: sqlite3.Row | None = conn.execute("SELECT * FROM slots WHERE id = ?", (row["id"],)).fetchone()
+        return row_after
 
     def claim_new() -> sqlite3.Row | None:
         now = time.time()
@@ -119,7 +120,8 @@ def raw_worker(db: Path, pool_max: int, duration: float, rate: float, start: flo
             " lease_expires_at, since, task, created_at) VALUES (?, ?, ?, 'ALLOCATING', 0, ?, ?, ?, ?, ?, ?, ?)",
             (slot_id, repo_id, f"/bench/pool/{slot_id}", owner, branch, token, now + LEASE_S, now, None, now),
         )
-        return conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
+        row_after: sqlite3.Row | None = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
+        return row_after
 
     def transition(slot_id: str, expect: str, token: int, changes: dict[str, Any], action: str) -> sqlite3.Row | None:
         now = time.time()
@@ -130,7 +132,7 @@ def raw_worker(db: Path, pool_max: int, duration: float, rate: float, start: flo
             return None
         sets = ", ".join([f"{k} = ?" for k in changes] + ["version = version + 1"])
         conn.execute(f"UPDATE slots SET {sets} WHERE id = ?", (*changes.values(), slot_id))
-        new = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
+        new: sqlite3.Row | None = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
         event(action, slot_id, token, now)
         return new
 

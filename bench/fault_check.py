@@ -98,16 +98,16 @@ def grant_intervals(
         )
         if not closing:
             continue
-        grant = open_grant.get(wt)
-        if grant is None:
+        held = open_grant.get(wt)
+        if held is None:
             closes_without_open += 1
             continue
-        if token is not None and token != grant["token"]:
+        if token is not None and token != held["token"]:
             violations.append(
-                f"{action} of {wt} with token {token} while the open grant has token {grant['token']} (event {e['id']})"
+                f"{action} of {wt} with token {token} while the open grant has token {held['token']} (event {e['id']})"
             )
             continue
-        grant["close"] = {"id": e["id"], "ts": e["ts"], "action": action, "outcome": outcome}
+        held["close"] = {"id": e["id"], "ts": e["ts"], "action": action, "outcome": outcome}
         del open_grant[wt]
     return intervals, violations, closes_without_open
 

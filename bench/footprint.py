@@ -70,7 +70,8 @@ class RawServer:
                 raise RuntimeError("server closed its stdout")
             msg = json.loads(line)
             if msg.get("id") == rid:
-                return msg
+                reply: dict[str, Any] = msg
+                return reply
 
     def initialize(self) -> float:
         reply = self.request(

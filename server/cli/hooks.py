@@ -18,7 +18,8 @@ from typing import Annotated, NoReturn, TypeVar
 import anyio
 import typer
 
-from ..claude_install import InstallError, install_claude
+from ..claude_config_files import InstallError
+from ..claude_install import install_claude
 from ..config import Settings
 from ..engine.coordinator import Coordinator
 from ..engine.errors import CoordError, ErrorCode

@@ -19,7 +19,8 @@ from ..config import Settings
 from ..engine.coordinator import Coordinator
 from ..engine.errors import CoordError, ErrorCode
 from ..engine.models import ReleaseResult
-from ..engine.pool_import import ImportResult, PoolImporter, PoolImportError
+from ..engine.pool_import import PoolImporter
+from ..engine.pool_import_rows import ImportResult, PoolImportError
 from ..engine.pool_markdown import PoolFileError
 from ..engine.records import SlotState
 from ..render import output_console

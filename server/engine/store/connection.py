@@ -186,7 +186,8 @@ class Connection:
 
         with anyio.CancelScope(shield=True):
             async with self._lock:
-                return await self._in_thread(one, self._conn)
+                value = await self._in_thread(one, self._conn)
+        return value
 
     async def _retrying(self, fn: Transaction[T], begin: str) -> T:
         for attempt in range(BUSY_RETRIES):
