@@ -161,3 +161,77 @@ async def test_validation_tells_a_person_about_an_entry_no_worktree_claims(coord
         orphans = [f for f in result.skipped if f.kind == "orphaned_worktree_entry"]
         assert [f.path for f in orphans] == [str(admin)], result.skipped
     assert (admin / "index").is_file()  # the staged work's index is still there for the person
+
+
+def conflicted_worktree(repo: Path, path: Path) -> None:
+    """A worktree stopped in the middle of a merge conflict: its index has unmerged entries, which
+    `git write-tree` refuses."""
+    git(repo, "worktree", "add", "-q", "-b", f"side-{path.name}", str(path))
+    (path / "README.md").write_text("theirs\n")
+    git(path, "commit", "-qam", "theirs")
+    git(repo, "branch", "-f", f"ours-{path.name}", "main")
+    git(path, "switch", "-q", "--detach", f"ours-{path.name}")
+    (path / "README.md").write_text("ours\n")
+    git(path, "commit", "-qam", "ours")
+    subprocess.run(["git", "-C", str(path), "merge", "-q", f"side-{path.name}"], capture_output=True)
+    assert "UU README.md" in git(path, "status", "--porcelain")
+
+
+async def test_an_entry_that_cannot_be_saved_does_not_stop_the_others(coord: Any, repo: Path, tmp_path: Path) -> None:
+    """Found by review: one vanished worktree whose index cannot be written as a tree (a merge conflict)
+    made every later prune of the repository fail, and with it every reclaim of a vanished slot."""
+    stuck, gone = tmp_path / "stuck", tmp_path / "gone"
+    conflicted_worktree(repo, stuck)
+    staged_worktree(repo, gone, "wip.txt", "staged")
+    shutil.rmtree(stuck)
+    shutil.rmtree(gone)
+    pruner, r = await pruner_for(coord, repo, GitDriver())
+
+    for _ in range(2):  # and again: the stuck one stays stuck, the rest keeps working
+        result = await pruner.prune(r, "test")
+        assert not result.pruned and result.ran
+        assert not result.settled(str(stuck.resolve())) and result.settled(str(gone.resolve()))
+        assert (repo / ".git" / "worktrees" / "stuck" / "index").is_file()  # untouched, for a person
+    assert not (repo / ".git" / "worktrees" / "gone").exists()
+    assert any(shown(repo, f"{ref}:wip.txt") == b"staged" for ref in rescue_refs(repo))
+
+
+async def test_an_admin_dir_made_again_under_the_same_name_is_not_deleted(repo: Path, tmp_path: Path) -> None:
+    """Between a save and the deletion, someone pruned the entry and `git worktree add` made a new one
+    under the same name and path: it is not what was saved, so it stays."""
+    from server.engine.safe_prune import _delete_saved
+    from server.engine.worktree_probe import judge_admin_dir
+
+    path = tmp_path / "again"
+    git(repo, "worktree", "add", "-q", "--detach", str(path))
+    shutil.rmtree(path)
+    admin = repo / ".git" / "worktrees" / "again"
+    was = judge_admin_dir(admin)
+    assert was.prunable
+    git(repo, "worktree", "prune")
+    git(repo, "worktree", "add", "-q", "--detach", str(path))
+    git(path, "commit", "-q", "--allow-empty", "-m", "new work on the new entry")
+    shutil.rmtree(path)
+    now = judge_admin_dir(admin)
+    assert now.prunable and now.worktree == was.worktree and now.stamp != was.stamp
+    _delete_saved([was])
+    assert (admin / "HEAD").is_file()
+
+
+async def test_a_symlink_in_place_of_an_admin_dir_is_left_alone(coord: Any, repo: Path, tmp_path: Path) -> None:
+    from server.engine.worktree_listing import real_path
+    from server.engine.worktree_probe import scan_admin_dirs
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("not git's\n")
+    (repo / ".git" / "worktrees").mkdir(exist_ok=True)
+    (repo / ".git" / "worktrees" / "linked").symlink_to(elsewhere)
+    assert scan_admin_dirs(repo / ".git") == []
+    pruner, r = await pruner_for(coord, repo, GitDriver())
+    result = await pruner.prune(r, "test")
+    assert result.ran
+    assert (elsewhere / "keep.txt").read_text() == "not git's\n"
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert real_path(str(loop / "x")) == str(loop / "x")  # a symlink loop is no crash

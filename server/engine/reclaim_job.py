@@ -123,7 +123,7 @@ class ReclaimJob:
             result = await rc.prune(self.repo, self.reason, self.listing)
             real = (await real_paths([self.info.path]))[self.info.path]
             self.rescue = result.rescue_refs.get(real)
-            if not result.pruned:
+            if not result.settled(real):
                 raise Unsafe("could not save the git entry of the vanished worktree")
         if await anyio.Path(path).exists():
             # A directory git does not know (its .git file was lost): user files may be in it. Move it

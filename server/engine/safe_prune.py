@@ -2,8 +2,9 @@
 
 Pruning deletes the administrative directory of a vanished worktree: its HEAD and its index. A
 detached HEAD's own commits and anything staged would then be unreachable, so each prunable entry's
-staged index and unsaved commits go to a verified rescue ref first, and nothing is pruned unless
-every entry was saved.
+staged index and unsaved commits go to a verified rescue ref first. An entry that cannot be saved
+(an index in the middle of a merge conflict, which `git write-tree` refuses) is kept, and the
+others are still pruned: one stuck entry must not stop every later reclaim in the repository.
 
 `git worktree prune` itself is not run: it deletes every vanished entry of the repository at the
 moment it runs, also one whose directory went away after our saves (several git processes earlier),
@@ -17,6 +18,7 @@ two reclaims do not save the same entries twice or delete what the other is read
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,12 @@ class SavedEntry:
 class PruneResult:
     pruned: bool  # every prunable entry was saved and git's entries of them are gone
     rescue_refs: dict[str, str] = field(default_factory=dict)  # real worktree path → rescue ref
+    ran: bool = True  # False: the prune could not look (git failed) or could not delete
+    kept: frozenset[str] = frozenset()  # real worktree paths whose entry could not be saved: untouched
+
+    def settled(self, real_path: str) -> bool:
+        """The entry of the worktree at `real_path` was saved and removed, or was not there to prune."""
+        return self.ran and real_path not in self.kept
 
 
 class SafePruner:
@@ -56,11 +64,9 @@ class SafePruner:
         no new listing is taken, unless the administrative directories show an entry it lacks."""
         repo_path = Path(repo.path)
         try:
-            common = Path(
-                (await self.git.run(repo_path, "rev-parse", "--path-format=absolute", "--git-common-dir")).strip()
-            )
+            common = await self.git.common_dir(repo_path)
         except GitError:
-            return PruneResult(False)
+            return PruneResult(False, ran=False)
         turn = self._turns.setdefault(str(common), anyio.Lock())
         async with turn:
             # A prune that waited here sees what the one before it deleted: its scan comes after.
@@ -78,7 +84,7 @@ class SafePruner:
         try:
             listing = await WorktreeListing.read(self.git, repo_path)
         except GitError:
-            return PruneResult(False)
+            return PruneResult(False, ran=False)
         # Read after the listing, so that every listed entry's admin directory (its index) is seen.
         admin = await anyio.to_thread.run_sync(scan_admin_dirs, common)
         entries = [w for w in listing.entries if w.prunable and not w.locked]
@@ -92,14 +98,21 @@ class SafePruner:
         admin_of = {a.worktree: a for a in admin if a.worktree is not None}
         real = {id(w): p for p, w in listing.by_path.items()}
         saved: dict[str, str] = {}
+        kept: set[str] = set()
         done: list[AdminDir] = []  # the admin directories whose worktree's work is now safe
         for info in entries:
-            path = real[id(info)]
+            path = real.get(id(info))
+            if path is None:
+                # Two entries resolve to one real path (a symlink changed since): which admin directory
+                # belongs to which is not certain, so neither is touched.
+                kept.add(info.path)
+                continue
             own = admin_of.get(path)
             try:
                 entry = await self._save_entry(repo, info, own.path if own is not None else None, reason)
             except (GitError, OSError):
-                return PruneResult(False, saved)
+                kept.add(path)  # not saved, so not deleted; the others still are
+                continue
             if entry is not None:
                 saved[path] = entry.rescue_ref
             if own is not None:
@@ -109,8 +122,8 @@ class SafePruner:
             # (see the module docstring). Only what was saved goes.
             await anyio.to_thread.run_sync(_delete_saved, done)
         except OSError:
-            return PruneResult(False, saved)
-        return PruneResult(True, saved)
+            return PruneResult(False, saved, ran=False, kept=frozenset(kept))
+        return PruneResult(not kept, saved, kept=frozenset(kept))
 
     async def _save_entry(self, repo: Repo, info: WorktreeInfo, admin: Path | None, reason: str) -> SavedEntry | None:
         repo_path = Path(repo.path)
@@ -211,11 +224,20 @@ def _delete_saved(saved: list[AdminDir]) -> None:
     """
     for was in saved:
         now = judge_admin_dir(was.path)
-        if now.prunable and now.worktree is not None and now.worktree == was.worktree:
-            shutil.rmtree(was.path, onerror=_gone_is_fine)
+        # `stamp` (the directory's identity, its HEAD, its index's size and time) tells a directory
+        # that was pruned and made again under the same name by someone else since the save.
+        if now.prunable and now.worktree is not None and now.worktree == was.worktree and now.stamp == was.stamp:
+            if sys.version_info >= (3, 12):
+                shutil.rmtree(was.path, onexc=_gone_is_fine_exc)
+            else:
+                shutil.rmtree(was.path, onerror=_gone_is_fine)
 
 
 def _gone_is_fine(func: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+    _gone_is_fine_exc(func, path, exc_info[1])
+
+
+def _gone_is_fine_exc(func: object, path: str, exc: BaseException) -> None:
     # Another process pruning the same entry at once removes some files first: that is the goal too.
-    if not isinstance(exc_info[1], FileNotFoundError):
-        raise exc_info[1]
+    if not isinstance(exc, FileNotFoundError):
+        raise exc

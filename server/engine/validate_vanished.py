@@ -11,7 +11,9 @@ import anyio
 from .git import WorktreeInfo
 from .models import Finding
 from .records import Slot, SlotState
+from .safe_prune import PruneResult
 from .validate_context import Checker, RepoPass, ValidationRun, slot_finding
+from .worktree_listing import real_paths
 from .worktree_probe import scan_admin_dirs
 
 PRUNE_REASON = "prunable git worktree entry"
@@ -50,16 +52,20 @@ async def repair_vanished(ck: Checker, run: ValidationRun, rp: RepoPass, prunabl
     """One prune for the pass (it removes every vanished entry at once), then drop the missing slots."""
     if not run.repair:
         return
-    pruned = True
+    result: PruneResult | None = None
     if prunable or any(info is not None for _, info, _ in rp.missing):
         result = await ck.reclaimer.prune(rp.repo, PRUNE_REASON, rp.listing)
-        pruned = rp.pruned = result.pruned
+        rp.pruned = result.pruned
+    reals = await real_paths([*(f.path for f in prunable if f.path), *(i.path for _, i, _ in rp.missing if i)])
+    unsaved = "none: what git holds of it could not be saved; left for a person"
     for f in prunable:
-        f.repaired = pruned
+        f.repaired = result is not None and f.path is not None and result.settled(reals[f.path])
+        if not f.repaired:
+            f.action = unsaved
     missing, rp.missing = rp.missing, []
     for s, info, f in missing:
-        if info is not None and not pruned:
-            f.action = "none: what git holds of it could not be saved; left for a person"
+        if info is not None and (result is None or not result.settled(reals[info.path])):
+            f.action = unsaved
             continue
         f.repaired = await ck.drop(s, f, rp.repo, move_directory=True)
 

@@ -20,7 +20,7 @@ def real_path(path: str) -> str:
     """The canonical spelling of `path` (blocking: call it from a worker thread)."""
     try:
         return str(Path(path).resolve())
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python 3.11)
         return path
 
 

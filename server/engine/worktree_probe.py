@@ -75,6 +75,9 @@ class AdminDir:
     worktree: str | None  # the real path of its worktree; None when its `gitdir` file is unreadable
     locked: bool
     prunable: bool  # what `git worktree prune` removes: unlocked, and its worktree's `.git` is gone
+    # Which directory this is: its (device, inode) and its HEAD. A directory pruned and made again
+    # under the same name by someone else differs. (Not the index: our own `write-tree` rewrites it.)
+    stamp: tuple[object, ...] = ()
 
 
 def scan_admin_dirs(common_dir: Path) -> list[AdminDir]:
@@ -82,7 +85,8 @@ def scan_admin_dirs(common_dir: Path) -> list[AdminDir]:
     base = common_dir / "worktrees"
     if not base.is_dir():
         return []
-    return [judge_admin_dir(d) for d in sorted(base.iterdir()) if d.is_dir()]
+    # A symlink in place of an admin directory is nothing git made: it is left alone, never deleted.
+    return [judge_admin_dir(d) for d in sorted(base.iterdir()) if d.is_dir() and not d.is_symlink()]
 
 
 def judge_admin_dir(d: Path) -> AdminDir:
@@ -93,7 +97,22 @@ def judge_admin_dir(d: Path) -> AdminDir:
         gitfile = (d / "gitdir").read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
         gitfile = ""
+    stamp = _stamp(d)
     if not gitfile:
-        return AdminDir(d, None, locked, not locked)
+        return AdminDir(d, None, locked, not locked, stamp)
     target = d / gitfile  # git ≥ 2.48 may write it relative to the admin directory
-    return AdminDir(d, real_path(str(target.parent)), locked, not locked and not os.path.lexists(target))
+    prunable = not locked and not os.path.lexists(target)
+    return AdminDir(d, real_path(str(target.parent)), locked, prunable, stamp)
+
+
+def _stamp(d: Path) -> tuple[object, ...]:
+    try:
+        st = os.lstat(d)
+        identity: object = (st.st_dev, st.st_ino)
+    except OSError:
+        identity = None
+    try:
+        head: object = (d / "HEAD").read_bytes()
+    except OSError:
+        head = None
+    return (identity, head)
