@@ -174,13 +174,20 @@ async def test_server_killed_between_phases_is_rolled_back(env: dict[str, str], 
         # The next validation (a new server's, once the dead one's validator lease has lapsed)
         # rolls it back.
         async with Client(server_params(env, AGENT_COORD_AGENT_ID="survivor", **interval), mode="legacy") as survivor:
-            await wait_for(lambda: query(env, "SELECT state FROM slots")[0]["state"] == "FREE", 10)
-            runs = [e for e in events(env, "validate") if e["agent_id"] == "survivor" and e["outcome"] == "started"]
-            (rolled,) = [e for e in events(env, "reclaim") if e["worktree_id"] == row["id"]]
-            assert len([e for e in runs if e["ts"] <= rolled["ts"]]) == 1  # the survivor's first run did it
-            assert rolled["outcome"] == "rolled_back" and rolled["detail"]["previous_state"] == "ALLOCATING"
-            assert rolled["agent_id"] == "survivor" and "server process" in rolled["detail"]["reason"]
-            assert crasher.proc.returncode is None  # the agent lived on: it was its server that was gone
+            try:
+                await wait_for(lambda: query(env, "SELECT state FROM slots")[0]["state"] == "FREE", 10)
+                runs = [e for e in events(env, "validate") if e["agent_id"] == "survivor" and e["outcome"] == "started"]
+                (rolled,) = [e for e in events(env, "reclaim") if e["worktree_id"] == row["id"]]
+                assert len([e for e in runs if e["ts"] <= rolled["ts"]]) == 1  # the survivor's first run did it
+                assert rolled["outcome"] == "rolled_back" and rolled["detail"]["previous_state"] == "ALLOCATING"
+                assert rolled["agent_id"] == "survivor" and "server process" in rolled["detail"]["reason"]
+                assert crasher.proc.returncode is None  # the agent lived on: it was its server that was gone
+            except (AssertionError, ValueError) as exc:
+                # Seen once in ~10 full runs and not reproduced since: say everything that happened.
+                happened = [(e["id"], e["agent_id"], e["action"], e["outcome"], e["detail"]) for e in events(env)]
+                raise AssertionError(
+                    f"{exc!r}; slots {[dict(r) for r in query(env, 'SELECT * FROM slots')]}; events {happened}"
+                ) from exc
 
             again = structured(await survivor.call_tool("allocate_worktree", {"branch": "feat/half"}))
             assert again["worktree_id"] == row["id"] and again["reused"]
