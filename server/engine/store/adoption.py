@@ -15,7 +15,7 @@ from .rows import (
     _insert_agent,
     _next_token,
     _raise_if_branch_held,
-    _slot,
+    _slot_by_id,
     _slot_exists,
     _Tables,
 )
@@ -87,9 +87,9 @@ class Adoption(_Tables):
                 a.event.worktree_id = slot_id
                 a.event.fencing_token = token
                 _append(conn, a.event, now)
-                row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
-                assert row is not None
-                result.append(_slot(row))
+                adopted = _slot_by_id(conn, slot_id)
+                assert adopted is not None
+                result.append(adopted)
             return result
 
         return await self._conn.write(tx)

@@ -165,6 +165,11 @@ def _next_slot_id(conn: sqlite3.Connection, pool_root: str) -> str:
             return slot_id
 
 
+def _slot_by_id(conn: sqlite3.Connection, slot_id: str) -> Slot | None:
+    row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
+    return _slot(row) if row else None
+
+
 def _slot_exists(conn: sqlite3.Connection, slot_id: str) -> bool:
     return conn.execute("SELECT 1 FROM slots WHERE id = ?", (slot_id,)).fetchone() is not None
 

@@ -18,6 +18,7 @@ from .rows import (
     _next_token,
     _raise_if_branch_held,
     _slot,
+    _slot_by_id,
     _Tables,
 )
 
@@ -58,8 +59,7 @@ class SlotTransitions(_Tables):
 
     async def slot(self, slot_id: str) -> Slot | None:
         def tx(conn: sqlite3.Connection) -> Slot | None:
-            row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
-            return _slot(row) if row else None
+            return _slot_by_id(conn, slot_id)
 
         return await self._conn.read(tx)
 
@@ -94,8 +94,7 @@ class SlotTransitions(_Tables):
             if row is None:
                 return None
             _to_allocating(conn, row["id"], None, owner, branch, task, now, lease_s)
-            claimed = conn.execute("SELECT * FROM slots WHERE id = ?", (row["id"],)).fetchone()
-            return _slot(claimed) if claimed else None
+            return _slot_by_id(conn, row["id"])
 
         if not paths:
             return None
@@ -131,8 +130,7 @@ class SlotTransitions(_Tables):
                 event.fencing_token = token
                 event.worktree_id = slot_id
                 _append(conn, event, now)
-            row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
-            return _slot(row) if row else None
+            return _slot_by_id(conn, slot_id)
 
         try:
             return await self._conn.write(tx)
@@ -172,8 +170,7 @@ class SlotTransitions(_Tables):
                 event.fencing_token = token
                 event.worktree_id = slot_id
                 _append(conn, event, now)
-            row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
-            return _slot(row) if row else None
+            return _slot_by_id(conn, slot_id)
 
         return await self._conn.write(tx)
 
@@ -219,9 +216,9 @@ class SlotTransitions(_Tables):
                     raise ValueError(f"not slot columns: {sorted(unknown)}")
                 sets = ", ".join([f"{k} = ?" for k in values] + ["version = version + 1"])
                 conn.execute(f"UPDATE slots SET {sets} WHERE id = ?", (*values.values(), slot_id))  # noqa: S608
-                new_row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
-                assert new_row is not None
-                after = _slot(new_row)
+                updated = _slot_by_id(conn, slot_id)
+                assert updated is not None
+                after = updated
             for draft in events:
                 if draft.worktree_id is None:
                     draft.worktree_id = slot_id
@@ -247,9 +244,9 @@ class SlotTransitions(_Tables):
             )
             event.worktree_id = slot_id
             _append(conn, event, now)
-            row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
-            assert row is not None
-            return _slot(row)
+            inserted = _slot_by_id(conn, slot_id)
+            assert inserted is not None
+            return inserted
 
         return await self._conn.write(tx)
 
