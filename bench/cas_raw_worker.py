@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.cas_cycle import LEASE_S, slot_paths, start_phase, wait_until_sync
+from bench.cas_cycle import LEASE_S, Pacer, Tally, slot_paths, wait_until_sync
 
 BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 8
@@ -137,21 +137,11 @@ def raw_worker(db: Path, pool_max: int, duration: float, rate: float, start: flo
         return new
 
     wait_until_sync(start)
-    phase = start_phase(rate)
-    cycles: list[float] = []
-    ops: list[float] = []
-    lost = 0
-    busy_to_caller = 0
-    end = start + duration
-    k = 0
-    while True:
-        due = start + phase + k / rate if rate > 0 else time.time()
-        if due >= end:
-            break
-        now = time.time()
-        if due > now:
-            time.sleep(due - now)
-        k += 1
+    pacer = Pacer(start, duration, rate)
+    tally = Tally()
+    while (delay := pacer.next_delay()) is not None:
+        if delay > 0:
+            time.sleep(delay)
         c0 = time.perf_counter()
         try:
             slot = None
@@ -160,9 +150,9 @@ def raw_worker(db: Path, pool_max: int, duration: float, rate: float, start: flo
                 slot = write(claim_any)
                 if slot is None:
                     slot = write(claim_new)
-                ops.append((time.perf_counter() - t) * 1000)
+                tally.op(t)
                 if slot is None:
-                    lost += 1
+                    tally.lost += 1
             sid, token = slot["id"], slot["fencing_token"]
             t = time.perf_counter()
             busy = write(
@@ -174,7 +164,7 @@ def raw_worker(db: Path, pool_max: int, duration: float, rate: float, start: flo
                     "allocate",
                 )
             )
-            ops.append((time.perf_counter() - t) * 1000)
+            tally.op(t)
             assert busy is not None
             t = time.perf_counter()
             freed = write(
@@ -194,19 +184,12 @@ def raw_worker(db: Path, pool_max: int, duration: float, rate: float, start: flo
                     "release",
                 )
             )
-            ops.append((time.perf_counter() - t) * 1000)
+            tally.op(t)
             assert freed is not None
         except (_RawBusyError, sqlite3.OperationalError):
-            busy_to_caller += 1
+            tally.busy_to_caller += 1
             continue
-        cycles.append((time.perf_counter() - c0) * 1000)
+        tally.cycle(c0)
     elapsed = time.time() - start
     conn.close()
-    return {
-        "cycles": cycles,
-        "ops": ops,
-        "lost_cas": lost,
-        "busy_retried": busy_retried,
-        "busy_to_caller": busy_to_caller,
-        "elapsed": elapsed,
-    }
+    return tally.result(busy_retried, elapsed)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.cas_cycle import LEASE_S, slot_paths, start_phase, wait_until
+from bench.cas_cycle import LEASE_S, Pacer, Tally, slot_paths, wait_until
 
 
 async def store_worker(db: Path, pool_max: int, duration: float, rate: float, start: float) -> dict[str, Any]:
@@ -36,21 +36,11 @@ async def store_worker(db: Path, pool_max: int, duration: float, rate: float, st
     branch = f"b-{os.getpid()}"
     paths = slot_paths(pool_max)
     await wait_until(start)
-    phase = start_phase(rate)
-    cycles: list[float] = []
-    ops: list[float] = []
-    lost = 0
-    busy_to_caller = 0
-    end = start + duration
-    k = 0
-    while True:
-        due = start + phase + k / rate if rate > 0 else time.time()
-        if due >= end:
-            break
-        now = time.time()
-        if due > now:
-            await asyncio.sleep(due - now)
-        k += 1
+    pacer = Pacer(start, duration, rate)
+    tally = Tally()
+    while (delay := pacer.next_delay()) is not None:
+        if delay > 0:
+            await asyncio.sleep(delay)
         c0 = time.perf_counter()
         try:
             slot = None
@@ -63,9 +53,9 @@ async def store_worker(db: Path, pool_max: int, duration: float, rate: float, st
                     slot = await store.claim_new_slot(
                         repo, owner=owner, branch=branch, task=None, lease_s=LEASE_S, pool_max=pool_max
                     )
-                ops.append((time.perf_counter() - t) * 1000)
+                tally.op(t)
                 if slot is None:
-                    lost += 1
+                    tally.lost += 1
             token = slot.fencing_token
             t = time.perf_counter()
             busy = await store.transition(
@@ -75,7 +65,7 @@ async def store_worker(db: Path, pool_max: int, duration: float, rate: float, st
                 changes={"state": SlotState.BUSY, "lease_expires_at": time.time() + LEASE_S, "setup_done": 1},
                 events=[EventDraft(Action.ALLOCATE, "ok", owner, repo.id, slot.id, branch, 0.0, token)],
             )
-            ops.append((time.perf_counter() - t) * 1000)
+            tally.op(t)
             assert busy is not None, "lost a CAS on a slot this process owns"
             t = time.perf_counter()
             freed = await store.transition(
@@ -93,19 +83,12 @@ async def store_worker(db: Path, pool_max: int, duration: float, rate: float, st
                 },
                 events=[EventDraft(Action.RELEASE, "ok", owner, repo.id, slot.id, branch, 0.0, token)],
             )
-            ops.append((time.perf_counter() - t) * 1000)
+            tally.op(t)
             assert freed is not None, "lost a CAS on a slot this process owns"
         except (StoreBusyError, sqlite3.OperationalError):
-            busy_to_caller += 1
+            tally.busy_to_caller += 1
             continue
-        cycles.append((time.perf_counter() - c0) * 1000)
+        tally.cycle(c0)
     elapsed = time.time() - start
     await store.close()
-    return {
-        "cycles": cycles,
-        "ops": ops,
-        "lost_cas": lost,
-        "busy_retried": busy_retried,
-        "busy_to_caller": busy_to_caller,
-        "elapsed": elapsed,
-    }
+    return tally.result(busy_retried, elapsed)
