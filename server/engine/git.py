@@ -131,10 +131,6 @@ class GitDriver:
             raise CoordError(ErrorCode.NOT_A_REPOSITORY, f"{path} belongs to a bare repository ({common})")
         return common.parent.resolve()
 
-    async def common_dir(self, repo: Path) -> Path:
-        """The repository's `.git` as git sees it (a linked worktree or `--separate-git-dir` included)."""
-        return Path((await self.run(repo, "rev-parse", "--path-format=absolute", "--git-common-dir")).strip())
-
     async def check_branch_name(self, name: str) -> str:
         """`name` if git can create it as a branch, else INVALID_BRANCH (before anything is claimed).
 

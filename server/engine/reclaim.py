@@ -132,7 +132,7 @@ class Reclaimer:
             info = listing.at(real)
             if info is not None and info.locked:
                 return listing, info, True  # never unlocked by us; a later validation sees an unlock
-            now = await anyio.to_thread.run_sync(probe_worktree, path, Path(repo.path) / ".git")
+            now = await anyio.to_thread.run_sync(probe_worktree, path, repo.git_dir)
             if listing_holds(info, now):
                 return listing, info, now is OnDisk.LOCKED
         try:

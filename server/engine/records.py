@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 
@@ -69,6 +70,12 @@ class Repo:
     id: int
     path: str
     pool_root: str
+
+    @property
+    def git_dir(self) -> Path:
+        """The repository's common `.git`: `GitDriver.main_worktree` admits only repositories whose
+        common directory is `<main worktree>/.git`, so no git process is needed to find it."""
+        return Path(self.path) / ".git"
 
 
 @dataclass(frozen=True)

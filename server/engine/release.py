@@ -56,7 +56,7 @@ class Releaser:
     async def _git_record(self, repo: Repo, path: Path) -> WorktreeRecord | None:
         """Git's record of the slot (None: git lists no worktree there). Read from the slot's own
         admin files when they settle it, which spares a `git worktree list`; else from the listing."""
-        record = await anyio.to_thread.run_sync(read_worktree_record, Path(repo.path) / ".git", path)
+        record = await anyio.to_thread.run_sync(read_worktree_record, repo.git_dir, path)
         if record is not None:
             return record
         try:

@@ -41,10 +41,14 @@ class SavedEntry:
 
 @dataclass(frozen=True)
 class PruneResult:
-    pruned: bool  # every prunable entry was saved and git's entries of them are gone
     rescue_refs: dict[str, str] = field(default_factory=dict)  # real worktree path → rescue ref
     ran: bool = True  # False: the prune could not look (git failed) or could not delete
     kept: frozenset[str] = frozenset()  # real worktree paths whose entry could not be saved: untouched
+
+    @property
+    def pruned(self) -> bool:
+        """Every prunable entry was saved and git's entries of them are gone."""
+        return self.ran and not self.kept
 
     def settled(self, real_path: str) -> bool:
         """The entry of the worktree at `real_path` was saved and removed, or was not there to prune."""
@@ -62,11 +66,7 @@ class SafePruner:
     async def prune(self, repo: Repo, reason: str, listing: WorktreeListing | None = None) -> PruneResult:
         """Save every prunable entry, then prune it. With the `listing` of an earlier `git worktree list`
         no new listing is taken, unless the administrative directories show an entry it lacks."""
-        repo_path = Path(repo.path)
-        try:
-            common = await self.git.common_dir(repo_path)
-        except GitError:
-            return PruneResult(False, ran=False)
+        common = repo.git_dir
         turn = self._turns.setdefault(str(common), anyio.Lock())
         async with turn:
             # A prune that waited here sees what the one before it deleted: its scan comes after.
@@ -79,17 +79,17 @@ class SafePruner:
             entries = _still_doomed(listing, admin)
             if entries is not None:
                 if not entries:
-                    return PruneResult(True)  # nothing is prunable any more (an earlier prune of this run)
+                    return PruneResult()  # nothing is prunable any more (an earlier prune of this run)
                 return await self._save_then_prune(repo, entries, listing, admin, reason)
         try:
             listing = await WorktreeListing.read(self.git, repo_path)
         except GitError:
-            return PruneResult(False, ran=False)
+            return PruneResult(ran=False)
         # Read after the listing, so that every listed entry's admin directory (its index) is seen.
         admin = await anyio.to_thread.run_sync(scan_admin_dirs, common)
         entries = [w for w in listing.entries if w.prunable and not w.locked]
         if not entries:
-            return PruneResult(True)
+            return PruneResult()
         return await self._save_then_prune(repo, entries, listing, admin, reason)
 
     async def _save_then_prune(
@@ -122,8 +122,8 @@ class SafePruner:
             # (see the module docstring). Only what was saved goes.
             await anyio.to_thread.run_sync(_delete_saved, done)
         except OSError:
-            return PruneResult(False, saved, ran=False, kept=frozenset(kept))
-        return PruneResult(not kept, saved, kept=frozenset(kept))
+            return PruneResult(saved, ran=False, kept=frozenset(kept))
+        return PruneResult(saved, kept=frozenset(kept))
 
     async def _save_entry(self, repo: Repo, info: WorktreeInfo, admin: Path | None, reason: str) -> SavedEntry | None:
         repo_path = Path(repo.path)

@@ -24,7 +24,6 @@ prune of that pass all use that one listing, each checking on disk what it acts 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -149,8 +148,7 @@ class Validator:
                 await check_busy(ck, run, rp, s, info)
         free = [s for s in slots if s.id not in handled and s.state == SlotState.FREE]
         await check_free_slots(ck, run, rp, free)
-        with contextlib.suppress(GitError):  # an unreadable repository was reported above
-            await note_orphaned_entries(run, await self.git.common_dir(Path(repo.path)))
+        await note_orphaned_entries(run, repo.git_dir)
         await ck.reclaim_deferred(rp)
         untracked, prunable = await sort_unknown(run, rp)
         await adopt_untracked(ck, run, rp, untracked)
