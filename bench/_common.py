@@ -113,6 +113,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def print_verdicts(verdicts: dict[str, bool]) -> None:
+    """One PASS/MISS line per target."""
+    for target, met in verdicts.items():
+        print(f"  {'PASS' if met else 'MISS'}  {target}")
+
+
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")

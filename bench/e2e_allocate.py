@@ -32,7 +32,17 @@ from typing import Any
 
 import anyio
 
-from bench._common import ROOT, default_base, git_env, machine, machine_line, summary, table, write_results
+from bench._common import (
+    ROOT,
+    default_base,
+    git_env,
+    machine,
+    machine_line,
+    print_verdicts,
+    summary,
+    table,
+    write_results,
+)
 from bench._repo import fresh_clone
 
 FILES = 5000
@@ -380,8 +390,7 @@ def main() -> None:
         )
     )
     print()
-    for k, v in verdicts.items():
-        print(f"  {'PASS' if v else 'MISS'}  {k}")
+    print_verdicts(verdicts)
     path = write_results(
         "e2e_allocate",
         {

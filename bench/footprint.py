@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import default_base, git_env, machine, machine_line, median, table, write_results
+from bench._common import default_base, git_env, machine, machine_line, median, print_verdicts, table, write_results
 
 BARE = "from mcp.server import MCPServer"
 BARE_RSS = (
@@ -211,8 +211,7 @@ def main() -> None:
         f"RSS after {calls} calls <= bare + 25 MB": final_mb <= bare_rss_mb + 25,
         "no growth (< 2 MB from the first quarter to the end)": final_mb - quarter_mb < 2.0,
     }
-    for k, v in verdicts.items():
-        print(f"  {'PASS' if v else 'MISS'}  {k}")
+    print_verdicts(verdicts)
     path = write_results(
         "footprint",
         {

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import machine, machine_line, median, summary, table, write_results
+from bench._common import machine, machine_line, median, print_verdicts, summary, table, write_results
 from bench.cas_raw_worker import raw_worker
 from bench.cas_store_worker import store_worker
 
@@ -250,8 +250,7 @@ def main() -> None:
         ),
     }
     print()
-    for k, v in verdicts.items():
-        print(f"  {'PASS' if v else 'MISS'}  {k}")
+    print_verdicts(verdicts)
     path = write_results(
         "store_cas",
         {

@@ -29,7 +29,7 @@ from typing import Any
 
 import anyio
 
-from bench._common import default_base, git_env, machine, machine_line, median, table, write_results
+from bench._common import default_base, git_env, machine, machine_line, median, print_verdicts, table, write_results
 
 SLOTS = 100
 
@@ -204,8 +204,7 @@ def main() -> None:
         "drift (dry run) <= 1 s": median(t["drift"]) <= 1000,
         "drift (repair) <= 1 s": median(t["repair"]) <= 1000,
     }
-    for k, v in verdicts.items():
-        print(f"  {'PASS' if v else 'MISS'}  {k}")
+    print_verdicts(verdicts)
     path = write_results(
         "validate", {"machine": info, "reps": reps, "base_dir": base_dir, **result, "verdicts": verdicts}
     )
