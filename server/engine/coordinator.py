@@ -33,10 +33,10 @@ from .records import HELD_STATES, Action, Repo, SlotState
 from .repos import RepoResolver
 from .store import EventDraft, Store
 from .validate import Validator
+from .validator_loop import ValidatorLoop, check_every
 
 tracer = trace.get_tracer("agent-coord.coordinator")
 logger = logging.getLogger("agent-coord")
-VALIDATOR_LEASE = "validator"
 DEAD_AGENT_VISIBLE_S = 86400.0
 
 
@@ -59,6 +59,13 @@ class Coordinator:
             identity,
             allocating_grace_s=settings.allocation_timeout_s + settings.setup_timeout_s + 60,
         )
+        self.validator_loop = ValidatorLoop(
+            store,
+            self.validator,
+            identity,
+            every_s=settings.validate_every_s,
+            check_s=check_every(settings.validate_every_s, settings.heartbeat_active_s),
+        )
         self.agent_status: Literal["active", "idle"] = "active"
         self.registered = False
         self._wake = anyio.Event()
@@ -79,18 +86,12 @@ class Coordinator:
             with anyio.CancelScope(shield=True):
                 if coord.registered:
                     await coord.disconnect()
-                # Hand the validator lease on now rather than make the others wait for it to lapse.
-                await store.release_lease(VALIDATOR_LEASE, coord.lease_holder)
+                await coord.validator_loop.release()
                 await store.close()
 
     @property
     def agent_id(self) -> str:
         return self.identity.agent_id
-
-    @property
-    def lease_holder(self) -> str:
-        # Per server, not per agent id: two servers under one id must not both hold the lease.
-        return f"{self.agent_id}/{self.identity.server_pid}"
 
     async def default_repo(self) -> Repo | None:
         try:
@@ -177,18 +178,9 @@ class Coordinator:
         return await self.validator.validate(repair=repair, repo_arg=repo)
 
     async def run_validator(self) -> None:
-        """At start-up and every interval, validate with repair, if this process holds the lease."""
-        interval = self.settings.validate_every_s
-        while True:
-            try:
-                if await self.store.take_lease(VALIDATOR_LEASE, self.lease_holder, ttl_s=interval * 1.5):
-                    await self.store.log(
-                        EventDraft(Action.VALIDATE, "started", self.agent_id, detail={"interval_s": interval})
-                    )
-                    await self.validator.validate(repair=True)
-            except Exception:  # validation is best effort; the next interval tries again
-                logger.warning("background validation failed", exc_info=True)
-            await anyio.sleep(interval)
+        """Validate with repair at start-up, every interval, and as soon as an owner dies, whenever
+        this server holds the validator lease (see `validator_loop`)."""
+        await self.validator_loop.run()
 
     # ---- status -------------------------------------------------------------------------------
 

@@ -162,15 +162,28 @@ def server_gone(agent: Agent, *, host: str, boot: str) -> str | None:
     never makes an agent's BUSY slots reclaimable; it only says that an ALLOCATING or RELEASING row that
     server began can never be finished by it.
     """
-    if agent.host != host:
+    return process_gone(
+        "its server",
+        host=agent.host,
+        boot=agent.boot_id,
+        pid=agent.server_pid,
+        created=agent.server_create_time,
+        here=(host, boot),
+    )
+
+
+def process_gone(what: str, *, host: str, boot: str, pid: int, created: float, here: tuple[str, str]) -> str | None:
+    """Why the process `what` (`pid` with `created`, on `host` in `boot`) is provably gone, seen from
+    `here` (host, boot id); None while it may live, or when it ran on another host (unprovable)."""
+    if host != here[0]:
         return None
-    if agent.boot_id != boot:
-        return "host rebooted since its server registered"
-    state = process_state(agent.server_pid, agent.server_create_time)
+    if boot != here[1]:
+        return f"host rebooted since {what} registered"
+    state = process_state(pid, created)
     if state == "gone":
-        return f"its server process {agent.server_pid} is gone"
+        return f"{what} process {pid} is gone"
     if state == "reused":
-        return f"its server's pid {agent.server_pid} now belongs to another process"
+        return f"{what}'s pid {pid} now belongs to another process"
     return None
 
 

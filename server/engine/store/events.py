@@ -90,8 +90,21 @@ class EventLog(_Tables):
 
     # ---- leases (one background validator at a time) ----------------------------------------
 
-    async def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
-        """Take or renew a named lease by CAS; True when `holder` has it until now + ttl."""
+    async def lease(self, name: str) -> tuple[str, float] | None:
+        """(holder, expires_at) of a named lease, or None when nobody holds it."""
+
+        def tx(conn: sqlite3.Connection) -> tuple[str, float] | None:
+            row = conn.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            return (str(row[0]), float(row[1])) if row else None
+
+        return await self._conn.read(tx)
+
+    async def take_lease(self, name: str, holder: str, ttl_s: float, *, replace: str | None = None) -> bool:
+        """Take or renew a named lease by CAS; True when `holder` has it until now + ttl.
+
+        It is free to take when nobody holds it or its holder let it lapse; `replace` names a holder
+        the caller judged gone, whose lease may be taken before it lapses (only while it still holds it).
+        """
         now = time.time()
 
         def tx(conn: sqlite3.Connection) -> bool:
@@ -101,8 +114,8 @@ class EventLog(_Tables):
             )
             cur = conn.execute(
                 "UPDATE leases SET holder = ?, expires_at = ?, version = version + 1"
-                " WHERE name = ? AND (holder = ? OR expires_at < ?)",
-                (holder, now + ttl_s, name, holder, now),
+                " WHERE name = ? AND (holder = ? OR expires_at < ? OR holder = ?)",
+                (holder, now + ttl_s, name, holder, now, replace),
             )
             return cur.rowcount > 0
 

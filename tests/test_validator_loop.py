@@ -1,0 +1,107 @@
+"""The background validator between passes: the lease taken over from a dead holder, and a pass set
+off as soon as a held slot's owner dies (in process, real store and git; the cross-process version of
+both is in test_liveness and the fault campaign)."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from server.engine.records import SlotState
+from server.engine.validator_loop import VALIDATOR_LEASE, LeaseHolder, ValidatorLoop, check_every
+
+from .agent_proc import set_agent
+from .conftest import git
+
+pytestmark = pytest.mark.anyio
+
+
+def dead_process() -> tuple[int, float]:
+    proc = subprocess.Popen(["true"])
+    created = psutil.Process(proc.pid).create_time()
+    proc.wait()
+    return proc.pid, created
+
+
+def loop_of(coord: Any, **identity: Any) -> ValidatorLoop:
+    me = replace(coord.identity, **identity)
+    return ValidatorLoop(coord.store, coord.validator, me, every_s=60, check_s=1)
+
+
+async def started(coord: Any) -> list[Any]:
+    return [e for e in await coord.store.events() if e.action == "validate" and e.outcome == "started"]
+
+
+def test_check_is_a_third_of_the_interval_at_most_a_heartbeat() -> None:
+    assert check_every(3.0, 10.0) == 1.0
+    assert check_every(300.0, 10.0) == 10.0
+
+
+def test_holder_round_trips_and_anything_else_is_unjudgeable() -> None:
+    h = LeaseHolder("agent-1/x", "host", "boot", 42, 1.5)
+    assert LeaseHolder.parse(h.encode()) == h
+    assert LeaseHolder.parse("agent-1/4242") is None  # written by an earlier version: can only lapse
+
+
+@given(st.text(max_size=60))
+def test_any_holder_text_parses_or_is_none(text: str) -> None:
+    parsed = LeaseHolder.parse(text)
+    assert parsed is None or isinstance(parsed, LeaseHolder)
+
+
+async def test_lease_of_a_dead_server_is_taken_over_at_once(coord: Any) -> None:
+    pid, created = dead_process()
+    dead = replace(LeaseHolder.of(coord.identity), agent_id="gone-agent", pid=pid, create_time=created)
+    assert await coord.store.take_lease(VALIDATOR_LEASE, dead.encode(), ttl_s=3600)
+    loop = loop_of(coord)
+    why = await loop.tick()
+    assert why is not None and "took the lease over" in why and f"process {pid} is gone" in why
+    holder, _ = await coord.store.lease(VALIDATOR_LEASE)
+    assert holder == loop.holder
+    assert [e.detail["why"] for e in await started(coord)] == [why]
+
+
+async def test_lease_of_a_live_server_is_left_alone(coord: Any) -> None:
+    other = loop_of(coord, agent_id="other")  # this very process: alive
+    assert await other.tick() == "interval"
+    mine = loop_of(coord, agent_id="mine", server_pid=1, server_create_time=0.0)
+    assert mine.holder != other.holder
+    assert await mine.tick() is None
+    assert (await coord.store.lease(VALIDATOR_LEASE))[0] == other.holder
+    # Nor can a CAS naming a holder that no longer holds it take the lease.
+    assert not await coord.store.take_lease(VALIDATOR_LEASE, mine.holder, 60, replace="someone else")
+
+
+async def test_a_dead_owner_sets_off_a_pass_between_intervals(coord: Any, env: dict[str, str]) -> None:
+    loop = loop_of(coord)
+    assert await loop.tick() == "interval"
+    assert await loop.tick() is None  # nothing held, next interval a minute away
+    alloc = await coord.pool.allocate("feat/dies")
+    assert await loop.tick() is None  # its owner lives
+    pid, created = dead_process()
+    set_agent(env, coord.agent_id, pid=pid, pid_create_time=created)
+    assert await loop.tick() == "an owner died"
+    (slot,) = await coord.store.slots()
+    assert slot.id == alloc.worktree_id and slot.state == SlotState.FREE and slot.owner is None
+    assert await loop.tick() is None
+
+
+async def test_a_slot_the_pass_cannot_take_sets_off_no_second_pass(coord: Any, env: dict[str, str]) -> None:
+    loop = loop_of(coord)
+    assert await loop.tick() == "interval"
+    alloc = await coord.pool.allocate("feat/locked")
+    git(Path(alloc.path), "worktree", "lock", "--reason", "mine", alloc.path)
+    pid, created = dead_process()
+    set_agent(env, coord.agent_id, pid=pid, pid_create_time=created)
+    assert await loop.tick() == "an owner died"
+    (slot,) = await coord.store.slots()
+    assert slot.state == SlotState.BUSY  # locked: never touched
+    assert await loop.tick() is None  # same slot, same version: waits for the next full pass
+    assert len(await started(coord)) == 2
