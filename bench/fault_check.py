@@ -204,9 +204,10 @@ def check(campaign: Campaign, validation: dict[str, Any]) -> dict[str, Any]:
     stats["recovery_s"] = {
         "p50": round(sorted(recovery)[len(recovery) // 2], 2) if recovery else None,
         "max": round(max(recovery), 2) if recovery else None,
-        "bound_s": round(2.5 * campaign.config.validate_every_s + 2, 1),
+        "bound_s": campaign.config.validate_every_s,
     }
-    if recovery and max(recovery) > 2.5 * campaign.config.validate_every_s + 2:
+    # The bound: within the configured (validation) interval of the kill.
+    if recovery and max(recovery) > campaign.config.validate_every_s:
         violations.append(
             f"a killed agent's slot took {max(recovery):.1f} s to be reclaimed "
             f"(validate_every_s={campaign.config.validate_every_s})"
