@@ -41,6 +41,29 @@ async def test_allocate_creates_then_reuses_warm_slot(coord: Any, repo: Path, tm
     assert git(Path(second.path), "symbolic-ref", "--short", "HEAD").strip() == "feat/b"
 
 
+async def test_warm_slot_at_the_start_commit_and_elsewhere_both_start_there(coord: Any, repo: Path) -> None:
+    """A FREE slot already at the start commit only gets the branch (git's no-checkout path); one
+    released elsewhere is switched, files and index, to the start."""
+    main_head = git(repo, "rev-parse", "HEAD").strip()
+    a = await coord.pool.allocate("feat/stay")
+    wt = Path(a.path)
+    await coord.pool.release(worktree_id=a.worktree_id)
+    b = await coord.pool.allocate("feat/fast")
+    assert b.reused and git(wt, "rev-parse", "HEAD").strip() == main_head
+    assert git(wt, "symbolic-ref", "--short", "HEAD").strip() == "feat/fast"
+    (wt / "README.md").write_text("moved on\n")
+    (wt / "new.txt").write_text("new\n")
+    git(wt, "add", "-A")
+    git(wt, "commit", "-q", "-m", "work")
+    await coord.pool.release(worktree_id=b.worktree_id)
+    c = await coord.pool.allocate("feat/back")
+    assert c.reused and c.worktree_id == a.worktree_id
+    assert git(wt, "rev-parse", "HEAD").strip() == main_head
+    assert git(wt, "status", "--porcelain") == ""
+    assert (wt / "README.md").read_text() == "hello\n" and not (wt / "new.txt").exists()
+    assert git(repo, "rev-parse", "feat/fast").strip() != main_head  # the work stays on its branch
+
+
 async def test_same_agent_same_branch_is_idempotent(coord: Any) -> None:
     a = await coord.pool.allocate("feat/x")
     b = await coord.pool.allocate("feat/x")

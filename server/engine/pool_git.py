@@ -53,7 +53,12 @@ async def switch_warm_slot(
     if state.dirty:
         await save_work(git, store, agent_id, slot, path, "stray changes in a free slot")
         await git.discard_changes(path)
-    await git.switch(path, branch, create_from=start)
+    if start is not None and start == state.head:
+        # The slot already sits at the start commit (a slot released where the next branch starts):
+        # clean, as just checked, so only the branch is new.
+        await git.branch_at_head(path, branch)
+    else:
+        await git.switch(path, branch, create_from=start)
 
 
 async def add_cold_slot(git: GitDriver, repo: Path, path: Path, branch: str, start: str | None) -> None:
