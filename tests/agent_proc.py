@@ -287,7 +287,13 @@ if __name__ == "__main__":
 
 
 def set_agent(env: dict[str, str], agent_id: str, **values: Any) -> None:
-    """Edit an agent's row behind the coordinator's back (what a crash or pid reuse leaves)."""
+    """Edit an agent's row behind the coordinator's back (what a crash or pid reuse leaves).
+
+    A create time set without its start since boot clears the latter, as in a row of an older
+    version: the create time given then decides (liveness.process_state)."""
+    for prefix in ("pid", "server"):
+        if f"{prefix}_create_time" in values:
+            values.setdefault(f"{prefix}_start_s", None)
     conn = sqlite3.connect(env["AGENT_COORD_DB"], timeout=5)
     try:
         sets = ", ".join(f"{k} = ?" for k in values)

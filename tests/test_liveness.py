@@ -19,7 +19,7 @@ import psutil
 import pytest
 from mcp import Client
 
-from server.engine.liveness import Identity, judge, process_state, server_gone
+from server.engine.liveness import Identity, judge, process_state, server_gone, start_since_boot
 from server.engine.records import Agent, SlotState
 
 from .agent_proc import events, query, set_agent, start_server, stop_servers, wait_for
@@ -109,6 +109,30 @@ def test_server_gone_is_about_the_server_only() -> None:
     assert server_gone(_agent(host="elsewhere", server_pid=proc.pid), host="this-host", boot="boot-1") is None
 
 
+def test_a_stepped_wall_clock_is_not_a_reused_pid() -> None:
+    """After an NTP step the kernel's boot time, and with it every wall-clock create time, moves by
+    whole seconds; the start counted from boot does not, and decides."""
+    me = psutil.Process()
+    since_boot = start_since_boot(me.pid)
+    assert since_boot is not None and since_boot > 0
+    stepped = _agent(pid_create_time=me.create_time() - 1.0, pid_start_s=since_boot)
+    assert _judge(stepped).alive
+    assert process_state(me.pid, me.create_time() + 7.0, since_boot) == "alive"
+    # Without it (a row of an older version) the create time still decides, as before.
+    assert not _judge(_agent(pid_create_time=me.create_time() - 1.0, pid_start_s=None)).alive
+    # And a start that differs by more than a clock tick is another process.
+    assert process_state(me.pid, me.create_time(), since_boot - 0.5) == "reused"
+    other = _agent(server_create_time=me.create_time() + 3.0, server_start_s=since_boot)
+    assert server_gone(other, host="this-host", boot="boot-1") is None
+
+
+def test_identity_records_the_start_since_boot() -> None:
+    me = Identity.detect("agent-id", ())
+    assert me.server_start_s == start_since_boot(os.getpid())
+    agent = me.as_agent(repo_id=None, lease_s=60)
+    assert agent.pid_start_s == me.pid_start_s is not None and agent.server_start_s == me.server_start_s
+
+
 # ---- pid reuse end to end -----------------------------------------------------------------------
 
 
@@ -116,7 +140,10 @@ async def test_pid_reuse_makes_the_agent_dead_in_status_and_validation(coord: An
     alloc = await coord.pool.allocate("feat/reused")
     (Path(alloc.path) / "wip.txt").write_text("keep me")
     before = query(env, "SELECT * FROM agents WHERE id = 'agent-test'")[0]
-    set_agent(env, "agent-test", pid_create_time=before["pid_create_time"] - 3600)
+    # Another process under the pid started later than the one recorded, by the wall clock and since boot.
+    set_agent(
+        env, "agent-test", pid_create_time=before["pid_create_time"] - 3600, pid_start_s=before["pid_start_s"] - 60
+    )
     status = await coord.status()
     me = next(a for a in status.agents if a.agent_id == "agent-test")
     assert me.alive is False and "pid reused" in me.reason

@@ -45,10 +45,19 @@ async def test_warm_slot_at_the_start_commit_and_elsewhere_both_start_there(coor
     """A FREE slot already at the start commit only gets the branch (git's no-checkout path); one
     released elsewhere is switched, files and index, to the start."""
     main_head = git(repo, "rev-parse", "HEAD").strip()
+    fast: list[str] = []
+    branch_at_head = coord.pool.git.branch_at_head
+
+    async def spy(path: Path, branch: str) -> None:
+        fast.append(branch)
+        await branch_at_head(path, branch)
+
+    coord.pool.git.branch_at_head = spy
     a = await coord.pool.allocate("feat/stay")
     wt = Path(a.path)
     await coord.pool.release(worktree_id=a.worktree_id)
     b = await coord.pool.allocate("feat/fast")
+    assert fast == ["feat/fast"]
     assert b.reused and git(wt, "rev-parse", "HEAD").strip() == main_head
     assert git(wt, "symbolic-ref", "--short", "HEAD").strip() == "feat/fast"
     (wt / "README.md").write_text("moved on\n")
@@ -57,11 +66,25 @@ async def test_warm_slot_at_the_start_commit_and_elsewhere_both_start_there(coor
     git(wt, "commit", "-q", "-m", "work")
     await coord.pool.release(worktree_id=b.worktree_id)
     c = await coord.pool.allocate("feat/back")
+    assert fast == ["feat/fast"]  # elsewhere: the full switch
     assert c.reused and c.worktree_id == a.worktree_id
     assert git(wt, "rev-parse", "HEAD").strip() == main_head
     assert git(wt, "status", "--porcelain") == ""
     assert (wt / "README.md").read_text() == "hello\n" and not (wt / "new.txt").exists()
     assert git(repo, "rev-parse", "feat/fast").strip() != main_head  # the work stays on its branch
+
+    # An index.lock left in a FREE slot at the start commit: the full switch runs, fails on it, and
+    # the allocation is refused and rolled back instead of handing out a slot where `git add` fails.
+    await coord.pool.release(worktree_id=c.worktree_id)
+    lock = Path(git(wt, "rev-parse", "--path-format=absolute", "--git-path", "index.lock").strip())
+    lock.write_text("")
+    with pytest.raises(CoordError) as refused:
+        await coord.pool.allocate("feat/locked-index")
+    assert refused.value.code == ErrorCode.GIT_FAILED and "index.lock" in str(refused.value)
+    assert fast == ["feat/fast"]
+    lock.unlink()
+    (slot,) = await coord.store.slots()
+    assert slot.state == SlotState.FREE
 
 
 async def test_same_agent_same_branch_is_idempotent(coord: Any) -> None:

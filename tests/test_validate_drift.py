@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
+from server.engine.liveness import start_since_boot
 from server.engine.records import SlotState
 
 from .conftest import git
@@ -87,7 +88,12 @@ async def _ghost(coord: Any, agent_id: str, *, dead: bool = False, stale: bool =
         # A crashed agent's server is gone with it (its stdin closed).
         agent = replace(agent, pid=proc.pid, pid_create_time=created, server_pid=proc.pid, server_create_time=created)
     if stale:
-        agent = replace(agent, pid=os.getpid(), pid_create_time=psutil.Process().create_time())
+        agent = replace(
+            agent,
+            pid=os.getpid(),
+            pid_create_time=psutil.Process().create_time(),
+            pid_start_s=start_since_boot(os.getpid()),
+        )
         agent = replace(agent, last_heartbeat=time.time() - 600, lease_expires_at=time.time() - 300)
     await coord.store.register_agent(agent)
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import psutil
 import pytest
 from hypothesis import given
@@ -45,8 +46,15 @@ def test_check_is_a_third_of_the_interval_at_most_a_heartbeat() -> None:
 
 
 def test_holder_round_trips_and_anything_else_is_unjudgeable() -> None:
-    h = LeaseHolder("agent-1/x", "host", "boot", 42, 1.5)
+    h = LeaseHolder("agent-1/x", "host", "boot", 42, 1.5, 3.25)
     assert LeaseHolder.parse(h.encode()) == h
+    assert LeaseHolder.parse(replace(h, start_s=None).encode()) == replace(h, start_s=None)
+    assert (
+        LeaseHolder.parse(
+            '{"agent_id": "a", "host": "h", "boot_id": "b", "pid": 1e999, "create_time": 1, "start_s": null}'
+        )
+        is None
+    )
     assert LeaseHolder.parse("agent-1/4242") is None  # written by an earlier version: can only lapse
 
 
@@ -105,3 +113,49 @@ async def test_a_slot_the_pass_cannot_take_sets_off_no_second_pass(coord: Any, e
     assert slot.state == SlotState.BUSY  # locked: never touched
     assert await loop.tick() is None  # same slot, same version: waits for the next full pass
     assert len(await started(coord)) == 2
+
+
+async def test_only_provable_deaths_count_for_a_takeover(coord: Any) -> None:
+    me = psutil.Process()
+    pid, created = dead_process()
+    mine = LeaseHolder.of(coord.identity)
+    loop = loop_of(coord, agent_id="heir")
+    # On another host nothing can be proved; nor can a create time alone (a stepped clock moves it).
+    for holder in (
+        replace(mine, agent_id="far", host="elsewhere", pid=pid, create_time=created),
+        replace(mine, agent_id="old", create_time=me.create_time() - 5, start_s=None),
+    ):
+        assert await coord.store.take_lease(VALIDATOR_LEASE, holder.encode(), ttl_s=3600, replace=loop.holder)
+        await coord.store.release_lease(VALIDATOR_LEASE, holder.encode())
+        assert await coord.store.take_lease(VALIDATOR_LEASE, holder.encode(), ttl_s=3600)
+        assert await loop.tick() is None, holder
+        await coord.store.release_lease(VALIDATOR_LEASE, holder.encode())
+    # With the start counted from boot, another start under the pid is proof.
+    assert mine.start_s is not None
+    reused = replace(mine, agent_id="reused", start_s=mine.start_s - 1)
+    assert await coord.store.take_lease(VALIDATOR_LEASE, reused.encode(), ttl_s=3600)
+    why = await loop.tick()
+    assert why is not None and "belongs to another process" in why
+
+
+async def test_a_takeover_between_two_of_our_checks_starts_a_pass(coord: Any) -> None:
+    """We held the lease at our last check; it lapsed to another server, which died mid-pass."""
+    loop = loop_of(coord)
+    assert await loop.tick() == "interval"
+    assert await loop.tick() is None
+    pid, created = dead_process()
+    other = replace(LeaseHolder.of(coord.identity), agent_id="other", pid=pid, create_time=created, start_s=None)
+    assert await coord.store.take_lease(VALIDATOR_LEASE, other.encode(), ttl_s=3600, replace=loop.holder)
+    why = await loop.tick()
+    assert why is not None and why.startswith("took the lease over")
+
+
+async def test_the_loop_outlives_a_failing_check(coord: Any, settings: Any) -> None:
+    from server.engine.store import Store
+
+    closed = await Store.open(settings.db)
+    await closed.close()  # every check of this loop now fails
+    loop = ValidatorLoop(closed, coord.validator, coord.identity, every_s=60, check_s=0.02)
+    with anyio.move_on_after(0.3):
+        await loop.run()  # logs each failure and goes on; only the cancellation ends it
+    assert await loop_of(coord).tick() == "interval"  # and it held nothing that blocks the others

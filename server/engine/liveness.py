@@ -32,20 +32,48 @@ def boot_id() -> str:
 
 
 ProcessState = Literal["alive", "gone", "reused", "unknown"]
+PROC = Path("/proc")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def process_state(pid: int, created: float) -> ProcessState:
-    """Is the process `pid` that was created at `created` still running, on this host?
+def start_since_boot(pid: int) -> float | None:
+    """Seconds from boot to the start of `pid` (Linux: `starttime` in /proc/<pid>/stat), or None.
 
-    "reused": the pid runs another program now (another create time). "gone" includes a zombie: it
+    A wall-clock create time is boot time + this, and the kernel's boot time (`btime`, whole seconds)
+    moves whenever the clock is stepped (NTP, a VM's clock correction): after a step every process
+    would look like another one under the same pid. This value never changes for a process.
+    """
+    try:
+        raw = (PROC / str(pid) / "stat").read_bytes()
+    except OSError:
+        return None
+    try:
+        # Fields after the command name (which may hold spaces and parentheses); starttime is field 22.
+        return int(raw.rsplit(b")", 1)[1].split()[19]) / CLOCK_TICKS
+    except (IndexError, ValueError):
+        return None
+
+
+def process_state(pid: int, created: float, since_boot: float | None = None) -> ProcessState:
+    """Is the process `pid` that was created at `created` (`since_boot` seconds after boot, where
+    known) still running, on this host?
+
+    "reused": the pid runs another program now (another start time). "gone" includes a zombie: it
     has exited and only waits to be reaped, and an unreaped agent must not hold worktrees forever.
     "unknown": the process exists but may not be inspected (another user, hidepid); the lease decides.
+    The start counted from boot decides where both sides have it; the wall-clock create time only for
+    records without it (older versions, platforms without /proc).
     """
     if pid <= 0:
         return "gone"
     try:
         proc = psutil.Process(pid)
-        if abs(proc.create_time() - created) > CREATE_TIME_TOLERANCE_S:
+        now_since_boot = start_since_boot(pid) if since_boot is not None else None
+        if now_since_boot is not None:
+            same = _same_start(created, since_boot, created, now_since_boot)
+        else:
+            same = _same_start(created, None, proc.create_time(), None)
+        if not same:
             return "reused"
         if proc.status() == psutil.STATUS_ZOMBIE:
             return "gone"
@@ -89,6 +117,8 @@ class Identity:
     pid_create_time: float
     server_pid: int
     server_create_time: float
+    pid_start_s: float | None = None  # seconds from boot (see start_since_boot)
+    server_start_s: float | None = None
 
     @classmethod
     def detect(cls, agent_id: str | None, wrappers: tuple[str, ...]) -> Identity:
@@ -96,10 +126,13 @@ class Identity:
         boot = boot_id()
         agent = agent_process(wrappers)
         agent_created = agent.create_time()
+        agent_since_boot = start_since_boot(agent.pid)
         me = psutil.Process()
         if not agent_id:
-            # Stable for the agent process: a restarted server under the same agent gets the same id.
-            digest = hashlib.sha256(f"{host}|{boot}|{agent.pid}|{agent_created}".encode()).hexdigest()
+            # Stable for the agent process: a restarted server under the same agent gets the same id,
+            # even after the wall clock was stepped in between (hence the start counted from boot).
+            started = agent_created if agent_since_boot is None else f"+{agent_since_boot}"
+            digest = hashlib.sha256(f"{host}|{boot}|{agent.pid}|{started}".encode()).hexdigest()
             agent_id = f"agent-{digest[:8]}"
         return cls(
             agent_id=agent_id,
@@ -109,6 +142,8 @@ class Identity:
             pid_create_time=agent_created,
             server_pid=me.pid,
             server_create_time=me.create_time(),
+            pid_start_s=agent_since_boot,
+            server_start_s=start_since_boot(me.pid),
         )
 
     def as_agent(self, *, repo_id: int | None, lease_s: float, status: str = "active") -> Agent:
@@ -127,6 +162,8 @@ class Identity:
             started_at=now,
             last_heartbeat=now,
             lease_expires_at=now + lease_s,
+            pid_start_s=self.pid_start_s,
+            server_start_s=self.server_start_s,
         )
 
 
@@ -143,7 +180,7 @@ def judge(agent: Agent, *, host: str, boot: str, now: float | None = None) -> Li
     if agent.host == host:
         if agent.boot_id != boot:
             return Liveness(False, "host rebooted since the agent registered")
-        state = process_state(agent.pid, agent.pid_create_time)
+        state = process_state(agent.pid, agent.pid_create_time, agent.pid_start_s)
         if state == "gone":
             return Liveness(False, f"agent process {agent.pid} is gone")
         if state == "reused":
@@ -168,21 +205,34 @@ def server_gone(agent: Agent, *, host: str, boot: str) -> str | None:
         boot=agent.boot_id,
         pid=agent.server_pid,
         created=agent.server_create_time,
+        since_boot=agent.server_start_s,
         here=(host, boot),
     )
 
 
-def process_gone(what: str, *, host: str, boot: str, pid: int, created: float, here: tuple[str, str]) -> str | None:
-    """Why the process `what` (`pid` with `created`, on `host` in `boot`) is provably gone, seen from
-    `here` (host, boot id); None while it may live, or when it ran on another host (unprovable)."""
+def process_gone(
+    what: str,
+    *,
+    host: str,
+    boot: str,
+    pid: int,
+    created: float,
+    since_boot: float | None,
+    here: tuple[str, str],
+    reuse_counts: bool = True,
+) -> str | None:
+    """Why the process `what` (`pid` started at `created`, `since_boot` s after boot, on `host` in
+    `boot`) is provably gone, seen from `here` (host, boot id); None while it may live, or when it ran
+    on another host (unprovable). With `reuse_counts` False, a pid that seems to run another process
+    is not taken as proof (a create time without `since_boot` moves with the wall clock)."""
     if host != here[0]:
         return None
     if boot != here[1]:
         return f"host rebooted since {what} registered"
-    state = process_state(pid, created)
+    state = process_state(pid, created, since_boot)
     if state == "gone":
         return f"{what} process {pid} is gone"
-    if state == "reused":
+    if state == "reused" and reuse_counts:
         return f"{what}'s pid {pid} now belongs to another process"
     return None
 
@@ -195,5 +245,11 @@ def same_agent_process(me: Identity, agent: Agent | None) -> bool:
         and agent.host == me.host
         and agent.boot_id == me.boot_id
         and agent.pid == me.pid
-        and abs(agent.pid_create_time - me.pid_create_time) <= CREATE_TIME_TOLERANCE_S
+        and _same_start(agent.pid_create_time, agent.pid_start_s, me.pid_create_time, me.pid_start_s)
     )
+
+
+def _same_start(created_a: float, since_boot_a: float | None, created_b: float, since_boot_b: float | None) -> bool:
+    if since_boot_a is not None and since_boot_b is not None:
+        return abs(since_boot_a - since_boot_b) <= 1.5 / CLOCK_TICKS
+    return abs(created_a - created_b) <= CREATE_TIME_TOLERANCE_S

@@ -13,6 +13,7 @@ from .git import GitDriver, GitError, WorktreeInfo
 from .records import Action, Repo, Slot, SlotState, freed
 from .rescue import save_work
 from .store import EventDraft, Store
+from .worktree_probe import index_locked
 
 
 @dataclass
@@ -53,9 +54,16 @@ async def switch_warm_slot(
     if state.dirty:
         await save_work(git, store, agent_id, slot, path, "stray changes in a free slot")
         await git.discard_changes(path)
-    if start is not None and start == state.head:
-        # The slot already sits at the start commit (a slot released where the next branch starts):
-        # clean, as just checked, so only the branch is new.
+    if (
+        start is not None
+        and start == state.head
+        and state.branch is None
+        and not await anyio.to_thread.run_sync(index_locked, path)
+    ):
+        # The slot already sits, detached, at the start commit (released where the next branch starts)
+        # and is clean, as just checked: only the branch is new. Not on a branch (its upstream settings
+        # could be inherited), and not with an `index.lock` left in it, which `switch -c <b>` alone
+        # would not notice (the full switch fails on it, and the allocation is rolled back).
         await git.branch_at_head(path, branch)
     else:
         await git.switch(path, branch, create_from=start)

@@ -112,3 +112,6 @@ class Agent:
     started_at: float
     last_heartbeat: float
     lease_expires_at: float
+    # Seconds from boot to the process's start (Linux); immune to wall-clock steps. None: unknown.
+    pid_start_s: float | None = None
+    server_start_s: float | None = None

@@ -50,10 +50,11 @@ class LeaseHolder:
     boot_id: str
     pid: int
     create_time: float
+    start_s: float | None  # seconds from boot to the server's start (see liveness.start_since_boot)
 
     @classmethod
     def of(cls, me: Identity) -> LeaseHolder:
-        return cls(me.agent_id, me.host, me.boot_id, me.server_pid, me.server_create_time)
+        return cls(me.agent_id, me.host, me.boot_id, me.server_pid, me.server_create_time, me.server_start_s)
 
     def encode(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -63,20 +64,31 @@ class LeaseHolder:
         """None for anything else (a holder written by an older version): it can only lapse."""
         try:
             raw = json.loads(text)
+            start = raw["start_s"]
             return cls(
-                str(raw["agent_id"]), str(raw["host"]), str(raw["boot_id"]), int(raw["pid"]), float(raw["create_time"])
+                str(raw["agent_id"]),
+                str(raw["host"]),
+                str(raw["boot_id"]),
+                int(raw["pid"]),
+                float(raw["create_time"]),
+                None if start is None else float(start),
             )
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, OverflowError):
             return None
 
     def gone(self, me: Identity) -> str | None:
+        """Why the holder's server is provably gone, or None. Without a start counted from boot, a
+        changed create time may only be a step of the wall clock: then only a missing process (or a
+        reboot) counts, and a pid that seems reused is waited out like a live holder."""
         return process_gone(
             f"validator server of {self.agent_id}",
             host=self.host,
             boot=self.boot_id,
             pid=self.pid,
             created=self.create_time,
+            since_boot=self.start_s,
             here=(me.host, me.boot_id),
+            reuse_counts=self.start_s is not None,
         )
 
 
@@ -110,7 +122,9 @@ class ValidatorLoop:
         if took_over is None:
             self._held = False
             return None
-        gained, self._held = not self._held, True
+        # Taken over from a dead holder counts as gained even if we held it at our last check: it
+        # lapsed to another server in between, which died, perhaps in the middle of a pass.
+        gained, self._held = not self._held or bool(took_over), True
         suspects = await self.suspects()
         now = time.monotonic()
         if gained or now >= self._next_full:

@@ -116,3 +116,15 @@ def _stamp(d: Path) -> tuple[object, ...]:
     except OSError:
         head = None
     return (identity, head)
+
+
+def index_locked(path: Path) -> bool:
+    """Does the linked worktree at `path` have an `index.lock` (a git at work in it, or one that was
+    killed)? True also when that cannot be read: the caller then takes the path that lets git decide."""
+    try:
+        line = (path / ".git").read_text(encoding="utf-8").strip()
+        if not line.startswith("gitdir: "):
+            return True
+        return os.path.lexists(path / line.removeprefix("gitdir: ") / "index.lock")
+    except (OSError, UnicodeDecodeError):
+        return True

@@ -44,7 +44,8 @@ class AgentRecords(_Tables):
                 " pid_create_time=excluded.pid_create_time, server_pid=excluded.server_pid,"
                 " server_create_time=excluded.server_create_time, repo_id=excluded.repo_id,"
                 " status=excluded.status, started_at=excluded.started_at,"
-                " last_heartbeat=excluded.last_heartbeat, lease_expires_at=excluded.lease_expires_at",
+                " last_heartbeat=excluded.last_heartbeat, lease_expires_at=excluded.lease_expires_at,"
+                " pid_start_s=excluded.pid_start_s, server_start_s=excluded.server_start_s",
             )
             _append(
                 conn,

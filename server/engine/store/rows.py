@@ -74,9 +74,9 @@ def _insert_agent(conn: sqlite3.Connection, agent: Agent, *, on_conflict: str) -
     """Insert an agent row; `on_conflict` (fixed text from our code) says what an existing id gets."""
     columns = (
         "id, host, boot_id, pid, pid_create_time, server_pid, server_create_time, repo_id, status, note,"
-        " started_at, last_heartbeat, lease_expires_at"
+        " started_at, last_heartbeat, lease_expires_at, pid_start_s, server_start_s"
     )
-    sql = f"INSERT INTO agents ({columns}) VALUES ({', '.join('?' * 13)}) ON CONFLICT(id) {on_conflict}"  # noqa: S608
+    sql = f"INSERT INTO agents ({columns}) VALUES ({', '.join('?' * 15)}) ON CONFLICT(id) {on_conflict}"  # noqa: S608
     conn.execute(
         sql,
         (
@@ -93,6 +93,8 @@ def _insert_agent(conn: sqlite3.Connection, agent: Agent, *, on_conflict: str) -
             agent.started_at,
             agent.last_heartbeat,
             agent.lease_expires_at,
+            agent.pid_start_s,
+            agent.server_start_s,
         ),
     )
 

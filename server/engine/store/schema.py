@@ -81,6 +81,12 @@ MIGRATIONS: tuple[str, ...] = (
         version INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 2: process start times counted from boot, which a step of the wall clock does not move (see
+    # liveness.process_state); NULL where the platform has no such clock, and in rows of older versions.
+    """
+    ALTER TABLE agents ADD COLUMN pid_start_s REAL;
+    ALTER TABLE agents ADD COLUMN server_start_s REAL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
