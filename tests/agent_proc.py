@@ -289,15 +289,22 @@ if __name__ == "__main__":
 def set_agent(env: dict[str, str], agent_id: str, **values: Any) -> None:
     """Edit an agent's row behind the coordinator's back (what a crash or pid reuse leaves).
 
-    A create time set without its start since boot clears the latter, as in a row of an older
-    version: the create time given then decides (liveness.process_state)."""
-    for prefix in ("pid", "server"):
-        if f"{prefix}_create_time" in values:
-            values.setdefault(f"{prefix}_start_s", None)
+    `pid_start_s` / `server_start_s` go to the `agent_starts` row, made to describe the agent row's
+    process as it now stands. A create time changed without them leaves that row describing another
+    process, so the start no longer counts and the create time given decides (liveness.process_state)."""
+    starts = {k: values.pop(k) for k in ("pid_start_s", "server_start_s") if k in values}
     conn = sqlite3.connect(env["AGENT_COORD_DB"], timeout=5)
     try:
-        sets = ", ".join(f"{k} = ?" for k in values)
-        conn.execute(f"UPDATE agents SET {sets} WHERE id = ?", (*values.values(), agent_id))
+        if values:
+            sets = ", ".join(f"{k} = ?" for k in values)
+            conn.execute(f"UPDATE agents SET {sets} WHERE id = ?", (*values.values(), agent_id))
+        for key, value in starts.items():
+            pid, created = ("pid", "pid_create_time") if key == "pid_start_s" else ("server_pid", "server_create_time")
+            conn.execute(
+                f"UPDATE agent_starts SET {key} = ?, {pid} = (SELECT {pid} FROM agents WHERE id = ?),"
+                f" {created} = (SELECT {created} FROM agents WHERE id = ?) WHERE agent_id = ?",
+                (value, agent_id, agent_id, agent_id),
+            )
         conn.commit()
     finally:
         conn.close()

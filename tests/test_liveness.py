@@ -139,7 +139,8 @@ def test_identity_records_the_start_since_boot() -> None:
 async def test_pid_reuse_makes_the_agent_dead_in_status_and_validation(coord: Any, env: dict[str, str]) -> None:
     alloc = await coord.pool.allocate("feat/reused")
     (Path(alloc.path) / "wip.txt").write_text("keep me")
-    before = query(env, "SELECT * FROM agents WHERE id = 'agent-test'")[0]
+    before = query(env, "SELECT * FROM agents JOIN agent_starts ON agent_id = id WHERE id = 'agent-test'")[0]
+    assert before["pid_start_s"] is not None
     # Another process under the pid started later than the one recorded, by the wall clock and since boot.
     set_agent(
         env, "agent-test", pid_create_time=before["pid_create_time"] - 3600, pid_start_s=before["pid_start_s"] - 60

@@ -8,10 +8,12 @@ from typing import Any
 
 from ..records import Agent
 from .rows import (
+    AGENT_SELECT,
     EventDraft,
     _agent,
     _append,
     _insert_agent,
+    _record_starts,
     _Tables,
 )
 
@@ -21,14 +23,14 @@ class AgentRecords(_Tables):
 
     async def agents(self) -> list[Agent]:
         def tx(conn: sqlite3.Connection) -> list[Agent]:
-            rows = conn.execute("SELECT * FROM agents ORDER BY id").fetchall()
+            rows = conn.execute(f"{AGENT_SELECT} ORDER BY a.id").fetchall()
             return [_agent(r) for r in rows]
 
         return await self._conn.read(tx)
 
     async def agent(self, agent_id: str) -> Agent | None:
         def tx(conn: sqlite3.Connection) -> Agent | None:
-            row = conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
+            row = conn.execute(f"{AGENT_SELECT} WHERE a.id = ?", (agent_id,)).fetchone()
             return _agent(row) if row else None
 
         return await self._conn.read(tx)
@@ -44,9 +46,9 @@ class AgentRecords(_Tables):
                 " pid_create_time=excluded.pid_create_time, server_pid=excluded.server_pid,"
                 " server_create_time=excluded.server_create_time, repo_id=excluded.repo_id,"
                 " status=excluded.status, started_at=excluded.started_at,"
-                " last_heartbeat=excluded.last_heartbeat, lease_expires_at=excluded.lease_expires_at,"
-                " pid_start_s=excluded.pid_start_s, server_start_s=excluded.server_start_s",
+                " last_heartbeat=excluded.last_heartbeat, lease_expires_at=excluded.lease_expires_at",
             )
+            _record_starts(conn, agent)
             _append(
                 conn,
                 EventDraft(
@@ -94,7 +96,7 @@ class AgentRecords(_Tables):
                 (until, agent_id),
             )
             renewed = cur.rowcount
-            row = conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
+            row = conn.execute(f"{AGENT_SELECT} WHERE a.id = ?", (agent_id,)).fetchone()
             return (_agent(row) if row else None), renewed
 
         return await self._conn.write(tx)

@@ -70,13 +70,39 @@ def _event(row: sqlite3.Row) -> Event:
     return Event(**data)
 
 
+# Every agent read: the row, and the starts since boot recorded for the very processes it names.
+AGENT_SELECT = (
+    "SELECT a.*,"
+    " CASE WHEN s.pid = a.pid AND s.pid_create_time = a.pid_create_time THEN s.pid_start_s END AS pid_start_s,"
+    " CASE WHEN s.server_pid = a.server_pid AND s.server_create_time = a.server_create_time"
+    " THEN s.server_start_s END AS server_start_s"
+    " FROM agents a LEFT JOIN agent_starts s ON s.agent_id = a.id"
+)
+
+
+def _record_starts(conn: sqlite3.Connection, agent: Agent) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO agent_starts (agent_id, pid, pid_create_time, pid_start_s, server_pid,"
+        " server_create_time, server_start_s) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            agent.id,
+            agent.pid,
+            agent.pid_create_time,
+            agent.pid_start_s,
+            agent.server_pid,
+            agent.server_create_time,
+            agent.server_start_s,
+        ),
+    )
+
+
 def _insert_agent(conn: sqlite3.Connection, agent: Agent, *, on_conflict: str) -> None:
     """Insert an agent row; `on_conflict` (fixed text from our code) says what an existing id gets."""
     columns = (
         "id, host, boot_id, pid, pid_create_time, server_pid, server_create_time, repo_id, status, note,"
-        " started_at, last_heartbeat, lease_expires_at, pid_start_s, server_start_s"
+        " started_at, last_heartbeat, lease_expires_at"
     )
-    sql = f"INSERT INTO agents ({columns}) VALUES ({', '.join('?' * 15)}) ON CONFLICT(id) {on_conflict}"  # noqa: S608
+    sql = f"INSERT INTO agents ({columns}) VALUES ({', '.join('?' * 13)}) ON CONFLICT(id) {on_conflict}"  # noqa: S608
     conn.execute(
         sql,
         (
@@ -93,8 +119,6 @@ def _insert_agent(conn: sqlite3.Connection, agent: Agent, *, on_conflict: str) -
             agent.started_at,
             agent.last_heartbeat,
             agent.lease_expires_at,
-            agent.pid_start_s,
-            agent.server_start_s,
         ),
     )
 

@@ -82,10 +82,21 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # 2: process start times counted from boot, which a step of the wall clock does not move (see
-    # liveness.process_state); NULL where the platform has no such clock, and in rows of older versions.
+    # liveness.process_state). A table beside `agents`, not new columns: a server of the previous
+    # version still running reads `SELECT * FROM agents` into its own record type and would fail on a
+    # column it does not know. Each row names the process it describes (pid and wall-clock create time
+    # as registered), because such a server re-registering an id leaves this table as it was: a start
+    # counts only while its agent row still describes the same process (see store/rows.AGENT_SELECT).
     """
-    ALTER TABLE agents ADD COLUMN pid_start_s REAL;
-    ALTER TABLE agents ADD COLUMN server_start_s REAL;
+    CREATE TABLE agent_starts (
+        agent_id TEXT PRIMARY KEY REFERENCES agents(id) ON DELETE CASCADE,
+        pid INTEGER NOT NULL,
+        pid_create_time REAL NOT NULL,
+        pid_start_s REAL,
+        server_pid INTEGER NOT NULL,
+        server_create_time REAL NOT NULL,
+        server_start_s REAL
+    );
     """,
 )
 

@@ -1,0 +1,105 @@
+"""Schema 2's process starts since boot, beside servers of the previous version: a database of
+schema 1 is migrated with its agents intact, the `agents` table keeps exactly the columns that
+version reads, and a start counts only while the agent row still names the process it was taken of."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import pytest
+
+from server.engine.liveness import Identity, judge
+from server.engine.store import Store
+from server.engine.store.schema import MIGRATIONS
+
+pytestmark = pytest.mark.anyio
+
+# What a server of schema 1 reads with `SELECT * FROM agents` into its record type, field for field.
+SCHEMA_1_AGENT_COLUMNS = [
+    "id",
+    "host",
+    "boot_id",
+    "pid",
+    "pid_create_time",
+    "server_pid",
+    "server_create_time",
+    "repo_id",
+    "status",
+    "note",
+    "started_at",
+    "last_heartbeat",
+    "lease_expires_at",
+]
+
+
+def _me() -> Identity:
+    return Identity.detect("agent-starts", ())
+
+
+def _schema_1_db(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0])
+    conn.execute("PRAGMA user_version = 1")
+    me = _me()
+    conn.execute(
+        f"INSERT INTO agents ({', '.join(SCHEMA_1_AGENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 'active',"
+        " NULL, 0, 0, 1e12)",
+        ("old", me.host, me.boot_id, me.pid, me.pid_create_time, me.server_pid, me.server_create_time),
+    )
+    conn.commit()
+    conn.close()
+
+
+async def test_a_schema_1_database_is_migrated_and_its_agents_judged_as_before(tmp_path: Path) -> None:
+    db = tmp_path / "coord.db"
+    _schema_1_db(db)
+    store = await Store.open(db)
+    try:
+        (old,) = await store.agents()
+        assert old.id == "old" and old.pid_start_s is None and old.server_start_s is None
+        me = _me()
+        assert judge(old, host=me.host, boot=me.boot_id).alive  # by its wall-clock create time
+    finally:
+        await store.close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert [r[1] for r in conn.execute("PRAGMA table_info(agents)")] == SCHEMA_1_AGENT_COLUMNS
+    finally:
+        conn.close()
+
+
+async def test_a_start_counts_only_while_the_row_names_its_process(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "coord.db")
+    try:
+        me = _me()
+        agent = me.as_agent(repo_id=None, lease_s=60)
+        assert agent.pid_start_s is not None and agent.server_start_s is not None
+        await store.register_agent(agent)
+        got = await store.agent(agent.id)
+        assert got is not None and (got.pid_start_s, got.server_start_s) == (agent.pid_start_s, agent.server_start_s)
+
+        # A server of schema 1 re-registers the id from another server process: it writes `agents`
+        # only. The recorded server start was taken of the previous server and must not be used to
+        # judge the new one (it would look like a reused pid); the agent process is unchanged.
+        other = psutil.Process(1)
+        conn = sqlite3.connect(tmp_path / "coord.db")
+        conn.execute(
+            "UPDATE agents SET server_pid = ?, server_create_time = ? WHERE id = ?",
+            (other.pid, other.create_time(), agent.id),
+        )
+        conn.commit()
+        conn.close()
+        got = await store.agent(agent.id)
+        assert got is not None and got.server_start_s is None and got.pid_start_s == agent.pid_start_s
+
+        # Registering again (this version) records the starts of the processes it names.
+        await store.register_agent(replace(agent, server_start_s=agent.server_start_s))
+        got = await store.agent(agent.id)
+        assert got is not None and got.server_start_s == agent.server_start_s
+        assert [a.id for a in await store.agents()] == [agent.id]
+    finally:
+        await store.close()
