@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -103,3 +104,30 @@ async def test_a_start_counts_only_while_the_row_names_its_process(tmp_path: Pat
         assert [a.id for a in await store.agents()] == [agent.id]
     finally:
         await store.close()
+
+
+async def test_a_generated_id_survives_a_clock_step_between_two_servers(make_settings: Any) -> None:
+    """The generated id hashes the agent's wall-clock create time, which a clock step moves; a server
+    restarted after one finds its agent's earlier id by the start counted from boot and keeps it."""
+    from server.engine.coordinator import Coordinator
+
+    settings = make_settings()
+    async with Coordinator.open(settings, register=True) as first:
+        assert first.identity.id_generated and first.agent_id.startswith("agent-")
+        hashed = first.agent_id
+    # As if the first server had hashed a create time from before a step: its row has another id,
+    # and another create time, but the same start counted from boot.
+    conn = sqlite3.connect(settings.db)
+    for table, key in (("agents", "id"), ("agent_starts", "agent_id")):
+        conn.execute(
+            f"UPDATE {table} SET {key} = 'agent-before', pid_create_time = pid_create_time - 1 WHERE {key} = ?",
+            (hashed,),
+        )
+    conn.commit()
+    conn.close()
+    async with Coordinator.open(settings, register=True) as second:
+        assert second.agent_id == "agent-before"  # not the new hash
+        assert [a.id for a in await second.store.agents()] == ["agent-before"]
+    # An id given explicitly is never replaced.
+    async with Coordinator.open(settings, register=True, agent_id="named") as named:
+        assert named.agent_id == "named"

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.anyio
 
 def _me() -> Identity:
     me = psutil.Process()
-    return Identity("agent-x", "this-host", "boot-1", me.pid, me.create_time(), me.pid, me.create_time())
+    since = start_since_boot(me.pid)
+    return Identity("agent-x", "this-host", "boot-1", me.pid, me.create_time(), me.pid, me.create_time(), since, since)
 
 
 def _agent(**changes: Any) -> Agent:
@@ -51,7 +52,10 @@ def test_live_process_with_its_create_time_is_alive() -> None:
 
 def test_pid_reused_is_dead_at_once() -> None:
     """The pid runs, but it is another program: dead, however fresh the lease."""
-    verdict = _judge(_agent(pid_create_time=psutil.Process().create_time() - 1000))
+    me = _me()
+    assert me.pid_start_s is not None
+    earlier = _agent(pid_create_time=me.pid_create_time - 1000, pid_start_s=me.pid_start_s - 1000)
+    verdict = _judge(earlier)
     assert not verdict.alive and not verdict.stale and "pid reused" in verdict.reason
     other = subprocess.Popen(["sleep", "30"])
     try:
@@ -65,15 +69,16 @@ def test_pid_reused_is_dead_at_once() -> None:
 
 def test_exited_process_is_dead_even_unreaped() -> None:
     proc = subprocess.Popen(["sleep", "30"])
-    created = psutil.Process(proc.pid).create_time()
-    assert _judge(_agent(pid=proc.pid, pid_create_time=created)).alive
+    created, start = psutil.Process(proc.pid).create_time(), start_since_boot(proc.pid)
+    assert _judge(_agent(pid=proc.pid, pid_create_time=created, pid_start_s=start)).alive
     proc.kill()
     # A zombie until reaped: gone all the same.
     deadline = time.monotonic() + 5
     while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
         time.sleep(0.01)
     assert process_state(proc.pid, created) == "gone"
-    assert "is gone" in _judge(_agent(pid=proc.pid, pid_create_time=created)).reason
+    assert process_state(proc.pid, created, start) == "gone"
+    assert "is gone" in _judge(_agent(pid=proc.pid, pid_create_time=created, pid_start_s=start)).reason
     proc.wait()
     assert process_state(proc.pid, created) == "gone"
 
@@ -118,8 +123,11 @@ def test_a_stepped_wall_clock_is_not_a_reused_pid() -> None:
     stepped = _agent(pid_create_time=me.create_time() - 1.0, pid_start_s=since_boot)
     assert _judge(stepped).alive
     assert process_state(me.pid, me.create_time() + 7.0, since_boot) == "alive"
-    # Without it (a row of an older version) the create time still decides, as before.
-    assert not _judge(_agent(pid_create_time=me.create_time() - 1.0, pid_start_s=None)).alive
+    # Without it (a row of an older version) a changed create time proves nothing here: the lease decides.
+    old_row = _agent(pid_create_time=me.create_time() - 1.0, pid_start_s=None)
+    assert process_state(me.pid, old_row.pid_create_time) == "unknown"
+    assert _judge(old_row).alive and _judge(old_row, now=old_row.lease_expires_at + 1).stale
+    assert process_state(me.pid, me.create_time()) == "alive"
     # And a start that differs by more than a clock tick is another process.
     assert process_state(me.pid, me.create_time(), since_boot - 0.5) == "reused"
     other = _agent(server_create_time=me.create_time() + 3.0, server_start_s=since_boot)

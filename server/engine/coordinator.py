@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Literal
 
 import anyio
@@ -16,7 +17,7 @@ from ..config import Settings
 from .contention.snapshot import ContentionMonitor
 from .errors import CoordError, ErrorCode
 from .git import GitDriver
-from .liveness import Identity, judge
+from .liveness import Identity, judge, same_agent_process
 from .metrics import MetricsReport, compute_metrics
 from .models import (
     AgentView,
@@ -76,8 +77,16 @@ class Coordinator:
         cls, settings: Settings, *, register: bool, agent_id: str | None = None
     ) -> AsyncIterator[Coordinator]:
         store = await Store.open(settings.db.expanduser())
-        identity = Identity.detect(agent_id or settings.agent_id, settings.wrapper_processes)
-        coord = cls(settings, store, identity)
+        coord: Coordinator | None = None
+        try:
+            identity = await _known_identity(
+                store, Identity.detect(agent_id or settings.agent_id, settings.wrapper_processes)
+            )
+            coord = cls(settings, store, identity)
+        finally:
+            if coord is None:
+                with anyio.CancelScope(shield=True):
+                    await store.close()
         try:
             if register:
                 await coord.register()
@@ -255,3 +264,20 @@ class Coordinator:
         events = await self.store.events(since_ts=now - window - 86400)
         slot_count = max(1, len(await self.store.slots()))
         return compute_metrics(events, now=now, window_s=window, slot_count=slot_count)
+
+
+async def _known_identity(store: Store, me: Identity) -> Identity:
+    """A generated id is a hash of the agent process's wall-clock create time, which a step of the
+    clock changes; a server restarted after one would come up under a new id and leave the agent's
+    worktrees under the old one to go stale. So when this agent process (recognised by its start
+    counted from boot) is already registered under a generated id, that id is kept."""
+    if not me.id_generated or me.pid_start_s is None:
+        return me
+    known = [
+        a
+        for a in await store.agents()
+        if a.id.startswith("agent-") and a.pid_start_s is not None and same_agent_process(me, a)
+    ]
+    if not known:
+        return me
+    return replace(me, agent_id=max(known, key=lambda a: a.started_at).id)

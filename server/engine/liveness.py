@@ -61,20 +61,22 @@ def process_state(pid: int, created: float, since_boot: float | None = None) -> 
     "reused": the pid runs another program now (another start time). "gone" includes a zombie: it
     has exited and only waits to be reaped, and an unreaped agent must not hold worktrees forever.
     "unknown": the process exists but may not be inspected (another user, hidepid); the lease decides.
-    The start counted from boot decides where both sides have it; the wall-clock create time only for
-    records without it (older versions, platforms without /proc).
+    The start counted from boot decides where both sides have it. Without it (a record of an older
+    version) the wall-clock create time decides only where it does not move with the clock (not on
+    Linux, where it is the boot time + the start, and the boot time moves with every clock step).
     """
     if pid <= 0:
         return "gone"
     try:
         proc = psutil.Process(pid)
-        now_since_boot = start_since_boot(pid) if since_boot is not None else None
-        if now_since_boot is not None:
-            same = _same_start(created, since_boot, created, now_since_boot)
-        else:
-            same = _same_start(created, None, proc.create_time(), None)
-        if not same:
-            return "reused"
+        now_since_boot = start_since_boot(pid)
+        if since_boot is not None and now_since_boot is not None:
+            if not _same_start(created, since_boot, created, now_since_boot):
+                return "reused"
+        elif not _same_start(created, None, proc.create_time(), None):
+            # Where create times are derived from the boot time (Linux), a record without its start
+            # cannot tell a reused pid from a stepped clock: not proof of death; the lease decides.
+            return "unknown" if now_since_boot is not None else "reused"
         if proc.status() == psutil.STATUS_ZOMBIE:
             return "gone"
     except psutil.NoSuchProcess:  # ZombieProcess is a NoSuchProcess too
@@ -119,6 +121,7 @@ class Identity:
     server_create_time: float
     pid_start_s: float | None = None  # seconds from boot (see start_since_boot)
     server_start_s: float | None = None
+    id_generated: bool = False  # the id is our hash, not AGENT_COORD_AGENT_ID or a caller's
 
     @classmethod
     def detect(cls, agent_id: str | None, wrappers: tuple[str, ...]) -> Identity:
@@ -128,11 +131,12 @@ class Identity:
         agent_created = agent.create_time()
         agent_since_boot = start_since_boot(agent.pid)
         me = psutil.Process()
+        generated = not agent_id
         if not agent_id:
-            # Stable for the agent process: a restarted server under the same agent gets the same id,
-            # even after the wall clock was stepped in between (hence the start counted from boot).
-            started = agent_created if agent_since_boot is None else f"+{agent_since_boot}"
-            digest = hashlib.sha256(f"{host}|{boot}|{agent.pid}|{started}".encode()).hexdigest()
+            # Stable for the agent process: a restarted server under the same agent gets the same id.
+            # (The same formula as ever, so an upgrade keeps the id; after a clock step the coordinator
+            # finds the agent's earlier id by its start counted from boot: Coordinator.open.)
+            digest = hashlib.sha256(f"{host}|{boot}|{agent.pid}|{agent_created}".encode()).hexdigest()
             agent_id = f"agent-{digest[:8]}"
         return cls(
             agent_id=agent_id,
@@ -144,6 +148,7 @@ class Identity:
             server_create_time=me.create_time(),
             pid_start_s=agent_since_boot,
             server_start_s=start_since_boot(me.pid),
+            id_generated=generated,
         )
 
     def as_agent(self, *, repo_id: int | None, lease_s: float, status: str = "active") -> Agent:
@@ -219,12 +224,10 @@ def process_gone(
     created: float,
     since_boot: float | None,
     here: tuple[str, str],
-    reuse_counts: bool = True,
 ) -> str | None:
     """Why the process `what` (`pid` started at `created`, `since_boot` s after boot, on `host` in
     `boot`) is provably gone, seen from `here` (host, boot id); None while it may live, or when it ran
-    on another host (unprovable). With `reuse_counts` False, a pid that seems to run another process
-    is not taken as proof (a create time without `since_boot` moves with the wall clock)."""
+    on another host (unprovable)."""
     if host != here[0]:
         return None
     if boot != here[1]:
@@ -232,7 +235,7 @@ def process_gone(
     state = process_state(pid, created, since_boot)
     if state == "gone":
         return f"{what} process {pid} is gone"
-    if state == "reused" and reuse_counts:
+    if state == "reused":
         return f"{what}'s pid {pid} now belongs to another process"
     return None
 

@@ -77,9 +77,8 @@ class LeaseHolder:
             return None
 
     def gone(self, me: Identity) -> str | None:
-        """Why the holder's server is provably gone, or None. Without a start counted from boot, a
-        changed create time may only be a step of the wall clock: then only a missing process (or a
-        reboot) counts, and a pid that seems reused is waited out like a live holder."""
+        """Why the holder's server is provably gone, or None (a holder whose pid seems reused but that
+        recorded no start counted from boot is waited out: see liveness.process_state)."""
         return process_gone(
             f"validator server of {self.agent_id}",
             host=self.host,
@@ -88,7 +87,6 @@ class LeaseHolder:
             created=self.create_time,
             since_boot=self.start_s,
             here=(me.host, me.boot_id),
-            reuse_counts=self.start_s is not None,
         )
 
 

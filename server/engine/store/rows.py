@@ -72,7 +72,9 @@ def _event(row: sqlite3.Row) -> Event:
 
 # Every agent read: the row, and the starts since boot recorded for the very processes it names.
 AGENT_SELECT = (
-    "SELECT a.*,"
+    # The columns by name: a stray column of the same name in `agents` must never shadow the checked one.
+    "SELECT a.id, a.host, a.boot_id, a.pid, a.pid_create_time, a.server_pid, a.server_create_time,"
+    " a.repo_id, a.status, a.note, a.started_at, a.last_heartbeat, a.lease_expires_at,"
     " CASE WHEN s.pid = a.pid AND s.pid_create_time = a.pid_create_time THEN s.pid_start_s END AS pid_start_s,"
     " CASE WHEN s.server_pid = a.server_pid AND s.server_create_time = a.server_create_time"
     " THEN s.server_start_s END AS server_start_s"
