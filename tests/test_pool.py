@@ -13,6 +13,7 @@ import pytest
 
 from server.engine.errors import CoordError, ErrorCode
 from server.engine.records import SlotState
+from server.engine.worktree_probe import clear_add_marker
 
 from .conftest import git
 
@@ -337,6 +338,38 @@ async def test_cancelled_allocation_leaves_nothing_half_done(make_settings: Any)
         assert git(Path(slot.path), "status", "--porcelain=v2", "--branch").splitlines()[1].endswith("(detached)")
         events = [e for e in await c.store.events() if e.action == "reclaim"]
         assert events[-1].outcome == "rolled_back"
+
+
+async def test_a_cancel_inside_worktree_add_leaves_no_lock_behind(make_settings: Any) -> None:
+    """A cancelled request kills its git; killed inside `git worktree add`, git leaves its own lock
+    ('initializing') on the new worktree. The roll-back removes that lock (and only that one), or the
+    next agent would get a slot it can never release."""
+    import anyio
+
+    from server.engine.coordinator import Coordinator
+
+    # As git leaves it: the marker in the worktree's admin dir, then the process dies (here: is cancelled).
+    leave_marker = (
+        "sh -c 'test -e ../once && exit 0; touch ../once;"
+        ' echo initializing > "$(git rev-parse --git-path locked)"; sleep 5\''
+    )
+    s = make_settings(post_create=(leave_marker,))
+    async with Coordinator.open(s, register=True, agent_id="agent-cancel") as c:
+        with anyio.move_on_after(1.0) as scope:
+            await c.pool.allocate("cancelled")
+        assert scope.cancelled_caught
+        (slot,) = await c.store.slots()
+        assert slot.state == SlotState.FREE
+        assert "locked" not in git(Path(slot.path), "worktree", "list", "--porcelain")
+        (rolled,) = [e for e in await c.store.events() if e.action == "reclaim"]
+        assert "initializing" in rolled.detail["cleared"]
+        again = await c.pool.allocate("next")
+        assert again.worktree_id == slot.id
+        assert (await c.pool.release(worktree_id=again.worktree_id)).state == "FREE"
+        # A person's lock, whatever it says, is never removed.
+        git(Path(slot.path), "worktree", "lock", "--reason", "mine: initializing", slot.path)
+        assert clear_add_marker(Path(slot.path), since=0.0) is False
+        assert "locked mine: initializing" in git(Path(slot.path), "worktree", "list", "--porcelain")
 
 
 async def test_setup_time_does_not_count_against_the_allocation_timeout(make_settings: Any) -> None:

@@ -302,6 +302,31 @@ async def test_stuck_allocating_without_worktree_is_rolled_back(coord: Any, env:
     assert (await coord.pool.allocate("feat/ghost")).branch == "feat/ghost"
 
 
+async def test_a_server_killed_inside_worktree_add_leaves_no_lock_behind(
+    coord: Any, env: dict[str, str], repo: Path
+) -> None:
+    """Killed inside `git worktree add`: git's own 'initializing' lock stays on the new worktree. The
+    roll-back by validation removes it (a lock of any other reason, or older than the claim, stays)."""
+    from dataclasses import replace
+
+    repo_row = await coord.default_repo()
+    pid, created = dead_pid()
+    agent = coord.identity.as_agent(repo_id=repo_row.id, lease_s=300)
+    await coord.store.register_agent(replace(agent, id="ghost", pid=pid, pid_create_time=created))
+    claimed = await coord.store.claim_new_slot(
+        repo_row, owner="ghost", branch="feat/ghost", task=None, lease_s=300, pool_max=8
+    )
+    assert claimed is not None
+    git(repo, "worktree", "add", "-q", "-b", "feat/ghost", claimed.path)
+    marker = Path(git(Path(claimed.path), "rev-parse", "--path-format=absolute", "--git-path", "locked").strip())
+    marker.write_text("initializing\n")
+    (f,) = (await coord.validate(repair=True)).findings
+    assert (f.kind, f.action) == ("stuck_allocating", "reclaimed: rolled_back")
+    (slot,) = await coord.store.slots()
+    assert slot.state == SlotState.FREE and not marker.exists()
+    assert (await coord.pool.allocate("feat/next")).worktree_id == slot.id
+
+
 async def test_allocating_row_of_an_earlier_server_of_a_live_agent_is_rolled_back(
     coord: Any, env: dict[str, str], settings: Any
 ) -> None:

@@ -13,7 +13,7 @@ from .git import GitDriver, GitError, WorktreeInfo
 from .records import Action, Repo, Slot, SlotState, freed
 from .rescue import save_work
 from .store import EventDraft, Store
-from .worktree_probe import index_locked
+from .worktree_probe import clear_add_marker, index_locked
 
 
 @dataclass
@@ -88,6 +88,10 @@ async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slo
             slot.id, expect_state=SlotState.ALLOCATING, expect_token=token, delete=True, events=[draft]
         )
         return
+    if slot.since is not None and await anyio.to_thread.run_sync(clear_add_marker, path, slot.since):
+        # Our `git worktree add` was killed (a cancelled request kills its git): its own lock would
+        # otherwise stay on a FREE slot that the next agent then cannot release.
+        draft.detail["cleared"] = "git worktree add's 'initializing' lock"
     try:
         status = await git.status(path)
         if status.dirty:

@@ -29,7 +29,7 @@ from .repos import RepoResolver
 from .safe_prune import PruneResult, SafePruner, SavedEntry
 from .store import Store
 from .worktree_listing import WorktreeListing, real_paths, same_path
-from .worktree_probe import OnDisk, listing_holds, probe_worktree
+from .worktree_probe import OnDisk, clear_add_marker, listing_holds, probe_worktree
 
 # Re-exported: these were importable from here before the split.
 __all__ = [
@@ -89,6 +89,11 @@ class Reclaimer:
 
     async def _reclaim(self, slot: Slot, reason: str, listing: WorktreeListing | None) -> str:
         repo = await self.repos.by_id(slot.repo_id)
+        # An allocation that can never finish (its server is gone) may have been killed inside `git
+        # worktree add`, whose own lock is not a person's: see worktree_probe.clear_add_marker.
+        since = slot.since if slot.state == SlotState.ALLOCATING else None
+        if since is not None and await anyio.to_thread.run_sync(clear_add_marker, Path(slot.path), since):
+            listing = None  # the shared listing still shows the lock
         found = await self._entry(repo, slot, listing)
         if found is None:
             return "failed"  # nothing was touched; the next validation tries again

@@ -44,6 +44,7 @@ from .validate_held import TRANSIENT_STATES, check_busy, check_in_flight
 from .validate_unknown import adopt_untracked, check_leftovers, sort_unknown
 from .validate_vanished import note_missing, note_orphaned_entries, prunable_findings, repair_vanished
 from .worktree_listing import WorktreeListing
+from .worktree_probe import GIT_ADD_MARKER
 
 tracer = trace.get_tracer("agent-coord.validate")
 
@@ -125,7 +126,10 @@ class Validator:
             if s.id in handled:
                 continue
             info = rp.info(s)
-            if info is not None and info.locked:
+            # git's own lock of a `worktree add` in flight is not a person's: the allocation is judged
+            # like any other in flight, and its roll-back removes the lock if the add was killed.
+            adding = s.state == SlotState.ALLOCATING and info is not None and info.lock_reason == GIT_ADD_MARKER
+            if info is not None and info.locked and not adding:
                 run.skipped.append(
                     Finding(
                         kind="locked_worktree",

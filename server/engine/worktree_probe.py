@@ -128,3 +128,27 @@ def index_locked(path: Path) -> bool:
         return os.path.lexists(path / line.removeprefix("gitdir: ") / "index.lock")
     except (OSError, UnicodeDecodeError):
         return True
+
+
+# What `git worktree add` writes to `<admin dir>/locked` while it populates a new worktree, and deletes
+# when it is done (builtin/worktree.c; our git runs with LC_ALL=C). An add that was killed leaves it.
+GIT_ADD_MARKER = "initializing"
+
+
+def clear_add_marker(path: Path, since: float) -> bool:
+    """Remove the lock an interrupted `git worktree add` left on the worktree at `path`, if that add was
+    ours: the marker's exact text, written no earlier than `since` (the claim that ran the add). A lock
+    with any other reason, or older, is a person's and stays. True when one was removed."""
+    try:
+        line = (path / ".git").read_text(encoding="utf-8").strip()
+        if not line.startswith("gitdir: "):
+            return False
+        lock = path / line.removeprefix("gitdir: ") / "locked"
+        if lock.is_symlink() or not lock.is_file():
+            return False
+        if lock.read_text(encoding="utf-8").strip() != GIT_ADD_MARKER or lock.stat().st_mtime < since - 1:
+            return False
+        lock.unlink()
+        return True
+    except (OSError, UnicodeDecodeError):
+        return False
