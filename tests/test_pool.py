@@ -538,3 +538,14 @@ async def test_git_processes_per_allocation_and_release(coord: Any, monkeypatch:
     warm = await coord.pool.allocate("warm")
     # for-each-ref, worktree list, status beside the unsaved-commit rev-list, switch
     assert warm.reused and len(ran) == 5, ran
+
+
+async def test_a_locked_free_slot_is_never_handed_out(coord: Any) -> None:
+    first = await coord.pool.allocate("feat/one")
+    await coord.pool.release(worktree_id=first.worktree_id)
+    git(Path(first.path), "worktree", "lock", "--reason", "keeping this one", first.path)
+    second = await coord.pool.allocate("feat/two")
+    assert second.worktree_id != first.worktree_id and not second.reused
+    assert (await coord.pool.release(worktree_id=second.worktree_id)).state == "FREE"
+    slots = {s.id: s.state for s in await coord.store.slots()}
+    assert slots == {first.worktree_id: SlotState.FREE, second.worktree_id: SlotState.FREE}

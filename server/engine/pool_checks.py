@@ -35,8 +35,9 @@ class Plan:
 
     @property
     def listed(self) -> set[Path]:
-        """The live worktrees git lists: the only FREE slots worth claiming."""
-        return {Path(w.path) for w in self.worktrees if not w.prunable}
+        """The live, unlocked worktrees git lists: the only FREE slots worth claiming. A locked one is
+        a person's to keep (`git worktree lock`), and a slot handed out locked could not be released."""
+        return {Path(w.path) for w in self.worktrees if not w.prunable and not w.locked}
 
 
 def since(ts: float | None) -> str:
