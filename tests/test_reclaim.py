@@ -282,18 +282,25 @@ async def test_detached_commits_and_staged_index_survive_a_deleted_directory(
     assert sorted(e.detail["saved"] for e in rescues) == ["detached HEAD commits", "staged index"]
 
 
-async def test_stuck_allocating_without_worktree_is_rolled_back(coord: Any, env: dict[str, str]) -> None:
-    """Killed after phase 1 and before `git worktree add`: an ALLOCATING row with nothing on disk."""
+async def _claimed_by_dead_ghost(coord: Any) -> Any:
+    """A new slot claimed (phase 1) for `feat/ghost` by an agent "ghost" whose process is gone."""
+    from dataclasses import replace
+
     repo_row = await coord.default_repo()
     pid, created = dead_pid()
     agent = coord.identity.as_agent(repo_id=repo_row.id, lease_s=300)
-    from dataclasses import replace
-
     await coord.store.register_agent(replace(agent, id="ghost", pid=pid, pid_create_time=created))
     claimed = await coord.store.claim_new_slot(
         repo_row, owner="ghost", branch="feat/ghost", task=None, lease_s=300, pool_max=8
     )
-    assert claimed is not None and claimed.state == SlotState.ALLOCATING
+    assert claimed is not None
+    return claimed
+
+
+async def test_stuck_allocating_without_worktree_is_rolled_back(coord: Any, env: dict[str, str]) -> None:
+    """Killed after phase 1 and before `git worktree add`: an ALLOCATING row with nothing on disk."""
+    claimed = await _claimed_by_dead_ghost(coord)
+    assert claimed.state == SlotState.ALLOCATING
     (f,) = (await coord.validate(repair=False)).findings
     assert (f.kind, f.worktree_id) == ("stuck_allocating", claimed.id)
     (f,) = (await coord.validate(repair=True)).findings
@@ -307,16 +314,7 @@ async def test_a_server_killed_inside_worktree_add_leaves_no_lock_behind(
 ) -> None:
     """Killed inside `git worktree add`: git's own 'initializing' lock stays on the new worktree. The
     roll-back by validation removes it (a lock of any other reason, or older than the claim, stays)."""
-    from dataclasses import replace
-
-    repo_row = await coord.default_repo()
-    pid, created = dead_pid()
-    agent = coord.identity.as_agent(repo_id=repo_row.id, lease_s=300)
-    await coord.store.register_agent(replace(agent, id="ghost", pid=pid, pid_create_time=created))
-    claimed = await coord.store.claim_new_slot(
-        repo_row, owner="ghost", branch="feat/ghost", task=None, lease_s=300, pool_max=8
-    )
-    assert claimed is not None
+    claimed = await _claimed_by_dead_ghost(coord)
     git(repo, "worktree", "add", "-q", "-b", "feat/ghost", claimed.path)
     marker = Path(git(Path(claimed.path), "rev-parse", "--path-format=absolute", "--git-path", "locked").strip())
     marker.write_text("initializing\n")
