@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cas_cycle import LEASE_S, Pacer, Tally, slot_paths, wait_until_sync
+from server.engine.records import freed
 
 BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 8
@@ -167,25 +168,17 @@ def raw_worker(db: Path, pool_max: int, duration: float, rate: float, start: flo
             tally.op(t)
             assert busy is not None
             t = time.perf_counter()
-            freed = write(
+            released = write(
                 lambda sid=sid, token=token: transition(
                     sid,
                     "BUSY",
                     token,
-                    {
-                        "state": "FREE",
-                        "owner": None,
-                        "branch": None,
-                        "lease_expires_at": None,
-                        "since": None,
-                        "released_at": time.time(),
-                        "task": None,
-                    },
+                    freed(time.time()),  # the same columns as the store's release
                     "release",
                 )
             )
             tally.op(t)
-            assert freed is not None
+            assert released is not None
         except (_RawBusyError, sqlite3.OperationalError):
             tally.busy_to_caller += 1
             continue

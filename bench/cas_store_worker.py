@@ -15,7 +15,7 @@ from bench.cas_cycle import LEASE_S, Pacer, Tally, slot_paths, wait_until
 
 
 async def store_worker(db: Path, pool_max: int, duration: float, rate: float, start: float) -> dict[str, Any]:
-    from server.engine.records import Action, SlotState
+    from server.engine.records import Action, SlotState, freed
     from server.engine.store import EventDraft, Store, StoreBusyError
     from server.engine.store import connection as connection_module
 
@@ -68,23 +68,15 @@ async def store_worker(db: Path, pool_max: int, duration: float, rate: float, st
             tally.op(t)
             assert busy is not None, "lost a CAS on a slot this process owns"
             t = time.perf_counter()
-            freed = await store.transition(
+            released = await store.transition(
                 slot.id,
                 expect_state=SlotState.BUSY,
                 expect_token=token,
-                changes={
-                    "state": SlotState.FREE,
-                    "owner": None,
-                    "branch": None,
-                    "lease_expires_at": None,
-                    "since": None,
-                    "released_at": time.time(),
-                    "task": None,
-                },
+                changes=freed(time.time()),  # what the pool's release writes
                 events=[EventDraft(Action.RELEASE, "ok", owner, repo.id, slot.id, branch, 0.0, token)],
             )
             tally.op(t)
-            assert freed is not None, "lost a CAS on a slot this process owns"
+            assert released is not None, "lost a CAS on a slot this process owns"
         except (StoreBusyError, sqlite3.OperationalError):
             tally.busy_to_caller += 1
             continue

@@ -34,6 +34,7 @@ def boot_id() -> str:
 ProcessState = Literal["alive", "gone", "reused", "unknown"]
 PROC = Path("/proc")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+TICK_TOLERANCE_S = 1.5 / CLOCK_TICKS  # starts since boot are whole ticks: equal, or another process
 
 
 def start_since_boot(pid: int) -> float | None:
@@ -69,14 +70,14 @@ def process_state(pid: int, created: float, since_boot: float | None = None) -> 
         return "gone"
     try:
         proc = psutil.Process(pid)
-        now_since_boot = start_since_boot(pid)
+        now_since_boot = start_since_boot(pid) if since_boot is not None else None
         if since_boot is not None and now_since_boot is not None:
-            if not _same_start(created, since_boot, created, now_since_boot):
+            if abs(now_since_boot - since_boot) > TICK_TOLERANCE_S:
                 return "reused"
-        elif not _same_start(created, None, proc.create_time(), None):
+        elif abs(proc.create_time() - created) > CREATE_TIME_TOLERANCE_S:
             # Where create times are derived from the boot time (Linux), a record without its start
             # cannot tell a reused pid from a stepped clock: not proof of death; the lease decides.
-            return "unknown" if now_since_boot is not None else "reused"
+            return "unknown" if start_since_boot(pid) is not None else "reused"
         if proc.status() == psutil.STATUS_ZOMBIE:
             return "gone"
     except psutil.NoSuchProcess:  # ZombieProcess is a NoSuchProcess too
@@ -254,5 +255,5 @@ def same_agent_process(me: Identity, agent: Agent | None) -> bool:
 
 def _same_start(created_a: float, since_boot_a: float | None, created_b: float, since_boot_b: float | None) -> bool:
     if since_boot_a is not None and since_boot_b is not None:
-        return abs(since_boot_a - since_boot_b) <= 1.5 / CLOCK_TICKS
+        return abs(since_boot_a - since_boot_b) <= TICK_TOLERANCE_S
     return abs(created_a - created_b) <= CREATE_TIME_TOLERANCE_S

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .git import WorktreeInfo
 from .worktree_listing import real_path
+from .worktree_record import gitdir_of
 
 
 class OnDisk(enum.Enum):
@@ -44,10 +45,9 @@ def probe_worktree(path: Path, common_dir: Path | None = None) -> OnDisk:
             return OnDisk.NOTHING
         if not dotgit.is_file():
             return OnDisk.OTHER
-        line = dotgit.read_text(encoding="utf-8").strip()
-        if not line.startswith("gitdir: "):
+        admin = gitdir_of(path)
+        if admin is None:
             return OnDisk.OTHER
-        admin = path / line.removeprefix("gitdir: ")  # an absolute path replaces `path`
         # Resolved whole, as in `worktree_record`: a link in place of the admin directory counts as its target.
         if common_dir is not None and admin.resolve().parent != (common_dir / "worktrees").resolve():
             return OnDisk.OTHER  # an admin directory of another repository
@@ -122,10 +122,8 @@ def index_locked(path: Path) -> bool:
     """Does the linked worktree at `path` have an `index.lock` (a git at work in it, or one that was
     killed)? True also when that cannot be read: the caller then takes the path that lets git decide."""
     try:
-        line = (path / ".git").read_text(encoding="utf-8").strip()
-        if not line.startswith("gitdir: "):
-            return True
-        return os.path.lexists(path / line.removeprefix("gitdir: ") / "index.lock")
+        admin = gitdir_of(path)
+        return admin is None or os.path.lexists(admin / "index.lock")
     except (OSError, UnicodeDecodeError):
         return True
 
@@ -140,10 +138,10 @@ def clear_add_marker(path: Path, since: float) -> bool:
     ours: the marker's exact text, written no earlier than `since` (the claim that ran the add). A lock
     with any other reason, or older, is a person's and stays. True when one was removed."""
     try:
-        line = (path / ".git").read_text(encoding="utf-8").strip()
-        if not line.startswith("gitdir: "):
+        admin = gitdir_of(path)
+        if admin is None:
             return False
-        lock = path / line.removeprefix("gitdir: ") / "locked"
+        lock = admin / "locked"
         if lock.is_symlink() or not lock.is_file():
             return False
         if lock.read_text(encoding="utf-8").strip() != GIT_ADD_MARKER or lock.stat().st_mtime < since - 1:

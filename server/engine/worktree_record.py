@@ -26,6 +26,18 @@ def _read(file: Path) -> str:
     return file.read_text(encoding="utf-8").strip()
 
 
+def gitdir_of(path: Path) -> Path | None:
+    """The admin directory that the linked worktree at `path` points at (`<path>/.git` is a file
+    `gitdir: <admin dir>`; a relative target is relative to `path`, an absolute one replaces it), not
+    resolved; None when `.git` says nothing of the kind. Raises OSError / UnicodeDecodeError when it
+    cannot be read. Blocking."""
+    line = _read(path / ".git")
+    target = line.removeprefix("gitdir: ").strip()
+    if not line.startswith("gitdir: ") or not target:
+        return None
+    return path / target
+
+
 def read_worktree_record(common_dir: Path, path: Path) -> WorktreeRecord | None:
     """The record of the linked worktree at `path` (resolved) of the repository whose `.git` is
     `common_dir`, or None when these files do not settle it. Blocking: run it in a worker thread."""
@@ -33,11 +45,10 @@ def read_worktree_record(common_dir: Path, path: Path) -> WorktreeRecord | None:
     try:
         if dotgit.is_symlink() or not dotgit.is_file():
             return None
-        line = _read(dotgit)
-        target = line.removeprefix("gitdir: ").strip()
-        if not line.startswith("gitdir: ") or not target:
+        pointed = gitdir_of(path)
+        if pointed is None:
             return None
-        admin = (path / target).resolve()  # an absolute target replaces `path`
+        admin = pointed.resolve()
         if admin.parent != (common_dir / "worktrees").resolve():
             return None
         back = _read(admin / "gitdir")  # a bare path; git >= 2.48 may write it relative to the admin dir
