@@ -49,13 +49,18 @@ def _describe_new(ours: dict[str, Any], path: tuple[str, ...], plan: Plan) -> No
             for event, groups in value.items():
                 for command in _commands(groups):
                     plan.change(f"add hook {event}: {command}")
-        elif isinstance(value, dict):
-            _describe_new(value, here, plan)
-        elif isinstance(value, list):
-            for item in value:
-                plan.change(f"add {_dotted(here)} {json.dumps(item)}")
         else:
-            plan.change(f"set {_dotted(here)} = {json.dumps(value)}")
+            _describe_value(value, here, plan)
+
+
+def _describe_value(value: Any, here: tuple[str, ...], plan: Plan) -> None:
+    if isinstance(value, dict):
+        _describe_new(value, here, plan)
+    elif isinstance(value, list):
+        for item in value:
+            plan.change(f"add {_dotted(here)} {json.dumps(item)}")
+    else:
+        plan.change(f"set {_dotted(here)} = {json.dumps(value)}")
 
 
 def _merge_object(
@@ -66,13 +71,7 @@ def _merge_object(
         here = (*path, key)
         if key not in theirs:
             theirs[key] = copy.deepcopy(our_value)
-            if isinstance(our_value, dict):
-                _describe_new(our_value, here, plan)
-            elif isinstance(our_value, list):
-                for item in our_value:
-                    plan.change(f"add {_dotted(here)} {json.dumps(item)}")
-            else:
-                plan.change(f"set {_dotted(here)} = {json.dumps(our_value)}")
+            _describe_value(our_value, here, plan)
             continue
         their_value = theirs[key]
         _expect_same_type(their_value, our_value, here, target)
