@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent_coord.engine.store.records import freed
 from bench.cas_cycle import LEASE_S, Pacer, Tally, slot_paths, wait_until_sync
-from server.engine.records import freed
 
 BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 8

@@ -15,9 +15,9 @@ from bench.cas_cycle import LEASE_S, Pacer, Tally, slot_paths, wait_until
 
 
 async def store_worker(db: Path, pool_max: int, duration: float, rate: float, start: float) -> dict[str, Any]:
-    from server.engine.records import Action, SlotState, freed
-    from server.engine.store import EventDraft, Store, StoreBusyError
-    from server.engine.store import connection as connection_module
+    from agent_coord.engine.store import EventDraft, Store, StoreBusyError
+    from agent_coord.engine.store import connection as connection_module
+    from agent_coord.engine.store.records import Action, SlotState, freed
 
     busy_retried = 0
     original_is_busy = connection_module._is_busy

@@ -25,8 +25,8 @@ def final_validation(db: Path, repo: Path, pool: Path) -> dict[str, Any]:
     """`validate --repair` in process (an observer, not an agent), then a dry run that must find nothing."""
     import anyio
 
-    from server.config import Settings
-    from server.engine.coordinator import Coordinator
+    from agent_coord.config import Settings
+    from agent_coord.engine.coordinator import Coordinator
 
     settings = Settings(db=db, repo=repo, pool_root=pool, manictime_db=None)
 

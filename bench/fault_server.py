@@ -26,8 +26,8 @@ BETWEEN_PHASES = 2
 
 
 def _install(flag_path: str) -> None:
-    from server.engine import pool as pool_module
-    from server.engine.store import connection as connection_module
+    from agent_coord.engine.allocate import pool as pool_module
+    from agent_coord.engine.store import connection as connection_module
 
     fd = os.open(flag_path, os.O_RDWR | os.O_CREAT, 0o600)
     os.ftruncate(fd, 16)
@@ -95,7 +95,7 @@ def main() -> None:
         _install(flag_path)
     import anyio
 
-    from server.app import serve_stdio
+    from agent_coord.server.app import serve_stdio
 
     anyio.run(serve_stdio)
 

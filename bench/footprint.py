@@ -43,7 +43,7 @@ def rss_kb(pid: int) -> int:
 class RawServer:
     """`python -m server` driven with hand-written JSON-RPC lines."""
 
-    def __init__(self, env: dict[str, str], command: tuple[str, ...] = ("-m", "server")) -> None:
+    def __init__(self, env: dict[str, str], command: tuple[str, ...] = ("-m", "agent_coord.server")) -> None:
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, *command],
@@ -149,7 +149,7 @@ def main() -> None:
                     bare.append(bare_import_ms())
                     bare_rss.append(bare_import_rss_kb())
                     continue
-                server = RawServer(make_env(base, rep), ("-m", "server"))
+                server = RawServer(make_env(base, rep), ("-m", "agent_coord.server"))
                 try:
                     startup.append(server.initialize())
                 finally:

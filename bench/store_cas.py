@@ -47,7 +47,7 @@ def worker_main(args: argparse.Namespace) -> None:
 
 def _fresh_db(directory: Path, name: str) -> Path:
     """A database with agent-coord's schema (made by the store itself), used by either implementation."""
-    from server.engine.store import Store
+    from agent_coord.engine.store import Store
 
     db = directory / f"{name}.db"
     for suffix in ("", "-wal", "-shm"):

@@ -74,7 +74,7 @@ def dead_pid() -> int:
 
 async def make_drift(coord: Any, repo: Path, pool: Path, db: Path, rep: int) -> dict[str, int]:
     """Drift of every common kind, on fresh slots each time."""
-    from server.engine.records import SlotState
+    from agent_coord.engine.store.records import SlotState
 
     made: dict[str, int] = {}
     # BUSY slots of an agent that died: allocated first (an allocation would clean a drifted FREE slot),
@@ -119,9 +119,9 @@ async def restore_identity(coord: Any, db: Path) -> None:
 
 
 async def run(base: Path, reps: int) -> dict[str, Any]:
-    from server.config import Settings
-    from server.engine.coordinator import Coordinator
-    from server.engine.records import SlotState
+    from agent_coord.config import Settings
+    from agent_coord.engine.coordinator import Coordinator
+    from agent_coord.engine.store.records import SlotState
 
     repo = small_repo(base)
     pool = base / "pool"

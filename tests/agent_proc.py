@@ -79,7 +79,7 @@ async def _session(steps: list[dict[str, Any]]) -> None:
     from mcp import Client
     from mcp.client.stdio import StdioServerParameters
 
-    params = StdioServerParameters(command=sys.executable, args=["-m", "server"], env=dict(os.environ))
+    params = StdioServerParameters(command=sys.executable, args=["-m", "agent_coord.server"], env=dict(os.environ))
     saved: dict[str, dict[str, Any]] = {}
     async with Client(params, mode="legacy") as client:
         for step in steps:
@@ -226,7 +226,7 @@ async def reap(procs: list[psutil.Process], grace_s: float = 3.0) -> None:
 def start_server(env: dict[str, str], **extra: str) -> subprocess.Popen[bytes]:
     """`python -m server` with a pipe for stdin: closing it is the EOF an agent's exit gives."""
     return subprocess.Popen(
-        [sys.executable, "-m", "server"],
+        [sys.executable, "-m", "agent_coord.server"],
         env=proc_env(env, **extra),
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from server.config import Settings
+from agent_coord.config import Settings
 
 # Commits made by tests need an identity, whatever the machine's git config says.
 os.environ.update(
@@ -84,7 +84,7 @@ def make_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Calla
 
 @pytest.fixture
 async def coord(settings: Settings) -> AsyncIterator[Any]:
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     async with Coordinator.open(settings, register=True, agent_id="agent-test") as c:
         yield c
@@ -96,7 +96,7 @@ def server_params(env: dict[str, str], **extra: str) -> Any:
     full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
     full.update(env)
     full.update(extra)
-    return StdioServerParameters(command=sys.executable, args=["-m", "server"], env=full)
+    return StdioServerParameters(command=sys.executable, args=["-m", "agent_coord.server"], env=full)
 
 
 async def run_agents(

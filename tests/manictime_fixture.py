@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from server.engine.contention.manictime import AgentWindowKey, Presence
+from agent_coord.engine.contention.manictime import AgentWindowKey, Presence
 
 DAY = datetime(2025, 10, 26, tzinfo=UTC)
 DST_CHANGE_UTC = DAY + timedelta(hours=1)

@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.engine.activity import (
+from agent_coord.engine.observe.activity import (
     MIRROR_HEADER,
     ActivityFormatError,
     ActivityMirror,
     format_activity_line,
     parse_activity_line,
 )
-from server.engine.records import Event
+from agent_coord.engine.store.records import Event
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TS = datetime(2026, 11, 28, 6, 10, 3, tzinfo=UTC).timestamp()
@@ -208,7 +208,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 sys.path.insert(0, sys.argv[4])
 from test_activity_format import _batch
-from server.engine.activity import ActivityMirror
+from agent_coord.engine.observe.activity import ActivityMirror
 mirror = ActivityMirror(Path(sys.argv[1]))
 for b in range(100):
     mirror.append(_batch(sys.argv[2], b))

@@ -12,9 +12,9 @@ from typing import Any
 import psutil
 import pytest
 
-from server.engine.liveness import Identity, judge
-from server.engine.store import Store
-from server.engine.store.schema import MIGRATIONS
+from agent_coord.engine.liveness.judge import Identity, judge
+from agent_coord.engine.store import Store
+from agent_coord.engine.store.schema import MIGRATIONS
 
 pytestmark = pytest.mark.anyio
 
@@ -109,7 +109,7 @@ async def test_a_start_counts_only_while_the_row_names_its_process(tmp_path: Pat
 async def test_a_generated_id_survives_a_clock_step_between_two_servers(make_settings: Any) -> None:
     """The generated id hashes the agent's wall-clock create time, which a clock step moves; a server
     restarted after one finds its agent's earlier id by the start counted from boot and keeps it."""
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     settings = make_settings()
     async with Coordinator.open(settings, register=True) as first:

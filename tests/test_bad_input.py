@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 
-from server.app import build_server
-from server.engine.errors import ErrorCode
+from agent_coord.engine.errors import ErrorCode
+from agent_coord.server.app import build_server
 
 pytestmark = pytest.mark.anyio
 

@@ -11,18 +11,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.engine import branch_names
-from server.engine.errors import CoordError, ErrorCode
-from server.engine.git import GitDriver
+from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.git import branch_names
+from agent_coord.engine.git.driver import GitDriver
 
 # Refused on purpose though git takes it: `@` is HEAD in every revision git reads.
 REFUSED_ON_PURPOSE = {"@"}
 
 
-def git_accepts(name: str) -> bool:
+@pytest.fixture(scope="module")
+def oracle_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh repository with no branch history for git's verdicts: in the caller's checkout, a name
+    such as `@{-1}` would resolve to whatever branch was checked out before."""
+    repo = tmp_path_factory.mktemp("oracle")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    return repo
+
+
+def git_accepts(name: str, cwd: Path) -> bool:
     if name in REFUSED_ON_PURPOSE:
         return False
-    result = subprocess.run(["git", "check-ref-format", "--branch", name], capture_output=True, check=False)
+    result = subprocess.run(["git", "check-ref-format", "--branch", name], capture_output=True, check=False, cwd=cwd)
     return result.returncode == 0
 
 
@@ -45,12 +54,12 @@ def plain_names() -> list[str]:
     return sorted(set(short + combined))
 
 
-def test_plain_names_get_git_verdict_without_git(tmp_path: Path) -> None:
+def test_plain_names_get_git_verdict_without_git(tmp_path: Path, oracle_repo: Path) -> None:
     # A driver whose git does not exist: any name that needed git would fail loudly, not be judged.
     driver = GitDriver(git=str(tmp_path / "no-such-git"))
     names = plain_names()
     assert all(branch_names.is_plain(n) for n in names)
-    disagreements = [n for n in names if we_accept(driver, n) != git_accepts(n)]
+    disagreements = [n for n in names if we_accept(driver, n) != git_accepts(n, oracle_repo)]
     assert disagreements == []
     # Both verdicts are well represented, so the comparison means something.
     accepted = sum(we_accept(driver, n) for n in names)
@@ -87,8 +96,8 @@ OTHER_NAMES = [
 
 
 @pytest.mark.parametrize("name", OTHER_NAMES)
-def test_other_names_get_git_verdict(name: str) -> None:
-    assert we_accept(GitDriver(), name) == git_accepts(name)
+def test_other_names_get_git_verdict(name: str, oracle_repo: Path) -> None:
+    assert we_accept(GitDriver(), name) == git_accepts(name, oracle_repo)
 
 
 def test_a_trailing_space_like_character_stays_part_of_the_name() -> None:
@@ -113,5 +122,5 @@ def test_git_verdicts_on_other_names_are_remembered(tmp_path: Path) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.text(alphabet="ab-_./@{}~^:?*[]\\ lockü\u00a0", min_size=1, max_size=12))
-def test_random_names_agree_with_git(name: str) -> None:
-    assert we_accept(GitDriver(), name) == git_accepts(name)
+def test_random_names_agree_with_git(oracle_repo: Path, name: str) -> None:
+    assert we_accept(GitDriver(), name) == git_accepts(name, oracle_repo)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from server.claude_install import default_source, referenced_tool_names
-from server.engine.errors import ErrorCode
+from agent_coord.claude.install import default_source, referenced_tool_names
+from agent_coord.engine.errors import ErrorCode
 
 CONFIG = default_source()
 

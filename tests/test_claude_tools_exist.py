@@ -10,10 +10,10 @@ import pytest
 from mcp import Client
 from typer.testing import CliRunner
 
-from server.app import build_server
-from server.claude_install import SERVER_KEY, TOOL_PREFIX, default_source, referenced_tool_names
-from server.cli import app
-from server.config import Settings
+from agent_coord.claude.install import SERVER_KEY, TOOL_PREFIX, default_source, referenced_tool_names
+from agent_coord.cli import app
+from agent_coord.config import Settings
+from agent_coord.server.app import build_server
 
 CONFIG = default_source()
 

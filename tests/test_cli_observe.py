@@ -17,13 +17,13 @@ import pytest
 from anyio.abc import ByteReceiveStream
 from typer.testing import CliRunner
 
-from server.cli.common import app
-from server.config import Settings
-from server.engine.activity import parse_activity_line
-from server.engine.coordinator import Coordinator
+from agent_coord.cli.common import app
+from agent_coord.config import Settings
+from agent_coord.engine.coordinator import Coordinator
+from agent_coord.engine.observe.activity import parse_activity_line
 
 T = TypeVar("T")
-CLI = [sys.executable, "-c", "from server.cli import main; main()"]
+CLI = [sys.executable, "-c", "from agent_coord.cli import main; main()"]
 
 
 def with_coord(fn: Callable[[Coordinator], Awaitable[T]], agent_id: str = "agent-test") -> T:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from server.engine.coordinator import Coordinator
+from agent_coord.engine.coordinator import Coordinator
 
 from .conftest import run_agents
 from .manictime_fixture import APPS, USAGE, FixtureActivity, build_manictime_db

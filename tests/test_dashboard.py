@@ -18,24 +18,11 @@ import pexpect
 import pytest
 from rich.console import Console
 
-from server.config import Settings
-from server.dashboard import (
-    SLOT_COLUMNS,
-    Snapshot,
-    fit_columns,
-    plan_rows,
-    render_screen,
-)
-from server.engine.metrics import compute_metrics
-from server.engine.models import (
-    AgentView,
-    Contention,
-    ContentionSource,
-    PoolSummary,
-    StatusResult,
-    WorktreeView,
-)
-from server.engine.records import Event
+from agent_coord.config import Settings
+from agent_coord.dashboard import SLOT_COLUMNS, Snapshot, fit_columns, plan_rows, render_screen
+from agent_coord.engine.models import AgentView, Contention, ContentionSource, PoolSummary, StatusResult, WorktreeView
+from agent_coord.engine.observe.metrics import compute_metrics
+from agent_coord.engine.store.records import Event
 
 NOW = 1_800_000_000.0
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
@@ -194,7 +181,7 @@ def read_until(child: pexpect.spawn, raw: list[str], done: Callable[[list[str]],
 def test_dashboard_in_a_pty_shows_another_process_allocation_and_quits_on_q(
     env: dict[str, str], settings: Settings
 ) -> None:
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     child = pexpect.spawn(
         agent_coord(), ["dashboard"], env=child_env(env), dimensions=(24, 80), encoding="utf-8", timeout=10
@@ -233,7 +220,7 @@ def test_dashboard_in_a_pty_shows_another_process_allocation_and_quits_on_q(
 
 
 def test_dashboard_without_a_terminal_prints_one_snapshot(env: dict[str, str], settings: Settings) -> None:
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     async def allocate() -> None:
         async with Coordinator.open(settings, register=True, agent_id="agent-pipe") as coord:

@@ -12,7 +12,7 @@ from typing import Any
 
 import psutil
 
-from server.demo import CRASHER, FAST, build_plans
+from agent_coord.demo import CRASHER, FAST, build_plans
 
 from .test_dashboard import agent_coord
 

@@ -113,7 +113,7 @@ async def test_slow_release_is_not_reclaimed_under_a_live_agent(make_settings: A
 
     import anyio
 
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     settings = make_settings(stale_after_s=2.0)
     async with (

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.engine.errors import ErrorCode
+from agent_coord.engine.errors import ErrorCode
 
 from .conftest import git, make_repo
 
@@ -105,7 +105,7 @@ class Harness:
     def check_hook(self, hook: str, payload: bytes) -> None:
         from typer.testing import CliRunner
 
-        from server.cli import app
+        from agent_coord.cli import app
 
         before = self.snapshot()
         cwd = os.getcwd()
@@ -161,8 +161,8 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     from anyio.from_thread import start_blocking_portal
     from mcp import Client
 
-    from server.app import build_server
-    from server.config import Settings
+    from agent_coord.config import Settings
+    from agent_coord.server.app import build_server
 
     root = tmp_path_factory.mktemp("fuzz")
     repo = make_repo(root)

@@ -17,9 +17,7 @@ from typing import Any
 import anyio
 import pytest
 
-from server.config import Settings
-from server.engine.errors import CoordError, ErrorCode
-from server.engine.hooks import (
+from agent_coord.claude.hooks import (
     SessionEndInput,
     WorktreeCreateInput,
     branch_for,
@@ -27,8 +25,10 @@ from server.engine.hooks import (
     parse_input,
     sanitize_name,
 )
-from server.engine.records import Agent, Slot, SlotState
-from server.engine.store import Store
+from agent_coord.config import Settings
+from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.store import Store
+from agent_coord.engine.store.records import Agent, Slot, SlotState
 
 from .conftest import git
 
@@ -289,7 +289,7 @@ def test_remove_of_a_dirty_slot_keeps_the_work(env: dict[str, str], repo: Path, 
 def test_remove_leaves_other_agents_and_foreign_worktrees_alone(
     env: dict[str, str], repo: Path, settings: Settings, tmp_path: Path
 ) -> None:
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     async def allocate_as_other() -> str:
         async with Coordinator.open(settings, register=True, agent_id="agent-other") as coord:
@@ -313,7 +313,7 @@ def test_remove_leaves_other_agents_and_foreign_worktrees_alone(
 def test_session_start_tells_the_worktree_and_session_end_releases(
     env: dict[str, str], repo: Path, settings: Settings
 ) -> None:
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     async def allocate_as_another_session() -> str:
         # Another Claude Code process: registered from here, its process is not the one the hooks

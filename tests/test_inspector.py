@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_INSPECTOR = ROOT / ".ci" / "inspector" / "node_modules" / ".bin" / "mcp-inspector"
-MCP_JSON = ROOT / "claude_config" / ".mcp.json"
+MCP_JSON = ROOT / "agent_coord" / "claude_config" / ".mcp.json"
 TOOLS = {"allocate_worktree", "release_worktree", "heartbeat", "status", "validate"}
 
 
@@ -68,7 +68,7 @@ def test_inspector_lists_tools_and_calls_status(
 ) -> None:
     # The server's settings go through the inspector's own `-e KEY=VALUE` flags.
     flags = [arg for key, value in env.items() if value for arg in ("-e", f"{key}={value}")]
-    server = [*flags, sys.executable, "-m", "server"]
+    server = [*flags, sys.executable, "-m", "agent_coord.server"]
 
     listed = _inspect(inspector, [*server, "--method", "tools/list"], _base_env(), tmp_path)
     assert {tool["name"] for tool in listed["tools"]} == TOOLS

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from server.claude_install import InstallError, default_source, install_claude
+from agent_coord.claude.install import InstallError, default_source, install_claude
 
 CONFIG = default_source()
 OUR_COMMANDS = {

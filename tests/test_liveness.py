@@ -19,8 +19,8 @@ import psutil
 import pytest
 from mcp import Client
 
-from server.engine.liveness import Identity, judge, process_state, server_gone, start_since_boot
-from server.engine.records import Agent, SlotState
+from agent_coord.engine.liveness.judge import Identity, judge, process_state, server_gone, start_since_boot
+from agent_coord.engine.store.records import Agent, SlotState
 
 from .agent_proc import events, query, set_agent, start_server, stop_servers, wait_for
 from .conftest import server_params
@@ -274,7 +274,7 @@ def _db_ready(env: dict[str, str]) -> bool:
 
 async def test_lease_renewal_follows_active_and_idle(make_settings: Any) -> None:
     """The server renews by itself at the active interval, and at the idle one once the agent says so."""
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     settings = make_settings(heartbeat_active_s=0.05, heartbeat_idle_s=0.5, stale_after_s=5)
     async with Coordinator.open(settings, register=True, agent_id="agent-beat") as c:
@@ -306,7 +306,7 @@ async def test_lease_renewal_follows_active_and_idle(make_settings: Any) -> None
 def test_agent_process_is_the_servers_parent_not_a_wrapper(tmp_path: Path) -> None:
     """A server started through `sh -c` (as hooks are) is attributed to the shell's parent."""
     code = (
-        "import json, os; from server.engine.liveness import Identity;"
+        "import json, os; from agent_coord.engine.liveness.judge import Identity;"
         "i = Identity.detect(None, ('sh', 'bash'));"
         "print(json.dumps([i.pid, i.server_pid, os.getpid()]))"
     )

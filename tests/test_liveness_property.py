@@ -35,11 +35,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.config import Settings
-from server.engine.coordinator import Coordinator
-from server.engine.errors import CoordError
-from server.engine.liveness import Identity, boot_id
-from server.engine.store import Store
+from agent_coord.config import Settings
+from agent_coord.engine.coordinator import Coordinator
+from agent_coord.engine.errors import CoordError
+from agent_coord.engine.liveness.judge import Identity, boot_id
+from agent_coord.engine.store import Store
 
 from .conftest import make_repo
 

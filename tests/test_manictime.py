@@ -15,12 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.engine.contention.manictime import (
-    AgentWindowKey,
-    ManicTimeReader,
-    ManicTimeView,
-    WindowMatchRules,
-)
+from agent_coord.engine.contention.manictime import AgentWindowKey, ManicTimeReader, ManicTimeView, WindowMatchRules
 from tests.manictime_fixture import (
     AGENT1,
     AGENT2,

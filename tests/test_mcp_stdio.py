@@ -123,7 +123,7 @@ async def test_subscriber_on_a_sees_allocation_through_b(env: dict[str, str]) ->
 
 
 async def test_activity_mirror_has_each_event_once_across_servers(env: dict[str, str], tmp_path: Path) -> None:
-    from server.engine.activity import ActivityMirror
+    from agent_coord.engine.observe.activity import ActivityMirror
 
     mirror = tmp_path / "worktrees.activity.md"
 

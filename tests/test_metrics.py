@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.engine.metrics import (
+from agent_coord.engine.observe.metrics import (
     ROW_HEADER,
     MetricsReport,
     compute_metrics,
     history_start,
     percentile_nearest_rank,
 )
-from server.engine.records import Action, Event
+from agent_coord.engine.store.records import Action, Event
 
 NOW = 1_800_000_000.0
 H = 3600.0

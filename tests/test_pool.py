@@ -11,9 +11,9 @@ from typing import Any
 import psutil
 import pytest
 
-from server.engine.errors import CoordError, ErrorCode
-from server.engine.records import SlotState
-from server.engine.worktree_probe import clear_add_marker
+from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.git.worktree_probe import clear_add_marker
+from agent_coord.engine.store.records import SlotState
 
 from .conftest import git
 
@@ -121,7 +121,7 @@ async def test_branch_checked_out_in_main_worktree_conflicts(coord: Any) -> None
 
 
 async def test_branch_held_by_other_agent_conflicts(coord: Any, settings: Any) -> None:
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     held = await coord.pool.allocate("shared")
     async with Coordinator.open(settings, register=True, agent_id="agent-other") as other:
@@ -133,7 +133,7 @@ async def test_branch_held_by_other_agent_conflicts(coord: Any, settings: Any) -
 
 
 async def test_pool_exhausted(make_settings: Any) -> None:
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     async with Coordinator.open(make_settings(pool_max=2), register=True, agent_id="agent-x") as c:
         await c.pool.allocate("a")
@@ -244,7 +244,7 @@ async def test_release_by_branch_path_and_default(coord: Any) -> None:
 
 
 async def test_release_of_another_agents_worktree_needs_force(coord: Any, settings: Any) -> None:
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     a = await coord.pool.allocate("theirs")
     # Both coordinators live in this test process; make the owner another (live) process, as it would be.
@@ -293,7 +293,7 @@ async def test_fencing_tokens_strictly_increase(coord: Any) -> None:
 
 
 async def test_worktreeinclude_and_post_create_once(make_settings: Any, repo: Path, tmp_path: Path) -> None:
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     (repo / ".env").write_text("SECRET=1\n")
     (repo / ".worktreeinclude").write_text(".env\n")
@@ -311,7 +311,7 @@ async def test_worktreeinclude_and_post_create_once(make_settings: Any, repo: Pa
 
 
 async def test_failing_post_create_fails_cleanly(make_settings: Any) -> None:
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     s = make_settings(post_create=("sh -c 'echo boom >&2; exit 3'",))
     async with Coordinator.open(s, register=True, agent_id="agent-setup") as c:
@@ -326,7 +326,7 @@ async def test_failing_post_create_fails_cleanly(make_settings: Any) -> None:
 async def test_cancelled_allocation_leaves_nothing_half_done(make_settings: Any) -> None:
     import anyio
 
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     s = make_settings(post_create=("sleep 5",))
     async with Coordinator.open(s, register=True, agent_id="agent-cancel") as c:
@@ -346,7 +346,7 @@ async def test_a_cancel_inside_worktree_add_leaves_no_lock_behind(make_settings:
     next agent would get a slot it can never release."""
     import anyio
 
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     # As git leaves it: the marker in the worktree's admin dir, then the process dies (here: is cancelled).
     leave_marker = (
@@ -373,7 +373,7 @@ async def test_a_cancel_inside_worktree_add_leaves_no_lock_behind(make_settings:
 
 
 async def test_setup_time_does_not_count_against_the_allocation_timeout(make_settings: Any) -> None:
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     s = make_settings(post_create=("sleep 1.5",), allocation_timeout_s=1.0)
     async with Coordinator.open(s, register=True, agent_id="agent-slow-setup") as c:
@@ -382,8 +382,8 @@ async def test_setup_time_does_not_count_against_the_allocation_timeout(make_set
 
 
 async def test_new_slots_skip_paths_taken_by_adopted_worktrees(coord: Any, repo: Path, tmp_path: Path) -> None:
-    from server.engine.records import SlotState
-    from server.engine.store import EventDraft
+    from agent_coord.engine.store import EventDraft
+    from agent_coord.engine.store.records import SlotState
 
     pool = tmp_path / "pool"
     pool.mkdir(exist_ok=True)
@@ -406,7 +406,7 @@ async def test_new_slots_skip_paths_taken_by_adopted_worktrees(coord: Any, repo:
 async def test_same_agent_process_releases_without_force(coord: Any, settings: Any) -> None:
     """A hook of the same Claude Code process allocates as `claude-<session>`; the session's server may
     release it: an agent is its process, whatever id it registered under."""
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     async with Coordinator.open(settings, register=True, agent_id="claude-0123456789ab") as hook:
         a = await hook.pool.allocate("from-hook")
@@ -490,7 +490,7 @@ def is_ancestor(repo: Path, commit: str, ref: str) -> bool:
 
 
 async def test_an_unborn_repository_is_refused_before_any_claim(make_settings: Any, tmp_path: Path) -> None:
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -13,13 +13,13 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from server.cli.common import app
-from server.config import Settings
-from server.engine.coordinator import Coordinator
-from server.engine.models import StatusResult
-from server.engine.pool_markdown import parse_pool_markdown
-from server.engine.records import Action, SlotState
-from server.engine.store import EventDraft
+from agent_coord.cli.common import app
+from agent_coord.config import Settings
+from agent_coord.engine.coordinator import Coordinator
+from agent_coord.engine.models import StatusResult
+from agent_coord.engine.store import EventDraft
+from agent_coord.engine.store.records import Action, SlotState
+from agent_coord.pool_file.markdown import parse_pool_markdown
 
 from .conftest import git
 
@@ -177,7 +177,7 @@ def test_export_then_import_round_trips(
     before = status()
     stdout = invoke("export-pool")
     assert stdout.stdout == exported.read_text()  # the same Markdown, to a file or to stdout
-    from resources.views import pool_markdown
+    from agent_coord.server.resources.views import pool_markdown
 
     assert exported.read_text() == pool_markdown(before)  # exactly what coord://pool.md serves
     assert len(parse_pool_markdown(exported.read_text())) == 3
@@ -247,8 +247,8 @@ def test_paths_the_store_knows_are_skipped_and_differences_reported(legacy: Path
 
 @pytest.mark.anyio
 async def test_a_conflict_at_write_time_undoes_the_detach(legacy: Path, coord: Any, tmp_path: Path) -> None:
-    from server.engine.pool_import import PoolImporter, PoolImportError
-    from server.engine.store import AdoptionConflictError
+    from agent_coord.engine.store import AdoptionConflictError
+    from agent_coord.pool_file.importer import PoolImporter, PoolImportError
 
     pool = tmp_path / "pool"
 

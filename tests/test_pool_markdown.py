@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.engine.pool_markdown import (
+from agent_coord.engine.store.records import SlotState
+from agent_coord.pool_file.markdown import (
     STATUS_ALIASES,
     ParsedPoolRow,
     PoolFileError,
@@ -16,7 +17,6 @@ from server.engine.pool_markdown import (
     parse_pool_markdown,
     render_pool_markdown,
 )
-from server.engine.records import SlotState
 
 SINCE = datetime(2026, 11, 28, 6, 10, 3, tzinfo=UTC).timestamp()
 

@@ -11,8 +11,8 @@ from typing import Any
 import psutil
 import pytest
 
-from server.engine.contention import processes
-from server.engine.contention.processes import DEFAULT_AGENT_PATTERNS, ProcessScan, ProcessScanner
+from agent_coord.engine.contention import processes
+from agent_coord.engine.contention.processes import DEFAULT_AGENT_PATTERNS, ProcessScan, ProcessScanner
 
 pytestmark = pytest.mark.anyio
 

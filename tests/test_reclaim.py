@@ -20,7 +20,7 @@ import psutil
 import pytest
 from mcp import Client
 
-from server.engine.records import SlotState
+from agent_coord.engine.store.records import SlotState
 
 from .agent_proc import agent_process, call_step, events, query, reap, set_agent, wait_for, write_step
 from .conftest import git, server_params
@@ -330,7 +330,7 @@ async def test_allocating_row_of_an_earlier_server_of_a_live_agent_is_rolled_bac
 ) -> None:
     """The agent lives and restarted its server (same id): the old server's half-allocation can never
     finish, and the resumed agent must be able to take that branch again."""
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     repo_row = await coord.default_repo()
     claimed = await coord.store.claim_new_slot(
@@ -346,7 +346,7 @@ async def test_allocating_row_of_an_earlier_server_of_a_live_agent_is_rolled_bac
 
 async def test_live_allocation_in_flight_is_not_drift(coord: Any, make_settings: Any) -> None:
     """Validation running beside an allocation that sits in its git phase sees nothing to repair."""
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     async with Coordinator.open(make_settings(post_create=("sleep 1",)), register=True, agent_id="agent-slow") as slow:
         async with anyio.create_task_group() as tg:

@@ -10,10 +10,10 @@ from typing import Any
 import anyio
 import pytest
 
-from server.engine.errors import CoordError, ErrorCode
-from server.engine.git import GitDriver
-from server.engine.records import SlotState
-from server.engine.worktree_record import WorktreeRecord, read_worktree_record
+from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.git.driver import GitDriver
+from agent_coord.engine.git.worktree_record import WorktreeRecord, read_worktree_record
+from agent_coord.engine.store.records import SlotState
 
 from .conftest import git, make_repo
 

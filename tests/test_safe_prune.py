@@ -15,9 +15,9 @@ from typing import Any
 import anyio
 import pytest
 
-from server.engine.git import GitDriver
-from server.engine.records import Repo
-from server.engine.safe_prune import PruneResult, SafePruner
+from agent_coord.engine.git.driver import GitDriver
+from agent_coord.engine.reclaim.safe_prune import PruneResult, SafePruner
+from agent_coord.engine.store.records import Repo
 
 from .conftest import git
 
@@ -199,8 +199,8 @@ async def test_an_entry_that_cannot_be_saved_does_not_stop_the_others(coord: Any
 async def test_an_admin_dir_made_again_under_the_same_name_is_not_deleted(repo: Path, tmp_path: Path) -> None:
     """Between a save and the deletion, someone pruned the entry and `git worktree add` made a new one
     under the same name and path: it is not what was saved, so it stays."""
-    from server.engine.safe_prune import _delete_saved
-    from server.engine.worktree_probe import judge_admin_dir
+    from agent_coord.engine.git.worktree_probe import judge_admin_dir
+    from agent_coord.engine.reclaim.safe_prune import _delete_saved
 
     path = tmp_path / "again"
     git(repo, "worktree", "add", "-q", "--detach", str(path))
@@ -219,8 +219,8 @@ async def test_an_admin_dir_made_again_under_the_same_name_is_not_deleted(repo: 
 
 
 async def test_a_symlink_in_place_of_an_admin_dir_is_left_alone(coord: Any, repo: Path, tmp_path: Path) -> None:
-    from server.engine.worktree_listing import real_path
-    from server.engine.worktree_probe import scan_admin_dirs
+    from agent_coord.engine.git.worktree_listing import real_path
+    from agent_coord.engine.git.worktree_probe import scan_admin_dirs
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

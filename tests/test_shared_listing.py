@@ -17,11 +17,11 @@ from typing import Any
 import psutil
 import pytest
 
-from server.engine.git import GitDriver, WorktreeInfo
-from server.engine.reclaim import Reclaimer
-from server.engine.records import Slot, SlotState
-from server.engine.validate import Validator
-from server.engine.worktree_listing import WorktreeListing
+from agent_coord.engine.git.driver import GitDriver, WorktreeInfo
+from agent_coord.engine.git.worktree_listing import WorktreeListing
+from agent_coord.engine.reclaim.reclaimer import Reclaimer
+from agent_coord.engine.store.records import Slot, SlotState
+from agent_coord.engine.validate.validator import Validator
 
 from .agent_proc import set_agent
 from .conftest import git, make_repo
@@ -224,7 +224,7 @@ async def test_a_standalone_reclaim_lists_for_itself(coord: Any, env: dict[str, 
 
 def test_the_disk_probe_agrees_with_git(repo: Path, tmp_path: Path) -> None:
     """What `probe_worktree` and `scan_admin_dirs` read from the disk is what git lists."""
-    from server.engine.worktree_probe import OnDisk, probe_worktree, scan_admin_dirs
+    from agent_coord.engine.git.worktree_probe import OnDisk, probe_worktree, scan_admin_dirs
 
     linked, locked, gone = tmp_path / "linked", tmp_path / "locked", tmp_path / "gone"
     for wt in (linked, locked, gone):
@@ -253,7 +253,7 @@ def test_the_disk_probe_agrees_with_git(repo: Path, tmp_path: Path) -> None:
 
 def test_a_lock_is_what_git_calls_one(repo: Path, tmp_path: Path) -> None:
     """Git tests `locked` with lstat: a dangling link or a directory in its place is a lock too."""
-    from server.engine.worktree_probe import OnDisk, probe_worktree, scan_admin_dirs
+    from agent_coord.engine.git.worktree_probe import OnDisk, probe_worktree, scan_admin_dirs
 
     dangling, directory = tmp_path / "dangling", tmp_path / "directory"
     for wt in (dangling, directory):
@@ -273,7 +273,7 @@ def test_a_lock_is_what_git_calls_one(repo: Path, tmp_path: Path) -> None:
 
 def test_a_worktree_of_another_repository_is_not_ours(repo: Path, tmp_path: Path) -> None:
     """A slot's path re-created as a linked worktree of another repository after the listing."""
-    from server.engine.worktree_probe import OnDisk, probe_worktree
+    from agent_coord.engine.git.worktree_probe import OnDisk, probe_worktree
 
     slot = tmp_path / "slot"
     git(repo, "worktree", "add", "-q", "--detach", str(slot))

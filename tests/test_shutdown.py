@@ -13,7 +13,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from server.engine.records import SlotState
+from agent_coord.engine.store.records import SlotState
 
 from .agent_proc import events, query, start_server, stop_servers, wait_for
 from .conftest import git, server_params
@@ -115,7 +115,7 @@ async def test_resumed_agent_picks_its_allocation_up_again(env: dict[str, str], 
 
 
 async def test_disconnected_agent_keeps_its_slot_until_the_lease_lapses(make_settings: Any) -> None:
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     settings = make_settings(stale_after_s=0.5)
     async with Coordinator.open(settings, register=True, agent_id="agent-leaving") as leaving:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from server.engine.store import Store, StoreClosedError
-from server.engine.store.connection import Connection
+from agent_coord.engine.store import Store, StoreClosedError
+from agent_coord.engine.store.connection import Connection
 
 pytestmark = pytest.mark.anyio
 

@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from server.config import Settings
-from server.engine.coordinator import Coordinator
-from server.engine.errors import CoordError
+from agent_coord.config import Settings
+from agent_coord.engine.coordinator import Coordinator
+from agent_coord.engine.errors import CoordError
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +111,8 @@ def test_nothing_is_recorded_without_configuration() -> None:
     code = (
         "import json\n"
         "from opentelemetry import trace\n"
-        "from server.engine import pool, git, validate, reclaim\n"
+        "from agent_coord.engine.allocate import pool\n"
+        "from agent_coord.engine.git import driver as git\n"
         "span = pool.tracer.start_span('allocate')\n"
         "print(json.dumps([type(trace.get_tracer_provider()).__name__, span.is_recording(),"
         " git.tracer.start_span('git').is_recording()]))\n"

@@ -16,8 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
-from server.engine.liveness import start_since_boot
-from server.engine.records import SlotState
+from agent_coord.engine.liveness.judge import start_since_boot
+from agent_coord.engine.store.records import SlotState
 
 from .conftest import git
 
@@ -105,7 +105,7 @@ async def _give(coord: Any, env: dict[str, str], branch: str, owner: str, state:
 
 
 async def test_every_drift_kind_found_dry_fixed_once(make_settings: Any, env: dict[str, str], repo: Path) -> None:
-    from server.engine.coordinator import Coordinator
+    from agent_coord.engine.coordinator import Coordinator
 
     pool = Path(env["AGENT_COORD_POOL_ROOT"])
     elsewhere = Path(env["AGENT_COORD_DB"]).parent.parent / "elsewhere"

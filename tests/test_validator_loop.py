@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.engine.records import SlotState
-from server.engine.validator_loop import VALIDATOR_LEASE, LeaseHolder, ValidatorLoop, check_every
+from agent_coord.engine.store.records import SlotState
+from agent_coord.engine.validate.loop import VALIDATOR_LEASE, LeaseHolder, ValidatorLoop, check_every
 
 from .agent_proc import set_agent
 from .conftest import git
@@ -151,7 +151,7 @@ async def test_a_takeover_between_two_of_our_checks_starts_a_pass(coord: Any) ->
 
 
 async def test_the_loop_outlives_a_failing_check(coord: Any, settings: Any) -> None:
-    from server.engine.store import Store
+    from agent_coord.engine.store import Store
 
     closed = await Store.open(settings.db)
     await closed.close()  # every check of this loop now fails

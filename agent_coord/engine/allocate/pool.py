@@ -1,0 +1,285 @@
+"""Allocation: two-phase, compare-and-swap, git outside every transaction.
+
+The control flow lives here: checks (pool_checks.py), the claim with its retries, git between the
+phases (pool_git.py), first-time setup, and the grant (pool_grant.py). Release is release.py.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+from opentelemetry import trace
+
+from agent_coord.config import Settings
+from agent_coord.engine.allocate.checks import MAX_TEXT, Checks, Plan, conflict_from_slot
+from agent_coord.engine.allocate.grant import existing, grant
+from agent_coord.engine.allocate.slot_git import Claim, add_cold_slot, roll_back, switch_warm_slot
+from agent_coord.engine.allocate.slot_setup import SetupError, copy_included_files, run_post_create
+from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.git.driver import GitDriver, GitError
+from agent_coord.engine.liveness.judge import Identity
+from agent_coord.engine.models import AllocationResult, Contention
+from agent_coord.engine.release.releaser import Releaser
+from agent_coord.engine.repos import RepoResolver, confine
+from agent_coord.engine.store import BranchHeldError, EventDraft, Store, StoreBusyError
+from agent_coord.engine.store.records import Action, Repo
+
+__all__ = ["MAX_TEXT", "ContentionMonitor", "Pool"]
+
+tracer = trace.get_tracer("agent-coord.pool")
+
+BACKOFF_BASE_S = 0.05
+
+
+class ContentionMonitor(Protocol):
+    async def snapshot(self, repo: Repo) -> Contention: ...
+
+
+async def _none() -> None:  # bench/proto_fastpath.py
+    return None
+
+
+class Pool:
+    def __init__(
+        self,
+        store: Store,
+        git: GitDriver,
+        settings: Settings,
+        identity: Identity,
+        repos: RepoResolver,
+        contention: ContentionMonitor,
+    ) -> None:
+        self.store = store
+        self.git = git
+        self.settings = settings
+        self.identity = identity
+        self.repos = repos
+        self.contention = contention
+        self._tokens: dict[str, int] = {}  # the fencing tokens this server was granted
+        self.checks = Checks(store, git, identity, repos)
+        self.releaser = Releaser(store, git, identity, repos, self._tokens, lease_s=settings.stale_after_s)
+        self.release = self.releaser.release
+        self.find_slot = self.releaser.find_slot
+
+    @property
+    def me(self) -> str:
+        return self.identity.agent_id
+
+    async def allocate(
+        self, branch: str, base: str | None = None, repo: str | None = None, task: str | None = None
+    ) -> AllocationResult:
+        started = time.monotonic()
+        with tracer.start_as_current_span("allocate") as span:
+            span.set_attribute("agent.id", self.me)
+            try:
+                result = await self._allocate(branch, base, repo, task, started)
+            except CoordError as exc:
+                span.set_attribute("error.code", exc.code.value)
+                span.set_status(trace.StatusCode.ERROR, exc.message)
+                raise
+            span.set_attribute("worktree.id", result.worktree_id)
+            span.set_attribute("allocation.strategy", result.strategy)
+            span.set_attribute("allocation.attempts", result.attempts)
+            span.set_attribute("allocation.reused", result.reused)
+            return result
+
+    async def _allocate(
+        self, branch: str, base: str | None, repo_arg: str | None, task: str | None, started: float
+    ) -> AllocationResult:
+        plan = await self.checks.plan(branch, base, repo_arg, task, started)
+        repo, branch = plan.repo, plan.branch
+        if plan.held is not None:
+            held = existing(self.me, repo, plan.held, await self.contention.snapshot(repo), started)
+            self._tokens[held.worktree_id] = held.fencing_token
+            return held
+
+        span = trace.get_current_span()
+        snapshot = await self.contention.snapshot(repo)
+        pessimistic = snapshot.level >= self.settings.contention_threshold
+        strategy = "pessimistic" if pessimistic else "optimistic"
+        span.set_attribute("contention.level", snapshot.level)
+        span.set_attribute("allocation.strategy", strategy)
+        attempts = 0
+        jitter_ms = 0.0
+        claim: Claim | None = None
+        try:
+            with anyio.fail_after(self.settings.allocation_timeout_s):
+                if pessimistic and not (snapshot.caller_focused and self.settings.focus_skips_jitter):
+                    jitter_ms = random.uniform(0, self.settings.jitter_max_ms)
+                    await anyio.sleep(jitter_ms / 1000)
+                warmest = (not pessimistic) or snapshot.caller_focused
+                for attempt in range(self.settings.retries + 1):
+                    attempts = attempt + 1
+                    # Shielded: once the row is claimed we must know it, to roll it back on any exit.
+                    with anyio.CancelScope(shield=True):
+                        claim = await self._claim(repo, branch, task, warmest, plan.listed, started)
+                    if claim is not None:
+                        break
+                    await self.store.log(
+                        EventDraft(
+                            Action.CAS_LOST,
+                            "lost",
+                            self.me,
+                            repo.id,
+                            None,
+                            branch,
+                            detail={"attempt": attempts, "strategy": strategy},
+                        )
+                    )
+                    if pessimistic:
+                        await anyio.sleep(BACKOFF_BASE_S * (2**attempt) * random.uniform(0.5, 1.5))
+                if claim is None:
+                    await self.checks.refuse(
+                        repo,
+                        branch,
+                        started,
+                        CoordError(
+                            ErrorCode.ALLOCATION_TIMEOUT,
+                            f"the coordination database stayed locked through {attempts} attempts; retry shortly",
+                        ),
+                        attempts=attempts,
+                        contention=snapshot,
+                    )
+                assert claim is not None
+                await self._git_phase(repo, claim, plan)
+            if not claim.slot.setup_done:
+                # Outside the allocation timeout: a dependency install may take minutes (setup_timeout_s).
+                await self._setup(repo, claim)
+        except TimeoutError:
+            if claim is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._roll_back(repo, claim, "allocation timed out")
+            await self.checks.refuse(
+                repo,
+                branch,
+                started,
+                CoordError(
+                    ErrorCode.ALLOCATION_TIMEOUT,
+                    f"gave up after {self.settings.allocation_timeout_s:g}s; nothing was changed; retry",
+                ),
+                attempts=attempts,
+                contention=snapshot,
+            )
+        except (GitError, SetupError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, GitError) else str(exc)
+            assert claim is not None
+            span.set_status(trace.StatusCode.ERROR, reason)
+            with anyio.CancelScope(shield=True):
+                await self._roll_back(repo, claim, reason)
+            await self.checks.refuse(
+                repo,
+                branch,
+                started,
+                CoordError(ErrorCode.GIT_FAILED, f"could not prepare {claim.slot.id}: {reason}"),
+                attempts=attempts,
+                contention=snapshot,
+            )
+        except BaseException:
+            # Cancelled by the client, or refused after the claim: leave nothing half-done.
+            if claim is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._roll_back(repo, claim, "allocation abandoned")
+            raise
+        assert claim is not None
+        result = await grant(
+            self.store,
+            self.me,
+            repo,
+            claim,
+            branch,
+            strategy=strategy,
+            attempts=attempts,
+            jitter_ms=jitter_ms,
+            snapshot=snapshot,
+            started=started,
+            lease_s=self.settings.stale_after_s,
+        )
+        self._tokens[result.worktree_id] = result.fencing_token
+        return result
+
+    async def _claim(
+        self,
+        repo: Repo,
+        branch: str,
+        task: str | None,
+        warmest: bool,
+        listed: set[Path],
+        started: float,
+    ) -> Claim | None:
+        """Phase 1: one compare-and-swap. None when the database stayed locked (contention): retry.
+
+        Only FREE slots that git lists as live worktrees (`listed`) are candidates: a slot whose
+        directory was deleted is validation's to repair, not an allocation's to fail on."""
+        with tracer.start_as_current_span("cas.claim"):
+            lease = self.settings.stale_after_s
+            try:
+                # The FREE slot is chosen inside the claiming transaction, so this cannot lose to another
+                # process while one exists. Warmest first for the focused or uncontended caller; under
+                # contention the others take the coldest, leaving the warm one for the user's focus.
+                slot = await self.store.claim_any_free_slot(
+                    repo.id,
+                    paths=sorted(str(p) for p in listed),
+                    warmest=warmest,
+                    owner=self.me,
+                    branch=branch,
+                    task=task,
+                    lease_s=lease,
+                )
+                if slot is not None:
+                    return Claim(slot, warm=True)
+                slot = await self.store.claim_new_slot(
+                    repo,
+                    owner=self.me,
+                    branch=branch,
+                    task=task,
+                    lease_s=lease,
+                    pool_max=self.settings.pool_max,
+                )
+            except BranchHeldError as exc:
+                await self.checks.refuse(repo, branch, started, conflict_from_slot(exc.holder))
+            except StoreBusyError:
+                return None  # the write lock stayed taken through the store's own retries: back off
+            if slot is None:
+                await self.checks.refuse(
+                    repo,
+                    branch,
+                    started,
+                    CoordError(
+                        ErrorCode.POOL_EXHAUSTED,
+                        f"all {self.settings.pool_max} slots of {repo.path} are in use; wait for a release "
+                        "or ask for AGENT_COORD_POOL_MAX to be raised",
+                    ),
+                )
+            return Claim(slot, warm=False)
+
+    async def _git_phase(self, repo: Repo, claim: Claim, plan: Plan) -> None:
+        """Between the phases: git runs with no transaction open. The caller rolls back on failure."""
+        # Resolving follows symlinks on disk: not on the event loop.
+        path = await anyio.to_thread.run_sync(confine, Path(repo.pool_root), Path(claim.slot.path))
+        with tracer.start_as_current_span("git.phase") as span:
+            span.set_attribute("worktree.warm", claim.warm)
+            if claim.warm:
+                await switch_warm_slot(
+                    self.git,
+                    self.store,
+                    self.me,
+                    claim.slot,
+                    path,
+                    plan.branch,
+                    plan.start,
+                )
+            else:
+                await add_cold_slot(self.git, Path(repo.path), path, plan.branch, plan.start)
+
+    async def _setup(self, repo: Repo, claim: Claim) -> None:
+        path = Path(claim.slot.path)
+        with tracer.start_as_current_span("slot.setup"):
+            await copy_included_files(self.git, Path(repo.path), path)
+            await run_post_create(self.settings.post_create, path, self.settings.setup_timeout_s)
+
+    async def _roll_back(self, repo: Repo, claim: Claim, reason: str) -> None:
+        await roll_back(self.git, self.store, self.me, repo, claim.slot, reason)

@@ -1,0 +1,136 @@
+"""Between the two phases of an allocation: git puts the branch in the claimed slot, with no transaction
+open; and when anything fails after the claim, the slot goes back to FREE without losing a byte."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from agent_coord.engine.git.driver import GitDriver, GitError, WorktreeInfo
+from agent_coord.engine.git.worktree_probe import clear_add_marker, index_locked
+from agent_coord.engine.reclaim.rescue import save_work
+from agent_coord.engine.store import EventDraft, Store
+from agent_coord.engine.store.records import Action, Repo, Slot, SlotState, freed
+
+
+@dataclass
+class Claim:
+    slot: Slot
+    warm: bool
+
+
+def make_room(path: Path) -> None:
+    """A new slot's directory must not exist; an empty leftover is removed, anything else refused."""
+    if path.is_symlink():
+        raise GitError(["worktree", "add"], 1, f"fatal: {path} is a symlink; run validate --repair")
+    if path.exists():
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        else:
+            raise GitError(["worktree", "add"], 1, f"fatal: {path} already exists; run validate --repair")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+async def switch_warm_slot(
+    git: GitDriver,
+    store: Store,
+    agent_id: str,
+    slot: Slot,
+    path: Path,
+    branch: str,
+    start: str | None,
+) -> None:
+    """A FREE slot is clean by invariant; if something wrote into it, that is saved to a rescue ref and
+    cleaned before the switch, so it never follows the slot into the next agent's branch.
+
+    The unsaved-commit count runs beside the status, right before the switch, every time: judging
+    "HEAD is at a branch tip, so nothing is unsaved" from refs read before the claim would trust a
+    picture up to the allocation timeout old, and a branch deleted or moved meanwhile would leave the
+    slot's commits only in a reflog that the next `worktree remove` deletes."""
+    state = await git.status(path, expect_detached=True)
+    if state.dirty:
+        await save_work(git, store, agent_id, slot, path, "stray changes in a free slot")
+        await git.discard_changes(path)
+    if (
+        start is not None
+        and start == state.head
+        and state.branch is None
+        and not await anyio.to_thread.run_sync(index_locked, path)
+    ):
+        # The slot already sits, detached, at the start commit (released where the next branch starts)
+        # and is clean, as just checked: only the branch is new. Not on a branch (its upstream settings
+        # could be inherited), and not with an `index.lock` left in it, which `switch -c <b>` alone
+        # would not notice (the full switch fails on it, and the allocation is rolled back).
+        await git.branch_at_head(path, branch)
+    else:
+        await git.switch(path, branch, create_from=start)
+
+
+async def add_cold_slot(git: GitDriver, repo: Path, path: Path, branch: str, start: str | None) -> None:
+    await anyio.to_thread.run_sync(make_room, path)
+    await git.worktree_add(repo, path, branch=branch, create_from=start)
+
+
+async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slot: Slot, reason: str) -> None:
+    """ALLOCATING → FREE (or gone, for a slot whose worktree was never made); QUARANTINED when what
+    the failed allocation left behind cannot be saved."""
+    token = slot.fencing_token
+    path = Path(slot.path)
+    registered = any(Path(w.path) == path for w in await _safe_worktrees(git, Path(repo.path)))
+    draft = EventDraft(
+        Action.RECLAIM, "rolled_back", agent_id, repo.id, slot.id, slot.branch, detail={"reason": reason}
+    )
+    if not registered:
+        await store.transition(
+            slot.id, expect_state=SlotState.ALLOCATING, expect_token=token, delete=True, events=[draft]
+        )
+        return
+    if slot.since is not None and await anyio.to_thread.run_sync(clear_add_marker, path, slot.since):
+        # Our `git worktree add` was killed (a cancelled request kills its git): its own lock would
+        # otherwise stay on a FREE slot that the next agent then cannot release.
+        draft.detail["cleared"] = "git worktree add's 'initializing' lock"
+    try:
+        status = await git.status(path)
+        if status.dirty:
+            # What setup or a half-done switch left behind: saved, never silently dropped.
+            await save_work(git, store, agent_id, slot, path, f"allocation rolled back: {reason}")
+            await git.discard_changes(path)
+        if status.branch is not None:
+            await git.detach(path)
+    except GitError as exc:
+        await store.transition(
+            slot.id,
+            expect_state=SlotState.ALLOCATING,
+            expect_token=token,
+            changes={"state": SlotState.QUARANTINED, "owner": None, "lease_expires_at": None},
+            events=[
+                draft,
+                EventDraft(
+                    Action.RECLAIM,
+                    "quarantined",
+                    agent_id,
+                    repo.id,
+                    slot.id,
+                    slot.branch,
+                    detail={"error": exc.reason},
+                ),
+            ],
+        )
+        return
+    await store.transition(
+        slot.id,
+        expect_state=SlotState.ALLOCATING,
+        expect_token=token,
+        changes=freed(time.time()),
+        events=[draft],
+    )
+
+
+async def _safe_worktrees(git: GitDriver, repo: Path) -> list[WorktreeInfo]:
+    try:
+        return await git.worktrees(repo)
+    except GitError:
+        return []

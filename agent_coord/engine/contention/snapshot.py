@@ -1,0 +1,88 @@
+"""How contended is the machine right now, and where is the user's attention?
+
+Three sources, each optional but the first: the store (live agents on the repository), the process
+table (agent processes on this host, cached ≤ 2 s), and ManicTime (which window has focus, is the
+user active). The level compared with the threshold is max(live agents, agent processes): processes
+of agents not registered with us still compete for the same disk and CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from agent_coord.config import Settings
+from agent_coord.engine.contention.manictime import ManicTimeReader
+from agent_coord.engine.contention.processes import ProcessScanner
+from agent_coord.engine.contention.window_match import DEFAULT_AGENT_EXECUTABLES, AgentWindowKey, WindowMatchRules
+from agent_coord.engine.liveness.judge import Identity, judge
+from agent_coord.engine.models import Contention, ContentionSource
+from agent_coord.engine.store import Store
+from agent_coord.engine.store.records import HELD_STATES, Repo
+
+
+class ContentionMonitor:
+    def __init__(self, store: Store, settings: Settings, identity: Identity) -> None:
+        self.store = store
+        self.settings = settings
+        self.identity = identity
+        self.processes = ProcessScanner(settings.agent_process_patterns)
+        rules = WindowMatchRules(
+            match_worktree_path="worktree_path" in settings.focus_match,
+            match_branch="branch" in settings.focus_match,
+            match_agent_id="agent_id" in settings.focus_match,
+            known_agent_executables=(
+                frozenset(p.casefold() for p in settings.focus_programs)
+                if settings.focus_programs
+                else DEFAULT_AGENT_EXECUTABLES
+            ),
+        )
+        self.manictime = ManicTimeReader(settings.manictime_db, lag_tolerance_s=settings.manictime_lag_s, rules=rules)
+
+    async def snapshot(self, repo: Repo | None) -> Contention:
+        started = time.monotonic()
+        agents = await self.store.agents()
+        slots = await self.store.slots(repo.id if repo else None)
+        holders = {s.owner for s in slots if s.state in HELD_STATES and s.owner}
+        live: list[str] = []
+        for agent in agents:
+            on_repo = repo is None or agent.repo_id == repo.id or agent.id in holders
+            if on_repo and agent.status not in {"dead", "stale"}:
+                verdict = judge(agent, host=self.identity.host, boot=self.identity.boot_id)
+                if verdict.alive and agent.status != "disconnected":
+                    live.append(agent.id)
+        sources = [ContentionSource(name="store", used=True, age_s=round(time.monotonic() - started, 4))]
+
+        scan = await self.processes.scan_async()
+        procs: int | None = scan.count if scan.error is None else None
+        sources.append(
+            ContentionSource(name="processes", used=scan.error is None, age_s=round(scan.age_s, 3), reason=scan.error)
+        )
+
+        keys = []
+        for s in slots:
+            if s.owner and s.state in HELD_STATES:
+                keys.append(AgentWindowKey(agent_id=s.owner, worktree_path=s.path, branch=s.branch))
+        if not any(k.agent_id == self.identity.agent_id for k in keys):
+            keys.append(AgentWindowKey(agent_id=self.identity.agent_id, worktree_path=None, branch=None))
+        view = await self.manictime.read_async(datetime.now(UTC), keys)
+        focused_window = None
+        if view.available and view.focused_app is not None:
+            focused_window = view.focused_app.window_title
+        sources.append(
+            ContentionSource(
+                name="manictime", used=view.available, age_s=round(view.read_ms / 1000, 4), reason=view.reason
+            )
+        )
+        level = max(len(live), procs or 0)
+        return Contention(
+            level=level,
+            threshold=self.settings.contention_threshold,
+            live_agents=len(live),
+            agent_processes=procs,
+            focused_agent=view.focused_agent_id,
+            caller_focused=view.focused_agent_id == self.identity.agent_id,
+            user_presence=view.presence,
+            focused_window=focused_window,
+            sources=sources,
+        )

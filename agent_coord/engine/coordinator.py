@@ -1,0 +1,283 @@
+"""The coordinator: one per process. Composes the store, git, pool, liveness and validation, and runs
+the background work of a server (lease renewal, validation when it holds the validator lease)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Literal
+
+import anyio
+from opentelemetry import trace
+
+from agent_coord.config import Settings
+from agent_coord.engine.allocate.pool import Pool
+from agent_coord.engine.contention.snapshot import ContentionMonitor
+from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.git.driver import GitDriver
+from agent_coord.engine.liveness.judge import Identity, judge, same_agent_process
+from agent_coord.engine.models import (
+    AgentView,
+    Contention,
+    HeartbeatResult,
+    PoolSummary,
+    StatusResult,
+    ValidateResult,
+    WorktreeView,
+)
+from agent_coord.engine.observe.metrics import MetricsReport, compute_metrics
+from agent_coord.engine.reclaim.reclaimer import Reclaimer
+from agent_coord.engine.repos import RepoResolver
+from agent_coord.engine.store import EventDraft, Store
+from agent_coord.engine.store.records import HELD_STATES, Action, Repo, SlotState
+from agent_coord.engine.validate.loop import ValidatorLoop, check_every
+from agent_coord.engine.validate.validator import Validator
+
+tracer = trace.get_tracer("agent-coord.coordinator")
+logger = logging.getLogger("agent-coord")
+DEAD_AGENT_VISIBLE_S = 86400.0
+
+
+class Coordinator:
+    def __init__(self, settings: Settings, store: Store, identity: Identity) -> None:
+        self.settings = settings
+        self.store = store
+        self.identity = identity
+        self.git = GitDriver()
+        self.repos = RepoResolver(store, self.git, settings)
+        self.contention = ContentionMonitor(store, settings, identity)
+        self.pool = Pool(store, self.git, settings, identity, self.repos, self.contention)
+        self.reclaimer = Reclaimer(store, self.git, self.repos, identity, lease_s=settings.stale_after_s)
+        # An allocation in flight longer than any allocation may take (setup included) is stuck.
+        self.validator = Validator(
+            store,
+            self.git,
+            self.repos,
+            self.reclaimer,
+            identity,
+            allocating_grace_s=settings.allocation_timeout_s + settings.setup_timeout_s + 60,
+        )
+        self.validator_loop = ValidatorLoop(
+            store,
+            self.validator,
+            identity,
+            every_s=settings.validate_every_s,
+            check_s=check_every(settings.validate_every_s, settings.heartbeat_active_s),
+        )
+        self.agent_status: Literal["active", "idle"] = "active"
+        self.registered = False
+        self._wake = anyio.Event()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, settings: Settings, *, register: bool, agent_id: str | None = None
+    ) -> AsyncIterator[Coordinator]:
+        store = await Store.open(settings.db.expanduser())
+        coord: Coordinator | None = None
+        try:
+            identity = await _known_identity(
+                store, Identity.detect(agent_id or settings.agent_id, settings.wrapper_processes)
+            )
+            coord = cls(settings, store, identity)
+        finally:
+            if coord is None:
+                with anyio.CancelScope(shield=True):
+                    await store.close()
+        try:
+            if register:
+                await coord.register()
+            yield coord
+        finally:
+            with anyio.CancelScope(shield=True):
+                if coord.registered:
+                    await coord.disconnect()
+                await coord.validator_loop.release()
+                await store.close()
+
+    @property
+    def agent_id(self) -> str:
+        return self.identity.agent_id
+
+    async def default_repo(self) -> Repo | None:
+        try:
+            return await self.repos.resolve(None)
+        except CoordError:
+            return None
+
+    async def register(self) -> None:
+        repo = await self.default_repo()
+        await self.store.register_agent(
+            self.identity.as_agent(repo_id=repo.id if repo else None, lease_s=self.settings.stale_after_s)
+        )
+        self.registered = True
+
+    async def disconnect(self) -> None:
+        await self.store.set_agent_status(
+            self.agent_id,
+            "disconnected",
+            server_pid=self.identity.server_pid,
+            event=EventDraft(Action.DISCONNECT, "ok", self.agent_id),
+        )
+        self.registered = False
+
+    # ---- heartbeat ----------------------------------------------------------------------------
+
+    def heartbeat_interval(self) -> float:
+        s = self.settings
+        return s.heartbeat_idle_s if self.agent_status == "idle" else s.heartbeat_active_s
+
+    async def heartbeat(self, status: Literal["active", "idle"] = "active", note: str | None = None) -> HeartbeatResult:
+        if note is not None and len(note) > 4096:
+            raise CoordError(ErrorCode.INVALID_ARGUMENT, "note must be at most 4096 characters")
+        changed = status != self.agent_status
+        self.agent_status = status
+        agent, _ = await self.store.heartbeat(
+            self.agent_id,
+            status=status,
+            note=note,
+            lease_s=self.settings.stale_after_s,
+            server_pid=self.identity.server_pid,
+        )
+        if agent is None:
+            # Another server took this id over, or validation marked us gone: register again.
+            await self.register()
+            agent, _ = await self.store.heartbeat(
+                self.agent_id,
+                status=status,
+                note=note,
+                lease_s=self.settings.stale_after_s,
+                server_pid=self.identity.server_pid,
+            )
+        if changed:
+            self._wake.set()
+        held = [s.id for s in await self.store.slots() if s.owner == self.agent_id and s.state in HELD_STATES]
+        return HeartbeatResult(
+            agent_id=self.agent_id,
+            status=status,
+            lease_expires_at=agent.lease_expires_at if agent else time.time(),
+            next_heartbeat_s=self.heartbeat_interval(),
+            allocations=held,
+        )
+
+    async def run_heartbeats(self) -> None:
+        """Renew our lease for as long as this server runs; the interval follows active/idle."""
+        while True:
+            with anyio.move_on_after(self.heartbeat_interval()):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            try:
+                await self.store.heartbeat(
+                    self.agent_id,
+                    status=self.agent_status,
+                    note=None,
+                    lease_s=self.settings.stale_after_s,
+                    server_pid=self.identity.server_pid,
+                )
+            except Exception:  # a missed renewal is retried next tick; the lease has slack
+                logger.warning("lease renewal failed; retrying next tick", exc_info=True)
+                continue
+
+    # ---- validation ---------------------------------------------------------------------------
+
+    async def validate(self, *, repair: bool, repo: str | None = None) -> ValidateResult:
+        return await self.validator.validate(repair=repair, repo_arg=repo)
+
+    async def run_validator(self) -> None:
+        """Validate with repair at start-up, every interval, and as soon as an owner dies, whenever
+        this server holds the validator lease (see `validator_loop`)."""
+        await self.validator_loop.run()
+
+    # ---- status -------------------------------------------------------------------------------
+
+    async def status(self, repo_arg: str | None = None, *, with_contention: bool = True) -> StatusResult:
+        repo = await self.repos.resolve(repo_arg) if repo_arg is not None else await self.default_repo()
+        slots = await self.store.slots(repo.id if repo else None)
+        repos = {r.id: r.path for r in await self.store.repos()}
+        now = time.time()
+        holders = {s.owner for s in slots if s.owner}
+        agents: list[AgentView] = []
+        contention: Contention | None = await self.contention.snapshot(repo) if with_contention else None
+        for a in await self.store.agents():
+            if repo is not None and a.repo_id != repo.id and a.id not in holders:
+                continue
+            verdict = judge(a, host=self.identity.host, boot=self.identity.boot_id, now=now)
+            if not verdict.alive and a.id not in holders and now - a.last_heartbeat > DEAD_AGENT_VISIBLE_S:
+                continue
+            agents.append(
+                AgentView(
+                    agent_id=a.id,
+                    status=a.status,
+                    alive=verdict.alive,
+                    stale=verdict.stale,
+                    reason=verdict.reason,
+                    host=a.host,
+                    pid=a.pid,
+                    last_heartbeat=a.last_heartbeat,
+                    lease_expires_at=a.lease_expires_at,
+                    note=a.note,
+                    focused=contention is not None and contention.focused_agent == a.id,
+                )
+            )
+        busy = sum(1 for s in slots if s.state in HELD_STATES)
+        free = sum(1 for s in slots if s.state == SlotState.FREE)
+        quarantined = sum(1 for s in slots if s.state == SlotState.QUARANTINED)
+        size = len(slots)
+        worktrees = [
+            WorktreeView(
+                worktree_id=s.id,
+                path=s.path,
+                branch=s.branch,
+                state=s.state.value,
+                agent_id=s.owner,
+                fencing_token=s.fencing_token,
+                lease_expires_at=s.lease_expires_at,
+                since=s.since,
+                repo=repos.get(s.repo_id, "?"),
+                rescue_ref=s.rescue_ref,
+                task=s.task,
+            )
+            for s in slots
+        ]
+        return StatusResult(
+            repo=repo.path if repo else None,
+            pool=PoolSummary(
+                size=size,
+                free=free,
+                busy=busy,
+                quarantined=quarantined,
+                max=self.settings.pool_max,
+                utilization=round(busy / size, 4) if size else 0.0,
+            ),
+            worktrees=worktrees,
+            agents=agents,
+            contention=contention,
+            metrics=(await self.metrics()).model_dump(mode="json"),
+        )
+
+    async def metrics(self) -> MetricsReport:
+        now = time.time()
+        window = self.settings.metrics_window_s
+        events = await self.store.events(since_ts=now - window - 86400)
+        slot_count = max(1, len(await self.store.slots()))
+        return compute_metrics(events, now=now, window_s=window, slot_count=slot_count)
+
+
+async def _known_identity(store: Store, me: Identity) -> Identity:
+    """A generated id is a hash of the agent process's wall-clock create time, which a step of the
+    clock changes; a server restarted after one would come up under a new id and leave the agent's
+    worktrees under the old one to go stale. So when this agent process (recognised by its start
+    counted from boot) is already registered under a generated id, that id is kept."""
+    if not me.id_generated or me.pid_start_s is None:
+        return me
+    known = [
+        a
+        for a in await store.agents()
+        if a.id.startswith("agent-") and a.pid_start_s is not None and same_agent_process(me, a)
+    ]
+    if not known:
+        return me
+    return replace(me, agent_id=max(known, key=lambda a: a.started_at).id)

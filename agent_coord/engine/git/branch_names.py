@@ -1,0 +1,74 @@
+"""Branch names: refused in Python when git's rules are plain, left to `git check-ref-format` otherwise.
+
+A warm allocation used to spend a git process on `check-ref-format --branch` for every name. For
+names made only of ASCII letters, digits and `-_./` (what agents and hooks use) git's rules come
+down to a few string tests, written out below from git's `check_refname_format` (refs.c) as applied
+to `refs/heads/<name>` by `strbuf_check_branch_ref`; tests/test_branch_names.py holds them to git's
+verdict over every short name of that alphabet. Any other character (`@`, non-ASCII, punctuation)
+still goes to git, whose verdict is remembered per name.
+"""
+
+from __future__ import annotations
+
+import string
+
+from agent_coord.engine.errors import CoordError, ErrorCode
+
+MAX_REF_LENGTH = 255
+MAX_REF_COMPONENT_BYTES = 250  # NAME_MAX 255 minus ".lock"
+PLAIN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_./")
+
+
+def refuse(name: str, why: str) -> CoordError:
+    return CoordError(ErrorCode.INVALID_BRANCH, f"{name!r} is not a valid branch name: {why}")
+
+
+def check_always(name: str) -> None:
+    """What no branch name may be, whatever its characters; raises INVALID_BRANCH.
+
+    All of it is git's rule too, except the component length, which is the file system's: each
+    component becomes a file (and a ".lock" beside it) under refs/heads."""
+    if not name or len(name) > MAX_REF_LENGTH:
+        raise CoordError(ErrorCode.INVALID_BRANCH, f"branch name must be 1..{MAX_REF_LENGTH} characters")
+    if name.startswith("-"):
+        raise CoordError(
+            ErrorCode.INVALID_BRANCH, f"branch name {name!r} starts with '-', which git would read as an option"
+        )
+    if "\x00" in name:
+        raise CoordError(ErrorCode.INVALID_BRANCH, "branch name contains a NUL byte")
+    try:
+        encoded = [part.encode() for part in name.split("/")]
+    except UnicodeEncodeError as exc:
+        # A lone surrogate from JSON: it has no UTF-8 spelling, so git would see other bytes than we store.
+        raise refuse(name, "it is not valid Unicode text") from exc
+    if "@{" in name or name in {"HEAD", "@"} or any(ord(c) < 32 or c == "\x7f" for c in name):
+        raise refuse(name, "git reserves '@{', 'HEAD', '@' and control characters")
+    if any(len(part) > MAX_REF_COMPONENT_BYTES for part in encoded):
+        raise CoordError(
+            ErrorCode.INVALID_BRANCH,
+            f"a component of the branch name is longer than {MAX_REF_COMPONENT_BYTES} bytes (file name limit)",
+        )
+
+
+def is_plain(name: str) -> bool:
+    return all(c in PLAIN_CHARACTERS for c in name)
+
+
+def plain_problem(name: str) -> str | None:
+    """Why git refuses the plain name `name` as a branch, or None when it accepts it.
+
+    Of git's rules only these can apply to the plain alphabet: no `..`; no component empty, starting
+    with `.` or ending with `.lock`; no trailing `.`; and, for `--branch`, no leading `-` and not `HEAD`
+    (both refused by check_always)."""
+    if ".." in name:
+        return "it contains '..'"
+    if name.endswith("."):
+        return "it ends with '.'"
+    for part in name.split("/"):
+        if not part:
+            return "it has an empty component (a leading, trailing or doubled '/')"
+        if part.startswith("."):
+            return f"its component {part!r} starts with '.'"
+        if part.endswith(".lock"):
+            return f"its component {part!r} ends with '.lock'"
+    return None

@@ -1,0 +1,1 @@
+"""Which agents are alive: process identity and the judgement over it."""

@@ -1,0 +1,259 @@
+"""Who is this agent, and is that one alive? Deterministic where it can be, lease-based where not.
+
+An agent is its process: host, boot id, pid *and* create time (a reused pid has another create time).
+The agent process is the server's nearest ancestor that is not a wrapper (a shell that runs a hook,
+`uv run`, `npx`), so a hook run through `sh -c` is attributed to Claude Code, not to the shell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import psutil
+
+from agent_coord.engine.store.records import Agent
+
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+# Create times come from /proc with jiffy resolution; allow for rounding between readers.
+CREATE_TIME_TOLERANCE_S = 0.05
+
+
+def boot_id() -> str:
+    try:
+        return BOOT_ID_FILE.read_text().strip()
+    except OSError:
+        return f"boot-{int(psutil.boot_time())}"
+
+
+ProcessState = Literal["alive", "gone", "reused", "unknown"]
+PROC = Path("/proc")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+TICK_TOLERANCE_S = 1.5 / CLOCK_TICKS  # starts since boot are whole ticks: equal, or another process
+
+
+def start_since_boot(pid: int) -> float | None:
+    """Seconds from boot to the start of `pid` (Linux: `starttime` in /proc/<pid>/stat), or None.
+
+    A wall-clock create time is boot time + this, and the kernel's boot time (`btime`, whole seconds)
+    moves whenever the clock is stepped (NTP, a VM's clock correction): after a step every process
+    would look like another one under the same pid. This value never changes for a process.
+    """
+    try:
+        raw = (PROC / str(pid) / "stat").read_bytes()
+    except OSError:
+        return None
+    try:
+        # Fields after the command name (which may hold spaces and parentheses); starttime is field 22.
+        return int(raw.rsplit(b")", 1)[1].split()[19]) / CLOCK_TICKS
+    except (IndexError, ValueError):
+        return None
+
+
+def process_state(pid: int, created: float, since_boot: float | None = None) -> ProcessState:
+    """Is the process `pid` that was created at `created` (`since_boot` seconds after boot, where
+    known) still running, on this host?
+
+    "reused": the pid runs another program now (another start time). "gone" includes a zombie: it
+    has exited and only waits to be reaped, and an unreaped agent must not hold worktrees forever.
+    "unknown": the process exists but may not be inspected (another user, hidepid); the lease decides.
+    The start counted from boot decides where both sides have it. Without it (a record of an older
+    version) the wall-clock create time decides only where it does not move with the clock (not on
+    Linux, where it is the boot time + the start, and the boot time moves with every clock step).
+    """
+    if pid <= 0:
+        return "gone"
+    try:
+        proc = psutil.Process(pid)
+        now_since_boot = start_since_boot(pid) if since_boot is not None else None
+        if since_boot is not None and now_since_boot is not None:
+            if abs(now_since_boot - since_boot) > TICK_TOLERANCE_S:
+                return "reused"
+        elif abs(proc.create_time() - created) > CREATE_TIME_TOLERANCE_S:
+            # Where create times are derived from the boot time (Linux), a record without its start
+            # cannot tell a reused pid from a stepped clock: not proof of death; the lease decides.
+            return "unknown" if start_since_boot(pid) is not None else "reused"
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return "gone"
+    except psutil.NoSuchProcess:  # ZombieProcess is a NoSuchProcess too
+        return "gone"
+    except psutil.AccessDenied:
+        return "unknown"
+    return "alive"
+
+
+def _process_name(proc: psutil.Process) -> str:
+    try:
+        name = str(proc.name())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""
+    return name.lower().removesuffix(".exe")
+
+
+def agent_process(wrappers: tuple[str, ...], start_pid: int | None = None) -> psutil.Process:
+    """The nearest ancestor of this process that is not a wrapper; the parent when all are."""
+    me = psutil.Process(start_pid or os.getpid())
+    parent = me.parent()
+    if parent is None:
+        return me
+    candidate = parent
+    wrapper_names = {w.lower() for w in wrappers}
+    while _process_name(candidate) in wrapper_names:
+        up = candidate.parent()
+        if up is None or up.pid <= 1:
+            break
+        candidate = up
+    return candidate
+
+
+@dataclass(frozen=True)
+class Identity:
+    agent_id: str
+    host: str
+    boot_id: str
+    pid: int
+    pid_create_time: float
+    server_pid: int
+    server_create_time: float
+    pid_start_s: float | None = None  # seconds from boot (see start_since_boot)
+    server_start_s: float | None = None
+    id_generated: bool = False  # the id is our hash, not AGENT_COORD_AGENT_ID or a caller's
+
+    @classmethod
+    def detect(cls, agent_id: str | None, wrappers: tuple[str, ...]) -> Identity:
+        host = socket.gethostname()
+        boot = boot_id()
+        agent = agent_process(wrappers)
+        agent_created = agent.create_time()
+        agent_since_boot = start_since_boot(agent.pid)
+        me = psutil.Process()
+        generated = not agent_id
+        if not agent_id:
+            # Stable for the agent process: a restarted server under the same agent gets the same id.
+            # (The same formula as ever, so an upgrade keeps the id; after a clock step the coordinator
+            # finds the agent's earlier id by its start counted from boot: Coordinator.open.)
+            digest = hashlib.sha256(f"{host}|{boot}|{agent.pid}|{agent_created}".encode()).hexdigest()
+            agent_id = f"agent-{digest[:8]}"
+        return cls(
+            agent_id=agent_id,
+            host=host,
+            boot_id=boot,
+            pid=agent.pid,
+            pid_create_time=agent_created,
+            server_pid=me.pid,
+            server_create_time=me.create_time(),
+            pid_start_s=agent_since_boot,
+            server_start_s=start_since_boot(me.pid),
+            id_generated=generated,
+        )
+
+    def as_agent(self, *, repo_id: int | None, lease_s: float, status: str = "active") -> Agent:
+        now = time.time()
+        return Agent(
+            id=self.agent_id,
+            host=self.host,
+            boot_id=self.boot_id,
+            pid=self.pid,
+            pid_create_time=self.pid_create_time,
+            server_pid=self.server_pid,
+            server_create_time=self.server_create_time,
+            repo_id=repo_id,
+            status=status,
+            note=None,
+            started_at=now,
+            last_heartbeat=now,
+            lease_expires_at=now + lease_s,
+            pid_start_s=self.pid_start_s,
+            server_start_s=self.server_start_s,
+        )
+
+
+@dataclass(frozen=True)
+class Liveness:
+    alive: bool
+    reason: str  # "alive", "process gone", "pid reused", "host rebooted", "lease expired", ...
+    stale: bool = False  # not provably dead, but its lease lapsed
+
+
+def judge(agent: Agent, *, host: str, boot: str, now: float | None = None) -> Liveness:
+    """Dead at once when provably so on this host; otherwise stale when the lease lapsed."""
+    now = time.time() if now is None else now
+    if agent.host == host:
+        if agent.boot_id != boot:
+            return Liveness(False, "host rebooted since the agent registered")
+        state = process_state(agent.pid, agent.pid_create_time, agent.pid_start_s)
+        if state == "gone":
+            return Liveness(False, f"agent process {agent.pid} is gone")
+        if state == "reused":
+            return Liveness(False, f"pid {agent.pid} now belongs to another process (pid reused)")
+    if agent.lease_expires_at < now:
+        return Liveness(False, f"no heartbeat for {now - agent.last_heartbeat:.1f}s (lease expired)", stale=True)
+    if agent.status == "disconnected":
+        return Liveness(True, "disconnected; holds its allocations until the lease lapses")
+    return Liveness(True, "alive")
+
+
+def server_gone(agent: Agent, *, host: str, boot: str) -> str | None:
+    """Why the server that last registered `agent` is provably gone (this host only), else None.
+
+    A live agent may outlive its server (Claude Code keeps editing after its MCP server died), so this
+    never makes an agent's BUSY slots reclaimable; it only says that an ALLOCATING or RELEASING row that
+    server began can never be finished by it.
+    """
+    return process_gone(
+        "its server",
+        host=agent.host,
+        boot=agent.boot_id,
+        pid=agent.server_pid,
+        created=agent.server_create_time,
+        since_boot=agent.server_start_s,
+        here=(host, boot),
+    )
+
+
+def process_gone(
+    what: str,
+    *,
+    host: str,
+    boot: str,
+    pid: int,
+    created: float,
+    since_boot: float | None,
+    here: tuple[str, str],
+) -> str | None:
+    """Why the process `what` (`pid` started at `created`, `since_boot` s after boot, on `host` in
+    `boot`) is provably gone, seen from `here` (host, boot id); None while it may live, or when it ran
+    on another host (unprovable)."""
+    if host != here[0]:
+        return None
+    if boot != here[1]:
+        return f"host rebooted since {what} registered"
+    state = process_state(pid, created, since_boot)
+    if state == "gone":
+        return f"{what} process {pid} is gone"
+    if state == "reused":
+        return f"{what}'s pid {pid} now belongs to another process"
+    return None
+
+
+def same_agent_process(me: Identity, agent: Agent | None) -> bool:
+    """Was `agent` registered from the same agent process as `me` (this host, this boot, same pid and
+    create time)? Then it is the same agent under another id, e.g. a hook's `claude-<session>`."""
+    return (
+        agent is not None
+        and agent.host == me.host
+        and agent.boot_id == me.boot_id
+        and agent.pid == me.pid
+        and _same_start(agent.pid_create_time, agent.pid_start_s, me.pid_create_time, me.pid_start_s)
+    )
+
+
+def _same_start(created_a: float, since_boot_a: float | None, created_b: float, since_boot_b: float | None) -> bool:
+    if since_boot_a is not None and since_boot_b is not None:
+        return abs(since_boot_a - since_boot_b) <= TICK_TOLERANCE_S
+    return abs(created_a - created_b) <= CREATE_TIME_TOLERANCE_S

@@ -1,0 +1,1 @@
+"""What the pool reports: metrics, the activity log, the change watcher."""

@@ -1,0 +1,1 @@
+"""Taking back what dead agents held: rescue of their work, then the slot."""

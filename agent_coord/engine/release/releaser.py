@@ -1,0 +1,268 @@
+"""Release: give a worktree back warm (detached HEAD) or remove it, never losing its work.
+
+Two-phase like allocation: BUSY → RELEASING (CAS on the fencing token) → git → FREE or deleted.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+from opentelemetry import trace
+
+from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.git.driver import GitDriver, GitError, reject_option_like
+from agent_coord.engine.git.worktree_listing import WorktreeListing
+from agent_coord.engine.git.worktree_record import WorktreeRecord, read_worktree_record
+from agent_coord.engine.liveness.judge import Identity, same_agent_process
+from agent_coord.engine.models import ReleaseResult
+from agent_coord.engine.reclaim.rescue import save_work
+from agent_coord.engine.repos import RepoResolver, confine
+from agent_coord.engine.store import EventDraft, Store
+from agent_coord.engine.store.records import Action, Repo, Slot, SlotState, freed
+
+tracer = trace.get_tracer("agent-coord.pool")
+MAX_TEXT = 4096
+
+
+class Releaser:
+    def __init__(
+        self,
+        store: Store,
+        git: GitDriver,
+        identity: Identity,
+        repos: RepoResolver,
+        tokens: dict[str, int],
+        *,
+        lease_s: float,
+    ) -> None:
+        self.lease_s = lease_s
+        self.store = store
+        self.git = git
+        self.identity = identity
+        self.repos = repos
+        self._tokens = tokens  # shared with the Pool: the fencing tokens this server was granted
+
+    @property
+    def me(self) -> str:
+        return self.identity.agent_id
+
+    async def _same_process(self, owner: str | None) -> bool:
+        """An agent is its process: what a hook of this same Claude Code process allocated under another
+        id (`claude-<session>`) is ours to release without force."""
+        return owner is not None and same_agent_process(self.identity, await self.store.agent(owner))
+
+    async def _git_record(self, repo: Repo, path: Path) -> WorktreeRecord | None:
+        """Git's record of the slot (None: git lists no worktree there). Read from the slot's own
+        admin files when they settle it, which spares a `git worktree list`; else from the listing."""
+        record = await anyio.to_thread.run_sync(read_worktree_record, repo.git_dir, path)
+        if record is not None:
+            return record
+        try:
+            listing = await WorktreeListing.read(self.git, Path(repo.path))
+        except GitError as exc:
+            # Not "no worktree": that would skip the lock check and the rescue and drop the record
+            # of a worktree that may hold work (git dies on an unreadable `locked`, for one).
+            raise CoordError(
+                ErrorCode.GIT_FAILED,
+                f"git worktree list failed in {repo.path}: {exc.reason}; nothing was released",
+            ) from exc
+        info = listing.at(str(path))  # `path` is resolved (confine), the listing's keys too
+        return None if info is None else WorktreeRecord(locked=info.locked, lock_reason=info.lock_reason)
+
+    async def find_slot(
+        self, *, worktree_id: str | None, path: str | None, branch: str | None, repo_arg: str | None = None
+    ) -> Slot:
+        given = [v for v in (worktree_id, path, branch) if v is not None]
+        if len(given) > 1:
+            raise CoordError(ErrorCode.INVALID_ARGUMENT, "give one of worktree_id, path or branch, not several")
+        for value, what in ((worktree_id, "worktree_id"), (path, "path"), (branch, "branch")):
+            if value is not None:
+                if not value or len(value) > MAX_TEXT:
+                    raise CoordError(ErrorCode.INVALID_ARGUMENT, f"{what} must be 1..4096 characters")
+                reject_option_like(value, what)
+        slots = await self.store.slots()
+        if worktree_id is not None:
+            found = [s for s in slots if s.id == worktree_id]
+            what = f"worktree {worktree_id!r}"
+        elif path is not None:
+            try:
+                target = Path(await (await anyio.Path(path).expanduser()).resolve())
+            except RuntimeError as exc:  # "~name" for a user that does not exist
+                raise CoordError(ErrorCode.NOT_FOUND, f"cannot expand {path!r}: no such user") from exc
+            found = [s for s in slots if Path(s.path) == target]
+            what = f"worktree at {path!r}"
+        elif branch is not None:
+            found = [s for s in slots if s.branch == branch and s.state != SlotState.FREE]
+            if len(found) > 1:
+                mine = [s for s in found if s.owner == self.me]
+                found = mine or found
+            what = f"allocation of branch {branch!r}"
+        else:
+            found = [s for s in slots if s.owner == self.me and s.state == SlotState.BUSY]
+            if len(found) > 1:
+                ids = ", ".join(s.id for s in found)
+                raise CoordError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"you hold {len(found)} worktrees ({ids}); name the one to release",
+                )
+            what = "allocation held by you"
+        if not found:
+            raise CoordError(ErrorCode.NOT_FOUND, f"there is no {what}; call status to see the pool")
+        return found[0]
+
+    async def release(
+        self,
+        *,
+        worktree_id: str | None = None,
+        path: str | None = None,
+        branch: str | None = None,
+        force: bool = False,
+        remove: bool = False,
+    ) -> ReleaseResult:
+        started = time.monotonic()
+        with tracer.start_as_current_span("release") as span:
+            slot = await self.find_slot(worktree_id=worktree_id, path=path, branch=branch)
+            span.set_attribute("worktree.id", slot.id)
+            repo = await self.repos.by_id(slot.repo_id)
+            try:
+                return await self._release(repo, slot, force, remove, started)
+            except CoordError as exc:
+                span.set_attribute("error.code", exc.code.value)
+                await self.store.log(
+                    EventDraft(
+                        Action.RELEASE,
+                        exc.code.value,
+                        self.me,
+                        repo.id,
+                        slot.id,
+                        slot.branch,
+                        (time.monotonic() - started) * 1000,
+                        slot.fencing_token,
+                        detail={"message": exc.message},
+                    )
+                )
+                raise
+
+    async def _release(self, repo: Repo, slot: Slot, force: bool, remove: bool, started: float) -> ReleaseResult:
+        if slot.state == SlotState.FREE:
+            if not remove:
+                return ReleaseResult(worktree_id=slot.id, path=slot.path, branch=None, state="FREE", dirty=False)
+        elif slot.state != SlotState.BUSY:
+            raise CoordError(
+                ErrorCode.NOT_FOUND,
+                f"{slot.id} is {slot.state.value}, not an allocation that can be released",
+            )
+        forced_from: str | None = None
+        if slot.state == SlotState.BUSY and slot.owner != self.me and not await self._same_process(slot.owner):
+            if not force:
+                raise CoordError(
+                    ErrorCode.NOT_OWNER,
+                    f"{slot.id} is held by agent {slot.owner}; pass force=true to take it back "
+                    "(its changes are saved to a rescue ref first)",
+                )
+            forced_from = slot.owner
+        token = self._tokens.get(slot.id, slot.fencing_token) if forced_from is None else slot.fencing_token
+        # Resolving follows symlinks on disk: not on the event loop.
+        path = await anyio.to_thread.run_sync(confine, Path(repo.pool_root), Path(slot.path))
+        record = await self._git_record(repo, path)
+        if record is not None and record.locked:
+            raise CoordError(
+                ErrorCode.WORKTREE_LOCKED,
+                f"{slot.id} is locked ({record.lock_reason or 'git worktree lock'}); "
+                f"unlock it with: git worktree unlock {path}",
+            )
+        status = await self.git.status(path) if record is not None and await anyio.Path(path).is_dir() else None
+        dirty = bool(status and status.dirty)
+        if dirty and not force:
+            assert status is not None
+            files = [c[3:] for c in status.changed][:20]
+            more = f" (+{len(status.changed) - 20} more)" if len(status.changed) > 20 else ""
+            commits = f"; {status.unsaved_commits} commit(s) only on a detached HEAD" if status.unsaved_commits else ""
+            raise CoordError(
+                ErrorCode.WORKTREE_DIRTY,
+                f"{slot.id} has uncommitted or untracked changes: {', '.join(files)}{more}{commits}; "
+                "commit them, or pass force=true to save them to a rescue ref",
+            )
+        original = slot.state
+        if original == SlotState.BUSY:
+            held = await self.store.transition(
+                slot.id,
+                expect_state=SlotState.BUSY,
+                expect_token=token,
+                # A fresh lease: a long release (a big rescue) must not lapse into a reclaim under us.
+                changes={"state": SlotState.RELEASING, "lease_expires_at": time.time() + self.lease_s},
+            )
+        else:
+            held = await self.store.transition(
+                slot.id,
+                expect_state=SlotState.FREE,
+                expect_version=slot.version,
+                changes={"state": SlotState.RELEASING, "owner": self.me},
+            )
+        if held is None:
+            raise CoordError(
+                ErrorCode.NOT_OWNER,
+                f"{slot.id} changed hands while releasing (fencing token {token} is stale)",
+            )
+        rescue: str | None = None
+        try:
+            if dirty:
+                rescue = await save_work(self.git, self.store, self.me, slot, path, "forced release")
+                await self.git.discard_changes(path)
+            if record is not None:
+                if remove:
+                    await self.git.worktree_remove(Path(repo.path), path)
+                elif status is not None and status.branch is not None:
+                    await self.git.detach(path)
+            # With no git entry for the slot there is nothing to prune; a repo-wide `git worktree prune`
+            # here would drop other vanished worktrees' entries before validation saved their work.
+        except GitError as exc:
+            with anyio.CancelScope(shield=True):
+                await self.store.transition(
+                    slot.id,
+                    expect_state=SlotState.RELEASING,
+                    expect_token=token,
+                    changes={"state": original, "owner": slot.owner},
+                )
+            raise CoordError(ErrorCode.GIT_FAILED, f"git failed while releasing {slot.id}: {exc.reason}") from exc
+        gone = remove or record is None
+        detail: dict[str, object] = {"remove": remove, "force": force}
+        if forced_from:
+            detail["forced_from"] = forced_from
+        if rescue:
+            detail["rescue_ref"] = rescue
+        event = EventDraft(
+            Action.RELEASE,
+            "ok",
+            self.me,
+            repo.id,
+            slot.id,
+            slot.branch,
+            (time.monotonic() - started) * 1000,
+            token,
+            detail=detail,
+        )
+        done = await self.store.transition(
+            slot.id,
+            expect_state=SlotState.RELEASING,
+            expect_token=token,
+            delete=gone,
+            changes=None if gone else freed(time.time(), rescue),
+            events=[event],
+        )
+        self._tokens.pop(slot.id, None)
+        if done is None:
+            # Never acknowledge what the store did not record.
+            saved = f"; its changes are in {rescue}" if rescue else ""
+            raise CoordError(ErrorCode.NOT_OWNER, f"{slot.id} was reclaimed while it was being released{saved}")
+        return ReleaseResult(
+            worktree_id=slot.id,
+            path=slot.path,
+            branch=slot.branch,
+            state="REMOVED" if gone else "FREE",
+            dirty=dirty,
+            rescue_ref=rescue,
+            removed=gone,
+        )

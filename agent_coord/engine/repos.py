@@ -1,0 +1,84 @@
+"""Which repository a call is about, where its pool lives, and keeping slot paths inside that pool."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+
+from agent_coord.config import Settings
+from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.git.driver import GitDriver, reject_option_like
+from agent_coord.engine.store import Store
+from agent_coord.engine.store.records import Repo
+
+MAX_PATH = 4096
+
+
+def default_pool_root(repo: Path) -> Path:
+    return repo.parent / f"{repo.name}.worktrees"
+
+
+def confine(pool_root: Path, path: Path) -> Path:
+    """`path` resolved (symlinks included) and proven to be a direct child of the pool root."""
+    root = pool_root.resolve()
+    resolved = path.resolve()
+    if resolved.parent != root or resolved.name in {"", ".", ".."}:
+        raise CoordError(ErrorCode.INVALID_ARGUMENT, f"{path} is outside the pool root {root}")
+    return resolved
+
+
+class RepoResolver:
+    def __init__(self, store: Store, git: GitDriver, settings: Settings) -> None:
+        self.store = store
+        self.git = git
+        self.settings = settings
+        self._by_arg: dict[str, Repo] = {}
+        self._by_id: dict[int, Repo] = {}
+
+    async def resolve(self, repo_arg: str | None) -> Repo:
+        key = repo_arg if repo_arg is not None else ""
+        cached = self._by_arg.get(key)
+        if cached is not None:
+            return cached
+        if repo_arg is not None:
+            if not repo_arg or len(repo_arg) > MAX_PATH:
+                raise CoordError(ErrorCode.NOT_A_REPOSITORY, "repo must be a path of 1..4096 characters")
+            reject_option_like(repo_arg, "repo", ErrorCode.NOT_A_REPOSITORY)
+            try:
+                start = Path(await anyio.Path(repo_arg).expanduser())
+            except RuntimeError as exc:  # "~name" for a user that does not exist
+                raise CoordError(ErrorCode.NOT_A_REPOSITORY, f"cannot expand {repo_arg!r}: no such user") from exc
+            if not start.is_absolute():
+                raise CoordError(ErrorCode.NOT_A_REPOSITORY, f"repo must be an absolute path, got {repo_arg!r}")
+        elif self.settings.repo is not None:
+            start = self.settings.repo.expanduser()
+        else:
+            start = Path(os.getcwd())
+        top = await self.git.main_worktree(start)
+        configured = (
+            self.settings.repo is not None and (await self._main_or_none(self.settings.repo.expanduser())) == top
+        )
+        if self.settings.pool_root is not None and (repo_arg is None or configured):
+            pool_root = self.settings.pool_root.expanduser().resolve()
+        else:
+            pool_root = default_pool_root(top)
+        repo = await self.store.ensure_repo(str(top), str(pool_root))
+        self._by_arg[key] = repo
+        self._by_id[repo.id] = repo
+        return repo
+
+    async def _main_or_none(self, path: Path) -> Path | None:
+        try:
+            return await self.git.main_worktree(path)
+        except CoordError:
+            return None
+
+    async def by_id(self, repo_id: int) -> Repo:
+        if repo_id not in self._by_id:
+            for repo in await self.store.repos():
+                self._by_id[repo.id] = repo
+        if repo_id not in self._by_id:
+            raise CoordError(ErrorCode.NOT_FOUND, f"repository #{repo_id} is not known")
+        return self._by_id[repo_id]

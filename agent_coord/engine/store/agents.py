@@ -1,0 +1,121 @@
+"""Agents: registration, heartbeats (lease renewal), status."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+from agent_coord.engine.store.records import Agent
+from agent_coord.engine.store.rows import (
+    AGENT_SELECT,
+    EventDraft,
+    _agent,
+    _append,
+    _insert_agent,
+    _record_starts,
+    _Tables,
+)
+
+
+class AgentRecords(_Tables):
+    """The agents table. Only the server that registered an id renews it."""
+
+    async def agents(self) -> list[Agent]:
+        def tx(conn: sqlite3.Connection) -> list[Agent]:
+            rows = conn.execute(f"{AGENT_SELECT} ORDER BY a.id").fetchall()
+            return [_agent(r) for r in rows]
+
+        return await self._conn.read(tx)
+
+    async def agent(self, agent_id: str) -> Agent | None:
+        def tx(conn: sqlite3.Connection) -> Agent | None:
+            row = conn.execute(f"{AGENT_SELECT} WHERE a.id = ?", (agent_id,)).fetchone()
+            return _agent(row) if row else None
+
+        return await self._conn.read(tx)
+
+    # ---- agents -----------------------------------------------------------------------------
+
+    async def register_agent(self, agent: Agent) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            _insert_agent(
+                conn,
+                agent,
+                on_conflict="DO UPDATE SET host=excluded.host, boot_id=excluded.boot_id, pid=excluded.pid,"
+                " pid_create_time=excluded.pid_create_time, server_pid=excluded.server_pid,"
+                " server_create_time=excluded.server_create_time, repo_id=excluded.repo_id,"
+                " status=excluded.status, started_at=excluded.started_at,"
+                " last_heartbeat=excluded.last_heartbeat, lease_expires_at=excluded.lease_expires_at",
+            )
+            _record_starts(conn, agent)
+            _append(
+                conn,
+                EventDraft(
+                    action="register",
+                    outcome="ok",
+                    agent_id=agent.id,
+                    repo_id=agent.repo_id,
+                    detail={"pid": agent.pid, "server_pid": agent.server_pid, "host": agent.host},
+                ),
+                agent.started_at,
+            )
+
+        await self._conn.write(tx)
+
+    async def heartbeat(
+        self, agent_id: str, *, status: str | None, note: str | None, lease_s: float, server_pid: int
+    ) -> tuple[Agent | None, int]:
+        """Renew the agent's lease and the leases of the slots it holds. Returns (agent, slots renewed).
+
+        Only the server that registered the agent renews it (server_pid), so a stale server cannot keep
+        alive an id that a newer server took over.
+        """
+        now = time.time()
+        until = now + lease_s
+
+        def tx(conn: sqlite3.Connection) -> tuple[Agent | None, int]:
+            sets = "last_heartbeat = ?, lease_expires_at = ?"
+            args: list[Any] = [now, until]
+            if status is not None:
+                sets += ", status = ?"
+                args.append(status)
+            if note is not None:
+                sets += ", note = ?"
+                args.append(note)
+            cur = conn.execute(
+                # Only fixed column names are interpolated; every value is bound.
+                f"UPDATE agents SET {sets} WHERE id = ? AND server_pid = ?",  # noqa: S608
+                (*args, agent_id, server_pid),
+            )
+            if cur.rowcount == 0:
+                return None, 0
+            cur = conn.execute(
+                "UPDATE slots SET lease_expires_at = ?"
+                " WHERE owner = ? AND state IN ('BUSY', 'ALLOCATING', 'RELEASING')",
+                (until, agent_id),
+            )
+            renewed = cur.rowcount
+            row = conn.execute(f"{AGENT_SELECT} WHERE a.id = ?", (agent_id,)).fetchone()
+            return (_agent(row) if row else None), renewed
+
+        return await self._conn.write(tx)
+
+    async def set_agent_status(
+        self, agent_id: str, status: str, *, server_pid: int | None, event: EventDraft | None
+    ) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            if server_pid is None:
+                cur = conn.execute("UPDATE agents SET status = ? WHERE id = ?", (status, agent_id))
+            else:
+                cur = conn.execute(
+                    "UPDATE agents SET status = ? WHERE id = ? AND server_pid = ?",
+                    (status, agent_id, server_pid),
+                )
+            if cur.rowcount and event is not None:
+                _append(conn, event, time.time())
+            return cur.rowcount > 0
+
+        return await self._conn.write(tx)
+
+    # ---- allocation (two-phase) -------------------------------------------------------------

@@ -1,0 +1,214 @@
+"""Rows to records, event drafts, and the SQL helpers the transitions share."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent_coord.engine.store.connection import Connection
+from agent_coord.engine.store.records import HELD_STATES, Agent, Event, Slot, SlotState
+
+SLOT_COLUMNS = frozenset(
+    {
+        "state",
+        "owner",
+        "branch",
+        "fencing_token",
+        "lease_expires_at",
+        "since",
+        "released_at",
+        "task",
+        "rescue_ref",
+        "setup_done",
+    }
+)
+
+
+@dataclass
+class EventDraft:
+    action: str
+    outcome: str
+    agent_id: str | None = None
+    repo_id: int | None = None
+    worktree_id: str | None = None
+    branch: str | None = None
+    duration_ms: float | None = None
+    fencing_token: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _slot(row: sqlite3.Row) -> Slot:
+    return Slot(
+        id=row["id"],
+        repo_id=row["repo_id"],
+        path=row["path"],
+        state=SlotState(row["state"]),
+        version=row["version"],
+        owner=row["owner"],
+        branch=row["branch"],
+        fencing_token=row["fencing_token"],
+        lease_expires_at=row["lease_expires_at"],
+        since=row["since"],
+        released_at=row["released_at"],
+        task=row["task"],
+        rescue_ref=row["rescue_ref"],
+        setup_done=bool(row["setup_done"]),
+        created_at=row["created_at"],
+    )
+
+
+def _agent(row: sqlite3.Row) -> Agent:
+    return Agent(**{k: row[k] for k in row.keys()})  # noqa: SIM118 - sqlite3.Row is not a Mapping
+
+
+def _event(row: sqlite3.Row) -> Event:
+    data = {k: row[k] for k in row.keys()}  # noqa: SIM118
+    data["detail"] = json.loads(data["detail"] or "{}")
+    return Event(**data)
+
+
+# Every agent read: the row, and the starts since boot recorded for the very processes it names.
+AGENT_SELECT = (
+    # The columns by name: a stray column of the same name in `agents` must never shadow the checked one.
+    "SELECT a.id, a.host, a.boot_id, a.pid, a.pid_create_time, a.server_pid, a.server_create_time,"
+    " a.repo_id, a.status, a.note, a.started_at, a.last_heartbeat, a.lease_expires_at,"
+    " CASE WHEN s.pid = a.pid AND s.pid_create_time = a.pid_create_time THEN s.pid_start_s END AS pid_start_s,"
+    " CASE WHEN s.server_pid = a.server_pid AND s.server_create_time = a.server_create_time"
+    " THEN s.server_start_s END AS server_start_s"
+    " FROM agents a LEFT JOIN agent_starts s ON s.agent_id = a.id"
+)
+
+
+def _record_starts(conn: sqlite3.Connection, agent: Agent) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO agent_starts (agent_id, pid, pid_create_time, pid_start_s, server_pid,"
+        " server_create_time, server_start_s) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            agent.id,
+            agent.pid,
+            agent.pid_create_time,
+            agent.pid_start_s,
+            agent.server_pid,
+            agent.server_create_time,
+            agent.server_start_s,
+        ),
+    )
+
+
+def _insert_agent(conn: sqlite3.Connection, agent: Agent, *, on_conflict: str) -> None:
+    """Insert an agent row; `on_conflict` (fixed text from our code) says what an existing id gets."""
+    columns = (
+        "id, host, boot_id, pid, pid_create_time, server_pid, server_create_time, repo_id, status, note,"
+        " started_at, last_heartbeat, lease_expires_at"
+    )
+    sql = f"INSERT INTO agents ({columns}) VALUES ({', '.join('?' * 13)}) ON CONFLICT(id) {on_conflict}"  # noqa: S608
+    conn.execute(
+        sql,
+        (
+            agent.id,
+            agent.host,
+            agent.boot_id,
+            agent.pid,
+            agent.pid_create_time,
+            agent.server_pid,
+            agent.server_create_time,
+            agent.repo_id,
+            agent.status,
+            agent.note,
+            agent.started_at,
+            agent.last_heartbeat,
+            agent.lease_expires_at,
+        ),
+    )
+
+
+def _append(conn: sqlite3.Connection, draft: EventDraft, now: float) -> None:
+    conn.execute(
+        "INSERT INTO events (ts, agent_id, action, repo_id, worktree_id, branch, outcome, duration_ms,"
+        " fencing_token, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            now,
+            draft.agent_id,
+            draft.action,
+            draft.repo_id,
+            draft.worktree_id,
+            draft.branch,
+            draft.outcome,
+            draft.duration_ms,
+            draft.fencing_token,
+            json.dumps(draft.detail, default=str, sort_keys=True),
+        ),
+    )
+
+
+class _LostCas(Exception):
+    pass
+
+
+class BranchHeldError(Exception):
+    def __init__(self, holder: Slot) -> None:
+        super().__init__(holder.branch)
+        self.holder = holder
+
+
+def _raise_if_branch_held(conn: sqlite3.Connection, repo_id: int, branch: str) -> None:
+    row = conn.execute(
+        "SELECT * FROM slots WHERE repo_id = ? AND branch = ? AND state IN (?, ?, ?)",
+        (repo_id, branch, *HELD_STATES),
+    ).fetchone()
+    if row is not None:
+        raise BranchHeldError(_slot(row))
+
+
+@dataclass
+class SlotAdoption:
+    """One worktree for `Store.adopt_slots`: FREE, BUSY (with `owner`) or QUARANTINED."""
+
+    path: str
+    state: SlotState
+    branch: str | None
+    event: EventDraft  # worktree_id and fencing_token are filled in by the store
+    owner: str | None = None
+
+
+class AdoptionConflictError(Exception):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def _next_slot_id(conn: sqlite3.Connection, pool_root: str) -> str:
+    """The next `wt-NN` whose id and default path are both unused (adopted worktrees keep odd names)."""
+    while True:
+        row = conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'slot_seq' RETURNING value").fetchone()
+        assert row is not None
+        slot_id = f"wt-{int(row[0]):02d}"
+        path = str(Path(pool_root) / slot_id)
+        taken = conn.execute("SELECT 1 FROM slots WHERE id = ? OR path = ?", (slot_id, path)).fetchone()
+        if taken is None:
+            return slot_id
+
+
+def _slot_by_id(conn: sqlite3.Connection, slot_id: str) -> Slot | None:
+    row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
+    return _slot(row) if row else None
+
+
+def _slot_exists(conn: sqlite3.Connection, slot_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM slots WHERE id = ?", (slot_id,)).fetchone() is not None
+
+
+def _next_token(conn: sqlite3.Connection) -> int:
+    row = conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'fencing_token' RETURNING value").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+class _Tables:
+    """What every part of the store shares: one connection (see connection.py for its rules)."""
+
+    _conn: Connection

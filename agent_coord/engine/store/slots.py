@@ -1,0 +1,273 @@
+"""Repositories and slots: the compare-and-swap transitions of allocation and release."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent_coord.engine.store.records import Repo, Slot, SlotState
+from agent_coord.engine.store.rows import (
+    SLOT_COLUMNS,
+    EventDraft,
+    _append,
+    _LostCas,
+    _next_slot_id,
+    _next_token,
+    _raise_if_branch_held,
+    _slot,
+    _slot_by_id,
+    _Tables,
+)
+
+
+class SlotTransitions(_Tables):
+    """Every change is a CAS on (id, state, version or fencing token) that writes its events alongside."""
+
+    async def ensure_repo(self, path: str, pool_root: str) -> Repo:
+        def tx(conn: sqlite3.Connection) -> Repo:
+            conn.execute(
+                "INSERT INTO repos (path, pool_root, created_at) VALUES (?, ?, ?) ON CONFLICT(path) DO NOTHING",
+                (path, pool_root, time.time()),
+            )
+            row = conn.execute("SELECT * FROM repos WHERE path = ?", (path,)).fetchone()
+            assert row is not None
+            return Repo(id=row["id"], path=row["path"], pool_root=row["pool_root"])
+
+        return await self._conn.write(tx)
+
+    async def repos(self) -> list[Repo]:
+        def tx(conn: sqlite3.Connection) -> list[Repo]:
+            rows = conn.execute("SELECT * FROM repos ORDER BY id").fetchall()
+            return [Repo(id=r["id"], path=r["path"], pool_root=r["pool_root"]) for r in rows]
+
+        return await self._conn.read(tx)
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    async def slots(self, repo_id: int | None = None) -> list[Slot]:
+        def tx(conn: sqlite3.Connection) -> list[Slot]:
+            if repo_id is None:
+                cur = conn.execute("SELECT * FROM slots ORDER BY id")
+            else:
+                cur = conn.execute("SELECT * FROM slots WHERE repo_id = ? ORDER BY id", (repo_id,))
+            return [_slot(r) for r in cur.fetchall()]
+
+        return await self._conn.read(tx)
+
+    async def slot(self, slot_id: str) -> Slot | None:
+        def tx(conn: sqlite3.Connection) -> Slot | None:
+            return _slot_by_id(conn, slot_id)
+
+        return await self._conn.read(tx)
+
+    async def claim_any_free_slot(
+        self,
+        repo_id: int,
+        *,
+        paths: Sequence[str],
+        warmest: bool,
+        owner: str,
+        branch: str,
+        task: str | None,
+        lease_s: float,
+    ) -> Slot | None:
+        """Phase 1, warm: pick a FREE slot among `paths` and CAS it to ALLOCATING, in one transaction.
+
+        Choosing inside `BEGIN IMMEDIATE` means the claim cannot lose to another process while a FREE
+        slot exists (agents no longer all race for the same one). `warmest` picks the most recently
+        released slot, otherwise the least. None when no FREE slot is left.
+        """
+        now = time.time()
+        order = "DESC" if warmest else "ASC"
+
+        def tx(conn: sqlite3.Connection) -> Slot | None:
+            _raise_if_branch_held(conn, repo_id, branch)
+            marks = ",".join("?" * len(paths))
+            row = conn.execute(
+                f"SELECT id FROM slots WHERE repo_id = ? AND state = 'FREE' AND path IN ({marks})"  # noqa: S608
+                f" ORDER BY COALESCE(released_at, 0) {order}, id LIMIT 1",
+                (repo_id, *paths),
+            ).fetchone()
+            if row is None:
+                return None
+            _to_allocating(conn, row["id"], None, owner, branch, task, now, lease_s)
+            return _slot_by_id(conn, row["id"])
+
+        if not paths:
+            return None
+        return await self._conn.write(tx)
+
+    async def claim_free_slot(
+        self,
+        slot_id: str,
+        expected_version: int,
+        *,
+        owner: str,
+        branch: str,
+        task: str | None,
+        lease_s: float,
+        event: EventDraft | None = None,
+    ) -> Slot | None:
+        """Phase 1, warm: CAS FREE → ALLOCATING with a new fencing token. None when the CAS lost.
+
+        Raises `BranchHeld` with the holder when the branch was taken in the meantime.
+        """
+        now = time.time()
+
+        def tx(conn: sqlite3.Connection) -> Slot | None:
+            slot_row = conn.execute("SELECT repo_id FROM slots WHERE id = ?", (slot_id,)).fetchone()
+            if slot_row is None:
+                return None
+            _raise_if_branch_held(conn, slot_row["repo_id"], branch)
+            token = _to_allocating(conn, slot_id, expected_version, owner, branch, task, now, lease_s)
+            if token is None:
+                # Roll the token back with the rest: a lost CAS must not burn a number.
+                raise _LostCas
+            if event is not None:
+                event.fencing_token = token
+                event.worktree_id = slot_id
+                _append(conn, event, now)
+            return _slot_by_id(conn, slot_id)
+
+        try:
+            return await self._conn.write(tx)
+        except _LostCas:
+            return None
+
+    async def claim_new_slot(
+        self,
+        repo: Repo,
+        *,
+        owner: str,
+        branch: str,
+        task: str | None,
+        lease_s: float,
+        pool_max: int,
+        event: EventDraft | None = None,
+    ) -> Slot | None:
+        """Phase 1, cold: insert an ALLOCATING slot if the pool is below its maximum. None when full."""
+        now = time.time()
+
+        def tx(conn: sqlite3.Connection) -> Slot | None:
+            _raise_if_branch_held(conn, repo.id, branch)
+            count_row = conn.execute(
+                "SELECT COUNT(*) FROM slots WHERE repo_id = ? AND state != 'QUARANTINED'", (repo.id,)
+            ).fetchone()
+            if count_row is not None and int(count_row[0]) >= pool_max:
+                return None
+            slot_id = _next_slot_id(conn, repo.pool_root)
+            path = str(Path(repo.pool_root) / slot_id)
+            token = _next_token(conn)
+            conn.execute(
+                "INSERT INTO slots (id, repo_id, path, state, version, owner, branch, fencing_token,"
+                " lease_expires_at, since, task, created_at) VALUES (?, ?, ?, 'ALLOCATING', 0, ?, ?, ?, ?, ?, ?, ?)",
+                (slot_id, repo.id, path, owner, branch, token, now + lease_s, now, task, now),
+            )
+            if event is not None:
+                event.fencing_token = token
+                event.worktree_id = slot_id
+                _append(conn, event, now)
+            return _slot_by_id(conn, slot_id)
+
+        return await self._conn.write(tx)
+
+    async def transition(
+        self,
+        slot_id: str,
+        *,
+        expect_state: SlotState | Sequence[SlotState],
+        expect_token: int | None = None,
+        expect_version: int | None = None,
+        changes: dict[str, Any] | None = None,
+        delete: bool = False,
+        events: Sequence[EventDraft] = (),
+    ) -> Slot | None:
+        """The general compare-and-swap: apply `changes` (or delete) only if the row still matches.
+
+        Returns the new row (or the deleted one), None when the CAS lost.
+        """
+        states = [expect_state] if isinstance(expect_state, SlotState) else list(expect_state)
+        now = time.time()
+
+        def tx(conn: sqlite3.Connection) -> Slot | None:
+            where = f"id = ? AND state IN ({','.join('?' * len(states))})"
+            args: list[Any] = [slot_id, *[s.value for s in states]]
+            if expect_token is not None:
+                where += " AND fencing_token = ?"
+                args.append(expect_token)
+            if expect_version is not None:
+                where += " AND version = ?"
+                args.append(expect_version)
+            row = conn.execute(f"SELECT * FROM slots WHERE {where}", args).fetchone()  # noqa: S608
+            if row is None:
+                return None
+            before = _slot(row)
+            if delete:
+                conn.execute("DELETE FROM slots WHERE id = ?", (slot_id,))
+                after = before
+            else:
+                values = dict(changes or {})
+                values = {k: (v.value if isinstance(v, SlotState) else v) for k, v in values.items()}
+                unknown = set(values) - SLOT_COLUMNS
+                if unknown:
+                    raise ValueError(f"not slot columns: {sorted(unknown)}")
+                sets = ", ".join([f"{k} = ?" for k in values] + ["version = version + 1"])
+                conn.execute(f"UPDATE slots SET {sets} WHERE id = ?", (*values.values(), slot_id))  # noqa: S608
+                updated = _slot_by_id(conn, slot_id)
+                assert updated is not None
+                after = updated
+            for draft in events:
+                if draft.worktree_id is None:
+                    draft.worktree_id = slot_id
+                if draft.fencing_token is None:
+                    draft.fencing_token = before.fencing_token
+                _append(conn, draft, now)
+            return after
+
+        return await self._conn.write(tx)
+
+    async def insert_slot(
+        self, repo: Repo, path: str, *, state: SlotState, branch: str | None, event: EventDraft
+    ) -> Slot:
+        """Adopt a worktree the store did not know (validation, import)."""
+        now = time.time()
+
+        def tx(conn: sqlite3.Connection) -> Slot:
+            slot_id = _next_slot_id(conn, repo.pool_root)
+            conn.execute(
+                "INSERT INTO slots (id, repo_id, path, state, version, branch, released_at, setup_done,"
+                " created_at) VALUES (?, ?, ?, ?, 0, ?, ?, 1, ?)",
+                (slot_id, repo.id, path, state.value, branch, now, now),
+            )
+            event.worktree_id = slot_id
+            _append(conn, event, now)
+            inserted = _slot_by_id(conn, slot_id)
+            assert inserted is not None
+            return inserted
+
+        return await self._conn.write(tx)
+
+
+def _to_allocating(
+    conn: sqlite3.Connection,
+    slot_id: str,
+    version: int | None,
+    owner: str,
+    branch: str,
+    task: str | None,
+    now: float,
+    lease_s: float,
+) -> int | None:
+    """CAS a FREE slot (at `version`, when given) to ALLOCATING with a new fencing token; the token,
+    or None when the row was not FREE at that version (the caller rolls the transaction back)."""
+    token = _next_token(conn)
+    cur = conn.execute(
+        "UPDATE slots SET state = 'ALLOCATING', version = version + 1, owner = ?, branch = ?,"
+        " fencing_token = ?, lease_expires_at = ?, since = ?, task = ?, rescue_ref = NULL"
+        " WHERE id = ? AND state = 'FREE' AND (? IS NULL OR version = ?)",
+        (owner, branch, token, now + lease_s, now, task, slot_id, version, version),
+    )
+    return token if cur.rowcount else None

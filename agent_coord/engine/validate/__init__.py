@@ -1,0 +1,1 @@
+"""Validation: finding and repairing drift between the store and git."""

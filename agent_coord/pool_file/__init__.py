@@ -1,0 +1,1 @@
+"""The legacy Markdown pool file (worktrees.pool.md): import and export."""

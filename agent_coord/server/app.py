@@ -1,0 +1,235 @@
+"""Builds the MCP server: lifespan (coordinator + background work), tools, resources, subscriptions."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from mcp.server import MCPServer
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
+from mcp_types import (
+    CallToolResult,
+    EmptyResult,
+    SubscribeRequestParams,
+    TextContent,
+    UnsubscribeRequestParams,
+)
+from pydantic import ValidationError
+
+from agent_coord import __version__
+from agent_coord.config import Settings
+from agent_coord.engine.coordinator import Coordinator
+from agent_coord.engine.errors import ErrorCode
+from agent_coord.engine.observe.activity import ActivityMirror, format_activity_line
+from agent_coord.engine.observe.watch import ChangeWatcher
+from agent_coord.server.resources import register as resources
+from agent_coord.server.state import AppState
+from agent_coord.server.tools import allocate_worktree, heartbeat, release_worktree, status, validate
+from agent_coord.server.tools.models import INPUT_MODELS
+
+logger = logging.getLogger("agent-coord")
+CODES = frozenset(c.value for c in ErrorCode)
+
+INSTRUCTIONS = (
+    "agent-coord hands each agent its own git worktree from a warm pool so parallel agents never share a "
+    "branch or a directory. Call allocate_worktree(branch) before editing, work only in the returned path, "
+    "commit, then release_worktree. Errors start with a stable code and say what to do next."
+)
+
+
+class ToolErrorShape:
+    """Makes every refusal an agent sees start with its stable code.
+
+    Before the handler: arguments are validated against the tools' pydantic input models, so a wrong
+    type or an unknown argument is `INVALID_ARGUMENT: …` rather than the SDK's generic validation text.
+    After it: the SDK prefixes tool errors with `Error executing tool <name>: `; that prefix is removed
+    where what follows is one of our codes, so the text starts with the code as the design promises.
+    """
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method != "tools/call" or ctx.request_id is None or not isinstance(ctx.params, dict):
+            return await call_next(ctx)
+        name = str(ctx.params.get("name"))
+        model = INPUT_MODELS.get(name)
+        arguments = ctx.params.get("arguments")
+        if model is not None:
+            try:
+                model.model_validate(arguments if arguments is not None else {})
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}" for err in exc.errors()[:5]
+                )
+                return _error_result(f"INVALID_ARGUMENT: {problems}")
+        result = await call_next(ctx)
+        text = _error_text(result)
+        prefix = f"Error executing tool {name}: "
+        if text is not None and text.startswith(prefix):
+            rest = text[len(prefix) :]
+            if rest.split(":", 1)[0] in CODES:
+                return _error_result(rest)
+        return result
+
+
+def _error_text(result: HandlerResult) -> str | None:
+    """The first text of an error result, whether the runner handed back a model or a dict."""
+    if isinstance(result, CallToolResult):
+        if result.is_error and result.content and isinstance(result.content[0], TextContent):
+            return result.content[0].text
+        return None
+    if isinstance(result, dict) and result.get("isError"):
+        content = result.get("content") or []
+        if content and isinstance(content[0], dict) and isinstance(content[0].get("text"), str):
+            return str(content[0]["text"])
+    return None
+
+
+def _keep_arguments(data: dict[str, Any]) -> dict[str, Any]:
+    return data
+
+
+def _error_result(text: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
+class Subscriptions:
+    """Both notification paths of the SDK: `subscriptions/listen` streams (the bus) and the legacy
+    per-session `resources/subscribe` (we keep the sessions and call `send_resource_updated`)."""
+
+    def __init__(self) -> None:
+        self.bus = InMemorySubscriptionBus()
+        self.legacy: dict[ServerSession, set[str]] = {}
+
+    async def subscribe(self, ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
+        self.legacy.setdefault(ctx.session, set()).add(str(params.uri))
+        return EmptyResult()
+
+    async def unsubscribe(self, ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams) -> EmptyResult:
+        self.legacy.get(ctx.session, set()).discard(str(params.uri))
+        return EmptyResult()
+
+    async def announce(self, uris: tuple[str, ...]) -> None:
+        for uri in uris:
+            await self.bus.publish(ResourceUpdated(uri=uri))
+        for session, wanted in list(self.legacy.items()):
+            for uri in wanted & set(uris):
+                try:
+                    await session.send_resource_updated(uri)
+                except Exception:
+                    self.legacy.pop(session, None)
+                    break
+
+
+async def _watch(state: AppState, subs: Subscriptions) -> None:
+    """On every commit by any process: announce the pool resources, and mirror new activity lines."""
+    coord = state.coord
+    mirror = ActivityMirror(state.settings.activity_file) if state.settings.activity_file else None
+    watcher = ChangeWatcher(coord.store.path, state.settings.watch_interval_s)
+    try:
+        async for _ in watcher.changes():
+            await subs.announce(resources.POOL_URIS)
+            if mirror is not None:
+                await _mirror(coord, mirror)
+    finally:
+        if mirror is not None:
+            # What this server committed while shutting down (its last releases) still gets mirrored.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await _mirror(coord, mirror)
+
+
+async def _mirror(coord: Coordinator, mirror: ActivityMirror) -> None:
+    """Append the events no process has mirrored yet. A cursor in the store, moved by CAS, makes each
+    event land in the file once, whichever of the N servers sees it first."""
+    newest = await coord.store.events(limit=1, newest=True)
+    if not newest:
+        return
+    claimed = await coord.store.claim_events("activity-mirror", newest[-1].id)
+    if claimed is None:
+        return
+    after, upto = claimed
+    events = [e for e in await coord.store.events(after_id=after) if e.id <= upto]
+    lines = [format_activity_line(e) for e in events]
+    if lines:
+        await anyio.to_thread.run_sync(mirror.append, lines)
+
+
+def build_server(
+    settings: Settings | None = None, *, on_stopped: Callable[[], None] | None = None
+) -> MCPServer[AppState]:
+    settings = settings or Settings()
+    state = AppState(settings)
+    subs = Subscriptions()
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
+        try:
+            async with Coordinator.open(settings, register=True) as coord:
+                state.coord = coord
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(coord.run_heartbeats)
+                    tg.start_soon(coord.run_validator)
+                    tg.start_soon(_watch, state, subs)
+                    try:
+                        yield state
+                    finally:
+                        tg.cancel_scope.cancel()
+                state.coord = None
+        finally:
+            if on_stopped is not None:
+                on_stopped()
+
+    mcp: MCPServer[AppState] = MCPServer(
+        "agent-coord",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        subscriptions=subs.bus,
+        middleware=[ToolErrorShape()],
+    )
+    for module in (allocate_worktree, release_worktree, heartbeat, status, validate):
+        module.register(mcp, state)
+    # Our tools take strings as strings. The SDK would json-decode "[]", "{}" and "null" in `str | None`
+    # parameters before validating (task="null" would silently become no task); the arguments were
+    # already validated, strictly, by ToolErrorShape. Private SDK attribute: see docs/decisions.md.
+    for tool in mcp._tool_manager.list_tools():
+        object.__setattr__(tool.fn_metadata, "pre_parse_json", _keep_arguments)
+    resources.register(mcp, state)
+    # The SDK has no decorator for resources/subscribe yet: register on the low-level server.
+    lowlevel = mcp._lowlevel_server
+    lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, subs.subscribe)
+    lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, subs.unsubscribe)
+    return mcp
+
+
+async def serve_stdio(settings: Settings | None = None) -> None:
+    """Serve on stdio until stdin closes or SIGTERM/SIGINT arrives; either way the lifespan unwinds
+    (the agent is recorded as disconnected) well within 2 s."""
+    stopped = anyio.Event()
+    server = build_server(settings, on_stopped=stopped.set)
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    # The lifespan unwinds (the agent is recorded disconnected), but the SDK's stdin
+                    # reader thread cannot be cancelled and would keep the process until stdin closes.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(1.5):
+                        await stopped.wait()
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(0)
+
+        tg.start_soon(stop_on_signal)
+        try:
+            await server.run_stdio_async()
+        except* (BrokenPipeError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the agent went away mid-reply: the lifespan has unwound; no traceback for that
+        tg.cancel_scope.cancel()

@@ -1,0 +1,100 @@
+"""Registers every resource. Static resources cannot take a Context, so they close over the AppState."""
+
+from __future__ import annotations
+
+import json
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+
+from agent_coord.server.resources.views import activity_lines, pool_markdown
+from agent_coord.server.state import AppState
+
+POOL_URIS = (
+    "coord://pool",
+    "coord://pool.md",
+    "coord://agents",
+    "coord://metrics",
+    "coord://activity",
+    "coord://contention",
+)
+
+
+def register(mcp: MCPServer, state: AppState) -> None:
+    @mcp.resource(
+        "coord://pool",
+        name="pool",
+        mime_type="application/json",
+        description="Every worktree of the pool with state, holder, branch, fencing token and lease.",
+    )
+    async def pool_json() -> str:
+        status = await state.coord.status(with_contention=False)
+        return json.dumps(
+            {
+                "repo": status.repo,
+                "pool": status.pool.model_dump(mode="json"),
+                "worktrees": [w.model_dump(mode="json") for w in status.worktrees],
+            },
+            indent=2,
+        )
+
+    @mcp.resource(
+        "coord://pool.md",
+        name="pool.md",
+        mime_type="text/markdown",
+        description="The pool as a Markdown table: the human view.",
+    )
+    async def pool_md() -> str:
+        return pool_markdown(await state.coord.status(with_contention=False))
+
+    @mcp.resource(
+        "coord://agents",
+        name="agents",
+        mime_type="application/json",
+        description="Agents with liveness (and why), host, pid, last heartbeat and lease.",
+    )
+    async def agents() -> str:
+        status = await state.coord.status(with_contention=False)
+        return json.dumps([a.model_dump(mode="json") for a in status.agents], indent=2)
+
+    @mcp.resource(
+        "coord://metrics",
+        name="metrics",
+        mime_type="application/json",
+        description="Health metrics over the window, each with its target and state.",
+    )
+    async def metrics() -> str:
+        return (await state.coord.metrics()).model_dump_json(indent=2)
+
+    @mcp.resource(
+        "coord://activity",
+        name="activity",
+        mime_type="text/plain",
+        description="Recent events, one line each: time | agent | action | branch | outcome | Nms.",
+    )
+    async def activity() -> str:
+        return "\n".join(await activity_lines(state.coord)) + "\n"
+
+    @mcp.resource(
+        "coord://contention",
+        name="contention",
+        mime_type="application/json",
+        description="Contention now: live agents, agent processes, ManicTime focus and presence, sources.",
+    )
+    async def contention() -> str:
+        coord = state.coord
+        snapshot = await coord.contention.snapshot(await coord.default_repo())
+        return snapshot.model_dump_json(indent=2)
+
+    @mcp.resource(
+        "coord://worktrees/{worktree_id}",
+        name="worktree",
+        mime_type="application/json",
+        description="One worktree of the pool.",
+    )
+    async def worktree(worktree_id: str) -> str:
+        slot = await state.coord.store.slot(worktree_id)
+        if slot is None:
+            raise ResourceNotFoundError(f"NOT_FOUND: no worktree {worktree_id!r}")
+        data = {k: (v.value if hasattr(v, "value") else v) for k, v in slot.__dict__.items()}
+        return json.dumps(data, indent=2)
