@@ -7,6 +7,7 @@ safer for a tool that touches repositories) may hold the same keys in lower case
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,12 @@ DEFAULT_WRAPPERS = ("sh", "bash", "dash", "zsh", "fish", "env", "timeout", "uv",
 
 def _state_home() -> Path:
     xdg = os.environ.get("XDG_STATE_HOME")
-    return Path(xdg) if xdg else Path.home() / ".local" / "state"
+    if xdg:
+        return Path(xdg)
+    local = os.environ.get("LOCALAPPDATA")
+    if sys.platform == "win32" and local:
+        return Path(local)  # under the user's profile, whose ACL admits only that user (docs/platforms.md)
+    return Path.home() / ".local" / "state"
 
 
 def _default_manictime() -> Path | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import sys
 from typing import Annotated, Any, TextIO
 
@@ -21,6 +20,7 @@ from agent_coord.engine.observe.activity import format_activity_line, format_tim
 from agent_coord.engine.observe.metrics import ROW_HEADER, MetricsReport
 from agent_coord.engine.observe.watch import ChangeWatcher
 from agent_coord.engine.store.records import Event
+from agent_coord.platform.signals import next_stop_signal
 
 DEFAULT_LIMIT = 50  # as many as `coord://activity` shows
 
@@ -150,10 +150,8 @@ async def _follow(coord: Coordinator, limit: int, as_json: bool) -> None:
             await drain()
 
         async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    tg.cancel_scope.cancel()
-                    return
+            if await next_stop_signal() is not None:
+                tg.cancel_scope.cancel()
 
         tg.start_soon(stop_on_signal)
         async with lock:

@@ -7,7 +7,6 @@ without touching the store.
 
 from __future__ import annotations
 
-import signal
 import socket
 import sqlite3
 import sys
@@ -23,11 +22,13 @@ from rich.live import Live
 from agent_coord.dashboard.formatting import clock
 from agent_coord.dashboard.screen import render_screen
 from agent_coord.dashboard.snapshot import Snapshot, gone_agents, take_snapshot
-from agent_coord.dashboard.terminal import cancel_on_stop_signal, cbreak, stdin_fd, wait_for_key
+from agent_coord.dashboard.terminal import cancel_on_stop_signal
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError
 from agent_coord.engine.observe.watch import ChangeWatcher
 from agent_coord.engine.store import StoreBusyError
+from agent_coord.platform.signals import resizes
+from agent_coord.platform.terminal_keys import cbreak, stdin_fd, wait_for_key
 
 TICK_S = 1.0
 
@@ -148,9 +149,8 @@ class Dashboard:
                 self._wake.set()
 
     async def _on_resize(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGWINCH) as signals:
-            async for _ in signals:
-                self._wake.set()
+        async for _ in resizes():
+            self._wake.set()
 
 
 async def run_dashboard(coord: Coordinator, repo: str | None, console: Console) -> str:

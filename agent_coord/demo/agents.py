@@ -15,6 +15,7 @@ from anyio.streams.text import TextReceiveStream
 from agent_coord.demo.progress import Narrator
 from agent_coord.demo.simulated_agent import Plan
 from agent_coord.demo.workspace import DemoPaths
+from agent_coord.platform.termination import detached_group
 
 
 @dataclass
@@ -46,8 +47,8 @@ async def start_agent(plan: Plan, env: dict[str, str], paths: DemoPaths) -> Agen
         env={**env, "AGENT_COORD_AGENT_ID": plan.agent_id},
         cwd=str(paths.root),  # not the repository: `python -m` puts the cwd first on sys.path
         stderr=log,
-        # Its own process group: Ctrl-C reaches only the driver, which then stops agents in order.
-        start_new_session=True,
+        # Apart from ours: Ctrl-C reaches only the driver, which then stops agents in order.
+        **detached_group(),
     )
     return AgentProc(plan=plan, process=process, log=log)
 

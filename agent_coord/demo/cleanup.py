@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 from collections.abc import Callable
 
 import anyio
 import psutil
 
 from agent_coord.demo.agents import AgentProc
+from agent_coord.platform.termination import end_process, end_tree
 
 
 def _alive(pid: int, created: float) -> bool:
@@ -43,20 +42,18 @@ async def stop_agents(agents: list[AgentProc], grace_s: float = 6.0) -> None:
     def running_servers() -> list[int]:
         return [pid for a in agents for pid, created in a.server_pids if _alive(pid, created)]
 
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        if sig is not None:
+    for hard in (None, False, True):
+        if hard is not None:
             for pid in running_agents():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, sig)  # the group we created for this agent, and nothing else
-        if await _exited(running_agents, grace_s if sig is None else 2.0):
+                end_tree(pid, hard=hard)  # the agent we started and what runs below it, nothing else
+        if await _exited(running_agents, grace_s if hard is None else 2.0):
             break
     # Servers stop by themselves when their agent's pipe closes; make sure of it.
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        if sig is not None:
+    for hard in (None, False, True):
+        if hard is not None:
             for pid in running_servers():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, sig)
-        if await _exited(running_servers, 4.0 if sig is None else 2.0):
+                end_process(pid, hard=hard)
+        if await _exited(running_servers, 4.0 if hard is None else 2.0):
             break
     for agent in agents:
         with contextlib.suppress(OSError, anyio.BrokenResourceError):

@@ -6,8 +6,6 @@ every promised step happened. What it finds goes into a ``DemoResult``.
 
 from __future__ import annotations
 
-import os
-import signal
 from dataclasses import dataclass, field
 
 import anyio
@@ -19,6 +17,7 @@ from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import ErrorCode
 from agent_coord.engine.observe.metrics import MetricsReport
 from agent_coord.engine.store.records import Action, Event
+from agent_coord.platform.termination import end_process
 
 START_TIMEOUT_S = 30.0  # for every agent to start its server, and for the crasher to leave dirty work
 
@@ -80,10 +79,9 @@ async def crash_and_reclaim(
     await anyio.sleep(pace.kill_after_s)
     await narrator.say(f"crash: SIGKILL {CRASHER} (pid {crasher.pid}) while it holds {crasher.dirty_worktree}")
     crasher.killed = True
-    try:
-        os.kill(crasher.pid, signal.SIGKILL)
-    except ProcessLookupError:
+    if crasher.process.returncode is not None:
         result.problems.append(f"{CRASHER} had already exited")
+    end_process(crasher.pid, hard=True)
     wid = crasher.dirty_worktree
     event = await wait_for_reclaim(coord, wid, tap, narrator, pace, result)
     if event is None:

@@ -6,8 +6,9 @@ its result models, its plan of one row, and the path and message helpers, so eac
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import anyio
 import anyio.to_thread
@@ -117,3 +118,38 @@ def store_problem(exc: Exception, plans: list[ImportPlan]) -> PoolFileError:
         )
     assert isinstance(exc, GitError)
     return PoolFileError(0, f"git failed while detaching a FREE worktree: {exc.reason}; nothing was imported")
+
+
+def windows_path(text: str) -> PureWindowsPath | None:
+    """A pool file written on Windows (`C:/…`, `C:\\…`, `\\\\server\\share\\…`) read on another system."""
+    if sys.platform == "win32":
+        return None  # a native path: read as any other
+    path = PureWindowsPath(text)
+    return path if path.drive else None
+
+
+def windows_name(path: PureWindowsPath) -> str:
+    # Windows drops trailing dots and spaces from a file name: `wt-01. ` names the folder `wt-01`.
+    return path.name.rstrip(" .")
+
+
+def map_windows_path(path: PureWindowsPath, pool_root: Path, worktrees: set[Path]) -> Path | None:
+    """The worktree of this machine's pool that a Windows path names: the pool root's child of the same
+    name (Windows compares names without case, so a unique case-insensitive match counts too)."""
+    name = windows_name(path)
+    if not name:
+        return None
+    exact = pool_root / name
+    if exact in worktrees:
+        return exact
+    folded = [w for w in worktrees if w.parent == pool_root and w.name.casefold() == name.casefold()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def unmapped_windows_path(text: str, path: PureWindowsPath, pool_root: Path) -> str:
+    name = windows_name(path)
+    looked = f"looked for {pool_root / name}" if name else "it names no folder"
+    return (
+        f"{text} is a Windows path and no worktree of this pool matches it ({looked}); "
+        "write the worktree's path on this machine into the row, or remove the row"
+    )

@@ -48,9 +48,12 @@ from agent_coord.pool_file.import_rows import (
     PoolImportError,
     absolute,
     dirty_message,
+    map_windows_path,
     resolved,
     store_problem,
     target_state,
+    unmapped_windows_path,
+    windows_path,
 )
 from agent_coord.pool_file.markdown import ParsedPoolRow, PoolFileError, parse_pool_markdown
 
@@ -116,7 +119,15 @@ class PoolImporter:
         candidates: list[ImportPlan] = []
         for row in rows:
             assert row.path is not None  # the parser refuses an empty path
-            path = await absolute(row.path, base_dir)
+            foreign = windows_path(row.path)
+            if foreign is not None:
+                mapped = await anyio.to_thread.run_sync(map_windows_path, foreign, pool_root, set(by_path))
+                if mapped is None:
+                    problems.append(PoolFileError(row.line, unmapped_windows_path(row.path, foreign, pool_root)))
+                    continue
+                path = mapped
+            else:
+                path = await absolute(row.path, base_dir)
             where = row.path if str(path) == row.path else f"{row.path} ({path})"
             if path in seen:
                 problems.append(PoolFileError(row.line, f"{where} is listed again (first on line {seen[path]})"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -30,6 +29,7 @@ from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import ErrorCode
 from agent_coord.engine.observe.activity import ActivityMirror, format_activity_line
 from agent_coord.engine.observe.watch import ChangeWatcher
+from agent_coord.platform.signals import next_stop_signal
 from agent_coord.server.resources import register as resources
 from agent_coord.server.state import AppState
 from agent_coord.server.tools import allocate_worktree, heartbeat, release_worktree, status, validate
@@ -216,16 +216,16 @@ async def serve_stdio(settings: Settings | None = None) -> None:
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    tg.cancel_scope.cancel()
-                    # The lifespan unwinds (the agent is recorded disconnected), but the SDK's stdin
-                    # reader thread cannot be cancelled and would keep the process until stdin closes.
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(1.5):
-                        await stopped.wait()
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    os._exit(0)
+            if await next_stop_signal() is None:
+                return
+            tg.cancel_scope.cancel()
+            # The lifespan unwinds (the agent is recorded disconnected), but the SDK's stdin
+            # reader thread cannot be cancelled and would keep the process until stdin closes.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.5):
+                await stopped.wait()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
         tg.start_soon(stop_on_signal)
         try:

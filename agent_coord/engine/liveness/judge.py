@@ -12,47 +12,18 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import psutil
 
 from agent_coord.engine.store.records import Agent
+from agent_coord.platform.process_identity import CLOCK_TICKS, boot_id, start_since_boot
 
-BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 # Create times come from /proc with jiffy resolution; allow for rounding between readers.
 CREATE_TIME_TOLERANCE_S = 0.05
 
-
-def boot_id() -> str:
-    try:
-        return BOOT_ID_FILE.read_text().strip()
-    except OSError:
-        return f"boot-{int(psutil.boot_time())}"
-
-
 ProcessState = Literal["alive", "gone", "reused", "unknown"]
-PROC = Path("/proc")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 TICK_TOLERANCE_S = 1.5 / CLOCK_TICKS  # starts since boot are whole ticks: equal, or another process
-
-
-def start_since_boot(pid: int) -> float | None:
-    """Seconds from boot to the start of `pid` (Linux: `starttime` in /proc/<pid>/stat), or None.
-
-    A wall-clock create time is boot time + this, and the kernel's boot time (`btime`, whole seconds)
-    moves whenever the clock is stepped (NTP, a VM's clock correction): after a step every process
-    would look like another one under the same pid. This value never changes for a process.
-    """
-    try:
-        raw = (PROC / str(pid) / "stat").read_bytes()
-    except OSError:
-        return None
-    try:
-        # Fields after the command name (which may hold spaces and parentheses); starttime is field 22.
-        return int(raw.rsplit(b")", 1)[1].split()[19]) / CLOCK_TICKS
-    except (IndexError, ValueError):
-        return None
 
 
 def process_state(pid: int, created: float, since_boot: float | None = None) -> ProcessState:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import sqlite3
 import time
@@ -31,6 +30,8 @@ from typing import Any, TypeVar
 import anyio
 
 from agent_coord.engine.store.schema import MIGRATIONS
+from agent_coord.platform.file_modes import create_private_file, make_private
+from agent_coord.platform.filesystems import refuse_network_share
 
 T = TypeVar("T")
 
@@ -57,14 +58,12 @@ def _is_busy(exc: BaseException) -> bool:
 
 def prepare_db_file(path: Path) -> None:
     """Create the database file 0600 (and its directory 0700) before SQLite does with the umask."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
+    create_private_file(path)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
     """Open and configure the connection (runs in a worker thread: it may wait for the WAL switch)."""
+    refuse_network_share(path)
     prepare_db_file(path)
     conn = sqlite3.connect(str(path), isolation_level=None)
     try:
@@ -121,7 +120,7 @@ class Connection:
             for suffix in ("-wal", "-shm"):
                 side = anyio.Path(str(path) + suffix)
                 if await side.exists():
-                    await side.chmod(0o600)
+                    make_private(Path(side))
         except BaseException:
             await self.close()  # a schema newer than us, a cancelled start: no connection or thread left behind
             raise
