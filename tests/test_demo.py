@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,6 @@ def test_the_plans_collide_once_and_crash_once() -> None:
 
 
 def test_demo_fast_runs_unattended_and_shows_allocations_a_conflict_and_a_reclaimed_crash() -> None:
-    started = time.monotonic()
     done = subprocess.run(
         [agent_coord(), "demo", "--fast", "--json"],
         env=clean_env(),
@@ -60,7 +58,6 @@ def test_demo_fast_runs_unattended_and_shows_allocations_a_conflict_and_a_reclai
         timeout=90,
         check=False,
     )
-    elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-4000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["ok"] and not summary["problems"], summary
@@ -83,7 +80,6 @@ def test_demo_fast_runs_unattended_and_shows_allocations_a_conflict_and_a_reclai
     root = Path(summary["paths"]["root"])
     assert not root.exists()
     assert processes_using(root) == []
-    assert elapsed < 30, elapsed
 
 
 def test_demo_interrupted_stops_every_process_it_started() -> None:
