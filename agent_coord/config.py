@@ -7,6 +7,7 @@ safer for a tool that touches repositories) may hold the same keys in lower case
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -58,8 +59,12 @@ class _TomlSource(PydanticBaseSettingsSource):
         return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
 
 
+DB_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AGENT_COORD_", extra="ignore")
+    # Values may carry secrets (a store URL's password): errors name the setting, never its value.
+    model_config = SettingsConfigDict(env_prefix="AGENT_COORD_", extra="ignore", hide_input_in_errors=True)
 
     db: Path = Field(default_factory=lambda: _state_home() / "agent-coord" / "coord.db")
     repo: Path | None = None
@@ -95,6 +100,19 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if v == "" else v
+
+    @field_validator("db", mode="before")
+    @classmethod
+    def _db_is_a_file(cls, v: Any) -> Any:
+        """A URL is never taken as a relative file name (`postgresql://…` would silently become one).
+        A Windows drive path (`C:\\…`) is a path: a scheme has two letters at least."""
+        found = DB_URL_SCHEME.match(v) if isinstance(v, str) else None
+        if found is None:
+            return v
+        scheme = found.group(1).lower()
+        if scheme in ("postgresql", "postgres"):
+            raise ValueError("a PostgreSQL store is not available in this version; set AGENT_COORD_DB to a file path")
+        raise ValueError(f"{scheme}:// is not a store agent-coord can use; set AGENT_COORD_DB to a file path")
 
     @classmethod
     def settings_customise_sources(

@@ -189,3 +189,31 @@ def test_legacy_pool_file_from_windows_imports_what_it_can(tmp_path: Path, repo:
     assert refused.exit_code == 1
     said = refused.stderr.strip()
     assert "line 3: D:/elsewhere/wt-09 is a Windows path" in said and str(pool.resolve() / "wt-09") in said
+
+
+# ---- the database setting -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["C:\\Users\\Zoë\\coord.db", "c:/state/coord.db", "/tmp/dir with space/coord.db"])
+def test_a_windows_or_posix_path_is_a_database_file(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent_coord.config import Settings
+
+    monkeypatch.setenv("AGENT_COORD_DB", value)
+    assert str(Settings().db) == value
+
+
+@pytest.mark.parametrize(
+    "value", ["postgresql://coord:s3cret@db.example/coord", "postgres://coord:s3cret@db/x", "mysql://coord:s3cret@db/x"]
+)
+def test_a_url_is_never_taken_as_a_file_name_and_its_secret_is_never_shown(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    from agent_coord.config import Settings
+
+    monkeypatch.setenv("AGENT_COORD_DB", value)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert "AGENT_COORD_DB" in str(caught.value) or "db" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
