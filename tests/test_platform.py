@@ -217,3 +217,44 @@ def test_a_url_is_never_taken_as_a_file_name_and_its_secret_is_never_shown(
         Settings()
     assert "AGENT_COORD_DB" in str(caught.value) or "db" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+# ---- hooks given paths and names from elsewhere ---------------------------------------------------
+
+
+def _hook(env: dict[str, str], event: str, payload: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")} | env
+    agent_coord = Path(sys.executable).parent / "agent-coord"
+    return subprocess.run(
+        [str(agent_coord), "hook", event],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["C:\\Users\\Zoë\\repo.worktrees\\wt-01", "\\\\server\\share\\repo.worktrees\\wt-01", "c:/mixed\\wt-01. "],
+)
+def test_worktree_remove_with_a_windows_path_is_a_clear_refusal(env: dict[str, str], repo: Path, path: str) -> None:
+    before = git(repo, "worktree", "list", "--porcelain")
+    done = _hook(env, "worktree-remove", {"worktree_path": path, "cwd": str(repo)})
+    assert done.returncode == 1
+    assert done.stderr.startswith("NOT_FOUND: ") and path in done.stderr and len(done.stderr.splitlines()) == 1
+    assert git(repo, "worktree", "list", "--porcelain") == before
+
+
+@pytest.mark.parametrize("name", ["wt é 01", "C:\\Users\\x", "名前 with spaces", "trailing. "])
+def test_worktree_create_turns_any_name_into_a_valid_branch(env: dict[str, str], repo: Path, name: str) -> None:
+    done = _hook(env, "worktree-create", {"name": name, "cwd": str(repo), "session_id": "s-1"})
+    assert done.returncode == 0, done.stderr
+    slot = Path(done.stdout.strip().splitlines()[-1])
+    assert slot.is_dir() and slot.parent == Path(env["AGENT_COORD_POOL_ROOT"]).resolve()
+    branch = git(slot, "branch", "--show-current").strip()
+    assert branch.startswith("worktree-")
+    assert (
+        subprocess.run(["git", "check-ref-format", "--branch", branch], capture_output=True, cwd=repo).returncode == 0
+    )
