@@ -273,7 +273,8 @@ async def test_detached_commits_and_staged_index_survive_a_deleted_directory(
     assert all(f.repaired for f in repaired.findings)
     refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/agent-coord/rescue").split()
     assert len(refs) == 2
-    assert any(git(repo, "rev-parse", r).strip() == lonely for r in refs)
+    # A rescue commit's first parent is the HEAD it saved (docs/decisions.md, "What a rescue ref holds").
+    assert any(git(repo, "rev-parse", f"{r}^1").strip() == lonely for r in refs)
     staged_ref = next(r for r in refs if "feat/staged" in r)
     assert git_bytes(repo, "show", f"{staged_ref}:staged.txt") == b"staged \x00 bytes"
     assert "prunable" not in git(repo, "worktree", "list", "--porcelain")

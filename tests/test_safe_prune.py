@@ -178,13 +178,15 @@ def conflicted_worktree(repo: Path, path: Path) -> None:
 
 
 async def test_an_entry_that_cannot_be_saved_does_not_stop_the_others(coord: Any, repo: Path, tmp_path: Path) -> None:
-    """Found by review: one vanished worktree whose index cannot be written as a tree (a merge conflict)
-    made every later prune of the repository fail, and with it every reclaim of a vanished slot."""
+    """Found by review: one vanished worktree whose index cannot be saved made every later prune of the
+    repository fail, and with it every reclaim of a vanished slot. (A merge conflict was that case once;
+    it is saved now, see below. An index git cannot read still cannot be.)"""
     stuck, gone = tmp_path / "stuck", tmp_path / "gone"
-    conflicted_worktree(repo, stuck)
+    staged_worktree(repo, stuck, "other.txt", "unreadable later")
     staged_worktree(repo, gone, "wip.txt", "staged")
     shutil.rmtree(stuck)
     shutil.rmtree(gone)
+    (repo / ".git" / "worktrees" / "stuck" / "index").write_bytes(b"DIRC but not really an index")
     pruner, r = await pruner_for(coord, repo, GitDriver())
 
     for _ in range(2):  # and again: the stuck one stays stuck, the rest keeps working
@@ -194,6 +196,26 @@ async def test_an_entry_that_cannot_be_saved_does_not_stop_the_others(coord: Any
         assert (repo / ".git" / "worktrees" / "stuck" / "index").is_file()  # untouched, for a person
     assert not (repo / ".git" / "worktrees" / "gone").exists()
     assert any(shown(repo, f"{ref}:wip.txt") == b"staged" for ref in rescue_refs(repo))
+
+
+async def test_a_vanished_worktree_stopped_in_a_merge_conflict_is_saved_whole(
+    coord: Any, repo: Path, tmp_path: Path
+) -> None:
+    """Every version of a conflicted path (base, ours, theirs) is in the rescue: the index commit's second
+    parent holds them; the index commit itself holds "ours"."""
+    stuck = tmp_path / "stuck"
+    conflicted_worktree(repo, stuck)
+    shutil.rmtree(stuck)
+    pruner, r = await pruner_for(coord, repo, GitDriver())
+
+    result = await pruner.prune(r, "test")
+    assert result.pruned
+    ref = result.rescue_refs[str(stuck.resolve())]
+    assert shown(repo, f"{ref}^2:README.md") == b"ours\n"
+    assert shown(repo, f"{ref}^2^2:base/README.md") == b"hello\n"
+    assert shown(repo, f"{ref}^2^2:ours/README.md") == b"ours\n"
+    assert shown(repo, f"{ref}^2^2:theirs/README.md") == b"theirs\n"
+    assert not (repo / ".git" / "worktrees" / "stuck").exists()
 
 
 async def test_an_admin_dir_made_again_under_the_same_name_is_not_deleted(repo: Path, tmp_path: Path) -> None:

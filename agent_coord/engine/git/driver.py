@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +73,7 @@ class WorktreeStatus:
         return bool(self.changed) or self.unsaved_commits > 0
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     # Machine-readable messages, never a prompt, and no optional lock that an agent's own git would trip on.
     env.update({"LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"})
@@ -97,7 +96,7 @@ class GitDriver:
         self.git = git
         self._branch_verdicts: dict[str, bool] = {}
 
-    async def run(self, cwd: str | Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
+    async def run(self, cwd: str | Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None) -> str:
         cmd = [self.git, "-C", str(cwd), *args]
         with tracer.start_as_current_span("git") as span:
             span.set_attribute("git.command", args[0] if args else "")
@@ -110,6 +109,20 @@ class GitDriver:
                 err = GitError(cmd, result.returncode, result.stderr.decode("utf-8", "replace"))
                 span.set_attribute("git.error", err.reason)
                 raise err
+            return result.stdout.decode("utf-8", "replace")
+
+    async def run_input(self, cwd: str | Path, text: str, *args: str, env: Mapping[str, str] | None = None) -> str:
+        """`run` with `text` on git's standard input (always checked)."""
+        cmd = [self.git, "-C", str(cwd), *args]
+        with tracer.start_as_current_span("git") as span:
+            span.set_attribute("git.command", args[0] if args else "")
+            span.set_attribute("git.cwd", str(cwd))
+            result = await anyio.run_process(
+                cmd, input=text.encode("utf-8", "surrogateescape"), check=False, env=_env(env)
+            )
+            span.set_attribute("git.returncode", result.returncode)
+            if result.returncode != 0:
+                raise GitError(cmd, result.returncode, result.stderr.decode("utf-8", "replace"))
             return result.stdout.decode("utf-8", "replace")
 
     # ---- repositories and names ---------------------------------------------------------------
@@ -291,33 +304,14 @@ class GitDriver:
 
     # ---- saving work --------------------------------------------------------------------------
 
-    async def rescue(self, worktree: Path, ref: str, message: str) -> str:
-        """Commit the whole working tree (tracked and untracked) to `ref` without touching the index.
-
-        Returns the rescue commit. The worktree, its index and its branch are left exactly as found.
-        """
-        head = await self.head_commit(worktree)
-        with tempfile.TemporaryDirectory(prefix="agent-coord-rescue-") as tmp:
-            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), **RESCUE_IDENTITY}
-            if head is not None:
-                await self.run(worktree, "read-tree", head, env=env)
-            await self.run(worktree, "add", "--all", "--", ".", env=env)
-            tree = (await self.run(worktree, "write-tree", env=env)).strip()
-        parents = ["-p", head] if head is not None else []
-        commit = (await self.run(worktree, "commit-tree", tree, *parents, "-m", message, env=env)).strip()
-        # The all-zero old value makes update-ref create only: an existing rescue is never overwritten.
-        await self.run(worktree, "update-ref", "-m", "agent-coord rescue", ref, commit, "0" * 40)
-        # Proof before anyone deletes anything: the ref must resolve to what we wrote.
-        if (await self.run(worktree, "rev-parse", "--verify", ref)).strip() != commit:
-            raise GitError(["update-ref", ref], 1, "rescue ref did not verify")
-        return commit
-
-    async def free_rescue_ref(self, repo: Path, branch: str | None, slot_id: str) -> str:
+    async def free_rescue_ref(
+        self, repo: Path, branch: str | None, slot_id: str, *, env: Mapping[str, str] | None = None
+    ) -> str:
         """A rescue ref name nobody has used: two rescues of one branch in one millisecond must not clash."""
         base = rescue_ref_name(branch, slot_id)
         for n in range(100):
             ref = base if n == 0 else f"{base}-{n}"
-            exists = await self.run(repo, "rev-parse", "--verify", "--quiet", ref, check=False)
+            exists = await self.run(repo, "rev-parse", "--verify", "--quiet", ref, check=False, env=env)
             if not exists.strip():
                 return ref
         raise GitError(["rev-parse", base], 1, "no free rescue ref name")

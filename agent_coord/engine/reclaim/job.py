@@ -20,6 +20,7 @@ import anyio
 from agent_coord.engine.git.driver import WorktreeInfo
 from agent_coord.engine.git.worktree_listing import WorktreeListing, real_paths
 from agent_coord.engine.reclaim.lost_and_found import move_aside
+from agent_coord.engine.reclaim.rescue import save_work
 from agent_coord.engine.store import EventDraft
 from agent_coord.engine.store.records import Action, Repo, Slot, SlotState, freed
 
@@ -143,33 +144,11 @@ class ReclaimJob:
         return outcome if done is not None else "lost_race"
 
     async def _save(self, path: Path, changed: list[str], unsaved_commits: int) -> str:
-        rc = self.rc
-        s = self.slot
-        ref = await rc.git.free_rescue_ref(Path(self.repo.path), s.branch, s.id)
-        commit = await rc.git.rescue(
-            path, ref, f"agent-coord rescue of {s.id} ({s.branch or 'detached'}): {self.reason}"
+        detail = {"files": [c[3:] for c in changed[:20]], "unsaved_commits": unsaved_commits}
+        saved = await save_work(
+            self.rc.git, self.rc.store, self.rc.identity.agent_id, self.slot, path, self.reason, detail=detail
         )
-        await rc.store.log(
-            EventDraft(
-                Action.RESCUE,
-                "saved",
-                rc.identity.agent_id,
-                self.repo.id,
-                s.id,
-                s.branch,
-                None,
-                s.fencing_token,
-                detail={
-                    "rescue_ref": ref,
-                    "commit": commit,
-                    "reason": self.reason,
-                    "owner": s.owner,
-                    "files": [c[3:] for c in changed[:20]],
-                    "unsaved_commits": unsaved_commits,
-                },
-            )
-        )
-        return ref
+        return saved.ref
 
     async def _operation_in_progress(self, path: Path) -> str | None:
         # One rev-parse for every marker (it prints one path per `--git-path`, in order).

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import anyio
 
-from agent_coord.engine.git.driver import RESCUE_IDENTITY, RESCUE_NAMESPACE, GitDriver, GitError, WorktreeInfo
+from agent_coord.engine.git.driver import RESCUE_NAMESPACE, GitDriver, GitError, WorktreeInfo
 from agent_coord.engine.git.worktree_listing import WorktreeListing
 from agent_coord.engine.git.worktree_probe import AdminDir, judge_admin_dir, scan_admin_dirs
 from agent_coord.engine.liveness.judge import Identity
-from agent_coord.engine.store import EventDraft, Store
-from agent_coord.engine.store.records import Action, Repo
+from agent_coord.engine.reclaim.rescue import GoneWorktree, Whose, save_work
+from agent_coord.engine.store import Store
+from agent_coord.engine.store.records import Repo
 
 
 @dataclass(frozen=True)
@@ -128,53 +129,31 @@ class SafePruner:
     async def _save_entry(self, repo: Repo, info: WorktreeInfo, admin: Path | None, reason: str) -> SavedEntry | None:
         repo_path = Path(repo.path)
         head = info.head if info.head and set(info.head) != {"0"} else None
-        tree: str | None = None
+        index: Path | None = None
+        staged = False
         if admin is not None and await anyio.Path(admin / "index").is_file():
             # The index of the vanished worktree still names every staged blob (they are in the object
-            # store); a tree of it is what `git commit` would have recorded.
-            tree = (await self.git.run(repo_path, "write-tree", env={"GIT_INDEX_FILE": str(admin / "index")})).strip()
-        head_tree = (await self.git.run(repo_path, "rev-parse", f"{head}^{{tree}}")).strip() if head else None
-        staged = tree is not None and tree != head_tree
+            # store). Read only: the comparison writes nothing back into it.
+            index = admin / "index"
+            on_index = {"GIT_INDEX_FILE": str(index)}
+            if head is not None:
+                diff = await self.git.run(repo_path, "diff-index", "--cached", "--name-only", "-z", head, env=on_index)
+            else:
+                diff = await self.git.run(repo_path, "ls-files", "-z", env=on_index)
+            staged = bool(diff)
         unsaved = bool(head) and info.detached and await self._only_reachable_here(repo_path, head or "")
         if not staged and not unsaved:
             return None
-        if staged:
-            assert tree is not None
-            parents = ["-p", head] if head else []
-            commit = (
-                await self.git.run(
-                    repo_path,
-                    "commit-tree",
-                    tree,
-                    *parents,
-                    "-m",
-                    f"agent-coord rescue of the index of {info.path} (directory gone): {reason}",
-                    env=dict(RESCUE_IDENTITY),
-                )
-            ).strip()
-        else:
-            assert head is not None
-            commit = head
-        ref = await self.git.free_rescue_ref(repo_path, info.branch, Path(info.path).name)
-        await self._write_ref(repo_path, ref, commit)
-        await self.store.log(
-            EventDraft(
-                Action.RESCUE,
-                "saved",
-                self.identity.agent_id,
-                repo.id,
-                None,
-                info.branch,
-                detail={
-                    "rescue_ref": ref,
-                    "commit": commit,
-                    "reason": reason,
-                    "path": info.path,
-                    "saved": "staged index" if staged else "detached HEAD commits",
-                },
-            )
+        saved = await save_work(
+            self.git,
+            self.store,
+            self.identity.agent_id,
+            Whose(repo.id, None, info.branch),
+            GoneWorktree(repo_path, info.path, index, head),
+            reason,
+            detail={"path": info.path, "saved": "staged index" if staged else "detached HEAD commits"},
         )
-        return SavedEntry(info.path, ref, commit)
+        return SavedEntry(info.path, saved.ref, saved.commit)
 
     async def _only_reachable_here(self, repo: Path, commit: str) -> bool:
         count = await self.git.run(
@@ -189,12 +168,6 @@ class SafePruner:
             f"--glob={RESCUE_NAMESPACE.removeprefix('refs/')}/*",
         )
         return int(count.strip() or 0) > 0
-
-    async def _write_ref(self, repo: Path, ref: str, commit: str) -> None:
-        # The all-zero old value makes update-ref create only: an existing rescue is never overwritten.
-        await self.git.run(repo, "update-ref", "-m", "agent-coord rescue", ref, commit, "0" * 40)
-        if (await self.git.run(repo, "rev-parse", "--verify", ref)).strip() != commit:
-            raise GitError(["update-ref", ref], 1, "rescue ref did not verify")
 
 
 def _still_doomed(listing: WorktreeListing, admin: list[AdminDir]) -> list[WorktreeInfo] | None:

@@ -209,7 +209,7 @@ class Releaser:
         rescue: str | None = None
         try:
             if dirty:
-                rescue = await save_work(self.git, self.store, self.me, slot, path, "forced release")
+                rescue = (await save_work(self.git, self.store, self.me, slot, path, "forced release")).ref
                 await self.git.discard_changes(path)
             if record is not None:
                 if remove:
