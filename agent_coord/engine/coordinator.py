@@ -17,6 +17,7 @@ from agent_coord.config import Settings
 from agent_coord.engine.allocate.pool import Pool
 from agent_coord.engine.contention.snapshot import ContentionMonitor
 from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.git.confinement import PoolRootRefused
 from agent_coord.engine.git.driver import GitDriver
 from agent_coord.engine.liveness.judge import Identity, judge, same_agent_process
 from agent_coord.engine.models import (
@@ -88,6 +89,7 @@ class Coordinator:
                 with anyio.CancelScope(shield=True):
                     await store.close()
         try:
+            await coord.default_repo()  # start-up refuses a pool root that is not the pool's alone
             if register:
                 await coord.register()
             yield coord
@@ -105,6 +107,8 @@ class Coordinator:
     async def default_repo(self) -> Repo | None:
         try:
             return await self.repos.resolve(None)
+        except PoolRootRefused:
+            raise  # a configuration error: nothing may run in that pool root
         except CoordError:
             return None
 

@@ -9,6 +9,7 @@ import anyio
 
 from agent_coord.config import Settings
 from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.git.confinement import Bounds, check_pool_root
 from agent_coord.engine.git.driver import GitDriver, reject_option_like
 from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Repo
@@ -18,6 +19,11 @@ MAX_PATH = 4096
 
 def default_pool_root(repo: Path) -> Path:
     return repo.parent / f"{repo.name}.worktrees"
+
+
+async def bounds_of(repo: Repo) -> Bounds:
+    """The confinement bounds of a repository's pool (resolving paths: in a worker thread)."""
+    return await anyio.to_thread.run_sync(Bounds.of, repo.path, repo.pool_root)
 
 
 def confine(pool_root: Path, path: Path) -> Path:
@@ -65,6 +71,10 @@ class RepoResolver:
         else:
             pool_root = default_pool_root(top)
         repo = await self.store.ensure_repo(str(top), str(pool_root))
+        # A pool root that holds the repository or other people's repositories is refused before
+        # anything runs in it (and the repository keeps the pool root it was registered with: checked too).
+        recorded = {s.path for s in await self.store.slots(repo.id)}
+        await anyio.to_thread.run_sync(check_pool_root, await bounds_of(repo), recorded)
         self._by_arg[key] = repo
         self._by_id[repo.id] = repo
         return repo

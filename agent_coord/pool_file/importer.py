@@ -38,7 +38,7 @@ from opentelemetry import trace
 from agent_coord.engine.errors import CoordError
 from agent_coord.engine.git.driver import GitDriver, GitError, WorktreeStatus
 from agent_coord.engine.liveness.judge import Identity
-from agent_coord.engine.repos import RepoResolver, confine
+from agent_coord.engine.repos import RepoResolver, bounds_of, confine
 from agent_coord.engine.store import AdoptionConflictError, BranchHeldError, EventDraft, SlotAdoption, Store
 from agent_coord.engine.store.records import HELD_STATES, Action, Agent, Repo, SlotState
 from agent_coord.pool_file.import_rows import (
@@ -199,7 +199,7 @@ class PoolImporter:
             candidates.append(plan)
         # Only FREE rows need `git status` (they must be clean); run those at once, a few at a time.
         statuses = await self._statuses(
-            [p.path for p in candidates if p.known_as is None and p.state == SlotState.FREE]
+            repo, [p.path for p in candidates if p.known_as is None and p.state == SlotState.FREE]
         )
         plans: list[ImportPlan] = []
         for plan in candidates:
@@ -231,14 +231,15 @@ class PoolImporter:
             return f"{where} is a worktree of another repository ({other}), not of {main}"
         return f"{where} is not a worktree of {main} (git worktree list does not show it)"
 
-    async def _statuses(self, paths: list[Path]) -> dict[Path, WorktreeStatus | str]:
+    async def _statuses(self, repo: Repo, paths: list[Path]) -> dict[Path, WorktreeStatus | str]:
+        bounds = await bounds_of(repo)
         found: dict[Path, WorktreeStatus | str] = {}
         limiter = anyio.CapacityLimiter(STATUS_CONCURRENCY)
 
         async def probe(path: Path) -> None:
             async with limiter:
                 try:
-                    found[path] = await self.git.status(path)
+                    found[path] = await self.git.status(bounds.slot(path))
                 except GitError as exc:
                     found[path] = exc.reason
 
@@ -281,10 +282,11 @@ class PoolImporter:
         # Git first, store second: a FREE slot in the store must already be detached, or the next
         # agent would be handed a worktree whose branch is still checked out.
         detached: list[ImportPlan] = []
+        bounds = await bounds_of(repo)
         try:
             for plan in todo:
                 if plan.detach_from is not None:
-                    await self.git.detach(plan.path)
+                    await self.git.detach(bounds.slot(plan.path))
                     detached.append(plan)
             adoptions = [
                 SlotAdoption(
@@ -318,7 +320,7 @@ class PoolImporter:
                 for plan in detached:
                     assert plan.detach_from is not None
                     with contextlib.suppress(GitError):  # best effort: the branch ref itself is untouched
-                        await self.git.switch(plan.path, plan.detach_from)
+                        await self.git.switch(bounds.slot(plan.path), plan.detach_from)
             raise PoolImportError([store_problem(exc, todo)]) from exc
         return {Path(s.path): s.id for s in slots}
 

@@ -24,7 +24,7 @@ from agent_coord.engine.git.driver import GitDriver, GitError
 from agent_coord.engine.liveness.judge import Identity
 from agent_coord.engine.models import AllocationResult, Contention
 from agent_coord.engine.release.releaser import Releaser
-from agent_coord.engine.repos import RepoResolver, confine
+from agent_coord.engine.repos import RepoResolver, bounds_of
 from agent_coord.engine.store import BranchHeldError, EventDraft, Store, StoreBusyError
 from agent_coord.engine.store.records import Action, Repo
 
@@ -258,8 +258,8 @@ class Pool:
 
     async def _git_phase(self, repo: Repo, claim: Claim, plan: Plan) -> None:
         """Between the phases: git runs with no transaction open. The caller rolls back on failure."""
-        # Resolving follows symlinks on disk: not on the event loop.
-        path = await anyio.to_thread.run_sync(confine, Path(repo.pool_root), Path(claim.slot.path))
+        # Every git command in the slot passes the confinement guard (git/confinement.py).
+        path = (await bounds_of(repo)).slot(claim.slot.path)
         with tracer.start_as_current_span("git.phase") as span:
             span.set_attribute("worktree.warm", claim.warm)
             if claim.warm:

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import anyio
 
+from agent_coord.engine.git.confinement import Bounds, Confined, Shape, shape
 from agent_coord.engine.git.driver import GitDriver, GitError, WorktreeInfo
-from agent_coord.engine.git.worktree_probe import clear_add_marker, index_locked
+from agent_coord.engine.git.worktree_probe import clear_confined_add_marker, index_locked
 from agent_coord.engine.reclaim.rescue import save_work
+from agent_coord.engine.repos import bounds_of
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.records import Action, Repo, Slot, SlotState, freed
 
@@ -22,8 +24,12 @@ class Claim:
     warm: bool
 
 
-def make_room(path: Path) -> None:
-    """A new slot's directory must not exist; an empty leftover is removed, anything else refused."""
+def make_room(bounds: Bounds, slot: Path) -> None:
+    """A new slot's directory must not exist; an empty leftover is removed, anything else refused. Its
+    place must be inside the pool root (the confinement guard)."""
+    if shape(bounds, slot) == Shape.WORKTREE:
+        raise GitError(["worktree", "add"], 1, f"fatal: {slot} already exists; run validate --repair")
+    path = bounds.pool_root / slot.name
     if path.is_symlink():
         raise GitError(["worktree", "add"], 1, f"fatal: {path} is a symlink; run validate --repair")
     if path.exists():
@@ -39,7 +45,7 @@ async def switch_warm_slot(
     store: Store,
     agent_id: str,
     slot: Slot,
-    path: Path,
+    path: Confined,
     branch: str,
     start: str | None,
 ) -> None:
@@ -58,7 +64,7 @@ async def switch_warm_slot(
         start is not None
         and start == state.head
         and state.branch is None
-        and not await anyio.to_thread.run_sync(index_locked, path)
+        and not await anyio.to_thread.run_sync(index_locked, path.path)
     ):
         # The slot already sits, detached, at the start commit (released where the next branch starts)
         # and is clean, as just checked: only the branch is new. Not on a branch (its upstream settings
@@ -69,9 +75,9 @@ async def switch_warm_slot(
         await git.switch(path, branch, create_from=start)
 
 
-async def add_cold_slot(git: GitDriver, repo: Path, path: Path, branch: str, start: str | None) -> None:
-    await anyio.to_thread.run_sync(make_room, path)
-    await git.worktree_add(repo, path, branch=branch, create_from=start)
+async def add_cold_slot(git: GitDriver, repo: Path, path: Confined, branch: str, start: str | None) -> None:
+    await anyio.to_thread.run_sync(make_room, path.bounds, path.path)
+    await git.worktree_add(repo, path.bounds.pool_root / path.name, branch=branch, create_from=start)
 
 
 async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slot: Slot, reason: str) -> None:
@@ -79,6 +85,7 @@ async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slo
     the failed allocation left behind cannot be saved."""
     token = slot.fencing_token
     path = Path(slot.path)
+    slot_dir = (await bounds_of(repo)).slot(path)
     registered = any(Path(w.path) == path for w in await _safe_worktrees(git, Path(repo.path)))
     draft = EventDraft(
         Action.RECLAIM, "rolled_back", agent_id, repo.id, slot.id, slot.branch, detail={"reason": reason}
@@ -88,18 +95,20 @@ async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slo
             slot.id, expect_state=SlotState.ALLOCATING, expect_token=token, delete=True, events=[draft]
         )
         return
-    if slot.since is not None and await anyio.to_thread.run_sync(clear_add_marker, path, slot.since):
+    if slot.since is not None and await anyio.to_thread.run_sync(clear_confined_add_marker, slot_dir, slot.since):
         # Our `git worktree add` was killed (a cancelled request kills its git): its own lock would
         # otherwise stay on a FREE slot that the next agent then cannot release.
         draft.detail["cleared"] = "git worktree add's 'initializing' lock"
     try:
-        status = await git.status(path)
+        # Every command here passes the confinement guard: a slot that fails it (a symlink put in its
+        # place, another repository) is quarantined below, and git never runs in it.
+        status = await git.status(slot_dir)
         if status.dirty:
             # What setup or a half-done switch left behind: saved, never silently dropped.
-            await save_work(git, store, agent_id, slot, path, f"allocation rolled back: {reason}")
-            await git.discard_changes(path)
+            await save_work(git, store, agent_id, slot, slot_dir, f"allocation rolled back: {reason}")
+            await git.discard_changes(slot_dir)
         if status.branch is not None:
-            await git.detach(path)
+            await git.detach(slot_dir)
     except GitError as exc:
         await store.transition(
             slot.id,

@@ -14,6 +14,8 @@ from opentelemetry import trace
 from agent_coord.engine.concurrency import gather
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git import branch_names
+from agent_coord.engine.git.confinement import Confined, check_slot
+from agent_coord.engine.git.git_error import GitError as GitError
 
 tracer = trace.get_tracer("agent-coord.git")
 
@@ -25,21 +27,6 @@ RESCUE_IDENTITY = {
     "GIT_COMMITTER_NAME": "agent-coord rescue",
     "GIT_COMMITTER_EMAIL": "agent-coord@localhost",
 }
-
-
-class GitError(Exception):
-    def __init__(self, args: list[str], returncode: int, stderr: str) -> None:
-        self.args_list = args
-        self.returncode = returncode
-        self.stderr = stderr.strip()
-        super().__init__(self.reason)
-
-    @property
-    def reason(self) -> str:
-        lines = [ln.strip() for ln in self.stderr.splitlines() if ln.strip()]
-        important = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]
-        text = "; ".join(important or lines[-2:]) or f"git exited with {self.returncode}"
-        return text[:500]
 
 
 @dataclass(frozen=True)
@@ -84,6 +71,15 @@ def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+async def _pinned(
+    cwd: str | Path | Confined, env: Mapping[str, str] | None
+) -> tuple[str | Path, Mapping[str, str] | None]:
+    if not isinstance(cwd, Confined):
+        return cwd, env
+    checked = await anyio.to_thread.run_sync(check_slot, cwd.bounds, cwd.path)
+    return checked.path, {**checked.git_env(), **(env or {})}
+
+
 def reject_option_like(value: str, what: str, code: ErrorCode = ErrorCode.INVALID_ARGUMENT) -> None:
     if value.startswith("-"):
         raise CoordError(code, f"{what} {value!r} starts with '-', which git would read as an option")
@@ -96,7 +92,12 @@ class GitDriver:
         self.git = git
         self._branch_verdicts: dict[str, bool] = {}
 
-    async def run(self, cwd: str | Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None) -> str:
+    async def run(
+        self, cwd: str | Path | Confined, *args: str, check: bool = True, env: Mapping[str, str] | None = None
+    ) -> str:
+        """Run git in `cwd`. A slot (`Confined`) is checked by the confinement guard right before, and git
+        is pinned to it (GIT_DIR, GIT_WORK_TREE): see `confinement`."""
+        cwd, env = await _pinned(cwd, env)
         cmd = [self.git, "-C", str(cwd), *args]
         with tracer.start_as_current_span("git") as span:
             span.set_attribute("git.command", args[0] if args else "")
@@ -111,8 +112,11 @@ class GitDriver:
                 raise err
             return result.stdout.decode("utf-8", "replace")
 
-    async def run_input(self, cwd: str | Path, text: str, *args: str, env: Mapping[str, str] | None = None) -> str:
+    async def run_input(
+        self, cwd: str | Path | Confined, text: str, *args: str, env: Mapping[str, str] | None = None
+    ) -> str:
         """`run` with `text` on git's standard input (always checked)."""
+        cwd, env = await _pinned(cwd, env)
         cmd = [self.git, "-C", str(cwd), *args]
         with tracer.start_as_current_span("git") as span:
             span.set_attribute("git.command", args[0] if args else "")
@@ -221,27 +225,29 @@ class GitDriver:
         else:
             await self.run(repo, "worktree", "add", "--quiet", "--", str(path), branch)
 
-    async def switch(self, worktree: Path, branch: str, *, create_from: str | None = None) -> None:
+    async def switch(self, worktree: Confined, branch: str, *, create_from: str | None = None) -> None:
         if create_from is not None:
             await self.run(worktree, "switch", "--quiet", "--no-guess", "-c", branch, create_from)
         else:
             await self.run(worktree, "switch", "--quiet", "--no-guess", branch)
 
-    async def branch_at_head(self, worktree: Path, branch: str) -> None:
+    async def branch_at_head(self, worktree: Confined, branch: str) -> None:
         """A new branch at HEAD, checked out. Without a start point git neither reads the tree nor
         refreshes the index (no two-way merge): ~3 ms on 5,000 files, where `-c <branch> <commit>` costs
         ~11 ms even when the commit is HEAD (BENCHMARKS.md)."""
         await self.run(worktree, "switch", "--quiet", "--no-guess", "-c", branch)
 
-    async def detach(self, worktree: Path) -> None:
+    async def detach(self, worktree: Confined) -> None:
         await self.run(worktree, "switch", "--quiet", "--detach")
 
-    async def worktree_remove(self, repo: Path, path: Path, *, force: bool = False) -> None:
-        args = ["worktree", "remove", *(["--force"] if force else []), "--", str(path)]
+    async def worktree_remove(self, repo: Path, slot: Confined, *, force: bool = False) -> None:
+        # Checked right before, like every command in a slot; git gets the real path it was checked at.
+        checked = await anyio.to_thread.run_sync(check_slot, slot.bounds, slot.path)
+        args = ["worktree", "remove", *(["--force"] if force else []), "--", str(checked.path)]
         await self.run(repo, *args)
 
     async def status(
-        self, worktree: Path, *, expect_detached: bool = False, count_unsaved: bool = True
+        self, worktree: Confined, *, expect_detached: bool = False, count_unsaved: bool = True
     ) -> WorktreeStatus:
         """Changed and untracked files, the branch and HEAD, in one `git status` (porcelain v2), and the
         commits only a detached HEAD holds. With `expect_detached` (a FREE slot) both run at once."""
@@ -287,7 +293,7 @@ class GitDriver:
         listed = set(out.split())
         return {h for h in heads if h in listed}
 
-    async def _unsaved_commits(self, worktree: Path) -> int:
+    async def _unsaved_commits(self, worktree: Confined) -> int:
         out = await self.run(
             worktree,
             "rev-list",
@@ -304,19 +310,17 @@ class GitDriver:
 
     # ---- saving work --------------------------------------------------------------------------
 
-    async def free_rescue_ref(
-        self, repo: Path, branch: str | None, slot_id: str, *, env: Mapping[str, str] | None = None
-    ) -> str:
+    async def free_rescue_ref(self, repo: Path | Confined, branch: str | None, slot_id: str) -> str:
         """A rescue ref name nobody has used: two rescues of one branch in one millisecond must not clash."""
         base = rescue_ref_name(branch, slot_id)
         for n in range(100):
             ref = base if n == 0 else f"{base}-{n}"
-            exists = await self.run(repo, "rev-parse", "--verify", "--quiet", ref, check=False, env=env)
+            exists = await self.run(repo, "rev-parse", "--verify", "--quiet", ref, check=False)
             if not exists.strip():
                 return ref
         raise GitError(["rev-parse", base], 1, "no free rescue ref name")
 
-    async def discard_changes(self, worktree: Path) -> None:
+    async def discard_changes(self, worktree: Confined) -> None:
         """Reset tracked files and remove untracked ones (not ignored ones: build caches stay warm)."""
         await self.run(worktree, "reset", "--hard", "--quiet")
         await self.run(worktree, "clean", "-d", "--force", "--quiet")

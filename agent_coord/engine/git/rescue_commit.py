@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
+from agent_coord.engine.git.confinement import Confined
 from agent_coord.engine.git.driver import RESCUE_IDENTITY, GitDriver, GitError
 
 EMPTY_BLOB = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
@@ -61,18 +61,15 @@ class RescueFailed(GitError):
         super().__init__(["rescue"], 1, f"fatal: {reason}")
 
 
-async def rescue_worktree(
-    git: GitDriver, worktree: Path, ref: str, message: str, *, env: Mapping[str, str] | None = None
-) -> RescueCommit:
+async def rescue_worktree(git: GitDriver, worktree: Confined | Path, ref: str, message: str) -> RescueCommit:
     """Save HEAD, the index and the working tree of the worktree at `worktree` to the new ref `ref`.
 
-    `env` is added to every git call (the confinement guard pins GIT_DIR and GIT_WORK_TREE with it).
-    The worktree, its index and its branch are left exactly as found."""
-    base = dict(env or {})
-    out = await git.run(worktree, "rev-parse", "--path-format=absolute", "--git-path", "index", env=base)
+    Every git call in a slot passes the confinement guard. The worktree, its index and its branch are
+    left exactly as found."""
+    out = await git.run(worktree, "rev-parse", "--path-format=absolute", "--git-path", "index")
     index_file = Path(out.strip())
-    head = await _head(git, worktree, base)
-    return await _build(git, worktree, ref, message, index_file=index_file, head=head, with_worktree=True, env=base)
+    head = await _head(git, worktree, {})
+    return await _build(git, worktree, ref, message, index_file=index_file, head=head, with_worktree=True, env={})
 
 
 async def rescue_index(
@@ -83,14 +80,14 @@ async def rescue_index(
     return await _build(git, repo, ref, message, index_file=index_file, head=head, with_worktree=False, env={})
 
 
-async def _head(git: GitDriver, cwd: Path, env: dict[str, str]) -> str | None:
+async def _head(git: GitDriver, cwd: Confined | Path, env: dict[str, str]) -> str | None:
     out = await git.run(cwd, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False, env=env)
     return out.strip() or None
 
 
 async def _build(
     git: GitDriver,
-    cwd: Path,
+    cwd: Confined | Path,
     ref: str,
     message: str,
     *,
@@ -142,7 +139,9 @@ async def _build(
 STAGE_DIRS = {"1": "base", "2": "ours", "3": "theirs"}
 
 
-async def _set_conflicts_aside(git: GitDriver, cwd: Path, scratch: dict[str, str], aside: Path) -> str | None:
+async def _set_conflicts_aside(
+    git: GitDriver, cwd: Confined | Path, scratch: dict[str, str], aside: Path
+) -> str | None:
     """When the (copied) index has conflicted paths: a tree of every version of them (`base/<path>`,
     `ours/<path>`, `theirs/<path>`, in an index of its own at `aside`), and in the copy each such path
     made a plain entry of "ours" (else "theirs"), so that the copy can be written as a tree."""
@@ -187,7 +186,9 @@ def _copy_if_there(source: Path, target: Path) -> bool:
     return True
 
 
-async def _verify_index_tree(git: GitDriver, cwd: Path, index_tree: str, scratch: dict[str, str]) -> tuple[str, ...]:
+async def _verify_index_tree(
+    git: GitDriver, cwd: Confined | Path, index_tree: str, scratch: dict[str, str]
+) -> tuple[str, ...]:
     """Prove the tree holds every staged entry of the (copied) index; return the intent-to-add paths,
     the only entries a tree leaves out (an empty blob "added" by the index that the tree lacks)."""
     out = await git.run(cwd, "diff-index", "--cached", "--no-renames", "-z", index_tree, env=scratch)
@@ -202,7 +203,7 @@ async def _verify_index_tree(git: GitDriver, cwd: Path, index_tree: str, scratch
     return tuple(intent)
 
 
-async def _worktree_tree(git: GitDriver, cwd: Path, scratch: dict[str, str]) -> str:
+async def _worktree_tree(git: GitDriver, cwd: Confined | Path, scratch: dict[str, str]) -> str:
     """The working tree as a tree: the index copy, updated with every tracked change and every untracked,
     not ignored, file; then proved equal to the disk (nothing modified, nothing untracked left)."""
     await git.run(cwd, "add", "--all", "--", ":/", env=scratch)
@@ -214,7 +215,7 @@ async def _worktree_tree(git: GitDriver, cwd: Path, scratch: dict[str, str]) -> 
     return (await git.run(cwd, "write-tree", env=scratch)).strip()
 
 
-async def _verify_ref(git: GitDriver, cwd: Path, ref: str, saved: RescueCommit, env: dict[str, str]) -> None:
+async def _verify_ref(git: GitDriver, cwd: Confined | Path, ref: str, saved: RescueCommit, env: dict[str, str]) -> None:
     """Read the ref back: it names the commit, whose tree, first parent and index parent are the ones
     proved above. (With an unborn HEAD the index commit is the only parent.)"""
     index_parent = f"{ref}^2" if saved.head is not None else f"{ref}^1"

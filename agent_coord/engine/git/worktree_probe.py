@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent_coord.engine.git.confinement import Confined, Unconfined, check_slot
 from agent_coord.engine.git.driver import WorktreeInfo
 from agent_coord.engine.git.worktree_listing import real_path
 from agent_coord.engine.git.worktree_record import gitdir_of
@@ -150,3 +151,13 @@ def clear_add_marker(path: Path, since: float) -> bool:
         return True
     except (OSError, UnicodeDecodeError):
         return False
+
+
+def clear_confined_add_marker(slot: Confined, since: float) -> bool:
+    """`clear_add_marker`, only in a slot that passes the confinement guard: it deletes a file in the
+    administrative directory that the slot's `.git` names, which must be this repository's."""
+    try:
+        check_slot(slot.bounds, slot.path)
+    except Unconfined:
+        return False
+    return clear_add_marker(slot.path, since)

@@ -12,15 +12,16 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 
+from agent_coord.engine.git.confinement import Confined, Shape, Unconfined, shape
 from agent_coord.engine.git.driver import WorktreeInfo
 from agent_coord.engine.git.worktree_listing import WorktreeListing, real_paths
 from agent_coord.engine.reclaim.lost_and_found import move_aside
 from agent_coord.engine.reclaim.rescue import save_work
+from agent_coord.engine.repos import bounds_of
 from agent_coord.engine.store import EventDraft
 from agent_coord.engine.store.records import Action, Repo, Slot, SlotState, freed
 
@@ -86,8 +87,14 @@ class ReclaimJob:
         )
 
     async def run(self) -> str:
-        path = Path(self.slot.path)
-        if self.info is None or self.info.prunable or not await anyio.Path(path).is_dir():
+        bounds = await bounds_of(self.repo)
+        path = bounds.slot(self.slot.path)
+        try:
+            # A symlink, a file, another repository or its worktree in the slot's place: never touched.
+            form = await anyio.to_thread.run_sync(shape, bounds, path.path)
+        except Unconfined as exc:
+            raise Unsafe(exc.reason) from exc
+        if self.info is None or self.info.prunable or form != Shape.WORKTREE:
             return await self._gone(path)
         git = self.rc.git
         status = await git.status(path)
@@ -116,7 +123,7 @@ class ReclaimJob:
         )
         return outcome if done is not None else "lost_race"
 
-    async def _gone(self, path: Path) -> str:
+    async def _gone(self, slot: Confined) -> str:
         """The worktree is gone: save what git still holds of it, prune, set aside the directory, drop."""
         rc = self.rc
         note = "worktree was gone"
@@ -126,10 +133,11 @@ class ReclaimJob:
             self.rescue = result.rescue_refs.get(real)
             if not result.settled(real):
                 raise Unsafe("could not save the git entry of the vanished worktree")
+        path = slot.path
         if await anyio.Path(path).exists():
             # A directory git does not know (its .git file was lost): user files may be in it. Move it
             # aside rather than leave it to block the slot's path, and say where.
-            moved = await anyio.to_thread.run_sync(move_aside, path, Path(self.repo.pool_root))
+            moved = await anyio.to_thread.run_sync(move_aside, path, slot.bounds)
             if moved is None:
                 raise Unsafe(f"could not move {path} aside")
             note = f"directory was not a git worktree; moved to {moved}"
@@ -143,14 +151,14 @@ class ReclaimJob:
         )
         return outcome if done is not None else "lost_race"
 
-    async def _save(self, path: Path, changed: list[str], unsaved_commits: int) -> str:
+    async def _save(self, path: Confined, changed: list[str], unsaved_commits: int) -> str:
         detail = {"files": [c[3:] for c in changed[:20]], "unsaved_commits": unsaved_commits}
         saved = await save_work(
             self.rc.git, self.rc.store, self.rc.identity.agent_id, self.slot, path, self.reason, detail=detail
         )
         return saved.ref
 
-    async def _operation_in_progress(self, path: Path) -> str | None:
+    async def _operation_in_progress(self, path: Confined) -> str | None:
         # One rev-parse for every marker (it prints one path per `--git-path`, in order).
         args = [a for marker in IN_PROGRESS_MARKERS for a in ("--git-path", marker)]
         out = await self.rc.git.run(path, "rev-parse", "--path-format=absolute", *args)

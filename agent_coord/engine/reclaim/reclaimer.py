@@ -22,12 +22,12 @@ from opentelemetry import trace
 
 from agent_coord.engine.git.driver import GitDriver, GitError, WorktreeInfo
 from agent_coord.engine.git.worktree_listing import WorktreeListing, real_paths, same_path
-from agent_coord.engine.git.worktree_probe import OnDisk, clear_add_marker, listing_holds, probe_worktree
+from agent_coord.engine.git.worktree_probe import OnDisk, clear_confined_add_marker, listing_holds, probe_worktree
 from agent_coord.engine.liveness.judge import Identity
 from agent_coord.engine.reclaim.job import ReclaimJob
 from agent_coord.engine.reclaim.lost_and_found import LOST_AND_FOUND, move_aside
 from agent_coord.engine.reclaim.safe_prune import PruneResult, SafePruner, SavedEntry
-from agent_coord.engine.repos import RepoResolver
+from agent_coord.engine.repos import RepoResolver, bounds_of
 from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Repo, Slot, SlotState
 
@@ -92,7 +92,9 @@ class Reclaimer:
         # An allocation that can never finish (its server is gone) may have been killed inside `git
         # worktree add`, whose own lock is not a person's: see worktree_probe.clear_add_marker.
         since = slot.since if slot.state == SlotState.ALLOCATING else None
-        if since is not None and await anyio.to_thread.run_sync(clear_add_marker, Path(slot.path), since):
+        if since is not None and await anyio.to_thread.run_sync(
+            clear_confined_add_marker, (await bounds_of(repo)).slot(slot.path), since
+        ):
             listing = None  # the shared listing still shows the lock
         found = await self._entry(repo, slot, listing)
         if found is None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent_coord.engine.git.confinement import Confined
 from agent_coord.engine.git.driver import GitDriver
 from agent_coord.engine.git.rescue_commit import RescueCommit, rescue_index, rescue_worktree
 from agent_coord.engine.store import EventDraft, Store
@@ -58,11 +59,10 @@ async def save_work(
     store: Store,
     agent_id: str,
     whose: Slot | Whose,
-    where: Path | GoneWorktree,
+    where: Confined | GoneWorktree,
     reason: str,
     *,
     detail: Mapping[str, object] | None = None,
-    env: Mapping[str, str] | None = None,
 ) -> SavedWork:
     """Commit HEAD, the index and the working tree at `where` (a worktree, or what is left of a gone
     one) to a new rescue ref, verified, and log it. Raises GitError when that cannot be done and
@@ -74,8 +74,8 @@ async def save_work(
         ref = await git.free_rescue_ref(where.repo, who.branch, name)
         saved = await rescue_index(git, where.repo, where.index_file, where.head, ref, message)
     else:
-        ref = await git.free_rescue_ref(where, who.branch, name, env=env)
-        saved = await rescue_worktree(git, where, ref, message, env=env)
+        ref = await git.free_rescue_ref(where, who.branch, name)
+        saved = await rescue_worktree(git, where, ref, message)
     await store.log(
         EventDraft(
             Action.RESCUE,

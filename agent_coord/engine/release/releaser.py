@@ -7,23 +7,29 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 from opentelemetry import trace
 
 from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.git.confinement import Shape, Unconfined, inside_pool, shape
 from agent_coord.engine.git.driver import GitDriver, GitError, reject_option_like
 from agent_coord.engine.git.worktree_listing import WorktreeListing
 from agent_coord.engine.git.worktree_record import WorktreeRecord, read_worktree_record
 from agent_coord.engine.liveness.judge import Identity, same_agent_process
 from agent_coord.engine.models import ReleaseResult
 from agent_coord.engine.reclaim.rescue import save_work
-from agent_coord.engine.repos import RepoResolver, confine
+from agent_coord.engine.repos import RepoResolver, bounds_of
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.records import Action, Repo, Slot, SlotState, freed
 
 tracer = trace.get_tracer("agent-coord.pool")
 MAX_TEXT = 4096
+
+
+def _quarantined() -> dict[str, object]:
+    return {"state": SlotState.QUARANTINED, "owner": None, "lease_expires_at": None}
 
 
 class Releaser:
@@ -70,6 +76,33 @@ class Releaser:
             ) from exc
         info = listing.at(str(path))  # `path` is resolved (confine), the listing's keys too
         return None if info is None else WorktreeRecord(locked=info.locked, lock_reason=info.lock_reason)
+
+    def _quarantine_event(self, repo: Repo, slot: Slot, token: int | None, exc: Unconfined | GitError) -> EventDraft:
+        return EventDraft(
+            Action.RECLAIM,
+            "quarantined",
+            self.me,
+            repo.id,
+            slot.id,
+            slot.branch,
+            None,
+            token,
+            detail={"reason": "release", "error": exc.reason, "previous_owner": slot.owner},
+        )
+
+    async def _quarantine(self, repo: Repo, slot: Slot, token: int | None, exc: Unconfined) -> NoReturn:
+        """The slot's directory failed the confinement guard: nothing is run in it; it is quarantined."""
+        await self.store.transition(
+            slot.id,
+            expect_state=slot.state,
+            expect_version=slot.version,
+            changes=_quarantined(),
+            events=[self._quarantine_event(repo, slot, token, exc)],
+        )
+        raise CoordError(
+            ErrorCode.GIT_FAILED,
+            f"{slot.id} was not released: {exc.reason}; nothing was run in it, and it is quarantined for a person",
+        )
 
     async def find_slot(
         self, *, worktree_id: str | None, path: str | None, branch: str | None, repo_arg: str | None = None
@@ -164,8 +197,13 @@ class Releaser:
                 )
             forced_from = slot.owner
         token = self._tokens.get(slot.id, slot.fencing_token) if forced_from is None else slot.fencing_token
-        # Resolving follows symlinks on disk: not on the event loop.
-        path = await anyio.to_thread.run_sync(confine, Path(repo.pool_root), Path(slot.path))
+        bounds = await bounds_of(repo)
+        slot_dir = bounds.slot(slot.path)
+        try:
+            # Its real path, the entry itself not followed: only a name directly in the pool root passes.
+            path = await anyio.to_thread.run_sync(inside_pool, bounds, slot_dir.path)
+        except Unconfined as exc:
+            await self._quarantine(repo, slot, token, exc)
         record = await self._git_record(repo, path)
         if record is not None and record.locked:
             raise CoordError(
@@ -173,7 +211,11 @@ class Releaser:
                 f"{slot.id} is locked ({record.lock_reason or 'git worktree lock'}); "
                 f"unlock it with: git worktree unlock {path}",
             )
-        status = await self.git.status(path) if record is not None and await anyio.Path(path).is_dir() else None
+        try:
+            form = await anyio.to_thread.run_sync(shape, bounds, slot_dir.path)
+        except Unconfined as exc:
+            await self._quarantine(repo, slot, token, exc)
+        status = await self.git.status(slot_dir) if record is not None and form == Shape.WORKTREE else None
         dirty = bool(status and status.dirty)
         if dirty and not force:
             assert status is not None
@@ -209,24 +251,32 @@ class Releaser:
         rescue: str | None = None
         try:
             if dirty:
-                rescue = (await save_work(self.git, self.store, self.me, slot, path, "forced release")).ref
-                await self.git.discard_changes(path)
+                rescue = (await save_work(self.git, self.store, self.me, slot, slot_dir, "forced release")).ref
+                await self.git.discard_changes(slot_dir)
             if record is not None:
                 if remove:
-                    await self.git.worktree_remove(Path(repo.path), path)
+                    await self.git.worktree_remove(Path(repo.path), slot_dir)
                 elif status is not None and status.branch is not None:
-                    await self.git.detach(path)
+                    await self.git.detach(slot_dir)
             # With no git entry for the slot there is nothing to prune; a repo-wide `git worktree prune`
             # here would drop other vanished worktrees' entries before validation saved their work.
         except GitError as exc:
+            unconfined = isinstance(exc, Unconfined)
             with anyio.CancelScope(shield=True):
+                # A slot that failed the guard half-way (swapped under us) is a person's now: quarantined.
                 await self.store.transition(
                     slot.id,
                     expect_state=SlotState.RELEASING,
                     expect_token=token,
-                    changes={"state": original, "owner": slot.owner},
+                    changes=_quarantined() if unconfined else {"state": original, "owner": slot.owner},
+                    events=[self._quarantine_event(repo, slot, token, exc)] if unconfined else [],
                 )
-            raise CoordError(ErrorCode.GIT_FAILED, f"git failed while releasing {slot.id}: {exc.reason}") from exc
+            saved = f"; its changes are in {rescue}" if rescue else ""
+            raise CoordError(
+                ErrorCode.GIT_FAILED,
+                f"git failed while releasing {slot.id}: {exc.reason}"
+                + (f"; quarantined for a person{saved}" if unconfined else ""),
+            ) from exc
         gone = remove or record is None
         detail: dict[str, object] = {"remove": remove, "force": force}
         if forced_from:

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import anyio
 
+from agent_coord.engine.git.confinement import Bounds, Confined
 from agent_coord.engine.git.driver import GitDriver, WorktreeInfo
 from agent_coord.engine.git.worktree_listing import WorktreeListing, real_path, real_paths
 from agent_coord.engine.liveness.judge import Identity, Liveness, judge
 from agent_coord.engine.models import Finding
 from agent_coord.engine.reclaim.lost_and_found import move_aside
 from agent_coord.engine.reclaim.reclaimer import REPAIRED_OUTCOMES, Reclaimer
+from agent_coord.engine.repos import bounds_of
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.records import Action, Agent, Repo, Slot
 
@@ -53,10 +55,16 @@ class RepoPass:
     # Slots without a worktree, to be dropped after the one prune of this pass (when git has an entry).
     missing: list[tuple[Slot, WorktreeInfo | None, Finding]] = field(default_factory=list)
     pruned: bool = False  # a prune of this pass succeeded: the listing's prunable entries are gone
+    bounds: Bounds | None = None  # the confinement bounds of the repository's pool
 
     @classmethod
     async def start(cls, repo: Repo, slots: list[Slot], listing: WorktreeListing) -> RepoPass:
-        return cls(repo, slots, listing, await real_paths(s.path for s in slots))
+        return cls(repo, slots, listing, await real_paths(s.path for s in slots), bounds=await bounds_of(repo))
+
+    def slot_dir(self, path: str) -> Confined:
+        """A slot's path for the git driver, which checks it against the confinement guard at every call."""
+        assert self.bounds is not None
+        return self.bounds.slot(path)
 
     def info(self, slot: Slot) -> WorktreeInfo | None:
         return self.listing.at(self.real[slot.path])
@@ -117,7 +125,7 @@ class Checker:
         if gone is not None and move_directory and await anyio.Path(path).exists():
             others = await self.store.slots()
             if not await anyio.to_thread.run_sync(lambda: real_path(s.path) in {real_path(o.path) for o in others}):
-                moved = await anyio.to_thread.run_sync(move_aside, path, Path(repo.pool_root))
+                moved = await anyio.to_thread.run_sync(move_aside, path, await bounds_of(repo))
                 if moved is not None:
                     f.action += f"; its directory was moved to {moved}"
         return gone is not None

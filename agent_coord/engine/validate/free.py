@@ -61,7 +61,7 @@ async def _statuses(ck: Checker, rp: RepoPass, free: list[Slot]) -> dict[str, Wo
     async def probe(s: Slot) -> None:
         async with limiter:
             try:
-                statuses[s.id] = await ck.git.status(Path(s.path), count_unsaved=False)
+                statuses[s.id] = await ck.git.status(rp.slot_dir(s.path), count_unsaved=False)
             except GitError:
                 statuses[s.id] = None
 

@@ -62,7 +62,7 @@ async def adopt_untracked(ck: Checker, run: ValidationRun, rp: RepoPass, untrack
 
 async def _adopt(ck: Checker, run: ValidationRun, rp: RepoPass, w: WorktreeInfo) -> None:
     try:
-        st: WorktreeStatus | None = await ck.git.status(Path(w.path))
+        st: WorktreeStatus | None = await ck.git.status(rp.slot_dir(w.path))
     except GitError as exc:
         st = None
         detail = exc.reason
@@ -80,7 +80,7 @@ async def _adopt(ck: Checker, run: ValidationRun, rp: RepoPass, w: WorktreeInfo)
         state = SlotState.FREE if clean else SlotState.QUARANTINED
         try:
             if clean and st is not None and st.branch is not None:
-                await ck.git.detach(Path(w.path))
+                await ck.git.detach(rp.slot_dir(w.path))
             slot = await ck.store.insert_slot(
                 rp.repo,
                 (await real_paths([w.path]))[w.path],
@@ -136,7 +136,8 @@ async def check_leftovers(ck: Checker, run: ValidationRun, rp: RepoPass) -> None
             action=f"move it to {LOST_AND_FOUND}/ (nothing is deleted)",
         )
         if run.repair:
-            moved = await anyio.to_thread.run_sync(move_aside, entry, root)
+            assert rp.bounds is not None
+            moved = await anyio.to_thread.run_sync(move_aside, entry, rp.bounds)
             f.repaired = moved is not None
             if moved is not None and moved != entry:
                 f.action = f"moved to {moved}"

@@ -39,6 +39,7 @@ from agent_coord.engine.reclaim.reclaimer import Reclaimer
 from agent_coord.engine.repos import RepoResolver
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.records import Action, Repo, SlotState
+from agent_coord.engine.validate.confined import check_confined, pool_root_refused
 from agent_coord.engine.validate.context import Checker, RepoPass, ValidationRun
 from agent_coord.engine.validate.duplicates import check_duplicates
 from agent_coord.engine.validate.free import check_free_slots
@@ -121,9 +122,14 @@ class Validator:
             )
             return
         rp = await RepoPass.start(repo, slots, listing)
+        if await pool_root_refused(run, rp):
+            return
         handled = await check_duplicates(ck, run, rp)
         for s in slots:
             if s.id in handled:
+                continue
+            if await check_confined(ck, run, rp, s):
+                handled.add(s.id)
                 continue
             info = rp.info(s)
             # git's own lock of a `worktree add` in flight is not a person's: the allocation is judged

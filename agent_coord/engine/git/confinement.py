@@ -1,0 +1,221 @@
+"""The one guard between agent-coord and everything outside its pool.
+
+Every git command whose working directory is a slot, and every move or deletion of a slot's directory,
+goes through `check_slot` immediately before it runs: a `Confined` path is the only kind of path the git
+driver accepts for a slot, and the driver checks it again at every call. A slot passes when
+
+* its directory is strictly inside this repository's pool root (the entry itself is never followed:
+  a symlink in place of a slot fails, whatever it points at);
+* it is a linked worktree *of this repository*: its `.git` is a regular file naming an administrative
+  directory `<common dir>/worktrees/<id>`, whose `gitdir` names this `.git` back and whose `commondir`
+  leads to this repository's common directory;
+* it is not the main worktree, nor an ancestor of it.
+
+Git is then run with `GIT_DIR` (that administrative directory) and `GIT_WORK_TREE` (the slot's real
+path) set, so it never discovers a repository by walking up from a directory that lost its `.git`.
+What fails is never touched: the callers quarantine the slot and say why.
+
+What remains is the moment between the check (file reads, microseconds) and git opening the directory:
+a swap inside that moment is not seen. Every later command checks again.
+
+The pool root itself is checked when a repository is resolved (`check_pool_root`): one that is the
+repository, an ancestor of it, inside its `.git`, or that holds another repository, is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.git.git_error import GitError
+
+LOST_AND_FOUND = ".lost+found"
+
+
+class Unconfined(GitError):
+    """A path failed the guard. A GitError, so that every caller's "git failed here" path (roll back,
+    quarantine, refuse) applies, and never the path that goes on."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        self.path = path
+        self.why = why
+        super().__init__(["confinement"], 1, f"fatal: {path} is not a slot of this pool: {why}")
+
+
+class PoolRootRefused(CoordError):
+    """A pool root that would put the repository, or other people's files, in the pool's hands."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INVALID_ARGUMENT, message)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """One repository's pool: where its slots may be, and whose worktrees they must be. Real paths."""
+
+    repo: Path  # the main worktree
+    common_dir: Path  # its `.git`
+    pool_root: Path
+
+    @classmethod
+    def of(cls, repo: str | Path, pool_root: str | Path) -> Bounds:
+        """Blocking (resolves paths): call it from a worker thread."""
+        top = Path(os.path.realpath(repo))
+        return cls(top, Path(os.path.realpath(top / ".git")), Path(os.path.realpath(pool_root)))
+
+    def slot(self, path: str | Path) -> Confined:
+        return Confined(self, Path(os.path.abspath(path)))
+
+
+@dataclass(frozen=True)
+class Confined:
+    """A slot's path with the bounds it must be checked against; the git driver checks it at every call."""
+
+    bounds: Bounds
+    path: Path  # absolute, not resolved
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class CheckedSlot:
+    path: Path  # real path of the slot's directory
+    admin: Path  # real path of its administrative directory
+
+    def git_env(self) -> dict[str, str]:
+        return {"GIT_DIR": str(self.admin), "GIT_WORK_TREE": str(self.path)}
+
+
+class Shape:
+    """What is at a slot's path, for callers that must tell a vanished worktree from a foreign thing."""
+
+    WORKTREE = "worktree"  # passes the guard
+    ABSENT = "absent"  # nothing there
+    BARE_DIRECTORY = "bare_directory"  # a real directory without any `.git`: a worktree that lost it
+
+
+def inside_pool(bounds: Bounds, path: Path) -> Path:
+    """The real path of the entry `path` names in the pool root, without following the entry itself."""
+    parent = Path(os.path.realpath(path.parent))
+    if parent != bounds.pool_root or path.name in {"", ".", "..", LOST_AND_FOUND}:
+        raise Unconfined(path, f"not directly inside the pool root {bounds.pool_root}")
+    real = parent / path.name
+    if real == bounds.repo or real in bounds.repo.parents or real == bounds.common_dir:
+        raise Unconfined(path, "it is the repository or one of its ancestors")
+    return real
+
+
+def shape(bounds: Bounds, path: Path) -> str:
+    """`Shape.WORKTREE`, `Shape.ABSENT` or `Shape.BARE_DIRECTORY`; raises Unconfined for anything else
+    (a symlink, a file, another repository, another repository's worktree). Blocking."""
+    real = inside_pool(bounds, path)
+    try:
+        st = os.lstat(real)
+    except FileNotFoundError:
+        return Shape.ABSENT
+    except OSError as exc:
+        raise Unconfined(path, f"cannot be read ({exc.strerror})") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise Unconfined(path, f"it is a symlink (to {os.readlink(real)})")
+    if not stat.S_ISDIR(st.st_mode):
+        raise Unconfined(path, "it is not a directory")
+    if not os.path.lexists(real / ".git"):
+        return Shape.BARE_DIRECTORY
+    check_slot(bounds, path)
+    return Shape.WORKTREE
+
+
+def check_slot(bounds: Bounds, path: Path) -> CheckedSlot:
+    """Prove that `path` is a linked worktree of this repository inside its pool root (see the module
+    docstring), or raise Unconfined. Blocking: small file reads."""
+    real = inside_pool(bounds, path)
+    try:
+        st = os.lstat(real)
+        if stat.S_ISLNK(st.st_mode):
+            raise Unconfined(path, f"it is a symlink (to {os.readlink(real)})")
+        if not stat.S_ISDIR(st.st_mode):
+            raise Unconfined(path, "it is not a directory")
+        dotgit = real / ".git"
+        gst = os.lstat(dotgit)
+        if stat.S_ISDIR(gst.st_mode):
+            raise Unconfined(path, "it is a repository of its own (.git is a directory)")
+        if not stat.S_ISREG(gst.st_mode):
+            raise Unconfined(path, "its .git is not a regular file")
+        line = dotgit.read_text(encoding="utf-8").strip()
+        target = line.removeprefix("gitdir: ").strip()
+        if not line.startswith("gitdir: ") or not target:
+            raise Unconfined(path, "its .git does not name a git directory")
+        admin = Path(os.path.realpath(real / target))
+        if admin.parent != bounds.common_dir / "worktrees":
+            raise Unconfined(path, f"its .git points into another repository ({admin})")
+        back = (admin / "gitdir").read_text(encoding="utf-8").strip()
+        if not back or Path(os.path.realpath(admin / back)) != dotgit:
+            raise Unconfined(path, f"git's entry {admin.name} names another directory ({back})")
+        common = (admin / "commondir").read_text(encoding="utf-8").strip()
+        if Path(os.path.realpath(admin / common)) != bounds.common_dir:
+            raise Unconfined(path, f"git's entry {admin.name} belongs to another repository")
+    except FileNotFoundError as exc:
+        raise Unconfined(path, f"{exc.filename} is missing") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise Unconfined(path, f"cannot be read ({exc})") from exc
+    return CheckedSlot(real, admin)
+
+
+def check_entry(bounds: Bounds, path: Path) -> Path:
+    """An entry directly inside the pool root that may be moved aside: returns its (unresolved, real
+    parent) path. The entry itself is renamed, never followed, so a symlink moves as a link. Blocking."""
+    real = inside_pool(bounds, path)
+    target = Path(os.path.realpath(real))
+    if target == bounds.repo or target in bounds.repo.parents or bounds.common_dir in (target, *target.parents):
+        # Only reachable through a link; the link would move, but a person made it: leave it.
+        raise Unconfined(path, "it leads to the repository")
+    return real
+
+
+def check_pool_root(bounds: Bounds, recorded: set[str]) -> None:
+    """Refuse a pool root that is the repository, an ancestor of it or inside its `.git`, or that holds
+    another repository (a directory with its own `.git`, or a worktree of another repository). Entries
+    that are this repository's worktrees, `recorded` slot paths, `.lost+found`, or plain directories
+    (leftovers that validation moves aside) are fine. Blocking."""
+    root, repo = bounds.pool_root, bounds.repo
+    setting = "AGENT_COORD_POOL_ROOT"
+    if root == repo:
+        raise PoolRootRefused(f"{setting} {root} is the repository itself; use a directory of its own")
+    if root in repo.parents:
+        raise PoolRootRefused(
+            f"{setting} {root} contains the repository {repo}; use a directory of its own, "
+            f"such as {repo.parent / (repo.name + '.worktrees')}"
+        )
+    if root == bounds.common_dir or bounds.common_dir in root.parents:
+        raise PoolRootRefused(f"{setting} {root} is inside the repository's .git")
+    try:
+        entries = sorted(root.iterdir())
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise PoolRootRefused(f"{setting} {root} cannot be read: {exc.strerror}") from exc
+    real_recorded = {os.path.realpath(p) for p in recorded}
+    strangers: list[str] = []
+    for entry in entries:
+        if entry.name == LOST_AND_FOUND or str(entry) in recorded or str(entry) in real_recorded:
+            continue
+        dotgit = entry / ".git"
+        if entry.is_symlink() or not os.path.lexists(dotgit):
+            continue
+        try:
+            check_slot(bounds, entry)
+        except Unconfined:
+            strangers.append(entry.name)
+    if strangers:
+        raise PoolRootRefused(
+            f"{setting} {root} holds other repositories ({', '.join(strangers[:5])}); a pool root holds "
+            "only this repository's worktrees: use a directory of its own"
+        )
