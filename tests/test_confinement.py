@@ -5,7 +5,7 @@ Each attack puts something else in a slot's place: a symlink to the main checkou
 repository or to `/`, a regular file, another clone, or a `.git` pointer redirected into another
 repository. Each operation (allocate, release with every flag, validate, validate --repair, reclaim,
 the hooks) then meets it, and afterwards the main checkout, a sibling directory and the other
-repository are byte for byte as they were (tests/outside_check.py), and the slot is QUARANTINED.
+repository are byte for byte as they were (bench/outside_check.py), and the slot is QUARANTINED.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from agent_coord.engine.errors import CoordError
 from agent_coord.engine.git.confinement import PoolRootRefused
 from agent_coord.engine.git.driver import GitDriver
 from agent_coord.engine.store.records import SlotState
+from bench.outside_check import Outside
 
 from .conftest import git, make_repo
-from .outside_check import Outside
 
 pytestmark = pytest.mark.anyio
 

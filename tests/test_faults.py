@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from bench import fault_fs
 from bench.fault_check import grant_intervals
 from bench.faults import CampaignConfig, run_campaign, summarize
 
@@ -105,6 +106,24 @@ def test_fault_campaign_full(tmp_path: Path) -> None:
     assert report["died_inside_transaction"] >= 1, summarize(report)
     assert report["died_between_phases"] >= 1, summarize(report)
     assert report["stats"]["killed_agents_slots"] >= 1, summarize(report)
+
+
+@pytest.mark.timeout(120)
+def test_filesystem_campaign_ci_subset(tmp_path: Path) -> None:
+    """Symlink swaps, replaced and deleted slot directories, redirected `.git` pointers and hand edits of
+    `.git/worktrees/*` while agents work: nothing outside the pool changes, no written byte is lost."""
+    report = fault_fs.run_fs_campaign(fault_fs.FsConfig.quick(), tmp_path)
+    print(fault_fs.summarize(report))
+    assert report["violations"] == [], fault_fs.summarize(report)
+    assert sum(v for k, v in report["counts"].items() if k.startswith("trick:")) >= 3, fault_fs.summarize(report)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_filesystem_campaign_full(tmp_path: Path) -> None:
+    report = fault_fs.run_fs_campaign(fault_fs.FsConfig(), tmp_path)
+    print(fault_fs.summarize(report))
+    assert report["violations"] == [], fault_fs.summarize(report)
 
 
 @pytest.mark.anyio

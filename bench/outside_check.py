@@ -18,13 +18,17 @@ from pathlib import Path
 GIT_DIR_GROWS = ("objects", "refs/agent-coord", "logs", "worktrees", "packed-refs")
 
 
-def fingerprint(root: Path, *, main_checkout: bool = False) -> dict[str, str]:
-    """Every entry under `root` (not following symlinks): its kind, mode and a hash of its bytes."""
+def fingerprint(root: Path, *, main_checkout: bool = False, skip: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Every entry under `root` (not following symlinks): its kind, mode and a hash of its bytes. Names
+    in `skip` at the top level are left out (the project and its pool, inside an enclosing repository)."""
     found: dict[str, str] = {}
     if not os.path.lexists(root):
         return {"": "absent"}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         rel_dir = Path(dirpath).relative_to(root)
+        if rel_dir == Path("."):
+            dirnames[:] = [d for d in dirnames if d not in skip]
+            filenames = [f for f in filenames if f not in skip]
         if main_checkout and rel_dir == Path(".git"):
             dirnames[:] = [d for d in dirnames if d not in GIT_DIR_GROWS and not d.startswith("refs")]
             filenames = [f for f in filenames if f not in GIT_DIR_GROWS]
@@ -56,14 +60,19 @@ def _refs(root: Path, prefix: str) -> dict[str, str]:
 class Outside:
     """Fingerprints of the places a pool must never change, taken now, compared by `unchanged`."""
 
-    def __init__(self, main: Path, *others: Path) -> None:
+    def __init__(self, main: Path, *others: Path, enclosing: Path | None = None) -> None:
+        """`enclosing`: a repository around the main checkout and its pool; compared without them."""
         self.main = main
         self.others = others
+        self.enclosing = enclosing
         self.before = self._take()
 
     def _take(self) -> dict[str, dict[str, str]]:
         taken = {"main": fingerprint(self.main, main_checkout=True)}
         taken.update({str(p): fingerprint(p) for p in self.others})
+        if self.enclosing is not None:
+            inner = frozenset({self.main.name, f"{self.main.name}.worktrees", "moved-away"})
+            taken["enclosing"] = fingerprint(self.enclosing, skip=inner)
         return taken
 
     def changes(self) -> list[str]:
