@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_AGENT_PATTERNS = ("claude", "@anthropic-ai/claude-code", "claude-code")
@@ -124,3 +124,28 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _TomlSource(settings_cls))
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used. `str()` is one line that names the variable and its value."""
+
+
+def load_settings() -> Settings:
+    """The settings from the environment and `AGENT_COORD_CONFIG`, or a SettingsError saying which
+    variable is wrong (never a validation traceback: a person typed it and must find it)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors()[:5]:
+            name = "AGENT_COORD_" + "_".join(str(p) for p in err["loc"][:1]).upper()
+            problems.append(f"{name}={err.get('input')!r}: {err['msg']}")
+        raise SettingsError("; ".join(problems)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"AGENT_COORD_CONFIG={os.environ.get('AGENT_COORD_CONFIG')!r}: not TOML: {exc}") from exc
+    except OSError as exc:
+        raise SettingsError(
+            f"AGENT_COORD_CONFIG={os.environ.get('AGENT_COORD_CONFIG')!r}: {exc.strerror or exc}"
+        ) from exc
+    except ValueError as exc:  # pydantic-settings' own "error parsing value for field …"
+        raise SettingsError(" ".join(str(exc).split())) from exc

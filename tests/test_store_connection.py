@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent_coord.engine.store import Store, StoreClosedError
-from agent_coord.engine.store.connection import Connection
+from agent_coord.engine.store.connection import Connection, StoreUnavailableError
 
 pytestmark = pytest.mark.anyio
 
@@ -59,7 +59,7 @@ async def test_a_failed_open_leaves_no_thread_and_close_is_idempotent(tmp_path: 
     with sqlite3.connect(db) as raw:
         raw.execute("PRAGMA user_version = 999")
     before = store_threads()
-    with pytest.raises(RuntimeError, match="newer than this agent-coord"):
+    with pytest.raises(StoreUnavailableError, match="newer than this agent-coord"):
         await Store.open(db)
     for _ in range(50):  # the executor's thread ends on its own once shut down
         if store_threads() <= before:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import anyio
 import typer
 
-from agent_coord.config import Settings
+from agent_coord.config import load_settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError
 
@@ -29,7 +29,7 @@ def run_with_coordinator(
     fn: Callable[[Coordinator], Awaitable[T]], *, register: bool = False, agent_id: str | None = None
 ) -> T:
     """Open a coordinator for one command (observer by default: the CLI is not an agent)."""
-    settings = Settings()
+    settings = load_settings()
 
     async def go() -> T:
         async with Coordinator.open(settings, register=register, agent_id=agent_id) as coord:

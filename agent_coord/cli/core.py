@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import anyio
 import typer
 
 from agent_coord.cli.common import EXIT_FINDINGS, absolute_repo, app, emit_json, run_with_coordinator
@@ -13,9 +12,11 @@ from agent_coord.cli.common import EXIT_FINDINGS, absolute_repo, app, emit_json,
 @app.command()
 def serve() -> None:
     """Run the MCP server on stdio (what `.mcp.json` starts)."""
-    from agent_coord.server.app import serve_stdio
+    from agent_coord.server.app import run_stdio
 
-    anyio.run(serve_stdio)
+    code = run_stdio()
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -37,7 +37,7 @@ from agent_coord.claude.hooks import (
 )
 from agent_coord.claude.install import install_claude
 from agent_coord.cli.common import EXIT_OK, EXIT_REFUSED, app
-from agent_coord.config import Settings
+from agent_coord.config import Settings, SettingsError, load_settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.store import StoreBusyError
@@ -121,8 +121,8 @@ def _run_hook(
 
 def _settings() -> Settings:
     try:
-        return hook_settings(Settings())
-    except (ValueError, OSError) as exc:  # a malformed AGENT_COORD_* variable, an unreadable config file
+        return hook_settings(load_settings())
+    except SettingsError as exc:  # a malformed AGENT_COORD_* variable, an unreadable config file
         _fail(f"INVALID_ARGUMENT: agent-coord settings: {exc}")
 
 

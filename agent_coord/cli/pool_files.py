@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent_coord.cli.common import EXIT_REFUSED, absolute_repo, app, emit_json, run_with_coordinator
-from agent_coord.config import Settings
+from agent_coord.config import load_settings
 from agent_coord.dashboard.render import output_console
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError, ErrorCode
@@ -30,7 +30,7 @@ def operator_id() -> str:
     """Who the CLI acts as: the configured agent id (a hook run inside an agent's environment acts for
     that agent), else `cli-<user>`, an operator that owns nothing, so the pool's NOT_OWNER rule
     still asks for --force before it takes an agent's worktree."""
-    configured = Settings().agent_id
+    configured = load_settings().agent_id
     if configured:
         return configured
     try:

@@ -10,7 +10,7 @@ import anyio
 import typer
 
 from agent_coord.cli.common import EXIT_OK, EXIT_REFUSED, app
-from agent_coord.config import Settings
+from agent_coord.config import load_settings
 from agent_coord.engine.errors import CoordError
 
 EXIT_INTERRUPTED = 130  # the shell's convention for "stopped by SIGINT"
@@ -31,7 +31,7 @@ def dashboard(
     from agent_coord.dashboard import print_snapshot, run_dashboard, take_snapshot
     from agent_coord.engine.coordinator import Coordinator
 
-    settings = Settings()
+    settings = load_settings()
     # The engine wants an absolute path; a person types a relative one.
     repo_arg = str(Path(repo).expanduser().resolve()) if repo is not None else None
     console = Console()

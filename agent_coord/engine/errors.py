@@ -18,6 +18,8 @@ class ErrorCode(StrEnum):
     GIT_FAILED = "GIT_FAILED"
     # Not in the design's list: arguments of the wrong type or shape. See docs/decisions.md.
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    # Not in the design's list: the coordination database cannot be used (damaged, read-only, full, …).
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 
 
 class CoordError(Exception):

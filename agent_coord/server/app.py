@@ -24,11 +24,13 @@ from mcp_types import (
 from pydantic import ValidationError
 
 from agent_coord import __version__
-from agent_coord.config import Settings
+from agent_coord.config import Settings, SettingsError, load_settings
 from agent_coord.engine.coordinator import Coordinator
-from agent_coord.engine.errors import ErrorCode
+from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.observe.activity import ActivityMirror, format_activity_line
 from agent_coord.engine.observe.watch import ChangeWatcher
+from agent_coord.engine.store import Store, StoreBusyError
+from agent_coord.server.refusal import refuse_on_stdio
 from agent_coord.platform.signals import next_stop_signal
 from agent_coord.server.resources import register as resources
 from agent_coord.server.state import AppState
@@ -37,6 +39,7 @@ from agent_coord.server.tools.models import INPUT_MODELS
 
 logger = logging.getLogger("agent-coord")
 CODES = frozenset(c.value for c in ErrorCode)
+EXIT_BAD_SETTINGS = 2  # the command line's usage error (README, "Command line")
 
 INSTRUCTIONS = (
     "agent-coord hands each agent its own git worktree from a warm pool so parallel agents never share a "
@@ -206,6 +209,33 @@ def build_server(
     lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, subs.subscribe)
     lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, subs.unsubscribe)
     return mcp
+
+
+def run_stdio() -> int:
+    """`agent-coord serve` and `python -m agent_coord.server`: serve, or answer the client's first
+    request with why the server cannot start (bad settings: exit 2; an unusable database: exit 1)."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        return refuse_on_stdio(f"agent-coord: bad setting: {exc}", exit_code=EXIT_BAD_SETTINGS)
+    refusal = anyio.run(startup_refusal, settings)
+    if refusal is not None:
+        return refuse_on_stdio(refusal)
+    anyio.run(serve_stdio, settings)
+    return 0
+
+
+async def startup_refusal(settings: Settings) -> str | None:
+    """Why this server cannot start, as one coded line, or None. Checked before the MCP session
+    starts, so the reason reaches the client as the answer to `initialize` (server/refusal.py)."""
+    try:
+        store = await Store.open(settings.db.expanduser())
+    except CoordError as exc:
+        return str(exc)
+    except StoreBusyError:
+        return "STORE_UNAVAILABLE: the coordination database stayed locked by another process; retry in a moment"
+    await store.close()
+    return None
 
 
 async def serve_stdio(settings: Settings | None = None) -> None:

@@ -29,6 +29,21 @@ RESCUE_IDENTITY = {
 }
 
 
+# `git worktree list` meeting a worktree that another process is adding or removing right now.
+LISTING_ATTEMPTS = 4
+LISTING_RETRY_PAUSE_S = 0.02
+CONCURRENT_CHANGE_MARKERS = ("/commondir", "/gitdir", "/head", "/worktrees/")
+
+
+def is_concurrent_worktree_change(exc: GitError) -> bool:
+    """Did git fail on another worktree's admin files (`failed to read .git/worktrees/wt-41/commondir`),
+    which a concurrent `git worktree add`/`remove` leaves half there for a moment?"""
+    text = exc.stderr.lower()
+    return ("failed to read" in text or "unable to read" in text or "no such file" in text) and any(
+        marker in text for marker in CONCURRENT_CHANGE_MARKERS
+    )
+
+
 @dataclass(frozen=True)
 class WorktreeInfo:
     path: str
@@ -206,7 +221,17 @@ class GitDriver:
     # ---- worktrees ----------------------------------------------------------------------------
 
     async def worktrees(self, repo: Path) -> list[WorktreeInfo]:
-        out = await self.run(repo, "worktree", "list", "--porcelain", "-z")
+        """Git's worktree list. A worktree being added or removed by another process at that moment can
+        make git fail to read its half-written admin files; the listing is read-only, so it is retried
+        a bounded number of times before the failure is reported."""
+        for attempt in range(LISTING_ATTEMPTS):
+            try:
+                out = await self.run(repo, "worktree", "list", "--porcelain", "-z")
+                break
+            except GitError as exc:
+                if attempt == LISTING_ATTEMPTS - 1 or not is_concurrent_worktree_change(exc):
+                    raise
+                await anyio.sleep(LISTING_RETRY_PAUSE_S * (attempt + 1))
         infos: list[WorktreeInfo] = []
         record: dict[str, str | None] = {}
         for item in [*out.split("\0"), ""]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import random
 import sqlite3
 import time
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.store.schema import MIGRATIONS
 from agent_coord.platform.file_modes import create_private_file, make_private
 from agent_coord.platform.filesystems import refuse_network_share
@@ -43,6 +45,56 @@ Transaction = Callable[[sqlite3.Connection], T]
 
 class StoreBusyError(Exception):
     """SQLITE_BUSY persisted through every retry."""
+
+
+class StoreUnavailableError(CoordError):
+    """The database cannot be used at all: the message names the file, why, and what to do."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(ErrorCode.STORE_UNAVAILABLE, f"the coordination database {path} {why}")
+
+
+# Tables every agent-coord database has from schema 1 on; a database without them belongs to another program.
+OWN_TABLES = frozenset({"meta", "repos", "slots", "agents", "events", "leases"})
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def unusable(path: Path, exc: BaseException) -> StoreUnavailableError:
+    """What a failure to open or write the database means for the person who has to fix it.
+
+    Every case leaves the file as it was: SQLite rolls a failed transaction back, and nothing is
+    written before the schema is known to be ours."""
+    text = str(exc) or type(exc).__name__
+    low = text.lower()
+    if isinstance(exc, IsADirectoryError) or path.is_dir():
+        return StoreUnavailableError(path, "is a directory; set AGENT_COORD_DB to a file path")
+    if (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS) or "disk is full" in low or "disk i/o" in low:
+        return StoreUnavailableError(
+            path,
+            f"could not be written ({text}): the disk is full or refused the write; nothing was "
+            "written (the transaction was rolled back); free space and retry",
+        )
+    if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno == errno.EROFS) or "readonly" in low:
+        return StoreUnavailableError(
+            path,
+            f"is read-only ({text}); make the file and its directory writable for this user, "
+            "or set AGENT_COORD_DB to another file",
+        )
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return StoreUnavailableError(
+            path,
+            f"is damaged or not a database ({text}); have a person look at it, then move it aside "
+            "(agent-coord starts an empty one) or set AGENT_COORD_DB to another file",
+        )
+    return StoreUnavailableError(
+        path, f"cannot be used ({text}); check the file, or set AGENT_COORD_DB to another file"
+    )
+
+
+def _is_store_failure(exc: BaseException) -> bool:
+    """A failure of the database itself, as opposed to a constraint a caller handles (IntegrityError)
+    or a programming error, which must stay visible as what it is."""
+    return isinstance(exc, OSError | sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
 class StoreClosedError(RuntimeError):
@@ -69,6 +121,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        _refuse_foreign(conn, path)
         # WAL lets readers (status, dashboards, the change watcher) run beside the writer.
         for attempt in range(BUSY_RETRIES):
             try:
@@ -86,6 +139,22 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a database of another program before anything is written to it (not even WAL mode)."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        raise StoreUnavailableError(
+            path, f"has schema {version}, newer than this agent-coord ({len(MIGRATIONS)}); upgrade agent-coord"
+        )
+    tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if (version == 0 and tables - {"sqlite_sequence"}) or (version > 0 and not tables >= OWN_TABLES):
+        raise StoreUnavailableError(
+            path,
+            f"belongs to another program (tables: {', '.join(sorted(tables)[:8])}); "
+            "set AGENT_COORD_DB to agent-coord's own file",
+        )
+
+
 def _run(conn: sqlite3.Connection, fn: Transaction[T], begin: str) -> T:
     conn.execute(begin)
     try:
@@ -99,8 +168,9 @@ def _run(conn: sqlite3.Connection, fn: Transaction[T], begin: str) -> T:
 
 
 class Connection:
-    def __init__(self, conn: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
+    def __init__(self, conn: sqlite3.Connection, thread: ThreadPoolExecutor, path: Path) -> None:
         self._conn = conn
+        self.path = path
         self._thread = thread
         self._lock = anyio.Lock()
         self._closed = False
@@ -110,10 +180,14 @@ class Connection:
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-coord-store")
         try:
             conn = await asyncio.get_running_loop().run_in_executor(thread, _connect, path)
-        except BaseException:
+        except BaseException as exc:
             thread.shutdown(wait=False)
+            if _is_busy(exc):
+                raise StoreBusyError("the database stayed locked through every retry") from exc
+            if _is_store_failure(exc):
+                raise unusable(path, exc) from exc
             raise
-        self = cls(conn, thread)
+        self = cls(conn, thread, path)
         try:
             if migrate:
                 await self._migrate()
@@ -148,8 +222,9 @@ class Connection:
             row = conn.execute("PRAGMA user_version").fetchone()
             version = int(row[0]) if row else 0
             if version > len(MIGRATIONS):
-                raise RuntimeError(
-                    f"database schema {version} is newer than this agent-coord ({len(MIGRATIONS)}); upgrade"
+                raise StoreUnavailableError(
+                    self.path,
+                    f"has schema {version}, newer than this agent-coord ({len(MIGRATIONS)}); upgrade agent-coord",
                 )
             for index in range(version, len(MIGRATIONS)):
                 for statement in _split_sql(MIGRATIONS[index]):
@@ -196,8 +271,12 @@ class Connection:
                         return await self._in_thread(_run, self._conn, fn, begin)
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
-                    raise
+                    raise unusable(self.path, exc) from exc
                 await anyio.sleep(random.uniform(0.005, 0.02) * (2**attempt))
+            except (sqlite3.DatabaseError, OSError) as exc:
+                if not _is_store_failure(exc):
+                    raise
+                raise unusable(self.path, exc) from exc
         raise StoreBusyError("the database stayed locked through every retry")
 
 

@@ -110,7 +110,18 @@ async def check_leftovers(ck: Checker, run: ValidationRun, rp: RepoPass) -> None
         return
     # List the directory first, then read the store: an allocation records its slot before it creates
     # the directory, so a directory being created right now is known by then.
-    entries = await anyio.to_thread.run_sync(lambda: sorted(root.iterdir()))
+    try:
+        entries = await anyio.to_thread.run_sync(lambda: sorted(root.iterdir()))
+    except OSError as exc:
+        run.findings.append(
+            Finding(
+                kind="pool_root_unreadable",
+                path=str(root),
+                detail=f"the pool root cannot be listed ({exc.strerror or exc}); leftovers in it go unnoticed",
+                action="a person: give this user read and execute permission on it (chmod u+rx)",
+            )
+        )
+        return
     slots = await ck.store.slots()
     # Git's side comes from the pass's listing, minus what this pass pruned. That listing is older than
     # the directory listing above, so a worktree someone added by hand since would look unknown. Every
