@@ -30,7 +30,7 @@ from agent_coord.config import Settings
 from agent_coord.engine.allocate.pool import Pool
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError, ErrorCode
-from agent_coord.engine.liveness.judge import same_agent_process
+from agent_coord.engine.liveness.judge import same_agent
 from agent_coord.engine.models import AllocationResult, ReleaseResult
 from agent_coord.engine.store import EventDraft
 from agent_coord.engine.store.records import HELD_STATES, Action, Agent, Repo, Slot, SlotState
@@ -169,8 +169,9 @@ def hook_settings(settings: Settings) -> Settings:
 
 
 def same_process(coord: Coordinator, agent: Agent | None) -> bool:
-    """Was `agent` registered by the Claude Code process this hook runs under?"""
-    return same_agent_process(coord.identity, agent)
+    """Was `agent` registered by the Claude Code session or process this hook runs for (as one agent:
+    explicitly named agents under the same process are others)?"""
+    return same_agent(coord.identity, agent)
 
 
 def pool_as(coord: Coordinator, agent_id: str) -> Pool:

@@ -68,7 +68,10 @@ def release(
     path: Annotated[str | None, typer.Option("--path", help="the worktree's directory")] = None,
     force: Annotated[
         bool,
-        typer.Option("--force", help="take back another agent's worktree; its changes are saved to a rescue ref first"),
+        typer.Option(
+            "--force",
+            help="take back another agent's worktree, even a live agent's; its changes are saved to a rescue ref first",
+        ),
     ] = False,
     remove: Annotated[bool, typer.Option("--remove", help="delete the worktree instead of keeping it warm")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON: {released: [...], refused: [...]}")] = False,
@@ -91,7 +94,14 @@ def release(
         if agent is None:
             try:
                 done.released.append(
-                    await coord.pool.release(worktree_id=worktree, branch=branch, path=path, force=force, remove=remove)
+                    await coord.pool.release(
+                        worktree_id=worktree,
+                        branch=branch,
+                        path=path,
+                        force=force,
+                        remove=remove,
+                        over_live_agent=force,
+                    )
                 )
             except CoordError as exc:
                 done.refused.append(exc)
@@ -109,7 +119,9 @@ def release(
             return done
         for slot in held:
             try:
-                done.released.append(await coord.pool.release(worktree_id=slot.id, force=force, remove=remove))
+                done.released.append(
+                    await coord.pool.release(worktree_id=slot.id, force=force, remove=remove, over_live_agent=force)
+                )
             except CoordError as exc:  # one refusal does not keep the agent's other worktrees
                 done.refused.append(exc)
         return done

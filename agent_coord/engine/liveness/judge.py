@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Literal
 
 import psutil
 
+from agent_coord import LAUNCHER_PID
 from agent_coord.engine.store.records import Agent
 from agent_coord.platform.process_identity import CLOCK_TICKS, boot_id, start_since_boot
 
@@ -23,6 +25,9 @@ from agent_coord.platform.process_identity import CLOCK_TICKS, boot_id, start_si
 CREATE_TIME_TOLERANCE_S = 0.05
 
 ProcessState = Literal["alive", "gone", "reused", "unknown"]
+# An agent process recorded as pid 1 is init that adopted an orphaned server (or its wrapper), not an
+# agent: such a server's agent is gone. (An agent run as a container's pid 1 must run under an init.)
+ORPHAN_PID = 1
 TICK_TOLERANCE_S = 1.5 / CLOCK_TICKS  # starts since boot are whole ticks: equal, or another process
 
 
@@ -82,6 +87,15 @@ def agent_process(wrappers: tuple[str, ...], start_pid: int | None = None) -> ps
     return candidate
 
 
+def orphaned_from() -> int | None:
+    """The pid of the process that started this one, when it has exited since (we were re-parented
+    to pid 1 or to a subreaper, which must not count as our agent); None while it is our parent."""
+    parent = os.getppid()
+    if parent != LAUNCHER_PID or parent <= ORPHAN_PID:
+        return LAUNCHER_PID
+    return None
+
+
 @dataclass(frozen=True)
 class Identity:
     agent_id: str
@@ -99,22 +113,28 @@ class Identity:
     def detect(cls, agent_id: str | None, wrappers: tuple[str, ...]) -> Identity:
         host = socket.gethostname()
         boot = boot_id()
-        agent = agent_process(wrappers)
-        agent_created = agent.create_time()
-        agent_since_boot = start_since_boot(agent.pid)
         me = psutil.Process()
+        orphaned = orphaned_from()
+        agent_since_boot: float | None
+        if orphaned is not None:
+            # The process that started us is gone: record it, so that every judge finds it gone (a
+            # start of 0 matches no process that may take its pid), never its adopter.
+            agent_pid, agent_created, agent_since_boot = orphaned, 0.0, 0.0
+        else:
+            agent = agent_process(wrappers)
+            agent_pid, agent_created, agent_since_boot = agent.pid, agent.create_time(), start_since_boot(agent.pid)
         generated = not agent_id
         if not agent_id:
             # Stable for the agent process: a restarted server under the same agent gets the same id.
             # (The same formula as ever, so an upgrade keeps the id; after a clock step the coordinator
             # finds the agent's earlier id by its start counted from boot: Coordinator.open.)
-            digest = hashlib.sha256(f"{host}|{boot}|{agent.pid}|{agent_created}".encode()).hexdigest()
+            digest = hashlib.sha256(f"{host}|{boot}|{agent_pid}|{agent_created}".encode()).hexdigest()
             agent_id = f"agent-{digest[:8]}"
         return cls(
             agent_id=agent_id,
             host=host,
             boot_id=boot,
-            pid=agent.pid,
+            pid=agent_pid,
             pid_create_time=agent_created,
             server_pid=me.pid,
             server_create_time=me.create_time(),
@@ -149,20 +169,39 @@ class Liveness:
     alive: bool
     reason: str  # "alive", "process gone", "pid reused", "host rebooted", "lease expired", ...
     stale: bool = False  # not provably dead, but its lease lapsed
+    silent: bool = False  # provably alive on this host, but its lease lapsed: it keeps its slots
 
 
 def judge(agent: Agent, *, host: str, boot: str, now: float | None = None) -> Liveness:
-    """Dead at once when provably so on this host; otherwise stale when the lease lapsed."""
+    """Dead at once when provably so on this host; alive while its process provably runs on this
+    host, whatever the lease says; otherwise (another host, a process we may not inspect) stale when
+    the lease lapsed.
+
+    A live process keeps its slots even when nothing renews its lease (its MCP server was killed, it
+    is stopped in a debugger): the lease is a stand-in for a proof of life, never a proof of death.
+    What ends such an agent is its process exiting, or a person (`agent-coord release --agent … --force`).
+    """
     now = time.time() if now is None else now
+    lapsed = agent.lease_expires_at < now
     if agent.host == host:
         if agent.boot_id != boot:
             return Liveness(False, "host rebooted since the agent registered")
+        if agent.pid <= ORPHAN_PID:
+            return Liveness(False, "its agent process is gone (the server was orphaned to pid 1)")
         state = process_state(agent.pid, agent.pid_create_time, agent.pid_start_s)
         if state == "gone":
             return Liveness(False, f"agent process {agent.pid} is gone")
         if state == "reused":
             return Liveness(False, f"pid {agent.pid} now belongs to another process (pid reused)")
-    if agent.lease_expires_at < now:
+        if state == "alive" and lapsed:
+            return Liveness(
+                True,
+                f"agent process {agent.pid} runs on this host but is silent for "
+                f"{now - agent.last_heartbeat:.0f}s; it keeps its worktrees until it exits or a person "
+                f"releases them (agent-coord release --agent {agent.id} --force)",
+                silent=True,
+            )
+    if lapsed:
         return Liveness(False, f"no heartbeat for {now - agent.last_heartbeat:.1f}s (lease expired)", stale=True)
     if agent.status == "disconnected":
         return Liveness(True, "disconnected; holds its allocations until the lease lapses")
@@ -210,6 +249,29 @@ def process_gone(
     if state == "reused":
         return f"{what}'s pid {pid} now belongs to another process"
     return None
+
+
+GENERATED_ID = re.compile(r"agent-[0-9a-f]{8}")
+SESSION_ID_PREFIX = "claude-"  # what the Claude Code hooks derive from a session (claude/hooks.py)
+
+
+def is_derived_id(agent_id: str) -> bool:
+    """An id agent-coord derived (from the agent process: `agent-<hash>`; from a Claude Code session:
+    `claude-<session>`), as opposed to one chosen explicitly with AGENT_COORD_AGENT_ID."""
+    return GENERATED_ID.fullmatch(agent_id) is not None or agent_id.startswith(SESSION_ID_PREFIX)
+
+
+def same_agent(me: Identity, agent: Agent | None) -> bool:
+    """Is `agent` the agent `me` acts for? The same id; or, under the same agent process, two ids that
+    agent-coord derived (a Claude Code session's hooks as `claude-<session>` and its MCP server as
+    `agent-<hash>` are one agent). Ids chosen explicitly are agents of their own: an orchestrator
+    that starts servers with different AGENT_COORD_AGENT_IDs, directly or through `sh -c`, runs that
+    many agents, and none may release or take another's worktree without force."""
+    if agent is None:
+        return False
+    if agent.id == me.agent_id:
+        return True
+    return is_derived_id(me.agent_id) and is_derived_id(agent.id) and same_agent_process(me, agent)
 
 
 def same_agent_process(me: Identity, agent: Agent | None) -> bool:

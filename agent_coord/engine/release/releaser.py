@@ -17,7 +17,7 @@ from agent_coord.engine.git.confinement import Shape, Unconfined, inside_pool, s
 from agent_coord.engine.git.driver import GitDriver, GitError, reject_option_like
 from agent_coord.engine.git.worktree_listing import WorktreeListing
 from agent_coord.engine.git.worktree_record import WorktreeRecord, read_worktree_record
-from agent_coord.engine.liveness.judge import Identity, same_agent_process
+from agent_coord.engine.liveness.judge import Identity, judge, same_agent
 from agent_coord.engine.models import ReleaseResult
 from agent_coord.engine.reclaim.rescue import save_work
 from agent_coord.engine.repos import RepoResolver, bounds_of
@@ -54,10 +54,19 @@ class Releaser:
     def me(self) -> str:
         return self.identity.agent_id
 
-    async def _same_process(self, owner: str | None) -> bool:
-        """An agent is its process: what a hook of this same Claude Code process allocated under another
-        id (`claude-<session>`) is ours to release without force."""
-        return owner is not None and same_agent_process(self.identity, await self.store.agent(owner))
+    async def _same_agent(self, owner: str | None) -> bool:
+        """What a hook of this same Claude Code session allocated under another derived id
+        (`claude-<session>`) is ours to release without force; an explicitly named agent's is not,
+        even under the same parent process (see `same_agent`)."""
+        return owner is not None and same_agent(self.identity, await self.store.agent(owner))
+
+    async def _live_owner(self, owner: str | None) -> str | None:
+        """Why the owner counts as alive (then an agent's force may not take its worktree), or None."""
+        agent = await self.store.agent(owner) if owner else None
+        if agent is None:
+            return None
+        verdict = judge(agent, host=self.identity.host, boot=self.identity.boot_id)
+        return verdict.reason if verdict.alive else None
 
     async def _git_record(self, repo: Repo, path: Path) -> WorktreeRecord | None:
         """Git's record of the slot (None: git lists no worktree there). Read from the slot's own
@@ -153,14 +162,18 @@ class Releaser:
         branch: str | None = None,
         force: bool = False,
         remove: bool = False,
+        over_live_agent: bool = False,
     ) -> ReleaseResult:
+        """Release a worktree. `force` takes back another agent's worktree only when that agent is
+        gone; `over_live_agent` (a person at the command line, never an agent) takes it from a live
+        one too. Either way its work is saved to a rescue ref first."""
         started = time.monotonic()
         with tracer.start_as_current_span("release") as span:
             slot = await self.find_slot(worktree_id=worktree_id, path=path, branch=branch)
             span.set_attribute("worktree.id", slot.id)
             repo = await self.repos.by_id(slot.repo_id)
             try:
-                return await self._release(repo, slot, force, remove, started)
+                return await self._release(repo, slot, force, remove, started, over_live_agent=over_live_agent)
             except CoordError as exc:
                 span.set_attribute("error.code", exc.code.value)
                 await self.store.log(
@@ -178,7 +191,9 @@ class Releaser:
                 )
                 raise
 
-    async def _release(self, repo: Repo, slot: Slot, force: bool, remove: bool, started: float) -> ReleaseResult:
+    async def _release(
+        self, repo: Repo, slot: Slot, force: bool, remove: bool, started: float, *, over_live_agent: bool = False
+    ) -> ReleaseResult:
         if slot.state == SlotState.FREE:
             if not remove:
                 return ReleaseResult(worktree_id=slot.id, path=slot.path, branch=None, state="FREE", dirty=False)
@@ -188,12 +203,20 @@ class Releaser:
                 f"{slot.id} is {slot.state.value}, not an allocation that can be released",
             )
         forced_from: str | None = None
-        if slot.state == SlotState.BUSY and slot.owner != self.me and not await self._same_process(slot.owner):
+        if slot.state == SlotState.BUSY and slot.owner != self.me and not await self._same_agent(slot.owner):
             if not force:
                 raise CoordError(
                     ErrorCode.NOT_OWNER,
                     f"{slot.id} is held by agent {slot.owner}; pass force=true to take it back "
                     "(its changes are saved to a rescue ref first)",
+                )
+            alive = None if over_live_agent else await self._live_owner(slot.owner)
+            if alive is not None:
+                raise CoordError(
+                    ErrorCode.NOT_OWNER,
+                    f"{slot.id} is held by agent {slot.owner}, which is alive ({alive}); force only takes "
+                    "worktrees from agents that are gone. Ask it to release, or ask a person to run: "
+                    f"agent-coord release --worktree {slot.id} --force",
                 )
             forced_from = slot.owner
         token = self._tokens.get(slot.id, slot.fencing_token) if forced_from is None else slot.fencing_token
