@@ -28,6 +28,8 @@ DESIGN_ERROR_CODES = (
     "NOT_FOUND",
     "GIT_FAILED",
     "INVALID_ARGUMENT",
+    "STORE_UNAVAILABLE",
+    "OPERATION_IN_PROGRESS",
 )
 SKILLS = ("allocate-worktree", "release-worktree", "multi-agent-conflict", "parallel-agent-coordination")
 # Allocation and release are where every code can reach an agent; they must handle all of them.

@@ -78,7 +78,8 @@ def snapshot(env: dict[str, str], repo: Path, pool: Path) -> dict[str, Any]:
 
 
 async def _ghost(coord: Any, agent_id: str, *, dead: bool = False, stale: bool = False) -> None:
-    """Register another agent: dead (its pid exited) or stale (alive, lease lapsed)."""
+    """Register another agent: dead (its pid exited) or stale (on another host, where only its lease can
+    speak for it, and the lease lapsed; a live process on this host is never stale)."""
     repo = await coord.default_repo()
     agent = replace(coord.identity.as_agent(repo_id=repo.id, lease_s=300), id=agent_id)
     if dead:
@@ -94,7 +95,9 @@ async def _ghost(coord: Any, agent_id: str, *, dead: bool = False, stale: bool =
             pid_create_time=psutil.Process().create_time(),
             pid_start_s=start_since_boot(os.getpid()),
         )
-        agent = replace(agent, last_heartbeat=time.time() - 600, lease_expires_at=time.time() - 300)
+        agent = replace(
+            agent, host="another-host", last_heartbeat=time.time() - 600, lease_expires_at=time.time() - 300
+        )
     await coord.store.register_agent(agent)
 
 

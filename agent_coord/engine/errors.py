@@ -20,6 +20,9 @@ class ErrorCode(StrEnum):
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     # Not in the design's list: the coordination database cannot be used (damaged, read-only, full, …).
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    # Not in the design's list: a rebase, merge, cherry-pick, revert or bisect is stopped in the
+    # worktree, or git is running in it; releasing it so would break the next allocation.
+    OPERATION_IN_PROGRESS = "OPERATION_IN_PROGRESS"
 
 
 class CoordError(Exception):

@@ -30,8 +30,8 @@ from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.observe.activity import ActivityMirror, format_activity_line
 from agent_coord.engine.observe.watch import ChangeWatcher
 from agent_coord.engine.store import Store, StoreBusyError
-from agent_coord.server.refusal import refuse_on_stdio
 from agent_coord.platform.signals import next_stop_signal
+from agent_coord.server.refusal import refuse_on_stdio
 from agent_coord.server.resources import register as resources
 from agent_coord.server.state import AppState
 from agent_coord.server.tools import allocate_worktree, heartbeat, release_worktree, status, validate

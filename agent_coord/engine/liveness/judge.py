@@ -255,23 +255,24 @@ GENERATED_ID = re.compile(r"agent-[0-9a-f]{8}")
 SESSION_ID_PREFIX = "claude-"  # what the Claude Code hooks derive from a session (claude/hooks.py)
 
 
-def is_derived_id(agent_id: str) -> bool:
-    """An id agent-coord derived (from the agent process: `agent-<hash>`; from a Claude Code session:
-    `claude-<session>`), as opposed to one chosen explicitly with AGENT_COORD_AGENT_ID."""
-    return GENERATED_ID.fullmatch(agent_id) is not None or agent_id.startswith(SESSION_ID_PREFIX)
+def is_session_id(agent_id: str) -> bool:
+    """An id the Claude Code hooks derive from a session (`claude-<session>`)."""
+    return agent_id.startswith(SESSION_ID_PREFIX)
 
 
 def same_agent(me: Identity, agent: Agent | None) -> bool:
-    """Is `agent` the agent `me` acts for? The same id; or, under the same agent process, two ids that
-    agent-coord derived (a Claude Code session's hooks as `claude-<session>` and its MCP server as
-    `agent-<hash>` are one agent). Ids chosen explicitly are agents of their own: an orchestrator
-    that starts servers with different AGENT_COORD_AGENT_IDs, directly or through `sh -c`, runs that
-    many agents, and none may release or take another's worktree without force."""
+    """Is `agent` the agent `me` acts for? The same id; or, under the same agent process, a Claude Code
+    session's hooks (`claude-<session>`) and its MCP server (whatever id it has), or two ids both
+    generated from that process. Ids chosen explicitly are agents of their own: an orchestrator that
+    starts servers with different AGENT_COORD_AGENT_IDs, directly or through `sh -c`, runs that many
+    agents, and none may release or take another's worktree without force."""
     if agent is None:
         return False
     if agent.id == me.agent_id:
         return True
-    return is_derived_id(me.agent_id) and is_derived_id(agent.id) and same_agent_process(me, agent)
+    ids = (me.agent_id, agent.id)
+    derived = any(is_session_id(i) for i in ids) or all(GENERATED_ID.fullmatch(i) for i in ids)
+    return derived and same_agent_process(me, agent)
 
 
 def same_agent_process(me: Identity, agent: Agent | None) -> bool:

@@ -18,6 +18,7 @@ import anyio
 
 from agent_coord.engine.git.confinement import Confined, Shape, Unconfined, shape
 from agent_coord.engine.git.driver import WorktreeInfo
+from agent_coord.engine.git.operations import operation_in_progress
 from agent_coord.engine.git.worktree_listing import WorktreeListing, real_paths
 from agent_coord.engine.reclaim.lost_and_found import move_aside
 from agent_coord.engine.reclaim.rescue import save_work
@@ -27,17 +28,6 @@ from agent_coord.engine.store.records import Action, Repo, Slot, SlotState, free
 
 if TYPE_CHECKING:
     from agent_coord.engine.reclaim.reclaimer import Reclaimer
-
-# Git's markers of an operation a person started and has not finished; resetting under them would
-# leave the slot unusable (git refuses to switch) and lose the operation's own state.
-IN_PROGRESS_MARKERS = {
-    "rebase-merge": "rebase",
-    "rebase-apply": "rebase or am",
-    "MERGE_HEAD": "merge",
-    "CHERRY_PICK_HEAD": "cherry-pick",
-    "REVERT_HEAD": "revert",
-    "BISECT_LOG": "bisect",
-}
 
 
 class Unsafe(Exception):
@@ -159,14 +149,10 @@ class ReclaimJob:
         return saved.ref
 
     async def _operation_in_progress(self, path: Confined) -> str | None:
-        # One rev-parse for every marker (it prints one path per `--git-path`, in order).
-        args = [a for marker in IN_PROGRESS_MARKERS for a in ("--git-path", marker)]
-        out = await self.rc.git.run(path, "rev-parse", "--path-format=absolute", *args)
-        # strict: a line short would be a git we do not understand; the ValueError quarantines the slot.
-        for where, operation in zip(out.splitlines(), IN_PROGRESS_MARKERS.values(), strict=True):
-            if where and await anyio.Path(where).exists():
-                return operation
-        return None
+        # Resetting under a rebase or merge would leave the slot unusable (git refuses to switch) and
+        # lose the operation's own state (git/operations.py).
+        found = await anyio.to_thread.run_sync(operation_in_progress, path.path)
+        return found[0].name if found is not None else None
 
     async def quarantine(self, why: str) -> str:
         done = await self.rc.store.transition(

@@ -15,6 +15,7 @@ from opentelemetry import trace
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.confinement import Shape, Unconfined, inside_pool, shape
 from agent_coord.engine.git.driver import GitDriver, GitError, reject_option_like
+from agent_coord.engine.git.operations import describe, moved_worktree, operation_in_progress
 from agent_coord.engine.git.worktree_listing import WorktreeListing
 from agent_coord.engine.git.worktree_record import WorktreeRecord, read_worktree_record
 from agent_coord.engine.liveness.judge import Identity, judge, same_agent
@@ -112,6 +113,29 @@ class Releaser:
             ErrorCode.GIT_FAILED,
             f"{slot.id} was not released: {exc.reason}; nothing was run in it, and it is quarantined for a person",
         )
+
+    async def _moved_back(self, repo: Repo, slot: Slot, path: Path) -> WorktreeRecord | None:
+        """A slot whose worktree a person moved away (`git worktree move`) is moved back to its path
+        before it is released, so that its branch is released too and the pool keeps its directory.
+        None when git lists no such worktree; GIT_FAILED when git refuses the move (submodules)."""
+        if await anyio.Path(path).exists():
+            return None
+        try:
+            listing = await WorktreeListing.read(self.git, Path(repo.path))
+        except GitError:
+            return None
+        moved = moved_worktree(listing, slot.path, slot.branch)
+        if moved is None:
+            return None
+        try:
+            await self.git.run(repo.path, "worktree", "move", "--", moved.path, str(path))
+        except GitError as exc:
+            raise CoordError(
+                ErrorCode.GIT_FAILED,
+                f"{slot.id}'s worktree was moved to {moved.path} and git cannot move it back: {exc.reason}; "
+                f"move it back by hand (git worktree move {moved.path} {path}), then release again",
+            ) from exc
+        return await self._git_record(repo, path)
 
     async def find_slot(
         self, *, worktree_id: str | None, path: str | None, branch: str | None, repo_arg: str | None = None
@@ -234,10 +258,21 @@ class Releaser:
                 f"{slot.id} is locked ({record.lock_reason or 'git worktree lock'}); "
                 f"unlock it with: git worktree unlock {path}",
             )
+        if record is None and slot.state == SlotState.BUSY:
+            record = await self._moved_back(repo, slot, path)
         try:
             form = await anyio.to_thread.run_sync(shape, bounds, slot_dir.path)
         except Unconfined as exc:
             await self._quarantine(repo, slot, token, exc)
+        if record is not None and form == Shape.WORKTREE:
+            stopped = await anyio.to_thread.run_sync(lambda: operation_in_progress(path, with_index_lock=True))
+            if stopped is not None:
+                # Even with force: released so, the slot would break the next allocation (git refuses
+                # to switch), and resetting under the operation would lose its own state.
+                raise CoordError(
+                    ErrorCode.OPERATION_IN_PROGRESS,
+                    f"{slot.id}: {describe(stopped, path)}; then release again (nothing was released)",
+                )
         status = await self.git.status(slot_dir) if record is not None and form == Shape.WORKTREE else None
         dirty = bool(status and status.dirty)
         if dirty and not force:

@@ -43,6 +43,12 @@ from agent_coord.engine.validate.confined import check_confined, pool_root_refus
 from agent_coord.engine.validate.context import Checker, RepoPass, ValidationRun
 from agent_coord.engine.validate.duplicates import check_duplicates
 from agent_coord.engine.validate.free import check_free_slots
+from agent_coord.engine.validate.git_states import (
+    check_free_operation,
+    heal_quarantined,
+    note_busy_operation,
+    note_moved,
+)
 from agent_coord.engine.validate.held import TRANSIENT_STATES, check_busy, check_in_flight
 from agent_coord.engine.validate.unknown import adopt_untracked, check_leftovers, sort_unknown
 from agent_coord.engine.validate.vanished import note_missing, note_orphaned_entries, prunable_findings, repair_vanished
@@ -151,11 +157,18 @@ class Validator:
                 await check_in_flight(ck, run, rp, s)
                 continue
             exists = await anyio.Path(s.path).is_dir()
+            if info is None and not exists and note_moved(run, rp, s):
+                continue  # the record stays: its owner's release moves the worktree back
             if info is None or not exists or info.prunable:
                 await note_missing(ck, run, rp, s, info, exists)
                 continue
             if s.state == SlotState.BUSY:
                 await check_busy(ck, run, rp, s, info)
+                await note_busy_operation(run, s)
+            elif s.state == SlotState.FREE and await check_free_operation(ck, run, rp, s):
+                handled.add(s.id)
+            elif s.state == SlotState.QUARANTINED:
+                await heal_quarantined(ck, run, rp, s)
         free = [s for s in slots if s.id not in handled and s.state == SlotState.FREE]
         await check_free_slots(ck, run, rp, free)
         await note_orphaned_entries(run, repo.git_dir)

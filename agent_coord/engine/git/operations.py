@@ -1,0 +1,91 @@
+"""Git operations stopped half-way in a worktree (a rebase, a merge, …), read from its admin files.
+
+A worktree in such a state looks clean to `git status` (a rebase stopped at an `edit` step has no
+changes), yet git refuses to switch it to another branch: released or freed so, it breaks the next
+allocation. The markers live in the worktree's own admin directory (`.git/worktrees/<name>/`, or
+`.git/` for a main worktree), which `<worktree>/.git` names; reading them costs a few `stat`s and no
+git process. Blocking: call from a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent_coord.engine.git.driver import WorktreeInfo
+from agent_coord.engine.git.worktree_listing import WorktreeListing
+from agent_coord.engine.git.worktree_record import gitdir_of
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str  # "rebase", "merge", …
+    marker: str  # the admin file or directory that says so
+    finish: str  # what a person or agent does about it, in that worktree
+
+
+# In the order git would report them; the first found names the operation.
+OPERATIONS = (
+    Operation("rebase", "rebase-merge", "git rebase --continue, or git rebase --abort"),
+    Operation("rebase or am", "rebase-apply", "git rebase --continue / git am --continue, or --abort"),
+    Operation("merge", "MERGE_HEAD", "commit the merge, or git merge --abort"),
+    Operation("cherry-pick", "CHERRY_PICK_HEAD", "git cherry-pick --continue, or git cherry-pick --abort"),
+    Operation("revert", "REVERT_HEAD", "git revert --continue, or git revert --abort"),
+    Operation("cherry-pick or revert sequence", "sequencer", "git cherry-pick --continue or --abort (or revert)"),
+    Operation("bisect", "BISECT_START", "git bisect reset"),
+    Operation("bisect", "BISECT_LOG", "git bisect reset"),
+)
+INDEX_LOCK = Operation(
+    "git command (index.lock)",
+    "index.lock",
+    "wait for it to finish; if no git process runs there, delete the index.lock file",
+)
+
+
+def admin_dir(worktree: Path) -> Path | None:
+    """The worktree's own git directory, or None when `<worktree>/.git` does not say."""
+    dotgit = worktree / ".git"
+    try:
+        if dotgit.is_dir() and not dotgit.is_symlink():
+            return dotgit
+        return gitdir_of(worktree)
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def operation_in_progress(worktree: Path, *, with_index_lock: bool = False) -> tuple[Operation, Path] | None:
+    """The operation stopped in `worktree` and the marker that says so, or None. With
+    `with_index_lock`, a git command holding (or a killed one having left) the index lock counts."""
+    admin = admin_dir(worktree)
+    if admin is None:
+        return None
+    candidates = (*OPERATIONS, INDEX_LOCK) if with_index_lock else OPERATIONS
+    for operation in candidates:
+        marker = admin / operation.marker
+        if os.path.lexists(marker):
+            return operation, marker
+    return None
+
+
+def describe(found: tuple[Operation, Path], worktree: Path) -> str:
+    operation, marker = found
+    return f"a {operation.name} is in progress in {worktree} ({marker}); {operation.finish}"
+
+
+def moved_worktree(listing: WorktreeListing, slot_path: str, branch: str | None) -> WorktreeInfo | None:
+    """The worktree git lists elsewhere that was the slot's at `slot_path` before someone ran `git
+    worktree move`: the one on the slot's `branch` (a branch is checked out in one worktree at most), or, for a slot on
+    a detached HEAD, the one whose admin directory still has the slot's name."""
+    for info in listing.entries:
+        if Path(info.path) == Path(slot_path):
+            return None
+    for info in listing.entries:
+        if branch is not None and info.branch == branch:
+            return info
+    name = Path(slot_path).name
+    for info in listing.entries:
+        admin = admin_dir(Path(info.path))
+        if admin is not None and admin.parent.name == "worktrees" and admin.name == name and info.detached:
+            return info
+    return None

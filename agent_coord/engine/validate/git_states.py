@@ -1,0 +1,102 @@
+"""Git states a person can leave in a slot that `git status` does not show as changes: an operation
+stopped half-way (rebase, merge, cherry-pick, revert, bisect), a left-over `index.lock`, a worktree
+moved away with `git worktree move`; and quarantined slots whose cause has gone since.
+
+* a FREE slot in such a state is quarantined (never handed out: git would refuse to switch it);
+* a BUSY slot's operation is its owner's business: reported under `skipped`, left alone;
+* a moved worktree keeps its record (its owner's release moves it back); reported for a person;
+* a QUARANTINED slot that is clean again (no changes, no commits only on its HEAD, no operation, no
+  lock) goes back to the pool through the reclaimer, which detaches it first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+
+from agent_coord.engine.git.driver import GitError
+from agent_coord.engine.git.operations import describe, moved_worktree, operation_in_progress
+from agent_coord.engine.store.records import Slot, SlotState
+from agent_coord.engine.validate.context import Checker, RepoPass, ValidationRun, slot_finding
+
+HEAL_REASON = "quarantine cleared: the worktree is clean and no git operation is in progress"
+
+
+async def stopped_operation(s: Slot) -> str | None:
+    found = await anyio.to_thread.run_sync(lambda: operation_in_progress(Path(s.path), with_index_lock=True))
+    return describe(found, Path(s.path)) if found is not None else None
+
+
+async def check_free_operation(ck: Checker, run: ValidationRun, rp: RepoPass, s: Slot) -> bool:
+    """Quarantine a FREE slot with an operation stopped in it; True when there was one."""
+    why = await stopped_operation(s)
+    if why is None:
+        return False
+    f = slot_finding(
+        s,
+        kind="operation_in_progress",
+        detail=f"free slot: {why}",
+        action="quarantine it (git would refuse to switch it to the next agent's branch)",
+    )
+    if run.repair:
+        done = await ck.store.transition(
+            s.id,
+            expect_state=SlotState.FREE,
+            expect_version=s.version,
+            changes={"state": SlotState.QUARANTINED, "owner": None, "lease_expires_at": None},
+            events=[ck.repair_event(s.repo_id, s.id, s.branch, kind=f.kind, detail=why)],
+        )
+        f.repaired = done is not None
+    run.findings.append(f)
+    return True
+
+
+async def note_busy_operation(run: ValidationRun, s: Slot) -> None:
+    why = await stopped_operation(s)
+    if why is not None:
+        run.skipped.append(
+            slot_finding(
+                s,
+                kind="operation_in_progress",
+                detail=why,
+                action="left alone: its owner's to finish; the slot cannot be released until then",
+            )
+        )
+
+
+def note_moved(run: ValidationRun, rp: RepoPass, s: Slot) -> bool:
+    """A slot whose worktree git lists elsewhere (`git worktree move`): report it, keep the record."""
+    moved = moved_worktree(rp.listing, s.path, s.branch)
+    if moved is None:
+        return False
+    run.findings.append(
+        slot_finding(
+            s,
+            kind="moved_worktree",
+            detail=f"{s.state.value} slot's worktree was moved to {moved.path}",
+            action=f"none: move it back (git worktree move {moved.path} {s.path}); its owner's release does so",
+        )
+    )
+    return True
+
+
+async def heal_quarantined(ck: Checker, run: ValidationRun, rp: RepoPass, s: Slot) -> None:
+    """A quarantined slot whose cause is gone goes back to the pool (repair), else stays as it is."""
+    if await stopped_operation(s) is not None:
+        return
+    try:
+        status = await ck.git.status(rp.slot_dir(s.path))
+    except GitError:
+        return
+    if status.dirty:
+        return
+    f = slot_finding(
+        s,
+        kind="quarantine_cleared",
+        detail="quarantined, but clean now: no changes, no commits only on its HEAD, no git operation",
+        action="return it to the pool on a detached HEAD",
+    )
+    if run.repair:
+        rp.reclaims.append((s, f, HEAL_REASON))
+    run.findings.append(f)
