@@ -257,3 +257,70 @@ async def test_a_listing_caught_mid_change_is_retried(repo: Path, tmp_path: Path
         assert len(counter.read_text().splitlines()) == LISTING_ATTEMPTS
     finally:
         os.environ.pop("FAILS", None)
+
+
+def _read_only_mount_works(directory: Path) -> bool:
+    probe = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            f"mount --bind {directory} {directory} && mount -o remount,ro,bind {directory} {directory}",
+        ],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+def test_a_read_only_database_is_one_coded_line(env: dict[str, str], tmp_path: Path) -> None:
+    """A database on a read-only file system (a bind mount made read-only in a user namespace: root
+    ignores file modes, so a mode would prove nothing)."""
+    if shutil.which("unshare") is None or not _read_only_mount_works(tmp_path):
+        pytest.skip("no user namespaces here to mount a read-only file system")
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    db = directory / "coord.db"
+    assert cli(env, "status", AGENT_COORD_DB=str(db)).returncode == 0
+    before = digest(db)
+    script = (
+        f'mount --bind "{directory}" "{directory}" && mount -o remount,ro,bind "{directory}" "{directory}" '
+        f'&& exec "{sys.executable}" -m agent_coord validate --repair'
+    )
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env=_env(env, AGENT_COORD_DB=str(db)),
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    line = one_line(done.stderr)
+    assert line.startswith("STORE_UNAVAILABLE:") and "read-only" in line, line
+    assert digest(db) == before
+
+
+def test_a_database_locked_through_every_retry_is_one_coded_line(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another process holds the write lock and never lets go: the command gives up after its bounded
+    retries with one line (the waits are shortened here; the rule is the same)."""
+    from agent_coord.cli import main
+    from agent_coord.engine.store import connection
+
+    db = fresh_db(env)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(connection, "BUSY_TIMEOUT_MS", 20)
+    monkeypatch.setattr(connection, "BUSY_RETRIES", 2)
+    holder = sqlite3.connect(db, timeout=0)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(SystemExit) as exited:
+            main(["validate", "--repair"])
+    finally:
+        holder.rollback()
+        holder.close()
+    assert exited.value.code == 1
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("STORE_UNAVAILABLE:") and "locked" in line, line
