@@ -127,7 +127,7 @@ class Settings(BaseSettings):
 
 
 class SettingsError(ValueError):
-    """A setting that cannot be used. `str()` is one line that names the variable and its value."""
+    """A setting that cannot be used. `str()` is one line that names the variable (never its value)."""
 
 
 def load_settings() -> Settings:
@@ -139,7 +139,7 @@ def load_settings() -> Settings:
         problems = []
         for err in exc.errors()[:5]:
             name = "AGENT_COORD_" + "_".join(str(p) for p in err["loc"][:1]).upper()
-            problems.append(f"{name}={err.get('input')!r}: {err['msg']}")
+            problems.append(f"{name}: {err['msg']}")  # never the value: it may carry a secret
         raise SettingsError("; ".join(problems)) from exc
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"AGENT_COORD_CONFIG={os.environ.get('AGENT_COORD_CONFIG')!r}: not TOML: {exc}") from exc
