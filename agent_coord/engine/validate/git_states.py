@@ -33,6 +33,9 @@ async def check_free_operation(ck: Checker, run: ValidationRun, rp: RepoPass, s:
     why = await stopped_operation(s)
     if why is None:
         return False
+    now = await ck.store.slot(s.id)
+    if now is None or now.state != SlotState.FREE or now.version != s.version:
+        return True  # claimed since the snapshot: the git at work there is the allocation's
     f = slot_finding(
         s,
         kind="operation_in_progress",
