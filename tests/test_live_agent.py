@@ -205,10 +205,3 @@ async def test_a_server_orphaned_before_it_registered_is_not_alive(env: dict[str
             pass
         except psutil.TimeoutExpired:
             psutil.Process(server_pid).kill()
-
-
-def test_an_agent_recorded_as_pid_1_is_gone() -> None:
-    from .test_liveness import _agent, _judge
-
-    verdict = _judge(_agent(pid=1))
-    assert not verdict.alive and "orphaned" in verdict.reason

@@ -25,9 +25,26 @@ from agent_coord.platform.process_identity import CLOCK_TICKS, boot_id, start_si
 CREATE_TIME_TOLERANCE_S = 0.05
 
 ProcessState = Literal["alive", "gone", "reused", "unknown"]
-# An agent process recorded as pid 1 is init that adopted an orphaned server (or its wrapper), not an
-# agent: such a server's agent is gone. (An agent run as a container's pid 1 must run under an init.)
+# Init programs adopt orphans: an agent process recorded as one of them at pid 1 is an adopter, not an
+# agent, and the server's real agent is gone. Any other pid 1 (a container whose entry point is the
+# agent, or the shell that runs a CI script) may well have started the server itself.
 ORPHAN_PID = 1
+INIT_PROGRAMS = frozenset(
+    {"init", "systemd", "tini", "docker-init", "dumb-init", "catatonit", "s6-svscan", "runit", "launchd", "openrc-init"}
+)
+
+
+def is_init_adopter(pid: int) -> bool:
+    """Is `pid` the host's or container's init (pid 1 running an init program), which adopts orphans?"""
+    if pid != ORPHAN_PID:
+        return False  # (pid 0: we are init ourselves, with no parent to lose)
+    try:
+        name = psutil.Process(pid).name().lower()
+    except psutil.Error:
+        return False
+    return name in INIT_PROGRAMS
+
+
 TICK_TOLERANCE_S = 1.5 / CLOCK_TICKS  # starts since boot are whole ticks: equal, or another process
 
 
@@ -91,7 +108,7 @@ def orphaned_from() -> int | None:
     """The pid of the process that started this one, when it has exited since (we were re-parented
     to pid 1 or to a subreaper, which must not count as our agent); None while it is our parent."""
     parent = os.getppid()
-    if parent != LAUNCHER_PID or parent <= ORPHAN_PID:
+    if parent != LAUNCHER_PID or is_init_adopter(parent):
         return LAUNCHER_PID
     return None
 
@@ -186,8 +203,8 @@ def judge(agent: Agent, *, host: str, boot: str, now: float | None = None) -> Li
     if agent.host == host:
         if agent.boot_id != boot:
             return Liveness(False, "host rebooted since the agent registered")
-        if agent.pid <= ORPHAN_PID:
-            return Liveness(False, "its agent process is gone (the server was orphaned to pid 1)")
+        if is_init_adopter(agent.pid):
+            return Liveness(False, "its agent process is gone (the server was orphaned to init, pid 1)")
         state = process_state(agent.pid, agent.pid_create_time, agent.pid_start_s)
         if state == "gone":
             return Liveness(False, f"agent process {agent.pid} is gone")
