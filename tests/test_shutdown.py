@@ -3,7 +3,9 @@ exits within 2 s; a resumed agent (same id) picks its allocation up again."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -123,6 +125,12 @@ async def test_disconnected_agent_keeps_its_slot_until_the_lease_lapses(make_set
     async with Coordinator.open(settings, register=False, agent_id="agent-observer") as observer:
         assert (await observer.validate(repair=True)).findings == []  # still within its lease
         await anyio.sleep(0.6)
+        # Its agent process (this test's parent) lives on: on this host that keeps the slot, lease or not.
+        assert (await observer.validate(repair=True)).findings == []
+        # Where the process cannot be checked (another host), the lapsed lease decides.
+        with contextlib.closing(sqlite3.connect(settings.db)) as raw:
+            raw.execute("UPDATE agents SET host = 'another-host' WHERE id = 'agent-leaving'")
+            raw.commit()
         (f,) = (await observer.validate(repair=True)).findings
         assert (f.kind, f.worktree_id, f.action) == ("stale_lease", grant.worktree_id, "reclaimed: freed")
         (slot,) = await observer.store.slots()
