@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -244,19 +244,36 @@ async def test_release_by_branch_path_and_default(coord: Any) -> None:
 
 
 async def test_release_of_another_agents_worktree_needs_force(coord: Any, settings: Any) -> None:
+    """Another agent's worktree: NOT_OWNER without force; with an agent's force still NOT_OWNER while
+    its owner lives; a person's (the CLI's) force takes it, recorded as forced."""
     from agent_coord.engine.coordinator import Coordinator
+    from agent_coord.engine.liveness.judge import start_since_boot
+
+    from .agent_proc import set_agent
 
     a = await coord.pool.allocate("theirs")
     # Both coordinators live in this test process; make the owner another (live) process, as it would be.
-    init = psutil.Process(1)
-    with sqlite3.connect(settings.db) as db:
-        db.execute("UPDATE agents SET pid = ?, pid_create_time = ? WHERE id = 'agent-test'", (1, init.create_time()))
-    async with Coordinator.open(settings, register=True, agent_id="agent-other") as other:
-        with pytest.raises(CoordError) as err:
-            await other.pool.release(worktree_id=a.worktree_id)
-        assert err.value.code == ErrorCode.NOT_OWNER
-        r = await other.pool.release(worktree_id=a.worktree_id, force=True)
-        assert r.state == "FREE"
+    owner = subprocess.Popen(["sleep", "60"])
+    try:
+        set_agent(
+            {"AGENT_COORD_DB": str(settings.db)},
+            "agent-test",
+            pid=owner.pid,
+            pid_create_time=psutil.Process(owner.pid).create_time(),
+            pid_start_s=start_since_boot(owner.pid),
+        )
+        async with Coordinator.open(settings, register=True, agent_id="agent-other") as other:
+            with pytest.raises(CoordError) as err:
+                await other.pool.release(worktree_id=a.worktree_id)
+            assert err.value.code == ErrorCode.NOT_OWNER
+            with pytest.raises(CoordError) as err:
+                await other.pool.release(worktree_id=a.worktree_id, force=True)
+            assert err.value.code == ErrorCode.NOT_OWNER and "alive" in err.value.message
+            r = await other.pool.release(worktree_id=a.worktree_id, force=True, over_live_agent=True)
+            assert r.state == "FREE"
+    finally:
+        owner.kill()
+        owner.wait()
     events = await coord.store.events()
     forced = [e for e in events if e.action == "release" and e.outcome == "ok"]
     assert forced[-1].detail.get("forced_from") == "agent-test"
