@@ -26,10 +26,12 @@ from typing import TypeVar
 import anyio
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agent_coord.claude.slot_setup import link_claude_setup
 from agent_coord.config import Settings
 from agent_coord.engine.allocate.pool import Pool
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.git.driver import GitError
 from agent_coord.engine.liveness.judge import same_agent
 from agent_coord.engine.models import AllocationResult, ReleaseResult
 from agent_coord.engine.store import EventDraft
@@ -217,6 +219,16 @@ async def create_worktree(coord: Coordinator, payload: WorktreeCreateInput, bran
         repo=await repo_arg_for(coord, payload.cwd),
         task=f"Claude Code worktree {name!r}{session}",
     )
+
+
+async def provide_claude_setup(coord: Coordinator, result: AllocationResult) -> str | None:
+    """Link the project's uncommitted Claude Code setup into the new slot (see `slot_setup`); a line
+    for the user when that failed, since the session then starts without our hooks."""
+    try:
+        await link_claude_setup(coord.git, Path(result.repo), Path(result.path))
+    except (GitError, OSError) as exc:
+        return f"agent-coord: could not link the Claude Code setup into {result.path}: {exc}"
+    return None
 
 
 async def remove_worktree(coord: Coordinator, payload: WorktreeRemoveInput) -> ReleaseResult:

@@ -8,7 +8,10 @@ byte is written, so a refusal leaves the project exactly as it was.
 
 from __future__ import annotations
 
+import copy
 import re
+import shlex
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +73,22 @@ class InstallReport(BaseModel):
 
 
 def default_source() -> Path:
-    """`claude_config/` at the repository root, beside the `server` package (editable install)."""
-    return Path(__file__).resolve().parent.parent / "claude_config"
+    """The `claude_config/` package data of the installed `agent_coord`, wherever it was installed
+    (a wheel in site-packages, pipx or uv tool environments, or an editable checkout)."""
+    root = resources.files("agent_coord").joinpath("claude_config")
+    if not isinstance(root, Path):
+        # A zip import would need every file extracted first; pip, pipx and uv always unpack.
+        raise InstallError(f"{root}: agent-coord is installed as a zip archive; install it unpacked (pip, pipx, uv)")
+    return root
 
 
-def install_claude(project: Path, *, dry_run: bool, source: Path | None = None) -> InstallReport:
+def install_claude(
+    project: Path, *, dry_run: bool, source: Path | None = None, launcher: list[str] | None = None
+) -> InstallReport:
     """Merge `source` (default: the packaged `claude_config/`) into `project`'s Claude Code files.
+
+    `launcher` is the command that runs agent-coord (default: the shipped `agent-coord`, found on
+    PATH); the server entry and the hook commands are written with it.
 
     Raises `InstallError` when an input is missing or unreadable, when an existing JSON file is not
     valid JSON or not shaped as Claude Code expects, or when a write fails.
@@ -89,6 +102,8 @@ def install_claude(project: Path, *, dry_run: bool, source: Path | None = None) 
     settings_target = project / ".claude" / SETTINGS_FILE
     ours_mcp = read_required_json(src / MCP_FILE)
     ours_settings = read_required_json(src / SETTINGS_FILE)
+    if launcher is not None:
+        ours_mcp, ours_settings = with_launcher(ours_mcp, ours_settings, launcher)
     # Read both project files before deciding anything: one broken file refuses the whole run.
     theirs_mcp = read_json_object(mcp_target, whose="the project's", missing_ok=True)
     theirs_settings = read_json_object(settings_target, whose="the project's", missing_ok=True)
@@ -139,6 +154,31 @@ def install_claude(project: Path, *, dry_run: bool, source: Path | None = None) 
     if not dry_run:
         apply_writes(writes, project)
     return report
+
+
+SHIPPED_LAUNCHER = "agent-coord"
+
+
+def with_launcher(
+    mcp: dict[str, Any], settings: dict[str, Any], launcher: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The shipped `.mcp.json` and settings with `agent-coord` replaced by `launcher` (an argv prefix)."""
+    if not launcher or not all(launcher):
+        raise InstallError("the agent-coord launcher must be a non-empty command")
+    mcp, settings = copy.deepcopy(mcp), copy.deepcopy(settings)
+    server = mcp.get("mcpServers", {}).get(SERVER_KEY)
+    if isinstance(server, dict) and server.get("command") == SHIPPED_LAUNCHER:
+        server["command"] = launcher[0]
+        server["args"] = [*launcher[1:], *server.get("args", [])]
+    prefix = SHIPPED_LAUNCHER + " "
+    for groups in settings.get("hooks", {}).values():
+        for group in groups:
+            for hook in group.get("hooks", []):
+                command = hook.get("command")
+                if isinstance(command, str) and command.startswith(prefix):
+                    # Claude Code runs a hook command through `sh -c`: quote the launcher for it.
+                    hook["command"] = shlex.join(launcher) + " " + command.removeprefix(prefix)
+    return mcp, settings
 
 
 def referenced_tool_names(config_dir: Path) -> set[str]:

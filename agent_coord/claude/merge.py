@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,11 @@ def _merge_hooks(theirs: dict[str, Any], ours: dict[str, Any], plan: Plan, targe
             raise InstallError(
                 f"{target}: hooks.{event} should be a list of objects; fix it by hand. Nothing was changed."
             )
-        present = set(_commands(their_groups))
+        present = {_hook_key(c) for c in _commands(their_groups)}
         for group in our_groups:
-            missing = [h for h in group.get("hooks", []) if (c := _command_of(h)) is not None and c not in present]
+            missing = [
+                h for h in group.get("hooks", []) if (c := _command_of(h)) is not None and _hook_key(c) not in present
+            ]
             if not missing:
                 continue
             # Our own matcher group, appended after theirs: their groups and their order stay intact.
@@ -142,6 +145,18 @@ def _commands(groups: Any) -> list[str]:
             if command is not None:
                 found.append(command)
     return found
+
+
+def _hook_key(command: str) -> str:
+    """What a hook command runs: agent-coord's own hooks are the same hook whichever launcher starts
+    them (`agent-coord`, an absolute path, `uvx …`), so a second install never adds a second one."""
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return command
+    if len(argv) >= 3 and argv[-2] == "hook" and any(Path(a).name == "agent-coord" for a in argv[:-2]):
+        return f"agent-coord hook {argv[-1]}"
+    return command
 
 
 def _command_of(hook: Any) -> str | None:

@@ -8,7 +8,10 @@ is sent to stderr, because Claude Code reads stdout as the path.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
+import shutil
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +35,7 @@ from agent_coord.claude.hooks import (
     hook_agent_id,
     hook_settings,
     parse_input,
+    provide_claude_setup,
     remove_worktree,
     session_context,
 )
@@ -40,6 +44,7 @@ from agent_coord.cli.common import EXIT_OK, EXIT_REFUSED, app
 from agent_coord.config import Settings, SettingsError, load_settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.models import AllocationResult
 from agent_coord.engine.store import StoreBusyError
 
 T = TypeVar("T")
@@ -149,12 +154,19 @@ def worktree_create() -> None:
         except CoordError as exc:
             _fail(str(exc))
         _enter(payload.cwd)
-        result = _run_hook(
-            lambda coord: create_worktree(coord, payload, branch),
+
+        async def create(coord: Coordinator) -> tuple[AllocationResult, str | None]:
+            result = await create_worktree(coord, payload, branch)
+            return result, await provide_claude_setup(coord, result)
+
+        result, problem = _run_hook(
+            create,
             agent_id=hook_agent_id(payload.session_id, settings.agent_id),
             register=True,
             settings=settings,
         )
+        if problem:
+            typer.echo(_one_line(problem), err=True)
     typer.echo(result.path)
 
 
@@ -233,11 +245,39 @@ def install_claude_command(
         Path | None, typer.Option("--project", help="the project to set up (default: the current directory)")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would change; write nothing")] = False,
+    launcher: Annotated[
+        str | None,
+        typer.Option(
+            "--launcher",
+            help="the command that runs agent-coord, written into .mcp.json and the hooks "
+            "(default: `agent-coord` when the one on PATH is this one, else this one's absolute path)",
+        ),
+    ] = None,
 ) -> None:
     """Merge agent-coord's .mcp.json, settings, hooks and skills into a project's Claude Code files."""
     try:
-        report = install_claude(project if project is not None else Path.cwd(), dry_run=dry_run)
+        argv = shlex.split(launcher) if launcher is not None else running_launcher()
+        report = install_claude(project if project is not None else Path.cwd(), dry_run=dry_run, launcher=argv)
     except InstallError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(EXIT_REFUSED) from exc
+    except ValueError as exc:  # a --launcher shlex cannot split
+        typer.echo(f"--launcher: {exc}", err=True)
+        raise typer.Exit(2) from exc
     typer.echo(report.render())
+
+
+def running_launcher() -> list[str]:
+    """`agent-coord` when that name on PATH runs this very installation (pipx, `uv tool install`, an
+    activated venv): the portable choice for a committed .mcp.json. Otherwise the absolute path of the
+    script that runs now, so Claude Code starts this installation whatever its PATH holds."""
+    script = Path(sys.argv[0])
+    if script.name != "agent-coord":  # `python -m agent_coord.cli`: the script beside the interpreter
+        script = Path(sys.executable).parent / "agent-coord"
+    script = Path(os.path.abspath(script))
+    found = shutil.which("agent-coord")
+    if found is not None:
+        with contextlib.suppress(OSError):
+            if Path(found).resolve() == script.resolve() or os.path.samefile(found, script):
+                return ["agent-coord"]
+    return [str(script)]
