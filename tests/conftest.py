@@ -13,6 +13,8 @@ import pytest
 
 from agent_coord.config import Settings
 
+from .installed import installed  # noqa: F401  (a session fixture: the wheel, built and installed once)
+
 # Commits made by tests need an identity, whatever the machine's git config says.
 os.environ.update(
     {
