@@ -27,7 +27,7 @@ os.environ.update(
 # Keep tests away from the developer's real state and ManicTime.
 os.environ.pop("LOCALAPPDATA", None)
 for key in list(os.environ):
-    if key.startswith("AGENT_COORD_") and key != "AGENT_COORD_INSPECTOR":
+    if key.startswith("AGENT_COORD_") and key not in ("AGENT_COORD_INSPECTOR", "AGENT_COORD_CLAUDE"):
         del os.environ[key]
 
 

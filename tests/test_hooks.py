@@ -427,8 +427,12 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_install_claude_keeps_theirs_adds_ours_and_is_idempotent(env: dict[str, str], tmp_path: Path) -> None:
     project = _project(tmp_path / "proj")
-    # The agent-coord on PATH is the one that runs: install-claude writes the bare, portable name.
-    env = {**env, "PATH": os.pathsep.join([str(AGENT_COORD.parent), os.environ.get("PATH", "")])}
+    # PATH reaches the agent-coord that runs through a link, as pipx and `uv tool install` make one:
+    # install-claude writes the bare, portable name.
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "agent-coord").symlink_to(AGENT_COORD)
+    env = {**env, "PATH": os.pathsep.join([str(links), os.environ.get("PATH", "")])}
     before = _files(project)
 
     dry = run(env, ["install-claude", "--project", str(project), "--dry-run"])

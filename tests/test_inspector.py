@@ -91,3 +91,22 @@ def test_inspector_driven_by_the_shipped_mcp_json(
     called = _inspect(inspector, [*config, "--method", "tools/call", "--tool-name", "status"], run_env, tmp_path)
     _check_status(called, repo)
     assert MCP_JSON.read_bytes() == before
+
+
+def test_separate_inspector_calls_keep_one_identity(inspector: Path, env: dict[str, str], tmp_path: Path) -> None:
+    # Each CLI call starts and stops its own server. With AGENT_COORD_AGENT_ID fixed, every call acts
+    # as the same agent, so the allocation made by one call is released, as its owner's, by the next.
+    flags = [arg for key, value in env.items() if value for arg in ("-e", f"{key}={value}")]
+    server = [*flags, "-e", "AGENT_COORD_AGENT_ID=inspector-me", sys.executable, "-m", "agent_coord.server"]
+    call = [*server, "--method", "tools/call", "--tool-name"]
+
+    allocated = _inspect(
+        inspector, [*call, "allocate_worktree", "--tool-arg", "branch=feat/cli"], _base_env(), tmp_path
+    )
+    assert not allocated.get("isError"), allocated
+    assert allocated["structuredContent"]["agent_id"] == "inspector-me"
+    worktree = allocated["structuredContent"]["worktree_id"]
+
+    released = _inspect(inspector, [*call, "release_worktree", "--tool-arg", "branch=feat/cli"], _base_env(), tmp_path)
+    assert not released.get("isError"), released
+    assert (released["structuredContent"]["worktree_id"], released["structuredContent"]["state"]) == (worktree, "FREE")

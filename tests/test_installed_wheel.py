@@ -92,12 +92,26 @@ def test_install_claude_from_the_wheel(installed: Installed, env: dict[str, str]
     again = _run(installed, ["install-claude"], run_env, repo)
     assert again.returncode == 0 and again.stdout.startswith("up to date"), again.stdout
 
-    # On PATH (pipx, `uv tool install`, an activated venv): the portable bare name.
-    other = tmp_path / "other"
-    other.mkdir()
-    on_path = _run(installed, ["install-claude"], _env(env, f"{installed.bin}{os.pathsep}{_system_path()}"), other)
+    # Only its own scripts folder on PATH (an activated venv, uvx): still the absolute path.
+    venv_project = tmp_path / "venv-project"
+    venv_project.mkdir()
+    activated = _env(env, f"{installed.bin}{os.pathsep}{_system_path()}")
+    assert _run(installed, ["install-claude"], activated, venv_project).returncode == 0
+    mcp = json.loads((venv_project / ".mcp.json").read_text())
+    assert mcp["mcpServers"]["coord"]["command"] == str(installed.agent_coord)
+
+    # Linked onto PATH (pipx, `uv tool install`): the portable bare name.
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "agent-coord").symlink_to(installed.agent_coord)
+    tool_project = tmp_path / "tool-project"
+    tool_project.mkdir()
+    linked = _env(env, f"{links}{os.pathsep}{_system_path()}")
+    on_path = subprocess.run(
+        [str(links / "agent-coord"), "install-claude"], cwd=tool_project, env=linked, capture_output=True, text=True
+    )
     assert on_path.returncode == 0, on_path.stderr
-    assert json.loads((other / ".mcp.json").read_text())["mcpServers"]["coord"]["command"] == "agent-coord"
+    assert json.loads((tool_project / ".mcp.json").read_text())["mcpServers"]["coord"]["command"] == "agent-coord"
 
 
 @pytest.mark.anyio

@@ -258,6 +258,8 @@ def install_claude_command(
     try:
         argv = shlex.split(launcher) if launcher is not None else running_launcher()
         report = install_claude(project if project is not None else Path.cwd(), dry_run=dry_run, launcher=argv)
+        if launcher is None and (note := ephemeral_note(argv)):
+            report.notes.append(note)
     except InstallError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(EXIT_REFUSED) from exc
@@ -268,16 +270,33 @@ def install_claude_command(
 
 
 def running_launcher() -> list[str]:
-    """`agent-coord` when that name on PATH runs this very installation (pipx, `uv tool install`, an
-    activated venv): the portable choice for a committed .mcp.json. Otherwise the absolute path of the
-    script that runs now, so Claude Code starts this installation whatever its PATH holds."""
+    """`agent-coord` when PATH reaches this installation through a directory other than its own
+    scripts folder (pipx's and `uv tool install`'s link directory): the portable choice, fit for a
+    committed .mcp.json. An activated venv or `uvx` only puts the installation's own folder on PATH,
+    for this shell or this one run, so there the absolute path of the running script is written, which
+    Claude Code can start whatever its PATH holds."""
     script = Path(sys.argv[0])
     if script.name != "agent-coord":  # `python -m agent_coord.cli`: the script beside the interpreter
         script = Path(sys.executable).parent / "agent-coord"
     script = Path(os.path.abspath(script))
-    found = shutil.which("agent-coord")
-    if found is not None:
-        with contextlib.suppress(OSError):
-            if Path(found).resolve() == script.resolve() or os.path.samefile(found, script):
-                return ["agent-coord"]
+    with contextlib.suppress(OSError):
+        own = script.resolve().parent
+        elsewhere = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != own]
+        found = shutil.which("agent-coord", path=os.pathsep.join(elsewhere))
+        if found is not None and Path(found).resolve() == script.resolve():
+            return ["agent-coord"]
     return [str(script)]
+
+
+def ephemeral_note(launcher: list[str]) -> str | None:
+    """A warning when the launcher written is a path inside uv's cache (`uvx`), which `uv cache clean`
+    or `uv cache prune` deletes."""
+    roots = [Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uv"]
+    if configured := os.environ.get("UV_CACHE_DIR"):
+        roots.append(Path(configured))
+    if len(launcher) == 1 and any(Path(launcher[0]).is_relative_to(r) for r in roots):
+        return (
+            f"{launcher[0]} is inside uv's cache (uvx) and goes away with `uv cache clean`; "
+            'install agent-coord with `uv tool install` or pipx, or pass --launcher "uvx --from <source> agent-coord"'
+        )
+    return None
