@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from agent_coord.config import Settings
 from agent_coord.engine.store.records import SlotState
 
 from .conftest import git
-from .test_hooks import create_payload, created_path, hook, run, session_payload, state
+from .test_hooks import AGENT_COORD, create_payload, created_path, hook, run, session_payload, state
 
 UNCOMMITTED = (
     ".mcp.json",
@@ -91,3 +94,41 @@ def test_a_dirty_slot_is_kept_at_session_end(env: dict[str, str], repo: Path, se
     slots, _ = state(settings)
     assert slots[str(slot)].state == SlotState.BUSY
     assert (slot / "new.txt").read_text() == "uncommitted work\n"
+
+
+# Plays Claude Code: runs the WorktreeCreate hook with CLAUDE_PID naming itself, prints the slot, waits.
+FAKE_CLAUDE = """
+import os, subprocess, sys, time
+env = {**os.environ, "CLAUDE_PID": str(os.getpid())}
+hook = subprocess.run(
+    [sys.argv[1], "hook", "worktree-create"], input=sys.argv[2], env=env, capture_output=True, text=True
+)
+print(hook.stdout.strip() or "FAILED " + hook.stderr.replace(chr(10), " "), flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_slot_comes_back_when_claude_dies_without_session_end(
+    env: dict[str, str], repo: Path, settings: Settings
+) -> None:
+    _install(env, repo)
+    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")} | env
+    payload = json.dumps(create_payload(repo, "crash"))
+    claude = subprocess.Popen(
+        [sys.executable, "-c", FAKE_CLAUDE, str(AGENT_COORD), payload], env=full, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert claude.stdout is not None
+        slot = Path(claude.stdout.readline().strip())
+        assert slot.is_dir(), slot
+        slots, _ = state(settings)
+        assert slots[str(slot)].state == SlotState.BUSY
+    finally:
+        claude.kill()  # SIGKILL: no SessionEnd, as when Claude Code crashes
+        claude.wait()
+        claude.stdout.close()  # type: ignore[union-attr]
+
+    deadline = time.monotonic() + 30.0
+    while (now := state(settings)[0][str(slot)].state) != SlotState.FREE and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert now == SlotState.FREE, f"slot still {now} 30 s after its Claude Code process died"

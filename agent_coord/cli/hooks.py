@@ -21,6 +21,7 @@ from typing import Annotated, NoReturn, TypeVar
 import anyio
 import typer
 
+from agent_coord.claude import watch
 from agent_coord.claude.config_files import InstallError
 from agent_coord.claude.hooks import (
     MAX_INPUT_BYTES,
@@ -167,7 +168,16 @@ def worktree_create() -> None:
         )
         if problem:
             typer.echo(_one_line(problem), err=True)
+        _watch_claude(result)
     typer.echo(result.path)
+
+
+def _watch_claude(result: AllocationResult) -> None:
+    """Under Claude Code (which names itself in CLAUDE_PID), give the slot back when it exits even if
+    it runs no SessionEnd hook (see agent_coord/claude/watch.py)."""
+    pid = os.environ.get("CLAUDE_PID", "")
+    if pid.isdigit() and not watch.spawn(int(pid), result.agent_id, result.path):
+        typer.echo(f"agent-coord: Claude Code process {pid} not found; the slot comes back by validation", err=True)
 
 
 @hook_app.command("worktree-remove")

@@ -1,0 +1,111 @@
+"""The slot of a `claude --worktree` session comes back when Claude Code exits, even without SessionEnd.
+
+Claude Code runs SessionEnd when a session ends normally, and that hook gives the slot back. A Claude
+Code killed or crashed runs no hook; its slot would stay BUSY until some agent-coord server happens to
+validate. So the WorktreeCreate hook starts this small detached watcher for the Claude Code process
+(`CLAUDE_PID`, set by Claude Code in every hook's environment). It waits for that process to exit
+(a pidfd on Linux: no polling), then runs the session-end hook as that session's agent: clean slots
+are released at once, dirty ones stay held, exactly as SessionEnd does; after a normal end it finds
+nothing left to do. It imports nothing heavy while it waits, and gives up after the hook lease.
+
+Run as `python -m agent_coord.claude.watch --pid P --started T --agent-id A --slot PATH`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+
+import psutil
+
+POLL_S = 1.0  # where there is no pidfd
+SESSION_END_TIMEOUT_S = 120.0
+WAIT_BOUND_S = 7 * 86400.0  # the hook lease (agent_coord.claude.hooks.HOOK_LEASE_S)
+CREATE_TIME_SLACK_S = 0.01  # psutil reports create times rounded to clock ticks
+
+
+def _is_same_process(pid: int, started: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        same: bool = abs(proc.create_time() - started) <= CREATE_TIME_SLACK_S
+        return same and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def wait_for_exit(pid: int, started: float, bound_s: float = WAIT_BOUND_S) -> bool:
+    """True once the process `pid` that started at `started` has exited; False if `bound_s` ran out."""
+    deadline = time.monotonic() + bound_s
+    pidfd: int | None = None
+    with contextlib.suppress(AttributeError, OSError):
+        pidfd = os.pidfd_open(pid)
+    try:
+        # Checked after the pidfd is open: from here on the pidfd names this process, not a reuse.
+        if not _is_same_process(pid, started):
+            return True
+        while (remaining := deadline - time.monotonic()) > 0:
+            if pidfd is not None:
+                readable, _, _ = select.select([pidfd], [], [], remaining)
+                if readable:  # a pidfd turns readable when its process exits
+                    return True
+            else:
+                time.sleep(min(remaining, POLL_S))
+                if not _is_same_process(pid, started):
+                    return True
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def spawn(pid: int, agent_id: str, slot: str) -> bool:
+    """Start the watcher for Claude Code process `pid`, detached (its own session, no inherited
+    stdio: Claude Code reads the hook's stdout as the worktree path). False when `pid` is not there."""
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return False
+    argv = [sys.executable, "-m", __name__, "--pid", str(pid), "--started", repr(started)]
+    subprocess.Popen(
+        [*argv, "--agent-id", agent_id, "--slot", slot],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd="/",  # holds no directory the user may want to remove
+        start_new_session=True,
+        close_fds=True,
+    )
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent_coord.claude.watch")
+    parser.add_argument("--pid", type=int, required=True)
+    parser.add_argument("--started", type=float, required=True)
+    parser.add_argument("--agent-id", required=True)
+    parser.add_argument("--slot", required=True)
+    args = parser.parse_args(argv)
+    if not wait_for_exit(args.pid, args.started):
+        return 0
+    payload = {"cwd": args.slot, "hook_event_name": "SessionEnd", "reason": "claude-exited"}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [sys.executable, "-c", "from agent_coord.cli import main; main()", "hook", "session-end"],
+            input=json.dumps(payload).encode(),
+            env={**os.environ, "AGENT_COORD_AGENT_ID": args.agent_id},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=SESSION_END_TIMEOUT_S,
+            check=False,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
