@@ -26,6 +26,8 @@ os.environ.update(
 )
 # Keep tests away from the developer's real state and ManicTime.
 os.environ.pop("LOCALAPPDATA", None)
+# Run from inside a Claude Code session, hooks would start exit watchers for that session's process.
+os.environ.pop("CLAUDE_PID", None)
 for key in list(os.environ):
     if key.startswith("AGENT_COORD_") and key not in ("AGENT_COORD_INSPECTOR", "AGENT_COORD_CLAUDE"):
         del os.environ[key]
