@@ -24,6 +24,8 @@ import time
 
 import psutil
 
+from agent_coord.platform.termination import detached_group
+
 POLL_S = 1.0  # where there is no pidfd
 SESSION_END_TIMEOUT_S = 120.0
 WAIT_BOUND_S = 7 * 86400.0  # the hook lease (agent_coord.claude.hooks.HOOK_LEASE_S)
@@ -43,8 +45,9 @@ def wait_for_exit(pid: int, started: float, bound_s: float = WAIT_BOUND_S) -> bo
     """True once the process `pid` that started at `started` has exited; False if `bound_s` ran out."""
     deadline = time.monotonic() + bound_s
     pidfd: int | None = None
-    with contextlib.suppress(AttributeError, OSError):
-        pidfd = os.pidfd_open(pid)
+    if sys.platform == "linux":  # elsewhere (and on kernels before 5.3) the loop polls
+        with contextlib.suppress(OSError):
+            pidfd = os.pidfd_open(pid)
     try:
         # Checked after the pidfd is open: from here on the pidfd names this process, not a reuse.
         if not _is_same_process(pid, started):
@@ -78,8 +81,8 @@ def spawn(pid: int, agent_id: str, slot: str) -> bool:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd="/",  # holds no directory the user may want to remove
-        start_new_session=True,
         close_fds=True,
+        **detached_group(),
     )
     return True
 
