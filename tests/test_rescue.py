@@ -204,6 +204,21 @@ async def test_ignored_files_are_not_in_the_rescue(tmp_path: Path) -> None:
     assert "build/out.o" not in git(repo, "ls-tree", "-r", "--name-only", ref)
 
 
+@pytest.mark.anyio
+async def test_a_force_added_ignored_file_is_saved(tmp_path: Path) -> None:
+    """Staged with `git add -f` although ignored: a rescue that rebuilt the index from HEAD and `git add
+    --all` skipped it, and `reset --hard` then deleted it. The index copy keeps it tracked."""
+    repo, wt = worktree_with_base(tmp_path)
+    (wt / "build").mkdir()
+    (wt / "build" / "kept.cfg").write_text("forced in\n")
+    git(wt, "add", "-f", "build/kept.cfg")
+    (wt / "build" / "kept.cfg").write_text("forced in, then edited\n")
+    ref = "refs/agent-coord/rescue/t/forced"
+    await rescue_worktree(GitDriver(), wt, ref, "m")
+    assert run(repo, "show", f"{ref}^2:build/kept.cfg") == b"forced in\n"
+    assert run(repo, "show", f"{ref}:build/kept.cfg") == b"forced in, then edited\n"
+
+
 # ---- the property: any mix of operations, every staged blob and every byte on disk come back ----------
 
 PATHS = ["a.txt", "b.txt", "sub/c.txt", "sub/deeper/d.bin", "x y.txt"]
