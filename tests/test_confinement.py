@@ -296,6 +296,8 @@ def test_the_hooks_never_touch_a_slot_that_is_not_ours(
     (path / "work.txt").write_text("the session's work\n")
     ATTACKS[attack](path, repo, tmp_path)
     seen = outside(repo, tmp_path)
+    started = hook(env, "session-start", session_payload(repo, "SessionStart", source="startup"))
+    assert started.returncode == 0, started.stderr
     removed = hook(env, "worktree-remove", {**session_payload(repo, "WorktreeRemove"), "worktree_path": str(path)})
     ended = hook(env, "session-end", session_payload(repo, "SessionEnd", reason="exit"))
     again = hook(env, "worktree-create", create_payload(repo, "second"))
