@@ -82,6 +82,7 @@ class FsConfig:
     steps: int = 400
     agents: int = 3
     pool_max: int = 6
+    only: tuple[int, ...] = ()  # run just these seeds (to replay a failure)
 
     @classmethod
     def quick(cls) -> FsConfig:
@@ -169,9 +170,11 @@ class FsCampaign:
         self.counts: Counter[str] = Counter()
         self.violations: list[str] = []
         self.serial = 0
+        self.trace: list[str] = []  # what happened, step by step: kept in the report of a failed run
 
     def note(self, what: str) -> None:
         self.counts[what] += 1
+        self.trace.append(what)
 
     async def run(self) -> dict[str, Any]:
         p = self.places
@@ -196,6 +199,7 @@ class FsCampaign:
                         await getattr(self, step)(validator if step == "validate" else self.rng.choice(agents))
                 except CoordError as exc:
                     self.note(f"{step}:{exc.code.value}")
+                    self.trace.append(f"  {exc}")
                 except Exception:  # anything uncoded is a finding of the campaign
                     self.violations.append(f"step {step} raised:\n{traceback.format_exc()}")
             for _ in range(2):
@@ -204,7 +208,11 @@ class FsCampaign:
         for place in outside.changes():
             self.violations.append(f"outside the pool changed: {place}")
         self.violations.extend(self.lost_bytes())
-        return {"counts": dict(self.counts), "violations": self.violations}
+        return {
+            "counts": dict(self.counts),
+            "violations": self.violations,
+            **({"trace": self.trace} if self.violations else {}),
+        }
 
     # ---- the agents ---------------------------------------------------------------------------
 
@@ -215,6 +223,7 @@ class FsCampaign:
         got = await agent.pool.allocate(f"{agent.agent_id}-b{self.serial}")
         self.held[agent.agent_id] = Work(Path(got.path))
         self.note("allocate:ok")
+        self.trace.append(f"  {agent.agent_id} got {got.worktree_id} {got.path} reused={got.reused}")
 
     async def work(self, agent: Coordinator) -> None:
         w = self.held.get(agent.agent_id)
@@ -246,6 +255,7 @@ class FsCampaign:
         elif kind == "chmod" and target.is_file():
             target.chmod(target.stat().st_mode ^ 0o100)
         self.note(f"work:{kind}")
+        self.trace.append(f"  {agent.agent_id} {kind} {w.path.name}/{rel} {blob_id(w.disk.get(rel, b''))[:10]}")
 
     async def commit(self, agent: Coordinator) -> None:
         w = self.held.get(agent.agent_id)
@@ -270,6 +280,7 @@ class FsCampaign:
             raise
         self.close(agent.agent_id)
         self.note(f"release:ok:force={force}:remove={remove}")
+        self.trace.append(f"  {agent.agent_id} released {w.path.name}")
 
     async def kill(self, stack: contextlib.AsyncExitStack, agents: list[Coordinator]) -> list[Coordinator]:
         """An agent dies: its row names a process that has exited; a new agent takes its place."""
@@ -284,6 +295,7 @@ class FsCampaign:
                 "UPDATE agents SET pid = ?, pid_create_time = ? WHERE id = ?", (proc.pid, created, victim.agent_id)
             )
         self.close(victim.agent_id)
+        self.trace.append(f"  killed {victim.agent_id}")
         self.serial += 1
         fresh = await stack.enter_async_context(
             Coordinator.open(self.settings, register=True, agent_id=f"fs-new-{self.serial}")
@@ -295,6 +307,7 @@ class FsCampaign:
         result = await validator.validate(repair=True)
         for f in result.findings:
             self.note(f"finding:{f.kind}")
+            self.trace.append(f"  {f.worktree_id} {f.path} {f.detail} -> {f.action}")
 
     def close(self, agent_id: str) -> None:
         w = self.held.pop(agent_id, None)
@@ -353,6 +366,7 @@ class FsCampaign:
         else:
             return
         self.note(f"trick:{which}")
+        self.trace.append(f"  on {path.name} ({slot.state.value}, held by {slot.owner})")
 
     def admin_of(self, path: Path) -> Path | None:
         try:
@@ -407,7 +421,7 @@ class FsCampaign:
 def run_fs_campaign(config: FsConfig, base: Path) -> dict[str, Any]:
     started = time.time()
     runs: list[dict[str, Any]] = []
-    for seed in range(1, config.seeds + 1):
+    for seed in config.only or range(1, config.seeds + 1):
         where = base / f"seed-{seed}"
         where.mkdir(parents=True)
         result = anyio.run(FsCampaign(config, seed, where).run)
@@ -420,6 +434,7 @@ def run_fs_campaign(config: FsConfig, base: Path) -> dict[str, Any]:
         "seconds": round(time.time() - started, 1),
         "counts": dict(sorted(counts.items())),
         "violations": [f"seed {r['seed']}: {v}" for r in runs for v in r["violations"]],
+        "traces": {r["seed"]: r["trace"] for r in runs if "trace" in r},
     }
 
 
@@ -451,6 +466,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, action="append", default=None, help="replay this seed only")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     config = FsConfig.quick() if args.quick else FsConfig()
@@ -458,6 +474,8 @@ def main() -> None:
         config.seeds = args.seeds
     if args.steps is not None:
         config.steps = args.steps
+    if args.seed:
+        config.only = tuple(args.seed)
     print(machine_line(), flush=True)
     base = Path(tempfile.mkdtemp(prefix="agent-coord-fs-"))
     report = run_fs_campaign(config, base)

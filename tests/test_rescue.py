@@ -219,6 +219,36 @@ async def test_a_force_added_ignored_file_is_saved(tmp_path: Path) -> None:
     assert run(repo, "show", f"{ref}:build/kept.cfg") == b"forced in, then edited\n"
 
 
+@pytest.mark.anyio
+async def test_a_file_rewritten_in_the_second_it_was_staged_is_saved(tmp_path: Path) -> None:
+    """Found by the filesystem campaign: same size, same mtime second as its index entry, and the index
+    written in that second too (racily clean). Git compares such an entry's content; a copy of the index
+    made later made git trust the stat data, and the rescue kept the staged bytes for both trees."""
+    repo, wt = worktree_with_base(tmp_path)
+    git(repo, "config", "core.trustctime", "false")  # the ctime's second is then not a factor either
+    target = wt / "a.txt"
+    target.write_text("AAAA staged\n")
+    earlier = target.stat().st_mtime_ns - 10 * 10**9  # "staged ten seconds ago", without waiting
+    os.utime(target, ns=(earlier, earlier))
+    git(wt, "add", "a.txt")
+    target.write_text("BBBB ondisk\n")
+    os.utime(target, ns=(earlier, earlier))
+    index = Path(git(wt, "rev-parse", "--path-format=absolute", "--git-path", "index").strip())
+    os.utime(index, ns=(earlier, earlier))  # written in that same second: racily clean
+    # Git itself sees the change (and, with no optional locks, writes nothing back to the index).
+    status = subprocess.run(
+        ["git", "-C", str(wt), "status", "--porcelain"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+    )
+    assert status.stdout.startswith("MM a.txt")
+    ref = "refs/agent-coord/rescue/t/racy"
+    await rescue_worktree(GitDriver(), wt, ref, "m")
+    assert run(repo, "show", f"{ref}:a.txt") == b"BBBB ondisk\n"
+    assert run(repo, "show", f"{ref}^2:a.txt") == b"AAAA staged\n"
+
+
 # ---- the property: any mix of operations, every staged blob and every byte on disk come back ----------
 
 PATHS = ["a.txt", "b.txt", "sub/c.txt", "sub/deeper/d.bin", "x y.txt"]

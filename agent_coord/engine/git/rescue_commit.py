@@ -29,6 +29,7 @@ caller reset anything.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -183,7 +184,17 @@ def _copy_if_there(source: Path, target: Path) -> bool:
         shutil.copyfile(source, target)
     except FileNotFoundError:
         return False
+    _all_racy(target)
     return True
+
+
+def _all_racy(index: Path) -> None:
+    """Make git compare every entry's content, not trust its stat data. Git trusts an entry whose size
+    and mtime (seconds) match the file unless the entry is as new as the index file ("racily clean");
+    a copy made later is newer than every entry, so a file rewritten with the same size in the second
+    it was staged would look unchanged and go unsaved (the filesystem campaign found this). An index
+    dated one second after the epoch makes every entry racy (zero would switch the check off)."""
+    os.utime(index, (1, 1))
 
 
 async def _verify_index_tree(
@@ -207,6 +218,7 @@ async def _worktree_tree(git: GitDriver, cwd: Confined | Path, scratch: dict[str
     """The working tree as a tree: the index copy, updated with every tracked change and every untracked,
     not ignored, file; then proved equal to the disk (nothing modified, nothing untracked left)."""
     await git.run(cwd, "add", "--all", "--", ":/", env=scratch)
+    await anyio.to_thread.run_sync(_all_racy, Path(scratch["GIT_INDEX_FILE"]))  # the proof reads content too
     dirty = await git.run(cwd, "diff-files", "--name-only", "-z", env=scratch)
     left = await git.run(cwd, "ls-files", "-z", "--others", "--exclude-standard", "--", ":/", env=scratch)
     if dirty or left:
