@@ -18,6 +18,7 @@ from typing import Any
 from bench._common import ROOT, git_env
 from bench.fault_processes import alive, sigkill, wait_servers_gone
 from bench.fault_server import BETWEEN_PHASES, IN_TX, read_flag
+from bench.outside_check import Outside
 
 
 @dataclass
@@ -62,6 +63,9 @@ class Campaign:
     agents: list[Agent] = field(default_factory=list)
     retired: list[Agent] = field(default_factory=list)
     kills: list[dict[str, Any]] = field(default_factory=list)
+    # The main checkout (with a person's uncommitted edit and untracked file) and a sibling directory,
+    # fingerprinted before the chaos: the checker proves nothing there changed.
+    outside: Outside | None = None
 
     def __post_init__(self) -> None:
         self.repo = self.base / "repo"
@@ -85,6 +89,12 @@ class Campaign:
         (self.repo / ".gitignore").write_text("build/\n")
         subprocess.run(["git", "-C", str(self.repo), "add", "-A"], check=True, env=env)
         subprocess.run(["git", "-C", str(self.repo), "commit", "-q", "-m", "initial"], check=True, env=env)
+        (self.repo / "file00.txt").write_text("a person's uncommitted edit in the main checkout\n")
+        (self.repo / "notes.txt").write_text("untracked in the main checkout\n")
+        sibling = self.base / "sibling"
+        sibling.mkdir(exist_ok=True)
+        (sibling / "keep.txt").write_text("a sibling directory's file\n")
+        self.outside = Outside(self.repo, sibling)
 
     def server_env(self, index: int, gen: int, agent_id: str) -> dict[str, str]:
         env = git_env()

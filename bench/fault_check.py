@@ -125,6 +125,8 @@ def check(campaign: Campaign, validation: dict[str, Any]) -> dict[str, Any]:
         slots = conn.execute("SELECT * FROM slots").fetchall()
     if integrity != "ok":
         violations.append(f"integrity_check: {integrity}")
+    if campaign.outside is not None:
+        violations += [f"outside the pool changed: {c}" for c in campaign.outside.changes()]
 
     # 2, 3: grant intervals and tokens, per slot, in commit order (event ids)
     intervals, interval_violations, closes_without_open = grant_intervals(events)

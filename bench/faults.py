@@ -26,7 +26,9 @@ bytes), every commit. The checker then verifies:
   6. after validation no slot is held: every slot of a killed agent (and of every other agent: all
      have exited by then) is FREE or QUARANTINED, or gone; a second validation finds nothing;
   7. every file any agent wrote and recorded still exists: in its worktree, in a rescue ref
-     (`refs/agent-coord/rescue/*`), or committed on a branch.
+     (`refs/agent-coord/rescue/*`), or committed on a branch;
+  8. nothing outside the pool changed: the main checkout (with a person's uncommitted edit and
+     untracked file) and a sibling directory, byte for byte (bench/outside_check.py).
 It also measures how long a killed agent's slots took to be reclaimed by the servers' own background
 validation, and reports slots left ALLOCATING or RELEASING by a killed server whose agent lived on.
 """
