@@ -262,6 +262,20 @@ async def test_a_pool_root_that_is_not_the_pools_alone_is_refused_at_start_up(
     seen.assert_unchanged()
 
 
+async def test_a_refused_pool_root_is_not_recorded_so_fixing_the_setting_is_enough(
+    make_settings: Any, repo: Path, tmp_path: Path
+) -> None:
+    from agent_coord.engine.coordinator import Coordinator
+
+    with pytest.raises(PoolRootRefused):
+        async with Coordinator.open(make_settings(pool_root=tmp_path), register=True):
+            pass
+    good = tmp_path / "good-pool"
+    async with Coordinator.open(make_settings(pool_root=good), register=True) as coord:
+        grant = await coord.pool.allocate("feat/after-the-fix")
+    assert Path(grant.path).parent == good.resolve()
+
+
 def cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     from .test_hooks import run
 

@@ -70,9 +70,14 @@ class RepoResolver:
             pool_root = self.settings.pool_root.expanduser().resolve()
         else:
             pool_root = default_pool_root(top)
-        repo = await self.store.ensure_repo(str(top), str(pool_root))
         # A pool root that holds the repository or other people's repositories is refused before
-        # anything runs in it (and the repository keeps the pool root it was registered with: checked too).
+        # anything is written (a refused root, once recorded, would outlive the setting that named it)
+        # and before anything runs in it; a repository keeps the pool root it was registered with.
+        known = next((r for r in await self.store.repos() if r.path == str(top)), None)
+        if known is None:
+            candidate = await anyio.to_thread.run_sync(Bounds.of, top, pool_root)
+            await anyio.to_thread.run_sync(check_pool_root, candidate, set())
+        repo = known or await self.store.ensure_repo(str(top), str(pool_root))
         recorded = {s.path for s in await self.store.slots(repo.id)}
         await anyio.to_thread.run_sync(check_pool_root, await bounds_of(repo), recorded)
         self._by_arg[key] = repo
