@@ -258,3 +258,32 @@ def test_worktree_create_turns_any_name_into_a_valid_branch(env: dict[str, str],
     assert (
         subprocess.run(["git", "check-ref-format", "--branch", branch], capture_output=True, cwd=repo).returncode == 0
     )
+
+
+# ---- the Claude Code exit watcher judges a process as liveness does -------------------------------
+
+
+def test_the_exit_watcher_knows_a_process_by_its_start_since_boot() -> None:
+    from agent_coord.claude.watch import _is_same_process, wait_for_exit
+
+    me = psutil.Process()
+    since_boot = process_identity.start_since_boot(me.pid)
+    if since_boot is None:
+        pytest.skip("this machine has no /proc")
+    # The start since boot decides where known: a create time moved by a clock step changes nothing.
+    assert _is_same_process(me.pid, me.create_time() + 30.0, since_boot)
+    assert not _is_same_process(me.pid, me.create_time(), since_boot + 5.0)
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    created, child_since_boot = psutil.Process(child.pid).create_time(), process_identity.start_since_boot(child.pid)
+    assert child.stdin is not None
+    child.stdin.close()
+    assert wait_for_exit(child.pid, created, bound_s=30.0, since_boot=child_since_boot)
+    child.wait()
+
+
+def test_the_exit_watcher_without_proc_uses_the_create_time(no_proc: None) -> None:
+    from agent_coord.claude.watch import _is_same_process
+
+    me = psutil.Process()
+    assert _is_same_process(me.pid, me.create_time(), None)
+    assert not _is_same_process(me.pid, me.create_time() + 30.0, None)

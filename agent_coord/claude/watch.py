@@ -24,24 +24,32 @@ import time
 
 import psutil
 
+from agent_coord.platform.process_identity import CLOCK_TICKS, start_since_boot
 from agent_coord.platform.termination import detached_group
 
 POLL_S = 1.0  # where there is no pidfd
 SESSION_END_TIMEOUT_S = 120.0
 WAIT_BOUND_S = 7 * 86400.0  # the hook lease (agent_coord.claude.hooks.HOOK_LEASE_S)
 CREATE_TIME_SLACK_S = 0.01  # psutil reports create times rounded to clock ticks
+TICK_SLACK_S = 1.5 / CLOCK_TICKS  # starts since boot are whole ticks: equal, or another process
 
 
-def _is_same_process(pid: int, started: float) -> bool:
+def _is_same_process(pid: int, started: float, since_boot: float | None = None) -> bool:
+    """Is `pid` still the process that started then? By its start counted from boot where /proc has it
+    (a clock step moves Linux's wall-clock create times, never this), else by its create time."""
     try:
         proc = psutil.Process(pid)
-        same: bool = abs(proc.create_time() - started) <= CREATE_TIME_SLACK_S
+        now_since_boot = start_since_boot(pid) if since_boot is not None else None
+        if since_boot is not None and now_since_boot is not None:
+            same = abs(now_since_boot - since_boot) <= TICK_SLACK_S
+        else:
+            same = abs(proc.create_time() - started) <= CREATE_TIME_SLACK_S
         return same and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 
 
-def wait_for_exit(pid: int, started: float, bound_s: float = WAIT_BOUND_S) -> bool:
+def wait_for_exit(pid: int, started: float, bound_s: float = WAIT_BOUND_S, since_boot: float | None = None) -> bool:
     """True once the process `pid` that started at `started` has exited; False if `bound_s` ran out."""
     deadline = time.monotonic() + bound_s
     pidfd: int | None = None
@@ -50,7 +58,7 @@ def wait_for_exit(pid: int, started: float, bound_s: float = WAIT_BOUND_S) -> bo
             pidfd = os.pidfd_open(pid)
     try:
         # Checked after the pidfd is open: from here on the pidfd names this process, not a reuse.
-        if not _is_same_process(pid, started):
+        if not _is_same_process(pid, started, since_boot):
             return True
         while (remaining := deadline - time.monotonic()) > 0:
             if pidfd is not None:
@@ -59,7 +67,7 @@ def wait_for_exit(pid: int, started: float, bound_s: float = WAIT_BOUND_S) -> bo
                     return True
             else:
                 time.sleep(min(remaining, POLL_S))
-                if not _is_same_process(pid, started):
+                if not _is_same_process(pid, started, since_boot):
                     return True
         return False
     finally:
@@ -75,6 +83,9 @@ def spawn(pid: int, agent_id: str, slot: str) -> bool:
     except psutil.Error:
         return False
     argv = [sys.executable, "-m", __name__, "--pid", str(pid), "--started", repr(started)]
+    since_boot = start_since_boot(pid)
+    if since_boot is not None:
+        argv += ["--since-boot", repr(since_boot)]
     subprocess.Popen(
         [*argv, "--agent-id", agent_id, "--slot", slot],
         stdin=subprocess.DEVNULL,
@@ -91,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agent_coord.claude.watch")
     parser.add_argument("--pid", type=int, required=True)
     parser.add_argument("--started", type=float, required=True)
+    parser.add_argument("--since-boot", type=float, default=None)
     parser.add_argument("--agent-id", required=True)
     parser.add_argument("--slot", required=True)
     args = parser.parse_args(argv)
-    if not wait_for_exit(args.pid, args.started):
+    if not wait_for_exit(args.pid, args.started, since_boot=args.since_boot):
         return 0
     payload = {"cwd": args.slot, "hook_event_name": "SessionEnd", "reason": "claude-exited"}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
