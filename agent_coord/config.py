@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     post_create: tuple[str, ...] = ()
     setup_timeout_s: float = Field(default=600.0, gt=0)
     watch_interval_s: float = Field(default=0.1, gt=0)
+    # The conflict radar: seconds between passes (one process at a time computes; see engine/radar).
+    radar_every_s: float = Field(default=10.0, gt=0)
 
     @field_validator("repo", "pool_root", "db", "manictime_db", "activity_file", mode="before")
     @classmethod

@@ -30,6 +30,9 @@ from agent_coord.engine.models import (
     WorktreeView,
 )
 from agent_coord.engine.observe.metrics import MetricsReport, compute_metrics
+from agent_coord.engine.radar.loop import RadarLoop
+from agent_coord.engine.radar.models import Conflict
+from agent_coord.engine.radar.view import conflict_pairs, conflicts_for
 from agent_coord.engine.reclaim.reclaimer import Reclaimer
 from agent_coord.engine.repos import RepoResolver
 from agent_coord.engine.store import EventDraft, Store
@@ -68,6 +71,7 @@ class Coordinator:
             every_s=settings.validate_every_s,
             check_s=check_every(settings.validate_every_s, settings.heartbeat_active_s),
         )
+        self.radar_loop = RadarLoop(store, self.git, identity, every_s=settings.radar_every_s)
         self.agent_status: Literal["active", "idle"] = "active"
         self.registered = False
         self._wake = anyio.Event()
@@ -98,6 +102,7 @@ class Coordinator:
                 if coord.registered:
                     await coord.disconnect()
                 await coord.validator_loop.release()
+                await coord.radar_loop.release()
                 await store.close()
 
     @property
@@ -165,6 +170,7 @@ class Coordinator:
             lease_expires_at=agent.lease_expires_at if agent else time.time(),
             next_heartbeat_s=self.heartbeat_interval(),
             allocations=held,
+            conflicts=await self.conflicts(),
         )
 
     async def run_heartbeats(self) -> None:
@@ -194,6 +200,17 @@ class Coordinator:
         """Validate with repair at start-up, every interval, and as soon as an owner dies, whenever
         this server holds the validator lease (see `validator_loop`)."""
         await self.validator_loop.run()
+
+    # ---- conflict radar -----------------------------------------------------------------------
+
+    async def run_radar(self) -> None:
+        """Predict merge conflicts between live allocations whenever this server holds the radar lease."""
+        await self.radar_loop.run()
+
+    async def conflicts(self, agent_id: str | None = None) -> list[Conflict]:
+        """What the radar last found for the live allocations of `agent_id` (default: this agent)."""
+        me = agent_id or self.agent_id
+        return conflicts_for(await self.store.live_pairs(), lambda side: side.agent_id == me)
 
     # ---- status -------------------------------------------------------------------------------
 
@@ -226,6 +243,7 @@ class Coordinator:
                     focused=contention is not None and contention.focused_agent == a.id,
                 )
             )
+        pairs = await self.store.live_pairs(repo.id if repo else None)
         busy = sum(1 for s in slots if s.state in HELD_STATES)
         free = sum(1 for s in slots if s.state == SlotState.FREE)
         quarantined = sum(1 for s in slots if s.state == SlotState.QUARANTINED)
@@ -260,6 +278,8 @@ class Coordinator:
             agents=agents,
             contention=contention,
             metrics=(await self.metrics()).model_dump(mode="json"),
+            conflicts=conflicts_for(pairs, lambda side: side.agent_id == self.agent_id),
+            conflict_pairs=conflict_pairs(pairs),
         )
 
     async def metrics(self) -> MetricsReport:

@@ -6,6 +6,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from agent_coord.engine.radar.models import Conflict, ConflictPair
+
+CONFLICTS_DESCRIPTION = (
+    "what the conflict radar predicts for your live worktrees: other allocations (or your base branch) "
+    "that changed the same paths (overlap) or would conflict with yours at merge (conflict)"
+)
+
 
 class ContentionSource(BaseModel):
     name: str  # "store", "processes", "manictime"
@@ -40,6 +47,7 @@ class AllocationResult(BaseModel):
     latency_ms: float
     contention: Contention
     jitter_ms: float = 0.0
+    conflicts: list[Conflict] = Field(default_factory=list, description=CONFLICTS_DESCRIPTION)
 
 
 class ReleaseResult(BaseModel):
@@ -50,6 +58,7 @@ class ReleaseResult(BaseModel):
     dirty: bool
     rescue_ref: str | None = None
     removed: bool = False
+    conflicts: list[Conflict] = Field(default_factory=list, description=CONFLICTS_DESCRIPTION)
 
 
 class HeartbeatResult(BaseModel):
@@ -58,6 +67,7 @@ class HeartbeatResult(BaseModel):
     lease_expires_at: float
     next_heartbeat_s: float
     allocations: list[str] = Field(description="worktree ids this agent holds")
+    conflicts: list[Conflict] = Field(default_factory=list, description=CONFLICTS_DESCRIPTION)
 
 
 class PoolSummary(BaseModel):
@@ -104,6 +114,10 @@ class StatusResult(BaseModel):
     agents: list[AgentView]
     contention: Contention | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    conflicts: list[Conflict] = Field(default_factory=list, description=CONFLICTS_DESCRIPTION)
+    conflict_pairs: list[ConflictPair] = Field(
+        default_factory=list, description="every pair of live allocations (or allocation and base) the radar flags"
+    )
 
 
 class Finding(BaseModel):

@@ -178,6 +178,7 @@ def build_server(
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(coord.run_heartbeats)
                     tg.start_soon(coord.run_validator)
+                    tg.start_soon(coord.run_radar)
                     tg.start_soon(_watch, state, subs)
                     try:
                         yield state

@@ -29,6 +29,7 @@ async def grant(
     snapshot: Contention,
     started: float,
     lease_s: float,
+    base: str | None = None,
 ) -> AllocationResult:
     latency = (time.monotonic() - started) * 1000
     token = claim.slot.fencing_token
@@ -56,6 +57,8 @@ async def grant(
                         "warm": claim.warm,
                         "jitter_ms": round(jitter_ms, 1),
                         "contention": snapshot.model_dump(mode="json"),
+                        # What the conflict radar compares this allocation with (engine/radar).
+                        **({"base": base} if base is not None else {}),
                     },
                 )
             ],

@@ -197,6 +197,7 @@ class Pool:
             snapshot=snapshot,
             started=started,
             lease_s=self.settings.stale_after_s,
+            base=base,
         )
         self._tokens[result.worktree_id] = result.fencing_token
         return result

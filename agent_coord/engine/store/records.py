@@ -48,6 +48,7 @@ class Action(StrEnum):
     VALIDATE = "validate"  # one validation run; detail.findings
     REPAIR = "repair"  # one repaired finding; detail.kind
     ADOPT = "adopt"  # a worktree taken into the pool (validate or import)
+    RADAR = "radar"  # a predicted merge conflict appeared ("conflict") or went away ("cleared"); detail.with
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,44 @@ MIGRATIONS: tuple[str, ...] = (
         server_start_s REAL
     );
     """,
+    # 3: the conflict radar (engine/radar). One row per live allocation it snapshotted, the paths each
+    # changed since its base (the edit guard looks a path up here), and one row per pair it compared.
+    # Rows carry the fencing token of the allocation they describe: a reader joins them to `slots` on
+    # it, so a row left from a released allocation is never shown, even before the next pass drops it.
+    """
+    CREATE TABLE radar_trees (
+        worktree_id TEXT PRIMARY KEY,
+        fencing_token INTEGER NOT NULL,
+        repo_id INTEGER NOT NULL,
+        head TEXT NOT NULL,
+        tree TEXT NOT NULL,
+        base_ref TEXT,
+        base_commit TEXT,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE radar_changes (
+        worktree_id TEXT NOT NULL,
+        repo_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        PRIMARY KEY (worktree_id, path)
+    );
+    CREATE INDEX radar_changes_path ON radar_changes (repo_id, path);
+    -- b is another worktree id, or "base:<ref>" for a's comparison with its base branch.
+    CREATE TABLE radar_pairs (
+        a TEXT NOT NULL,
+        b TEXT NOT NULL,
+        repo_id INTEGER NOT NULL,
+        a_token INTEGER NOT NULL,
+        b_token INTEGER,
+        a_state TEXT NOT NULL,
+        b_state TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('none', 'overlap', 'conflict')),
+        detail TEXT NOT NULL,
+        since REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (a, b)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,76 @@
+"""The radar's background loop: one server at a time (the holder of the `radar` lease) runs a pass every
+`radar_every_s`; every other server, the CLI and the edit guard only read what it stored.
+
+The lease is the validator's kind (validate/loop.py): it outlives a few intervals so a slow pass keeps
+it, and a holder whose server process is provably gone is replaced at once rather than waited out.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+from agent_coord.engine.git.driver import GitDriver
+from agent_coord.engine.liveness.judge import Identity
+from agent_coord.engine.radar.radar_pass import PassReport, RadarPass
+from agent_coord.engine.store import Store
+from agent_coord.engine.validate.loop import LeaseHolder
+
+logger = logging.getLogger("agent-coord")
+RADAR_LEASE = "radar"
+LEASE_INTERVALS = 3.0
+MIN_LEASE_S = 30.0
+
+
+class RadarLoop:
+    def __init__(self, store: Store, git: GitDriver, identity: Identity, *, every_s: float) -> None:
+        self.store = store
+        self.identity = identity
+        self.every_s = every_s
+        self.holder = LeaseHolder.of(identity).encode()
+        self._scratch = Path(tempfile.mkdtemp(prefix="agent-coord-radar-"))
+        self.radar = RadarPass(store, git, identity.host, self._scratch)
+        self.last: PassReport | None = None
+        self._wake = anyio.Event()
+
+    def wake(self) -> None:
+        """Run the next pass now (effective only in the server that holds the lease)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    await self.tick()
+                except Exception:  # best effort: the next interval tries again
+                    logger.warning("conflict radar pass failed", exc_info=True)
+                with anyio.move_on_after(self.every_s):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+        finally:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+    async def release(self) -> None:
+        await self.store.release_lease(RADAR_LEASE, self.holder)
+
+    async def tick(self) -> PassReport | None:
+        """One pass when this server holds (or takes) the lease; None when another holds it."""
+        if not await self._take_lease():
+            return None
+        self.last = await self.radar.run()
+        return self.last
+
+    async def _take_lease(self) -> bool:
+        ttl = max(self.every_s * LEASE_INTERVALS, MIN_LEASE_S)
+        current = await self.store.lease(RADAR_LEASE)
+        if current is None or current[0] == self.holder or current[1] < time.time():
+            return await self.store.take_lease(RADAR_LEASE, self.holder, ttl)
+        other = LeaseHolder.parse(current[0])
+        if other is None or other.gone(self.identity) is None:
+            return False
+        return await self.store.take_lease(RADAR_LEASE, self.holder, ttl, replace=current[0])

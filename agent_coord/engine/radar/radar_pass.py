@@ -1,0 +1,306 @@
+"""One radar pass: snapshot every live allocation of this host, compare each pair and each allocation
+with its base, store what changed.
+
+Incremental: a pair is compared again only when one side's state (HEAD commit and snapshot tree), its
+fencing token, or the base tip changed since the stored comparison; otherwise the stored row stands.
+The snapshot is the change detection: its tree id changes exactly when the working tree's content does,
+an unstaged edit of a tracked file included (an index mtime or HEAD would miss that).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from agent_coord.engine.git.driver import GitDriver, GitError
+from agent_coord.engine.radar.predict import PairPrediction, Predictor, SidePaths
+from agent_coord.engine.radar.snapshot import Snapshot, SnapshotError, snapshot
+from agent_coord.engine.store import EventDraft, Store
+from agent_coord.engine.store.radar import BASE_PREFIX, RadarPair, RadarTree, RadarWrite
+from agent_coord.engine.store.records import Action, Repo, Slot, SlotState
+
+logger = logging.getLogger("agent-coord")
+SNAPSHOT_CONCURRENCY = 4
+
+
+@dataclass
+class PassReport:
+    worktrees: int = 0
+    pairs: int = 0  # pairs and base comparisons that exist after the pass
+    computed: int = 0  # of which compared again in this pass
+    conflicts: int = 0
+    overlaps: int = 0
+    skipped: list[str] = field(default_factory=list)  # worktree ids not snapshotted, with why
+    duration_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Side:
+    slot: Slot
+    head: str
+    tree: str
+    base_ref: str | None
+    base_commit: str | None
+
+    @property
+    def state(self) -> str:
+        return f"{self.head}:{self.tree}"
+
+    @property
+    def token(self) -> int:
+        assert self.slot.fencing_token is not None
+        return self.slot.fencing_token
+
+
+def side_detail(side: SidePaths) -> dict[str, Any]:
+    return {
+        "conflict": side.conflict,
+        "overlap": side.overlap,
+        "ranges": {p: [list(r) for r in rs] for p, rs in side.ranges.items()},
+    }
+
+
+class RadarPass:
+    def __init__(self, store: Store, git: GitDriver, host: str, scratch: Path) -> None:
+        self.store = store
+        self.git = git
+        self.host = host
+        self.scratch = scratch
+        self._predictors: dict[str, Predictor] = {}
+
+    async def run(self) -> PassReport:
+        started = time.monotonic()
+        report = PassReport()
+        slots = await self.store.slots(None)
+        agents = {a.id: a for a in await self.store.agents()}
+        for repo in await self.store.repos():
+            live = [
+                s
+                for s in slots
+                if s.repo_id == repo.id
+                and s.state == SlotState.BUSY
+                and s.branch is not None
+                and s.fencing_token is not None
+                # Only worktrees on this host can be snapshotted: another host's are compared there.
+                and (s.owner not in agents or agents[s.owner].host == self.host)
+            ]
+            await self.run_repo(repo, live, report)
+        report.duration_ms = round((time.monotonic() - started) * 1000, 1)
+        return report
+
+    def _predictor(self, repo: Repo) -> Predictor:
+        if repo.path not in self._predictors:
+            self._predictors[repo.path] = Predictor(repo.path)
+        return self._predictors[repo.path]
+
+    async def run_repo(self, repo: Repo, live: list[Slot], report: PassReport) -> None:
+        old_trees, old_pairs = await self.store.radar_rows(repo.id)
+        if not live and not old_trees and not old_pairs:
+            return
+        known: dict[tuple[str, int], RadarTree] = {(t.worktree_id, t.fencing_token): t for t in old_trees}
+        unknown = [(s.id, s.fencing_token) for s in live if (s.id, s.fencing_token) not in known]
+        bases = await self.store.allocation_bases((wt, tok) for wt, tok in unknown if tok is not None)
+        snaps: dict[str, Snapshot] = {}
+        limiter = anyio.Semaphore(SNAPSHOT_CONCURRENCY)
+
+        async def take(slot: Slot) -> None:
+            async with limiter:
+                try:
+                    snaps[slot.id] = await snapshot(self.git, Path(slot.path), self.scratch, slot.id)
+                except (GitError, SnapshotError, OSError) as exc:
+                    report.skipped.append(f"{slot.id}: {exc}")
+
+        async with anyio.create_task_group() as tg:
+            for slot in live:
+                tg.start_soon(take, slot)
+        predictor = self._predictor(repo)
+        write = await anyio.to_thread.run_sync(
+            _compare, predictor, repo, live, snaps, known, bases, {(p.a, p.b): p for p in old_pairs}, report
+        )
+        await self.store.save_radar(repo.id, write)
+
+
+def _compare(
+    predictor: Predictor,
+    repo: Repo,
+    live: list[Slot],
+    snaps: dict[str, Snapshot],
+    known: dict[tuple[str, int], RadarTree],
+    bases: dict[tuple[str, int], str | None],
+    old_pairs: dict[tuple[str, str], RadarPair],
+    report: PassReport,
+) -> RadarWrite:
+    """Blocking (libgit2): the comparison part of a pass, run in a worker thread."""
+    now = time.time()
+    write = RadarWrite()
+    sides: list[_Side] = []
+    for slot in live:
+        assert slot.fencing_token is not None
+        old = known.get((slot.id, slot.fencing_token))
+        snap = snaps.get(slot.id)
+        head = predictor.resolve_head(snap.head) if snap is not None else None
+        if snap is None or head is None:
+            if old is not None:  # keep what we knew; the next pass tries again
+                sides.append(_Side(slot, old.head, old.tree, old.base_ref, old.base_commit))
+            continue
+        if old is not None:
+            base_name = old.base_ref
+        else:
+            assert slot.fencing_token is not None
+            base_name = predictor.base_branch(bases.get((slot.id, slot.fencing_token)))
+        if base_name is not None and base_name.removeprefix("refs/heads/") == slot.branch:
+            base_name = None  # a branch is not compared with itself
+        base_commit = predictor.commit_of(base_name) if base_name else None
+        side = _Side(slot, head, snap.tree, base_name, base_commit)
+        sides.append(side)
+        if old is None or old.head != head or old.tree != snap.tree or old.base_commit != base_commit:
+            assert slot.fencing_token is not None
+            write.trees.append(RadarTree(slot.id, slot.fencing_token, repo.id, head, snap.tree, base_name, base_commit))
+            start = predictor.merge_base(head, base_commit) if base_commit else None
+            since_tree = predictor.tree_of(start or head)
+            write.changes[slot.id] = sorted(set(predictor.changed(since_tree, snap.tree).values()))
+    report.worktrees += len(sides)
+    live_tokens = {s.slot.id: s.token for s in sides}
+    write.drop_worktrees = {wt for wt, token in known if live_tokens.get(wt) != token}
+    write.drop_worktrees -= {t.worktree_id for t in write.trees}
+
+    wanted: dict[tuple[str, str], RadarPair] = {}
+    ordered = sorted(sides, key=lambda s: s.slot.id)
+    for i, a in enumerate(ordered):
+        for b in ordered[i + 1 :]:
+            wanted[(a.slot.id, b.slot.id)] = _pair(predictor, repo, a, b, old_pairs.get((a.slot.id, b.slot.id)), now)
+        if a.base_ref and a.base_commit:
+            key = (a.slot.id, BASE_PREFIX + a.base_ref)
+            wanted[key] = _base_pair(predictor, repo, a, old_pairs.get(key), now)
+    for key, pair in wanted.items():
+        before = old_pairs.get(key)
+        if before is None or before != pair:
+            write.pairs.append(pair)
+            report.computed += 1
+        write.events.extend(_transition_events(repo, before, pair, ordered))
+        if pair.kind == "conflict":
+            report.conflicts += 1
+        elif pair.kind == "overlap":
+            report.overlaps += 1
+    for key, gone in old_pairs.items():
+        if key not in wanted:
+            write.drop_pairs.add(key)
+            write.events.extend(_transition_events(repo, gone, None, ordered))
+    report.pairs += len(wanted)
+    return write
+
+
+def _same_sides(old: RadarPair | None, a_token: int, b_token: int | None, a_state: str, b_state: str) -> bool:
+    return (
+        old is not None
+        and old.a_token == a_token
+        and old.b_token == b_token
+        and old.a_state == a_state
+        and old.b_state == b_state
+    )
+
+
+def _since(old: RadarPair | None, a_token: int, b_token: int | None, kind: str, now: float) -> float:
+    """When this kind of collision was first seen for these two allocations."""
+    if old is not None and old.a_token == a_token and old.b_token == b_token and old.kind == kind:
+        return old.since
+    return now
+
+
+def _pair(predictor: Predictor, repo: Repo, a: _Side, b: _Side, old: RadarPair | None, now: float) -> RadarPair:
+    if _same_sides(old, a.token, b.token, a.state, b.state):
+        assert old is not None
+        return old
+    start = predictor.merge_base(a.head, b.head)
+    prediction = (
+        predictor.predict(predictor.tree_of(start), a.tree, b.tree)
+        if start is not None
+        else PairPrediction(SidePaths(), SidePaths())
+    )
+    detail = {"a": side_detail(prediction.a), "b": side_detail(prediction.b), "merge_base": start}
+    kind = prediction.kind
+    return RadarPair(
+        a.slot.id,
+        b.slot.id,
+        repo.id,
+        a.token,
+        b.token,
+        a.state,
+        b.state,
+        kind,
+        detail,
+        _since(old, a.token, b.token, kind, now),
+    )
+
+
+def _base_pair(predictor: Predictor, repo: Repo, a: _Side, old: RadarPair | None, now: float) -> RadarPair:
+    assert a.base_ref is not None and a.base_commit is not None
+    b_state = a.base_commit
+    if _same_sides(old, a.token, None, a.state, b_state):
+        assert old is not None
+        return old
+    start = predictor.merge_base(a.head, a.base_commit)
+    base_tree = predictor.tree_of(a.base_commit)
+    prediction = (
+        predictor.predict(predictor.tree_of(start), a.tree, base_tree)
+        if start is not None
+        else PairPrediction(SidePaths(), SidePaths())
+    )
+    detail = {"a": side_detail(prediction.a), "b": side_detail(prediction.b), "merge_base": start}
+    kind = prediction.kind
+    return RadarPair(
+        a.slot.id,
+        BASE_PREFIX + a.base_ref,
+        repo.id,
+        a.token,
+        None,
+        a.state,
+        b_state,
+        kind,
+        detail,
+        _since(old, a.token, None, kind, now),
+    )
+
+
+def _transition_events(
+    repo: Repo, old: RadarPair | None, new: RadarPair | None, sides: list[_Side]
+) -> list[EventDraft]:
+    """An event when a predicted conflict appears, and one when it goes away (resolved, or released)."""
+    was = old is not None and old.kind == "conflict"
+    same_allocations = old is not None and new is not None and (old.a_token, old.b_token) == (new.a_token, new.b_token)
+    is_now = new is not None and new.kind == "conflict"
+    branches = {s.slot.id: s.slot.branch for s in sides}
+    out: list[EventDraft] = []
+    if was and not (is_now and same_allocations):
+        assert old is not None
+        reason = "resolved" if same_allocations else "released"
+        out.append(_event(repo, old, "cleared", branches, {"reason": reason}))
+    if is_now and not (was and same_allocations):
+        assert new is not None
+        out.append(_event(repo, new, "conflict", branches, {}))
+    return out
+
+
+def _event(
+    repo: Repo, pair: RadarPair, outcome: str, branches: dict[str, str | None], extra: dict[str, Any]
+) -> EventDraft:
+    paths = sorted(
+        set(pair.detail.get("a", {}).get("conflict", [])) | set(pair.detail.get("b", {}).get("conflict", []))
+    )
+    other = pair.b.removeprefix(BASE_PREFIX) if pair.b.startswith(BASE_PREFIX) else branches.get(pair.b) or pair.b
+    return EventDraft(
+        Action.RADAR,
+        outcome,
+        None,
+        repo.id,
+        pair.a,
+        branches.get(pair.a),
+        None,
+        pair.a_token,
+        detail={"with": pair.b, "with_branch": other, "paths": paths, **extra},
+    )

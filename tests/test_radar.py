@@ -1,0 +1,200 @@
+"""The conflict radar on real repositories: snapshots of real worktrees (uncommitted work included),
+merges predicted by libgit2, results read back through the coordinator's tool results."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from agent_coord.config import Settings
+from agent_coord.engine.coordinator import Coordinator
+from agent_coord.engine.radar.models import BaseBranch, Conflict, OtherAllocation
+from tests.conftest import git
+
+pytestmark = pytest.mark.anyio
+
+LINES = [f"line {i}\n" for i in range(1, 41)]
+
+
+@pytest.fixture
+def shared_repo(repo: Path) -> Path:
+    (repo / "app.py").write_text("".join(LINES))
+    (repo / "other.py").write_text("x = 1\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "app")
+    return repo
+
+
+@pytest.fixture
+async def two(shared_repo: Path, settings: Settings) -> AsyncIterator[tuple[Coordinator, Coordinator]]:
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(Coordinator.open(settings, register=True, agent_id="agent-a"))
+        b = await stack.enter_async_context(Coordinator.open(settings, register=True, agent_id="agent-b"))
+        yield a, b
+
+
+def edit(path: Path, line: int, text: str) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    lines[line - 1] = text + "\n"
+    path.write_text("".join(lines))
+
+
+async def radar_pass(coord: Coordinator) -> None:
+    report = await coord.radar_loop.tick()
+    assert report is not None, "the test's coordinator should hold the radar lease"
+    assert not report.skipped, report.skipped
+
+
+def with_worktree(c: Conflict) -> OtherAllocation:
+    assert isinstance(c.with_, OtherAllocation)
+    return c.with_
+
+
+def only(conflicts: list[Conflict], kind: str, pred: Callable[[Conflict], bool] = lambda c: True) -> Conflict:
+    found = [c for c in conflicts if c.kind == kind and pred(c)]
+    assert len(found) == 1, conflicts
+    return found[0]
+
+
+async def test_same_lines_uncommitted_conflict_on_both_sides(two: tuple[Coordinator, Coordinator]) -> None:
+    a, b = two
+    wa = await a.pool.allocate("feat-a", task="rename things")
+    wb = await b.pool.allocate("feat-b", task="fix things")
+    edit(Path(wa.path) / "app.py", 10, "line ten by a")
+    edit(Path(wb.path) / "app.py", 10, "line ten by b")
+    await radar_pass(a)
+    seen_a = (await a.heartbeat()).conflicts
+    seen_b = (await b.heartbeat()).conflicts
+    ca = only(seen_a, "conflict", lambda c: isinstance(c.with_, OtherAllocation))
+    cb = only(seen_b, "conflict", lambda c: isinstance(c.with_, OtherAllocation))
+    assert ca.paths == ["app.py"] and cb.paths == ["app.py"]
+    assert ca.ranges == {"app.py": [(10, 10)]} and cb.ranges == {"app.py": [(10, 10)]}
+    other = with_worktree(ca)
+    assert (other.worktree_id, other.branch, other.agent_id, other.task) == (
+        wb.worktree_id,
+        "feat-b",
+        "agent-b",
+        "fix things",
+    )
+    assert with_worktree(cb).agent_id == "agent-a"
+    status = await a.status()
+    assert [(p.a, p.b, p.kind, p.paths) for p in status.conflict_pairs if not p.b.startswith("base:")] == [
+        (min(wa.worktree_id, wb.worktree_id), max(wa.worktree_id, wb.worktree_id), "conflict", ["app.py"])
+    ]
+    dumped = ca.model_dump(mode="json", by_alias=True)
+    assert dumped["with"]["branch"] == "feat-b" and isinstance(dumped["since"], float)
+
+
+async def test_different_hunks_overlap_only(two: tuple[Coordinator, Coordinator]) -> None:
+    a, b = two
+    wa = await a.pool.allocate("feat-a")
+    wb = await b.pool.allocate("feat-b")
+    edit(Path(wa.path) / "app.py", 3, "top by a")
+    edit(Path(wb.path) / "app.py", 35, "bottom by b")
+    await radar_pass(a)
+    seen = (await a.heartbeat()).conflicts
+    assert [c.kind for c in seen] == ["overlap"]
+    assert seen[0].paths == ["app.py"] and seen[0].ranges is None
+
+
+async def test_rename_on_one_side_edit_on_the_other(two: tuple[Coordinator, Coordinator]) -> None:
+    a, b = two
+    wa = await a.pool.allocate("feat-a")
+    wb = await b.pool.allocate("feat-b")
+    git(Path(wa.path), "mv", "app.py", "application.py")
+    edit(Path(wb.path) / "app.py", 20, "edited by b")
+    await radar_pass(a)
+    seen_a = (await a.heartbeat()).conflicts
+    seen_b = (await b.heartbeat()).conflicts
+    # The rename carries b's edit: no conflict, but both changed that file, each under its own name.
+    assert [(c.kind, c.paths) for c in seen_a] == [("overlap", ["application.py"])]
+    assert [(c.kind, c.paths) for c in seen_b] == [("overlap", ["app.py"])]
+    # A rename against an edit of the same lines after the rename does conflict.
+    edit(Path(wa.path) / "application.py", 20, "edited by a")
+    await radar_pass(a)
+    ca = only((await a.heartbeat()).conflicts, "conflict")
+    assert ca.paths == ["application.py"] and ca.ranges == {"application.py": [(20, 20)]}
+    cb = only((await b.heartbeat()).conflicts, "conflict")
+    assert cb.paths == ["app.py"] and cb.ranges == {"app.py": [(20, 20)]}
+
+
+async def test_conflict_with_the_base_after_it_moves(two: tuple[Coordinator, Coordinator], shared_repo: Path) -> None:
+    a, _ = two
+    wa = await a.pool.allocate("feat-a", base="main")
+    edit(Path(wa.path) / "app.py", 5, "five by a")
+    await radar_pass(a)
+    assert (await a.heartbeat()).conflicts == []
+    edit(shared_repo / "app.py", 5, "five on main")
+    git(shared_repo, "commit", "-q", "-am", "main moves")
+    await radar_pass(a)
+    c = only((await a.heartbeat()).conflicts, "conflict")
+    assert isinstance(c.with_, BaseBranch) and c.with_.base == "main"
+    assert c.ranges == {"app.py": [(5, 5)]}
+
+
+async def test_committed_on_one_side_dirty_on_the_other(two: tuple[Coordinator, Coordinator]) -> None:
+    a, b = two
+    wa = await a.pool.allocate("feat-a")
+    wb = await b.pool.allocate("feat-b")
+    edit(Path(wa.path) / "app.py", 12, "twelve by a")
+    git(Path(wa.path), "commit", "-q", "-am", "a commits")
+    edit(Path(wb.path) / "app.py", 12, "twelve by b")  # unstaged
+    await radar_pass(a)
+    assert only((await b.heartbeat()).conflicts, "conflict").ranges == {"app.py": [(12, 12)]}
+    # An unstaged edit that takes b's change back away clears it at the next pass.
+    edit(Path(wb.path) / "app.py", 12, "line 12")
+    await radar_pass(a)
+    assert (await b.heartbeat()).conflicts == []
+
+
+async def test_binary_files_conflict_without_ranges(two: tuple[Coordinator, Coordinator], shared_repo: Path) -> None:
+    a, b = two
+    wa = await a.pool.allocate("feat-a")
+    wb = await b.pool.allocate("feat-b")
+    (Path(wa.path) / "logo.bin").write_bytes(b"\x00\x01a" * 50)  # untracked on both sides
+    (Path(wb.path) / "logo.bin").write_bytes(b"\x00\x02b" * 50)
+    await radar_pass(a)
+    c = only((await a.heartbeat()).conflicts, "conflict")
+    assert c.paths == ["logo.bin"] and c.ranges is None
+
+
+async def test_release_clears_the_pair(two: tuple[Coordinator, Coordinator]) -> None:
+    a, b = two
+    wa = await a.pool.allocate("feat-a")
+    wb = await b.pool.allocate("feat-b")
+    edit(Path(wa.path) / "app.py", 10, "by a")
+    edit(Path(wb.path) / "app.py", 10, "by b")
+    await radar_pass(a)
+    assert (await a.heartbeat()).conflicts
+    git(Path(wb.path), "commit", "-q", "-am", "b saves")
+    await b.pool.release(worktree_id=wb.worktree_id)
+    assert (await a.heartbeat()).conflicts == []  # at once: readers join on the live allocation
+    await radar_pass(a)
+    events = [e for e in await a.store.events() if e.action == "radar"]
+    assert [(e.outcome, e.detail.get("reason")) for e in events] == [("conflict", None), ("cleared", "released")]
+    assert (await a.status()).conflict_pairs == []
+
+
+async def test_incremental_pass_recomputes_only_changed_pairs(
+    two: tuple[Coordinator, Coordinator], settings: Settings
+) -> None:
+    a, b = two
+    wa = await a.pool.allocate("feat-a")
+    await b.pool.allocate("feat-b")
+    first = await a.radar_loop.tick()
+    # One pair, and each allocation against its base (main, the main checkout's branch).
+    assert first is not None and first.computed == first.pairs == 3
+    again = await a.radar_loop.tick()
+    assert again is not None and again.computed == 0
+    edit(Path(wa.path) / "other.py", 1, "x = 2")  # unstaged edit of a tracked file
+    changed = await a.radar_loop.tick()
+    assert changed is not None and changed.computed == 2  # a's pair with b and with its base; not b's
+
+
+async def test_only_one_server_computes(two: tuple[Coordinator, Coordinator]) -> None:
+    a, b = two
+    assert await a.radar_loop.tick() is not None
+    assert await b.radar_loop.tick() is None
