@@ -40,7 +40,9 @@ HOOK_COMMANDS = {
     "WorktreeRemove": "agent-coord hook worktree-remove",
     "SessionStart": "agent-coord hook session-start",
     "SessionEnd": "agent-coord hook session-end",
+    "PreToolUse": "agent-coord hook pre-edit",
 }
+TOOL_MATCHERS = {"PreToolUse": "Edit|Write|MultiEdit|NotebookEdit"}
 
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _KEY_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):(?: (.*))?$")
@@ -127,7 +129,8 @@ def test_settings_hooks_follow_claude_code_schema() -> None:
         assert isinstance(groups, list) and len(groups) == 1, event
         group = groups[0]
         # Worktree and session events take no tool matcher; an absent matcher means "every time".
-        assert set(group) == {"hooks"}, event
+        assert set(group) == ({"hooks", "matcher"} if event in TOOL_MATCHERS else {"hooks"}), event
+        assert group.get("matcher") == TOOL_MATCHERS.get(event), event
         assert group["hooks"] == [
             {"type": "command", "command": HOOK_COMMANDS[event], "timeout": group["hooks"][0]["timeout"]}
         ]

@@ -18,6 +18,7 @@ OUR_COMMANDS = {
     "WorktreeRemove": "agent-coord hook worktree-remove",
     "SessionStart": "agent-coord hook session-start",
     "SessionEnd": "agent-coord hook session-end",
+    "PreToolUse": "agent-coord hook pre-edit",
 }
 SKILLS = ("allocate-worktree", "release-worktree", "multi-agent-conflict", "parallel-agent-coordination")
 OTHER_SERVER = {"command": "npx", "args": ["-y", "@example/server"], "env": {"TOKEN_FILE": "~/.t"}}

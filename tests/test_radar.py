@@ -3,6 +3,10 @@ merges predicted by libgit2, results read back through the coordinator's tool re
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -198,3 +202,76 @@ async def test_only_one_server_computes(two: tuple[Coordinator, Coordinator]) ->
     a, b = two
     assert await a.radar_loop.tick() is not None
     assert await b.radar_loop.tick() is None
+
+
+# ---- the edit guard: `agent-coord hook pre-edit` as Claude Code runs it -----------------------------
+
+
+def run_guard(env: dict[str, str], event: dict[str, object], mode: str | None) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "agent-coord"
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
+    run_env.update(env)
+    if mode is not None:
+        run_env["AGENT_COORD_EDIT_GUARD"] = mode
+    return subprocess.run(
+        [str(script), "hook", "pre-edit"],
+        input=json.dumps(event),
+        capture_output=True,
+        text=True,
+        env=run_env,
+        timeout=60,
+        check=False,
+    )
+
+
+def edit_event(path: Path) -> dict[str, object]:
+    return {
+        "hook_event_name": "PreToolUse",
+        "tool_name": "Edit",
+        "cwd": str(path.parent),
+        "tool_input": {"file_path": str(path), "old_string": "line 10", "new_string": "x"},
+    }
+
+
+async def test_edit_guard_answers_per_setting(two: tuple[Coordinator, Coordinator], env: dict[str, str]) -> None:
+    a, b = two
+    wa = await a.pool.allocate("feat-a")
+    wb = await b.pool.allocate("feat-b", task="fix things")
+    edit(Path(wa.path) / "app.py", 10, "by a")
+    edit(Path(wb.path) / "app.py", 10, "by b")
+    await radar_pass(a)
+    event = edit_event(Path(wa.path) / "app.py")
+
+    warn = run_guard(env, event, None)  # the default is warn
+    assert warn.returncode == 0, warn.stderr
+    out = json.loads(warn.stdout)["hookSpecificOutput"]
+    assert "permissionDecision" not in out
+    assert "feat-b" in out["additionalContext"] and "lines 10" in out["additionalContext"]
+    assert "fix things" in out["additionalContext"]
+
+    for mode in ("ask", "deny"):
+        answer = run_guard(env, event, mode)
+        out = json.loads(answer.stdout)["hookSpecificOutput"]
+        assert out["permissionDecision"] == mode and "feat-b" in out["permissionDecisionReason"]
+
+    off = run_guard(env, event, "off")
+    assert (off.returncode, off.stdout) == (0, "")
+    # A file nobody else changes: nothing to say.
+    quiet = run_guard(env, edit_event(Path(wa.path) / "other.py"), "deny")
+    assert (quiet.returncode, quiet.stdout) == (0, "")
+    # The other side edits b's own file: a's worktree is the one named.
+    other_side = run_guard(env, edit_event(Path(wb.path) / "app.py"), "warn")
+    assert "feat-a" in json.loads(other_side.stdout)["hookSpecificOutput"]["additionalContext"]
+
+
+def test_edit_guard_fails_open(tmp_path: Path) -> None:
+    event = edit_event(tmp_path / "x.py")
+    missing = run_guard({"AGENT_COORD_DB": str(tmp_path / "none" / "coord.db")}, event, "deny")
+    assert (missing.returncode, missing.stdout) == (0, "")
+    assert "allowed without checking" in missing.stderr and len(missing.stderr.splitlines()) == 1
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database" * 100)
+    broken = run_guard({"AGENT_COORD_DB": str(garbage)}, event, "deny")
+    assert (broken.returncode, broken.stdout) == (0, "") and "allowed without checking" in broken.stderr
+    bad_mode = run_guard({"AGENT_COORD_DB": str(garbage)}, event, "sometimes")
+    assert (bad_mode.returncode, bad_mode.stdout) == (0, "") and "EDIT_GUARD" in bad_mode.stderr

@@ -310,3 +310,12 @@ def ephemeral_note(launcher: list[str]) -> str | None:
             'install agent-coord with `uv tool install` or pipx, or pass --launcher "uvx --from <source> agent-coord"'
         )
     return None
+
+
+@hook_app.command("pre-edit")
+def pre_edit() -> None:
+    """PreToolUse (Edit|Write|MultiEdit|NotebookEdit): say who else changes the file
+    (AGENT_COORD_EDIT_GUARD off|warn|ask|deny). The console script answers it before Typer loads."""
+    from agent_coord.engine.radar.guard import main as guard
+
+    raise typer.Exit(guard())

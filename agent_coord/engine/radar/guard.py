@@ -1,0 +1,191 @@
+"""The edit guard: Claude Code's PreToolUse hook for Edit|Write|MultiEdit|NotebookEdit (`agent-coord hook
+pre-edit`). When the file about to be edited is changed in another live worktree of the same repository
+(as the radar last stored it), it answers per AGENT_COORD_EDIT_GUARD:
+
+* `warn` (default): no permission decision, so the user's own rules still apply; the agent is told in
+  `additionalContext` who else changes the file and what to do;
+* `ask` / `deny`: `permissionDecision` with the reason, naming the other branch;
+* `off`: nothing.
+
+It runs before every edit, so it imports only the standard library (no MCP SDK, no pydantic, no git)
+and reads the store with bare sqlite3, read-only. It fails open: when the store cannot be read it
+allows the edit and says why in one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+from typing import Any, TextIO
+from urllib.parse import quote
+
+MODES = ("off", "warn", "ask", "deny")
+MAX_INPUT_BYTES = 1 << 20
+
+
+class GuardError(Exception):
+    pass
+
+
+def _settings_file() -> dict[str, Any]:
+    path = os.environ.get("AGENT_COORD_CONFIG")
+    if not path:
+        return {}
+    import tomllib
+
+    with open(path, "rb") as fh:
+        raw = tomllib.load(fh)
+    section = raw.get("agent-coord", raw)
+    return {str(k).lower(): v for k, v in section.items()}
+
+
+def _setting(name: str, file: dict[str, Any]) -> str | None:
+    value = os.environ.get(f"AGENT_COORD_{name.upper()}")
+    if value is None and name in file:
+        value = str(file[name])
+    return value or None
+
+
+def db_path(file: dict[str, Any]) -> str:
+    configured = _setting("db", file)
+    if configured:
+        return os.path.expanduser(configured)
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "agent-coord", "coord.db")
+
+
+def _target(event: dict[str, Any]) -> str | None:
+    tool_input = event.get("tool_input")
+    if not isinstance(tool_input, dict):
+        return None
+    raw = tool_input.get("file_path") or tool_input.get("notebook_path")
+    if not isinstance(raw, str) or not raw:
+        return None
+    if not os.path.isabs(raw):
+        cwd = event.get("cwd")
+        raw = os.path.join(cwd if isinstance(cwd, str) else os.getcwd(), raw)
+    return os.path.realpath(raw)
+
+
+def _within(path: str, root: str) -> str | None:
+    """`path` relative to `root` (a directory), or None when it is not inside."""
+    real = os.path.realpath(root)
+    if not path.startswith(real.rstrip(os.sep) + os.sep):
+        return None
+    return os.path.relpath(path, real).replace(os.sep, "/")
+
+
+def others_changing(conn: sqlite3.Connection, target: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """(my worktree id or None, the other live allocations that changed this file)."""
+    best: tuple[int, str | None, int, str] | None = None  # (depth, slot id, repo id, relative path)
+    rows = conn.execute(
+        "SELECT id, repo_id, path FROM slots WHERE state = 'BUSY' UNION ALL SELECT NULL, id, path FROM repos"
+    ).fetchall()
+    for slot_id, repo_id, root in rows:
+        rel = _within(target, root)
+        if rel is not None and (best is None or len(root) > best[0]):
+            best = (len(root), slot_id, repo_id, rel)
+    if best is None:
+        return None, []
+    _, mine, repo_id, rel = best
+    others = conn.execute(
+        "SELECT s.id, s.branch, s.owner, s.task FROM radar_changes c"
+        " JOIN radar_trees t ON t.worktree_id = c.worktree_id"
+        " JOIN slots s ON s.id = c.worktree_id AND s.fencing_token = t.fencing_token AND s.state = 'BUSY'"
+        " WHERE c.repo_id = ? AND c.path = ? AND c.worktree_id IS NOT ? ORDER BY s.id",
+        (repo_id, rel, mine),
+    ).fetchall()
+    found: list[dict[str, Any]] = []
+    for wt, branch, owner, task in others:
+        entry: dict[str, Any] = {"worktree_id": wt, "branch": branch, "agent_id": owner, "task": task, "path": rel}
+        if mine is not None:
+            entry["ranges"] = _conflict_ranges(conn, mine, wt, rel)
+        found.append(entry)
+    return mine, found
+
+
+def _conflict_ranges(conn: sqlite3.Connection, mine: str, other: str, rel: str) -> list[list[int]] | None:
+    """My lines of `rel` that the radar predicts will conflict with `other`, or None when it predicts
+    no conflict there ([] when it does but has no line ranges: binary, deleted)."""
+    a, b = sorted((mine, other))
+    row = conn.execute("SELECT detail, kind FROM radar_pairs WHERE a = ? AND b = ?", (a, b)).fetchone()
+    if row is None or row[1] != "conflict":
+        return None
+    side = json.loads(row[0]).get("a" if mine == a else "b", {})
+    if rel not in side.get("conflict", []):
+        return None
+    ranges = side.get("ranges", {}).get(rel, [])
+    return [list(r) for r in ranges]
+
+
+def message(found: list[dict[str, Any]]) -> str:
+    parts: list[str] = []
+    for o in found:
+        who = f"branch {o['branch']!r} ({o['worktree_id']}, agent {o['agent_id']}"
+        who += f", task: {o['task']})" if o.get("task") else ")"
+        ranges = o.get("ranges")
+        if ranges:
+            lines = ", ".join(f"{s}-{e}" if s != e else str(s) for s, e in ranges)
+            parts.append(f"{who} — a merge would conflict at your lines {lines}")
+        elif ranges is not None:
+            parts.append(f"{who} — a merge would conflict on this file")
+        else:
+            parts.append(who)
+    path = found[0]["path"]
+    return (
+        f"agent-coord: {path} is also changed by {'; '.join(parts)}. Keep your change to this file narrow, "
+        "or leave the file to the agent that has more of it and tell the user; never edit another agent's "
+        "worktree."
+    )
+
+
+def decide(event: dict[str, Any], mode: str, conn: sqlite3.Connection) -> dict[str, Any] | None:
+    """The hook's stdout JSON, or None for no output (allow, say nothing)."""
+    target = _target(event)
+    if mode == "off" or target is None:
+        return None
+    _, found = others_changing(conn, target)
+    if not found:
+        return None
+    text = message(found)
+    out: dict[str, Any] = {"hookEventName": "PreToolUse"}
+    if mode == "warn":
+        out["additionalContext"] = text
+    else:
+        out["permissionDecision"] = mode
+        out["permissionDecisionReason"] = text
+    return {"hookSpecificOutput": out}
+
+
+def run(stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    """Always exits 0: the guard never blocks by failing."""
+    try:
+        file = _settings_file()
+        mode = (_setting("edit_guard", file) or "warn").lower()
+        if mode not in MODES:
+            raise GuardError(f"AGENT_COORD_EDIT_GUARD must be one of {', '.join(MODES)}, not {mode!r}")
+        if mode == "off":
+            return 0
+        event = json.loads(stdin.read(MAX_INPUT_BYTES) or "{}")
+        if not isinstance(event, dict):
+            raise GuardError("the hook input is not a JSON object")
+        db = db_path(file)
+        if not os.path.isfile(db):
+            raise GuardError(f"no coordination database at {db}")
+        conn = sqlite3.connect(f"file:{quote(os.path.abspath(db))}?mode=ro", uri=True, timeout=0.1)
+        try:
+            answer = decide(event, mode, conn)
+        finally:
+            conn.close()
+    except (OSError, ValueError, sqlite3.Error, GuardError) as exc:
+        stderr.write(f"agent-coord edit guard: allowed without checking ({exc})\n")
+        return 0
+    if answer is not None:
+        stdout.write(json.dumps(answer) + "\n")
+    return 0
+
+
+def main() -> int:
+    return run(sys.stdin, sys.stdout, sys.stderr)
