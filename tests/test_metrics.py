@@ -48,7 +48,7 @@ def report(events: list[Event], **kw: Any) -> MetricsReport:
 
 def test_empty_history_is_all_not_enough_data() -> None:
     r = report([])
-    assert len(r.metrics) == 7
+    assert len(r.metrics) == 8  # predicted_merge_conflicts (the conflict radar) included
     assert all(m.state == "not enough data" and m.value is None for m in r.metrics)
     assert r.overall == "not enough data"
     assert r.computed_at == NOW
@@ -256,7 +256,7 @@ def test_overall_is_the_worst_known_state_and_rows_render() -> None:
     assert r.get("allocation_success_rate").state == "failing"
     assert r.overall == "failing"
     rows = r.as_rows()
-    assert len(rows) == 7 and all(len(row) == len(ROW_HEADER) for row in rows)
+    assert len(rows) == 8 and all(len(row) == len(ROW_HEADER) for row in rows)
     assert rows[0][:4] == ("allocation_success_rate", "80.0 %", "> 95 %", "failing")
     assert report([]).as_rows()[0][1] == "-"
     with pytest.raises(KeyError):

@@ -11,6 +11,7 @@ from agent_coord.cli import (  # noqa: F401 - each module registers its commands
     hooks,  # hook worktree-create|worktree-remove|session-start|session-end, install-claude
     observe,  # metrics, activity
     pool_files,  # release, import-pool, export-pool
+    radar,  # conflicts
     showcase,  # dashboard, demo
 )
 from agent_coord.cli.common import EXIT_REFUSED, EXIT_USAGE, app

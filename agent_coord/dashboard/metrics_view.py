@@ -20,6 +20,7 @@ METRIC_SHORT = {
     "pool_utilization": "utilization",
     "agent_crash_rate": "crashes",
     "stale_allocation_rate": "stale",
+    "predicted_merge_conflicts": "radar",
 }
 METRIC_COLUMNS = (
     Column("METRIC", 8, 24),

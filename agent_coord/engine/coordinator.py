@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Literal
@@ -31,11 +31,12 @@ from agent_coord.engine.models import (
 )
 from agent_coord.engine.observe.metrics import MetricsReport, compute_metrics
 from agent_coord.engine.radar.loop import RadarLoop
-from agent_coord.engine.radar.models import Conflict
+from agent_coord.engine.radar.models import Conflict, ConflictReport
 from agent_coord.engine.radar.view import conflict_pairs, conflicts_for
 from agent_coord.engine.reclaim.reclaimer import Reclaimer
 from agent_coord.engine.repos import RepoResolver
 from agent_coord.engine.store import EventDraft, Store
+from agent_coord.engine.store.radar import SideInfo
 from agent_coord.engine.store.records import HELD_STATES, Action, Repo, SlotState
 from agent_coord.engine.validate.loop import ValidatorLoop, check_every
 from agent_coord.engine.validate.validator import Validator
@@ -212,6 +213,16 @@ class Coordinator:
         me = agent_id or self.agent_id
         return conflicts_for(await self.store.live_pairs(), lambda side: side.agent_id == me)
 
+    async def conflict_report(self, repo_arg: str | None = None) -> ConflictReport:
+        repo = await self.repos.resolve(repo_arg) if repo_arg is not None else None
+        pairs = await self.store.live_pairs(repo.id if repo else None)
+        ids = sorted({p.a.worktree_id for p in pairs} | {p.b.worktree_id for p in pairs if p.b is not None})
+        return ConflictReport(
+            repo=repo.path if repo else None,
+            pairs=conflict_pairs(pairs),
+            worktrees={wt: conflicts_for(pairs, _side_is(wt)) for wt in ids},
+        )
+
     # ---- status -------------------------------------------------------------------------------
 
     async def status(self, repo_arg: str | None = None, *, with_contention: bool = True) -> StatusResult:
@@ -288,6 +299,10 @@ class Coordinator:
         events = await self.store.events(since_ts=now - window - 86400)
         slot_count = max(1, len(await self.store.slots()))
         return compute_metrics(events, now=now, window_s=window, slot_count=slot_count)
+
+
+def _side_is(worktree_id: str) -> Callable[[SideInfo], bool]:
+    return lambda side: side.worktree_id == worktree_id
 
 
 async def _known_identity(store: Store, me: Identity) -> Identity:

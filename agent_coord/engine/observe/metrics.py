@@ -26,6 +26,10 @@ Definitions
   Intervals are clipped to the observed span, from ``max(window start, first event ts)`` to ``now``,
   and the busy time is divided by ``slot_count`` x span. The result is capped at 1 because
   ``slot_count`` is today's pool size and the pool may have been larger earlier in the window.
+* **Predicted merge conflicts** (the conflict radar, apart from ``conflict_rate``, which counts
+  allocation contention): ``radar`` ``conflict`` events per allocation-hour (busy slot-hours as for
+  utilization); the detail says how many were resolved before release (a ``cleared`` event with
+  reason ``resolved``) and how many were still standing when a side was released. Informational.
 * **Crash rate** (per week) and **stale rate** (per day) are ``agent_dead`` / ``agent_stale`` counts in
   the window divided by the observed span. They need at least an hour of span; below that a single
   event would extrapolate to an absurd rate.
@@ -108,6 +112,8 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{value:.2f} /week"
     if unit == "per_day":
         return f"{value:.2f} /day"
+    if unit == "per_allocation_hour":
+        return f"{value:.2f} /alloc-h"
     return f"{value:g} {unit}".rstrip()
 
 
@@ -152,6 +158,7 @@ def compute_metrics(
         _latency("allocation_latency_p99", durations, 99, min_samples),
         _conflict_rate(attempts, cas_lost, min_samples),
         _utilization(events, span_start, now, slot_count),
+        _predicted_conflicts(events, in_window, span_start, now),
         _rate_over_span(
             "agent_crash_rate",
             sum(1 for e in in_window if e.action == Action.AGENT_DEAD),
@@ -303,6 +310,23 @@ def _utilization(events: Sequence[Event], span_start: float, now: float, slot_co
         state=_grade(value, lambda v: 0.40 <= v <= 0.60, lambda v: 0.20 <= v <= 0.80),
         samples=intervals,
         detail=f"{busy / 3600:.1f} busy slot-hours of {slot_count} slots x {span / 3600:.1f} h",
+    )
+
+
+def _predicted_conflicts(events: Sequence[Event], in_window: Sequence[Event], span_start: float, now: float) -> Metric:
+    name, unit, target = "predicted_merge_conflicts", "per_allocation_hour", "informational"
+    radar = [e for e in in_window if e.action == Action.RADAR]
+    predicted = sum(1 for e in radar if e.outcome == "conflict")
+    cleared = [e.detail.get("reason") for e in radar if e.outcome == "cleared"]
+    resolved, released = cleared.count("resolved"), cleared.count("released")
+    busy, _ = _busy_seconds(events, span_start, now)
+    hours = busy / 3600
+    detail = f"{predicted} predicted over {hours:.1f} allocation-hours; {resolved} resolved before release, "
+    detail += f"{released} still standing at release"
+    if hours <= 0:
+        return _not_enough(name, unit, target, predicted, detail)
+    return Metric(
+        name=name, value=predicted / hours, unit=unit, target=target, state="ok", samples=predicted, detail=detail
     )
 
 

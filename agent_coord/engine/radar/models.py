@@ -42,3 +42,16 @@ class ConflictPair(BaseModel):
     kind: Literal["overlap", "conflict"] = Field(description="the stronger of the two found between a and b")
     paths: list[str] = Field(description="the conflicting paths (kind conflict) or the overlapping ones, in a's names")
     since: float = Field(description="when this kind was first predicted for the pair (seconds since the epoch)")
+
+
+class ConflictReport(BaseModel):
+    """The whole radar picture: `coord://conflicts` and `agent-coord conflicts --json`."""
+
+    repo: str | None = Field(description="the repository shown (None: every repository)")
+    pairs: list[ConflictPair] = Field(description="every flagged pair of live allocations, or allocation and base")
+    worktrees: dict[str, list[Conflict]] = Field(description="per live worktree id: what it sees, from its side")
+    note: str = Field(
+        default="only worktrees on the radar's host are compared; another host's allocations are compared by a "
+        "radar running there, against commits reachable in its local repository",
+        description="what the comparison covers",
+    )

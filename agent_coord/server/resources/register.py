@@ -17,6 +17,7 @@ POOL_URIS = (
     "coord://metrics",
     "coord://activity",
     "coord://contention",
+    "coord://conflicts",
 )
 
 
@@ -85,6 +86,16 @@ def register(mcp: MCPServer, state: AppState) -> None:
         coord = state.coord
         snapshot = await coord.contention.snapshot(await coord.default_repo())
         return snapshot.model_dump_json(indent=2)
+
+    @mcp.resource(
+        "coord://conflicts",
+        name="conflicts",
+        mime_type="application/json",
+        description="The conflict radar: every pair of live worktrees (or worktree and its base branch) that "
+        "changed the same paths (overlap) or would conflict at merge now (conflict), with paths and line ranges.",
+    )
+    async def conflicts() -> str:
+        return (await state.coord.conflict_report()).model_dump_json(indent=2, by_alias=True)
 
     @mcp.resource(
         "coord://worktrees/{worktree_id}",
