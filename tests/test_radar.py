@@ -16,6 +16,7 @@ import pytest
 from agent_coord.config import Settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.radar.models import BaseBranch, Conflict, OtherAllocation
+from agent_coord.engine.radar.radar_pass import PassReport
 from tests.conftest import git
 
 pytestmark = pytest.mark.anyio
@@ -192,10 +193,18 @@ async def test_incremental_pass_recomputes_only_changed_pairs(
     # One pair, and each allocation against its base (main, the main checkout's branch).
     assert first is not None and first.computed == first.pairs == 3
     again = await a.radar_loop.tick()
-    assert again is not None and again.computed == 0
+    assert again is not None and (again.snapshots, again.computed) == (0, 0)  # nothing changed: no git at all
     edit(Path(wa.path) / "other.py", 1, "x = 2")  # unstaged edit of a tracked file
     changed = await a.radar_loop.tick()
-    assert changed is not None and changed.computed == 2  # a's pair with b and with its base; not b's
+    # Only a is snapshotted again; a's pair with b and with its base are compared again, not b's base.
+    assert changed is not None and (changed.snapshots, changed.computed) == (1, 2)
+    os.makedirs(Path(wa.path) / "new" / "deeper")
+    (Path(wa.path) / "new" / "deeper" / "file.txt").write_text("untracked, in a new directory\n")
+    assert (await a.radar_loop.tick() or PassReport()).snapshots == 1
+    (Path(wa.path) / "new" / "deeper" / "file.txt").write_text("edited in the new directory\n")
+    assert (await a.radar_loop.tick() or PassReport()).snapshots == 1  # the new directory is watched
+    git(Path(wa.path), "commit", "-q", "-am", "a commits")  # HEAD moves
+    assert (await a.radar_loop.tick() or PassReport()).snapshots == 1
 
 
 async def test_only_one_server_computes(two: tuple[Coordinator, Coordinator]) -> None:

@@ -25,6 +25,8 @@ logger = logging.getLogger("agent-coord")
 RADAR_LEASE = "radar"
 LEASE_INTERVALS = 3.0
 MIN_LEASE_S = 30.0
+EARLIEST_S = 2.0  # a change seen by the watcher starts a pass this long after the last one at the soonest
+WATCH_POLL_S = 0.25
 
 
 class RadarLoop:
@@ -49,11 +51,24 @@ class RadarLoop:
                     await self.tick()
                 except Exception:  # best effort: the next interval tries again
                     logger.warning("conflict radar pass failed", exc_info=True)
-                with anyio.move_on_after(self.every_s):
-                    await self._wake.wait()
+                await self._wait()
                 self._wake = anyio.Event()
         finally:
+            self.radar.close()
             shutil.rmtree(self._scratch, ignore_errors=True)
+
+    async def _wait(self) -> None:
+        """Until the interval is up, `wake()` is called, or a watched worktree changes (then after at
+        least EARLIEST_S since the pass began, so an agent typing steadily costs a pass every few seconds)."""
+        started = time.monotonic()
+        deadline = started + self.every_s
+        earliest = started + min(EARLIEST_S, self.every_s)
+        while (now := time.monotonic()) < deadline:
+            with anyio.move_on_after(min(WATCH_POLL_S, deadline - now)):
+                await self._wake.wait()
+                return
+            if time.monotonic() >= earliest and self.radar.watcher.pending():
+                return
 
     async def release(self) -> None:
         await self.store.release_lease(RADAR_LEASE, self.holder)

@@ -3,23 +3,27 @@ with its base, store what changed.
 
 Incremental: a pair is compared again only when one side's state (HEAD commit and snapshot tree), its
 fencing token, or the base tip changed since the stored comparison; otherwise the stored row stands.
-The snapshot is the change detection: its tree id changes exactly when the working tree's content does,
-an unstaged edit of a tracked file included (an index mtime or HEAD would miss that).
+Change detection in two steps: inotify (watch.py) says which worktrees may have changed since the last
+pass, HEAD is re-read for the others; only those are snapshotted again. The snapshot's tree id then
+decides: it changes exactly when the working tree's content does, an unstaged edit of a tracked file
+included (an index mtime or HEAD alone would miss that).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from agent_coord.engine.git.driver import GitDriver, GitError
+from agent_coord.engine.git.worktree_record import gitdir_of
 from agent_coord.engine.radar.predict import PairPrediction, Predictor, SidePaths
 from agent_coord.engine.radar.snapshot import Snapshot, SnapshotError, snapshot
+from agent_coord.engine.radar.watch import WorktreeWatcher
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.radar import BASE_PREFIX, RadarPair, RadarTree, RadarWrite
 from agent_coord.engine.store.records import Action, Repo, Slot, SlotState
@@ -33,6 +37,7 @@ class PassReport:
     worktrees: int = 0
     pairs: int = 0  # pairs and base comparisons that exist after the pass
     computed: int = 0  # of which compared again in this pass
+    snapshots: int = 0  # worktrees snapshotted in this pass (the others had not changed)
     conflicts: int = 0
     overlaps: int = 0
     skipped: list[str] = field(default_factory=list)  # worktree ids not snapshotted, with why
@@ -72,24 +77,29 @@ class RadarPass:
         self.host = host
         self.scratch = scratch
         self._predictors: dict[str, Predictor] = {}
+        self.watcher = WorktreeWatcher()
+
+    def close(self) -> None:
+        self.watcher.close()
 
     async def run(self) -> PassReport:
         started = time.monotonic()
         report = PassReport()
         slots = await self.store.slots(None)
         agents = {a.id: a for a in await self.store.agents()}
+        live = [
+            s
+            for s in slots
+            if s.state == SlotState.BUSY
+            and s.branch is not None
+            and s.fencing_token is not None
+            # Only worktrees on this host can be snapshotted: another host's are compared there.
+            and (s.owner not in agents or agents[s.owner].host == self.host)
+        ]
+        admins = await anyio.to_thread.run_sync(_admin_dirs, live)
+        changed = self.watcher.changed(admins)
         for repo in await self.store.repos():
-            live = [
-                s
-                for s in slots
-                if s.repo_id == repo.id
-                and s.state == SlotState.BUSY
-                and s.branch is not None
-                and s.fencing_token is not None
-                # Only worktrees on this host can be snapshotted: another host's are compared there.
-                and (s.owner not in agents or agents[s.owner].host == self.host)
-            ]
-            await self.run_repo(repo, live, report)
+            await self.run_repo(repo, [s for s in live if s.repo_id == repo.id], changed, admins, report)
         report.duration_ms = round((time.monotonic() - started) * 1000, 1)
         return report
 
@@ -98,13 +108,19 @@ class RadarPass:
             self._predictors[repo.path] = Predictor(repo.path)
         return self._predictors[repo.path]
 
-    async def run_repo(self, repo: Repo, live: list[Slot], report: PassReport) -> None:
+    async def run_repo(
+        self, repo: Repo, live: list[Slot], changed: set[str], admins: dict[str, str], report: PassReport
+    ) -> None:
         old_trees, old_pairs = await self.store.radar_rows(repo.id)
         if not live and not old_trees and not old_pairs:
             return
         known: dict[tuple[str, int], RadarTree] = {(t.worktree_id, t.fencing_token): t for t in old_trees}
         unknown = [(s.id, s.fencing_token) for s in live if (s.id, s.fencing_token) not in known]
         bases = await self.store.allocation_bases((wt, tok) for wt, tok in unknown if tok is not None)
+        predictor = self._predictor(repo)
+        # Unchanged by the watcher's account, but HEAD may still have moved (a ref update touches no
+        # watched file): those are snapshotted too.
+        stale = await anyio.to_thread.run_sync(_moved_heads, predictor, live, known, admins, changed)
         snaps: dict[str, Snapshot] = {}
         limiter = anyio.Semaphore(SNAPSHOT_CONCURRENCY)
 
@@ -113,12 +129,14 @@ class RadarPass:
                 try:
                     snaps[slot.id] = await snapshot(self.git, Path(slot.path), self.scratch, slot.id)
                 except (GitError, SnapshotError, OSError) as exc:
+                    self.watcher.mark(slot.path)
                     report.skipped.append(f"{slot.id}: {exc}")
 
         async with anyio.create_task_group() as tg:
             for slot in live:
-                tg.start_soon(take, slot)
-        predictor = self._predictor(repo)
+                if slot.path in changed or slot.id in stale:
+                    tg.start_soon(take, slot)
+        report.snapshots += len(snaps)
         write = await anyio.to_thread.run_sync(
             _compare, predictor, repo, live, snaps, known, bases, {(p.a, p.b): p for p in old_pairs}, report
         )
@@ -145,8 +163,12 @@ def _compare(
         snap = snaps.get(slot.id)
         head = predictor.resolve_head(snap.head) if snap is not None else None
         if snap is None or head is None:
-            if old is not None:  # keep what we knew; the next pass tries again
-                sides.append(_Side(slot, old.head, old.tree, old.base_ref, old.base_commit))
+            if old is not None:  # unchanged, or failed this time (the next pass tries again)
+                base_commit = predictor.commit_of(old.base_ref) if old.base_ref else None
+                sides.append(_Side(slot, old.head, old.tree, old.base_ref, base_commit))
+                if base_commit != old.base_commit:  # the base moved: its changes-since-base follow
+                    write.trees.append(replace(old, base_commit=base_commit))
+                    write.changes[slot.id] = _changed_since_base(predictor, old.head, old.tree, base_commit)
             continue
         if old is not None:
             base_name = old.base_ref
@@ -161,9 +183,7 @@ def _compare(
         if old is None or old.head != head or old.tree != snap.tree or old.base_commit != base_commit:
             assert slot.fencing_token is not None
             write.trees.append(RadarTree(slot.id, slot.fencing_token, repo.id, head, snap.tree, base_name, base_commit))
-            start = predictor.merge_base(head, base_commit) if base_commit else None
-            since_tree = predictor.tree_of(start or head)
-            write.changes[slot.id] = sorted(set(predictor.changed(since_tree, snap.tree).values()))
+            write.changes[slot.id] = _changed_since_base(predictor, head, snap.tree, base_commit)
     report.worktrees += len(sides)
     live_tokens = {s.slot.id: s.token for s in sides}
     write.drop_worktrees = {wt for wt, token in known if live_tokens.get(wt) != token}
@@ -193,6 +213,46 @@ def _compare(
             write.events.extend(_transition_events(repo, gone, None, ordered))
     report.pairs += len(wanted)
     return write
+
+
+def _changed_since_base(predictor: Predictor, head: str, tree: str, base_commit: str | None) -> list[str]:
+    """The paths this side changed since it left its base (the edit guard looks them up)."""
+    start = predictor.merge_base(head, base_commit) if base_commit else None
+    return sorted(set(predictor.changed(predictor.tree_of(start or head), tree).values()))
+
+
+def _admin_dirs(slots: list[Slot]) -> dict[str, str]:
+    """{worktree path: its git admin dir} (blocking: reads each `.git` file)."""
+    out: dict[str, str] = {}
+    for s in slots:
+        try:
+            admin = gitdir_of(Path(s.path))
+        except (OSError, UnicodeDecodeError):
+            admin = None
+        out[s.path] = str(admin) if admin is not None else s.path
+    return out
+
+
+def _moved_heads(
+    predictor: Predictor,
+    live: list[Slot],
+    known: dict[tuple[str, int], RadarTree],
+    admins: dict[str, str],
+    changed: set[str],
+) -> set[str]:
+    """Worktree ids the watcher saw no change in whose HEAD no longer is the one stored (blocking)."""
+    out: set[str] = set()
+    for s in live:
+        if s.path in changed or s.fencing_token is None:
+            continue
+        old = known.get((s.id, s.fencing_token))
+        try:
+            head_file = (Path(admins[s.path]) / "HEAD").read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError, KeyError):
+            head_file = ""
+        if old is None or predictor.resolve_head(head_file) != old.head:
+            out.add(s.id)
+    return out
 
 
 def _same_sides(old: RadarPair | None, a_token: int, b_token: int | None, a_state: str, b_state: str) -> bool:
