@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pygit2
 
 from agent_coord.engine.git.driver import GitDriver, GitError
 from agent_coord.engine.git.worktree_record import gitdir_of
@@ -30,6 +33,7 @@ from agent_coord.engine.store.records import Action, Repo, Slot, SlotState
 
 logger = logging.getLogger("agent-coord")
 SNAPSHOT_CONCURRENCY = 4
+GIT_ERRORS = (pygit2.GitError, KeyError, ValueError)
 
 
 @dataclass
@@ -158,45 +162,82 @@ def _compare(
     write = RadarWrite()
     sides: list[_Side] = []
     for slot in live:
-        assert slot.fencing_token is not None
-        old = known.get((slot.id, slot.fencing_token))
-        snap = snaps.get(slot.id)
-        head = predictor.resolve_head(snap.head) if snap is not None else None
-        if snap is None or head is None:
-            if old is not None:  # unchanged, or failed this time (the next pass tries again)
-                base_commit = predictor.commit_of(old.base_ref) if old.base_ref else None
-                sides.append(_Side(slot, old.head, old.tree, old.base_ref, base_commit))
-                if base_commit != old.base_commit:  # the base moved: its changes-since-base follow
-                    write.trees.append(replace(old, base_commit=base_commit))
-                    write.changes[slot.id] = _changed_since_base(predictor, old.head, old.tree, base_commit)
-            continue
-        if old is not None:
-            base_name = old.base_ref
-        else:
-            assert slot.fencing_token is not None
-            base_name = predictor.base_branch(bases.get((slot.id, slot.fencing_token)))
-        if base_name is not None and base_name.removeprefix("refs/heads/") == slot.branch:
-            base_name = None  # a branch is not compared with itself
-        base_commit = predictor.commit_of(base_name) if base_name else None
-        side = _Side(slot, head, snap.tree, base_name, base_commit)
-        sides.append(side)
-        if old is None or old.head != head or old.tree != snap.tree or old.base_commit != base_commit:
-            assert slot.fencing_token is not None
-            write.trees.append(RadarTree(slot.id, slot.fencing_token, repo.id, head, snap.tree, base_name, base_commit))
-            write.changes[slot.id] = _changed_since_base(predictor, head, snap.tree, base_commit)
+        try:
+            _side_of(predictor, repo, slot, snaps, known, bases, write, sides)
+        except GIT_ERRORS as exc:
+            report.skipped.append(f"{slot.id}: {exc}")
     report.worktrees += len(sides)
     live_tokens = {s.slot.id: s.token for s in sides}
     write.drop_worktrees = {wt for wt, token in known if live_tokens.get(wt) != token}
     write.drop_worktrees -= {t.worktree_id for t in write.trees}
+    return _compare_pairs(predictor, repo, sides, old_pairs, write, report, now)
 
+
+def _side_of(
+    predictor: Predictor,
+    repo: Repo,
+    slot: Slot,
+    snaps: dict[str, Snapshot],
+    known: dict[tuple[str, int], RadarTree],
+    bases: dict[tuple[str, int], str | None],
+    write: RadarWrite,
+    sides: list[_Side],
+) -> None:
+    """One live allocation as a side of comparisons: from its new snapshot, else from what was stored."""
+    assert slot.fencing_token is not None
+    old = known.get((slot.id, slot.fencing_token))
+    snap = snaps.get(slot.id)
+    head = predictor.resolve_head(snap.head) if snap is not None else None
+    if snap is None or head is None:
+        if old is not None:  # unchanged, or failed this time (the next pass tries again)
+            base_commit = predictor.commit_of(old.base_ref) if old.base_ref else None
+            sides.append(_Side(slot, old.head, old.tree, old.base_ref, base_commit))
+            if base_commit != old.base_commit:  # the base moved: its changes-since-base follow
+                write.trees.append(replace(old, base_commit=base_commit))
+                write.changes[slot.id] = _changed_since_base(predictor, old.head, old.tree, base_commit)
+        return
+    if old is not None:
+        base_name = old.base_ref
+    else:
+        assert slot.fencing_token is not None
+        base_name = predictor.base_branch(bases.get((slot.id, slot.fencing_token)))
+    if base_name is not None and base_name.removeprefix("refs/heads/") == slot.branch:
+        base_name = None  # a branch is not compared with itself
+    base_commit = predictor.commit_of(base_name) if base_name else None
+    side = _Side(slot, head, snap.tree, base_name, base_commit)
+    sides.append(side)
+    if old is None or old.head != head or old.tree != snap.tree or old.base_commit != base_commit:
+        assert slot.fencing_token is not None
+        write.trees.append(RadarTree(slot.id, slot.fencing_token, repo.id, head, snap.tree, base_name, base_commit))
+        write.changes[slot.id] = _changed_since_base(predictor, head, snap.tree, base_commit)
+
+
+def _compare_pairs(
+    predictor: Predictor,
+    repo: Repo,
+    sides: list[_Side],
+    old_pairs: dict[tuple[str, str], RadarPair],
+    write: RadarWrite,
+    report: PassReport,
+    now: float,
+) -> RadarWrite:
     wanted: dict[tuple[str, str], RadarPair] = {}
     ordered = sorted(sides, key=lambda s: s.slot.id)
+
+    def compare(key: tuple[str, str], fn: Callable[[RadarPair | None], RadarPair]) -> None:
+        old = old_pairs.get(key)
+        try:
+            wanted[key] = fn(old)
+        except GIT_ERRORS as exc:  # an object gone (gc, a rewritten ref): keep what we knew, retry next pass
+            report.skipped.append(f"{key[0]} with {key[1]}: {exc}")
+            if old is not None:
+                wanted[key] = old
+
     for i, a in enumerate(ordered):
         for b in ordered[i + 1 :]:
-            wanted[(a.slot.id, b.slot.id)] = _pair(predictor, repo, a, b, old_pairs.get((a.slot.id, b.slot.id)), now)
+            compare((a.slot.id, b.slot.id), partial(_pair, predictor, repo, a, b, now=now))
         if a.base_ref and a.base_commit:
-            key = (a.slot.id, BASE_PREFIX + a.base_ref)
-            wanted[key] = _base_pair(predictor, repo, a, old_pairs.get(key), now)
+            compare((a.slot.id, BASE_PREFIX + a.base_ref), partial(_base_pair, predictor, repo, a, now=now))
     for key, pair in wanted.items():
         before = old_pairs.get(key)
         if before is None or before != pair:
@@ -272,7 +313,7 @@ def _since(old: RadarPair | None, a_token: int, b_token: int | None, kind: str, 
     return now
 
 
-def _pair(predictor: Predictor, repo: Repo, a: _Side, b: _Side, old: RadarPair | None, now: float) -> RadarPair:
+def _pair(predictor: Predictor, repo: Repo, a: _Side, b: _Side, old: RadarPair | None, *, now: float) -> RadarPair:
     if _same_sides(old, a.token, b.token, a.state, b.state):
         assert old is not None
         return old
@@ -298,7 +339,7 @@ def _pair(predictor: Predictor, repo: Repo, a: _Side, b: _Side, old: RadarPair |
     )
 
 
-def _base_pair(predictor: Predictor, repo: Repo, a: _Side, old: RadarPair | None, now: float) -> RadarPair:
+def _base_pair(predictor: Predictor, repo: Repo, a: _Side, old: RadarPair | None, *, now: float) -> RadarPair:
     assert a.base_ref is not None and a.base_commit is not None
     b_state = a.base_commit
     if _same_sides(old, a.token, None, a.state, b_state):
