@@ -210,8 +210,9 @@ class Coordinator:
 
     async def conflicts(self, agent_id: str | None = None) -> list[Conflict]:
         """What the radar last found for the live allocations of `agent_id` (default: this agent)."""
-        me = agent_id or self.agent_id
-        return conflicts_for(await self.store.live_pairs(), lambda side: side.agent_id == me)
+        if agent_id is None:
+            return await self.pool.conflicts()
+        return conflicts_for(await self.store.live_pairs(), lambda side: side.agent_id == agent_id)
 
     async def conflict_report(self, repo_arg: str | None = None) -> ConflictReport:
         repo = await self.repos.resolve(repo_arg) if repo_arg is not None else None

@@ -22,7 +22,9 @@ from agent_coord.engine.allocate.slot_setup import SetupError, copy_included_fil
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.driver import GitDriver, GitError
 from agent_coord.engine.liveness.judge import Identity
-from agent_coord.engine.models import AllocationResult, Contention
+from agent_coord.engine.models import AllocationResult, Contention, ReleaseResult
+from agent_coord.engine.radar.models import Conflict
+from agent_coord.engine.radar.view import conflicts_for
 from agent_coord.engine.release.releaser import Releaser
 from agent_coord.engine.repos import RepoResolver, bounds_of
 from agent_coord.engine.store import BranchHeldError, EventDraft, Store, StoreBusyError
@@ -62,7 +64,6 @@ class Pool:
         self._tokens: dict[str, int] = {}  # the fencing tokens this server was granted
         self.checks = Checks(store, git, identity, repos)
         self.releaser = Releaser(store, git, identity, repos, self._tokens, lease_s=settings.stale_after_s)
-        self.release = self.releaser.release
         self.find_slot = self.releaser.find_slot
 
     @property
@@ -85,7 +86,27 @@ class Pool:
             span.set_attribute("allocation.strategy", result.strategy)
             span.set_attribute("allocation.attempts", result.attempts)
             span.set_attribute("allocation.reused", result.reused)
-            return result
+        result.conflicts = await self.conflicts()
+        return result
+
+    async def release(
+        self,
+        *,
+        worktree_id: str | None = None,
+        path: str | None = None,
+        branch: str | None = None,
+        force: bool = False,
+        remove: bool = False,
+    ) -> ReleaseResult:
+        result = await self.releaser.release(
+            worktree_id=worktree_id, path=path, branch=branch, force=force, remove=remove
+        )
+        result.conflicts = await self.conflicts()
+        return result
+
+    async def conflicts(self) -> list[Conflict]:
+        """What the conflict radar last stored for this agent's live allocations (engine/radar)."""
+        return conflicts_for(await self.store.live_pairs(), lambda side: side.agent_id == self.me)
 
     async def _allocate(
         self, branch: str, base: str | None, repo_arg: str | None, task: str | None, started: float

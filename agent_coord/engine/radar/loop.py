@@ -71,11 +71,13 @@ class RadarLoop:
                 return
 
     async def release(self) -> None:
+        self.radar.close()
         await self.store.release_lease(RADAR_LEASE, self.holder)
 
     async def tick(self) -> PassReport | None:
         """One pass when this server holds (or takes) the lease; None when another holds it."""
         if not await self._take_lease():
+            self.radar.close()  # another server computes: no watches held here
             return None
         self.last = await self.radar.run()
         return self.last

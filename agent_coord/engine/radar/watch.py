@@ -54,30 +54,40 @@ class WorktreeWatcher:
     def __init__(self) -> None:
         self._fd = -1
         self._libc: ctypes.CDLL | None = None
-        if sys.platform.startswith("linux"):
-            with contextlib.suppress(OSError, AttributeError):
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-                fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-                if fd >= 0:
-                    self._libc, self._fd = libc, fd
         self._watched: dict[str, _Watched] = {}  # worktree path -> its watches
         self._owner: dict[int, tuple[str, str]] = {}  # wd -> (worktree path, directory)
         self._dirty: set[str] = set()
         self._passes = 0
+
+    def _open(self) -> None:
+        """On first use, not at construction: every server has a watcher, only the radar's holder uses
+        it, and inotify instances are few (`fs.inotify.max_user_instances`, 128 by default, per user)."""
+        if self._fd >= 0 or not sys.platform.startswith("linux"):
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            fd = int(libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
+            if fd >= 0:
+                self._libc, self._fd = libc, fd
 
     @property
     def available(self) -> bool:
         return self._fd >= 0
 
     def close(self) -> None:
+        """Drop every watch and the inotify instance (a later `changed()` starts afresh)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        self._watched.clear()
+        self._owner.clear()
+        self._dirty.clear()
 
     def changed(self, worktrees: dict[str, str]) -> set[str]:
         """Of `worktrees` ({path: git admin dir}), those that may have changed since the last call.
         Starts watching new ones (which count as changed) and stops watching those no longer given."""
         self._passes += 1
+        self._open()
         self._drain()
         for gone in set(self._watched) - set(worktrees):
             self._unwatch(gone)
