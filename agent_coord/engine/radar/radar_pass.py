@@ -11,6 +11,7 @@ included (an index mtime or HEAD alone would miss that).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,10 +23,10 @@ from typing import Any
 import anyio
 import pygit2
 
+from agent_coord.engine.git.confinement import Bounds
 from agent_coord.engine.git.driver import GitDriver, GitError
-from agent_coord.engine.git.worktree_record import gitdir_of
 from agent_coord.engine.radar.predict import PairPrediction, Predictor, SidePaths
-from agent_coord.engine.radar.snapshot import Snapshot, SnapshotError, snapshot
+from agent_coord.engine.radar.snapshot import Snapshot, SnapshotError, admin_dir, snapshot
 from agent_coord.engine.radar.watch import WorktreeWatcher
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.radar import BASE_PREFIX, RadarPair, RadarTree, RadarWrite
@@ -100,10 +101,14 @@ class RadarPass:
             # Only worktrees on this host can be snapshotted: another host's are compared there.
             and (s.owner not in agents or agents[s.owner].host == self.host)
         ]
-        admins = await anyio.to_thread.run_sync(_admin_dirs, live)
+        repos = await self.store.repos()
+        bounds = await anyio.to_thread.run_sync(_bounds, repos)
+        admins = await anyio.to_thread.run_sync(_admin_dirs, live, bounds, report)
+        live = [s for s in live if s.path in admins]  # a slot that fails the confinement guard is not read
         changed = self.watcher.changed(admins)
-        for repo in await self.store.repos():
-            await self.run_repo(repo, [s for s in live if s.repo_id == repo.id], changed, admins, report)
+        for repo in repos:
+            mine = [s for s in live if s.repo_id == repo.id]
+            await self.run_repo(repo, bounds.get(repo.id), mine, changed, admins, report)
         report.duration_ms = round((time.monotonic() - started) * 1000, 1)
         return report
 
@@ -113,7 +118,13 @@ class RadarPass:
         return self._predictors[repo.path]
 
     async def run_repo(
-        self, repo: Repo, live: list[Slot], changed: set[str], admins: dict[str, str], report: PassReport
+        self,
+        repo: Repo,
+        bounds: Bounds | None,
+        live: list[Slot],
+        changed: set[str],
+        admins: dict[str, str],
+        report: PassReport,
     ) -> None:
         old_trees, old_pairs = await self.store.radar_rows(repo.id)
         if not live and not old_trees and not old_pairs:
@@ -130,8 +141,9 @@ class RadarPass:
 
         async def take(slot: Slot) -> None:
             async with limiter:
+                where = bounds.slot(slot.path) if bounds is not None else Path(slot.path)
                 try:
-                    snaps[slot.id] = await snapshot(self.git, Path(slot.path), self.scratch, slot.id)
+                    snaps[slot.id] = await snapshot(self.git, where, self.scratch, slot.id)
                 except (GitError, SnapshotError, OSError) as exc:
                     self.watcher.mark(slot.path)
                     report.skipped.append(f"{slot.id}: {exc}")
@@ -262,15 +274,24 @@ def _changed_since_base(predictor: Predictor, head: str, tree: str, base_commit:
     return sorted(set(predictor.changed(predictor.tree_of(start or head), tree).values()))
 
 
-def _admin_dirs(slots: list[Slot]) -> dict[str, str]:
-    """{worktree path: its git admin dir} (blocking: reads each `.git` file)."""
+def _bounds(repos: list[Repo]) -> dict[int, Bounds]:
+    """Each repository's pool, for the confinement guard (blocking: resolves paths)."""
+    out: dict[int, Bounds] = {}
+    for repo in repos:
+        with contextlib.suppress(OSError):
+            out[repo.id] = Bounds.of(repo.path, repo.pool_root)
+    return out
+
+
+def _admin_dirs(slots: list[Slot], bounds: dict[int, Bounds], report: PassReport) -> dict[str, str]:
+    """{worktree path: its git admin dir} for the slots that pass the confinement guard (blocking)."""
     out: dict[str, str] = {}
     for s in slots:
+        pool = bounds.get(s.repo_id)
         try:
-            admin = gitdir_of(Path(s.path))
-        except (OSError, UnicodeDecodeError):
-            admin = None
-        out[s.path] = str(admin) if admin is not None else s.path
+            out[s.path] = str(admin_dir(pool.slot(s.path) if pool is not None else Path(s.path)))
+        except (GitError, SnapshotError, OSError, UnicodeDecodeError) as exc:
+            report.skipped.append(f"{s.id}: {exc}")
     return out
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio
 
+from agent_coord.engine.git.confinement import Confined, check_slot
 from agent_coord.engine.git.driver import GitDriver
 from agent_coord.engine.git.worktree_record import gitdir_of
 
@@ -30,11 +31,20 @@ class SnapshotError(Exception):
     pass
 
 
-def _prepare(worktree: Path, scratch: Path, name: str) -> tuple[Path, str]:
-    """(copy of the agent's index, what HEAD holds). Blocking."""
+def admin_dir(worktree: Path | Confined) -> Path:
+    """The git administrative directory of a worktree; a pool slot must pass the confinement guard
+    first (a slot swapped for a symlink or another repository's worktree is never read). Blocking."""
+    if isinstance(worktree, Confined):
+        return check_slot(worktree.bounds, worktree.path).admin
     admin = gitdir_of(worktree) if (worktree / ".git").is_file() else worktree / ".git"
     if admin is None:
         raise SnapshotError(f"{worktree} is not a git worktree")
+    return admin
+
+
+def _prepare(worktree: Path | Confined, scratch: Path, name: str) -> tuple[Path, str]:
+    """(copy of the agent's index, what HEAD holds). Blocking."""
+    admin = admin_dir(worktree)
     copy = scratch / f"{name}.index"
     try:
         shutil.copyfile(admin / "index", copy)
@@ -44,7 +54,7 @@ def _prepare(worktree: Path, scratch: Path, name: str) -> tuple[Path, str]:
     return copy, head
 
 
-async def snapshot(git: GitDriver, worktree: Path, scratch: Path, name: str) -> Snapshot:
+async def snapshot(git: GitDriver, worktree: Path | Confined, scratch: Path, name: str) -> Snapshot:
     """Snapshot `worktree` using `scratch/<name>.index` as the scratch index."""
     try:
         copy, head = await anyio.to_thread.run_sync(_prepare, worktree, scratch, name)
