@@ -196,6 +196,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             full: list[float] = []
             raw: list[float] = []
             incremental: list[float] = []
+            parts: list[dict[str, float]] = []
             found: list[bool] = []
             report: PassReport | None = None
             for rep in range(args.reps):
@@ -204,6 +205,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     if which == "full":
                         ms, report = await full_pass(coords[0], db, scratch)
                         full.append(ms)
+                        parts.append({"full_snapshot_ms": report.snapshot_ms, "full_compare_ms": report.compare_ms})
                     else:
                         raw.append(raw_merges(repo, commits, head))
                 # Incremental: agent 5 (odd, so far only overlapping) now edits the hot line too.
@@ -213,6 +215,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 inc = await radar.run()
                 incremental.append((time.perf_counter() - t0) * 1000)
+                parts[-1].update(inc_snapshot_ms=inc.snapshot_ms, inc_compare_ms=inc.compare_ms)
                 seen = await coords[5].conflicts()
                 found.append(
                     inc.snapshots == 1
@@ -234,6 +237,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "raw_ms": raw,
                 "incremental_ms": incremental,
                 "incremental_found": found,
+                "parts": parts,
                 "hook": hook,
                 "edit_to_result_ms": latency,
             }
@@ -271,6 +275,8 @@ def main() -> None:
         f"comparisons {result['comparisons']}, conflicting {result['conflicting_pairs']}, "
         f"overlapping {result['overlapping_pairs']}"
     )
+    for key in ("full_snapshot_ms", "full_compare_ms", "inc_snapshot_ms", "inc_compare_ms"):
+        print(f"  {key}: median {median(p[key] for p in result['parts'] if key in p):.1f}")
     print_verdicts(
         {
             f"full pass <= 1.2x raw merge-tree ({full / raw:.2f}x)": full <= 1.2 * raw,

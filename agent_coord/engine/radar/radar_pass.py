@@ -43,6 +43,8 @@ class PassReport:
     pairs: int = 0  # pairs and base comparisons that exist after the pass
     computed: int = 0  # of which compared again in this pass
     snapshots: int = 0  # worktrees snapshotted in this pass (the others had not changed)
+    snapshot_ms: float = 0.0  # of the duration: snapshots (git)
+    compare_ms: float = 0.0  # of the duration: comparisons (libgit2)
     conflicts: int = 0
     overlaps: int = 0
     skipped: list[str] = field(default_factory=list)  # worktree ids not snapshotted, with why
@@ -148,14 +150,18 @@ class RadarPass:
                     self.watcher.mark(slot.path)
                     report.skipped.append(f"{slot.id}: {exc}")
 
+        t0 = time.monotonic()
         async with anyio.create_task_group() as tg:
             for slot in live:
                 if slot.path in changed or slot.id in stale:
                     tg.start_soon(take, slot)
         report.snapshots += len(snaps)
+        t1 = time.monotonic()
+        report.snapshot_ms += round((t1 - t0) * 1000, 1)
         write = await anyio.to_thread.run_sync(
             _compare, predictor, repo, live, snaps, known, bases, {(p.a, p.b): p for p in old_pairs}, report
         )
+        report.compare_ms += round((time.monotonic() - t1) * 1000, 1)
         await self.store.save_radar(repo.id, write)
 
 
