@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import anyio
 import pytest
 
 from agent_coord.config import Settings
@@ -308,3 +309,41 @@ async def test_allocate_and_release_results_carry_conflicts(two: tuple[Coordinat
     released = await a.pool.release(worktree_id=wa2.worktree_id, force=True)
     # The release answers with what this agent's remaining allocation (feat-a) still collides with.
     assert [(c.kind, with_worktree(c).branch) for c in released.conflicts] == [("conflict", "feat-b")]
+
+
+# ---- what every reader sees: the MCP tools and resource of a real server, and the CLI ----------------
+
+
+async def test_server_and_cli_show_the_same_prediction(
+    two: tuple[Coordinator, Coordinator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp import Client
+    from typer.testing import CliRunner
+
+    from agent_coord.cli.common import app
+    from agent_coord.server.app import build_server
+
+    a, b = two
+    wa = await a.pool.allocate("feat-a")
+    wb = await b.pool.allocate("feat-b")
+    edit(Path(wa.path) / "app.py", 10, "by a")
+    edit(Path(wb.path) / "app.py", 10, "by b")
+    await radar_pass(a)
+    # A server for agent-a (its own radar loop starts too; only one holds the lease).
+    monkeypatch.setenv("AGENT_COORD_AGENT_ID", "agent-a")
+    async with Client(build_server(Settings())) as client:
+        beat = (await client.call_tool("heartbeat", {})).structured_content
+        resource = (await client.read_resource("coord://conflicts")).contents[0]
+        report = json.loads(getattr(resource, "text", ""))
+    assert beat is not None
+    seen = [c for c in beat["conflicts"] if c["kind"] == "conflict"]
+    assert seen and seen[0]["with"]["branch"] == "feat-b" and seen[0]["ranges"] == {"app.py": [[10, 10]]}
+    pair = [p for p in report["pairs"] if not p["b"].startswith("base:")]
+    assert [(p["kind"], p["paths"]) for p in pair] == [("conflict", ["app.py"])]
+    assert report["worktrees"][wb.worktree_id][0]["with"]["agent_id"] == "agent-a"
+
+    cli = await anyio.to_thread.run_sync(lambda: CliRunner().invoke(app, ["conflicts", "--json"]))
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(cli.stdout)["pairs"] == report["pairs"]
+    text = await anyio.to_thread.run_sync(lambda: CliRunner().invoke(app, ["conflicts"]))
+    assert f"{wa.worktree_id} conflict with {wb.worktree_id} (feat-b, agent-b): app.py:10-10" in text.stdout
