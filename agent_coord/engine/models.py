@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from agent_coord.engine.radar.models import Conflict, ConflictPair
 
-CONFLICTS_DESCRIPTION = (
-    "what the conflict radar predicts for your live worktrees: other allocations (or your base branch) "
-    "that changed the same paths (overlap) or would conflict with yours at merge (conflict)"
-)
+# The radar's entries as one short schema: spelled out (three nested models) they would be repeated in
+# four tools' output schemas, a fifth of what an agent reads in `tools/list`.
+ConflictList = Annotated[
+    list[Conflict],
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "merge collisions predicted for your worktrees: {kind: overlap|conflict, paths, "
+            "ranges?: {path: [[first, last]]} (your lines), with: {worktree_id, branch, agent_id, task, host}"
+            "|{base}, since}",
+        }
+    ),
+]
+PairList = Annotated[
+    list[ConflictPair],
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "flagged pairs: {a, b (worktree id or base:<branch>), kind, paths, since}",
+        }
+    ),
+]
 
 
 class ContentionSource(BaseModel):
@@ -47,7 +67,7 @@ class AllocationResult(BaseModel):
     latency_ms: float
     contention: Contention
     jitter_ms: float = 0.0
-    conflicts: list[Conflict] = Field(default_factory=list, description=CONFLICTS_DESCRIPTION)
+    conflicts: ConflictList = Field(default_factory=list)
 
 
 class ReleaseResult(BaseModel):
@@ -58,7 +78,7 @@ class ReleaseResult(BaseModel):
     dirty: bool
     rescue_ref: str | None = None
     removed: bool = False
-    conflicts: list[Conflict] = Field(default_factory=list, description=CONFLICTS_DESCRIPTION)
+    conflicts: ConflictList = Field(default_factory=list)
 
 
 class HeartbeatResult(BaseModel):
@@ -67,7 +87,7 @@ class HeartbeatResult(BaseModel):
     lease_expires_at: float
     next_heartbeat_s: float
     allocations: list[str] = Field(description="worktree ids this agent holds")
-    conflicts: list[Conflict] = Field(default_factory=list, description=CONFLICTS_DESCRIPTION)
+    conflicts: ConflictList = Field(default_factory=list)
 
 
 class PoolSummary(BaseModel):
@@ -114,10 +134,8 @@ class StatusResult(BaseModel):
     agents: list[AgentView]
     contention: Contention | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
-    conflicts: list[Conflict] = Field(default_factory=list, description=CONFLICTS_DESCRIPTION)
-    conflict_pairs: list[ConflictPair] = Field(
-        default_factory=list, description="every pair of live allocations (or allocation and base) the radar flags"
-    )
+    conflicts: ConflictList = Field(default_factory=list)
+    conflict_pairs: PairList = Field(default_factory=list)
 
 
 class Finding(BaseModel):

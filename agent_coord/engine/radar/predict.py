@@ -19,7 +19,7 @@ from collections.abc import Iterable, KeysView
 from dataclasses import dataclass, field
 
 import pygit2
-from pygit2.enums import DiffFind
+from pygit2.enums import DeltaStatus, DiffFind
 
 Ranges = dict[str, list[tuple[int, int]]]
 
@@ -110,7 +110,9 @@ class Predictor:
         out: dict[str, str] = {}
         if base_tree != side_tree:
             diff = self.repo[base_tree].peel(pygit2.Tree).diff_to_tree(self.repo[side_tree].peel(pygit2.Tree))
-            diff.find_similar(DiffFind.FIND_RENAMES)
+            statuses = {delta.status for delta in diff.deltas}
+            if DeltaStatus.ADDED in statuses and DeltaStatus.DELETED in statuses:
+                diff.find_similar(DiffFind.FIND_RENAMES)  # a rename is a deletion and an addition paired
             for delta in diff.deltas:
                 old, new = delta.old_file.path, delta.new_file.path
                 out[old] = new
@@ -125,16 +127,19 @@ class Predictor:
         changed_a = self.changed(base_tree, tree_a)
         changed_b = self.changed(base_tree, tree_b)
         shared = changed_a.keys() & changed_b.keys()
-        if not shared and not _file_meets_directory(changed_a.keys(), changed_b.keys()):
+        meets = _file_meets_directory(changed_a.keys(), changed_b.keys())
+        if not shared and not meets:
             return NOTHING  # a merge conflicts only where both sides changed a path, or a file meets a directory
-        index = self.repo.merge_trees(base_tree, tree_a, tree_b)
-        conflicts = index.conflicts
+        triples = None if meets else self._file_merges(shared, changed_a, changed_b, base_tree, tree_a, tree_b)
+        if triples is None:
+            conflicts = self.repo.merge_trees(base_tree, tree_a, tree_b).conflicts
+            triples = _join_renames(list(conflicts), changed_a, changed_b) if conflicts is not None else []
         conflict_a: list[str] = []
         conflict_b: list[str] = []
         ranges_a: Ranges = {}
         ranges_b: Ranges = {}
-        if conflicts is not None:
-            for ancestor, ours, theirs in _join_renames(list(conflicts), changed_a, changed_b):
+        if triples:
+            for ancestor, ours, theirs in triples:
                 name_a = str(ours.path) if ours is not None else None
                 name_b = str(theirs.path) if theirs is not None else None
                 present = ancestor or ours or theirs
@@ -154,6 +159,40 @@ class Predictor:
             SidePaths(sorted(in_conflict_a), overlap_a, ranges_a),
             SidePaths(sorted(in_conflict_b), overlap_b, ranges_b),
         )
+
+    def _file_merges(
+        self,
+        shared: set[str],
+        changed_a: dict[str, str],
+        changed_b: dict[str, str],
+        base_tree: str,
+        tree_a: str,
+        tree_b: str,
+    ) -> list[Triple] | None:
+        """The conflicts of a pair whose shared paths are all text files both sides modified in place
+        (no rename, add, delete or mode change among them), merged file by file as a tree merge would
+        merge them: a tree merge walks the whole trees, ~3-5 ms on 5,000 files. None when another kind
+        of change is involved: the caller merges the trees."""
+        trees = [self.repo[t].peel(pygit2.Tree) for t in (base_tree, tree_a, tree_b)]
+        out: list[Triple] = []
+        for path in sorted(shared):
+            if changed_a[path] != path or changed_b[path] != path:
+                return None
+            entries: list[pygit2.IndexEntry] = []
+            for tree in trees:
+                try:
+                    obj = tree[path]
+                except KeyError:
+                    return None
+                if not isinstance(obj, pygit2.Blob) or obj.filemode != trees[0][path].filemode or obj.is_binary:
+                    return None
+                entries.append(pygit2.IndexEntry(path, obj.id, obj.filemode))
+            ancestor, ours, theirs = entries
+            if ours.id == theirs.id:
+                continue  # the same change on both sides
+            if not self.repo.merge_file_from_index(ancestor, ours, theirs).automergeable:
+                out.append((ancestor, ours, theirs))
+        return out
 
     def _blob(self, entry: pygit2.IndexEntry | None) -> pygit2.Blob | None:
         if entry is None:
