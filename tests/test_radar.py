@@ -18,7 +18,7 @@ from agent_coord.config import Settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.radar.models import BaseBranch, Conflict, OtherAllocation
 from agent_coord.engine.radar.radar_pass import PassReport
-from tests.conftest import git
+from tests.conftest import git, make_repo
 
 pytestmark = pytest.mark.anyio
 
@@ -347,3 +347,19 @@ async def test_server_and_cli_show_the_same_prediction(
     assert json.loads(cli.stdout)["pairs"] == report["pairs"]
     text = await anyio.to_thread.run_sync(lambda: CliRunner().invoke(app, ["conflicts"]))
     assert f"{wa.worktree_id} conflict with {wb.worktree_id} (feat-b, agent-b): app.py:10-10" in text.stdout
+
+
+async def test_a_slot_swapped_for_a_symlink_is_not_read(two: tuple[Coordinator, Coordinator], tmp_path: Path) -> None:
+    a, b = two
+    wa = await a.pool.allocate("feat-a")
+    await b.pool.allocate("feat-b")
+    other = make_repo(tmp_path / "elsewhere")
+    (other / "secret.txt").write_text("not agent-coord's\n")
+    objects_before = sorted(p.name for p in (other / ".git" / "objects").rglob("*"))
+    moved = Path(wa.path).with_name("moved-away")
+    Path(wa.path).rename(moved)
+    Path(wa.path).symlink_to(other)
+    report = await a.radar_loop.tick()
+    assert report is not None and any(s.startswith(wa.worktree_id) and "symlink" in s for s in report.skipped)
+    assert sorted(p.name for p in (other / ".git" / "objects").rglob("*")) == objects_before  # nothing written
+    assert report.worktrees == 1  # b only
