@@ -97,9 +97,15 @@ class Pool:
         branch: str | None = None,
         force: bool = False,
         remove: bool = False,
+        over_live_agent: bool = False,
     ) -> ReleaseResult:
         result = await self.releaser.release(
-            worktree_id=worktree_id, path=path, branch=branch, force=force, remove=remove
+            worktree_id=worktree_id,
+            path=path,
+            branch=branch,
+            force=force,
+            remove=remove,
+            over_live_agent=over_live_agent,
         )
         result.conflicts = await self.conflicts()
         return result
