@@ -25,7 +25,7 @@ logger = logging.getLogger("agent-coord")
 RADAR_LEASE = "radar"
 LEASE_INTERVALS = 3.0
 MIN_LEASE_S = 30.0
-EARLIEST_S = 2.0  # a change seen by the watcher starts a pass this long after the last one at the soonest
+EARLIEST_S = 3.0  # a change seen by the watcher starts a pass this long after the last one at the soonest
 WATCH_POLL_S = 0.25
 
 

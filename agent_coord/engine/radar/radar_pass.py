@@ -33,7 +33,7 @@ from agent_coord.engine.store.radar import BASE_PREFIX, RadarPair, RadarTree, Ra
 from agent_coord.engine.store.records import Action, Repo, Slot, SlotState
 
 logger = logging.getLogger("agent-coord")
-SNAPSHOT_CONCURRENCY = 4
+SNAPSHOT_CONCURRENCY = 2  # background work: at most one git process per core of a 2-core machine
 GIT_ERRORS = (pygit2.GitError, KeyError, ValueError)
 
 
