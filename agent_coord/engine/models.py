@@ -16,9 +16,8 @@ ConflictList = Annotated[
         {
             "type": "array",
             "items": {"type": "object"},
-            "description": "merge collisions predicted for your worktrees: {kind: overlap|conflict, paths, "
-            "ranges?: {path: [[first, last]]} (your lines), with: {worktree_id, branch, agent_id, task, host}"
-            "|{base}, since}",
+            "description": "merge collisions predicted for your worktrees: kind (overlap|conflict), paths, "
+            "ranges (your lines), with (the other worktree, or base), since",
         }
     ),
 ]
@@ -28,7 +27,7 @@ PairList = Annotated[
         {
             "type": "array",
             "items": {"type": "object"},
-            "description": "flagged pairs: {a, b (worktree id or base:<branch>), kind, paths, since}",
+            "description": "flagged pairs: a, b (worktree id or base:<branch>), kind, paths, since",
         }
     ),
 ]
