@@ -8,10 +8,7 @@ it, and a holder whose server process is provably gone is replaced at once rathe
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import anyio
 
@@ -35,8 +32,7 @@ class RadarLoop:
         self.identity = identity
         self.every_s = every_s
         self.holder = LeaseHolder.of(identity).encode()
-        self._scratch = Path(tempfile.mkdtemp(prefix="agent-coord-radar-"))
-        self.radar = RadarPass(store, git, identity.host, self._scratch)
+        self.radar = RadarPass(store, git, identity.host)
         self.last: PassReport | None = None
         self._wake = anyio.Event()
 
@@ -55,7 +51,6 @@ class RadarLoop:
                 self._wake = anyio.Event()
         finally:
             self.radar.close()
-            shutil.rmtree(self._scratch, ignore_errors=True)
 
     async def _wait(self) -> None:
         """Until the interval is up, `wake()` is called, or a watched worktree changes (then after at

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -78,16 +80,29 @@ def side_detail(side: SidePaths) -> dict[str, Any]:
 
 
 class RadarPass:
-    def __init__(self, store: Store, git: GitDriver, host: str, scratch: Path) -> None:
+    def __init__(self, store: Store, git: GitDriver, host: str, scratch: Path | None = None) -> None:
         self.store = store
         self.git = git
         self.host = host
-        self.scratch = scratch
+        self._given_scratch = scratch
+        self._own_scratch: Path | None = None  # made at the first pass, removed by close()
         self._predictors: dict[str, Predictor] = {}
         self.watcher = WorktreeWatcher()
 
     def close(self) -> None:
         self.watcher.close()
+        if self._own_scratch is not None:
+            shutil.rmtree(self._own_scratch, ignore_errors=True)
+            self._own_scratch = None
+
+    def _scratch(self) -> Path:
+        """Where the index copies go: made only by a server that runs passes (every coordinator has a
+        RadarPass; most never run one), and made again if a temp cleaner removed it."""
+        if self._given_scratch is not None:
+            return self._given_scratch
+        if self._own_scratch is None or not self._own_scratch.is_dir():
+            self._own_scratch = Path(tempfile.mkdtemp(prefix="agent-coord-radar-"))
+        return self._own_scratch
 
     async def run(self) -> PassReport:
         started = time.monotonic()
@@ -139,13 +154,14 @@ class RadarPass:
         # watched file): those are snapshotted too.
         stale = await anyio.to_thread.run_sync(_moved_heads, predictor, live, known, admins, changed)
         snaps: dict[str, Snapshot] = {}
+        scratch = self._scratch()
         limiter = anyio.Semaphore(SNAPSHOT_CONCURRENCY)
 
         async def take(slot: Slot) -> None:
             async with limiter:
                 where = bounds.slot(slot.path) if bounds is not None else Path(slot.path)
                 try:
-                    snaps[slot.id] = await snapshot(self.git, where, self.scratch, slot.id)
+                    snaps[slot.id] = await snapshot(self.git, where, scratch, slot.id)
                 except (GitError, SnapshotError, OSError) as exc:
                     self.watcher.mark(slot.path)
                     report.skipped.append(f"{slot.id}: {exc}")
