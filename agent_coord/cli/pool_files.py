@@ -40,9 +40,17 @@ def operator_id() -> str:
     return f"cli-{user}"
 
 
+# What a person at the command line may do that an agent may not (the agents' advice is in
+# agent_coord.engine.guidance): take a worktree back from its agent, or abandon a dirty one's changes.
+OPERATOR_ADVICE = {
+    ErrorCode.NOT_OWNER: "pass --force to take it back (its changes are saved to a rescue ref first)",
+    ErrorCode.WORKTREE_DIRTY: "commit them, or pass --force to save them to a rescue ref",
+}
+
+
 def _cli_message(exc: CoordError) -> str:
-    # The engine speaks to agents (tool arguments); here the same advice is a command-line flag.
-    return exc.message.replace("force=true", "--force")
+    advice = OPERATOR_ADVICE.get(exc.code)
+    return f"{exc.message}; {advice}" if advice else exc.message
 
 
 def _cli_wording(exc: CoordError) -> str:
@@ -112,8 +120,7 @@ def release(
             done.refused.append(
                 CoordError(
                     ErrorCode.NOT_OWNER,
-                    f"{ids} {'is' if len(held) == 1 else 'are'} held by agent {agent}; pass --force to take "
-                    "them back (their changes are saved to a rescue ref first)",
+                    f"{ids} {'is' if len(held) == 1 else 'are'} held by agent {agent}",
                 )
             )
             return done

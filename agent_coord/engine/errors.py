@@ -1,4 +1,5 @@
-"""Errors an agent can act on. The code is a stable contract; the text says what to do next."""
+"""Errors an agent can act on. The code is a stable contract; the text says what happened, then what to
+do next (from `agent_coord.engine.guidance`, the one source of that advice)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,18 @@ class ErrorCode(StrEnum):
     # Not in the design's list: a rebase, merge, cherry-pick, revert or bisect is stopped in the
     # worktree, or git is running in it; releasing it so would break the next allocation.
     OPERATION_IN_PROGRESS = "OPERATION_IN_PROGRESS"
+    # Not in the design's list: the allocation a call names was released or reclaimed meanwhile.
+    ALLOCATION_ENDED = "ALLOCATION_ENDED"
 
 
 class CoordError(Exception):
-    """A refusal with a stable code. `str()` is `CODE: message`, the form agents parse."""
+    """A refusal with a stable code. `str()` is `CODE: what happened. Next: what to do`, the form agents
+    read; `message` is what happened alone (for the event log and the command line)."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(f"{code.value}: {message}")
+        # Imported here: the guidance table is keyed by ErrorCode, defined above.
+        from agent_coord.engine.guidance import guidance
+
+        super().__init__(f"{code.value}: {message.rstrip('. ')}. {guidance(code).advice()}")
         self.code = code
         self.message = message

@@ -70,7 +70,7 @@ class ToolErrorShape:
                 problems = "; ".join(
                     f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}" for err in exc.errors()[:5]
                 )
-                return _error_result(f"INVALID_ARGUMENT: {problems}")
+                return _error_result(str(CoordError(ErrorCode.INVALID_ARGUMENT, problems)))
         result = await call_next(ctx)
         text = _error_text(result)
         prefix = f"Error executing tool {name}: "

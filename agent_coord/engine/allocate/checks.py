@@ -47,8 +47,7 @@ def since(ts: float | None) -> str:
 def conflict_from_slot(s: Slot) -> CoordError:
     return CoordError(
         ErrorCode.BRANCH_CONFLICT,
-        f"branch {s.branch!r} is held by agent {s.owner} (worktree {s.id}, {s.path}) since {since(s.since)}; "
-        "pick another branch or wait for its release",
+        f"branch {s.branch!r} is held by agent {s.owner} (worktree {s.id}, {s.path}) since {since(s.since)}",
     )
 
 
@@ -128,7 +127,7 @@ class Checks:
                 CoordError(
                     ErrorCode.INVALID_BRANCH,
                     f"branch {branch!r} cannot be created in {repo.path}: branch {refs.clash!r} exists "
-                    "(git stores refs as files, so 'a' and 'a/b' cannot both exist); pick another name",
+                    "(git stores refs as files, so 'a' and 'a/b' cannot both exist)",
                 ),
             )
         span = trace.get_current_span()
@@ -188,7 +187,6 @@ class Checks:
                     started,
                     CoordError(
                         ErrorCode.BRANCH_CONFLICT,
-                        f"branch {branch!r} is checked out in {where}; pick another branch, or switch that "
-                        "worktree away from it",
+                        f"branch {branch!r} is checked out in {where}",
                     ),
                 )

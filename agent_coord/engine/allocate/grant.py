@@ -66,7 +66,7 @@ async def grant(
     if slot is None:
         raise CoordError(
             ErrorCode.ALLOCATION_TIMEOUT,
-            f"{claim.slot.id} was rolled back by validation while git ran; retry",
+            f"{claim.slot.id} was rolled back by validation while git ran; nothing is held",
         )
     return AllocationResult(
         worktree_id=slot.id,

@@ -166,7 +166,7 @@ class Pool:
                         started,
                         CoordError(
                             ErrorCode.ALLOCATION_TIMEOUT,
-                            f"the coordination database stayed locked through {attempts} attempts; retry shortly",
+                            f"the coordination database stayed locked through {attempts} attempts",
                         ),
                         attempts=attempts,
                         contention=snapshot,
@@ -186,7 +186,7 @@ class Pool:
                 started,
                 CoordError(
                     ErrorCode.ALLOCATION_TIMEOUT,
-                    f"gave up after {self.settings.allocation_timeout_s:g}s; nothing was changed; retry",
+                    f"gave up after {self.settings.allocation_timeout_s:g}s; nothing was changed",
                 ),
                 attempts=attempts,
                 contention=snapshot,
@@ -278,8 +278,7 @@ class Pool:
                     started,
                     CoordError(
                         ErrorCode.POOL_EXHAUSTED,
-                        f"all {self.settings.pool_max} slots of {repo.path} are in use; wait for a release "
-                        "or ask for AGENT_COORD_POOL_MAX to be raised",
+                        f"all {self.settings.pool_max} slots of {repo.path} are in use",
                     ),
                 )
             return Claim(slot, warm=False)

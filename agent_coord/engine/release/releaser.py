@@ -21,9 +21,10 @@ from agent_coord.engine.git.worktree_record import WorktreeRecord, read_worktree
 from agent_coord.engine.liveness.judge import Identity, judge, same_agent
 from agent_coord.engine.models import ReleaseResult
 from agent_coord.engine.reclaim.rescue import save_work
+from agent_coord.engine.release.ended import describe_end, ended_error, ended_for
 from agent_coord.engine.repos import RepoResolver, bounds_of
 from agent_coord.engine.store import EventDraft, Store
-from agent_coord.engine.store.records import Action, Repo, Slot, SlotState, freed
+from agent_coord.engine.store.records import HELD_STATES, Action, Repo, Slot, SlotState, freed
 
 tracer = trace.get_tracer("agent-coord.pool")
 MAX_TEXT = 4096
@@ -175,8 +176,47 @@ class Releaser:
                 )
             what = "allocation held by you"
         if not found:
-            raise CoordError(ErrorCode.NOT_FOUND, f"there is no {what}; call status to see the pool")
+            await self._raise_if_ended(worktree_id=worktree_id, branch=branch)
+            raise CoordError(ErrorCode.NOT_FOUND, f"there is no {what}")
         return found[0]
+
+    async def _raise_if_ended(self, *, worktree_id: str | None, branch: str | None) -> None:
+        """A call naming an allocation that no longer exists is told how it ended, if the log knows."""
+        if branch is not None:
+            event = await self.store.last_end(branch=branch)
+        elif worktree_id is not None:
+            event = await self.store.last_end(worktree_id=worktree_id)
+        else:  # "your only one": what this server was granted and no longer holds
+            ends = [await self.store.last_end(worktree_id=slot_id) for slot_id in self._tokens]
+            known = [e for e in ends if e is not None]
+            event = max(known, key=lambda e: e.id) if known else None
+        if event is not None:
+            raise ended_error(event)
+
+    async def ended_allocations(self) -> list[str]:
+        """What became of the allocations this server was granted that another hand ended since (a
+        reclaim, a forced release): each told once, at the agent's next heartbeat."""
+        if not self._tokens:
+            return []
+        slots = {s.id: s for s in await self.store.slots()}
+        told = []
+        for slot_id, token in list(self._tokens.items()):
+            slot = slots.get(slot_id)
+            if slot is not None and slot.fencing_token == token and slot.state in HELD_STATES:
+                continue
+            self._tokens.pop(slot_id, None)
+            event = await self.store.last_end(worktree_id=slot_id)
+            told.append(describe_end(event) if event is not None else f"your allocation of {slot_id} ended")
+        return told
+
+    async def _raise_if_mine_ended(self, slot: Slot) -> None:
+        """Named by id or path, a slot that is no longer ours: ALLOCATION_ENDED when it was ours and
+        another hand (a reclaim, a forced release) ended it; otherwise the caller's answer stands."""
+        event = await self.store.last_end(worktree_id=slot.id)
+        if ended_for(event, self.me, held_here=slot.id in self._tokens):
+            assert event is not None
+            self._tokens.pop(slot.id, None)
+            raise ended_error(event)
 
     async def release(
         self,
@@ -219,28 +259,29 @@ class Releaser:
         self, repo: Repo, slot: Slot, force: bool, remove: bool, started: float, *, over_live_agent: bool = False
     ) -> ReleaseResult:
         if slot.state == SlotState.FREE:
+            await self._raise_if_mine_ended(slot)
             if not remove:
                 return ReleaseResult(worktree_id=slot.id, path=slot.path, branch=None, state="FREE", dirty=False)
         elif slot.state != SlotState.BUSY:
+            await self._raise_if_mine_ended(slot)
             raise CoordError(
                 ErrorCode.NOT_FOUND,
                 f"{slot.id} is {slot.state.value}, not an allocation that can be released",
             )
         forced_from: str | None = None
         if slot.state == SlotState.BUSY and slot.owner != self.me and not await self._same_agent(slot.owner):
+            await self._raise_if_mine_ended(slot)
             if not force:
                 raise CoordError(
                     ErrorCode.NOT_OWNER,
-                    f"{slot.id} is held by agent {slot.owner}; pass force=true to take it back "
-                    "(its changes are saved to a rescue ref first)",
+                    f"{slot.id} ({slot.path}) is held by agent {slot.owner}",
                 )
             alive = None if over_live_agent else await self._live_owner(slot.owner)
             if alive is not None:
                 raise CoordError(
                     ErrorCode.NOT_OWNER,
-                    f"{slot.id} is held by agent {slot.owner}, which is alive ({alive}); force only takes "
-                    "worktrees from agents that are gone. Ask it to release, or ask a person to run: "
-                    f"agent-coord release --worktree {slot.id} --force",
+                    f"{slot.id} is held by agent {slot.owner}, which is alive ({alive}); an agent's force takes "
+                    "worktrees only from agents that are gone",
                 )
             forced_from = slot.owner
         token = self._tokens.get(slot.id, slot.fencing_token) if forced_from is None else slot.fencing_token
@@ -255,8 +296,7 @@ class Releaser:
         if record is not None and record.locked:
             raise CoordError(
                 ErrorCode.WORKTREE_LOCKED,
-                f"{slot.id} is locked ({record.lock_reason or 'git worktree lock'}); "
-                f"unlock it with: git worktree unlock {path}",
+                f"{slot.id} ({path}) is locked: {record.lock_reason or 'no reason given'}; nothing was released",
             )
         if record is None and slot.state == SlotState.BUSY:
             record = await self._moved_back(repo, slot, path)
@@ -282,8 +322,7 @@ class Releaser:
             commits = f"; {status.unsaved_commits} commit(s) only on a detached HEAD" if status.unsaved_commits else ""
             raise CoordError(
                 ErrorCode.WORKTREE_DIRTY,
-                f"{slot.id} has uncommitted or untracked changes: {', '.join(files)}{more}{commits}; "
-                "commit them, or pass force=true to save them to a rescue ref",
+                f"{slot.id} has uncommitted or untracked changes: {', '.join(files)}{more}{commits}",
             )
         original = slot.state
         if original == SlotState.BUSY:
@@ -302,10 +341,8 @@ class Releaser:
                 changes={"state": SlotState.RELEASING, "owner": self.me},
             )
         if held is None:
-            raise CoordError(
-                ErrorCode.NOT_OWNER,
-                f"{slot.id} changed hands while releasing (fencing token {token} is stale)",
-            )
+            await self._raise_if_mine_ended(slot)
+            raise CoordError(ErrorCode.ALLOCATION_ENDED, f"{slot.id} changed hands while it was being released")
         rescue: str | None = None
         try:
             if dirty:
@@ -363,8 +400,8 @@ class Releaser:
         self._tokens.pop(slot.id, None)
         if done is None:
             # Never acknowledge what the store did not record.
-            saved = f"; its changes are in {rescue}" if rescue else ""
-            raise CoordError(ErrorCode.NOT_OWNER, f"{slot.id} was reclaimed while it was being released{saved}")
+            saved = f"; its changes are in {rescue}" if rescue else "; nothing needed saving"
+            raise CoordError(ErrorCode.ALLOCATION_ENDED, f"{slot.id} was reclaimed while it was being released{saved}")
         return ReleaseResult(
             worktree_id=slot.id,
             path=slot.path,

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from mcp.server.mcpserver.exceptions import ToolError
 
-from agent_coord.engine.errors import CoordError
+from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.store import StoreBusyError
 from agent_coord.server.state import AppState
 
@@ -21,4 +21,4 @@ async def run_tool(state: AppState, call: Awaitable[T]) -> T:
     except CoordError as exc:
         raise ToolError(str(exc)) from exc
     except StoreBusyError as exc:
-        raise ToolError("ALLOCATION_TIMEOUT: the coordination database stayed busy; retry in a moment") from exc
+        raise ToolError(str(CoordError(ErrorCode.ALLOCATION_TIMEOUT, "the coordination database stayed busy"))) from exc
