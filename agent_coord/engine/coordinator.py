@@ -172,6 +172,7 @@ class Coordinator:
             next_heartbeat_s=self.heartbeat_interval(),
             allocations=held,
             conflicts=await self.conflicts(),
+            ended=await self.pool.releaser.ended_allocations(),
         )
 
     async def run_heartbeats(self) -> None:

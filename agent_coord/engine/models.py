@@ -87,6 +87,11 @@ class HeartbeatResult(BaseModel):
     next_heartbeat_s: float
     allocations: list[str] = Field(description="worktree ids this agent holds")
     conflicts: ConflictList = Field(default_factory=list)
+    ended: list[str] = Field(
+        default_factory=list,
+        description="your allocations that another hand ended since your last heartbeat (a reclaim, a forced "
+        "release): when, why, and the rescue ref; each told once",
+    )
 
 
 class PoolSummary(BaseModel):

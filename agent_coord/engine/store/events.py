@@ -9,6 +9,16 @@ from typing import Any
 from agent_coord.engine.store.records import Event
 from agent_coord.engine.store.rows import EventDraft, _append, _event, _Tables
 
+# The newest event that ended an allocation: a release that happened, or a reclaim.
+LAST_END_OF_SLOT = (
+    "SELECT * FROM events WHERE worktree_id = ? "
+    "AND ((action = 'release' AND outcome = 'ok') OR action = 'reclaim') ORDER BY id DESC LIMIT 1"
+)
+LAST_END_OF_BRANCH = (
+    "SELECT * FROM events WHERE branch = ? "
+    "AND ((action = 'release' AND outcome = 'ok') OR action = 'reclaim') ORDER BY id DESC LIMIT 1"
+)
+
 
 class EventLog(_Tables):
     """Events are written in the same transaction as the change they describe (see slots.py)."""
@@ -51,6 +61,17 @@ class EventLog(_Tables):
 
         result = await self._conn.read(tx)
         return list(reversed(result)) if newest else result
+
+    async def last_end(self, *, worktree_id: str | None = None, branch: str | None = None) -> Event | None:
+        """The newest event that ended an allocation of that slot or branch: a release or a reclaim."""
+        by_slot = worktree_id is not None
+        sql, value = (LAST_END_OF_SLOT, worktree_id) if by_slot else (LAST_END_OF_BRANCH, branch)
+
+        def tx(conn: sqlite3.Connection) -> Event | None:
+            row = conn.execute(sql, (value,)).fetchone()
+            return None if row is None else _event(row)
+
+        return await self._conn.read(tx)
 
     # ---- repositories -----------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ DESCRIPTION = (
     "Give a worktree back to the pool (kept warm on a detached HEAD; your branch is kept). Name it by one of "
     "worktree_id, path or branch, or omit all three to release your only one. Uncommitted or untracked changes "
     "are refused with WORKTREE_DIRTY unless force=true, which first saves them to the `rescue_ref` it returns. "
-    "remove=true deletes the slot's directory instead of keeping it warm. Another agent's worktree needs force."
+    "remove=true deletes the slot's directory instead of keeping it warm. Release only worktrees you hold."
 )
 
 
