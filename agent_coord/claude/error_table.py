@@ -13,8 +13,8 @@ from pathlib import Path
 from agent_coord.claude.install import default_source
 from agent_coord.engine.guidance import ALWAYS, GUIDANCE, Guidance
 
-BEGIN = "<!-- error-table: generated from agent_coord/engine/guidance.py; do not edit by hand -->"
-END = "<!-- end of error-table -->"
+BEGIN = "<!-- generated from agent_coord/engine/guidance.py -->"
+END = "<!-- end of generated table -->"
 
 SKILL = Path("skills") / "multi-agent-conflict" / "SKILL.md"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
