@@ -1,10 +1,12 @@
-"""Results of the coordinator's operations. The MCP tools return these as structured output."""
+"""Results of the coordinator's operations. The MCP tools return these as structured output, so their
+schemas are what an agent reads in `tools/list`: a description on every field it acts on, times in
+seconds since the Unix epoch, no generated titles, and the dashboard's detail left opaque."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from agent_coord.engine.radar.models import Conflict, ConflictPair
 
@@ -32,15 +34,35 @@ PairList = Annotated[
     ),
 ]
 
+EPOCH = "seconds since the Unix epoch (UTC)"
 
-class ContentionSource(BaseModel):
+
+def lean_schema(schema: dict[str, Any]) -> None:
+    """Drop pydantic's generated titles (they repeat the names) and spell `X or null` as one type list:
+    a third of the tokens an agent spends on `tools/list`, and nothing it reads."""
+    schema.pop("title", None)
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+        options = prop.get("anyOf")
+        if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+            (other,) = [o for o in options if o != {"type": "null"}]
+            if set(other) == {"type"} and isinstance(other["type"], str):
+                del prop["anyOf"]
+                prop["type"] = [other["type"], "null"]
+
+
+class Result(BaseModel):
+    model_config = ConfigDict(json_schema_extra=lean_schema)
+
+
+class ContentionSource(Result):
     name: str  # "store", "processes", "manictime"
     used: bool
     age_s: float | None = None
     reason: str | None = None
 
 
-class Contention(BaseModel):
+class Contention(Result):
     level: int = Field(description="max(live agents on the repository, agent processes seen)")
     threshold: int
     live_agents: int
@@ -52,39 +74,48 @@ class Contention(BaseModel):
     sources: list[ContentionSource] = Field(default_factory=list)
 
 
-class AllocationResult(BaseModel):
-    worktree_id: str
-    path: str
+# In a tool's output schema the contention detail is one opaque object: the dashboard reads it, an agent
+# does not act on it, and spelled out it would be the largest part of two tools' schemas.
+OpaqueContention = Annotated[
+    Contention, WithJsonSchema({"type": "object", "description": "contention seen (detail: coord://contention)"})
+]
+
+
+class AllocationResult(Result):
+    worktree_id: str = Field(description="the worktree's id; name it to release")
+    path: str = Field(description="absolute path of your worktree: work only here")
     branch: str
-    repo: str
-    agent_id: str
-    fencing_token: int
-    lease_expires_at: float
-    reused: bool = Field(description="a warm slot was reused (git switch) rather than created")
-    strategy: Literal["optimistic", "pessimistic", "existing"]
+    repo: str = Field(description="the repository's top-level path")
+    agent_id: str = Field(description="your agent id, as status shows it")
+    fencing_token: int = Field(description="the grant's number in the store; no tool takes it")
+    lease_expires_at: float = Field(description=f"when your lease lapses unless renewed, {EPOCH}")
+    reused: bool = Field(description="a warm slot: ignored build caches from earlier use are kept")
+    strategy: Literal["optimistic", "pessimistic", "existing"] = Field(
+        description="how it was allocated; `existing`: you already held this branch"
+    )
     attempts: int
     latency_ms: float
-    contention: Contention
+    contention: OpaqueContention
     jitter_ms: float = 0.0
     conflicts: ConflictList = Field(default_factory=list)
 
 
-class ReleaseResult(BaseModel):
+class ReleaseResult(Result):
     worktree_id: str
-    path: str
-    branch: str | None
-    state: str
-    dirty: bool
-    rescue_ref: str | None = None
-    removed: bool = False
+    path: str = Field(description="the slot's path: run nothing there any more")
+    branch: str | None = Field(description="the branch released; it and its commits stay in the repository")
+    state: str = Field(description="`FREE` (kept warm) or `REMOVED`")
+    dirty: bool = Field(description="there were uncommitted changes (saved to `rescue_ref`)")
+    rescue_ref: str | None = Field(default=None, description="where uncommitted work was saved; tell the user")
+    removed: bool = Field(default=False, description="the slot's directory was deleted")
     conflicts: ConflictList = Field(default_factory=list)
 
 
-class HeartbeatResult(BaseModel):
+class HeartbeatResult(Result):
     agent_id: str
     status: Literal["active", "idle"]
-    lease_expires_at: float
-    next_heartbeat_s: float
+    lease_expires_at: float = Field(description=f"when your lease lapses unless renewed, {EPOCH}")
+    next_heartbeat_s: float = Field(description="seconds until your server renews the lease again")
     allocations: list[str] = Field(description="worktree ids this agent holds")
     conflicts: ConflictList = Field(default_factory=list)
     ended: list[str] = Field(
@@ -94,66 +125,66 @@ class HeartbeatResult(BaseModel):
     )
 
 
-class PoolSummary(BaseModel):
+class PoolSummary(Result):
     size: int
-    free: int
+    free: int = Field(description="slots ready to allocate")
     busy: int
     quarantined: int = 0
     max: int
     utilization: float
 
 
-class WorktreeView(BaseModel):
+class WorktreeView(Result):
     worktree_id: str
     path: str
     branch: str | None
-    state: str
-    agent_id: str | None
+    state: str = Field(description="FREE, ALLOCATING, BUSY, RELEASING or QUARANTINED (kept for a person)")
+    agent_id: str | None = Field(description="the holder")
     fencing_token: int | None
-    lease_expires_at: float | None
-    since: float | None
+    lease_expires_at: float | None = Field(description=f"when the holder's lease lapses, {EPOCH}")
+    since: float | None = Field(description=f"held since, {EPOCH}")
     repo: str
     rescue_ref: str | None = None
     task: str | None = None
 
 
-class AgentView(BaseModel):
+class AgentView(Result):
     agent_id: str
-    status: str
-    alive: bool
+    status: str = Field(description="active, idle or disconnected")
+    alive: bool = Field(description="false: its worktrees may be reclaimed (`validate` with `repair: true`)")
     stale: bool = False
-    reason: str
+    reason: str = Field(description="why alive or not (process gone, lease lapsed)")
     host: str
     pid: int
-    last_heartbeat: float
-    lease_expires_at: float
+    last_heartbeat: float = Field(description=EPOCH)
+    lease_expires_at: float = Field(description=EPOCH)
     note: str | None = None
     focused: bool = False
 
 
-class StatusResult(BaseModel):
+class StatusResult(Result):
     repo: str | None
     pool: PoolSummary
     worktrees: list[WorktreeView]
     agents: list[AgentView]
-    contention: Contention | None = None
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    contention: OpaqueContention | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict, description="health metrics (detail: coord://metrics)")
     conflicts: ConflictList = Field(default_factory=list)
     conflict_pairs: PairList = Field(default_factory=list)
 
 
-class Finding(BaseModel):
-    kind: str
+class Finding(Result):
+    kind: str = Field(description="what drifted, e.g. dead_agent, stale_lease, branch_mismatch")
     worktree_id: str | None = None
     path: str | None = None
     agent_id: str | None = None
     detail: str
-    action: str
+    action: str = Field(description="what repair does (or did) about it")
     repaired: bool = False
 
 
-class ValidateResult(BaseModel):
+class ValidateResult(Result):
     findings: list[Finding]
     duration_ms: float
-    repaired: int = 0
+    repaired: int = Field(default=0, description="findings repaired by this call")
     skipped: list[Finding] = Field(default_factory=list, description="found but left alone (locked worktrees)")
