@@ -110,3 +110,35 @@ def test_separate_inspector_calls_keep_one_identity(inspector: Path, env: dict[s
     released = _inspect(inspector, [*call, "release_worktree", "--tool-arg", "branch=feat/cli"], _base_env(), tmp_path)
     assert not released.get("isError"), released
     assert (released["structuredContent"]["worktree_id"], released["structuredContent"]["state"]) == (worktree, "FREE")
+
+
+def test_a_short_lived_client_is_told_how_its_allocation_ended(
+    inspector: Path, env: dict[str, str], repo: Path, tmp_path: Path
+) -> None:
+    """The Inspector CLI starts a server per call: its allocation outlives its agent process and is
+    reclaimed; the next call about it answers ALLOCATION_ENDED, from the event log, with the rescue ref."""
+    flags = [arg for key, value in env.items() if value for arg in ("-e", f"{key}={value}")]
+    server = [*flags, sys.executable, "-m", "agent_coord.server", "--method", "tools/call"]
+
+    def call(tool: str, *args: str) -> dict[str, Any]:
+        pairs = [a for arg in args for a in ("--tool-arg", arg)]
+        return _inspect(inspector, [*server, "--tool-name", tool, *pairs], _base_env(), tmp_path)
+
+    allocated = call("allocate_worktree", "branch=feat/short")
+    assert not allocated.get("isError"), allocated
+    path = Path(allocated["structuredContent"]["path"])
+    (path / "unsaved.txt").write_text("work in progress\n")
+    repaired = call("validate", "repair=true")  # the agent process (that inspector) is gone: reclaimed
+    assert not repaired.get("isError"), repaired
+    ended = call("release_worktree", "branch=feat/short")
+    assert ended.get("isError"), ended
+    text = ended["content"][0]["text"]
+    assert text.startswith("ALLOCATION_ENDED: the allocation of branch 'feat/short'"), text
+    assert " because agent process " in text and " is gone" in text, text
+    refs = subprocess.run(
+        ["git", "-C", str(repo), "for-each-ref", "--format=%(refname)", "refs/agent-coord/rescue/feat/short/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert len(refs) == 1 and f"saved to {refs[0]}" in text, (refs, text)
