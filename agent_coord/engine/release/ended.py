@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 
 from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Action, Event
 
 
-def describe_end(event: Event) -> str:
+def describe_end(event: Event, rescued: list[str] | None = None) -> str:
     """'the allocation of branch 'x' (wt-01) ended at <UTC>: reclaimed by … because …; its work is in …'"""
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(event.ts))
     what = f"branch {event.branch!r} ({event.worktree_id})" if event.branch else f"{event.worktree_id}"
@@ -22,20 +23,26 @@ def describe_end(event: Event) -> str:
         how = f"reclaimed by agent {event.agent_id} from agent {detail.get('previous_owner')}"
         if detail.get("reason"):
             how += f" because {detail['reason']}"
-    rescue = detail.get("rescue_ref")
+    # The end's own ref, and any a reclaim or release that died half-way saved from the same grant.
+    refs = list(dict.fromkeys([*(rescued or []), *([detail["rescue_ref"]] if detail.get("rescue_ref") else [])]))
     if event.outcome == "quarantined":
         saved = "; the slot is quarantined for a person, its files untouched"
-        if rescue:
-            saved += f", its work saved to {rescue}"
-    elif rescue:
-        saved = f"; its uncommitted work was saved to {rescue}"
+        if refs:
+            saved += f", its work saved to {' and '.join(refs)}"
+    elif refs:
+        saved = f"; its uncommitted work was saved to {' and '.join(refs)}"
     else:
         saved = "; nothing needed saving"
     return f"the allocation of {what} ended at {when}: {how}{saved}"
 
 
-def ended_error(event: Event) -> CoordError:
-    return CoordError(ErrorCode.ALLOCATION_ENDED, describe_end(event))
+async def why_ended(store: Store, event: Event) -> str:
+    rescued = await store.rescue_refs(event.fencing_token) if event.fencing_token is not None else []
+    return describe_end(event, rescued)
+
+
+async def ended_error(store: Store, event: Event) -> CoordError:
+    return CoordError(ErrorCode.ALLOCATION_ENDED, await why_ended(store, event))
 
 
 def ended_for(event: Event | None, agent_id: str, *, held_here: bool) -> bool:

@@ -21,7 +21,7 @@ from agent_coord.engine.git.worktree_record import WorktreeRecord, read_worktree
 from agent_coord.engine.liveness.judge import Identity, judge, same_agent
 from agent_coord.engine.models import ReleaseResult
 from agent_coord.engine.reclaim.rescue import save_work
-from agent_coord.engine.release.ended import describe_end, ended_error, ended_for
+from agent_coord.engine.release.ended import ended_error, ended_for, why_ended
 from agent_coord.engine.repos import RepoResolver, bounds_of
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.records import HELD_STATES, Action, Repo, Slot, SlotState, freed
@@ -191,7 +191,7 @@ class Releaser:
             known = [e for e in ends if e is not None]
             event = max(known, key=lambda e: e.id) if known else None
         if event is not None:
-            raise ended_error(event)
+            raise await ended_error(self.store, event)
 
     async def ended_allocations(self) -> list[str]:
         """What became of the allocations this server was granted that another hand ended since (a
@@ -206,7 +206,7 @@ class Releaser:
                 continue
             self._tokens.pop(slot_id, None)
             event = await self.store.last_end(worktree_id=slot_id)
-            told.append(describe_end(event) if event is not None else f"your allocation of {slot_id} ended")
+            told.append(await why_ended(self.store, event) if event else f"your allocation of {slot_id} ended")
         return told
 
     async def _raise_if_mine_ended(self, slot: Slot) -> None:
@@ -216,7 +216,7 @@ class Releaser:
         if ended_for(event, self.me, held_here=slot.id in self._tokens):
             assert event is not None
             self._tokens.pop(slot.id, None)
-            raise ended_error(event)
+            raise await ended_error(self.store, event)
 
     async def release(
         self,

@@ -73,6 +73,18 @@ class EventLog(_Tables):
 
         return await self._conn.read(tx)
 
+    async def rescue_refs(self, fencing_token: int) -> list[str]:
+        """Every rescue ref saved from the grant with this fencing token (tokens are never reused), also
+        by a reclaim or release that died before recording its end."""
+
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT * FROM events WHERE action = 'rescue' AND fencing_token = ? ORDER BY id", (fencing_token,)
+            ).fetchall()
+            return [str(e.detail["rescue_ref"]) for e in map(_event, rows) if e.detail.get("rescue_ref")]
+
+        return await self._conn.read(tx)
+
     # ---- repositories -----------------------------------------------------------------------
 
     async def integrity_check(self) -> str:
