@@ -216,4 +216,5 @@ async def test_what_an_agent_reads_fits_the_token_budget(settings: Any) -> None:
     counts = {p.parent.name: len(encoding.encode(p.read_text(encoding="utf-8"))) for p in texts}
     counts["tools/list"] = len(encoding.encode(listed))
     total = sum(counts.values())
+    print(f"token budget: {counts}, total {total} of {TOKEN_BUDGET}")
     assert total <= TOKEN_BUDGET, counts
