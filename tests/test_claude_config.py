@@ -201,7 +201,7 @@ def test_release_skill_explains_force_and_rescue_recovery() -> None:
         "`remove`",
         "rescue_ref",
         "refs/agent-coord/rescue/<branch>/<timestamp>",
-        "git cherry-pick --no-commit <rescue_ref> && git reset",
+        "git stash apply --index <rescue_ref>",
     ):
         assert word in body, word
 
@@ -212,7 +212,7 @@ def test_one_recovery_recipe_that_keeps_the_slot_on_its_branch() -> None:
     texts = [(CONFIG / "CLAUDE.md").read_text(encoding="utf-8")] + [_skill(name)[1] for name in SKILLS]
     for text in texts:
         assert "checkout -b" not in text and "switch -c" not in text
-    recipes = [text for text in texts if "cherry-pick --no-commit" in text]
+    recipes = [text for text in texts if "git stash apply --index <rescue_ref>" in text]
     assert len(recipes) == 2  # release-worktree's recipe and the table's ALLOCATION_ENDED line, one text
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from agent_coord.engine.errors import ErrorCode
 
-# Said once, here, and quoted by ALLOCATION_ENDED, WORKTREE_DIRTY and the skills: it restores saved
-# work as uncommitted changes on the branch the slot holds, so the slot never leaves its branch.
-RECOVERY = "`git cherry-pick --no-commit <rescue_ref> && git reset`"
+# Said once, here, and quoted by ALLOCATION_ENDED and the skills: a rescue ref is shaped like a stash
+# (parents: the branch tip, the index), so this puts the staged and unstaged work and the untracked
+# files back on the branch the slot holds; the slot never leaves its branch.
+RECOVERY = "`git stash apply --index <rescue_ref>`"
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ NO_SWITCH = Forbidden(
     r"\bswitch (that|the|this|it)\b|git (switch|checkout)|\bcheck(ed)? out another\b",
 )
 NO_PRUNE = Forbidden("`git worktree remove`/`prune`", r"git worktree (prune|remove)")
-NO_WIPE = Forbidden("clean or reset a worktree", r"git clean|reset --hard|git stash")
+NO_WIPE = Forbidden("clean or reset a worktree", r"git clean|reset --hard|git restore|git stash (drop|clear)")
 NO_BRANCH_MOVE = Forbidden("move a pool worktree off its branch", r"checkout -b|switch -c")
 ALWAYS = (NO_UNLOCK, NO_PRUNE, NO_WIPE, NO_BRANCH_MOVE)
 
