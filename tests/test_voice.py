@@ -4,9 +4,11 @@ their users read are the ones generated from it."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,13 @@ async def test_every_refusal_of_the_real_server_speaks_with_one_voice(
 
             dirty = await _ok(me, "allocate_worktree", {"branch": "feat/dirty"})
             (Path(dirty["path"]) / "draft.txt").write_text("not committed\n")
+            # git at work in it (its index.lock): nothing is released until it is done.
+            lock = Path(git(Path(dirty["path"]), "rev-parse", "--absolute-git-dir").strip()) / "index.lock"
+            lock.write_text("")
+            texts.append(
+                await _refusal(me, "release_worktree", {"branch": "feat/dirty"}, ErrorCode.OPERATION_IN_PROGRESS)
+            )
+            lock.unlink()
             texts.append(await _refusal(me, "release_worktree", {"branch": "feat/dirty"}, ErrorCode.WORKTREE_DIRTY))
 
             locked = await _ok(me, "allocate_worktree", {"branch": "feat/locked"})
@@ -160,7 +169,8 @@ async def test_every_refusal_of_the_real_server_speaks_with_one_voice(
 
             # A forced release by another hand: named by branch, the text says who and that nothing needed saving.
             gone = await _ok(me, "allocate_worktree", {"branch": "feat/taken"})
-            await other.pool.release(worktree_id=gone["worktree_id"], force=True)
+            # A person's force (the command line's), the only one that takes a live agent's worktree.
+            await other.pool.release(worktree_id=gone["worktree_id"], force=True, over_live_agent=True)
             texts.append(await _refusal(me, "release_worktree", {"branch": "feat/taken"}, ErrorCode.ALLOCATION_ENDED))
             assert "taken from agent me by agent other (a forced release); nothing needed saving" in texts[-1]
 
@@ -175,6 +185,29 @@ async def test_every_refusal_of_the_real_server_speaks_with_one_voice(
     async with Client(build_server(make_settings(agent_id="hurried", allocation_timeout_s=1e-6))) as hurried:
         texts.append(await _refusal(hurried, "allocate_worktree", {"branch": "feat/t"}, ErrorCode.ALLOCATION_TIMEOUT))
 
+    # A database it cannot use: the stdio server answers `initialize` with the refusal.
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(os.urandom(2000))
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    served = subprocess.run(
+        [sys.executable, "-m", "agent_coord.server"],
+        input=json.dumps(initialize) + "\n",
+        capture_output=True,
+        text=True,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")},
+            **env,
+            "AGENT_COORD_DB": str(garbage),
+        },
+        timeout=60,
+    )
+    texts.append(json.loads(served.stdout)["error"]["message"])
+
     seen = {check_voice(text) for text in texts}
     assert seen == set(ErrorCode), f"no refusal drove {set(ErrorCode) - seen}"
 
@@ -185,8 +218,6 @@ TOKEN_BUDGET = 6000
 
 
 async def test_what_an_agent_reads_fits_the_token_budget(settings: Any) -> None:
-    import json
-
     import tiktoken
 
     from agent_coord.claude.install import default_source

@@ -16,7 +16,7 @@ from agent_coord.cli import (  # noqa: F401 - each module registers its commands
 )
 from agent_coord.cli.common import EXIT_REFUSED, EXIT_USAGE, app
 from agent_coord.config import SettingsError
-from agent_coord.engine.errors import CoordError
+from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.store import StoreBusyError
 
 
@@ -30,10 +30,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except CoordError as exc:
         _die(str(exc), EXIT_REFUSED)
     except StoreBusyError:
-        _die(
-            "STORE_UNAVAILABLE: the coordination database stayed locked by another process; retry in a moment",
-            EXIT_REFUSED,
-        )
+        locked = CoordError(ErrorCode.STORE_UNAVAILABLE, "the coordination database stayed locked by another process")
+        _die(str(locked), EXIT_REFUSED)
     except Exception as exc:  # a bug: one line for the person, the traceback only with debug logging
         logging.getLogger("agent-coord").debug("unexpected failure", exc_info=True)
         _die(f"agent-coord: unexpected {type(exc).__name__}: {exc}", EXIT_REFUSED)

@@ -147,8 +147,8 @@ GUIDANCE: dict[ErrorCode, Guidance] = {
         Guidance(
             ErrorCode.OPERATION_IN_PROGRESS,
             "a rebase, merge, cherry-pick, revert or bisect is stopped in the worktree, or git runs in it",
-            "in your own worktree, finish or abort it as the text says, then call again; in another agent's, "
-            "leave it.",
+            "in your own worktree, finish or abort it as the text says, then call again; in another "
+            "agent's, leave it alone.",
             forbidden=(NO_FORCE,),
         ),
         Guidance(

@@ -234,7 +234,9 @@ async def startup_refusal(settings: Settings) -> str | None:
     except CoordError as exc:
         return str(exc)
     except StoreBusyError:
-        return "STORE_UNAVAILABLE: the coordination database stayed locked by another process; retry in a moment"
+        return str(
+            CoordError(ErrorCode.STORE_UNAVAILABLE, "the coordination database stayed locked by another process")
+        )
     await store.close()
     return None
 
