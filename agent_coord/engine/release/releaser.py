@@ -27,6 +27,7 @@ from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.records import HELD_STATES, Action, Repo, Slot, SlotState, freed
 
 tracer = trace.get_tracer("agent-coord.pool")
+SETTLE_S = 5.0  # how long a release waits for another hand's release or reclaim of the same slot
 MAX_TEXT = 4096
 
 
@@ -209,6 +210,22 @@ class Releaser:
             told.append(await why_ended(self.store, event) if event else f"your allocation of {slot_id} ended")
         return told
 
+    async def _settled(self, slot: Slot) -> None:
+        """Wait (a few seconds at most) for another hand's release or reclaim of `slot` to finish; if it
+        does not, the allocation has ended all the same: ALLOCATION_ENDED, with the work saved so far."""
+        with anyio.move_on_after(SETTLE_S):
+            while True:
+                now = await self.store.slot(slot.id)
+                if now is None or now.state != SlotState.RELEASING or now.version != slot.version:
+                    return
+                await anyio.sleep(0.1)
+        rescued = await self.store.rescue_refs(slot.fencing_token) if slot.fencing_token is not None else []
+        saved = f"; its work saved so far: {' and '.join(rescued)}" if rescued else ""
+        raise CoordError(
+            ErrorCode.ALLOCATION_ENDED,
+            f"{slot.id} (branch {slot.branch!r}) is being released or reclaimed by agent {slot.owner}{saved}",
+        )
+
     async def _raise_if_mine_ended(self, slot: Slot) -> None:
         """Named by id or path, a slot that is no longer ours: ALLOCATION_ENDED when it was ours and
         another hand (a reclaim, a forced release) ended it; otherwise the caller's answer stands."""
@@ -234,6 +251,11 @@ class Releaser:
         started = time.monotonic()
         with tracer.start_as_current_span("release") as span:
             slot = await self.find_slot(worktree_id=worktree_id, path=path, branch=branch)
+            if slot.state == SlotState.RELEASING:
+                # A release or reclaim is under way (another agent's, or this server's validation): answer
+                # with how it ends, not with a guess.
+                await self._settled(slot)
+                slot = await self.find_slot(worktree_id=worktree_id, path=path, branch=branch)
             span.set_attribute("worktree.id", slot.id)
             repo = await self.repos.by_id(slot.repo_id)
             try:
