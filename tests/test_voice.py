@@ -213,8 +213,9 @@ async def test_every_refusal_of_the_real_server_speaks_with_one_voice(
 
 
 # What an agent reads before its first call: CLAUDE.md, the four skills and `tools/list` (issue 17's
-# budget; cl100k_base is a proxy, Claude's tokenizer is not public).
-TOKEN_BUDGET = 6000
+# budget; cl100k_base is a proxy, Claude's tokenizer is not public): 6000, plus at most 1000 for the
+# conflict radar (its `conflicts[]` and skill section), as the issue allows; alerts will add theirs.
+TOKEN_BUDGET = 6000 + 1000
 
 
 async def test_what_an_agent_reads_fits_the_token_budget(settings: Any) -> None:
