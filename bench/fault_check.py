@@ -112,6 +112,9 @@ def grant_intervals(
     return intervals, violations, closes_without_open
 
 
+RECOVERY_PASSES = 2  # validation passes started after a kill within which its slots are reclaimed
+
+
 def check(campaign: Campaign, validation: dict[str, Any]) -> dict[str, Any]:
     db, repo = campaign.db, campaign.repo
     violations: list[str] = []
@@ -183,6 +186,10 @@ def check(campaign: Campaign, validation: dict[str, Any]) -> dict[str, Any]:
         violations.append(f"after validation {s['id']} is still {s['state']} (owner {s['owner']})")
     killed = {a.agent_id: a.killed_at for a in campaign.retired if a.killed_at is not None}
     recovery: list[float] = []
+    # Validation passes started after the kill and up to the reclaim: a count of the validator's own
+    # events, which the machine's load does not stretch as it stretches seconds.
+    pass_starts = [e["ts"] for e in events if e["action"] == "validate" and e["outcome"] == "started"]
+    passes: list[int] = []
     unrecovered_during_run = 0
     killed_slots = 0
     for (wt, _token), g in intervals.items():
@@ -197,6 +204,8 @@ def check(campaign: Campaign, validation: dict[str, Any]) -> dict[str, Any]:
             violations.append(f"slot {wt} of killed agent {g['agent']} is {state} after validation")
         if g["close"] is not None:
             recovery.append(g["close"]["ts"] - killed_at)
+            close_ts = g["close"]["ts"]
+            passes.append(sum(1 for ts in pass_starts if killed_at < ts <= close_ts))
         else:
             unrecovered_during_run += 1
     stats["killed_agents"] = len(killed)
@@ -206,13 +215,15 @@ def check(campaign: Campaign, validation: dict[str, Any]) -> dict[str, Any]:
     stats["recovery_s"] = {
         "p50": round(sorted(recovery)[len(recovery) // 2], 2) if recovery else None,
         "max": round(max(recovery), 2) if recovery else None,
-        "bound_s": campaign.config.validate_every_s,
+        "interval_s": campaign.config.validate_every_s,
     }
-    # The bound: within the configured (validation) interval of the kill.
-    if recovery and max(recovery) > campaign.config.validate_every_s:
+    stats["recovery_passes"] = {"max": max(passes) if passes else None, "bound": RECOVERY_PASSES}
+    # The bound: the checker notices the death between passes and starts one at once; should that pass
+    # have judged the owner just before it died, the next one reclaims. Seconds are reported, not bounded.
+    if passes and max(passes) > RECOVERY_PASSES:
         violations.append(
-            f"a killed agent's slot took {max(recovery):.1f} s to be reclaimed "
-            f"(validate_every_s={campaign.config.validate_every_s})"
+            f"a killed agent's slot was reclaimed only after {max(passes)} validation passes "
+            f"started after the kill (bound {RECOVERY_PASSES})"
         )
     if validation["dry_run_findings"]:
         violations.append(f"validation did not converge: {validation['dry_run_findings'][:5]}")

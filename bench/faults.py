@@ -100,7 +100,8 @@ def summarize(report: dict[str, Any]) -> str:
         f"rescue refs {s['rescue_refs']}",
         f"  killed agents {s['killed_agents']} holding {s['killed_agents_slots']} slots: "
         f"{s['recovered_by_background_validation']} reclaimed by the servers' validation "
-        f"(p50 {s['recovery_s']['p50']} s, max {s['recovery_s']['max']} s), "
+        f"(p50 {s['recovery_s']['p50']} s, max {s['recovery_s']['max']} s; at most "
+        f"{s['recovery_passes']['max']} validation passes after the kill, bound {s['recovery_passes']['bound']}), "
         f"{s['recovered_only_by_final_validation']} by the final one",
         f"  integrity_check {report['integrity']}; final repair {len(report['validation']['repair_findings'])} "
         f"findings in {report['validation']['repair_ms']} ms; "
