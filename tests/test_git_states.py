@@ -4,6 +4,7 @@ slot whose cause is gone comes back with `validate --repair`. Real repositories,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Callable
@@ -172,6 +173,29 @@ async def test_a_moved_worktree_is_reported_and_moved_back_by_its_release(
     assert Path(grant.path).is_dir() and not elsewhere.exists()
     assert git(Path(grant.path), "rev-parse", "--abbrev-ref", "HEAD").strip() == "HEAD"
     assert (await coord.validate(repair=False)).findings == []
+
+
+async def test_a_persons_worktree_on_the_slots_branch_is_never_moved_into_the_pool(
+    coord: Any, repo: Path, tmp_path: Path
+) -> None:
+    """The slot's directory is gone and a person checks its branch out in a worktree of their own,
+    outside the pool: that worktree is not the slot moved away (its admin directory has another name),
+    so neither validation nor the owner's release moves it, and its work stays where it is."""
+    import shutil
+
+    grant = await coord.pool.allocate("feat/hotfix")
+    shutil.rmtree(grant.path)
+    git(repo, "worktree", "prune")
+    mine = tmp_path / "hotfix"
+    git(repo, "worktree", "add", "-q", str(mine), "feat/hotfix")
+    (mine / "mine.txt").write_text("a person's work\n")
+    report = await coord.validate(repair=True)
+    assert not [f for f in report.findings if f.kind == "moved_worktree"], report.findings
+    with contextlib.suppress(CoordError):
+        await coord.pool.release(worktree_id=grant.worktree_id)
+    assert (mine / "mine.txt").read_text() == "a person's work\n"
+    assert git(mine, "rev-parse", "--abbrev-ref", "HEAD").strip() == "feat/hotfix"
+    assert not Path(grant.path).exists() or not (Path(grant.path) / "mine.txt").exists()
 
 
 async def test_detached_commits_submodule_nested_repo_and_sparse_checkout(

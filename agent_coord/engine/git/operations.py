@@ -75,11 +75,20 @@ def describe(found: tuple[Operation, Path], worktree: Path) -> str:
 
 def moved_worktree(listing: WorktreeListing, slot_path: str, branch: str | None) -> WorktreeInfo | None:
     """The worktree git lists elsewhere that was the slot's at `slot_path` before someone ran `git
-    worktree move`: the one on the slot's `branch` (a branch is checked out in one worktree at most), or, for a slot on
-    a detached HEAD, the one whose admin directory still has the slot's name."""
+    worktree move`. git keeps a moved worktree's administrative directory, named after the slot, so that
+    name identifies it; the branch alone does not (a person's own worktree elsewhere may have the slot's
+    branch checked out, and it must never be moved into the pool). The main worktree never matches."""
     for info in listing.entries:
         if Path(info.path) == Path(slot_path):
             return None
+    name = Path(slot_path).name
+    for info in listing.entries:
+        admin = admin_dir(Path(info.path))
+        if admin is None or admin.parent.name != "worktrees" or admin.name != name:
+            continue
+        if (info.branch == branch) if branch is not None else info.detached:
+            return info
+    return None
     for info in listing.entries:
         if branch is not None and info.branch == branch:
             return info
