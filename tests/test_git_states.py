@@ -215,26 +215,24 @@ async def test_detached_commits_submodule_nested_repo_and_sparse_checkout(
     saved = await coord.pool.release(worktree_id=grant.worktree_id, force=True)
     assert saved.rescue_ref and git(repo, "show", f"{saved.rescue_ref}:detached.txt") == "only here\n"
 
-    # A nested repository in the worktree: refused without force; with force its files are saved and
-    # the nested repository itself is never deleted.
+    # A nested repository in the worktree: a rescue ref cannot hold it and the clean-up never deletes
+    # it, so the release is refused, with force too, and says what to do; nothing is touched.
     grant = await coord.pool.allocate("feat/nested")
     wt = Path(grant.path)
     nested = wt / "vendor" / "lib"
     nested.mkdir(parents=True)
     git(nested, "init", "-q")
     commit(nested, "lib.txt", "nested\n")
-    with pytest.raises(CoordError) as refused:
-        await coord.pool.release(worktree_id=grant.worktree_id)
-    assert refused.value.code == ErrorCode.WORKTREE_DIRTY
-    try:
-        await coord.pool.release(worktree_id=grant.worktree_id, force=True)
-    except CoordError as exc:
-        assert exc.code in (ErrorCode.GIT_FAILED, ErrorCode.WORKTREE_DIRTY), exc
+    for force in (False, True):
+        with pytest.raises(CoordError) as refused:
+            await coord.pool.release(worktree_id=grant.worktree_id, force=force)
+        assert refused.value.code == ErrorCode.WORKTREE_DIRTY
+        assert "cannot save: vendor/lib" in refused.value.message and "release again" in refused.value.message
     assert (nested / "lib.txt").read_text() == "nested\n"
-    await coord.validate(repair=True)
     slot = next(s for s in await coord.store.slots() if s.id == grant.worktree_id)
-    assert slot.state in (SlotState.BUSY, SlotState.FREE, SlotState.QUARANTINED)
-    assert (nested / "lib.txt").read_text() == "nested\n"
+    assert slot.state == SlotState.BUSY and slot.owner == coord.agent_id
+    git(repo, "worktree", "remove", "--force", "--force", str(wt))  # the person deals with it
+    await coord.validate(repair=True)
 
     # A submodule and a sparse checkout: allocated, released clean, validated clean.
     sub = tmp_path / "sub-origin"
@@ -257,3 +255,21 @@ async def test_detached_commits_submodule_nested_repo_and_sparse_checkout(
     git(wt, "sparse-checkout", "set", "--no-cone", "/README.md", "/sub")
     assert (await coord.pool.release(worktree_id=grant.worktree_id)).state == "FREE"
     assert [f.kind for f in (await coord.validate(repair=False)).findings] == []
+
+
+async def test_a_nested_repository_in_a_free_slot_never_reaches_the_next_agent(coord: Any, repo: Path) -> None:
+    grant = await coord.pool.allocate("feat/first")
+    await coord.pool.release(worktree_id=grant.worktree_id)
+    nested = Path(grant.path) / "vendor" / "lib"  # written into the FREE slot behind the pool's back
+    nested.mkdir(parents=True)
+    git(nested, "init", "-q")
+    commit(nested, "lib.txt", "nested\n")
+    try:
+        other = await coord.pool.allocate("feat/next")
+    except CoordError as exc:
+        assert exc.code == ErrorCode.GIT_FAILED and "vendor/lib" in exc.message
+        other = await coord.pool.allocate("feat/next")
+    assert not (Path(other.path) / "vendor").exists()
+    slot = next(s for s in await coord.store.slots() if s.id == grant.worktree_id)
+    assert slot.state == SlotState.QUARANTINED
+    assert (nested / "lib.txt").read_text() == "nested\n"

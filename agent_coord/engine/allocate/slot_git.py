@@ -60,6 +60,7 @@ async def switch_warm_slot(
     if state.dirty:
         await save_work(git, store, agent_id, slot, path, "stray changes in a free slot")
         await git.discard_changes(path)
+        await _clean_or_fail(git, path)
     if (
         start is not None
         and start == state.head
@@ -107,6 +108,7 @@ async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slo
             # What setup or a half-done switch left behind: saved, never silently dropped.
             await save_work(git, store, agent_id, slot, slot_dir, f"allocation rolled back: {reason}")
             await git.discard_changes(slot_dir)
+            await _clean_or_fail(git, slot_dir)  # else quarantined below: never FREE with work in it
         if status.branch is not None:
             await git.detach(slot_dir)
     except GitError as exc:
@@ -136,6 +138,15 @@ async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slo
         changes=freed(time.time()),
         events=[draft],
     )
+
+
+async def _clean_or_fail(git: GitDriver, path: Confined) -> None:
+    """After a rescue and clean-up the slot must be clean; what is left (a nested repository, changes
+    inside a submodule: the clean-up never deletes them) would follow the slot to the next agent."""
+    after = await git.status(path)
+    if after.dirty:
+        left = ", ".join(c[3:] for c in after.changed[:5])
+        raise GitError(["status"], 1, f"fatal: still not clean after the rescue ({left}): left for a person")
 
 
 async def _safe_worktrees(git: GitDriver, repo: Path) -> list[WorktreeInfo]:

@@ -98,3 +98,16 @@ def moved_worktree(listing: WorktreeListing, slot_path: str, branch: str | None)
         if admin is not None and admin.parent.name == "worktrees" and admin.name == name and info.detached:
             return info
     return None
+
+
+def unsaveable_work(worktree: Path, changed: list[str]) -> list[str]:
+    """The changed entries (`git status` lines, "XY path") whose contents a rescue ref cannot hold: a
+    nested git repository, or a submodule with changes inside. Each has its own `.git`; a rescue
+    records at most its commit, and the clean-up never deletes it (`git clean` without `-ff`), so
+    such a slot can be neither saved nor cleaned. Blocking."""
+    found: list[str] = []
+    for line in changed:
+        name = line[3:].rstrip("/")
+        if name and os.path.lexists(worktree / name / ".git"):
+            found.append(name)
+    return found

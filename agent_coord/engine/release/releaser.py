@@ -15,7 +15,7 @@ from opentelemetry import trace
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.confinement import Shape, Unconfined, inside_pool, shape
 from agent_coord.engine.git.driver import GitDriver, GitError, reject_option_like
-from agent_coord.engine.git.operations import describe, moved_worktree, operation_in_progress
+from agent_coord.engine.git.operations import describe, moved_worktree, operation_in_progress, unsaveable_work
 from agent_coord.engine.git.worktree_listing import WorktreeListing
 from agent_coord.engine.git.worktree_record import WorktreeRecord, read_worktree_record
 from agent_coord.engine.liveness.judge import Identity, judge, same_agent
@@ -337,6 +337,17 @@ class Releaser:
                 )
         status = await self.git.status(slot_dir) if record is not None and form == Shape.WORKTREE else None
         dirty = bool(status and status.dirty)
+        if status is not None and dirty:
+            nested = await anyio.to_thread.run_sync(unsaveable_work, path, status.changed)
+            if nested:
+                # Even with force: a rescue ref cannot hold them and the clean-up never deletes them, so
+                # "released" they would follow the slot into the next agent's worktree.
+                raise CoordError(
+                    ErrorCode.WORKTREE_DIRTY,
+                    f"{slot.id} holds work a rescue ref cannot save: {', '.join(nested[:10])} (a git "
+                    "repository or submodule of its own, with changes); commit them there and move them "
+                    "out of the worktree (or delete them yourself), then release again (nothing was released)",
+                )
         if dirty and not force:
             assert status is not None
             files = [c[3:] for c in status.changed][:20]
