@@ -12,7 +12,7 @@ from agent_coord.cli import (  # noqa: F401 - each module registers its commands
     observe,  # metrics, activity
     pool_files,  # release, import-pool, export-pool
     radar,  # conflicts
-    showcase,  # dashboard, demo
+    showcase,  # dashboard, demo, web
 )
 from agent_coord.cli.common import EXIT_REFUSED, EXIT_USAGE, app
 from agent_coord.config import SettingsError

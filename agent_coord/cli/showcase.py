@@ -75,3 +75,49 @@ def demo(
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(code)
+
+
+@app.command()
+def web(
+    host: Annotated[str, typer.Option(help="address to listen on; anything but loopback is reachable by others")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port (0 picks a free one)")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="AGENT_COORD_WEB_TOKEN", help="access token (default: a random one, printed)"),
+    ] = None,
+    allow_actions: Annotated[
+        bool, typer.Option("--allow-actions", help="let the page release worktrees and run validate")
+    ] = False,
+    allow_host: Annotated[
+        list[str] | None, typer.Option("--allow-host", help="another Host name to answer to (a reverse proxy's)")
+    ] = None,
+    root_path: Annotated[str, typer.Option("--root-path", help="path prefix a reverse proxy serves it under")] = "",
+    repo: Annotated[str | None, typer.Option(help="repository path (default: configured or cwd, else all)")] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="open the page in the default browser")] = False,
+) -> None:
+    """Serve the live dashboard in a browser; the first line printed is the address to open (token included).
+
+    Read-only unless --allow-actions. Every page and stream needs the token; listens on loopback only
+    unless --host says otherwise.
+    """
+    from agent_coord.web.app import WebConfig
+    from agent_coord.web.security import new_token
+    from agent_coord.web.serve import serve
+
+    config = WebConfig(
+        token=token or new_token(),
+        allow_actions=allow_actions,
+        bind_host=host,
+        allowed_hosts=tuple(allow_host or ()),
+        root_path=root_path,
+        repo=str(Path(repo).expanduser().resolve()) if repo is not None else None,
+    )
+    try:
+        serve(config, port=port, open_browser=open_browser)
+    except OSError as exc:
+        typer.echo(f"cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(EXIT_REFUSED) from exc
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
