@@ -326,7 +326,8 @@
   async function release(slot, force) {
     const { ok, data } = await post("api/release", { worktree_id: slot.id, force });
     if (ok) notify(`${data.worktree_id} released (${data.state})` + (data.rescue_ref ? `; its changes are in ${data.rescue_ref}` : ""), "ok");
-    else notify(`${data.code}: ${data.message}`, "bad");
+    // The engine speaks to agents ("pass force=true"); here force is a button.
+    else notify(`${data.code}: ${String(data.message).replace("pass force=true", "use Force release…")}`, "bad");
     return ok;
   }
   async function forceRelease(slot) {
