@@ -109,7 +109,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 pages: list[Any] = []
 
                 async def open_page(record_weight: bool = False) -> Any:
-                    context = await browser.new_context(viewport={"width": 1360, "height": 900})
+                    # bypass_csp: Playwright's polling predicates are evaluated strings, which the app's CSP forbids.
+                    context = await browser.new_context(viewport={"width": 1360, "height": 900}, bypass_csp=True)
                     page = await context.new_page()
                     sizes: dict[str, int] = {}
 
