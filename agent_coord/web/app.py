@@ -238,12 +238,11 @@ def create_app(settings: Settings, config: WebConfig) -> ASGIApp:
         _version, payload = await hub().current()
         return Response(payload, media_type="application/json")
 
-    async def events(request: Request) -> Response:
+    async def events(_: Request) -> Response:
+        # StreamingResponse ends the stream when the page goes away (it listens for the disconnect).
         async def stream() -> AsyncIterator[str]:
             yield "retry: 2000\n\n"
             async for doc in hub().documents():
-                if await request.is_disconnected():
-                    return
                 yield ": keepalive\n\n" if doc is None else f"event: state\ndata: {doc}\n\n"
 
         return StreamingResponse(
