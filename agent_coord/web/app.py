@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -30,6 +29,7 @@ from agent_coord.config import Settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.driver import RESCUE_NAMESPACE, GitError
+from agent_coord.engine.repos import bounds_of
 from agent_coord.engine.store import StoreBusyError
 from agent_coord.engine.store.records import SlotState
 from agent_coord.web.hub import StateHub
@@ -319,7 +319,9 @@ def create_app(settings: Settings, config: WebConfig) -> ASGIApp:
             if slot.state != SlotState.BUSY or not await anyio.Path(slot.path).is_dir():
                 return preview
             try:
-                status = await coord().git.status(Path(slot.path))
+                # Through the confinement guard, as every git command in a slot.
+                confined = (await bounds_of(await coord().repos.by_id(slot.repo_id))).slot(slot.path)
+                status = await coord().git.status(confined)
                 preview.update(
                     dirty=status.dirty,
                     files=[c[3:] for c in status.changed][:20],

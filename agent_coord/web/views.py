@@ -12,7 +12,6 @@ import math
 import socket
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,6 +22,7 @@ from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.git.driver import GitError
 from agent_coord.engine.observe.activity import format_time
 from agent_coord.engine.observe.metrics import format_value, history_start
+from agent_coord.engine.repos import bounds_of
 from agent_coord.engine.store.records import Event
 from agent_coord.web.charts import compute_charts
 
@@ -41,24 +41,28 @@ class DirtyCache:
         self.ttl_s = ttl_s
         self._known: dict[str, tuple[float, bool | None]] = {}
 
-    async def dirty(self, paths: Sequence[str]) -> dict[str, bool | None]:
+    async def dirty(self, held: Sequence[tuple[str, str]]) -> dict[str, bool | None]:
+        """(slot path, repository path) of each held slot -> dirty, clean, or None when unknown."""
         now = time.monotonic()
-        stale = [p for p in paths if p not in self._known or now - self._known[p][0] > self.ttl_s]
+        paths = [path for path, _ in held]
+        stale = [(p, r) for p, r in held if p not in self._known or now - self._known[p][0] > self.ttl_s]
+        repos = {r.path: r for r in await self.coord.store.repos()}
 
-        async def ask(path: str) -> None:
-            answer: bool | None
+        async def ask(path: str, repo_path: str) -> None:
+            answer: bool | None = None
+            repo = repos.get(repo_path)
             try:
-                if await anyio.Path(path).is_dir():
-                    answer = (await self.coord.git.status(Path(path), count_unsaved=False)).dirty
-                else:
-                    answer = None
+                if repo is not None and await anyio.Path(path).is_dir():
+                    # Through the confinement guard, as every git command in a slot.
+                    slot = (await bounds_of(repo)).slot(path)
+                    answer = (await self.coord.git.status(slot, count_unsaved=False)).dirty
             except (GitError, OSError):
                 answer = None  # unknown: validation reports what is wrong with the slot
             self._known[path] = (time.monotonic(), answer)
 
         async with anyio.create_task_group() as tg:
-            for path in stale:
-                tg.start_soon(ask, path)
+            for path, repo_path in stale:
+                tg.start_soon(ask, path, repo_path)
         wanted = set(paths)
         self._known = {p: v for p, v in self._known.items() if p in wanted}
         return {p: self._known[p][1] for p in paths if p in self._known}
@@ -187,7 +191,7 @@ async def read_state(
     snapshot = await take_snapshot(coord, repo)
     window = snapshot.metrics.window_s if snapshot.metrics else coord.settings.metrics_window_s
     chart_events = await coord.store.events(since_ts=history_start(snapshot.taken_at, window))
-    held = [w.path for w in snapshot.status.worktrees if w.state in HELD]
+    held = [(w.path, w.repo) for w in snapshot.status.worktrees if w.state in HELD]
     return state_document(
         snapshot,
         chart_events,
