@@ -289,7 +289,9 @@ def create_app(settings: Settings, config: WebConfig) -> ASGIApp:
 
         async def go() -> Any:
             data = await body(request)
-            result = await coord().pool.release(worktree_id=worktree_of(data), force=flag(data, "force"))
+            force = flag(data, "force")
+            # The page is a person's, as the CLI is: a confirmed force takes a slot from a live agent too.
+            result = await coord().pool.release(worktree_id=worktree_of(data), force=force, over_live_agent=force)
             hub().poke()
             return result
 

@@ -333,7 +333,7 @@
   async function forceRelease(slot) {
     const { ok, data } = await post("api/release-preview", { worktree_id: slot.id });
     if (!ok) { notify(`${data.code}: ${data.message}`, "bad"); return; }
-    const body = [el("p", { text: `Take ${data.worktree_id} back from agent ${data.agent || "nobody"}` + (data.branch ? ` (branch ${data.branch}; the branch is kept)` : "") + "." })];
+    const body = [el("p", { text: `Take ${data.worktree_id} back from agent ${data.agent || "nobody"}, even if it is still running` + (data.branch ? ` (branch ${data.branch}; the branch is kept)` : "") + "." })];
     if (data.dirty) {
       body.push(el("p", {}, "Its uncommitted work will first be saved to a new rescue ref under ", el("code", { text: data.rescue_ref }),
         " (named by the time of the release), then the slot is reset:"));
