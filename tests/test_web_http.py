@@ -158,7 +158,7 @@ async def test_actions_when_on_guarded_and_with_the_tools_codes(env: dict[str, s
             assert reply.status == 400 and json.loads(reply.body)["code"] == "INVALID_ARGUMENT"
             reply = post(server, "api/release", {"worktree_id": wid}, bearer(server))
             body = json.loads(reply.body)
-            assert reply.status == 409 and body["code"] == "NOT_OWNER" and "force" in body["message"]
+            assert reply.status == 409 and body["code"] == "NOT_OWNER" and "held by agent owner" in body["message"]
             preview = json.loads(post(server, "api/release-preview", {"worktree_id": wid}, bearer(server)).body)
             assert preview["dirty"] is True and preview["files"] == ["draft.txt"]
             assert preview["agent"] == "owner" and preview["rescue_ref"].startswith("refs/")
