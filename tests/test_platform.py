@@ -287,3 +287,20 @@ def test_the_exit_watcher_without_proc_uses_the_create_time(no_proc: None) -> No
     me = psutil.Process()
     assert _is_same_process(me.pid, me.create_time(), None)
     assert not _is_same_process(me.pid, me.create_time() + 30.0, None)
+
+
+def test_the_claude_setup_is_never_linked_through_a_symlink_out_of_the_slot(tmp_path: Path) -> None:
+    """A branch may commit `.claude` as a link to a folder elsewhere: linking the setup into the slot
+    must not write into that folder."""
+    from agent_coord.claude.slot_setup import _link_missing
+
+    main, slot, elsewhere = tmp_path / "main", tmp_path / "slot", tmp_path / "elsewhere"
+    (main / ".claude").mkdir(parents=True)
+    (main / ".claude" / "settings.json").write_text("{}")
+    (main / ".mcp.json").write_text("{}")
+    slot.mkdir()
+    elsewhere.mkdir()
+    (slot / ".claude").symlink_to(elsewhere)
+    linked = _link_missing(main, slot, [".claude/settings.json", ".mcp.json"])
+    assert linked == [".mcp.json"]
+    assert list(elsewhere.iterdir()) == []

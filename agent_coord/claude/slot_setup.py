@@ -53,12 +53,26 @@ def _exclude_pattern(rel: str) -> str:
     return "/" + escaped
 
 
+def _stays_in(slot: Path, rel: str) -> bool:
+    """No folder between the slot and `rel` is a symlink or a file: a branch that commits `.claude` as a
+    link to somewhere else must not make us write there."""
+    current = slot
+    for part in Path(rel).parts[:-1]:
+        current = current / part
+        if current.is_symlink() or (current.exists() and not current.is_dir()):
+            return False
+    return True
+
+
 def _link_missing(main: Path, slot: Path, names: list[str]) -> list[str]:
     linked: list[str] = []
+    slot = Path(os.path.realpath(slot))
     for rel in names:
         source, target = main / rel, slot / rel
         if target.exists() or target.is_symlink() or not (source.is_file() or source.is_symlink()):
             continue  # never over what the slot has (its branch's own version, a file the user made)
+        if not _stays_in(slot, rel):
+            continue
         with contextlib.suppress(OSError):  # a file where a folder should be: that path is left out
             target.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(source, target)
