@@ -29,7 +29,7 @@ from agent_coord.engine.models import (
     ValidateResult,
     WorktreeView,
 )
-from agent_coord.engine.observe.metrics import MetricsReport, compute_metrics
+from agent_coord.engine.observe.metrics import MetricsReport, history_start, report_from_totals
 from agent_coord.engine.radar.loop import RadarLoop
 from agent_coord.engine.radar.models import Conflict, ConflictReport
 from agent_coord.engine.radar.view import conflict_pairs, conflicts_for
@@ -298,9 +298,9 @@ class Coordinator:
     async def metrics(self) -> MetricsReport:
         now = time.time()
         window = self.settings.metrics_window_s
-        events = await self.store.events(since_ts=now - window - 86400)
+        totals = await self.store.metric_totals(now=now, window_s=window, holds_since=history_start(now, window))
         slot_count = max(1, len(await self.store.slots()))
-        return compute_metrics(events, now=now, window_s=window, slot_count=slot_count)
+        return report_from_totals(totals, now=now, window_s=window, slot_count=slot_count)
 
 
 def _side_is(worktree_id: str) -> Callable[[SideInfo], bool]:

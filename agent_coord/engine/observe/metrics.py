@@ -49,7 +49,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from agent_coord.engine.errors import ErrorCode
-from agent_coord.engine.store.records import Action, Event
+from agent_coord.engine.store.records import Action, Event, MetricTotals
 
 MetricState = Literal["ok", "warning", "failing", "not enough data"]
 
@@ -132,6 +132,33 @@ def percentile_nearest_rank(samples: Sequence[float], p: float) -> float:
     return ordered[rank - 1]
 
 
+def totals_from_events(events: Sequence[Event], *, now: float, window_s: float) -> MetricTotals:
+    window_start = now - window_s
+    in_window = [e for e in events if window_start <= e.ts <= now]
+    seen = [e.ts for e in events if e.ts <= now]
+    span_start = max(window_start, min(seen)) if seen else now
+    attempts = [e for e in in_window if e.action == Action.ALLOCATE and e.outcome not in CALLER_ERRORS]
+    durations = sorted(e.duration_ms for e in attempts if e.duration_ms is not None and math.isfinite(e.duration_ms))
+    busy, intervals = _busy_seconds(events, span_start, now)
+    radar = [e for e in in_window if e.action == Action.RADAR]
+    cleared = [e.detail.get("reason") for e in radar if e.outcome == "cleared"]
+    return MetricTotals(
+        span_start=span_start,
+        attempts=len(attempts),
+        successes=sum(1 for e in attempts if e.outcome == "ok"),
+        branch_conflicts=sum(1 for e in attempts if e.outcome == ErrorCode.BRANCH_CONFLICT),
+        cas_lost=sum(1 for e in in_window if e.action == Action.CAS_LOST),
+        agent_dead=sum(1 for e in in_window if e.action == Action.AGENT_DEAD),
+        agent_stale=sum(1 for e in in_window if e.action == Action.AGENT_STALE),
+        latency=tuple((d, 1) for d in durations),
+        busy_s=busy,
+        busy_intervals=intervals,
+        radar_conflicts=sum(1 for e in radar if e.outcome == "conflict"),
+        radar_resolved=cleared.count("resolved"),
+        radar_released=cleared.count("released"),
+    )
+
+
 def compute_metrics(
     events: Sequence[Event],
     *,
@@ -140,43 +167,43 @@ def compute_metrics(
     slot_count: int,
     min_samples: int = 5,
 ) -> MetricsReport:
+    totals = totals_from_events(events, now=now, window_s=window_s)
+    return report_from_totals(totals, now=now, window_s=window_s, slot_count=slot_count, min_samples=min_samples)
+
+
+def report_from_totals(
+    totals: MetricTotals, *, now: float, window_s: float, slot_count: int, min_samples: int = 5
+) -> MetricsReport:
     # Zero samples is never enough, whatever the caller asks for: there would be nothing to divide by.
     min_samples = max(1, min_samples)
-    window_start = now - window_s
-    in_window = [e for e in events if window_start <= e.ts <= now]
-    seen = [e.ts for e in events if e.ts <= now]
-    span_start = max(window_start, min(seen)) if seen else now
-    span = now - span_start
-
-    attempts = [e for e in in_window if e.action == Action.ALLOCATE and e.outcome not in CALLER_ERRORS]
-    cas_lost = sum(1 for e in in_window if e.action == Action.CAS_LOST)
-    durations = [e.duration_ms for e in attempts if e.duration_ms is not None and math.isfinite(e.duration_ms)]
-
+    span = now - totals.span_start
     metrics = [
-        _success_rate(attempts, min_samples),
-        _latency("allocation_latency_p50", durations, 50, min_samples),
-        _latency("allocation_latency_p99", durations, 99, min_samples),
-        _conflict_rate(attempts, cas_lost, min_samples),
-        _utilization(events, span_start, now, slot_count),
-        _predicted_conflicts(events, in_window, span_start, now),
-        _rate_over_span(
-            "agent_crash_rate",
-            sum(1 for e in in_window if e.action == Action.AGENT_DEAD),
-            span,
-            WEEK_S,
-            "per_week",
-            "agent_dead",
-        ),
-        _rate_over_span(
-            "stale_allocation_rate",
-            sum(1 for e in in_window if e.action == Action.AGENT_STALE),
-            span,
-            DAY_S,
-            "per_day",
-            "agent_stale",
-        ),
+        _success_rate(totals.attempts, totals.successes, min_samples),
+        _latency("allocation_latency_p50", totals.latency, 50, min_samples),
+        _latency("allocation_latency_p99", totals.latency, 99, min_samples),
+        _conflict_rate(totals.attempts, totals.branch_conflicts, totals.cas_lost, min_samples),
+        _utilization(totals.busy_s, totals.busy_intervals, span, slot_count),
+        _predicted_conflicts(totals),
+        _rate_over_span("agent_crash_rate", totals.agent_dead, span, WEEK_S, "per_week", "agent_dead"),
+        _rate_over_span("stale_allocation_rate", totals.agent_stale, span, DAY_S, "per_day", "agent_stale"),
     ]
     return MetricsReport(window_s=window_s, computed_at=now, metrics=metrics, overall=overall_state(metrics))
+
+
+def percentile_of_histogram(histogram: Sequence[tuple[float, int]], p: float) -> float:
+    """Nearest-rank percentile of ``(value, count)`` pairs in ascending order of value."""
+    total = sum(n for _, n in histogram)
+    if total <= 0:
+        raise ValueError("no samples")
+    if not 0 < p <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {p}")
+    rank = max(1, math.ceil(p / 100 * total))
+    seen = 0
+    for value, n in histogram:
+        seen += n
+        if seen >= rank:
+            return value
+    return histogram[-1][0]
 
 
 def overall_state(metrics: Sequence[Metric]) -> MetricState:
@@ -205,12 +232,11 @@ def _grade(value: float, ok: Callable[[float], bool], warning: Callable[[float],
     return "warning" if warning(value) else "failing"
 
 
-def _success_rate(attempts: Sequence[Event], min_samples: int) -> Metric:
+def _success_rate(attempts: int, ok: int, min_samples: int) -> Metric:
     name, unit, target = "allocation_success_rate", "ratio", "> 95 %"
-    n = len(attempts)
+    n = attempts
     if n < min_samples:
         return _not_enough(name, unit, target, n, f"{n} allocation attempts, need {min_samples}")
-    ok = sum(1 for e in attempts if e.outcome == "ok")
     rate = ok / n
     return Metric(
         name=name,
@@ -223,13 +249,13 @@ def _success_rate(attempts: Sequence[Event], min_samples: int) -> Metric:
     )
 
 
-def _latency(name: str, durations: Sequence[float], p: int, min_samples: int) -> Metric:
+def _latency(name: str, histogram: Sequence[tuple[float, int]], p: int, min_samples: int) -> Metric:
     unit = "ms"
     target = "< 10 000 ms" if p == 99 else "informational"
-    n = len(durations)
+    n = sum(count for _, count in histogram)
     if n < min_samples:
         return _not_enough(name, unit, target, n, f"{n} timed allocations, need {min_samples}")
-    value = percentile_nearest_rank(durations, p)
+    value = percentile_of_histogram(histogram, p)
     state: MetricState = "ok"
     if p == 99:
         state = _grade(value, lambda v: v <= 5000, lambda v: v < 10000)
@@ -244,12 +270,11 @@ def _latency(name: str, durations: Sequence[float], p: int, min_samples: int) ->
     )
 
 
-def _conflict_rate(attempts: Sequence[Event], cas_lost: int, min_samples: int) -> Metric:
+def _conflict_rate(attempts: int, branch: int, cas_lost: int, min_samples: int) -> Metric:
     name, unit, target = "conflict_rate", "ratio", "< 1 %"
-    n = len(attempts) + cas_lost
+    n = attempts + cas_lost
     if n < min_samples:
         return _not_enough(name, unit, target, n, f"{n} allocation attempts and lost CAS, need {min_samples}")
-    branch = sum(1 for e in attempts if e.outcome == ErrorCode.BRANCH_CONFLICT)
     rate = (branch + cas_lost) / n
     return Metric(
         name=name,
@@ -293,14 +318,12 @@ def _busy_seconds(events: Sequence[Event], span_start: float, now: float) -> tup
     return busy, intervals
 
 
-def _utilization(events: Sequence[Event], span_start: float, now: float, slot_count: int) -> Metric:
+def _utilization(busy: float, intervals: int, span: float, slot_count: int) -> Metric:
     name, unit, target = "pool_utilization", "ratio", "40-60 %"
-    span = now - span_start
     if slot_count <= 0:
         return _not_enough(name, unit, target, 0, "the pool has no slots")
     if span < MIN_SPAN_S:
         return _not_enough(name, unit, target, 0, f"observed span {span / 3600:.2f} h, need 1 h")
-    busy, intervals = _busy_seconds(events, span_start, now)
     value = min(1.0, busy / (slot_count * span))
     return Metric(
         name=name,
@@ -313,16 +336,12 @@ def _utilization(events: Sequence[Event], span_start: float, now: float, slot_co
     )
 
 
-def _predicted_conflicts(events: Sequence[Event], in_window: Sequence[Event], span_start: float, now: float) -> Metric:
+def _predicted_conflicts(totals: MetricTotals) -> Metric:
     name, unit, target = "predicted_merge_conflicts", "per_allocation_hour", "informational"
-    radar = [e for e in in_window if e.action == Action.RADAR]
-    predicted = sum(1 for e in radar if e.outcome == "conflict")
-    cleared = [e.detail.get("reason") for e in radar if e.outcome == "cleared"]
-    resolved, released = cleared.count("resolved"), cleared.count("released")
-    busy, _ = _busy_seconds(events, span_start, now)
-    hours = busy / 3600
-    detail = f"{predicted} predicted over {hours:.1f} allocation-hours; {resolved} resolved before release, "
-    detail += f"{released} still standing at release"
+    predicted = totals.radar_conflicts
+    hours = totals.busy_s / 3600
+    detail = f"{predicted} predicted over {hours:.1f} allocation-hours; "
+    detail += f"{totals.radar_resolved} resolved before release, {totals.radar_released} still standing at release"
     if hours <= 0:
         return _not_enough(name, unit, target, predicted, detail)
     return Metric(

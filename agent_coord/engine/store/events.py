@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from agent_coord.engine.store.records import Event
+from agent_coord.engine.store.records import Event, MetricTotals
 from agent_coord.engine.store.rows import EventDraft, _append, _event, _Tables
+from agent_coord.engine.store.schema import BUCKET_S
 
 # The newest event that ended an allocation: a release that happened, or a reclaim.
 LAST_END_OF_SLOT = (
@@ -34,6 +37,16 @@ class EventLog(_Tables):
     async def log(self, draft: EventDraft) -> None:
         def tx(conn: sqlite3.Connection) -> None:
             _append(conn, draft, time.time())
+
+        await self._conn.write(tx)
+
+    async def append_history(self, entries: Sequence[tuple[float, EventDraft]]) -> None:
+        """Append events stamped with their own times, all in one transaction (benches and imports
+        building a log that has lived; the rollups follow through the same trigger)."""
+
+        def tx(conn: sqlite3.Connection) -> None:
+            for ts, draft in entries:
+                _append(conn, draft, ts)
 
         await self._conn.write(tx)
 
@@ -84,6 +97,81 @@ class EventLog(_Tables):
             return [str(e.detail["rescue_ref"]) for e in map(_event, rows) if e.detail.get("rescue_ref")]
 
         return await self._conn.read(tx)
+
+    # ---- metrics rollups (schema 3) ----------------------------------------------------------
+
+    # The buckets older than the previous hour no longer change: their totals are kept here (see
+    # `metric_totals`).
+    _sealed_metrics: _SealedMetrics | None = None
+
+    async def metric_totals(self, *, now: float, window_s: float, holds_since: float) -> MetricTotals:
+        """The metrics' inputs from the hourly rollups: a few hundred rows whatever the log's size.
+
+        The window starts at the top of the hour at or before ``now - window_s``; a busy interval
+        still open counts only if it was granted after ``holds_since`` (a hold without any event for
+        longer than that is a slot that vanished, not one in use). Buckets before the previous hour
+        are "sealed": their totals are read once and reused while the bucket range stays the same and
+        no event was stamped into a sealed bucket (after a clock step or an import: the trigger counts
+        those in `meta.metric_late_events`)."""
+        first_bucket = int((now - window_s) // BUCKET_S)
+        live_bucket = max(first_bucket, int(now // BUCKET_S) - 1)
+        window_start = float(first_bucket * BUCKET_S)
+        cached = self._sealed_metrics
+
+        def tx(conn: sqlite3.Connection) -> tuple[MetricTotals, _SealedMetrics]:
+            oldest = conn.execute("SELECT first_ts FROM metric_buckets ORDER BY bucket LIMIT 1").fetchone()
+            span_start = max(window_start, float(oldest[0])) if oldest else now
+            late = conn.execute("SELECT value FROM meta WHERE key = 'metric_late_events'").fetchone()
+            key = (first_bucket, live_bucket, int(late[0]) if late else 0, span_start)
+            sealed = cached if cached is not None and cached.key == key else _read_sealed(conn, key)
+            counts = list(sealed.counts)
+            live_counts = f"SELECT {_COUNTS} FROM metric_buckets WHERE bucket >= ?"  # noqa: S608
+            for row in conn.execute(live_counts, (live_bucket,)):
+                counts = [c + int(v) for c, v in zip(counts, row, strict=True)]
+            live_busy = _read_busy(conn, live_bucket, None, first_bucket, span_start)
+            open_holds = conn.execute(
+                "SELECT COALESCE(SUM(:now - MAX(since, :span)), 0), COUNT(*) FROM metric_holds"
+                " WHERE since >= :holds_since AND since <= :now",
+                {"now": now, "span": span_start, "holds_since": holds_since},
+            ).fetchone()
+            live_latency = conn.execute(
+                "SELECT bin, max_ms, n FROM metric_latency WHERE bucket >= ?", (live_bucket,)
+            ).fetchall()
+            if live_latency:
+                histogram = dict(sealed.latency)
+                for value_bin, top, n in live_latency:
+                    old_top, old_n = histogram.get(value_bin, (top, 0))
+                    histogram[value_bin] = (max(old_top, top), old_n + n)
+                latency = tuple(histogram[b] for b in sorted(histogram))
+            else:
+                latency = sealed.sorted_latency
+            # Radar events are few and indexed by their own partial index (schema 4): this reads only them.
+            radar = conn.execute(
+                "SELECT COALESCE(SUM(outcome = 'conflict'), 0),"
+                " COALESCE(SUM(outcome = 'cleared' AND json_extract(detail, '$.reason') = 'resolved'), 0),"
+                " COALESCE(SUM(outcome = 'cleared' AND json_extract(detail, '$.reason') = 'released'), 0)"
+                " FROM events WHERE action = 'radar' AND ts >= ? AND ts <= ?",
+                (window_start, now),
+            ).fetchone()
+            totals = MetricTotals(
+                span_start=span_start,
+                attempts=counts[0],
+                successes=counts[1],
+                branch_conflicts=counts[2],
+                cas_lost=counts[3],
+                agent_dead=counts[4],
+                agent_stale=counts[5],
+                latency=latency,
+                busy_s=max(0.0, sealed.busy_s + live_busy[0]) + max(0.0, float(open_holds[0])),
+                busy_intervals=sealed.busy_intervals + live_busy[1] + int(open_holds[1]),
+                radar_conflicts=int(radar[0]),
+                radar_resolved=int(radar[1]),
+                radar_released=int(radar[2]),
+            )
+            return totals, sealed
+
+        totals, self._sealed_metrics = await self._conn.read(tx)
+        return totals
 
     # ---- repositories -----------------------------------------------------------------------
 
@@ -154,3 +242,51 @@ class EventLog(_Tables):
             conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
         await self._conn.write(tx)
+
+
+_COUNTS = "attempts, successes, branch_conflicts, cas_lost, agent_dead, agent_stale"
+
+
+@dataclass(frozen=True)
+class _SealedMetrics:
+    key: tuple[int, int, int, float]  # first bucket, first live bucket, late events seen, span start
+    counts: tuple[int, ...]  # as _COUNTS
+    latency: dict[float, tuple[float, int]]  # bin -> (largest sample, samples)
+    sorted_latency: tuple[tuple[float, int], ...]
+    busy_s: float
+    busy_intervals: int
+
+
+def _read_sealed(conn: sqlite3.Connection, key: tuple[int, int, int, float]) -> _SealedMetrics:
+    first_bucket, live_bucket, _, span_start = key
+    latency = {
+        float(r[0]): (float(r[1]), int(r[2]))
+        for r in conn.execute(
+            "SELECT bin, MAX(max_ms), SUM(n) FROM metric_latency WHERE bucket >= ? AND bucket < ? GROUP BY bin",
+            (first_bucket, live_bucket),
+        )
+    }
+    sums = ", ".join(f"COALESCE(SUM({c}), 0)" for c in _COUNTS.split(", "))
+    row = conn.execute(
+        # Only the fixed column names are interpolated.
+        f"SELECT {sums} FROM metric_buckets WHERE bucket >= ? AND bucket < ?",  # noqa: S608
+        (first_bucket, live_bucket),
+    ).fetchone()
+    busy_s, intervals = _read_busy(conn, first_bucket, live_bucket, first_bucket, span_start)
+    ordered = tuple(latency[b] for b in sorted(latency))
+    return _SealedMetrics(key, tuple(int(v) for v in row), latency, ordered, busy_s, intervals)
+
+
+def _read_busy(
+    conn: sqlite3.Connection, from_bucket: int, to_bucket: int | None, first_bucket: int, span_start: float
+) -> tuple[float, int]:
+    """Busy seconds and intervals of the holds that ended in [from_bucket, to_bucket); a hold that
+    started before the window counts from the window's start."""
+    row = conn.execute(
+        "SELECT COALESCE(SUM(CASE WHEN start_bucket >= :b0"
+        " THEN end_offsets - start_offsets + n * (end_bucket - start_bucket) * :w"
+        " ELSE end_offsets + n * (end_bucket * :w - :span) END), 0), COALESCE(SUM(n), 0)"
+        " FROM metric_busy WHERE end_bucket >= :lo AND (:hi IS NULL OR end_bucket < :hi)",
+        {"b0": first_bucket, "w": BUCKET_S, "span": span_start, "lo": from_bucket, "hi": to_bucket},
+    ).fetchone()
+    return float(row[0]), int(row[1])

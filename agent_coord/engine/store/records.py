@@ -116,3 +116,29 @@ class Agent:
     # Seconds from boot to the process's start (Linux); immune to wall-clock steps. None: unknown.
     pid_start_s: float | None = None
     server_start_s: float | None = None
+
+
+@dataclass(frozen=True)
+class MetricTotals:
+    """What the metrics are computed from: counts over the window, the latency histogram and busy time.
+
+    Built from raw events (``observe.metrics.totals_from_events``, exact) or read from the store's hourly rollups
+    (``Store.metric_totals``), whose window starts at the top of the hour at or before ``now - window``.
+    """
+
+    span_start: float
+    attempts: int = 0
+    successes: int = 0
+    branch_conflicts: int = 0
+    cas_lost: int = 0
+    agent_dead: int = 0
+    agent_stale: int = 0
+    # (latency ms, samples), ascending: each value is a latency that really happened (in the rollups,
+    # the largest of its bin's samples).
+    latency: tuple[tuple[float, int], ...] = ()
+    busy_s: float = 0.0
+    busy_intervals: int = 0
+    # Conflict radar events in the window: predicted conflicts, and those cleared by reason.
+    radar_conflicts: int = 0
+    radar_resolved: int = 0
+    radar_released: int = 0

@@ -2,6 +2,43 @@
 
 from __future__ import annotations
 
+BUCKET_S = 3600
+"""Width of a metrics rollup bucket (bucket = floor(ts / BUCKET_S))."""
+DEFAULT_KEEP_S = 8 * 86400
+"""Raw events younger than this are append-only (the default metrics window plus a day)."""
+CALLER_ERROR_CODES = ("INVALID_BRANCH", "NOT_A_REPOSITORY", "INVALID_ARGUMENT")
+
+# Conditions over an event row `{e}` (NEW in the trigger, the table in the backfill); they mirror the
+# definitions of observe/metrics.py, whose test checks the two agree.
+_ATTEMPT = "({e}.action = 'allocate' AND {e}.outcome NOT IN (" + ", ".join(f"'{c}'" for c in CALLER_ERROR_CODES) + "))"
+_SUCCESS = "({e}.action = 'allocate' AND {e}.outcome = 'ok')"
+_BRANCH_CONFLICT = "({e}.action = 'allocate' AND {e}.outcome = 'BRANCH_CONFLICT')"
+# inf is excluded by the range, NaN is stored as NULL.
+_TIMED = _ATTEMPT + " AND {e}.duration_ms BETWEEN -1e308 AND 1e308"
+_OPENS = "(({e}.action = 'allocate' AND {e}.outcome = 'ok') OR ({e}.action = 'adopt' AND {e}.outcome = 'BUSY'))"
+_CLOSES = "(({e}.action = 'release' AND {e}.outcome = 'ok') OR {e}.action = 'reclaim')"
+# Unix time now, in any SQLite version (unixepoch() needs 3.38).
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+def _bucket(ts: str) -> str:
+    return f"CAST(({ts}) / {BUCKET_S} AS INTEGER)"
+
+
+def _offset(ts: str) -> str:
+    """Seconds from the start of the bucket: sums of these keep their precision, sums of epochs would not."""
+    return f"(({ts}) - {_bucket(ts)} * {BUCKET_S})"
+
+
+def _bin(ms: str) -> str:
+    """A latency's histogram bin: its value truncated to two significant digits (bins 1-10 % wide). Plain
+    arithmetic, no math functions: the trigger runs in every process that appends, whatever its SQLite."""
+    steps = " ".join(
+        f"WHEN {ms} < {10.0 ** (k + 2):g} THEN CAST({ms} / {10.0**k:g} AS INTEGER) * {10.0**k:g}" for k in range(-2, 8)
+    )
+    return f"(CASE WHEN {ms} < 0.1 THEN {ms} {steps} ELSE {ms} END)"
+
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: the coordination core
     """
@@ -136,6 +173,100 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (a, b)
     );
     """,
+    # 4: metrics that cost the same at any age, and retention. Rollups per hour of the event log,
+    # maintained by a trigger in the very transaction that appends the event: a server of the
+    # previous version still running appends through the same trigger, so the rollups never miss an
+    # event. Tables beside `events`, never columns in it (see docs/decisions.md, "Schema changes").
+    # The append-only rule becomes "append-only inside the retention period": a delete of an event
+    # younger than `meta.events_keep_s` is refused by the database itself.
+    # Built from this module's constants only.
+    f"""
+    CREATE TABLE metric_buckets (
+        bucket INTEGER PRIMARY KEY,
+        first_ts REAL NOT NULL,
+        event_count INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        successes INTEGER NOT NULL,
+        branch_conflicts INTEGER NOT NULL,
+        cas_lost INTEGER NOT NULL,
+        agent_dead INTEGER NOT NULL,
+        agent_stale INTEGER NOT NULL
+    );
+    CREATE TABLE metric_latency (
+        bucket INTEGER NOT NULL,
+        bin REAL NOT NULL,
+        n INTEGER NOT NULL,
+        max_ms REAL NOT NULL,
+        PRIMARY KEY (bucket, bin)
+    ) WITHOUT ROWID;
+    CREATE TABLE metric_holds (worktree_id TEXT PRIMARY KEY, since REAL NOT NULL);
+    -- The radar's metric counts its own few events of the window: a partial index holds only them.
+    CREATE INDEX events_radar_ts ON events (ts) WHERE action = 'radar';
+    CREATE TABLE metric_busy (
+        start_bucket INTEGER NOT NULL,
+        end_bucket INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        start_offsets REAL NOT NULL,
+        end_offsets REAL NOT NULL,
+        PRIMARY KEY (start_bucket, end_bucket)
+    ) WITHOUT ROWID;
+    INSERT INTO meta (key, value) VALUES ('events_keep_s', {DEFAULT_KEEP_S}), ('metric_late_events', 0);
+
+    INSERT INTO metric_buckets
+        SELECT {_bucket("ts")}, MIN(ts), COUNT(*), SUM({_ATTEMPT.format(e="events")}),
+            SUM({_SUCCESS.format(e="events")}), SUM({_BRANCH_CONFLICT.format(e="events")}),
+            SUM(action = 'cas_lost'), SUM(action = 'agent_dead'), SUM(action = 'agent_stale')
+        FROM events GROUP BY 1;
+    INSERT INTO metric_latency
+        SELECT {_bucket("ts")}, {_bin("duration_ms")}, COUNT(*), MAX(duration_ms)
+        FROM events WHERE {_TIMED.format(e="events")} GROUP BY 1, 2;
+    -- A hold lasts from its grant to the next grant, release or reclaim of the same worktree.
+    CREATE TEMP TABLE rollup_marks AS
+        SELECT ts, worktree_id, {_OPENS.format(e="events")} AS opens,
+            LEAD(ts) OVER (PARTITION BY worktree_id ORDER BY ts, id) AS next_ts
+        FROM events WHERE worktree_id IS NOT NULL AND ({_OPENS.format(e="events")} OR {_CLOSES.format(e="events")});
+    INSERT INTO metric_busy
+        SELECT {_bucket("ts")}, {_bucket("MAX(next_ts, ts)")}, COUNT(*), SUM({_offset("ts")}),
+            SUM({_offset("MAX(next_ts, ts)")})
+        FROM rollup_marks WHERE opens AND next_ts IS NOT NULL GROUP BY 1, 2;
+    INSERT INTO metric_holds SELECT worktree_id, ts FROM rollup_marks WHERE opens AND next_ts IS NULL;
+    DROP TABLE rollup_marks;
+
+    CREATE TRIGGER events_rollup AFTER INSERT ON events BEGIN
+        -- Readers cache the buckets before the previous hour; an event stamped into one tells them.
+        UPDATE meta SET value = value + 1 WHERE key = 'metric_late_events'
+            AND {_bucket("NEW.ts")} < {_bucket(_NOW)} - 1;
+        INSERT INTO metric_buckets VALUES ({_bucket("NEW.ts")}, NEW.ts, 1, {_ATTEMPT.format(e="NEW")},
+            {_SUCCESS.format(e="NEW")}, {_BRANCH_CONFLICT.format(e="NEW")}, NEW.action = 'cas_lost',
+            NEW.action = 'agent_dead', NEW.action = 'agent_stale')
+        ON CONFLICT (bucket) DO UPDATE SET first_ts = MIN(first_ts, excluded.first_ts),
+            event_count = event_count + 1, attempts = attempts + excluded.attempts,
+            successes = successes + excluded.successes,
+            branch_conflicts = branch_conflicts + excluded.branch_conflicts,
+            cas_lost = cas_lost + excluded.cas_lost, agent_dead = agent_dead + excluded.agent_dead,
+            agent_stale = agent_stale + excluded.agent_stale;
+        INSERT INTO metric_latency
+            SELECT {_bucket("NEW.ts")}, {_bin("NEW.duration_ms")}, 1, NEW.duration_ms WHERE {_TIMED.format(e="NEW")}
+        ON CONFLICT (bucket, bin) DO UPDATE SET n = n + 1, max_ms = MAX(max_ms, excluded.max_ms);
+        INSERT INTO metric_busy
+            SELECT {_bucket("since")}, {_bucket("MAX(NEW.ts, since)")}, 1, {_offset("since")},
+                {_offset("MAX(NEW.ts, since)")}
+            FROM metric_holds WHERE worktree_id = NEW.worktree_id
+                AND ({_OPENS.format(e="NEW")} OR {_CLOSES.format(e="NEW")})
+        ON CONFLICT (start_bucket, end_bucket) DO UPDATE SET n = n + 1,
+            start_offsets = start_offsets + excluded.start_offsets,
+            end_offsets = end_offsets + excluded.end_offsets;
+        DELETE FROM metric_holds WHERE worktree_id = NEW.worktree_id
+            AND ({_OPENS.format(e="NEW")} OR {_CLOSES.format(e="NEW")});
+        INSERT INTO metric_holds SELECT NEW.worktree_id, NEW.ts
+            WHERE NEW.worktree_id IS NOT NULL AND {_OPENS.format(e="NEW")};
+    END;
+
+    DROP TRIGGER events_no_delete;
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        WHEN OLD.ts >= {_NOW} - COALESCE((SELECT value FROM meta WHERE key = 'events_keep_s'), {DEFAULT_KEEP_S})
+        BEGIN SELECT RAISE(ABORT, 'events inside the retention period are append-only'); END;
+    """,  # noqa: S608
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
