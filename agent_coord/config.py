@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     agent_process_patterns: tuple[str, ...] = DEFAULT_AGENT_PATTERNS
     wrapper_processes: tuple[str, ...] = DEFAULT_WRAPPERS
     metrics_window_s: float = Field(default=7 * 86400.0, gt=0)
+    # Raw events older than this are deleted by the validating server (default: the metrics window + 1 day).
+    events_keep_days: float | None = Field(default=None, gt=0)
     activity_file: Path | None = None
     branch_prefix: str = "worktree-"
     post_create: tuple[str, ...] = ()

@@ -30,6 +30,7 @@ from agent_coord.engine.models import (
     WorktreeView,
 )
 from agent_coord.engine.observe.metrics import MetricsReport, history_start, report_from_totals
+from agent_coord.engine.observe.retention import Retention
 from agent_coord.engine.radar.loop import RadarLoop
 from agent_coord.engine.radar.models import Conflict, ConflictReport
 from agent_coord.engine.radar.view import conflict_pairs, conflicts_for
@@ -71,6 +72,7 @@ class Coordinator:
             identity,
             every_s=settings.validate_every_s,
             check_s=check_every(settings.validate_every_s, settings.heartbeat_active_s),
+            retention=Retention.of(settings.metrics_window_s, settings.events_keep_days),
         )
         self.radar_loop = RadarLoop(store, self.git, identity, every_s=settings.radar_every_s)
         self.agent_status: Literal["active", "idle"] = "active"
@@ -235,10 +237,11 @@ class Coordinator:
         holders = {s.owner for s in slots if s.owner}
         agents: list[AgentView] = []
         contention: Contention | None = await self.contention.snapshot(repo) if with_contention else None
-        for a in await self.store.agents():
-            if repo is not None and a.repo_id != repo.id and a.id not in holders:
-                continue
-            verdict = judge(a, host=self.identity.host, boot=self.identity.boot_id, now=now)
+        shown = [a for a in await self.store.agents() if repo is None or a.repo_id == repo.id or a.id in holders]
+        host, boot = self.identity.host, self.identity.boot_id
+        # The process table is read off the event loop.
+        verdicts = await anyio.to_thread.run_sync(lambda: [judge(a, host=host, boot=boot, now=now) for a in shown])
+        for a, verdict in zip(shown, verdicts, strict=True):
             if not verdict.alive and a.id not in holders and now - a.last_heartbeat > DEAD_AGENT_VISIBLE_S:
                 continue
             agents.append(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import anyio
+
 from agent_coord.config import Settings
 from agent_coord.engine.contention.manictime import ManicTimeReader
 from agent_coord.engine.contention.processes import ProcessScanner
@@ -41,16 +43,21 @@ class ContentionMonitor:
 
     async def snapshot(self, repo: Repo | None) -> Contention:
         started = time.monotonic()
-        agents = await self.store.agents()
+        # Ended sessions are never read, and the process table is asked off the event loop.
+        agents = await self.store.live_agents()
         slots = await self.store.slots(repo.id if repo else None)
         holders = {s.owner for s in slots if s.state in HELD_STATES and s.owner}
+        candidates = [
+            agent
+            for agent in agents
+            if (repo is None or agent.repo_id == repo.id or agent.id in holders)
+            and agent.status not in {"dead", "stale", "disconnected"}
+        ]
         live: list[str] = []
-        for agent in agents:
-            on_repo = repo is None or agent.repo_id == repo.id or agent.id in holders
-            if on_repo and agent.status not in {"dead", "stale"}:
-                verdict = judge(agent, host=self.identity.host, boot=self.identity.boot_id)
-                if verdict.alive and agent.status != "disconnected":
-                    live.append(agent.id)
+        if candidates:
+            host, boot = self.identity.host, self.identity.boot_id
+            verdicts = await anyio.to_thread.run_sync(lambda: [judge(a, host=host, boot=boot) for a in candidates])
+            live = [agent.id for agent, verdict in zip(candidates, verdicts, strict=True) if verdict.alive]
         sources = [ContentionSource(name="store", used=True, age_s=round(time.monotonic() - started, 4))]
 
         scan = await self.processes.scan_async()

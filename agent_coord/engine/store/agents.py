@@ -17,6 +17,9 @@ from agent_coord.engine.store.rows import (
     _Tables,
 )
 
+_LIVE = " WHERE a.status IN ('active', 'idle') OR a.id IN (SELECT owner FROM slots WHERE owner IS NOT NULL)"
+LIVE_AGENT_SELECT = AGENT_SELECT + _LIVE + " ORDER BY a.id"
+
 
 class AgentRecords(_Tables):
     """The agents table. Only the server that registered an id renews it."""
@@ -34,6 +37,35 @@ class AgentRecords(_Tables):
             return _agent(row) if row else None
 
         return await self._conn.read(tx)
+
+    async def live_agents(self) -> list[Agent]:
+        """The agents that may still be running or hold a slot: not disconnected, dead or stale, or
+        owning a slot in any state. Ended sessions accumulate; nothing that judges liveness on every
+        call should read them."""
+
+        def tx(conn: sqlite3.Connection) -> list[Agent]:
+            rows = conn.execute(LIVE_AGENT_SELECT).fetchall()
+            return [_agent(r) for r in rows]
+
+        return await self._conn.read(tx)
+
+    async def retire_agents(self, *, now: float, after_s: float, batch: int = 500) -> int:
+        """Delete up to `batch` ended agents: no slot, and disconnected, dead or stale for `after_s`,
+        or silent (lease lapsed) that long. A server whose row went re-registers at its next
+        heartbeat (`Coordinator.heartbeat`). Returns how many went."""
+        cutoff = now - after_s
+
+        def tx(conn: sqlite3.Connection) -> int:
+            return int(
+                conn.execute(
+                    "DELETE FROM agents WHERE id IN (SELECT id FROM agents WHERE last_heartbeat < :cutoff"
+                    " AND (status NOT IN ('active', 'idle') OR lease_expires_at < :cutoff)"
+                    " AND id NOT IN (SELECT owner FROM slots WHERE owner IS NOT NULL) LIMIT :batch)",
+                    {"cutoff": cutoff, "batch": batch},
+                ).rowcount
+            )
+
+        return await self._conn.write(tx)
 
     # ---- agents -----------------------------------------------------------------------------
 

@@ -173,6 +173,30 @@ class EventLog(_Tables):
         totals, self._sealed_metrics = await self._conn.read(tx)
         return totals
 
+    # ---- retention ---------------------------------------------------------------------------
+
+    async def prune_events(self, *, now: float, keep_s: float, rollups_keep_s: float, batch: int = 500) -> int:
+        """Delete up to `batch` events older than `now - keep_s` (the rollups already count them) and
+        the rollup rows older than `now - rollups_keep_s`; returns how many events went. One short
+        write transaction: the caller loops, letting other writers in between. `keep_s` is recorded
+        for the trigger, which refuses deleting any event younger than it (by SQLite's own clock)."""
+        cutoff = now - keep_s
+        rollup_bucket = int((now - max(keep_s, rollups_keep_s)) // BUCKET_S)
+
+        def tx(conn: sqlite3.Connection) -> int:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'events_keep_s'", (keep_s,))
+            deleted = conn.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < ? ORDER BY ts LIMIT ?)",
+                (cutoff, batch),
+            ).rowcount
+            conn.execute("DELETE FROM metric_buckets WHERE bucket < ?", (rollup_bucket,))
+            conn.execute("DELETE FROM metric_latency WHERE bucket < ?", (rollup_bucket,))
+            conn.execute("DELETE FROM metric_busy WHERE end_bucket < ?", (rollup_bucket,))
+            conn.execute("DELETE FROM metric_holds WHERE since < ?", (rollup_bucket * BUCKET_S,))
+            return int(deleted)
+
+        return await self._conn.write(tx)
+
     # ---- repositories -----------------------------------------------------------------------
 
     async def integrity_check(self) -> str:

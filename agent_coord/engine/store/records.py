@@ -49,6 +49,7 @@ class Action(StrEnum):
     REPAIR = "repair"  # one repaired finding; detail.kind
     ADOPT = "adopt"  # a worktree taken into the pool (validate or import)
     RADAR = "radar"  # a predicted merge conflict appeared ("conflict") or went away ("cleared"); detail.with
+    PRUNE = "prune"  # old events deleted, ended agents retired; detail.events, detail.agents
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import anyio
 
 from agent_coord.engine.liveness.judge import Identity, judge, process_gone, server_gone
+from agent_coord.engine.observe.retention import Retention, prune
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.records import HELD_STATES, Action, Slot, SlotState
 from agent_coord.engine.validate.validator import Validator
@@ -91,8 +92,18 @@ class LeaseHolder:
 
 
 class ValidatorLoop:
-    def __init__(self, store: Store, validator: Validator, identity: Identity, *, every_s: float, check_s: float):
+    def __init__(
+        self,
+        store: Store,
+        validator: Validator,
+        identity: Identity,
+        *,
+        every_s: float,
+        check_s: float,
+        retention: Retention | None = None,
+    ):
         self.store = store
+        self.retention = retention
         self.validator = validator
         self.identity = identity
         self.every_s = every_s
@@ -142,6 +153,8 @@ class ValidatorLoop:
                 )
             )
             await self.validator.validate(repair=True)
+            if self.retention is not None:
+                await prune(self.store, self.retention)
         return why
 
     async def _take_lease(self) -> str | None:
@@ -163,7 +176,7 @@ class ValidatorLoop:
         held = [s for s in await self.store.slots(None) if s.state in HELD_STATES]
         if not held:
             return set()
-        agents = {a.id: a for a in await self.store.agents()}
+        agents = {a.id: a for a in await self.store.live_agents()}  # every owner is among them
         me, now = self.identity, time.time()
         out: set[tuple[str, int]] = set()
         for s in held:
