@@ -128,6 +128,12 @@ async def test_the_sealed_hours_are_read_once_and_a_late_event_is_still_counted(
     late = Event(10_000, NOW - 3 * DAY, "a1", Action.ALLOCATE, 1, None, None, "GIT_FAILED", 12.5, None, {})
     insert(db, [late])
     again = await store.metric_totals(now=NOW, window_s=WINDOW, holds_since=0.0)
-    await store.close()
     assert again.attempts == first.attempts + 1
     assert_agrees(again, [*events, late])
+    # And one in the current hour joins the latency histogram merged at the previous read.
+    fresh = Event(10_001, NOW - 1, "a1", Action.ALLOCATE, 1, None, None, "ok", 7777.0, None, {})
+    insert(db, [fresh])
+    last = await store.metric_totals(now=NOW, window_s=WINDOW, holds_since=0.0)
+    await store.close()
+    assert sum(n for _, n in last.latency) == sum(n for _, n in again.latency) + 1
+    assert_agrees(last, [*events, late, fresh])

@@ -190,9 +190,10 @@ def report_from_totals(
     return MetricsReport(window_s=window_s, computed_at=now, metrics=metrics, overall=overall_state(metrics))
 
 
-def percentile_of_histogram(histogram: Sequence[tuple[float, int]], p: float) -> float:
-    """Nearest-rank percentile of ``(value, count)`` pairs in ascending order of value."""
-    total = sum(n for _, n in histogram)
+def percentile_of_histogram(histogram: Sequence[tuple[float, int]], p: float, total: int | None = None) -> float:
+    """Nearest-rank percentile of ``(value, count)`` pairs in ascending order of value (``total``:
+    their counts' sum, when the caller has it)."""
+    total = sum(n for _, n in histogram) if total is None else total
     if total <= 0:
         raise ValueError("no samples")
     if not 0 < p <= 100:
@@ -255,7 +256,7 @@ def _latency(name: str, histogram: Sequence[tuple[float, int]], p: int, min_samp
     n = sum(count for _, count in histogram)
     if n < min_samples:
         return _not_enough(name, unit, target, n, f"{n} timed allocations, need {min_samples}")
-    value = percentile_of_histogram(histogram, p)
+    value = percentile_of_histogram(histogram, p, n)
     state: MetricState = "ok"
     if p == 99:
         state = _grade(value, lambda v: v <= 5000, lambda v: v < 10000)

@@ -103,6 +103,7 @@ class EventLog(_Tables):
     # The buckets older than the previous hour no longer change: their totals are kept here (see
     # `metric_totals`).
     _sealed_metrics: _SealedMetrics | None = None
+    _merged_latency: _MergedLatency | None = None
 
     async def metric_totals(self, *, now: float, window_s: float, holds_since: float) -> MetricTotals:
         """The metrics' inputs from the hourly rollups: a few hundred rows whatever the log's size.
@@ -117,8 +118,9 @@ class EventLog(_Tables):
         live_bucket = max(first_bucket, int(now // BUCKET_S) - 1)
         window_start = float(first_bucket * BUCKET_S)
         cached = self._sealed_metrics
+        merged = self._merged_latency
 
-        def tx(conn: sqlite3.Connection) -> tuple[MetricTotals, _SealedMetrics]:
+        def tx(conn: sqlite3.Connection) -> tuple[MetricTotals, _SealedMetrics, _MergedLatency]:
             oldest = conn.execute("SELECT first_ts FROM metric_buckets ORDER BY bucket LIMIT 1").fetchone()
             span_start = max(window_start, float(oldest[0])) if oldest else now
             late = conn.execute("SELECT value FROM meta WHERE key = 'metric_late_events'").fetchone()
@@ -126,25 +128,29 @@ class EventLog(_Tables):
             sealed = cached if cached is not None and cached.key == key else _read_sealed(conn, key)
             counts = list(sealed.counts)
             live_counts = f"SELECT {_COUNTS} FROM metric_buckets WHERE bucket >= ?"  # noqa: S608
+            live_attempts = 0
             for row in conn.execute(live_counts, (live_bucket,)):
                 counts = [c + int(v) for c, v in zip(counts, row, strict=True)]
+                live_attempts += int(row[0])
             live_busy = _read_busy(conn, live_bucket, None, first_bucket, span_start)
             open_holds = conn.execute(
                 "SELECT COALESCE(SUM(:now - MAX(since, :span)), 0), COUNT(*) FROM metric_holds"
                 " WHERE since >= :holds_since AND since <= :now",
                 {"now": now, "span": span_start, "holds_since": holds_since},
             ).fetchone()
-            live_latency = conn.execute(
-                "SELECT bin, max_ms, n FROM metric_latency WHERE bucket >= ?", (live_bucket,)
-            ).fetchall()
-            if live_latency:
+            # Only an attempt adds a latency: while the live buckets count the same attempts, the
+            # histogram merged last time is still the answer.
+            latency_key = (key, live_attempts)
+            if merged is not None and merged.key == latency_key:
+                latency = merged.latency
+            else:
                 histogram = dict(sealed.latency)
-                for value_bin, top, n in live_latency:
+                for value_bin, top, n in conn.execute(
+                    "SELECT bin, max_ms, n FROM metric_latency WHERE bucket >= ?", (live_bucket,)
+                ):
                     old_top, old_n = histogram.get(value_bin, (top, 0))
                     histogram[value_bin] = (max(old_top, top), old_n + n)
                 latency = tuple(histogram[b] for b in sorted(histogram))
-            else:
-                latency = sealed.sorted_latency
             # Radar events are few and indexed by their own partial index (schema 4): this reads only them.
             radar = conn.execute(
                 "SELECT COALESCE(SUM(outcome = 'conflict'), 0),"
@@ -168,9 +174,9 @@ class EventLog(_Tables):
                 radar_resolved=int(radar[1]),
                 radar_released=int(radar[2]),
             )
-            return totals, sealed
+            return totals, sealed, _MergedLatency(latency_key, latency)
 
-        totals, self._sealed_metrics = await self._conn.read(tx)
+        totals, self._sealed_metrics, self._merged_latency = await self._conn.read(tx)
         return totals
 
     # ---- retention ---------------------------------------------------------------------------
@@ -276,9 +282,14 @@ class _SealedMetrics:
     key: tuple[int, int, int, float]  # first bucket, first live bucket, late events seen, span start
     counts: tuple[int, ...]  # as _COUNTS
     latency: dict[float, tuple[float, int]]  # bin -> (largest sample, samples)
-    sorted_latency: tuple[tuple[float, int], ...]
     busy_s: float
     busy_intervals: int
+
+
+@dataclass(frozen=True)
+class _MergedLatency:
+    key: tuple[tuple[int, int, int, float], int]  # the sealed key, attempts in the live buckets
+    latency: tuple[tuple[float, int], ...]
 
 
 def _read_sealed(conn: sqlite3.Connection, key: tuple[int, int, int, float]) -> _SealedMetrics:
@@ -297,8 +308,7 @@ def _read_sealed(conn: sqlite3.Connection, key: tuple[int, int, int, float]) -> 
         (first_bucket, live_bucket),
     ).fetchone()
     busy_s, intervals = _read_busy(conn, first_bucket, live_bucket, first_bucket, span_start)
-    ordered = tuple(latency[b] for b in sorted(latency))
-    return _SealedMetrics(key, tuple(int(v) for v in row), latency, ordered, busy_s, intervals)
+    return _SealedMetrics(key, tuple(int(v) for v in row), latency, busy_s, intervals)
 
 
 def _read_busy(
