@@ -6,15 +6,17 @@ safer for a tool that touches repositories) may hold the same keys in lower case
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_AGENT_PATTERNS = ("claude", "@anthropic-ai/claude-code", "claude-code")
 # Processes between an agent and its server that are not the agent itself (hooks run via `sh -c`).
@@ -39,32 +41,56 @@ def _default_manictime() -> Path | None:
     return path if path.exists() else None
 
 
-class _TomlSource(PydanticBaseSettingsSource):
-    """Reads `AGENT_COORD_CONFIG` (a TOML file) at lower priority than the environment."""
-
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
-        super().__init__(settings_cls)
-        path = os.environ.get("AGENT_COORD_CONFIG")
-        self._data: dict[str, Any] = {}
-        if path:
-            with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
-            section = raw.get("agent-coord", raw)
-            self._data = {str(k).lower(): v for k, v in section.items()}
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+ENV_PREFIX = "agent_coord_"
 
 
 DB_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
 
 
-class Settings(BaseSettings):
+def _is_complex(annotation: Any) -> bool:
+    """A field whose environment value is JSON (as pydantic-settings reads them): tuples, lists, dicts."""
+    if get_origin(annotation) in (tuple, list, dict, set, frozenset):
+        return True
+    return any(_is_complex(arg) for arg in get_args(annotation) if get_origin(annotation) in (Union, UnionType))
+
+
+def _toml_values(fields: Iterable[str]) -> dict[str, Any]:
+    """`AGENT_COORD_CONFIG` (a TOML file), at lower priority than the environment."""
+    path = os.environ.get("AGENT_COORD_CONFIG")
+    if not path:
+        return {}
+    with open(path, "rb") as fh:
+        raw = tomllib.load(fh)
+    section = raw.get("agent-coord", raw)
+    known = set(fields)
+    return {key: value for key, value in ((str(k).lower(), v) for k, v in section.items()) if key in known}
+
+
+def _env_values(fields: dict[str, Any]) -> dict[str, Any]:
+    """`AGENT_COORD_<FIELD>` variables, names case-insensitive, complex values as JSON."""
+    env = {k.lower(): v for k, v in os.environ.items() if k.lower().startswith(ENV_PREFIX)}
+    values: dict[str, Any] = {}
+    for name, annotation in fields.items():
+        raw = env.get(ENV_PREFIX + name)
+        if raw is None:
+            continue
+        if _is_complex(annotation):
+            try:
+                values[name] = json.loads(raw)
+            except ValueError as exc:
+                raise ValueError(f'error parsing value for field "{name}" from AGENT_COORD_{name.upper()}') from exc
+        else:
+            values[name] = raw
+    return values
+
+
+class Settings(BaseModel):
+    """Keyword arguments, then the environment, then the TOML file, then the defaults. Read by hand
+    rather than with pydantic-settings, whose import alone cost a hook ~130 ms of CPU (its cloud
+    secret sources, dotenv and CLI parser), and Claude Code waits for every hook."""
+
     # Values may carry secrets (a store URL's password): errors name the setting, never its value.
-    model_config = SettingsConfigDict(env_prefix="AGENT_COORD_", extra="ignore", hide_input_in_errors=True)
+    model_config = ConfigDict(extra="ignore", validate_default=True, hide_input_in_errors=True)
 
     db: Path = Field(default_factory=lambda: _state_home() / "agent-coord" / "coord.db")
     repo: Path | None = None
@@ -118,16 +144,9 @@ class Settings(BaseSettings):
             raise ValueError("a PostgreSQL store is not available in this version; set AGENT_COORD_DB to a file path")
         raise ValueError(f"{scheme}:// is not a store agent-coord can use; set AGENT_COORD_DB to a file path")
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _TomlSource(settings_cls))
+    def __init__(self, **values: Any) -> None:
+        fields = {name: field.annotation for name, field in type(self).model_fields.items()}
+        super().__init__(**{**_toml_values(fields), **_env_values(fields), **values})
 
 
 class SettingsError(ValueError):
@@ -151,5 +170,5 @@ def load_settings() -> Settings:
         raise SettingsError(
             f"AGENT_COORD_CONFIG={os.environ.get('AGENT_COORD_CONFIG')!r}: {exc.strerror or exc}"
         ) from exc
-    except ValueError as exc:  # pydantic-settings' own "error parsing value for field …"
+    except ValueError as exc:  # a list or tuple variable that is not JSON (_env_values)
         raise SettingsError(" ".join(str(exc).split())) from exc

@@ -1,0 +1,103 @@
+"""Hook start-up: `agent-coord hook session-start`, `hook worktree-create` + `hook worktree-remove`,
+and `agent-coord status --json`, each as Claude Code runs them (a new process, the JSON payload on
+stdin), beside `python -c pass` in the same run, interleaved.
+
+Reported: wall p50 and the child's CPU time (user + system) p50 per command, and their ratio to
+`python -c pass`. The repository is a small generated one (the hooks' cost is start-up, not git).
+
+    python -m bench.hooks            # 15 rounds
+    python -m bench.hooks --quick    # 5 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._common import default_base, git_env, machine, machine_line, median, print_verdicts, table, write_results
+from bench._repo import fresh_clone
+
+HOOK_P50_MS = 150.0
+HOOK_X_PASS = 3.0
+CLI = str(Path(sys.executable).parent / "agent-coord")
+
+
+def timed(argv: list[str], env: dict[str, str], stdin: str, cwd: Path) -> tuple[float, float, str]:
+    """(wall ms, CPU ms, stdout) of one process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env, cwd=cwd, check=False)
+    wall = (time.perf_counter() - started) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv} failed: {proc.stderr.strip()}")
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
+    return wall, cpu, proc.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--base-dir", default=default_base())
+    args = parser.parse_args()
+    rounds = args.rounds or (5 if args.quick else 15)
+    print(machine_line())
+    samples: dict[str, list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="agent-coord-bench-hooks-", dir=args.base_dir) as tmp:
+        base = Path(tmp)
+        repo = fresh_clone(200, 5, base / "repo")
+        env = git_env()
+        # An installed package has its bytecode cached (pip compiles at install): so do these runs.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env.update({"AGENT_COORD_DB": str(base / "coord.db"), "AGENT_COORD_MANICTIME_DB": ""})
+        session = "bench-session-0123456789"
+        start = {"session_id": session, "cwd": str(repo), "hook_event_name": "SessionStart", "source": "startup"}
+        for i in range(rounds + 1):  # round 0 warms the pool and the OS caches, untimed
+            round_samples: dict[str, tuple[float, float]] = {}
+            round_samples["python -c pass"] = timed([sys.executable, "-c", "pass"], env, "", repo)[:2]
+            round_samples["hook session-start"] = timed([CLI, "hook", "session-start"], env, json.dumps(start), repo)[
+                :2
+            ]
+            create: dict[str, Any] = {"session_id": session, "cwd": str(repo), "name": f"bench-{i}"}
+            wall, cpu, out = timed([CLI, "hook", "worktree-create"], env, json.dumps(create), repo)
+            round_samples["hook worktree-create"] = (wall, cpu)
+            worktree = out.strip().splitlines()[-1]
+            remove = {"session_id": session, "cwd": str(repo), "worktree_path": worktree}
+            round_samples["hook worktree-remove"] = timed(
+                [CLI, "hook", "worktree-remove"], env, json.dumps(remove), repo
+            )[:2]
+            round_samples["status --json"] = timed([CLI, "status", "--json"], env, "", repo)[:2]
+            if i:
+                for name, value in round_samples.items():
+                    samples.setdefault(name, []).append(value)
+    base_wall = median(w for w, _ in samples["python -c pass"])
+    base_cpu = median(c for _, c in samples["python -c pass"])
+    rows = []
+    results: dict[str, Any] = {}
+    verdicts: dict[str, bool] = {}
+    for name, values in samples.items():
+        wall, cpu = median(w for w, _ in values), median(c for _, c in values)
+        rows.append([name, len(values), wall, cpu, wall / base_wall, cpu / base_cpu])
+        results[name] = {"wall_p50_ms": wall, "cpu_p50_ms": cpu, "n": len(values)}
+        if name.startswith("hook"):
+            verdicts[f"{name} p50 {wall:.0f} ms <= {HOOK_P50_MS:.0f} ms"] = wall <= HOOK_P50_MS
+            verdicts[f"{name} <= {HOOK_X_PASS}x python -c pass ({wall / base_wall:.1f}x)"] = (
+                wall <= HOOK_X_PASS * base_wall
+            )
+    print(table(["command", "n", "wall p50 ms", "CPU p50 ms", "x pass wall", "x pass CPU"], rows))
+    print_verdicts(verdicts)
+    path = write_results("hooks", {"machine": machine(), "results": results, "verdicts": verdicts, "pid": os.getpid()})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
