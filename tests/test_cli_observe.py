@@ -17,7 +17,7 @@ import pytest
 from anyio.abc import ByteReceiveStream
 from typer.testing import CliRunner
 
-from agent_coord.cli.common import app
+from agent_coord.cli import app  # every command registered
 from agent_coord.config import Settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.observe.activity import parse_activity_line

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from agent_coord.cli.common import app
+from agent_coord.cli import app  # every command registered
 from agent_coord.engine.liveness import judge
 from agent_coord.platform import filesystems, process_identity
 from agent_coord.platform.termination import end_tree

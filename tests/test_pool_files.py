@@ -13,7 +13,7 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from agent_coord.cli.common import app
+from agent_coord.cli import app  # every command registered
 from agent_coord.config import Settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.models import StatusResult
