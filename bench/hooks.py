@@ -7,6 +7,7 @@ Reported: wall p50 and the child's CPU time (user + system) p50 per command, and
 
     python -m bench.hooks            # 15 rounds
     python -m bench.hooks --quick    # 5 rounds
+    python -m bench.hooks --against /path/to/a/checkout/of/main   # before/after in one run
 """
 
 from __future__ import annotations
@@ -48,34 +49,42 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--base-dir", default=default_base())
+    parser.add_argument("--against", default=None, help="another source tree to run the same commands from")
     args = parser.parse_args()
     rounds = args.rounds or (5 if args.quick else 15)
     print(machine_line())
     samples: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="agent-coord-bench-hooks-", dir=args.base_dir) as tmp:
         base = Path(tmp)
-        repo = fresh_clone(200, 5, base / "repo")
         env = git_env()
         # An installed package has its bytecode cached (pip compiles at install): so do these runs.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env.update({"AGENT_COORD_DB": str(base / "coord.db"), "AGENT_COORD_MANICTIME_DB": ""})
+        env["AGENT_COORD_MANICTIME_DB"] = ""
         session = "bench-session-0123456789"
-        start = {"session_id": session, "cwd": str(repo), "hook_event_name": "SessionStart", "source": "startup"}
+        # Each tree has its own repository, pool and database (another version may not open ours).
+        trees = [("", {**env, "AGENT_COORD_DB": str(base / "coord.db")}, fresh_clone(200, 5, base / "repo"))]
+        if args.against:
+            # The same commands run from another source tree (say a checkout of main), interleaved.
+            other = {**env, "AGENT_COORD_DB": str(base / "other.db"), "PYTHONPATH": str(Path(args.against).resolve())}
+            trees.append((f"{Path(args.against).name}: ", other, fresh_clone(200, 5, base / "other")))
         for i in range(rounds + 1):  # round 0 warms the pool and the OS caches, untimed
             round_samples: dict[str, tuple[float, float]] = {}
-            round_samples["python -c pass"] = timed([sys.executable, "-c", "pass"], env, "", repo)[:2]
-            round_samples["hook session-start"] = timed([CLI, "hook", "session-start"], env, json.dumps(start), repo)[
-                :2
-            ]
-            create: dict[str, Any] = {"session_id": session, "cwd": str(repo), "name": f"bench-{i}"}
-            wall, cpu, out = timed([CLI, "hook", "worktree-create"], env, json.dumps(create), repo)
-            round_samples["hook worktree-create"] = (wall, cpu)
-            worktree = out.strip().splitlines()[-1]
-            remove = {"session_id": session, "cwd": str(repo), "worktree_path": worktree}
-            round_samples["hook worktree-remove"] = timed(
-                [CLI, "hook", "worktree-remove"], env, json.dumps(remove), repo
-            )[:2]
-            round_samples["status --json"] = timed([CLI, "status", "--json"], env, "", repo)[:2]
+            round_samples["python -c pass"] = timed([sys.executable, "-c", "pass"], env, "", base)[:2]
+            for label, tree_env, repo in trees if i % 2 else list(reversed(trees)):
+                start = {"session_id": session, "cwd": str(repo), "hook_event_name": "SessionStart"}
+                start_json = json.dumps(start)
+                round_samples[f"{label}hook session-start"] = timed(
+                    [CLI, "hook", "session-start"], tree_env, start_json, repo
+                )[:2]
+                create: dict[str, Any] = {"session_id": session, "cwd": str(repo), "name": f"bench-{len(label)}-{i}"}
+                wall, cpu, out = timed([CLI, "hook", "worktree-create"], tree_env, json.dumps(create), repo)
+                round_samples[f"{label}hook worktree-create"] = (wall, cpu)
+                worktree = out.strip().splitlines()[-1]
+                remove = {"session_id": session, "cwd": str(repo), "worktree_path": worktree}
+                round_samples[f"{label}hook worktree-remove"] = timed(
+                    [CLI, "hook", "worktree-remove"], tree_env, json.dumps(remove), repo
+                )[:2]
+                round_samples[f"{label}status --json"] = timed([CLI, "status", "--json"], tree_env, "", repo)[:2]
             if i:
                 for name, value in round_samples.items():
                     samples.setdefault(name, []).append(value)
