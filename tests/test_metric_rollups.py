@@ -1,4 +1,4 @@
-"""The hourly metrics rollups (schema 3) agree with the metrics computed from the raw events.
+"""The hourly metrics rollups (schema 4) agree with the metrics computed from the raw events.
 
 Events go in through SQL, as any writer's would (the rollups are a trigger's work, so a server of
 the previous schema appending the same way keeps them right), at chosen timestamps.
@@ -6,6 +6,7 @@ the previous schema appending the same way keeps them right), at chosen timestam
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 import time
@@ -30,7 +31,9 @@ _OUTCOMES = {
     Action.RELEASE: ["ok", "ok", "DIRTY"],
     Action.RECLAIM: ["freed", "rescued"],
     Action.ADOPT: ["BUSY", "FREE"],
+    Action.RADAR: ["conflict", "cleared"],
 }
+_CLEARED_REASONS = ["resolved", "released"]
 
 
 def history(seed: int, n: int) -> list[Event]:
@@ -43,17 +46,29 @@ def history(seed: int, n: int) -> list[Event]:
         outcome = rng.choice(_OUTCOMES.get(action, ["ok"]))
         duration = rng.choice([None, rng.uniform(0.0, 3000.0), rng.uniform(5.0, 60.0)])
         worktree = rng.choice([None, "wt-1", "wt-2", "wt-3", "wt-4"])
-        events.append(Event(i, ts, "a1", action, 1, worktree, None, outcome, duration, None, {}))
+        detail = {"reason": rng.choice(_CLEARED_REASONS)} if outcome == "cleared" else {}
+        events.append(Event(i, ts, "a1", action, 1, worktree, None, outcome, duration, None, detail))
     return events
 
 
 def insert(db: Path, events: list[Event]) -> None:
     with sqlite3.connect(db) as conn:
         conn.executemany(
-            "INSERT INTO events (id, ts, agent_id, action, repo_id, worktree_id, branch, outcome, duration_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (id, ts, agent_id, action, repo_id, worktree_id, branch, outcome, duration_ms, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (e.id, e.ts, e.agent_id, e.action, e.repo_id, e.worktree_id, e.branch, e.outcome, e.duration_ms)
+                (
+                    e.id,
+                    e.ts,
+                    e.agent_id,
+                    e.action,
+                    e.repo_id,
+                    e.worktree_id,
+                    e.branch,
+                    e.outcome,
+                    e.duration_ms,
+                    json.dumps(e.detail),
+                )
                 for e in events
             ],
         )
@@ -64,7 +79,8 @@ def assert_agrees(rolled: MetricTotals, events: list[Event]) -> None:
     aligned = NOW - (NOW - WINDOW) // BUCKET_S * BUCKET_S
     exact = totals_from_events(events, now=NOW, window_s=aligned)
     assert rolled.span_start == pytest.approx(exact.span_start)
-    for field in ("attempts", "successes", "branch_conflicts", "cas_lost", "agent_dead", "agent_stale"):
+    counts = ("attempts", "successes", "branch_conflicts", "cas_lost", "agent_dead", "agent_stale")
+    for field in (*counts, "radar_conflicts", "radar_resolved", "radar_released"):
         assert getattr(rolled, field) == getattr(exact, field), field
     assert rolled.busy_s == pytest.approx(exact.busy_s, abs=1e-3)
     assert rolled.busy_intervals == exact.busy_intervals
@@ -95,14 +111,15 @@ async def test_rollups_written_by_the_trigger_agree_with_the_events(tmp_path: Pa
     assert_agrees(rolled, events)
 
 
-async def test_the_upgrade_from_schema_2_rolls_up_the_existing_log(tmp_path: Path) -> None:
+@pytest.mark.parametrize("previous", [2, 3])
+async def test_the_upgrade_from_an_earlier_schema_rolls_up_the_existing_log(tmp_path: Path, previous: int) -> None:
     db = tmp_path / "c.db"
     with sqlite3.connect(db) as conn:
-        for script in MIGRATIONS[:2]:
+        for script in MIGRATIONS[:previous]:
             conn.executescript(script)
-        conn.execute("PRAGMA user_version = 2")
+        conn.execute(f"PRAGMA user_version = {previous}")
     events = history(7, 600)
-    insert(db, events[:400])  # a server of schema 2 wrote these
+    insert(db, events[:400])  # a server of the earlier schema wrote these
     store = await Store.open(db)
     insert(db, events[400:])
     rolled = await store.metric_totals(now=NOW, window_s=WINDOW, holds_since=0.0)
@@ -137,3 +154,14 @@ async def test_the_sealed_hours_are_read_once_and_a_late_event_is_still_counted(
     await store.close()
     assert sum(n for _, n in last.latency) == sum(n for _, n in again.latency) + 1
     assert_agrees(last, [*events, late, fresh])
+
+
+async def test_the_radar_count_reads_only_radar_events_through_their_index(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    await (await Store.open(db)).close()
+    with sqlite3.connect(db) as conn:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM events WHERE action = 'radar' AND ts >= ? AND ts <= ?",
+            (NOW - WINDOW, NOW),
+        ).fetchall()
+    assert any("events_radar_ts" in str(row[-1]) for row in plan), plan

@@ -320,7 +320,7 @@ async def test_server_and_cli_show_the_same_prediction(
     from mcp import Client
     from typer.testing import CliRunner
 
-    from agent_coord.cli.common import app
+    from agent_coord.cli import app
     from agent_coord.server.app import build_server
 
     a, b = two

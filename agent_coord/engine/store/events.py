@@ -98,7 +98,7 @@ class EventLog(_Tables):
 
         return await self._conn.read(tx)
 
-    # ---- metrics rollups (schema 3) ----------------------------------------------------------
+        # ---- metrics rollups (schema 4) ----------------------------------------------------------
 
     # The buckets older than the previous hour no longer change: their totals are kept here (see
     # `metric_totals`).
