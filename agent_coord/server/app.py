@@ -11,17 +11,10 @@ from typing import Any
 
 import anyio
 from mcp.server import MCPServer
-from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.context import ServerRequestContext
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
-from mcp_types import (
-    CallToolResult,
-    EmptyResult,
-    SubscribeRequestParams,
-    TextContent,
-    UnsubscribeRequestParams,
-)
-from pydantic import ValidationError
+from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
 from agent_coord import __version__
 from agent_coord.config import Settings, SettingsError, load_settings
@@ -33,12 +26,9 @@ from agent_coord.engine.store import Store, StoreBusyError
 from agent_coord.platform.signals import next_stop_signal
 from agent_coord.server.refusal import refuse_on_stdio
 from agent_coord.server.resources import register as resources
-from agent_coord.server.state import AppState
 from agent_coord.server.tools import allocate_worktree, heartbeat, release_worktree, status, validate
-from agent_coord.server.tools.models import INPUT_MODELS
 
 logger = logging.getLogger("agent-coord")
-CODES = frozenset(c.value for c in ErrorCode)
 EXIT_BAD_SETTINGS = 2  # the command line's usage error (README, "Command line")
 
 INSTRUCTIONS = (
@@ -46,60 +36,6 @@ INSTRUCTIONS = (
     "branch or a directory. Call allocate_worktree(branch) before editing, work only in the returned path, "
     "commit, then release_worktree. Errors start with a stable code and say what to do next."
 )
-
-
-class ToolErrorShape:
-    """Makes every refusal an agent sees start with its stable code.
-
-    Before the handler: arguments are validated against the tools' pydantic input models, so a wrong
-    type or an unknown argument is `INVALID_ARGUMENT: …` rather than the SDK's generic validation text.
-    After it: the SDK prefixes tool errors with `Error executing tool <name>: `; that prefix is removed
-    where what follows is one of our codes, so the text starts with the code as the design promises.
-    """
-
-    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        if ctx.method != "tools/call" or ctx.request_id is None or not isinstance(ctx.params, dict):
-            return await call_next(ctx)
-        name = str(ctx.params.get("name"))
-        model = INPUT_MODELS.get(name)
-        arguments = ctx.params.get("arguments")
-        if model is not None:
-            try:
-                model.model_validate(arguments if arguments is not None else {})
-            except ValidationError as exc:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}" for err in exc.errors()[:5]
-                )
-                return _error_result(str(CoordError(ErrorCode.INVALID_ARGUMENT, problems)))
-        result = await call_next(ctx)
-        text = _error_text(result)
-        prefix = f"Error executing tool {name}: "
-        if text is not None and text.startswith(prefix):
-            rest = text[len(prefix) :]
-            if rest.split(":", 1)[0] in CODES:
-                return _error_result(rest)
-        return result
-
-
-def _error_text(result: HandlerResult) -> str | None:
-    """The first text of an error result, whether the runner handed back a model or a dict."""
-    if isinstance(result, CallToolResult):
-        if result.is_error and result.content and isinstance(result.content[0], TextContent):
-            return result.content[0].text
-        return None
-    if isinstance(result, dict) and result.get("isError"):
-        content = result.get("content") or []
-        if content and isinstance(content[0], dict) and isinstance(content[0].get("text"), str):
-            return str(content[0]["text"])
-    return None
-
-
-def _keep_arguments(data: dict[str, Any]) -> dict[str, Any]:
-    return data
-
-
-def _error_result(text: str) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
 
 class Subscriptions:
@@ -130,11 +66,10 @@ class Subscriptions:
                     break
 
 
-async def _watch(state: AppState, subs: Subscriptions) -> None:
+async def _watch(coord: Coordinator, settings: Settings, subs: Subscriptions) -> None:
     """On every commit by any process: announce the pool resources, and mirror new activity lines."""
-    coord = state.coord
-    mirror = ActivityMirror(state.settings.activity_file) if state.settings.activity_file else None
-    watcher = ChangeWatcher(coord.store.path, state.settings.watch_interval_s)
+    mirror = ActivityMirror(settings.activity_file) if settings.activity_file else None
+    watcher = ChangeWatcher(coord.store.path, settings.watch_interval_s)
     try:
         async for _ in watcher.changes():
             await subs.announce(resources.POOL_URIS)
@@ -165,46 +100,37 @@ async def _mirror(coord: Coordinator, mirror: ActivityMirror) -> None:
 
 def build_server(
     settings: Settings | None = None, *, on_stopped: Callable[[], None] | None = None
-) -> MCPServer[AppState]:
+) -> MCPServer[Coordinator]:
+    """The server; its typed lifespan context is the running coordinator, which every handler receives."""
     settings = settings or Settings()
-    state = AppState(settings)
     subs = Subscriptions()
 
     @asynccontextmanager
-    async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
+    async def lifespan(_: MCPServer[Coordinator]) -> AsyncIterator[Coordinator]:
         try:
-            async with Coordinator.open(settings, register=True) as coord:
-                state.coord = coord
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(coord.run_heartbeats)
-                    tg.start_soon(coord.run_validator)
-                    tg.start_soon(coord.run_radar)
-                    tg.start_soon(_watch, state, subs)
-                    try:
-                        yield state
-                    finally:
-                        tg.cancel_scope.cancel()
-                state.coord = None
+            async with Coordinator.open(settings, register=True) as coord, anyio.create_task_group() as tg:
+                tg.start_soon(coord.run_heartbeats)
+                tg.start_soon(coord.run_validator)
+                tg.start_soon(coord.run_radar)
+                tg.start_soon(_watch, coord, settings, subs)
+                try:
+                    yield coord
+                finally:
+                    tg.cancel_scope.cancel()
         finally:
             if on_stopped is not None:
                 on_stopped()
 
-    mcp: MCPServer[AppState] = MCPServer(
+    mcp: MCPServer[Coordinator] = MCPServer(
         "agent-coord",
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
+        tools=[allocate_worktree.TOOL, release_worktree.TOOL, heartbeat.tool(settings), status.TOOL, validate.TOOL],
         subscriptions=subs.bus,
-        middleware=[ToolErrorShape()],
+        middleware=[resources.EngineForResources()],
     )
-    for module in (allocate_worktree, release_worktree, heartbeat, status, validate):
-        module.register(mcp, state)
-    # Our tools take strings as strings. The SDK would json-decode "[]", "{}" and "null" in `str | None`
-    # parameters before validating (task="null" would silently become no task); the arguments were
-    # already validated, strictly, by ToolErrorShape. Private SDK attribute: see docs/decisions.md.
-    for tool in mcp._tool_manager.list_tools():
-        object.__setattr__(tool.fn_metadata, "pre_parse_json", _keep_arguments)
-    resources.register(mcp, state)
+    resources.register(mcp)
     # The SDK has no decorator for resources/subscribe yet: register on the low-level server.
     lowlevel = mcp._lowlevel_server
     lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, subs.subscribe)

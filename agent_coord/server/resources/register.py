@@ -1,14 +1,19 @@
-"""Registers every resource. Static resources cannot take a Context, so they close over the AppState."""
+"""Registers every resource. The SDK refuses a Context in a static resource's handler, so the
+`EngineForResources` middleware hands each request's handlers the coordinator of the server's typed
+lifespan context through a context variable, for the duration of that request only."""
 
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
+from typing import Any
 
 from mcp.server import MCPServer
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 
+from agent_coord.engine.coordinator import Coordinator
 from agent_coord.server.resources.views import activity_lines, pool_markdown
-from agent_coord.server.state import AppState
 
 POOL_URIS = (
     "coord://pool",
@@ -21,7 +26,21 @@ POOL_URIS = (
 )
 
 
-def register(mcp: MCPServer, state: AppState) -> None:
+_request_engine: ContextVar[Coordinator] = ContextVar("agent_coord_request_engine")
+
+
+class EngineForResources:
+    """Middleware: makes the lifespan's coordinator the current request's engine."""
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        token = _request_engine.set(ctx.lifespan_context)
+        try:
+            return await call_next(ctx)
+        finally:
+            _request_engine.reset(token)
+
+
+def register(mcp: MCPServer[Coordinator]) -> None:
     @mcp.resource(
         "coord://pool",
         name="pool",
@@ -29,7 +48,7 @@ def register(mcp: MCPServer, state: AppState) -> None:
         description="Every worktree of the pool with state, holder, branch, fencing token and lease.",
     )
     async def pool_json() -> str:
-        status = await state.coord.status(with_contention=False)
+        status = await _request_engine.get().status(with_contention=False)
         return json.dumps(
             {
                 "repo": status.repo,
@@ -46,7 +65,7 @@ def register(mcp: MCPServer, state: AppState) -> None:
         description="The pool as a Markdown table: the human view.",
     )
     async def pool_md() -> str:
-        return pool_markdown(await state.coord.status(with_contention=False))
+        return pool_markdown(await _request_engine.get().status(with_contention=False))
 
     @mcp.resource(
         "coord://agents",
@@ -55,7 +74,7 @@ def register(mcp: MCPServer, state: AppState) -> None:
         description="Agents with liveness (and why), host, pid, last heartbeat and lease.",
     )
     async def agents() -> str:
-        status = await state.coord.status(with_contention=False)
+        status = await _request_engine.get().status(with_contention=False)
         return json.dumps([a.model_dump(mode="json") for a in status.agents], indent=2)
 
     @mcp.resource(
@@ -65,7 +84,7 @@ def register(mcp: MCPServer, state: AppState) -> None:
         description="Health metrics over the window, each with its target and state.",
     )
     async def metrics() -> str:
-        return (await state.coord.metrics()).model_dump_json(indent=2)
+        return (await _request_engine.get().metrics()).model_dump_json(indent=2)
 
     @mcp.resource(
         "coord://activity",
@@ -74,7 +93,7 @@ def register(mcp: MCPServer, state: AppState) -> None:
         description="Recent events, one line each: time | agent | action | branch | outcome | Nms.",
     )
     async def activity() -> str:
-        return "\n".join(await activity_lines(state.coord)) + "\n"
+        return "\n".join(await activity_lines(_request_engine.get())) + "\n"
 
     @mcp.resource(
         "coord://contention",
@@ -83,7 +102,7 @@ def register(mcp: MCPServer, state: AppState) -> None:
         description="Contention now: live agents, agent processes, ManicTime focus and presence, sources.",
     )
     async def contention() -> str:
-        coord = state.coord
+        coord = _request_engine.get()
         snapshot = await coord.contention.snapshot(await coord.default_repo())
         return snapshot.model_dump_json(indent=2)
 
@@ -95,7 +114,7 @@ def register(mcp: MCPServer, state: AppState) -> None:
         "changed the same paths (overlap) or would conflict at merge now (conflict), with paths and line ranges.",
     )
     async def conflicts() -> str:
-        return (await state.coord.conflict_report()).model_dump_json(indent=2, by_alias=True)
+        return (await _request_engine.get().conflict_report()).model_dump_json(indent=2, by_alias=True)
 
     @mcp.resource(
         "coord://worktrees/{worktree_id}",
@@ -104,7 +123,7 @@ def register(mcp: MCPServer, state: AppState) -> None:
         description="One worktree of the pool.",
     )
     async def worktree(worktree_id: str) -> str:
-        slot = await state.coord.store.slot(worktree_id)
+        slot = await _request_engine.get().store.slot(worktree_id)
         if slot is None:
             raise ResourceNotFoundError(f"NOT_FOUND: no worktree {worktree_id!r}")
         data = {k: (v.value if hasattr(v, "value") else v) for k, v in slot.__dict__.items()}

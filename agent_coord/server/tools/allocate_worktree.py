@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from mcp.server import MCPServer
 from mcp_types import ToolAnnotations
+from pydantic import Field
 
+from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.models import AllocationResult
-from agent_coord.server.state import AppState
-from agent_coord.server.tools._common import run_tool
+from agent_coord.server.tools.engine_tool import ToolInput, engine_tool
 
 DESCRIPTION = (
     "Get a git worktree of your own for `branch` from the warm pool (created from `base` if the branch is new). "
@@ -15,13 +15,20 @@ DESCRIPTION = (
 )
 
 
-def register(mcp: MCPServer, state: AppState) -> None:
-    @mcp.tool(
-        name="allocate_worktree",
-        description=DESCRIPTION,
-        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True),
-    )
-    async def allocate_worktree(
-        branch: str, base: str | None = None, repo: str | None = None, task: str | None = None
-    ) -> AllocationResult:
-        return await run_tool(state, state.coord.pool.allocate(branch, base=base, repo=repo, task=task))
+class AllocateInput(ToolInput):
+    branch: str = Field(description="branch to work on; created from `base` when it does not exist")
+    base: str | None = Field(default=None, description="start point of a new branch (default: the repo's HEAD)")
+    repo: str | None = Field(default=None, description="absolute path of the repository (default: configured)")
+    task: str | None = Field(default=None, description="what the worktree is for, shown in status")
+
+
+async def allocate_worktree(args: AllocateInput, coord: Coordinator) -> AllocationResult:
+    return await coord.pool.allocate(args.branch, base=args.base, repo=args.repo, task=args.task)
+
+
+TOOL = engine_tool(
+    allocate_worktree,
+    name="allocate_worktree",
+    description=DESCRIPTION,
+    annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True),
+)

@@ -2,17 +2,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mcp.server import MCPServer
 from mcp_types import ToolAnnotations
+from pydantic import Field
 
 from agent_coord.config import Settings
+from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.models import HeartbeatResult
-from agent_coord.server.state import AppState
-from agent_coord.server.tools._common import run_tool
+from agent_coord.server.tools.engine_tool import EngineTool, ToolInput, engine_tool
 
 
 def describe(settings: Settings) -> str:
-    """The lease, defined once (the README says the same)."""
+    """The lease, defined once (the README says the same), with this server's own times."""
     return (
         "Your lease on your worktrees is renewed by this server by itself while it runs (every "
         f"{settings.heartbeat_active_s:g} s, every {settings.heartbeat_idle_s:g} s when idle). Call heartbeat at your "
@@ -25,11 +25,22 @@ def describe(settings: Settings) -> str:
     )
 
 
-def register(mcp: MCPServer, state: AppState) -> None:
-    @mcp.tool(
+class HeartbeatInput(ToolInput):
+    status: Literal["active", "idle"] = Field(
+        default="active", description="`active` while you work; `idle` while you wait (a person, a long run)"
+    )
+    note: str | None = Field(default=None, description="what you do or wait for, shown in status")
+
+
+async def heartbeat(args: HeartbeatInput, coord: Coordinator) -> HeartbeatResult:
+    return await coord.heartbeat(args.status, args.note)
+
+
+def tool(settings: Settings) -> EngineTool[HeartbeatInput]:
+    """The heartbeat tool, its description stating this server's lease times."""
+    return engine_tool(
+        heartbeat,
         name="heartbeat",
-        description=describe(state.settings),
+        description=describe(settings),
         annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True),
     )
-    async def heartbeat(status: Literal["active", "idle"] = "active", note: str | None = None) -> HeartbeatResult:
-        return await run_tool(state, state.coord.heartbeat(status, note))

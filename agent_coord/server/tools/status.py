@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from mcp.server import MCPServer
 from mcp_types import ToolAnnotations
+from pydantic import Field
 
+from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.models import StatusResult
-from agent_coord.server.state import AppState
-from agent_coord.server.tools._common import run_tool
+from agent_coord.server.tools.engine_tool import ToolInput, engine_tool
 
 DESCRIPTION = (
     "The pool at a glance: every worktree with its state, branch, holder and lease; every agent with whether it "
@@ -13,11 +13,17 @@ DESCRIPTION = (
 )
 
 
-def register(mcp: MCPServer, state: AppState) -> None:
-    @mcp.tool(
-        name="status",
-        description=DESCRIPTION,
-        annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True),
-    )
-    async def status(repo: str | None = None) -> StatusResult:
-        return await run_tool(state, state.coord.status(repo))
+class StatusInput(ToolInput):
+    repo: str | None = Field(default=None, description="absolute path of the repository (default: configured)")
+
+
+async def status(args: StatusInput, coord: Coordinator) -> StatusResult:
+    return await coord.status(args.repo)
+
+
+TOOL = engine_tool(
+    status,
+    name="status",
+    description=DESCRIPTION,
+    annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True),
+)

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from mcp.server import MCPServer
 from mcp_types import ToolAnnotations
+from pydantic import Field
 
+from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.models import ValidateResult
-from agent_coord.server.state import AppState
-from agent_coord.server.tools._common import run_tool
+from agent_coord.server.tools.engine_tool import ToolInput, engine_tool
 
 DESCRIPTION = (
     "Compare the coordinator's records with git and the disk: crashed or silent agents holding worktrees, "
@@ -14,11 +14,18 @@ DESCRIPTION = (
 )
 
 
-def register(mcp: MCPServer, state: AppState) -> None:
-    @mcp.tool(
-        name="validate",
-        description=DESCRIPTION,
-        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True),
-    )
-    async def validate(repair: bool = False, repo: str | None = None) -> ValidateResult:
-        return await run_tool(state, state.coord.validate(repair=repair, repo=repo))
+class ValidateInput(ToolInput):
+    repair: bool = Field(default=False, description="fix what is safe (work is saved first); false only reports")
+    repo: str | None = Field(default=None, description="absolute path of the repository (default: configured)")
+
+
+async def validate(args: ValidateInput, coord: Coordinator) -> ValidateResult:
+    return await coord.validate(repair=args.repair, repo=args.repo)
+
+
+TOOL = engine_tool(
+    validate,
+    name="validate",
+    description=DESCRIPTION,
+    annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True),
+)
