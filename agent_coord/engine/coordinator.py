@@ -16,7 +16,7 @@ from opentelemetry import trace
 from agent_coord.config import Settings
 from agent_coord.engine.allocate.pool import Pool
 from agent_coord.engine.contention.snapshot import ContentionMonitor
-from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.errors import MAX_TEXT, CoordError, ErrorCode
 from agent_coord.engine.git.confinement import PoolRootRefused
 from agent_coord.engine.git.driver import GitDriver
 from agent_coord.engine.liveness.judge import Identity, judge, same_agent_process
@@ -143,7 +143,7 @@ class Coordinator:
         return s.heartbeat_idle_s if self.agent_status == "idle" else s.heartbeat_active_s
 
     async def heartbeat(self, status: Literal["active", "idle"] = "active", note: str | None = None) -> HeartbeatResult:
-        if note is not None and len(note) > 4096:
+        if note is not None and len(note) > MAX_TEXT:
             raise CoordError(ErrorCode.INVALID_ARGUMENT, "note must be at most 4096 characters")
         changed = status != self.agent_status
         self.agent_status = status

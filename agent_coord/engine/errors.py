@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+MAX_TEXT = 4096  # the longest free text an argument may carry (base, task, note, a release selector)
+
 
 class ErrorCode(StrEnum):
     BRANCH_CONFLICT = "BRANCH_CONFLICT"

@@ -1,25 +1,33 @@
 """Before anything is claimed: the arguments, the branch name, the base and the branch checked against
-the store and git, so that a refused allocation changes nothing. Every refusal is logged."""
+the store and git, so that a refused allocation changes nothing. Refusals are raised; the
+allocation's boundary (`Pool.allocate`) logs each one."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 from opentelemetry import trace
 
 from agent_coord.engine.concurrency import gather
-from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.errors import MAX_TEXT, CoordError, ErrorCode
 from agent_coord.engine.git.driver import BranchRefs, GitDriver, GitError, WorktreeInfo, reject_option_like
 from agent_coord.engine.liveness.judge import Identity
 from agent_coord.engine.models import Contention
 from agent_coord.engine.repos import RepoResolver
-from agent_coord.engine.store import EventDraft, Store
-from agent_coord.engine.store.records import Action, Repo, Slot, SlotState
+from agent_coord.engine.store import Store
+from agent_coord.engine.store.records import Repo, Slot, SlotState
 
-MAX_TEXT = 4096
+
+@dataclass
+class Progress:
+    """How far an allocation got: what its boundary logs with a refusal."""
+
+    branch: str | None  # as asked while unchecked (None when too long to log), then as checked
+    repo: Repo | None = None
+    attempts: int = 0
+    contention: Contention | None = None
 
 
 @dataclass(frozen=True)
@@ -60,10 +68,6 @@ def default_start(remotes: list[str] | None, head: str | None) -> str:
     return head
 
 
-async def _none() -> None:
-    return None
-
-
 class Checks:
     def __init__(self, store: Store, git: GitDriver, identity: Identity, repos: RepoResolver) -> None:
         self.store = store
@@ -75,60 +79,30 @@ class Checks:
     def me(self) -> str:
         return self.identity.agent_id
 
-    async def refuse(
-        self,
-        repo: Repo,
-        branch: str,
-        started: float,
-        error: CoordError,
-        *,
-        attempts: int = 0,
-        contention: Contention | None = None,
-    ) -> NoReturn:
-        detail: dict[str, object] = {"message": error.message, "attempts": attempts}
-        if contention is not None:
-            detail["contention"] = contention.model_dump(mode="json")
-        await self.store.log(
-            EventDraft(
-                Action.ALLOCATE,
-                error.code.value,
-                self.me,
-                repo.id,
-                None,
-                branch,
-                (time.monotonic() - started) * 1000,
-                detail=detail,
-            )
-        )
-        raise error
-
-    async def plan(self, branch: str, base: str | None, repo_arg: str | None, task: str | None, started: float) -> Plan:
+    async def plan(
+        self, progress: Progress, branch: str, base: str | None, repo_arg: str | None, task: str | None
+    ) -> Plan:
         if base is not None:
             if not base or len(base) > MAX_TEXT:
                 raise CoordError(ErrorCode.INVALID_ARGUMENT, "base must be 1..4096 characters")
             reject_option_like(base, "base")
         if task is not None and len(task) > MAX_TEXT:
             raise CoordError(ErrorCode.INVALID_ARGUMENT, "task must be at most 4096 characters")
-        repo = await self.repos.resolve(repo_arg)
-        branch = await self.git.check_branch_name(branch)
+        repo = progress.repo = await self.repos.resolve(repo_arg)
+        branch = progress.branch = await self.git.check_branch_name(branch)
         # Independent reads at once: the base, the branch's refs, git's worktrees and the store's slots.
         base_commit, refs, worktrees, slots = await gather(
-            self._base_or_fail(repo, base) if base is not None else _none(),
+            self._base_or_fail(repo, base),
             self.git.branch_refs(Path(repo.path), branch),
             self._worktrees_or_fail(repo),
             self.store.slots(repo.id),
         )
         if not refs.exists and refs.clash is not None:
             # Found now, not by git after a slot was claimed: a refused call changes nothing.
-            await self.refuse(
-                repo,
-                branch,
-                started,
-                CoordError(
-                    ErrorCode.INVALID_BRANCH,
-                    f"branch {branch!r} cannot be created in {repo.path}: branch {refs.clash!r} exists "
-                    "(git stores refs as files, so 'a' and 'a/b' cannot both exist)",
-                ),
+            raise CoordError(
+                ErrorCode.INVALID_BRANCH,
+                f"branch {branch!r} cannot be created in {repo.path}: branch {refs.clash!r} exists "
+                "(git stores refs as files, so 'a' and 'a/b' cannot both exist)",
             )
         span = trace.get_current_span()
         span.set_attribute("repo.path", repo.path)
@@ -137,15 +111,15 @@ class Checks:
             if s.branch == branch and s.state in (SlotState.BUSY, SlotState.ALLOCATING, SlotState.RELEASING):
                 if s.owner == self.me and s.state == SlotState.BUSY:
                     return Plan(repo, branch, refs, worktrees, None, held=s)
-                await self.refuse(repo, branch, started, conflict_from_slot(s))
-        await self._check_git_conflict(repo, branch, slots, worktrees, started)
+                raise conflict_from_slot(s)
+        self._check_git_conflict(repo, branch, slots, worktrees)
         start = base_commit
         if start is None and not refs.exists:
             try:
                 start = default_start(refs.remotes, await self._main_head(repo, refs, worktrees))
             except GitError as exc:
                 # An unborn repository: refused here rather than found by git after a claim.
-                await self.refuse(repo, branch, started, CoordError(ErrorCode.GIT_FAILED, exc.reason))
+                raise CoordError(ErrorCode.GIT_FAILED, exc.reason) from exc
         return Plan(repo, branch, refs, worktrees, None if refs.exists else start, held=None)
 
     async def _main_head(self, repo: Repo, refs: BranchRefs, worktrees: list[WorktreeInfo]) -> str | None:
@@ -157,8 +131,10 @@ class Checks:
             return await self.git.head_commit(Path(repo.path))  # listed under another spelling: ask git
         return main.head if main.head.strip("0") else None  # an unborn HEAD is listed as all zeros
 
-    async def _base_or_fail(self, repo: Repo, base: str) -> str:
+    async def _base_or_fail(self, repo: Repo, base: str | None) -> str | None:
         """A bad base is refused before anything is claimed, so the refusal changes nothing."""
+        if base is None:
+            return None
         try:
             return await self.git.resolve_commit(Path(repo.path), base)
         except GitError as exc:
@@ -172,21 +148,14 @@ class Checks:
         except GitError as exc:
             raise CoordError(ErrorCode.GIT_FAILED, f"git worktree list failed: {exc.reason}") from exc
 
-    async def _check_git_conflict(
-        self, repo: Repo, branch: str, slots: list[Slot], worktrees: list[WorktreeInfo], started: float
-    ) -> None:
+    def _check_git_conflict(self, repo: Repo, branch: str, slots: list[Slot], worktrees: list[WorktreeInfo]) -> None:
         for wt in worktrees:
             if wt.branch == branch:
                 known = next((s for s in slots if Path(s.path) == Path(wt.path)), None)
                 where = f"worktree {known.id} ({wt.path})" if known else f"the worktree at {wt.path}"
                 if Path(wt.path) == Path(repo.path):
                     where = f"the main worktree ({wt.path})"
-                await self.refuse(
-                    repo,
-                    branch,
-                    started,
-                    CoordError(
-                        ErrorCode.BRANCH_CONFLICT,
-                        f"branch {branch!r} is checked out in {where}",
-                    ),
+                raise CoordError(
+                    ErrorCode.BRANCH_CONFLICT,
+                    f"branch {branch!r} is checked out in {where}",
                 )

@@ -6,6 +6,7 @@ phases (pool_git.py), first-time setup, and the grant (pool_grant.py). Release i
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from pathlib import Path
@@ -15,11 +16,12 @@ import anyio
 from opentelemetry import trace
 
 from agent_coord.config import Settings
-from agent_coord.engine.allocate.checks import MAX_TEXT, Checks, Plan, conflict_from_slot
+from agent_coord.engine.allocate.checks import Checks, Plan, Progress, conflict_from_slot
 from agent_coord.engine.allocate.grant import existing, grant
 from agent_coord.engine.allocate.slot_git import Claim, add_cold_slot, roll_back, switch_warm_slot
 from agent_coord.engine.allocate.slot_setup import SetupError, copy_included_files, run_post_create
 from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.git.branch_names import MAX_REF_LENGTH
 from agent_coord.engine.git.driver import GitDriver, GitError
 from agent_coord.engine.liveness.judge import Identity
 from agent_coord.engine.models import AllocationResult, Contention, ReleaseResult
@@ -30,19 +32,14 @@ from agent_coord.engine.repos import RepoResolver, bounds_of
 from agent_coord.engine.store import BranchHeldError, EventDraft, Store, StoreBusyError
 from agent_coord.engine.store.records import Action, Repo
 
-__all__ = ["MAX_TEXT", "ContentionMonitor", "Pool"]
-
 tracer = trace.get_tracer("agent-coord.pool")
+logger = logging.getLogger("agent-coord")
 
 BACKOFF_BASE_S = 0.05
 
 
 class ContentionMonitor(Protocol):
     async def snapshot(self, repo: Repo) -> Contention: ...
-
-
-async def _none() -> None:  # bench/proto_fastpath.py
-    return None
 
 
 class Pool:
@@ -73,14 +70,17 @@ class Pool:
     async def allocate(
         self, branch: str, base: str | None = None, repo: str | None = None, task: str | None = None
     ) -> AllocationResult:
+        """The boundary of the use case: every refusal, whichever step found it, is logged here once."""
         started = time.monotonic()
+        progress = Progress(branch if len(branch) <= MAX_REF_LENGTH else None)
         with tracer.start_as_current_span("allocate") as span:
             span.set_attribute("agent.id", self.me)
             try:
-                result = await self._allocate(branch, base, repo, task, started)
+                result = await self._allocate(progress, branch, base, repo, task, started)
             except CoordError as exc:
                 span.set_attribute("error.code", exc.code.value)
                 span.set_status(trace.StatusCode.ERROR, exc.message)
+                await self._log_refusal(progress, exc, started)
                 raise
             span.set_attribute("worktree.id", result.worktree_id)
             span.set_attribute("allocation.strategy", result.strategy)
@@ -114,10 +114,29 @@ class Pool:
         """What the conflict radar last stored for this agent's live allocations (engine/radar)."""
         return conflicts_for(await self.store.live_pairs(), lambda side: side.agent_id == self.me)
 
+    async def _log_refusal(self, progress: Progress, error: CoordError, started: float) -> None:
+        detail: dict[str, object] = {"message": error.message, "attempts": progress.attempts}
+        if progress.contention is not None:
+            detail["contention"] = progress.contention.model_dump(mode="json")
+        draft = EventDraft(
+            Action.ALLOCATE,
+            error.code.value,
+            agent_id=self.me,
+            repo_id=progress.repo.id if progress.repo else None,
+            branch=progress.branch,
+            duration_ms=(time.monotonic() - started) * 1000,
+            detail=detail,
+        )
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.store.log(draft)
+        except StoreBusyError:  # the agent still gets its refusal; the log missing one is the lesser loss
+            logger.warning("could not log the refused allocation of %r: the database stayed busy", progress.branch)
+
     async def _allocate(
-        self, branch: str, base: str | None, repo_arg: str | None, task: str | None, started: float
+        self, progress: Progress, branch: str, base: str | None, repo_arg: str | None, task: str | None, started: float
     ) -> AllocationResult:
-        plan = await self.checks.plan(branch, base, repo_arg, task, started)
+        plan = await self.checks.plan(progress, branch, base, repo_arg, task)
         repo, branch = plan.repo, plan.branch
         if plan.held is not None:
             held = existing(self.me, repo, plan.held, await self.contention.snapshot(repo), started)
@@ -130,6 +149,7 @@ class Pool:
         strategy = "pessimistic" if pessimistic else "optimistic"
         span.set_attribute("contention.level", snapshot.level)
         span.set_attribute("allocation.strategy", strategy)
+        progress.contention = snapshot
         attempts = 0
         jitter_ms = 0.0
         claim: Claim | None = None
@@ -140,38 +160,29 @@ class Pool:
                     await anyio.sleep(jitter_ms / 1000)
                 warmest = (not pessimistic) or snapshot.caller_focused
                 for attempt in range(self.settings.retries + 1):
-                    attempts = attempt + 1
+                    attempts = progress.attempts = attempt + 1
                     # Shielded: once the row is claimed we must know it, to roll it back on any exit.
                     with anyio.CancelScope(shield=True):
-                        claim = await self._claim(repo, branch, task, warmest, plan.listed, started)
+                        claim = await self._claim(repo, branch, task, warmest, plan.listed)
                     if claim is not None:
                         break
                     await self.store.log(
                         EventDraft(
                             Action.CAS_LOST,
                             "lost",
-                            self.me,
-                            repo.id,
-                            None,
-                            branch,
+                            agent_id=self.me,
+                            repo_id=repo.id,
+                            branch=branch,
                             detail={"attempt": attempts, "strategy": strategy},
                         )
                     )
                     if pessimistic:
                         await anyio.sleep(BACKOFF_BASE_S * (2**attempt) * random.uniform(0.5, 1.5))
                 if claim is None:
-                    await self.checks.refuse(
-                        repo,
-                        branch,
-                        started,
-                        CoordError(
-                            ErrorCode.ALLOCATION_TIMEOUT,
-                            f"the coordination database stayed locked through {attempts} attempts",
-                        ),
-                        attempts=attempts,
-                        contention=snapshot,
+                    raise CoordError(
+                        ErrorCode.ALLOCATION_TIMEOUT,
+                        f"the coordination database stayed locked through {attempts} attempts",
                     )
-                assert claim is not None
                 await self._git_phase(repo, claim, plan)
             if not claim.slot.setup_done:
                 # Outside the allocation timeout: a dependency install may take minutes (setup_timeout_s).
@@ -180,31 +191,17 @@ class Pool:
             if claim is not None:
                 with anyio.CancelScope(shield=True):
                     await self._roll_back(repo, claim, "allocation timed out")
-            await self.checks.refuse(
-                repo,
-                branch,
-                started,
-                CoordError(
-                    ErrorCode.ALLOCATION_TIMEOUT,
-                    f"gave up after {self.settings.allocation_timeout_s:g}s; nothing was changed",
-                ),
-                attempts=attempts,
-                contention=snapshot,
-            )
+            raise CoordError(
+                ErrorCode.ALLOCATION_TIMEOUT,
+                f"gave up after {self.settings.allocation_timeout_s:g}s; nothing was changed",
+            ) from None
         except (GitError, SetupError, OSError) as exc:
             reason = exc.reason if isinstance(exc, GitError) else str(exc)
             assert claim is not None
             span.set_status(trace.StatusCode.ERROR, reason)
             with anyio.CancelScope(shield=True):
                 await self._roll_back(repo, claim, reason)
-            await self.checks.refuse(
-                repo,
-                branch,
-                started,
-                CoordError(ErrorCode.GIT_FAILED, f"could not prepare {claim.slot.id}: {reason}"),
-                attempts=attempts,
-                contention=snapshot,
-            )
+            raise CoordError(ErrorCode.GIT_FAILED, f"could not prepare {claim.slot.id}: {reason}") from exc
         except BaseException:
             # Cancelled by the client, or refused after the claim: leave nothing half-done.
             if claim is not None:
@@ -236,7 +233,6 @@ class Pool:
         task: str | None,
         warmest: bool,
         listed: set[Path],
-        started: float,
     ) -> Claim | None:
         """Phase 1: one compare-and-swap. None when the database stayed locked (contention): retry.
 
@@ -268,18 +264,13 @@ class Pool:
                     pool_max=self.settings.pool_max,
                 )
             except BranchHeldError as exc:
-                await self.checks.refuse(repo, branch, started, conflict_from_slot(exc.holder))
+                raise conflict_from_slot(exc.holder) from exc
             except StoreBusyError:
                 return None  # the write lock stayed taken through the store's own retries: back off
             if slot is None:
-                await self.checks.refuse(
-                    repo,
-                    branch,
-                    started,
-                    CoordError(
-                        ErrorCode.POOL_EXHAUSTED,
-                        f"all {self.settings.pool_max} slots of {repo.path} are in use",
-                    ),
+                raise CoordError(
+                    ErrorCode.POOL_EXHAUSTED,
+                    f"all {self.settings.pool_max} slots of {repo.path} are in use",
                 )
             return Claim(slot, warm=False)
 

@@ -12,7 +12,7 @@ from typing import NoReturn
 import anyio
 from opentelemetry import trace
 
-from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.errors import MAX_TEXT, CoordError, ErrorCode
 from agent_coord.engine.git.confinement import Shape, Unconfined, inside_pool, shape
 from agent_coord.engine.git.driver import GitDriver, GitError, reject_option_like
 from agent_coord.engine.git.operations import describe, moved_worktree, operation_in_progress, unsaveable_work
@@ -28,7 +28,6 @@ from agent_coord.engine.store.records import HELD_STATES, Action, Repo, Slot, Sl
 
 tracer = trace.get_tracer("agent-coord.pool")
 SETTLE_S = 5.0  # how long a release waits for another hand's release or reclaim of the same slot
-MAX_TEXT = 4096
 
 
 def _quarantined() -> dict[str, object]:
