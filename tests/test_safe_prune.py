@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def porcelain(repo: Path) -> dict[str, str]:
 
 
 async def pruner_for(coord: Any, repo: Path, git_driver: GitDriver) -> tuple[SafePruner, Repo]:
-    return SafePruner(coord.store, git_driver, coord.identity), await coord.repos.resolve(str(repo))
+    return SafePruner(replace(coord.ctx, git=git_driver)), await coord.repos.resolve(str(repo))
 
 
 async def test_a_worktree_deleted_after_the_saves_keeps_its_entry(coord: Any, repo: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,9 @@ class HookedReclaimer(Reclaimer):
 
 def instrumented(coord: Any) -> tuple[Validator, HookedReclaimer, CountingGit]:
     counting = CountingGit()
-    reclaimer = HookedReclaimer(coord.store, counting, coord.repos, coord.identity)
-    return Validator(coord.store, counting, coord.repos, reclaimer, coord.identity), reclaimer, counting
+    ctx = replace(coord.ctx, git=counting)
+    reclaimer = HookedReclaimer(ctx)
+    return Validator(ctx, reclaimer), reclaimer, counting
 
 
 def kill_agent(env: dict[str, str], agent_id: str) -> None:

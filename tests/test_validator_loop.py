@@ -33,7 +33,7 @@ def dead_process() -> tuple[int, float]:
 
 def loop_of(coord: Any, **identity: Any) -> ValidatorLoop:
     me = replace(coord.identity, **identity)
-    return ValidatorLoop(coord.store, coord.validator, me, every_s=60, check_s=1)
+    return ValidatorLoop(replace(coord.ctx, identity=me), coord.validator, every_s=60, check_s=1)
 
 
 async def started(coord: Any) -> list[Any]:
@@ -155,7 +155,7 @@ async def test_the_loop_outlives_a_failing_check(coord: Any, settings: Any) -> N
 
     closed = await Store.open(settings.db)
     await closed.close()  # every check of this loop now fails
-    loop = ValidatorLoop(closed, coord.validator, coord.identity, every_s=60, check_s=0.02)
+    loop = ValidatorLoop(replace(coord.ctx, store=closed), coord.validator, every_s=60, check_s=0.02)
     with anyio.move_on_after(0.3):
         await loop.run()  # logs each failure and goes on; only the cancellation ends it
     assert await loop_of(coord).tick() == "interval"  # and it held nothing that blocks the others

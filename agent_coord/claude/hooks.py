@@ -16,7 +16,6 @@ codes; this module only speaks the engine's language (`CoordError` with a stable
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -28,12 +27,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent_coord.claude.slot_setup import link_claude_setup
 from agent_coord.config import Settings
-from agent_coord.engine.allocate.pool import Pool
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.driver import GitError
 from agent_coord.engine.liveness.judge import same_agent
 from agent_coord.engine.models import AllocationResult, ReleaseResult
+from agent_coord.engine.release.releaser import Releaser
 from agent_coord.engine.store import EventDraft
 from agent_coord.engine.store.records import HELD_STATES, Action, Agent, Repo, Slot, SlotState
 
@@ -176,12 +175,10 @@ def same_process(coord: Coordinator, agent: Agent | None) -> bool:
     return same_agent(coord.identity, agent)
 
 
-def pool_as(coord: Coordinator, agent_id: str) -> Pool:
-    """The pool acting as `agent_id`, so a release is an owner's release and never needs force."""
-    if agent_id == coord.agent_id:
-        return coord.pool
-    identity = dataclasses.replace(coord.identity, agent_id=agent_id)
-    return Pool(coord.store, coord.git, coord.settings, identity, coord.repos, coord.contention)
+async def release_as(coord: Coordinator, agent_id: str, worktree_id: str) -> ReleaseResult:
+    """Release as `agent_id` (the same engine acting for the owner), so it is an owner's release and
+    never needs force."""
+    return await Releaser(coord.ctx.acting_as(agent_id)).release(worktree_id=worktree_id)
 
 
 async def _may_act_for(coord: Coordinator, owner: str | None) -> bool:
@@ -251,7 +248,7 @@ async def remove_worktree(coord: Coordinator, payload: WorktreeRemoveInput) -> R
             f"{slot.id} ({slot.path}) is held by agent {slot.owner}, not by this Claude Code session; left as is",
         )
     try:
-        return await pool_as(coord, slot.owner or coord.agent_id).release(worktree_id=slot.id)
+        return await release_as(coord, slot.owner or coord.agent_id, slot.id)
     except CoordError as exc:
         if exc.code not in (ErrorCode.WORKTREE_DIRTY, ErrorCode.WORKTREE_LOCKED):
             raise
@@ -282,7 +279,7 @@ async def end_session(coord: Coordinator, payload: SessionEndInput) -> SessionEn
         if s.owner not in owners:
             continue
         try:
-            report.released.append(await pool_as(coord, s.owner or coord.agent_id).release(worktree_id=s.id))
+            report.released.append(await release_as(coord, s.owner or coord.agent_id, s.id))
         except CoordError as exc:
             report.kept.append(f"{s.id} ({s.path}): kept, {exc}")
     await coord.store.set_agent_status(

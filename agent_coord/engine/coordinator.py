@@ -4,7 +4,6 @@ the background work of a server (lease renewal, validation when it holds the val
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -16,6 +15,7 @@ from opentelemetry import trace
 from agent_coord.config import Settings
 from agent_coord.engine.allocate.pool import Pool
 from agent_coord.engine.contention.snapshot import ContentionMonitor
+from agent_coord.engine.context import EngineContext, OverEngine
 from agent_coord.engine.errors import MAX_TEXT, CoordError, ErrorCode
 from agent_coord.engine.git.confinement import PoolRootRefused
 from agent_coord.engine.git.driver import GitDriver
@@ -47,29 +47,21 @@ logger = logging.getLogger("agent-coord")
 DEAD_AGENT_VISIBLE_S = 86400.0
 
 
-class Coordinator:
+class Coordinator(OverEngine):
     def __init__(self, settings: Settings, store: Store, identity: Identity) -> None:
-        self.settings = settings
-        self.store = store
-        self.identity = identity
-        self.git = GitDriver()
-        self.repos = RepoResolver(store, self.git, settings)
-        self.contention = ContentionMonitor(store, settings, identity)
-        self.pool = Pool(store, self.git, settings, identity, self.repos, self.contention)
-        self.reclaimer = Reclaimer(store, self.git, self.repos, identity, lease_s=settings.stale_after_s)
+        git = GitDriver()
+        ctx = EngineContext(store, git, RepoResolver(store, git, settings), settings, identity)
+        super().__init__(ctx)
+        self.contention = ContentionMonitor(ctx)
+        self.pool = Pool(ctx, self.contention)
+        self.reclaimer = Reclaimer(ctx)
         # An allocation in flight longer than any allocation may take (setup included) is stuck.
         self.validator = Validator(
-            store,
-            self.git,
-            self.repos,
-            self.reclaimer,
-            identity,
-            allocating_grace_s=settings.allocation_timeout_s + settings.setup_timeout_s + 60,
+            ctx, self.reclaimer, allocating_grace_s=settings.allocation_timeout_s + settings.setup_timeout_s + 60
         )
         self.validator_loop = ValidatorLoop(
-            store,
+            ctx,
             self.validator,
-            identity,
             every_s=settings.validate_every_s,
             check_s=check_every(settings.validate_every_s, settings.heartbeat_active_s),
             retention=Retention.of(settings.metrics_window_s, settings.events_keep_days),
@@ -170,7 +162,7 @@ class Coordinator:
         return HeartbeatResult(
             agent_id=self.agent_id,
             status=status,
-            lease_expires_at=agent.lease_expires_at if agent else time.time(),
+            lease_expires_at=agent.lease_expires_at if agent else self.ctx.now(),
             next_heartbeat_s=self.heartbeat_interval(),
             allocations=held,
             conflicts=await self.conflicts(),
@@ -233,7 +225,7 @@ class Coordinator:
         repo = await self.repos.resolve(repo_arg) if repo_arg is not None else await self.default_repo()
         slots = await self.store.slots(repo.id if repo else None)
         repos = {r.id: r.path for r in await self.store.repos()}
-        now = time.time()
+        now = self.ctx.now()
         holders = {s.owner for s in slots if s.owner}
         agents: list[AgentView] = []
         contention: Contention | None = await self.contention.snapshot(repo) if with_contention else None
@@ -299,7 +291,7 @@ class Coordinator:
         )
 
     async def metrics(self) -> MetricsReport:
-        now = time.time()
+        now = self.ctx.now()
         window = self.settings.metrics_window_s
         totals = await self.store.metric_totals(now=now, window_s=window, holds_since=history_start(now, window))
         slot_count = max(1, len(await self.store.slots()))

@@ -11,12 +11,10 @@ from pathlib import Path
 from opentelemetry import trace
 
 from agent_coord.engine.concurrency import gather
+from agent_coord.engine.context import OverEngine
 from agent_coord.engine.errors import MAX_TEXT, CoordError, ErrorCode
-from agent_coord.engine.git.driver import BranchRefs, GitDriver, GitError, WorktreeInfo, reject_option_like
-from agent_coord.engine.liveness.judge import Identity
+from agent_coord.engine.git.driver import BranchRefs, GitError, WorktreeInfo, reject_option_like
 from agent_coord.engine.models import Contention
-from agent_coord.engine.repos import RepoResolver
-from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Repo, Slot, SlotState
 
 
@@ -68,17 +66,7 @@ def default_start(remotes: list[str] | None, head: str | None) -> str:
     return head
 
 
-class Checks:
-    def __init__(self, store: Store, git: GitDriver, identity: Identity, repos: RepoResolver) -> None:
-        self.store = store
-        self.git = git
-        self.identity = identity
-        self.repos = repos
-
-    @property
-    def me(self) -> str:
-        return self.identity.agent_id
-
+class Checks(OverEngine):
     async def plan(
         self, progress: Progress, branch: str, base: str | None, repo_arg: str | None, task: str | None
     ) -> Plan:

@@ -15,21 +15,20 @@ from typing import Protocol
 import anyio
 from opentelemetry import trace
 
-from agent_coord.config import Settings
 from agent_coord.engine.allocate.checks import Checks, Plan, Progress, conflict_from_slot
 from agent_coord.engine.allocate.grant import existing, grant
 from agent_coord.engine.allocate.slot_git import Claim, add_cold_slot, roll_back, switch_warm_slot
 from agent_coord.engine.allocate.slot_setup import SetupError, copy_included_files, run_post_create
+from agent_coord.engine.context import EngineContext, OverEngine
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.branch_names import MAX_REF_LENGTH
-from agent_coord.engine.git.driver import GitDriver, GitError
-from agent_coord.engine.liveness.judge import Identity
+from agent_coord.engine.git.driver import GitError
 from agent_coord.engine.models import AllocationResult, Contention, ReleaseResult
 from agent_coord.engine.radar.models import Conflict
 from agent_coord.engine.radar.view import conflicts_for
 from agent_coord.engine.release.releaser import Releaser
-from agent_coord.engine.repos import RepoResolver, bounds_of
-from agent_coord.engine.store import BranchHeldError, EventDraft, Store, StoreBusyError
+from agent_coord.engine.repos import bounds_of
+from agent_coord.engine.store import BranchHeldError, EventDraft, StoreBusyError
 from agent_coord.engine.store.records import Action, Repo
 
 tracer = trace.get_tracer("agent-coord.pool")
@@ -42,30 +41,13 @@ class ContentionMonitor(Protocol):
     async def snapshot(self, repo: Repo) -> Contention: ...
 
 
-class Pool:
-    def __init__(
-        self,
-        store: Store,
-        git: GitDriver,
-        settings: Settings,
-        identity: Identity,
-        repos: RepoResolver,
-        contention: ContentionMonitor,
-    ) -> None:
-        self.store = store
-        self.git = git
-        self.settings = settings
-        self.identity = identity
-        self.repos = repos
+class Pool(OverEngine):
+    def __init__(self, ctx: EngineContext, contention: ContentionMonitor) -> None:
+        super().__init__(ctx)
         self.contention = contention
-        self._tokens: dict[str, int] = {}  # the fencing tokens this server was granted
-        self.checks = Checks(store, git, identity, repos)
-        self.releaser = Releaser(store, git, identity, repos, self._tokens, lease_s=settings.stale_after_s)
+        self.checks = Checks(ctx)
+        self.releaser = Releaser(ctx)
         self.find_slot = self.releaser.find_slot
-
-    @property
-    def me(self) -> str:
-        return self.identity.agent_id
 
     async def allocate(
         self, branch: str, base: str | None = None, repo: str | None = None, task: str | None = None
@@ -140,7 +122,7 @@ class Pool:
         repo, branch = plan.repo, plan.branch
         if plan.held is not None:
             held = existing(self.me, repo, plan.held, await self.contention.snapshot(repo), started)
-            self._tokens[held.worktree_id] = held.fencing_token
+            self.ctx.granted.remember(held.worktree_id, held.fencing_token)
             return held
 
         span = trace.get_current_span()
@@ -223,7 +205,7 @@ class Pool:
             lease_s=self.settings.stale_after_s,
             base=base,
         )
-        self._tokens[result.worktree_id] = result.fencing_token
+        self.ctx.granted.remember(result.worktree_id, result.fencing_token)
         return result
 
     async def _claim(

@@ -13,21 +13,19 @@ from datetime import UTC, datetime
 
 import anyio
 
-from agent_coord.config import Settings
 from agent_coord.engine.contention.manictime import ManicTimeReader
 from agent_coord.engine.contention.processes import ProcessScanner
 from agent_coord.engine.contention.window_match import DEFAULT_AGENT_EXECUTABLES, AgentWindowKey, WindowMatchRules
-from agent_coord.engine.liveness.judge import Identity, judge
+from agent_coord.engine.context import EngineContext, OverEngine
+from agent_coord.engine.liveness.judge import judge
 from agent_coord.engine.models import Contention, ContentionSource
-from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import HELD_STATES, Repo
 
 
-class ContentionMonitor:
-    def __init__(self, store: Store, settings: Settings, identity: Identity) -> None:
-        self.store = store
-        self.settings = settings
-        self.identity = identity
+class ContentionMonitor(OverEngine):
+    def __init__(self, ctx: EngineContext) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
         self.processes = ProcessScanner(settings.agent_process_patterns)
         rules = WindowMatchRules(
             match_worktree_path="worktree_path" in settings.focus_match,

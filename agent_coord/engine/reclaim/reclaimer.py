@@ -20,15 +20,19 @@ from pathlib import Path
 import anyio
 from opentelemetry import trace
 
-from agent_coord.engine.git.driver import GitDriver, GitError, WorktreeInfo
+from agent_coord.engine.context import EngineContext, OverEngine
+from agent_coord.engine.git.driver import GitError, WorktreeInfo
 from agent_coord.engine.git.worktree_listing import WorktreeListing, real_paths, same_path
-from agent_coord.engine.git.worktree_probe import OnDisk, clear_confined_add_marker, listing_holds, probe_worktree
-from agent_coord.engine.liveness.judge import Identity
+from agent_coord.engine.git.worktree_probe import (
+    OnDisk,
+    clear_confined_add_marker,
+    listing_holds,
+    probe_worktree,
+)
 from agent_coord.engine.reclaim.job import ReclaimJob
 from agent_coord.engine.reclaim.lost_and_found import LOST_AND_FOUND, move_aside
 from agent_coord.engine.reclaim.safe_prune import PruneResult, SafePruner, SavedEntry
-from agent_coord.engine.repos import RepoResolver, bounds_of
-from agent_coord.engine.store import Store
+from agent_coord.engine.repos import bounds_of
 from agent_coord.engine.store.records import Repo, Slot, SlotState
 
 # Re-exported: these were importable from here before the split.
@@ -52,22 +56,11 @@ DEFAULT_RECLAIM_LEASE_S = 300.0
 REPAIRED_OUTCOMES = frozenset({"freed", "rescued", "rolled_back", "removed", "quarantined"})
 
 
-class Reclaimer:
-    def __init__(
-        self,
-        store: Store,
-        git: GitDriver,
-        repos: RepoResolver,
-        identity: Identity,
-        *,
-        lease_s: float = DEFAULT_RECLAIM_LEASE_S,
-    ) -> None:
-        self.store = store
-        self.git = git
-        self.repos = repos
-        self.identity = identity
-        self.lease_s = lease_s
-        self.pruner = SafePruner(store, git, identity)
+class Reclaimer(OverEngine):
+    def __init__(self, ctx: EngineContext) -> None:
+        super().__init__(ctx)
+        self.lease_s = ctx.settings.stale_after_s
+        self.pruner = SafePruner(ctx)
 
     async def reclaim(self, slot: Slot, reason: str, *, listing: WorktreeListing | None = None) -> str:
         """Return what happened: freed, rescued, rolled_back, quarantined, removed, locked, lost_race, failed.

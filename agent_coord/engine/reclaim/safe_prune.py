@@ -24,12 +24,11 @@ from pathlib import Path
 
 import anyio
 
-from agent_coord.engine.git.driver import RESCUE_NAMESPACE, GitDriver, GitError, WorktreeInfo
+from agent_coord.engine.context import EngineContext, OverEngine
+from agent_coord.engine.git.driver import RESCUE_NAMESPACE, GitError, WorktreeInfo
 from agent_coord.engine.git.worktree_listing import WorktreeListing
 from agent_coord.engine.git.worktree_probe import AdminDir, judge_admin_dir, scan_admin_dirs
-from agent_coord.engine.liveness.judge import Identity
 from agent_coord.engine.reclaim.rescue import GoneWorktree, Whose, save_work
-from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Repo
 
 
@@ -56,11 +55,9 @@ class PruneResult:
         return self.ran and real_path not in self.kept
 
 
-class SafePruner:
-    def __init__(self, store: Store, git: GitDriver, identity: Identity) -> None:
-        self.store = store
-        self.git = git
-        self.identity = identity
+class SafePruner(OverEngine):
+    def __init__(self, ctx: EngineContext) -> None:
+        super().__init__(ctx)
         # One prune at a time per repository (keyed by its `.git`); made on first use, in the event loop.
         self._turns: dict[str, anyio.Lock] = {}
 

@@ -12,18 +12,19 @@ from typing import NoReturn
 import anyio
 from opentelemetry import trace
 
+from agent_coord.engine.context import EngineContext, OverEngine
 from agent_coord.engine.errors import MAX_TEXT, CoordError, ErrorCode
 from agent_coord.engine.git.confinement import Shape, Unconfined, inside_pool, shape
-from agent_coord.engine.git.driver import GitDriver, GitError, reject_option_like
+from agent_coord.engine.git.driver import GitError, reject_option_like
 from agent_coord.engine.git.operations import describe, moved_worktree, operation_in_progress, unsaveable_work
 from agent_coord.engine.git.worktree_listing import WorktreeListing
 from agent_coord.engine.git.worktree_record import WorktreeRecord, read_worktree_record
-from agent_coord.engine.liveness.judge import Identity, judge, same_agent
+from agent_coord.engine.liveness.judge import judge, same_agent
 from agent_coord.engine.models import ReleaseResult
 from agent_coord.engine.reclaim.rescue import save_work
 from agent_coord.engine.release.ended import ended_error, ended_for, why_ended
-from agent_coord.engine.repos import RepoResolver, bounds_of
-from agent_coord.engine.store import EventDraft, Store
+from agent_coord.engine.repos import bounds_of
+from agent_coord.engine.store import EventDraft
 from agent_coord.engine.store.records import HELD_STATES, Action, Repo, Slot, SlotState, freed
 
 tracer = trace.get_tracer("agent-coord.pool")
@@ -34,27 +35,10 @@ def _quarantined() -> dict[str, object]:
     return {"state": SlotState.QUARANTINED, "owner": None, "lease_expires_at": None}
 
 
-class Releaser:
-    def __init__(
-        self,
-        store: Store,
-        git: GitDriver,
-        identity: Identity,
-        repos: RepoResolver,
-        tokens: dict[str, int],
-        *,
-        lease_s: float,
-    ) -> None:
-        self.lease_s = lease_s
-        self.store = store
-        self.git = git
-        self.identity = identity
-        self.repos = repos
-        self._tokens = tokens  # shared with the Pool: the fencing tokens this server was granted
-
-    @property
-    def me(self) -> str:
-        return self.identity.agent_id
+class Releaser(OverEngine):
+    def __init__(self, ctx: EngineContext) -> None:
+        super().__init__(ctx)
+        self.lease_s = ctx.settings.stale_after_s
 
     async def _same_agent(self, owner: str | None) -> bool:
         """What a hook of this same Claude Code session allocated under another derived id
@@ -187,7 +171,7 @@ class Releaser:
         elif worktree_id is not None:
             event = await self.store.last_end(worktree_id=worktree_id)
         else:  # "your only one": what this server was granted and no longer holds
-            ends = [await self.store.last_end(worktree_id=slot_id) for slot_id in self._tokens]
+            ends = [await self.store.last_end(worktree_id=slot_id) for slot_id, _ in self.ctx.granted.items()]
             known = [e for e in ends if e is not None]
             event = max(known, key=lambda e: e.id) if known else None
         if event is not None:
@@ -196,15 +180,15 @@ class Releaser:
     async def ended_allocations(self) -> list[str]:
         """What became of the allocations this server was granted that another hand ended since (a
         reclaim, a forced release): each told once, at the agent's next heartbeat."""
-        if not self._tokens:
+        if not self.ctx.granted.items():
             return []
         slots = {s.id: s for s in await self.store.slots()}
         told = []
-        for slot_id, token in list(self._tokens.items()):
+        for slot_id, token in self.ctx.granted.items():
             slot = slots.get(slot_id)
             if slot is not None and slot.fencing_token == token and slot.state in HELD_STATES:
                 continue
-            self._tokens.pop(slot_id, None)
+            self.ctx.granted.forget(slot_id)
             event = await self.store.last_end(worktree_id=slot_id)
             told.append(await why_ended(self.store, event) if event else f"your allocation of {slot_id} ended")
         return told
@@ -229,9 +213,9 @@ class Releaser:
         """Named by id or path, a slot that is no longer ours: ALLOCATION_ENDED when it was ours and
         another hand (a reclaim, a forced release) ended it; otherwise the caller's answer stands."""
         event = await self.store.last_end(worktree_id=slot.id)
-        if ended_for(event, self.me, held_here=slot.id in self._tokens):
+        if ended_for(event, self.me, held_here=slot.id in self.ctx.granted):
             assert event is not None
-            self._tokens.pop(slot.id, None)
+            self.ctx.granted.forget(slot.id)
             raise await ended_error(self.store, event)
 
     async def release(
@@ -305,7 +289,7 @@ class Releaser:
                     "worktrees only from agents that are gone",
                 )
             forced_from = slot.owner
-        token = self._tokens.get(slot.id, slot.fencing_token) if forced_from is None else slot.fencing_token
+        token = self.ctx.granted.presented(slot) if forced_from is None else slot.fencing_token
         bounds = await bounds_of(repo)
         slot_dir = bounds.slot(slot.path)
         try:
@@ -429,7 +413,7 @@ class Releaser:
             changes=None if gone else freed(time.time(), rescue),
             events=[event],
         )
-        self._tokens.pop(slot.id, None)
+        self.ctx.granted.forget(slot.id)
         if done is None:
             # Never acknowledge what the store did not record.
             saved = f"; its changes are in {rescue}" if rescue else "; nothing needed saving"

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import anyio
 
+from agent_coord.engine.context import EngineContext, OverEngine
 from agent_coord.engine.git.confinement import Bounds, Confined
-from agent_coord.engine.git.driver import GitDriver, WorktreeInfo
+from agent_coord.engine.git.driver import WorktreeInfo
 from agent_coord.engine.git.worktree_listing import WorktreeListing, real_path, real_paths
-from agent_coord.engine.liveness.judge import Identity, Liveness, judge
+from agent_coord.engine.liveness.judge import Liveness, judge
 from agent_coord.engine.models import Finding
 from agent_coord.engine.reclaim.lost_and_found import move_aside
 from agent_coord.engine.reclaim.reclaimer import REPAIRED_OUTCOMES, Reclaimer
 from agent_coord.engine.repos import bounds_of
-from agent_coord.engine.store import EventDraft, Store
+from agent_coord.engine.store import EventDraft
 from agent_coord.engine.store.records import Action, Agent, Repo, Slot
 
 RECLAIM_CONCURRENCY = 4
@@ -74,19 +75,10 @@ class RepoPass:
         return Path(self.repo.pool_root)
 
 
-class Checker:
-    def __init__(
-        self,
-        store: Store,
-        git: GitDriver,
-        reclaimer: Reclaimer,
-        identity: Identity,
-        allocating_grace_s: float | None,
-    ) -> None:
-        self.store = store
-        self.git = git
+class Checker(OverEngine):
+    def __init__(self, ctx: EngineContext, reclaimer: Reclaimer, allocating_grace_s: float | None) -> None:
+        super().__init__(ctx)
         self.reclaimer = reclaimer
-        self.identity = identity
         # An allocation gives up after its timeout and rolls itself back; an ALLOCATING row older than
         # this was abandoned (a cancelled or wedged server) even though its owner is alive.
         self.allocating_grace_s = allocating_grace_s

@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass
 
 import anyio
 
+from agent_coord.engine.context import EngineContext, OverEngine
 from agent_coord.engine.liveness.judge import Identity, judge, process_gone, server_gone
 from agent_coord.engine.observe.retention import Retention, prune
-from agent_coord.engine.store import EventDraft, Store
+from agent_coord.engine.store import EventDraft
 from agent_coord.engine.store.records import HELD_STATES, Action, Slot, SlotState
 from agent_coord.engine.validate.validator import Validator
 
@@ -91,24 +92,22 @@ class LeaseHolder:
         )
 
 
-class ValidatorLoop:
+class ValidatorLoop(OverEngine):
     def __init__(
         self,
-        store: Store,
+        ctx: EngineContext,
         validator: Validator,
-        identity: Identity,
         *,
         every_s: float,
         check_s: float,
         retention: Retention | None = None,
     ):
-        self.store = store
+        super().__init__(ctx)
         self.retention = retention
         self.validator = validator
-        self.identity = identity
         self.every_s = every_s
         self.check_s = check_s
-        self.holder = LeaseHolder.of(identity).encode()
+        self.holder = LeaseHolder.of(ctx.identity).encode()
         self._held = False
         self._next_full = 0.0  # monotonic; 0 = at once
         self._seen: set[tuple[str, int]] = set()

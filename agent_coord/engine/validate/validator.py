@@ -30,14 +30,13 @@ from pathlib import Path
 import anyio
 from opentelemetry import trace
 
-from agent_coord.engine.git.driver import GitDriver, GitError
+from agent_coord.engine.context import EngineContext, OverEngine
+from agent_coord.engine.git.driver import GitError
 from agent_coord.engine.git.worktree_listing import WorktreeListing
 from agent_coord.engine.git.worktree_probe import GIT_ADD_MARKER
-from agent_coord.engine.liveness.judge import Identity
 from agent_coord.engine.models import Finding, ValidateResult
 from agent_coord.engine.reclaim.reclaimer import Reclaimer
-from agent_coord.engine.repos import RepoResolver
-from agent_coord.engine.store import EventDraft, Store
+from agent_coord.engine.store import EventDraft
 from agent_coord.engine.store.records import Action, Repo, SlotState
 from agent_coord.engine.validate.confined import check_confined, pool_root_refused
 from agent_coord.engine.validate.context import Checker, RepoPass, ValidationRun
@@ -56,23 +55,11 @@ from agent_coord.engine.validate.vanished import note_missing, note_orphaned_ent
 tracer = trace.get_tracer("agent-coord.validate")
 
 
-class Validator:
-    def __init__(
-        self,
-        store: Store,
-        git: GitDriver,
-        repos: RepoResolver,
-        reclaimer: Reclaimer,
-        identity: Identity,
-        *,
-        allocating_grace_s: float | None = None,
-    ) -> None:
-        self.store = store
-        self.git = git
-        self.repos = repos
+class Validator(OverEngine):
+    def __init__(self, ctx: EngineContext, reclaimer: Reclaimer, *, allocating_grace_s: float | None = None) -> None:
+        super().__init__(ctx)
         self.reclaimer = reclaimer
-        self.identity = identity
-        self.checker = Checker(store, git, reclaimer, identity, allocating_grace_s)
+        self.checker = Checker(ctx, reclaimer, allocating_grace_s)
 
     async def validate(self, *, repair: bool, repo_arg: str | None = None) -> ValidateResult:
         started = time.monotonic()
