@@ -249,8 +249,14 @@ async def crash(w: World, a: Agent, branch: int) -> None:
     free = [r for r in w.rows("SELECT * FROM slots WHERE state = 'FREE' ORDER BY id")]
     try:
         if free:
-            claimed = await a.coord.store.claim_free_slot(
-                free[0]["id"], free[0]["version"], owner=a.agent_id, branch=f"b{branch}", task=None, lease_s=300
+            claimed = await a.coord.store.claim_any_free_slot(
+                repo.id,
+                paths=[free[0]["path"]],
+                warmest=True,
+                owner=a.agent_id,
+                branch=f"b{branch}",
+                task=None,
+                lease_s=300,
             )
         else:
             claimed = await a.coord.store.claim_new_slot(

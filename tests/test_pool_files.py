@@ -177,7 +177,7 @@ def test_export_then_import_round_trips(
     before = status()
     stdout = invoke("export-pool")
     assert stdout.stdout == exported.read_text()  # the same Markdown, to a file or to stdout
-    from agent_coord.server.resources.views import pool_markdown
+    from agent_coord.pool_file.markdown import pool_markdown
 
     assert exported.read_text() == pool_markdown(before)  # exactly what coord://pool.md serves
     assert len(parse_pool_markdown(exported.read_text())) == 3

@@ -286,7 +286,7 @@ async def end_session(coord: Coordinator, payload: SessionEndInput) -> SessionEn
         coord.agent_id,
         "disconnected",
         server_pid=None,  # registered by another hook process; the id is the session's, not a server's
-        event=EventDraft(Action.DISCONNECT, "ok", coord.agent_id, detail={"via": "SessionEnd hook"}),
+        event=EventDraft(Action.DISCONNECT, "ok", agent_id=coord.agent_id, detail={"via": "SessionEnd hook"}),
     )
     return report
 

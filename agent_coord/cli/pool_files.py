@@ -18,12 +18,10 @@ from agent_coord.config import load_settings
 from agent_coord.dashboard.render import output_console
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError, ErrorCode
-from agent_coord.engine.models import ReleaseResult
-from agent_coord.engine.store.records import SlotState
+from agent_coord.engine.release.every import AgentRelease, release_every_worktree_of
 from agent_coord.pool_file.import_rows import ImportResult, PoolImportError
 from agent_coord.pool_file.importer import PoolImporter
-from agent_coord.pool_file.markdown import PoolFileError
-from agent_coord.server.resources.views import pool_markdown
+from agent_coord.pool_file.markdown import PoolFileError, pool_markdown
 
 
 def operator_id() -> str:
@@ -60,12 +58,6 @@ def _cli_wording(exc: CoordError) -> str:
 # ---- release ------------------------------------------------------------------------------------
 
 
-class _Released:
-    def __init__(self) -> None:
-        self.released: list[ReleaseResult] = []
-        self.refused: list[CoordError] = []
-
-
 @app.command()
 def release(
     worktree: Annotated[str | None, typer.Option("--worktree", "-w", help="worktree id, e.g. wt-03")] = None,
@@ -97,40 +89,20 @@ def release(
         path = str(Path(path).expanduser().absolute())
     me = operator_id()
 
-    async def go(coord: Coordinator) -> _Released:
-        done = _Released()
-        if agent is None:
-            try:
-                done.released.append(
-                    await coord.pool.release(
-                        worktree_id=worktree,
-                        branch=branch,
-                        path=path,
-                        force=force,
-                        remove=remove,
-                        over_live_agent=force,
-                    )
-                )
-            except CoordError as exc:
-                done.refused.append(exc)
-            return done
-        held = [s for s in await coord.store.slots() if s.owner == agent and s.state == SlotState.BUSY]
-        if held and agent != coord.agent_id and not force:
-            ids = ", ".join(s.id for s in held)
-            done.refused.append(
-                CoordError(
-                    ErrorCode.NOT_OWNER,
-                    f"{ids} {'is' if len(held) == 1 else 'are'} held by agent {agent}",
+    async def go(coord: Coordinator) -> AgentRelease:
+        if agent is not None:
+            return await release_every_worktree_of(
+                coord.pool.releaser, agent, force=force, remove=remove, over_live_agent=force
+            )
+        done = AgentRelease()
+        try:
+            done.released.append(
+                await coord.pool.release(
+                    worktree_id=worktree, branch=branch, path=path, force=force, remove=remove, over_live_agent=force
                 )
             )
-            return done
-        for slot in held:
-            try:
-                done.released.append(
-                    await coord.pool.release(worktree_id=slot.id, force=force, remove=remove, over_live_agent=force)
-                )
-            except CoordError as exc:  # one refusal does not keep the agent's other worktrees
-                done.refused.append(exc)
+        except CoordError as exc:
+            done.refused.append(exc)
         return done
 
     done = run_with_coordinator(go, agent_id=me)

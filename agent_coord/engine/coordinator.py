@@ -124,7 +124,7 @@ class Coordinator(OverEngine):
             self.agent_id,
             "disconnected",
             server_pid=self.identity.server_pid,
-            event=EventDraft(Action.DISCONNECT, "ok", self.agent_id),
+            event=EventDraft(Action.DISCONNECT, "ok", agent_id=self.me),
         )
         self.registered = False
 

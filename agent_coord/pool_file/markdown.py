@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from agent_coord.engine.models import StatusResult
 from agent_coord.engine.store.records import HELD_STATES, SlotState
 
 TITLE = "# agent-coord pool"
@@ -111,6 +112,24 @@ def _cell(value: str | None) -> str:
 
 def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def pool_markdown(status: StatusResult) -> str:
+    """The pool of a status as the table `coord://pool.md` serves and `export-pool` writes."""
+    rows = [
+        PoolRow(
+            worktree_id=w.worktree_id,
+            path=w.path,
+            state=SlotState(w.state),
+            agent_id=w.agent_id,
+            branch=w.branch,
+            since=w.since,
+            lease_expires_at=w.lease_expires_at,
+            fencing_token=w.fencing_token,
+        )
+        for w in status.worktrees
+    ]
+    return render_pool_markdown(rows)
 
 
 def render_pool_markdown(rows: Sequence[PoolRow]) -> str:

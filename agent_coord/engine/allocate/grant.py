@@ -45,12 +45,12 @@ async def grant(
                 EventDraft(
                     Action.ALLOCATE,
                     "ok",
-                    agent_id,
-                    repo.id,
-                    claim.slot.id,
-                    branch,
-                    latency,
-                    token,
+                    agent_id=agent_id,
+                    repo_id=repo.id,
+                    worktree_id=claim.slot.id,
+                    branch=branch,
+                    duration_ms=latency,
+                    fencing_token=token,
                     detail={
                         "strategy": strategy,
                         "attempts": attempts,

@@ -24,14 +24,19 @@ import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 from agent_coord.engine.store.records import Event
 
+if TYPE_CHECKING:
+    from agent_coord.engine.store import Store
+
 SEPARATOR = " | "
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 MISSING = "-"
+ACTIVITY_LINES = 50  # what `coord://activity` shows
 
 MIRROR_HEADER = (
     "# agent-coord activity\n"
@@ -242,3 +247,8 @@ class ActivityMirror:
         text = self.path.read_text(encoding="utf-8")
         body = text.split(MIRROR_HEADER, 1)[1] if text.startswith(MIRROR_HEADER) else text
         return [parse_activity_line(line) for line in body.split("\n") if line]
+
+
+async def activity_lines(store: Store, limit: int = ACTIVITY_LINES) -> list[str]:
+    """The newest `limit` events, oldest first, one line each (`coord://activity`)."""
+    return [format_activity_line(e) for e in await store.events(limit=limit, newest=True)]

@@ -144,10 +144,6 @@ def _append(conn: sqlite3.Connection, draft: EventDraft, now: float) -> None:
     )
 
 
-class _LostCas(Exception):
-    pass
-
-
 class BranchHeldError(Exception):
     def __init__(self, holder: Slot) -> None:
         super().__init__(holder.branch)

@@ -13,7 +13,6 @@ from agent_coord.engine.store.rows import (
     SLOT_COLUMNS,
     EventDraft,
     _append,
-    _LostCas,
     _next_slot_id,
     _next_token,
     _raise_if_branch_held,
@@ -99,43 +98,6 @@ class SlotTransitions(_Tables):
         if not paths:
             return None
         return await self._conn.write(tx)
-
-    async def claim_free_slot(
-        self,
-        slot_id: str,
-        expected_version: int,
-        *,
-        owner: str,
-        branch: str,
-        task: str | None,
-        lease_s: float,
-        event: EventDraft | None = None,
-    ) -> Slot | None:
-        """Phase 1, warm: CAS FREE → ALLOCATING with a new fencing token. None when the CAS lost.
-
-        Raises `BranchHeld` with the holder when the branch was taken in the meantime.
-        """
-        now = time.time()
-
-        def tx(conn: sqlite3.Connection) -> Slot | None:
-            slot_row = conn.execute("SELECT repo_id FROM slots WHERE id = ?", (slot_id,)).fetchone()
-            if slot_row is None:
-                return None
-            _raise_if_branch_held(conn, slot_row["repo_id"], branch)
-            token = _to_allocating(conn, slot_id, expected_version, owner, branch, task, now, lease_s)
-            if token is None:
-                # Roll the token back with the rest: a lost CAS must not burn a number.
-                raise _LostCas
-            if event is not None:
-                event.fencing_token = token
-                event.worktree_id = slot_id
-                _append(conn, event, now)
-            return _slot_by_id(conn, slot_id)
-
-        try:
-            return await self._conn.write(tx)
-        except _LostCas:
-            return None
 
     async def claim_new_slot(
         self,

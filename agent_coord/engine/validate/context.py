@@ -98,7 +98,13 @@ class Checker(OverEngine):
         self, repo_id: int | None, worktree_id: str | None, branch: str | None, **detail: object
     ) -> EventDraft:
         return EventDraft(
-            Action.REPAIR, "ok", self.identity.agent_id, repo_id, worktree_id, branch, detail=dict(detail)
+            Action.REPAIR,
+            "ok",
+            agent_id=self.me,
+            repo_id=repo_id,
+            worktree_id=worktree_id,
+            branch=branch,
+            detail=dict(detail),
         )
 
     async def drop(self, s: Slot, f: Finding, repo: Repo, *, move_directory: bool) -> bool:

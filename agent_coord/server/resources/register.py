@@ -13,7 +13,8 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 
 from agent_coord.engine.coordinator import Coordinator
-from agent_coord.server.resources.views import activity_lines, pool_markdown
+from agent_coord.engine.observe.activity import activity_lines
+from agent_coord.pool_file.markdown import pool_markdown
 
 POOL_URIS = (
     "coord://pool",
@@ -93,7 +94,7 @@ def register(mcp: MCPServer[Coordinator]) -> None:
         description="Recent events, one line each: time | agent | action | branch | outcome | Nms.",
     )
     async def activity() -> str:
-        return "\n".join(await activity_lines(_request_engine.get())) + "\n"
+        return "\n".join(await activity_lines(_request_engine.get().store)) + "\n"
 
     @mcp.resource(
         "coord://contention",
