@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +207,7 @@ async def test_a_swap_during_a_forced_release_is_caught_before_the_next_command(
     (slot / "work.txt").write_text("dirty\n")
     (repo / "mine.txt").write_text("untracked in the main checkout: clean -f would delete it\n")
     seen = outside(repo, tmp_path)
-    coord.pool.releaser.git = SwapAfterStatus(slot, repo)
+    coord.pool.releaser.ctx = replace(coord.ctx, git=SwapAfterStatus(slot, repo))
     with pytest.raises(CoordError, match="quarantined"):
         await coord.pool.release(worktree_id=a.worktree_id, force=True)
     assert await slot_state(coord, slot) == SlotState.QUARANTINED
@@ -225,7 +226,7 @@ async def test_a_swap_during_a_reclaim_is_caught(coord: Any, repo: Path, tmp_pat
     pid, created = dead_pid()
     set_agent({"AGENT_COORD_DB": str(coord.settings.db)}, coord.agent_id, pid=pid, pid_create_time=created)
     seen = outside(repo, tmp_path)
-    coord.reclaimer.git = SwapAfterStatus(slot, repo)
+    coord.reclaimer.ctx = replace(coord.ctx, git=SwapAfterStatus(slot, repo))
     (row,) = await coord.store.slots()
     assert await coord.reclaimer.reclaim(row, "test") == "quarantined"
     seen.assert_unchanged()

@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -375,7 +376,7 @@ async def test_nothing_is_reset_when_the_rescue_fails(coord: Any, repo: Path) ->
     disk, index = issue_case(wt)
     index_file = Path(git(wt, "rev-parse", "--path-format=absolute", "--git-path", "index").strip())
     before = index_file.read_bytes()
-    coord.pool.releaser.git = FailingRefGit()
+    coord.pool.releaser.ctx = replace(coord.ctx, git=FailingRefGit())
     with pytest.raises(Exception, match="GIT_FAILED"):
         await coord.pool.release(worktree_id=a.worktree_id, force=True)
     assert disk_state(wt) == disk and index_entries(wt) == index and index_file.read_bytes() == before
