@@ -11,6 +11,7 @@ import anyio
 import pytest
 from mcp import Client
 
+from .agent_proc import wait_for
 from .conftest import git, run_agents, server_params
 
 pytestmark = pytest.mark.anyio
@@ -130,7 +131,15 @@ async def test_activity_mirror_has_each_event_once_across_servers(env: dict[str,
     async def script(client: Any, i: int) -> Any:
         result = structured(await client.call_tool("allocate_worktree", {"branch": f"mirror-{i}"}))
         await client.call_tool("release_worktree", {"worktree_id": result["worktree_id"]})
-        await anyio.sleep(0.6)  # let the watchers see the last commits
+
+        def mirrored() -> bool:  # the watchers saw this agent's last commit (any server may write it)
+            try:
+                lines = ActivityMirror(mirror).read_lines() if mirror.exists() else []
+            except ValueError:  # a line being appended right now
+                return False
+            return any(ln.action == "release" and ln.branch == f"mirror-{i}" for ln in lines)
+
+        await wait_for(mirrored, 10)
         return result
 
     await run_agents(env, 3, script, prefix="mirror", AGENT_COORD_ACTIVITY_FILE=str(mirror))
