@@ -1,6 +1,6 @@
 """End-to-end `allocate_worktree` through real stdio MCP clients, beside raw git on the same repository.
 
-For each agent count N (default 1, 4, 16): N real servers (`python -m server`, one per agent, each
+For each agent count N (default 1, 4, 16): N real servers (`python -m agent_coord.server`, one per agent, each
 driven by the official `mcp.Client` over stdio, legacy mode) share one database and one generated
 repository of ~5,000 files and 300 commits. Phases, all agents at once:
   cold  allocate a new branch with an empty pool (`git worktree add`), then release with remove=true
@@ -49,6 +49,9 @@ FILES = 5000
 COMMITS = 300
 
 
+SERVER_MODULE = "agent_coord.server"
+
+
 def server_env(db: Path, repo: Path, pool: Path, agent_id: str, pool_max: int, jitter: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
     env.update(
@@ -90,7 +93,7 @@ async def run_agents(
     envs: list[dict[str, str]],
     scripts: list[Script],
     between: list[Callable[[], None]],
-    module: str = "server",
+    module: str = SERVER_MODULE,
 ) -> list[list[dict[str, Any]]]:
     """Start n stdio servers; run scripts[k] on all of them at once, calling between[k]() before each."""
     from mcp import Client
@@ -220,7 +223,7 @@ def raw_warm(repo: Path, root: Path, n: int, rounds: int, head: str, tag: str) -
 
 
 def bench_n(
-    n: int, repo: Path, tmp: Path, cold_rounds: int, warm_rounds: int, jitter: bool, module: str = "server"
+    n: int, repo: Path, tmp: Path, cold_rounds: int, warm_rounds: int, jitter: bool, module: str = SERVER_MODULE
 ) -> dict[str, Any]:
     base = tmp / f"n{n}-{module}"
     base.mkdir()
@@ -232,7 +235,7 @@ def bench_n(
         ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
     envs = [server_env(db, repo, pool, f"bench-{n}-{i}", max(n, 1), jitter) for i in range(n)]
-    tag = "p" if module != "server" else ""
+    tag = "p" if module != SERVER_MODULE else ""
     raw: dict[str, list[float]] = {"cold": [], "warm": []}
 
     def baseline(kind: str, label: str) -> Callable[[], None]:
@@ -323,7 +326,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="agent-coord-bench-e2e-", dir=base_dir) as tmp_name:
         tmp = Path(tmp_name)
         repo = fresh_clone(FILES, COMMITS, tmp / "repo")
-        modules = ["server", args.prototype] if args.prototype else ["server"]
+        modules = [SERVER_MODULE, args.prototype] if args.prototype else [SERVER_MODULE]
         runs = [(n, m) for n in counts for m in (modules if n % 2 == 0 else list(reversed(modules)))]
         for n, module in runs:
             r = bench_n(n, repo, tmp, cold_rounds, warm_rounds, args.jitter, module)
@@ -339,7 +342,7 @@ def main() -> None:
     verdicts: dict[str, bool] = {}
     for r in sorted(per_n, key=lambda x: (x["agents"], x["server"])):
         n = r["agents"]
-        name = "agent-coord" if r["server"] == "server" else r["server"].removeprefix("bench.")
+        name = "agent-coord" if r["server"] == SERVER_MODULE else r["server"].removeprefix("bench.")
         for kind, raw_key, budget in (("warm", "raw_warm", 25.0), ("cold", "raw_cold", 25.0)):
             a, b = r[kind]["wall"], r[raw_key]
             delta = a["p50"] - b["p50"]
