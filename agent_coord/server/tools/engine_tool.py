@@ -50,7 +50,8 @@ class EngineTool(Tool, Generic[InputT]):
         except CoordError as exc:
             raise ToolError(str(exc)) from exc
         except StoreBusyError as exc:
-            raise ToolError(str(CoordError(ErrorCode.ALLOCATION_TIMEOUT, "the coordination database stayed busy"))) from exc
+            busy = CoordError(ErrorCode.ALLOCATION_TIMEOUT, "the coordination database stayed busy")
+            raise ToolError(str(busy)) from exc
         except MCPError:
             raise
         except Exception as exc:
