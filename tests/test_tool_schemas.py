@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, get_type_hints
+from typing import Any, cast, get_type_hints
 
 import pytest
 from mcp import Client
 
 from agent_coord.config import Settings
-from agent_coord.server.app import TOOLS, build_server
+from agent_coord.server.app import build_server, tools
+from agent_coord.server.tools.engine_tool import EngineTool
+
+TOOLS = [cast(EngineTool[Any], t) for t in tools(Settings())]
 
 pytestmark = pytest.mark.anyio
 

@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 from mcp.server import MCPServer
 from mcp.server.context import ServerRequestContext
+from mcp.server.mcpserver.tools.base import Tool
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
 from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
@@ -98,6 +99,11 @@ async def _mirror(coord: Coordinator, mirror: ActivityMirror) -> None:
         await anyio.to_thread.run_sync(mirror.append, lines)
 
 
+def tools(settings: Settings) -> list[Tool]:
+    """The five tools; heartbeat's description states this server's lease times."""
+    return [allocate_worktree.TOOL, release_worktree.TOOL, heartbeat.tool(settings), status.TOOL, validate.TOOL]
+
+
 def build_server(
     settings: Settings | None = None, *, on_stopped: Callable[[], None] | None = None
 ) -> MCPServer[Coordinator]:
@@ -126,7 +132,7 @@ def build_server(
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
-        tools=[allocate_worktree.TOOL, release_worktree.TOOL, heartbeat.tool(settings), status.TOOL, validate.TOOL],
+        tools=tools(settings),
         subscriptions=subs.bus,
         middleware=[resources.EngineForResources()],
     )
