@@ -5,21 +5,24 @@ from pydantic import Field
 
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.models import AllocationResult
-from agent_coord.server.tools.engine_tool import ToolInput, engine_tool
+from agent_coord.server.tools.engine_tool import REPO_FIELD, ToolInput, engine_tool
 
 DESCRIPTION = (
-    "Get a git worktree of your own for `branch` from the warm pool (created from `base` if the branch is new). "
-    "Work only inside the returned absolute `path`. Calling it again for a branch you hold returns the same "
-    "worktree. Errors start with a code: BRANCH_CONFLICT, POOL_EXHAUSTED, ALLOCATION_TIMEOUT, INVALID_BRANCH, "
-    "NOT_A_REPOSITORY, GIT_FAILED, INVALID_ARGUMENT."
+    "Get a git worktree of your own for `branch` from the warm pool. Work only inside the returned absolute "
+    "`path`. Calling it again for a branch you hold returns the same worktree. Touches no other agent's work. "
+    "A refusal starts with its code and says what to do next."
 )
 
 
 class AllocateInput(ToolInput):
-    branch: str = Field(description="branch to work on; created from `base` when it does not exist")
-    base: str | None = Field(default=None, description="start point of a new branch (default: the repo's HEAD)")
-    repo: str | None = Field(default=None, description="absolute path of the repository (default: configured)")
-    task: str | None = Field(default=None, description="what the worktree is for, shown in status")
+    branch: str = Field(description="the branch to work on: checked out if it exists, else created from `base`")
+    base: str | None = Field(
+        default=None,
+        description="start point of a new branch: a branch, tag or commit (default: its only `origin/<branch>`, "
+        "else the main checkout's HEAD); ignored when the branch exists",
+    )
+    repo: str | None = REPO_FIELD
+    task: str | None = Field(default=None, description="one line on what you do, shown to other agents in status")
 
 
 async def allocate_worktree(args: AllocateInput, coord: Coordinator) -> AllocationResult:
@@ -30,5 +33,7 @@ TOOL = engine_tool(
     allocate_worktree,
     name="allocate_worktree",
     description=DESCRIPTION,
-    annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True),
+    annotations=ToolAnnotations(
+        read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+    ),
 )

@@ -16,17 +16,25 @@ from mcp.server.mcpserver.tools.base import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
 from mcp.shared.exceptions import MCPError
 from mcp_types import ToolAnnotations
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.models import lean_schema
 from agent_coord.engine.store import StoreBusyError
 
 
 class ToolInput(ArgModelBase):
     """Base of every tool's input model: unknown arguments and coercions (\"1\" for a bool) are refused."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=lean_schema)
+
+
+REPO_FIELD: Any = Field(
+    default=None,
+    description="absolute path of the repository or a directory in it (default: AGENT_COORD_REPO, else the "
+    "server's working directory)",
+)
 
 
 InputT = TypeVar("InputT", bound=ToolInput)

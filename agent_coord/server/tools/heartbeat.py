@@ -42,5 +42,7 @@ def tool(settings: Settings) -> EngineTool[HeartbeatInput]:
         heartbeat,
         name="heartbeat",
         description=describe(settings),
-        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True),
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+        ),
     )

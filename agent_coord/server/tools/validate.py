@@ -5,18 +5,20 @@ from pydantic import Field
 
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.models import ValidateResult
-from agent_coord.server.tools.engine_tool import ToolInput, engine_tool
+from agent_coord.server.tools.engine_tool import REPO_FIELD, ToolInput, engine_tool
 
 DESCRIPTION = (
-    "Compare the coordinator's records with git and the disk: crashed or silent agents holding worktrees, "
-    "worktrees missing or unknown, branch drift, leftovers. With repair=false (default) it only reports and "
-    "changes nothing; repair=true fixes what is safe, saving any work to a rescue ref before touching it."
+    "Compare the pool's records with git and the disk: crashed or silent agents holding worktrees, worktrees "
+    "missing or unknown, branch drift, leftovers. repair=false (default) only reports and changes nothing. "
+    "repair=true also changes what is safe to change: it reclaims the worktrees of dead or lapsed agents "
+    "(their uncommitted work saved to rescue refs first), rolls back transitions that can never finish, records "
+    "git's branch, and moves unknown directories aside; locked worktrees are left alone."
 )
 
 
 class ValidateInput(ToolInput):
-    repair: bool = Field(default=False, description="fix what is safe (work is saved first); false only reports")
-    repo: str | None = Field(default=None, description="absolute path of the repository (default: configured)")
+    repair: bool = Field(default=False, description="false: report only; true: also fix what is safe (see above)")
+    repo: str | None = REPO_FIELD
 
 
 async def validate(args: ValidateInput, coord: Coordinator) -> ValidateResult:
@@ -27,5 +29,8 @@ TOOL = engine_tool(
     validate,
     name="validate",
     description=DESCRIPTION,
-    annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True),
+    # True for repair=true (it reclaims other agents' worktrees); repair=false changes nothing.
+    annotations=ToolAnnotations(
+        read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+    ),
 )
