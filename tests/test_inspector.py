@@ -143,4 +143,5 @@ def test_a_short_lived_client_is_told_how_its_allocation_ended(
         text=True,
         check=True,
     ).stdout.split()
-    assert len(refs) == 1 and f"saved to {refs[0]}" in text, (refs, text)
+    # A reclaim ended mid-way and done again saves the same work twice: every ref is named.
+    assert refs and f"saved to {refs[0]}" in text and all(ref in text for ref in refs), (refs, text)
