@@ -125,6 +125,13 @@ class Settings(BaseModel):
     watch_interval_s: float = Field(default=0.1, gt=0)
     # The conflict radar: seconds between passes (one process at a time computes; see engine/radar).
     radar_every_s: float = Field(default=10.0, gt=0)
+    # Alerts (engine/observe/alerts.py): a command run once per alert raised or cleared (an argument
+    # list, the alert as JSON on stdin), its time limit, how soon a cause that cleared may notify again,
+    # and how long the pool may stay at its maximum before that is an alert.
+    alert_command: tuple[str, ...] = ()
+    alert_timeout_s: float = Field(default=10.0, gt=0)
+    alert_cooldown_s: float = Field(default=900.0, ge=0)
+    alert_pool_full_s: float = Field(default=300.0, ge=0)
 
     @field_validator("repo", "pool_root", "db", "manictime_db", "activity_file", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 FIRST_AGENTS = 4  # agents shown before the events get their share
 FIRST_EVENTS = 6  # events shown before the remaining agents
 TALL_EVENTS = 10  # events still shown when a tall terminal switches the metrics to a full table
+MORE_ALERTS = 6  # alerts shown once the slots have their rows; the rest are counted on the last line
 
 
 @dataclass
@@ -19,6 +20,7 @@ class RowPlan:
     """Lines given to each section (0: not shown). Headers are included in the table sections."""
 
     title: int = 0
+    alerts: int = 0
     notes: int = 0
     slots: int = 0
     agents: int = 0
@@ -38,11 +40,13 @@ def plan_rows(
     notes: int,
     metrics_compact: int,
     metrics_table: int,
+    alerts: int = 0,
 ) -> RowPlan:
-    """Hand out ``height`` lines: slots first, then events, then the rest. ``None``: everything."""
+    """Hand out ``height`` lines: active alerts (up to two) and slots first, then events, then the
+    rest (more alerts first). ``None``: everything."""
     plan = RowPlan()
     if height is None:
-        plan.title, plan.notes, plan.contention = 1, notes, 1
+        plan.title, plan.alerts, plan.notes, plan.contention = 1, alerts, notes, 1
         plan.slots, plan.agents, plan.events = 1 + max(1, slots), 1 + max(1, agents), 1 + max(1, events)
         plan.metrics, plan.metrics_table = metrics_table, True
         return plan
@@ -58,6 +62,7 @@ def plan_rows(
 
     # Phase 1: the minimum of every section, most important first; a section that does not fit is left out.
     grant("title", 1)
+    grant("alerts", min(alerts, 2), partial=True)
     grant("slots", 2)  # header and one row (or "no slots")
     grant("events", 1 + max(1, min(events, 3)), partial=True)
     grant("notes", min(notes, 1))
@@ -66,6 +71,7 @@ def plan_rows(
     grant("agents", 1 + max(1, min(agents, 2)))
     # Phase 2: fill. Slots to the full pool; agents and events take turns; the rest to events.
     grant("slots", max(1, slots) + 1 - plan.slots, partial=True)
+    grant("alerts", min(alerts, MORE_ALERTS) - plan.alerts, partial=True)
     if plan.agents:
         grant("agents", min(agents, FIRST_AGENTS) + 1 - plan.agents, partial=True)
     grant("events", min(events, FIRST_EVENTS) + 1 - plan.events, partial=True)

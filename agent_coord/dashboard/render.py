@@ -7,6 +7,7 @@ import time
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from agent_coord.engine.models import StatusResult, ValidateResult
 from agent_coord.engine.observe.metrics import ROW_HEADER
@@ -34,7 +35,14 @@ def left(ts: float | None) -> str:
     return "expired" if delta < 0 else f"{delta:.0f}s"
 
 
+ALERT_STYLE = {"failing": "bold red", "warning": "bold yellow"}
+
+
 def print_status(s: StatusResult) -> None:
+    for alert in s.alerts:  # first: what someone should act on
+        # A Text, not markup: a message quotes paths and details that may hold brackets.
+        style = ALERT_STYLE[alert.severity]
+        console.print(Text.assemble((alert.severity.upper(), style), f" {alert.kind}: {alert.message}"))
     p = s.pool
     console.print(
         f"[bold]{s.repo or 'all repositories'}[/]  pool {p.size}/{p.max}  free {p.free}  busy {p.busy}"

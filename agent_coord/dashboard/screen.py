@@ -17,6 +17,7 @@ from agent_coord.dashboard.sections import (
     EVENT_COLUMNS,
     SLOT_COLUMNS,
     agent_rows,
+    alert_lines,
     contention_line,
     event_rows,
     slot_rows,
@@ -53,10 +54,12 @@ def render_screen(
         notes=len(notes),
         metrics_compact=len(compact),
         metrics_table=len(table),
+        alerts=len(st.alerts),
     )
     lines: list[Text] = []
     if plan.title:
         lines.append(title_line(st, now, width, hint))
+    lines += alert_lines(st.alerts, width, plan.alerts)
     for note in list(notes)[-plan.notes :] if plan.notes else []:
         lines.append(Text(cut("» " + note, width).rstrip(), style="bold yellow", no_wrap=True))
     if plan.slots:

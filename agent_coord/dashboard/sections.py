@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from agent_coord.dashboard.formatting import age, clock, elide_start, lease_left
+from agent_coord.dashboard.formatting import age, clock, cut, elide_start, lease_left
 from agent_coord.dashboard.table import Cell, Column
-from agent_coord.engine.models import AgentView, StatusResult, WorktreeView
+from agent_coord.engine.models import AgentView, AlertView, StatusResult, WorktreeView
 from agent_coord.engine.store.records import Action, Event
 
 HELD = ("ALLOCATING", "BUSY", "RELEASING")
@@ -50,6 +50,24 @@ EVENT_COLUMNS = (
     Column("MS", 3, 6, right=True),
     Column("SLOT", 5, 6, drop=2),
 )
+
+ALERT_STYLE = {"failing": "bold red", "warning": "bold yellow"}
+
+
+def alert_lines(alerts: Sequence[AlertView], width: int, lines: int) -> list[Text]:
+    """The active alerts, worst first, one line each; the last line counts those that did not fit."""
+    if lines <= 0 or not alerts:
+        return []
+    shown = list(alerts) if len(alerts) <= lines else list(alerts)[: lines - 1]
+    out = [
+        Text(cut(f"! {a.severity.upper()} {a.message}", width).rstrip(), style=ALERT_STYLE[a.severity], no_wrap=True)
+        for a in shown
+    ]
+    if len(shown) < len(alerts):
+        more = f"! … {len(alerts) - len(shown)} more alerts (agent-coord status)"
+        out.append(Text(cut(more, width).rstrip(), style="bold", no_wrap=True))
+    return out
+
 
 _SLOT_ORDER = {"BUSY": 0, "ALLOCATING": 0, "RELEASING": 0, "QUARANTINED": 1, "FREE": 2}
 

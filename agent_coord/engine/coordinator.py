@@ -22,6 +22,7 @@ from agent_coord.engine.git.driver import GitDriver
 from agent_coord.engine.liveness.judge import Identity, judge, same_agent_process
 from agent_coord.engine.models import (
     AgentView,
+    AlertView,
     Contention,
     HeartbeatResult,
     PoolSummary,
@@ -29,6 +30,7 @@ from agent_coord.engine.models import (
     ValidateResult,
     WorktreeView,
 )
+from agent_coord.engine.observe.alerts import AlertNotifier, AlertPolicy, AlertWatch
 from agent_coord.engine.observe.metrics import MetricsReport, history_start, report_from_totals
 from agent_coord.engine.observe.retention import Retention
 from agent_coord.engine.radar.loop import RadarLoop
@@ -37,6 +39,7 @@ from agent_coord.engine.radar.view import conflict_pairs, conflicts_for
 from agent_coord.engine.reclaim.reclaimer import Reclaimer
 from agent_coord.engine.repos import RepoResolver
 from agent_coord.engine.store import EventDraft, Store
+from agent_coord.engine.store.alerts import Alert
 from agent_coord.engine.store.radar import SideInfo
 from agent_coord.engine.store.records import HELD_STATES, Action, Repo, SlotState
 from agent_coord.engine.validate.loop import ValidatorLoop, check_every
@@ -59,12 +62,16 @@ class Coordinator(OverEngine):
         self.validator = Validator(
             ctx, self.reclaimer, allocating_grace_s=settings.allocation_timeout_s + settings.setup_timeout_s + 60
         )
+        alert_policy = AlertPolicy.of(settings)
+        self.alert_watch = AlertWatch(store, self.git, alert_policy, lambda now: self.metrics(now=now))
+        self.alert_notifier = AlertNotifier(store, alert_policy, f"{identity.agent_id}:{identity.server_pid}")
         self.validator_loop = ValidatorLoop(
             ctx,
             self.validator,
             every_s=settings.validate_every_s,
             check_s=check_every(settings.validate_every_s, settings.heartbeat_active_s),
             retention=Retention.of(settings.metrics_window_s, settings.events_keep_days),
+            alerts=self.alert_watch,
         )
         self.radar_loop = RadarLoop(store, self.git, identity, every_s=settings.radar_every_s)
         self.agent_status: Literal["active", "idle"] = "active"
@@ -167,7 +174,31 @@ class Coordinator(OverEngine):
             allocations=held,
             conflicts=await self.conflicts(),
             ended=await self.pool.releaser.ended_allocations(),
+            alerts=await self.agent_alerts(agent.repo_id if agent else None),
         )
+
+    async def agent_alerts(self, repo_id: int | None) -> list[AlertView]:
+        """The active alerts this agent can act on: its slot quarantined, its work in a rescue ref, its
+        repository's pool exhausted."""
+        mine = [
+            a
+            for a in await self.store.active_alerts()
+            if (a.agent_id == self.agent_id and a.kind in ("quarantined", "rescue"))
+            or (a.kind == "pool_full" and (repo_id is None or a.repo_id == repo_id))
+        ]
+        return [alert_view(a) for a in mine]
+
+    async def run_alerts(self) -> None:
+        """Run the alert command for alerts nobody has run it for yet, whichever server sees them first
+        (every check interval; nothing to do without AGENT_COORD_ALERT_COMMAND)."""
+        if not self.settings.alert_command:
+            return
+        while True:
+            try:
+                await self.alert_notifier.dispatch()
+            except Exception:  # best effort: the next round tries again
+                logger.warning("alert command dispatch failed", exc_info=True)
+            await anyio.sleep(self.validator_loop.check_s)
 
     async def run_heartbeats(self) -> None:
         """Renew our lease for as long as this server runs; the interval follows active/idle."""
@@ -273,6 +304,7 @@ class Coordinator(OverEngine):
             for s in slots
         ]
         return StatusResult(
+            alerts=[alert_view(a) for a in await self.store.active_alerts()],
             repo=repo.path if repo else None,
             pool=PoolSummary(
                 size=size,
@@ -290,12 +322,25 @@ class Coordinator(OverEngine):
             conflict_pairs=conflict_pairs(pairs),
         )
 
-    async def metrics(self) -> MetricsReport:
-        now = self.ctx.now()
+    async def metrics(self, *, now: float | None = None) -> MetricsReport:
+        now = self.ctx.now() if now is None else now
         window = self.settings.metrics_window_s
         totals = await self.store.metric_totals(now=now, window_s=window, holds_since=history_start(now, window))
         slot_count = max(1, len(await self.store.slots()))
         return report_from_totals(totals, now=now, window_s=window, slot_count=slot_count)
+
+
+def alert_view(alert: Alert) -> AlertView:
+    ref = alert.detail.get("rescue_ref")
+    return AlertView(
+        kind=alert.kind,  # type: ignore[arg-type]  # the kinds the evaluator writes
+        severity=alert.severity,
+        message=alert.message,
+        worktree_id=alert.worktree_id,
+        agent_id=alert.agent_id,
+        rescue_ref=ref if isinstance(ref, str) else None,
+        since=alert.raised_at,
+    )
 
 
 def _side_is(worktree_id: str) -> Callable[[SideInfo], bool]:

@@ -37,6 +37,31 @@ PairList = Annotated[
 EPOCH = "seconds since the Unix epoch (UTC)"
 
 
+class AlertView(BaseModel):
+    """An active alert (engine/observe/alerts.py)."""
+
+    kind: Literal["metric", "quarantined", "rescue", "drift", "pool_full"]
+    severity: Literal["warning", "failing"]
+    message: str
+    worktree_id: str | None = None
+    agent_id: str | None = None
+    rescue_ref: str | None = None
+    since: float
+
+
+# One short schema, as the radar's lists: an agent reads it in two tools' output schemas.
+AlertList = Annotated[
+    list[AlertView],
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "alerts, worst first: kind, severity, message (what to do), worktree_id, rescue_ref",
+        }
+    ),
+]
+
+
 def lean_schema(schema: dict[str, Any]) -> None:
     """Drop pydantic's generated titles (they repeat the names) and spell `X or null` as one type list:
     a third of the tokens an agent spends on `tools/list`, and nothing it reads."""
@@ -123,6 +148,7 @@ class HeartbeatResult(Result):
         description="your allocations that another hand ended since your last heartbeat (a reclaim, a forced "
         "release): when, why, and the rescue ref; each told once",
     )
+    alerts: AlertList = Field(default_factory=list)
 
 
 class PoolSummary(Result):
@@ -163,6 +189,7 @@ class AgentView(Result):
 
 
 class StatusResult(Result):
+    alerts: AlertList = Field(default_factory=list)
     repo: str | None
     pool: PoolSummary
     worktrees: list[WorktreeView]

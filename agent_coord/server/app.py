@@ -118,6 +118,7 @@ def build_server(
                 tg.start_soon(coord.run_heartbeats)
                 tg.start_soon(coord.run_validator)
                 tg.start_soon(coord.run_radar)
+                tg.start_soon(coord.run_alerts)
                 tg.start_soon(_watch, coord, settings, subs)
                 try:
                     yield coord

@@ -123,6 +123,7 @@ def state_document(
         "now": now,
         "read_only": read_only,
         "repo": status.repo,
+        "alerts": [a.model_dump(mode="json") for a in status.alerts],  # worst first; shown first
         "pool": status.pool.model_dump(mode="json"),
         "slots": [
             {

@@ -96,14 +96,22 @@ class AgentRecords(_Tables):
         await self._conn.write(tx)
 
     async def heartbeat(
-        self, agent_id: str, *, status: str | None, note: str | None, lease_s: float, server_pid: int
+        self,
+        agent_id: str,
+        *,
+        status: str | None,
+        note: str | None,
+        lease_s: float,
+        server_pid: int,
+        now: float | None = None,
     ) -> tuple[Agent | None, int]:
         """Renew the agent's lease and the leases of the slots it holds. Returns (agent, slots renewed).
 
         Only the server that registered the agent renews it (server_pid), so a stale server cannot keep
-        alive an id that a newer server took over.
+        alive an id that a newer server took over. The gap since the previous renewal is rolled up by
+        the database (schema 5, for `advise`); `now` stamps a renewal of a history being built.
         """
-        now = time.time()
+        now = time.time() if now is None else now
         until = now + lease_s
 
         def tx(conn: sqlite3.Connection) -> tuple[Agent | None, int]:

@@ -199,6 +199,9 @@ class EventLog(_Tables):
             conn.execute("DELETE FROM metric_latency WHERE bucket < ?", (rollup_bucket,))
             conn.execute("DELETE FROM metric_busy WHERE end_bucket < ?", (rollup_bucket,))
             conn.execute("DELETE FROM metric_holds WHERE since < ?", (rollup_bucket * BUCKET_S,))
+            conn.execute("DELETE FROM lease_gaps WHERE bucket < ?", (rollup_bucket,))
+            conn.execute("DELETE FROM lease_gap_bins WHERE bucket < ?", (rollup_bucket,))
+            conn.execute("DELETE FROM alerts WHERE cleared_at < ?", (cutoff,))
             return int(deleted)
 
         return await self._conn.write(tx)

@@ -50,6 +50,7 @@ class Action(StrEnum):
     ADOPT = "adopt"  # a worktree taken into the pool (validate or import)
     RADAR = "radar"  # a predicted merge conflict appeared ("conflict") or went away ("cleared"); detail.with
     PRUNE = "prune"  # old events deleted, ended agents retired; detail.events, detail.agents
+    ALERT = "alert"  # "raised", "cleared" (detail.alert, key, kind, severity); "notified", "notify_failed"
 
 
 @dataclass(frozen=True)

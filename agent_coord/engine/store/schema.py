@@ -267,6 +267,61 @@ MIGRATIONS: tuple[str, ...] = (
         WHEN OLD.ts >= {_NOW} - COALESCE((SELECT value FROM meta WHERE key = 'events_keep_s'), {DEFAULT_KEEP_S})
         BEGIN SELECT RAISE(ABORT, 'events inside the retention period are append-only'); END;
     """,  # noqa: S608
+    # 5: alerts, and the lease-renewal gaps of live agents (engine/observe/alerts.py and advise.py).
+    # One row per alert raised; at most one active (not cleared) per cause (`key`). Running the alert
+    # command is claimed per row and phase by CAS on `notify_raise` / `notify_clear` (NULL: nobody yet;
+    # otherwise who ran it, or why nobody will: muted, replaced, expired). The gaps between two renewals
+    # of one agent by the same server are rolled up by a trigger on `agents`, per agent and hour, with a
+    # histogram per hour: never one row per heartbeat. A server of the previous version renews through
+    # the same trigger. Built from this module's constants only.
+    f"""
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        severity TEXT NOT NULL CHECK (severity IN ('warning', 'failing')),
+        message TEXT NOT NULL,
+        agent_id TEXT,
+        repo_id INTEGER,
+        worktree_id TEXT,
+        detail TEXT NOT NULL DEFAULT '{{}}',
+        raised_at REAL NOT NULL,
+        cleared_at REAL,
+        notify_raise TEXT,
+        notify_clear TEXT
+    );
+    CREATE UNIQUE INDEX alerts_active ON alerts (key) WHERE cleared_at IS NULL;
+    CREATE INDEX alerts_by_key ON alerts (key, id);
+    CREATE INDEX alerts_to_notify ON alerts (id)
+        WHERE notify_raise IS NULL OR (cleared_at IS NOT NULL AND notify_clear IS NULL);
+    CREATE TABLE lease_gaps (
+        bucket INTEGER NOT NULL,
+        agent_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        total_s REAL NOT NULL,
+        max_s REAL NOT NULL,
+        PRIMARY KEY (bucket, agent_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE lease_gap_bins (
+        bucket INTEGER NOT NULL,
+        bin REAL NOT NULL,
+        n INTEGER NOT NULL,
+        max_s REAL NOT NULL,
+        PRIMARY KEY (bucket, bin)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER agents_lease_gap AFTER UPDATE OF last_heartbeat ON agents
+        WHEN NEW.last_heartbeat > OLD.last_heartbeat AND NEW.server_pid = OLD.server_pid
+            AND NEW.server_create_time = OLD.server_create_time
+    BEGIN
+        INSERT INTO lease_gaps VALUES ({_bucket("NEW.last_heartbeat")}, NEW.id, 1,
+            NEW.last_heartbeat - OLD.last_heartbeat, NEW.last_heartbeat - OLD.last_heartbeat)
+        ON CONFLICT (bucket, agent_id) DO UPDATE SET n = n + 1, total_s = total_s + excluded.total_s,
+            max_s = MAX(max_s, excluded.max_s);
+        INSERT INTO lease_gap_bins VALUES ({_bucket("NEW.last_heartbeat")},
+            {_bin("(NEW.last_heartbeat - OLD.last_heartbeat)")}, 1, NEW.last_heartbeat - OLD.last_heartbeat)
+        ON CONFLICT (bucket, bin) DO UPDATE SET n = n + 1, max_s = MAX(max_s, excluded.max_s);
+    END;
+    """,  # noqa: S608
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

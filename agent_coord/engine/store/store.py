@@ -11,13 +11,14 @@ from pathlib import Path
 
 from agent_coord.engine.store.adoption import Adoption
 from agent_coord.engine.store.agents import AgentRecords
+from agent_coord.engine.store.alerts import AlertRecords
 from agent_coord.engine.store.connection import Connection
 from agent_coord.engine.store.events import EventLog
 from agent_coord.engine.store.radar import RadarRecords
 from agent_coord.engine.store.slots import SlotTransitions
 
 
-class Store(SlotTransitions, Adoption, AgentRecords, EventLog, RadarRecords):
+class Store(SlotTransitions, Adoption, AgentRecords, EventLog, RadarRecords, AlertRecords):
     """The one object the engine uses; its parts live in slots.py, adoption.py, agents.py, events.py."""
 
     def __init__(self, conn: Connection, path: Path) -> None:

@@ -26,6 +26,8 @@ import anyio
 
 from agent_coord.engine.context import EngineContext, OverEngine
 from agent_coord.engine.liveness.judge import Identity, judge, process_gone, server_gone
+from agent_coord.engine.models import ValidateResult
+from agent_coord.engine.observe.alerts import AlertWatch
 from agent_coord.engine.observe.retention import Retention, prune
 from agent_coord.engine.store import EventDraft
 from agent_coord.engine.store.records import HELD_STATES, Action, Slot, SlotState
@@ -101,9 +103,11 @@ class ValidatorLoop(OverEngine):
         every_s: float,
         check_s: float,
         retention: Retention | None = None,
+        alerts: AlertWatch | None = None,
     ):
         super().__init__(ctx)
         self.retention = retention
+        self.alerts = alerts
         self.validator = validator
         self.every_s = every_s
         self.check_s = check_s
@@ -151,10 +155,23 @@ class ValidatorLoop(OverEngine):
                     Action.VALIDATE, "started", self.identity.agent_id, detail={"interval_s": self.every_s, "why": why}
                 )
             )
-            await self.validator.validate(repair=True)
+            result = await self.validator.validate(repair=True)
             if self.retention is not None:
                 await prune(self.store, self.retention)
+            await self._evaluate_alerts(result)
+        else:
+            await self._evaluate_alerts(None)
         return why
+
+    async def _evaluate_alerts(self, result: ValidateResult | None) -> None:
+        """Every check: the one validating server raises and clears alerts (drift and whether rescue
+        refs are still there: after a full pass, which ran git anyway)."""
+        if self.alerts is None:
+            return
+        try:
+            await self.alerts.evaluate(validation=result, check_refs=result is not None)
+        except Exception:  # alerts are best effort: validation and the next check go on
+            logger.warning("alert evaluation failed", exc_info=True)
 
     async def _take_lease(self) -> str | None:
         """Hold the lease for another LEASE_INTERVALS; None when another server holds it. Returns ""

@@ -64,6 +64,14 @@
       (p.quarantined ? `, ${p.quarantined} quarantined` : "") + ` · ${Math.round(p.utilization * 100)} % in use`;
   }
 
+  function renderAlerts(d) {
+    const alerts = d.alerts || [];
+    $("alerts").hidden = alerts.length === 0;
+    $("alert-list").replaceChildren(...alerts.map((a) => el("li", {},
+      badge(a.severity, a.severity === "failing" ? "bad" : "warn"), " ", el("strong", { text: a.kind }), " ",
+      el("span", { text: a.message }), " ", el("span", { class: "muted", "data-ago": a.since, text: ago(a.since) }))));
+  }
+
   function renderSlots(d) {
     const order = { BUSY: 0, ALLOCATING: 0, RELEASING: 0, QUARANTINED: 1, FREE: 2 };
     const slots = [...d.slots].sort((a, b) => (order[a.state] ?? 3) - (order[b.state] ?? 3) || a.id.localeCompare(b.id));
@@ -280,7 +288,7 @@
     doc = d;
     skewMs = d.now * 1000 - Date.now();
     $("error").hidden = true;
-    renderHeader(d); renderSlots(d); renderAgents(d); renderMetrics(d); renderCharts(d); renderActivity();
+    renderHeader(d); renderAlerts(d); renderSlots(d); renderAgents(d); renderMetrics(d); renderCharts(d); renderActivity();
     probe.version = d.version;
     probe.renders.push({ version: d.version, newestEvent: d.events.length ? d.events[0].id : 0, at: Date.now() });
     if (probe.renders.length > 2000) probe.renders.splice(0, 1000);

@@ -1,0 +1,458 @@
+"""Alerts: each metric driven across its thresholds by a scripted history (the store's own calls)
+raises and clears exactly one alert per state change; quarantined slots, rescue refs, unrepaired drift
+and a full pool raise once and clear when the cause is gone; the alert command gets the alert as JSON,
+runs once whichever server claims it, and a slow or failing one blocks and breaks nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+
+from agent_coord.engine.git.driver import GitDriver
+from agent_coord.engine.models import Finding, ValidateResult
+from agent_coord.engine.observe.alerts import AlertNotifier, AlertPolicy, AlertWatch
+from agent_coord.engine.observe.metrics import MetricsReport, history_start, report_from_totals
+from agent_coord.engine.store import EventDraft, Store
+from agent_coord.engine.store.records import Action, SlotState
+from tests.conftest import git, make_repo
+
+pytestmark = pytest.mark.anyio
+
+HOUR = 3600.0
+DAY = 86400.0
+WEEK = 7 * DAY
+
+
+def policy(**overrides: Any) -> AlertPolicy:
+    values: dict[str, Any] = {
+        "cooldown_s": 0.0,
+        "pool_full_s": 300.0,
+        "pool_max": 8,
+        "command": (),
+        "timeout_s": 10.0,
+    }
+    return AlertPolicy(**{**values, **overrides})
+
+
+def watch(store: Store, slot_count: int = 0, **overrides: Any) -> AlertWatch:
+    async def metrics(now: float) -> MetricsReport:
+        totals = await store.metric_totals(now=now, window_s=WEEK, holds_since=history_start(now, WEEK))
+        return report_from_totals(totals, now=now, window_s=WEEK, slot_count=slot_count)
+
+    return AlertWatch(store, GitDriver(), policy(**overrides), metrics)
+
+
+def allocations(ts: float, n: int, outcome: str = "ok", ms: float | None = 100.0) -> list[tuple[float, EventDraft]]:
+    return [(ts + i * 0.001, EventDraft(Action.ALLOCATE, outcome, "a", duration_ms=ms)) for i in range(n)]
+
+
+def events(ts: float, n: int, action: str) -> list[tuple[float, EventDraft]]:
+    return [(ts + i, EventDraft(action, "detected" if action != Action.CAS_LOST else "lost", "a")) for i in range(n)]
+
+
+Step = tuple[list[tuple[float, EventDraft]], float, list[tuple[str, str | None]]]
+
+
+async def run_script(store: Store, w: AlertWatch, metric: str, steps: Sequence[Step]) -> None:
+    """Each step appends its events, evaluates at its time, and expects exactly these changes of the
+    one metric's alert (and one `alert` event each)."""
+    logged = 0
+    for entries, at, expected in steps:
+        if entries:
+            await store.append_history(entries)
+        changes = await w.evaluate(now=at)
+        got = [(c.change, c.alert.severity if c.change == "raised" else None) for c in changes]
+        assert got == expected, (at, [c.alert.message for c in changes])
+        assert all(c.alert.key == f"metric:{metric}" for c in changes)
+        alert_events = [e for e in await store.events() if e.action == Action.ALERT]
+        assert len(alert_events) == logged + len(expected)
+        logged = len(alert_events)
+    assert await store.active_alerts() == []
+
+
+async def test_success_rate_across_its_thresholds(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "c.db")
+    t = time.time() - HOUR / 2  # all inside half an hour: the time-based metrics have too little span
+    await run_script(
+        store,
+        watch(store),
+        "allocation_success_rate",
+        [
+            (allocations(t, 20), t + 1, []),
+            (allocations(t + 2, 2, "GIT_FAILED", None), t + 3, [("raised", "warning")]),  # 20/22
+            (allocations(t + 4, 1, "GIT_FAILED", None), t + 5, [("raised", "failing")]),  # 20/23
+            ([], t + 6, []),  # deduplicated
+            (allocations(t + 7, 20), t + 8, [("raised", "warning")]),  # 40/43
+            (allocations(t + 9, 20), t + 10, [("cleared", None)]),  # 60/63
+        ],
+    )
+    history = await store.alert_history()
+    assert [a.severity for a in history] == ["warning", "failing", "warning"]
+    assert all(a.cleared_at is not None for a in history)
+    raised = [e for e in await store.events() if e.action == Action.ALERT and e.outcome == "raised"]
+    assert [e.detail.get("replaces") for e in raised] == [None, history[0].id, history[1].id]
+    await store.close()
+
+
+async def test_latency_p99_across_its_thresholds(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "c.db")
+    t = time.time() - HOUR / 2
+    await run_script(
+        store,
+        watch(store),
+        "allocation_latency_p99",
+        [
+            (allocations(t, 20), t + 1, []),
+            (allocations(t + 2, 1, ms=6000.0), t + 3, [("raised", "warning")]),
+            (allocations(t + 4, 1, ms=12000.0), t + 5, [("raised", "failing")]),
+            (allocations(t + 6, 78), t + 7, [("raised", "warning")]),  # p99 of 100 is the 6 s one
+            (allocations(t + 8, 100), t + 9, [("cleared", None)]),
+        ],
+    )
+    await store.close()
+
+
+async def test_conflict_rate_across_its_thresholds(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "c.db")
+    t = time.time() - HOUR / 2
+    await run_script(
+        store,
+        watch(store),
+        "conflict_rate",
+        [
+            (allocations(t, 100), t + 1, []),
+            (allocations(t + 2, 2, "BRANCH_CONFLICT", None), t + 3, [("raised", "warning")]),  # 2/102
+            (events(t + 4, 5, Action.CAS_LOST), t + 10, [("raised", "failing")]),  # 7/107
+            (allocations(t + 11, 100), t + 12, [("raised", "warning")]),  # 7/207
+            (allocations(t + 13, 500), t + 14, [("cleared", None)]),  # 7/707
+        ],
+    )
+    await store.close()
+
+
+async def test_pool_utilization_across_its_thresholds(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "c.db")
+    t = time.time() - 6 * HOUR
+
+    def hold(at: float, action: str) -> list[tuple[float, EventDraft]]:
+        return [(at, EventDraft(action, "ok", "a", worktree_id="wt-01"))]
+
+    await run_script(
+        store,
+        watch(store, slot_count=1),
+        "pool_utilization",
+        [
+            (hold(t, Action.ALLOCATE) + hold(t + HOUR / 2, Action.RELEASE), t + HOUR, []),  # 50 %
+            ([], t + 2 * HOUR, [("raised", "warning")]),  # 25 %
+            ([], t + 3 * HOUR, [("raised", "failing")]),  # 17 %
+            (hold(t + 3 * HOUR, Action.ALLOCATE), t + 4 * HOUR, [("raised", "warning")]),  # 37.5 %
+            ([], t + 5 * HOUR, [("cleared", None)]),  # 50 %
+        ],
+    )
+    await store.close()
+
+
+@pytest.mark.parametrize(
+    ("metric", "action", "warning", "failing"),
+    [("agent_crash_rate", Action.AGENT_DEAD, 2, 2), ("stale_allocation_rate", Action.AGENT_STALE, 8, 14)],
+)
+async def test_rates_across_their_thresholds(
+    tmp_path: Path, metric: str, action: str, warning: int, failing: int
+) -> None:
+    """A week's span (the log started ten days ago): the deaths raise, then leave the window."""
+    store = await Store.open(tmp_path / "c.db")
+    now = time.time() - 5 * DAY
+    start = [(now - 10 * DAY, EventDraft(Action.REGISTER, "ok", "a"))]
+    await run_script(
+        store,
+        watch(store),
+        metric,
+        [
+            (start, now, []),
+            (events(now - DAY, warning, action), now, [("raised", "warning")]),
+            (events(now - DAY / 2, failing, action), now, [("raised", "failing")]),
+            ([], now + 6.25 * DAY, [("raised", "warning")]),  # the first ones left the window
+            ([], now + 6.75 * DAY, [("cleared", None)]),
+        ],
+    )
+    await store.close()
+
+
+async def test_a_cause_back_within_the_cool_down_is_shown_but_not_announced_again(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "c.db")
+    t = time.time() - HOUR / 2
+    w = watch(store, cooldown_s=600.0)
+    await store.append_history(allocations(t, 18) + allocations(t + 1, 2, "GIT_FAILED", None))  # 90 %
+    assert [c.alert.notify_raise for c in await w.evaluate(now=t + 2)] == [None]
+    await store.append_history(allocations(t + 3, 30))
+    assert [c.change for c in await w.evaluate(now=t + 4)] == ["cleared"]
+    await store.append_history(allocations(t + 5, 6, "GIT_FAILED", None))  # 48/56
+    (again,) = await w.evaluate(now=t + 6)
+    assert again.change == "raised" and again.alert.notify_raise == "muted"
+    assert [a.key for a in await store.active_alerts()] == ["metric:allocation_success_rate"]
+    claimed = []
+    while (notice := await store.claim_alert_notice("me", now=t + 7, max_age_s=HOUR)) is not None:
+        claimed.append((notice[0].id, notice[1]))
+    first = (await store.alert_history())[0].id
+    assert claimed == [(first, "raised"), (first, "cleared")]  # the muted one is not announced
+    await store.close()
+
+
+async def quarantined_slot(store: Store, repo_path: Path, owner: str) -> tuple[int, str]:
+    repo = await store.ensure_repo(str(repo_path), str(repo_path.parent / "pool"))
+    slot = await store.claim_new_slot(repo, owner=owner, branch="feat", task=None, lease_s=300.0, pool_max=8)
+    assert slot is not None
+    moved = await store.transition(slot.id, expect_state=SlotState.ALLOCATING, changes={"state": SlotState.QUARANTINED})
+    assert moved is not None
+    return repo.id, slot.id
+
+
+async def test_a_quarantined_slot_raises_once_for_its_owner_and_clears_when_freed(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "c.db")
+    _, slot_id = await quarantined_slot(store, tmp_path / "repo", "agent-x")
+    w = watch(store)
+    (raised,) = await w.evaluate()
+    assert (raised.change, raised.alert.kind, raised.alert.agent_id) == ("raised", "quarantined", "agent-x")
+    assert await w.evaluate() == []
+    await store.transition(slot_id, expect_state=SlotState.QUARANTINED, changes={"state": SlotState.FREE})
+    assert [c.change for c in await w.evaluate()] == ["cleared"]
+    await store.close()
+
+
+async def test_the_pool_at_its_maximum_longer_than_the_setting(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "c.db")
+    repo = await store.ensure_repo(str(tmp_path / "repo"), str(tmp_path / "pool"))
+    slot = await store.claim_new_slot(repo, owner="a", branch="b", task=None, lease_s=300.0, pool_max=1)
+    assert slot is not None and slot.since is not None
+    w = watch(store, pool_max=1, pool_full_s=60.0)
+    assert await w.evaluate(now=slot.since + 30) == []
+    (full,) = await w.evaluate(now=slot.since + 61)
+    assert (full.alert.kind, full.alert.repo_id, full.alert.agent_id) == ("pool_full", repo.id, None)
+    assert "POOL_EXHAUSTED" in full.alert.message
+    assert await w.evaluate(now=slot.since + 120) == []
+    await store.transition(slot.id, expect_state=SlotState.ALLOCATING, changes={"state": SlotState.FREE})
+    assert [c.change for c in await w.evaluate(now=slot.since + 121)] == ["cleared"]
+    await store.close()
+
+
+async def test_a_rescue_ref_raises_for_its_owner_and_clears_when_the_ref_is_deleted(tmp_path: Path) -> None:
+    repo_path = make_repo(tmp_path)
+    ref = "refs/agent-coord/rescue/feat/20260101T000000Z.000"
+    git(repo_path, "update-ref", ref, "HEAD")
+    store = await Store.open(tmp_path / "c.db")
+    repo = await store.ensure_repo(str(repo_path), str(tmp_path / "pool"))
+    detail = {"rescue_ref": ref, "owner": "agent-x", "reason": "dead agent"}
+    await store.log(EventDraft(Action.RESCUE, "saved", "validator", repo.id, "wt-01", "feat", detail=detail))
+    w = watch(store)
+    (raised,) = await w.evaluate()
+    assert (raised.alert.kind, raised.alert.agent_id, raised.alert.detail["rescue_ref"]) == ("rescue", "agent-x", ref)
+    assert "git stash apply --index" in raised.alert.message
+    assert await w.evaluate(check_refs=True) == []  # the ref is still there
+    git(repo_path, "update-ref", "-d", ref)
+    assert await w.evaluate() == []  # refs are looked at after a full pass only
+    assert [c.change for c in await w.evaluate(check_refs=True)] == ["cleared"]
+    assert await w.evaluate(check_refs=True) == []  # the event is not seen twice
+    await store.close()
+
+
+async def test_drift_left_unrepaired_raises_and_clears_when_a_pass_no_longer_finds_it(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "c.db")
+    w = watch(store)
+    stuck = Finding(kind="leftover_directory", path="/pool/x", detail="not a worktree", action="left for a person")
+    busy = Finding(kind="operation_in_progress", worktree_id="wt-02", detail="rebase", action="left alone")
+    fixed = Finding(kind="stale_lease", worktree_id="wt-03", detail="lapsed", action="reclaim", repaired=True)
+    (raised,) = await w.evaluate(validation=ValidateResult(findings=[stuck, busy, fixed], duration_ms=1.0))
+    assert raised.alert.key == "drift:leftover_directory:/pool/x"
+    assert await w.evaluate() == []  # no pass ran: nothing is known about drift
+    assert await w.evaluate(validation=ValidateResult(findings=[stuck], duration_ms=1.0)) == []
+    assert [c.change for c in await w.evaluate(validation=ValidateResult(findings=[], duration_ms=1.0))] == ["cleared"]
+    await store.close()
+
+
+RECORDER = """
+import json, os, sys, time
+data = json.load(sys.stdin)
+with open(sys.argv[1], "a") as fh:
+    fh.write(json.dumps({"pid": os.getpid(), "alert": data}) + "\\n")
+if sys.argv[2] == "fail":
+    print("webhook said no", file=sys.stderr)
+    sys.exit(3)
+if sys.argv[2] == "hang":
+    time.sleep(120)
+"""
+
+
+def recorder(tmp_path: Path, mode: str) -> tuple[tuple[str, ...], Path]:
+    script = tmp_path / "alert_command.py"
+    script.write_text(RECORDER)
+    out = tmp_path / f"received-{mode}.jsonl"
+    return (sys.executable, str(script), str(out), mode), out
+
+
+async def raise_one(store: Store) -> None:
+    t = time.time() - 60
+    await store.append_history(allocations(t, 18) + allocations(t + 1, 2, "GIT_FAILED", None))
+    assert len(await watch(store).evaluate()) == 1
+
+
+async def test_the_alert_command_gets_json_once_whichever_server_claims_it(tmp_path: Path) -> None:
+    command, out = recorder(tmp_path, "ok")
+    store = await Store.open(tmp_path / "c.db")
+    other = await Store.open(tmp_path / "c.db")  # a second server's connection
+    await raise_one(store)
+    a = AlertNotifier(store, policy(command=command), "server-a")
+    b = AlertNotifier(other, policy(command=command), "server-b")
+    ran: list[int] = []
+
+    async def go(n: AlertNotifier) -> None:
+        ran.append(await n.dispatch())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(go, a)
+        tg.start_soon(go, b)
+    assert sorted(ran) == [0, 1]
+    (line,) = out.read_text().splitlines()
+    alert = json.loads(line)["alert"]
+    assert alert["state"] == "raised" and alert["severity"] == "warning" and alert["kind"] == "metric"
+    assert alert["key"] == "metric:allocation_success_rate" and "allocation_success_rate" in alert["message"]
+    (notified,) = [e for e in await store.events() if e.action == Action.ALERT and e.outcome == "notified"]
+    assert notified.detail["phase"] == "raised"
+    await store.close()
+    await other.close()
+
+
+async def test_a_failing_or_missing_command_is_logged_and_nothing_breaks(tmp_path: Path) -> None:
+    command, out = recorder(tmp_path, "fail")
+    store = await Store.open(tmp_path / "c.db")
+    await raise_one(store)
+    assert await AlertNotifier(store, policy(command=command), "s").dispatch() == 1
+    assert out.exists()
+    await store.append_history(allocations(time.time() - 30, 200))
+    assert [c.change for c in await watch(store).evaluate()] == ["cleared"]
+    assert await AlertNotifier(store, policy(command=(str(tmp_path / "no-such-command"),)), "s").dispatch() == 1
+    failed = [e.detail for e in await store.events() if e.outcome == "notify_failed"]
+    assert failed[0]["error"] == "exited 3" and failed[0]["stderr"] == "webhook said no"
+    assert failed[1]["phase"] == "cleared" and failed[1]["error"].startswith("could not start")
+    await store.close()
+
+
+async def started_pid(out: Path) -> int:
+    with anyio.fail_after(30):
+        while not out.exists() or not out.read_text().endswith("\n"):
+            await anyio.sleep(0.02)
+    return int(json.loads(out.read_text())["pid"])
+
+
+def ended(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def test_a_hanging_command_is_ended_at_its_timeout(tmp_path: Path) -> None:
+    command, out = recorder(tmp_path, "hang")
+    store = await Store.open(tmp_path / "c.db")
+    await raise_one(store)
+    assert await AlertNotifier(store, policy(command=command, timeout_s=0.5), "s").dispatch() == 1
+    assert ended(await started_pid(out))
+    (failed,) = [e for e in await store.events() if e.outcome == "notify_failed"]
+    assert failed.detail["error"] == "timed out after 0.5 s"
+    await store.close()
+
+
+async def test_an_allocation_does_not_wait_for_a_hanging_command(coord: Any, tmp_path: Path) -> None:
+    """The command runs apart from every tool call; a server stopping ends it."""
+    command, out = recorder(tmp_path, "hang")
+    await raise_one(coord.store)
+    notifier = AlertNotifier(coord.store, policy(command=command, timeout_s=600.0), "s")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(notifier.dispatch)
+        pid = await started_pid(out)
+        result = await coord.pool.allocate("feat-during-alert")
+        assert result.worktree_id and not ended(pid)  # granted while the command still hangs
+        tg.cancel_scope.cancel()
+    assert ended(pid)
+
+
+async def test_heartbeat_and_status_carry_the_alerts(coord: Any, tmp_path: Path) -> None:
+    _, slot_id = await quarantined_slot(coord.store, Path(coord.settings.repo), coord.agent_id)
+    await quarantined_slot(coord.store, tmp_path / "elsewhere", "someone-else")
+    await coord.alert_watch.evaluate()
+    beat = await coord.heartbeat()
+    assert [(a.kind, a.worktree_id) for a in beat.alerts] == [("quarantined", slot_id)]
+    status = await coord.status()
+    assert len(status.alerts) == 2
+    assert next(iter(status.model_dump())) == "alerts"
+
+
+async def test_lease_renewal_gaps_are_rolled_up_per_agent_and_hour(coord: Any) -> None:
+    agent = await coord.store.agent(coord.agent_id)
+    t = agent.last_heartbeat
+    for gap in (10.0, 10.0, 60.0, 250.0):
+        t += gap
+        await coord.store.heartbeat(
+            coord.agent_id, status="active", note=None, lease_s=300.0, server_pid=coord.identity.server_pid, now=t
+        )
+    gaps = await coord.store.lease_gaps(since=agent.last_heartbeat - HOUR)
+    assert gaps.renewals == 4 and gaps.max_s == pytest.approx(250.0)
+    assert gaps.agents == {coord.agent_id: (4, pytest.approx(250.0))}
+    assert [n for _, n in gaps.histogram] == [2, 1, 1]
+
+
+def test_the_terminal_dashboard_shows_alerts_first_and_counts_what_does_not_fit() -> None:
+    from dataclasses import replace
+
+    from agent_coord.engine.models import AlertView
+    from tests.test_dashboard import fake_snapshot, screen_text
+
+    snapshot = fake_snapshot()
+    alerts = [
+        AlertView(kind="quarantined", severity="failing", message=f"wt-0{i} is quarantined [see status]", since=1.0)
+        for i in range(1, 4)
+    ]
+    with_alerts = replace(snapshot, status=snapshot.status.model_copy(update={"alerts": alerts}))
+    lines = screen_text(with_alerts, 80, 24)
+    assert lines[1] == "! FAILING wt-01 is quarantined [see status]"
+    assert lines[3].endswith("wt-03 is quarantined [see status]") and lines[4].startswith("SLOT")
+    short = screen_text(with_alerts, 60, 12)
+    assert short[1].startswith("! FAILING wt-01") and short[2].startswith("! … 2 more alerts")
+    assert short[3].startswith("SLOT")
+
+
+async def test_status_on_the_command_line_prints_the_alerts_first(
+    coord: Any, env: dict[str, str], tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+
+    await quarantined_slot(coord.store, Path(coord.settings.repo), "agent-x")
+    await coord.alert_watch.evaluate()
+    run = subprocess.run(
+        [sys.executable, "-m", "agent_coord", "status"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    first = run.stdout.splitlines()[0]
+    assert first.startswith("FAILING quarantined: wt-") and "is quarantined" in first
+
+
+async def test_the_validating_server_evaluates_alerts_at_every_check(coord: Any) -> None:
+    t = time.time() - 60
+    await coord.store.append_history(allocations(t, 18) + allocations(t + 1, 2, "GIT_FAILED", None))
+    assert await coord.validator_loop.tick() is not None  # the first check takes the lease and validates
+    assert [a.key for a in await coord.store.active_alerts()] == ["metric:allocation_success_rate"]
+    await coord.store.append_history(allocations(t + 2, 40))
+    await coord.validator_loop.tick()
+    assert await coord.store.active_alerts() == []
