@@ -26,6 +26,7 @@ COMMAND_MODULES: dict[str, str] = {
     "install-claude": "hooks",
     "metrics": "observe",
     "activity": "observe",
+    "advise": "observe",
     "release": "pool_files",
     "export-pool": "pool_files",
     "import-pool": "pool_files",

@@ -1,4 +1,5 @@
-"""Observing the pool: `metrics` (health against targets) and `activity` (the event log, live with --follow)."""
+"""Observing the pool: `metrics` (health against targets), `activity` (the event log, live with --follow)
+and `advise` (settings recommended from the measurements; nothing is changed)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,20 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from typing import Annotated, Any, TextIO
 
 import anyio
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from agent_coord.cli.common import app, emit_json, run_with_coordinator
 from agent_coord.dashboard.render import METRIC_STATE_STYLE, metric_header, output_console
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.observe.activity import format_activity_line, format_time
+from agent_coord.engine.observe.advise import Advice, Current, advice_from_store
 from agent_coord.engine.observe.metrics import ROW_HEADER, MetricsReport
 from agent_coord.engine.observe.watch import ChangeWatcher
 from agent_coord.engine.store.records import Event
@@ -165,3 +169,36 @@ def _silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
+
+
+@app.command()
+def advise(
+    days: Annotated[
+        float | None, typer.Option(min=0.05, help="the window in days (default: the metrics window)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Recommend settings from what the window measured (pool maximum, stale-after, heartbeat,
+    contention threshold, warm slots), each with its evidence and what it would have changed."""
+
+    async def read(coord: Coordinator) -> Advice:
+        now = time.time()
+        report = await coord.metrics(now=now, window_s=days * 86400 if days is not None else None)
+        slots = len(await coord.store.slots())
+        return await advice_from_store(coord.store, Current.of(coord.settings), report, slot_count=slots, now=now)
+
+    result = run_with_coordinator(read)
+    if as_json:
+        emit_json(result.model_dump(mode="json"))
+        return
+    console = output_console()
+    window = result.window_s / 86400
+    if not result.recommendations:
+        console.print(f"no change recommended over the last {window:g} days")
+    for r in result.recommendations:
+        console.print(Text.assemble((f"{r.setting}: {r.current:g} -> {r.recommended:g}", "bold"), f"  ({r.rule})"))
+        console.print(Text(f"  evidence: {r.evidence}"))
+        console.print(Text(f"  over the last {window:g} days it would have meant: {r.would_have}"))
+        console.print(Text(f"  to apply: {r.apply}"))
+    for c in result.checks:
+        console.print(Text(f"{c.rule}: no change; {c.evidence}", style="dim"))

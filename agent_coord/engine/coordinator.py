@@ -322,9 +322,9 @@ class Coordinator(OverEngine):
             conflict_pairs=conflict_pairs(pairs),
         )
 
-    async def metrics(self, *, now: float | None = None) -> MetricsReport:
+    async def metrics(self, *, now: float | None = None, window_s: float | None = None) -> MetricsReport:
         now = self.ctx.now() if now is None else now
-        window = self.settings.metrics_window_s
+        window = self.settings.metrics_window_s if window_s is None else window_s
         totals = await self.store.metric_totals(now=now, window_s=window, holds_since=history_start(now, window))
         slot_count = max(1, len(await self.store.slots()))
         return report_from_totals(totals, now=now, window_s=window, slot_count=slot_count)

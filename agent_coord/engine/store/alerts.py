@@ -13,6 +13,10 @@ from agent_coord.engine.store.records import Action, Event
 from agent_coord.engine.store.rows import EventDraft, _append, _event, _Tables
 from agent_coord.engine.store.schema import BUCKET_S
 
+# The events `advise` reads over its window: allocations (refusals and their strategies) and what opens
+# or closes a hold (peak concurrent demand).
+ADVICE_ACTIONS = ("allocate", "release", "reclaim", "adopt")
+
 AlertSeverity = Literal["warning", "failing"]
 NoticePhase = Literal["raised", "cleared"]
 RESCUE_CURSOR = "alerts:rescue_seen"
@@ -297,3 +301,30 @@ class AlertRecords(_Tables):
             return LeaseGapRollup(renewals, hours, top_gap, histogram, agents)
 
         return await self._conn.read(tx)
+
+    async def advice_events(self, *, since: float, until: float) -> list[Event]:
+        """The window's allocations, releases, reclaims and adoptions, oldest first (through the `ts`
+        index; a month of them is a few thousand rows)."""
+        marks = ", ".join("?" * len(ADVICE_ACTIONS))
+
+        def tx(conn: sqlite3.Connection) -> list[Event]:
+            rows = conn.execute(
+                f"SELECT * FROM events WHERE ts >= ? AND ts <= ? AND action IN ({marks}) ORDER BY ts, id",  # noqa: S608
+                (since, until, *ADVICE_ACTIONS),
+            )
+            return [_event(r) for r in rows]
+
+        return await self._conn.read(tx)
+
+    async def renewal_history(self, agent_id: str, server_pid: int, times: Sequence[float], lease_s: float) -> None:
+        """Renew an agent's lease at each of `times`, in one transaction, as `heartbeat` does one at a
+        time (benches and tests building a history that has lived; the gap rollups follow)."""
+
+        def tx(conn: sqlite3.Connection) -> None:
+            for t in times:
+                conn.execute(
+                    "UPDATE agents SET last_heartbeat = ?, lease_expires_at = ? WHERE id = ? AND server_pid = ?",
+                    (t, t + lease_s, agent_id, server_pid),
+                )
+
+        await self._conn.write(tx)
