@@ -6,6 +6,8 @@ runs once whichever server claims it, and a slow or failing one blocks and break
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -456,3 +458,92 @@ async def test_the_validating_server_evaluates_alerts_at_every_check(coord: Any)
     await coord.store.append_history(allocations(t + 2, 40))
     await coord.validator_loop.tick()
     assert await coord.store.active_alerts() == []
+
+
+async def test_retention_keeps_active_alerts_and_drops_old_cleared_ones_and_gap_rollups(tmp_path: Path) -> None:
+    from agent_coord.engine.observe.retention import Retention, prune
+    from tests.test_advise import agent
+
+    store = await Store.open(tmp_path / "c.db")
+    old = time.time() - 10 * DAY
+    await quarantined_slot(store, tmp_path / "repo", "agent-x")
+    w = watch(store)
+    await store.append_history(allocations(old, 18) + allocations(old + 1, 2, "GIT_FAILED", None))
+    await w.evaluate(now=old + 2)
+    await store.append_history(allocations(old + 3, 40))
+    await w.evaluate(now=old + 4)  # the metric's alert cleared ten days ago; the quarantine's is active
+    await store.register_agent(agent("agent-old", old))
+    await store.renewal_history("agent-old", 4_000_001, [old + 60, old + 120], 300.0)
+    assert (await store.lease_gaps(since=old - HOUR)).renewals == 2
+    await prune(store, Retention(keep_s=2 * DAY, rollups_keep_s=8 * DAY))
+    assert [a.kind for a in await store.alert_history()] == ["quarantined"]
+    assert (await store.lease_gaps(since=old - HOUR)).renewals == 0
+    await store.close()
+
+
+def doc_scripts() -> dict[str, str]:
+    """The example alert commands of docs/alerts.md, by what they need."""
+    text = (Path(__file__).parent.parent / "docs" / "alerts.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```sh\n")[1:]]
+    return {("curl" if "curl" in b else "notify-send"): b for b in blocks if b.startswith("#!/bin/sh")}
+
+
+@pytest.mark.skipif(not all(map(shutil.which, ("jq", "curl", "sh"))), reason="the examples need sh, jq and curl")
+async def test_the_documented_alert_commands_work(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    scripts = doc_scripts()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "notify-send").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path / "notified"}\n')
+    for name, body in [("notify-send", None), ("notify", scripts["notify-send"]), ("webhook", scripts["curl"])]:
+        if body is not None:
+            (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    posted: list[bytes] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posted.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    store = await Store.open(tmp_path / "c.db")
+    await raise_one(store)
+    (alert,) = await store.active_alerts()
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env["AGENT_COORD_WEBHOOK_URL"] = f"http://127.0.0.1:{server.server_port}/hook"
+    for name in ("notify", "webhook"):
+        notifier = AlertNotifier(store, policy(command=(str(bin_dir / name),)), "s")
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            assert await notifier.run_command(alert, "raised") == (
+                "notified",
+                pytest.approx({"duration_ms": 1.0}, abs=1e9),
+            )
+    server.server_close()
+    assert (tmp_path / "notified").read_text().splitlines()[:3] == [
+        "-u",
+        "normal",
+        "agent-coord: metric raised",
+    ]
+    assert json.loads(posted[0])["text"].startswith("agent-coord warning raised: allocation_success_rate is warning")
+    await store.close()
+
+
+async def test_the_web_dashboards_document_carries_the_alerts(coord: Any) -> None:
+    from agent_coord.dashboard.snapshot import take_snapshot
+    from agent_coord.web.views import state_document
+
+    await quarantined_slot(coord.store, Path(coord.settings.repo), "agent-x")
+    await coord.alert_watch.evaluate()
+    doc = state_document(await take_snapshot(coord, None), [], {}, host="h", read_only=True, version=1)
+    (alert,) = doc["alerts"]
+    assert alert["kind"] == "quarantined" and alert["severity"] == "failing" and "quarantined" in alert["message"]
