@@ -18,9 +18,9 @@ def describe(settings: Settings) -> str:
         f"{settings.heartbeat_active_s:g} s, every {settings.heartbeat_idle_s:g} s when idle). Call heartbeat at your "
         "checkpoints (after a commit, before a long wait) so what the server has to tell you arrives: the "
         "worktrees you hold, in `ended` any a reclaim or a forced release took, in `alerts` what to act on. "
-        "`idle` (with a `note`: what you wait for) says you are waiting; you keep your worktrees and your lease. "
-        "If the server stops "
-        f"renewing it (stopped, hung), the lease lapses after {settings.stale_after_s:g} s and your worktrees "
+        "`idle` (with a `note`: what you wait for) says you are waiting; you keep your worktrees and your "
+        f"lease. If the server stops renewing it (stopped, hung), the lease lapses after "
+        f"{settings.stale_after_s:g} s and your worktrees "
         "are reclaimed, uncommitted work saved to a rescue ref first; a call about them then answers "
         "ALLOCATION_ENDED. If your agent process exits, they are reclaimed at once."
     )
