@@ -391,9 +391,17 @@ async def test_heartbeat_and_status_carry_the_alerts(coord: Any, tmp_path: Path)
     await coord.alert_watch.evaluate()
     beat = await coord.heartbeat()
     assert [(a.kind, a.worktree_id) for a in beat.alerts] == [("quarantined", slot_id)]
-    status = await coord.status()
-    assert len(status.alerts) == 2
+    status = await coord.status()  # the configured repository's: the other one's quarantine is not shown
+    assert [(a.kind, a.worktree_id) for a in status.alerts] == [("quarantined", slot_id)]
     assert next(iter(status.model_dump())) == "alerts"
+    repo_id = (await coord.store.slot(slot_id)).repo_id
+    for i in range(7):  # rescue refs nobody deleted: the heartbeat carries the worst and newest five
+        detail = {"rescue_ref": f"refs/agent-coord/rescue/b/{i}", "owner": coord.agent_id, "reason": "r"}
+        await coord.store.log(EventDraft(Action.RESCUE, "saved", "v", repo_id, f"wt-{i}", "b", detail=detail))
+    await coord.alert_watch.evaluate()
+    beat = await coord.heartbeat()
+    assert [a.kind for a in beat.alerts] == ["quarantined", "rescue", "rescue", "rescue", "rescue"]
+    assert len((await coord.status()).alerts) == 8
 
 
 async def test_lease_renewal_gaps_are_rolled_up_per_agent_and_hour(coord: Any) -> None:

@@ -48,6 +48,7 @@ from agent_coord.engine.validate.validator import Validator
 tracer = trace.get_tracer("agent-coord.coordinator")
 logger = logging.getLogger("agent-coord")
 DEAD_AGENT_VISIBLE_S = 86400.0
+HEARTBEAT_ALERTS = 5
 
 
 class Coordinator(OverEngine):
@@ -179,14 +180,15 @@ class Coordinator(OverEngine):
 
     async def agent_alerts(self, repo_id: int | None) -> list[AlertView]:
         """The active alerts this agent can act on: its slot quarantined, its work in a rescue ref, its
-        repository's pool exhausted."""
+        repository's pool exhausted; the most severe, newest first, at most `HEARTBEAT_ALERTS` (rescue
+        refs nobody deletes stay alerts, and every heartbeat result is read by the agent)."""
         mine = [
             a
             for a in await self.store.active_alerts()
             if (a.agent_id == self.agent_id and a.kind in ("quarantined", "rescue"))
             or (a.kind == "pool_full" and (repo_id is None or a.repo_id == repo_id))
         ]
-        return [alert_view(a) for a in mine]
+        return [alert_view(a) for a in mine[:HEARTBEAT_ALERTS]]
 
     async def run_alerts(self) -> None:
         """Run the alert command for alerts nobody has run it for yet, whichever server sees them first
@@ -304,7 +306,11 @@ class Coordinator(OverEngine):
             for s in slots
         ]
         return StatusResult(
-            alerts=[alert_view(a) for a in await self.store.active_alerts()],
+            alerts=[
+                alert_view(a)
+                for a in await self.store.active_alerts()
+                if repo is None or a.repo_id is None or a.repo_id == repo.id
+            ],
             repo=repo.path if repo else None,
             pool=PoolSummary(
                 size=size,

@@ -252,6 +252,15 @@ class AlertRecords(_Tables):
         server asks first runs it, once. One older than `max_age_s` is marked expired instead (alerts
         raised while no command was configured are not announced when one is)."""
 
+        def pending(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "SELECT 1 FROM alerts WHERE notify_raise IS NULL"
+                    " OR (cleared_at IS NOT NULL AND notify_clear IS NULL) LIMIT 1"
+                ).fetchone()
+                is not None
+            )
+
         def tx(conn: sqlite3.Connection) -> tuple[Alert, NoticePhase] | None:
             oldest = now - max_age_s
             conn.execute(
@@ -275,6 +284,9 @@ class AlertRecords(_Tables):
             ).rowcount
             return (alert, phase) if claimed else None
 
+        # Every server asks every check: a read first, the write lock only when there is work.
+        if not await self._conn.read(pending):
+            return None
         return await self._conn.write(tx)
 
     async def lease_gaps(self, *, since: float) -> LeaseGapRollup:
