@@ -17,6 +17,8 @@ from typing import Any
 import anyio
 import psutil
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent_coord.engine.git.driver import GitDriver
 from agent_coord.engine.models import Finding, ValidateResult
@@ -555,3 +557,49 @@ async def test_the_web_dashboards_document_carries_the_alerts(coord: Any) -> Non
     doc = state_document(await take_snapshot(coord, None), [], {}, host="h", read_only=True, version=1)
     (alert,) = doc["alerts"]
     assert alert["kind"] == "quarantined" and alert["severity"] == "failing" and "quarantined" in alert["message"]
+
+
+_causes = st.lists(
+    st.dictionaries(st.sampled_from(["a", "b", "c"]), st.sampled_from(["warning", "failing"]), max_size=3),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_causes)
+def test_any_sequence_of_causes_gives_one_event_per_change(tmp_path: Path, steps: list[dict[str, str]]) -> None:
+    """Whatever the evaluations find, each cause has at most one active alert, the active ones are what
+    the last evaluation found, and every change of a cause (new, other severity, gone) is one event."""
+    from agent_coord.engine.store.alerts import AlertDraft
+
+    async def run() -> None:
+        db = tmp_path / f"p-{time.monotonic_ns()}.db"
+        store = await Store.open(db)
+        before: dict[str, str] = {}
+        for i, found in enumerate(steps):
+            wanted = [
+                AlertDraft(f"k:{k}", "drift", "failing" if sev == "failing" else "warning", f"{k} {sev}")
+                for k, sev in sorted(found.items())
+            ]
+            changes = await store.sync_alerts(wanted, kinds=frozenset({"drift"}), now=1000.0 + i, cooldown_s=0.0)
+            after = {f"k:{k}": sev for k, sev in found.items()}
+            changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+            assert sorted(c.alert.key for c in changes) == sorted(changed)
+            assert {a.key: a.severity for a in await store.active_alerts()} == after
+            before = after
+        logged = [e for e in await store.events() if e.action == Action.ALERT]
+        assert len(logged) == len(await store.alert_history()) + sum(
+            1 for a in await store.alert_history() if a.cleared_at is not None and a.notify_clear != "replaced"
+        )
+        await store.close()
+
+    anyio.run(run)
+
+
+def test_an_alert_command_that_is_not_a_json_list_is_a_setting_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent_coord.config import SettingsError, load_settings
+
+    monkeypatch.setenv("AGENT_COORD_ALERT_COMMAND", "notify-send agent-coord")
+    with pytest.raises(SettingsError, match="AGENT_COORD_ALERT_COMMAND"):
+        load_settings()
