@@ -603,3 +603,21 @@ def test_an_alert_command_that_is_not_a_json_list_is_a_setting_error(monkeypatch
     monkeypatch.setenv("AGENT_COORD_ALERT_COMMAND", "notify-send agent-coord")
     with pytest.raises(SettingsError, match="AGENT_COORD_ALERT_COMMAND"):
         load_settings()
+
+
+async def test_an_evaluation_that_changes_nothing_writes_nothing(tmp_path: Path) -> None:
+    """It runs every check: the dashboards and the radar watch `data_version`, which must stay still."""
+    store = await Store.open(tmp_path / "c.db")
+    watcher = await Store.open(tmp_path / "c.db")
+    await quarantined_slot(store, tmp_path / "repo", "agent-x")
+    w = watch(store)
+    assert len(await w.evaluate()) == 1
+    before = await watcher.data_version()
+    assert await w.evaluate() == []
+    assert await w.evaluate(validation=ValidateResult(findings=[], duration_ms=1.0), check_refs=True) == []
+    assert await watcher.data_version() == before
+    await store.log(EventDraft(Action.RESCUE, "saved", "v", None, "wt-9", "b", detail={"rescue_ref": "refs/x"}))
+    assert [c.alert.kind for c in await w.evaluate()] == ["rescue"]
+    assert await watcher.data_version() != before
+    await store.close()
+    await watcher.close()

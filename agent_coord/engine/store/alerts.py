@@ -20,6 +20,7 @@ ADVICE_ACTIONS = ("allocate", "release", "reclaim", "adopt")
 AlertSeverity = Literal["warning", "failing"]
 NoticePhase = Literal["raised", "cleared"]
 RESCUE_CURSOR = "alerts:rescue_seen"
+CURSOR_LAG = 1000  # events the rescue cursor may fall behind before it is written without a change
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,31 @@ class AlertRecords(_Tables):
         active alert of one of `kinds` that is no longer wanted is cleared (its cause is gone); alerts of
         other kinds were not evaluated this time and stay. A cause raised again within `cooldown_s` of
         its last clearance is raised muted: shown and logged, but the alert command is not run again.
-        `rescue_cursor` records the last rescue event the evaluator has looked at."""
+        `rescue_cursor` records the last rescue event the evaluator has looked at.
+
+        Runs every check of the validating server: when nothing would change, only a read happens, so
+        the database is not written and every watcher's `data_version` stays still."""
+        first = {d.key: d.severity for d in reversed(wanted)}  # the first draft of a key wins, as below
+
+        def needed(conn: sqlite3.Connection) -> bool:
+            active = {
+                str(k): str(v) for k, v in conn.execute("SELECT key, severity FROM alerts WHERE cleared_at IS NULL")
+            }
+            if any(active.get(key) != severity for key, severity in first.items()):
+                return True
+            gone = conn.execute(
+                "SELECT 1 FROM alerts WHERE cleared_at IS NULL AND kind IN (SELECT value FROM json_each(?))"
+                " AND key NOT IN (SELECT value FROM json_each(?)) LIMIT 1",
+                (json.dumps(sorted(kinds)), json.dumps(sorted(first))),
+            ).fetchone()
+            if gone is not None:
+                return True
+            if rescue_cursor is None:
+                return False
+            # The cursor may lag (a rescue event found makes a change, written with it); it is written
+            # on its own only when the lag would make the next look read many events.
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (RESCUE_CURSOR,)).fetchone()
+            return row is None or rescue_cursor - int(row[0]) > CURSOR_LAG
 
         def tx(conn: sqlite3.Connection) -> list[AlertChange]:
             active = {a.key: a for a in map(_alert, conn.execute("SELECT * FROM alerts WHERE cleared_at IS NULL"))}
@@ -200,11 +225,13 @@ class AlertRecords(_Tables):
             if rescue_cursor is not None:
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET"
-                    " value = MAX(value, excluded.value)",
+                    " value = excluded.value WHERE excluded.value > meta.value",
                     (RESCUE_CURSOR, rescue_cursor),
                 )
             return changes
 
+        if not await self._conn.read(needed):
+            return []
         return await self._conn.write(tx)
 
     async def active_alerts(self) -> list[Alert]:
