@@ -621,3 +621,41 @@ async def test_an_evaluation_that_changes_nothing_writes_nothing(tmp_path: Path)
     assert await watcher.data_version() != before
     await store.close()
     await watcher.close()
+
+
+def test_the_web_page_shows_the_alerts_first(env: dict[str, str], repo: Path, tmp_path: Path) -> None:
+    """In a real headless Chromium: the Alerts section is the first of the page, worst first, and
+    accessible (axe-core, as the web dashboard's own browser tests run it)."""
+    from tests.test_web_browser import AXE, CHROMIUM_ARGS, _browser_or_skip
+    from tests.web_support import web_server
+
+    chromium = _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    async def seed() -> None:
+        store = await Store.open(Path(env["AGENT_COORD_DB"]))
+        await raise_one(store)
+        await quarantined_slot(store, repo, "agent-x")
+        await watch(store).evaluate()
+        await store.close()
+
+    Path(env["AGENT_COORD_DB"]).parent.mkdir(parents=True, exist_ok=True)
+    anyio.run(seed)
+    with web_server(env) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(bypass_csp=True).new_page()
+            page.goto(server.url)
+            page.wait_for_selector("#alert-list li")
+            first = page.evaluate("() => document.querySelector('main > section:not([hidden])').id")
+            assert first == "alerts"
+            items = page.locator("#alert-list li").all_inner_texts()
+            assert items[0].startswith("failing quarantined wt-01") and items[1].startswith("warning metric")
+            page.add_script_tag(path=str(AXE))
+            found = page.evaluate(
+                "async () => (await axe.run(document.getElementById('alerts'), {resultTypes: ['violations']}))"
+                ".violations.map(v => v.id)"
+            )
+            assert found == []
+        finally:
+            browser.close()
