@@ -52,7 +52,7 @@ def _detail(rng: random.Random, slot: int) -> dict[str, Any]:
         "warm": True,
         "attempts": 1,
         "phases_ms": {"claim": round(rng.uniform(0.2, 2), 3), "git": round(rng.uniform(8, 60), 3)},
-        "task": "fix the flaky test in tests/test_pool.py and make the release path faster",
+        "task": "fix the flaky test in tests/engine/allocate/test_pool.py and make the release path faster",
     }
 
 

@@ -2,7 +2,7 @@
 
 `python -m agent_coord.claude.error_table` rewrites the table between the markers in the
 `multi-agent-conflict` skill (the one table the other skills point to) and in docs/errors.md;
-tests/test_voice.py fails when either differs from what this module renders.
+tests/server/test_voice.py fails when either differs from what this module renders.
 """
 
 from __future__ import annotations

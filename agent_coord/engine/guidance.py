@@ -2,7 +2,7 @@
 
 Every refusal's text ends with its code's `next` (what the agent may do) and, where there is one,
 `ask` (what to ask the user); the skills' error table and docs/errors.md are generated from this
-table (`python -m agent_coord.claude.error_table`), and tests/test_voice.py fails when they drift or
+table (`python -m agent_coord.claude.error_table`), and tests/server/test_voice.py fails when they drift or
 when a message the real server returns recommends one of its code's `forbidden` actions.
 """
 
@@ -160,7 +160,7 @@ GUIDANCE: dict[ErrorCode, Guidance] = {
 }
 
 
-# For a code added without its guidance (tests/test_voice.py fails until it has one): never a crash.
+# For a code added without its guidance (tests/server/test_voice.py fails until it has one): never a crash.
 UNKNOWN = "read the text; if it does not say what to do, ask the user."
 
 

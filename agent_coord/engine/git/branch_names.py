@@ -3,7 +3,7 @@
 A warm allocation used to spend a git process on `check-ref-format --branch` for every name. For
 names made only of ASCII letters, digits and `-_./` (what agents and hooks use) git's rules come
 down to a few string tests, written out below from git's `check_refname_format` (refs.c) as applied
-to `refs/heads/<name>` by `strbuf_check_branch_ref`; tests/test_branch_names.py holds them to git's
+to `refs/heads/<name>` by `strbuf_check_branch_ref`; tests/engine/allocate/test_branch_names.py holds them to git's
 verdict over every short name of that alphabet. Any other character (`@`, non-ASCII, punctuation)
 still goes to git, whose verdict is remembered per name.
 """
