@@ -109,7 +109,7 @@ OpaqueContention = Annotated[
 class AllocationResult(Result):
     worktree_id: str = Field(description="the worktree's id; name it to release")
     path: str = Field(description="absolute path of your worktree: work only here")
-    branch: str
+    branch: str = Field(description="the branch checked out there")
     repo: str = Field(description="the repository's top-level path")
     agent_id: str = Field(description="your agent id, as status shows it")
     fencing_token: int = Field(description="the grant's number in the store; no tool takes it")
@@ -118,15 +118,15 @@ class AllocationResult(Result):
     strategy: Literal["optimistic", "pessimistic", "existing"] = Field(
         description="how it was allocated; `existing`: you already held this branch"
     )
-    attempts: int
-    latency_ms: float
+    attempts: int = Field(description="compare-and-swap attempts it took")
+    latency_ms: float = Field(description="milliseconds the allocation took")
     contention: OpaqueContention
-    jitter_ms: float = 0.0
+    jitter_ms: float = Field(default=0.0, description="milliseconds waited before claiming, under contention")
     conflicts: ConflictList = Field(default_factory=list)
 
 
 class ReleaseResult(Result):
-    worktree_id: str
+    worktree_id: str = Field(description="the worktree released")
     path: str = Field(description="the slot's path: run nothing there any more")
     branch: str | None = Field(description="the branch released; it and its commits stay in the repository")
     state: str = Field(description="`FREE` (kept warm) or `REMOVED`")
@@ -137,8 +137,8 @@ class ReleaseResult(Result):
 
 
 class HeartbeatResult(Result):
-    agent_id: str
-    status: Literal["active", "idle"]
+    agent_id: str = Field(description="your agent id")
+    status: Literal["active", "idle"] = Field(description="the status recorded for you")
     lease_expires_at: float = Field(description=f"when your lease lapses unless renewed, {EPOCH}")
     next_heartbeat_s: float = Field(description="seconds until your server renews the lease again")
     allocations: list[str] = Field(description="worktree ids this agent holds")
@@ -152,49 +152,49 @@ class HeartbeatResult(Result):
 
 
 class PoolSummary(Result):
-    size: int
+    size: int = Field(description="slots that exist")
     free: int = Field(description="slots ready to allocate")
-    busy: int
-    quarantined: int = 0
-    max: int
-    utilization: float
+    busy: int = Field(description="slots held by agents")
+    quarantined: int = Field(default=0, description="slots kept for a person to look at")
+    max: int = Field(description="the most slots the pool may have (AGENT_COORD_POOL_MAX)")
+    utilization: float = Field(description="busy / max, 0 to 1")
 
 
 class WorktreeView(Result):
-    worktree_id: str
-    path: str
-    branch: str | None
+    worktree_id: str = Field(description="the slot's id")
+    path: str = Field(description="its absolute path")
+    branch: str | None = Field(description="the branch checked out, none when free")
     state: str = Field(description="FREE, ALLOCATING, BUSY, RELEASING or QUARANTINED (kept for a person)")
     agent_id: str | None = Field(description="the holder")
-    fencing_token: int | None
+    fencing_token: int | None = Field(description="the current grant's number")
     lease_expires_at: float | None = Field(description=f"when the holder's lease lapses, {EPOCH}")
     since: float | None = Field(description=f"held since, {EPOCH}")
-    repo: str
-    rescue_ref: str | None = None
-    task: str | None = None
+    repo: str = Field(description="the repository's top-level path")
+    rescue_ref: str | None = Field(default=None, description="work saved from its last holder, if any")
+    task: str | None = Field(default=None, description="what its holder said it works on")
 
 
 class AgentView(Result):
-    agent_id: str
+    agent_id: str = Field(description="the agent's id")
     status: str = Field(description="active, idle or disconnected")
     alive: bool = Field(description="false: its worktrees may be reclaimed (`validate` with `repair: true`)")
-    stale: bool = False
+    stale: bool = Field(default=False, description="its lease lapsed")
     reason: str = Field(description="why alive or not (process gone, lease lapsed)")
-    host: str
-    pid: int
+    host: str = Field(description="the host it runs on")
+    pid: int = Field(description="its agent process on that host")
     last_heartbeat: float = Field(description=EPOCH)
     lease_expires_at: float = Field(description=EPOCH)
-    note: str | None = None
-    focused: bool = False
+    note: str | None = Field(default=None, description="what it said it does or waits for")
+    focused: bool = Field(default=False, description="its window has the user's focus")
 
 
 class StatusResult(Result):
     alerts: AlertList = Field(default_factory=list)
-    repo: str | None
-    pool: PoolSummary
-    worktrees: list[WorktreeView]
-    agents: list[AgentView]
-    contention: OpaqueContention | None = None
+    repo: str | None = Field(description="the repository shown (none: every repository)")
+    pool: PoolSummary = Field(description="the pool's size and use")
+    worktrees: list[WorktreeView] = Field(description="every slot")
+    agents: list[AgentView] = Field(description="the agents known, alive or not")
+    contention: OpaqueContention | None = Field(default=None, description="contention seen, for the repository")
     metrics: dict[str, Any] = Field(default_factory=dict, description="health metrics (detail: coord://metrics)")
     conflicts: ConflictList = Field(default_factory=list)
     conflict_pairs: PairList = Field(default_factory=list)
@@ -202,16 +202,16 @@ class StatusResult(Result):
 
 class Finding(Result):
     kind: str = Field(description="what drifted, e.g. dead_agent, stale_lease, branch_mismatch")
-    worktree_id: str | None = None
-    path: str | None = None
-    agent_id: str | None = None
-    detail: str
+    worktree_id: str | None = Field(default=None, description="the slot concerned")
+    path: str | None = Field(default=None, description="the path concerned")
+    agent_id: str | None = Field(default=None, description="the agent concerned")
+    detail: str = Field(description="what was found")
     action: str = Field(description="what repair does (or did) about it")
-    repaired: bool = False
+    repaired: bool = Field(default=False, description="this call repaired it")
 
 
 class ValidateResult(Result):
-    findings: list[Finding]
-    duration_ms: float
+    findings: list[Finding] = Field(description="the drift found")
+    duration_ms: float = Field(description="milliseconds the pass took")
     repaired: int = Field(default=0, description="findings repaired by this call")
     skipped: list[Finding] = Field(default_factory=list, description="found but left alone (locked worktrees)")

@@ -33,3 +33,26 @@ def test_the_input_model_is_the_handlers_parameter() -> None:
     for tool in TOOLS:
         first = next(iter(inspect.signature(tool.fn).parameters))
         assert get_type_hints(tool.fn)[first] is tool.input_model, tool.name
+
+
+def _undescribed(schema: dict[str, Any], defs: dict[str, Any], where: str, seen: set[str]) -> list[str]:
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return [] if name in seen else _undescribed(defs[name], defs, f"{where}->{name}", seen | {name})
+    missing = []
+    for name, prop in schema.get("properties", {}).items():
+        if not prop.get("description"):
+            missing.append(f"{where}.{name}")
+        missing += _undescribed(prop, defs, f"{where}.{name}", seen)
+    for key in ("items", "anyOf", "allOf"):
+        nested = schema.get(key)
+        for part in nested if isinstance(nested, list) else [nested] if isinstance(nested, dict) else []:
+            missing += _undescribed(part, defs, where, seen)
+    return missing
+
+
+def test_every_output_field_has_a_description() -> None:
+    for tool in TOOLS:
+        schema: dict[str, Any] = tool.output_schema or {}
+        assert schema.get("properties"), tool.name
+        assert _undescribed(schema, schema.get("$defs", {}), tool.name, set()) == []
