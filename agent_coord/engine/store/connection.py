@@ -141,12 +141,18 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
     """Refuse a database of another program before anything is written to it (not even WAL mode)."""
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    # One read transaction: another process may create the schema between two separate reads, and
+    # a version read before its migration beside the tables read after it looks like a stranger's file.
+    conn.execute("BEGIN")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        conn.execute("COMMIT")
     if version > len(MIGRATIONS):
         raise StoreUnavailableError(
             path, f"has schema {version}, newer than this agent-coord ({len(MIGRATIONS)}); upgrade agent-coord"
         )
-    tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if (version == 0 and tables - {"sqlite_sequence"}) or (version > 0 and not tables >= OWN_TABLES):
         raise StoreUnavailableError(
             path,

@@ -66,3 +66,36 @@ async def test_a_failed_open_leaves_no_thread_and_close_is_idempotent(tmp_path: 
             break
         await asyncio.sleep(0.01)
     assert store_threads() <= before
+
+
+_OPEN_AT_ONCE = """
+import asyncio, sys, time
+from pathlib import Path
+from agent_coord.engine.store import Store
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+async def main() -> None:
+    store = await Store.open(Path(sys.argv[1]))
+    await store.close()
+asyncio.run(main())
+"""
+
+
+def test_processes_opening_a_new_database_at_once_all_get_the_store(tmp_path: Path) -> None:
+    """The first opener creates the schema while the others check whose file it is: none of them may
+    take the half-seen schema for another program's."""
+    import subprocess
+    import sys
+
+    for round_ in range(2):
+        db = tmp_path / f"round-{round_}" / "coord.db"
+        start = time.time() + 1.5  # every process is up and spinning before the first opens
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_AT_ONCE, str(db), str(start)], stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(8)
+        ]
+        failures = [err for p in procs if (err := p.communicate(timeout=120)[1]) and p.returncode != 0]
+        assert failures == [], failures[0][-800:]
