@@ -148,7 +148,8 @@ def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     finally:
-        conn.execute("COMMIT")
+        if conn.in_transaction:  # a failed read (a full disk) may have ended it already
+            conn.execute("ROLLBACK")
     if version > len(MIGRATIONS):
         raise StoreUnavailableError(
             path, f"has schema {version}, newer than this agent-coord ({len(MIGRATIONS)}); upgrade agent-coord"
