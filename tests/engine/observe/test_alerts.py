@@ -27,6 +27,7 @@ from agent_coord.engine.observe.metrics import MetricsReport, history_start, rep
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.records import Action, SlotState
 from tests.conftest import git, make_repo
+from tests.paths import ROOT
 
 pytestmark = pytest.mark.anyio
 
@@ -424,7 +425,7 @@ def test_the_terminal_dashboard_shows_alerts_first_and_counts_what_does_not_fit(
     from dataclasses import replace
 
     from agent_coord.engine.models import AlertView
-    from tests.test_dashboard import fake_snapshot, screen_text
+    from tests.ui.test_dashboard import fake_snapshot, screen_text
 
     snapshot = fake_snapshot()
     alerts = [
@@ -472,7 +473,7 @@ async def test_the_validating_server_evaluates_alerts_at_every_check(coord: Any)
 
 async def test_retention_keeps_active_alerts_and_drops_old_cleared_ones_and_gap_rollups(tmp_path: Path) -> None:
     from agent_coord.engine.observe.retention import Retention, prune
-    from tests.test_advise import agent
+    from tests.engine.observe.test_advise import agent
 
     store = await Store.open(tmp_path / "c.db")
     old = time.time() - 10 * DAY
@@ -493,7 +494,7 @@ async def test_retention_keeps_active_alerts_and_drops_old_cleared_ones_and_gap_
 
 def doc_scripts() -> dict[str, str]:
     """The example alert commands of docs/alerts.md, by what they need."""
-    text = (Path(__file__).parent.parent / "docs" / "alerts.md").read_text()
+    text = (ROOT / "docs" / "alerts.md").read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("```sh\n")[1:]]
     return {("curl" if "curl" in b else "notify-send"): b for b in blocks if b.startswith("#!/bin/sh")}
 
