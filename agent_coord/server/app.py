@@ -75,7 +75,10 @@ async def _watch(coord: Coordinator, settings: Settings, subs: Subscriptions) ->
         async for _ in watcher.changes():
             await subs.announce(resources.POOL_URIS)
             if mirror is not None:
-                await _mirror(coord, mirror)
+                # A range claimed is this server's alone to write: cancelled between the claim and the
+                # append (a shutdown), its lines would be lost to every server.
+                with anyio.CancelScope(shield=True):
+                    await _mirror(coord, mirror)
     finally:
         if mirror is not None:
             # What this server committed while shutting down (its last releases) still gets mirrored.
