@@ -627,7 +627,7 @@ async def test_an_evaluation_that_changes_nothing_writes_nothing(tmp_path: Path)
 def test_the_web_page_shows_the_alerts_first(env: dict[str, str], repo: Path, tmp_path: Path) -> None:
     """In a real headless Chromium: the Alerts section is the first of the page, worst first, and
     accessible (axe-core, as the web dashboard's own browser tests run it)."""
-    from tests.test_web_browser import AXE, CHROMIUM_ARGS, _browser_or_skip
+    from tests.ui.test_web_browser import AXE, CHROMIUM_ARGS, _browser_or_skip
     from tests.web_support import web_server
 
     chromium = _browser_or_skip()
