@@ -660,3 +660,29 @@ def test_the_web_page_shows_the_alerts_first(env: dict[str, str], repo: Path, tm
             assert found == []
         finally:
             browser.close()
+
+
+async def test_a_running_server_raises_the_alert_and_runs_the_command(env: dict[str, str], tmp_path: Path) -> None:
+    """The wiring end to end: a real stdio server's validator loop raises, its alert task runs the
+    command, its `status` tool shows the alert first."""
+    from mcp import Client
+
+    from tests.conftest import server_params
+
+    command, out = recorder(tmp_path, "ok")
+    db = Path(env["AGENT_COORD_DB"])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    store = await Store.open(db)
+    t = time.time() - 60
+    await store.append_history(allocations(t, 18) + allocations(t + 1, 2, "GIT_FAILED", None))
+    await store.close()
+    extra = {"AGENT_COORD_ALERT_COMMAND": json.dumps(command), "AGENT_COORD_VALIDATE_EVERY_S": "3"}
+    async with Client(server_params(env, AGENT_COORD_AGENT_ID="agent-alerted", **extra), mode="legacy") as client:
+        with anyio.fail_after(60):
+            while not out.exists() or not out.read_text().endswith("\n"):
+                await anyio.sleep(0.05)
+        received = json.loads(out.read_text().splitlines()[0])["alert"]
+        assert received["key"] == "metric:allocation_success_rate" and received["state"] == "raised"
+        status = (await client.call_tool("status", {})).structured_content
+        assert status is not None and next(iter(status)) == "alerts"
+        assert [a["kind"] for a in status["alerts"]] == ["metric"]
