@@ -3,6 +3,7 @@ open; and when anything fails after the claim, the slot goes back to FREE withou
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,13 @@ async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slo
     token = slot.fencing_token
     path = Path(slot.path)
     slot_dir = (await bounds_of(repo)).slot(path)
-    registered = any(Path(w.path) == path for w in await _safe_worktrees(git, Path(repo.path)))
+    listed = await _worktrees_or_none(git, Path(repo.path))
+    # Without git's listing, a directory in the slot's place may hold the allocation's worktree: it is
+    # checked below (and quarantined if it fails), never dropped with its row.
+    if listed is None:
+        registered = await anyio.to_thread.run_sync(os.path.lexists, path)
+    else:
+        registered = any(Path(w.path) == path for w in listed)
     draft = EventDraft(
         Action.RECLAIM, "rolled_back", agent_id, repo.id, slot.id, slot.branch, detail={"reason": reason}
     )
@@ -149,8 +156,8 @@ async def _clean_or_fail(git: GitDriver, path: Confined) -> None:
         raise GitError(["status"], 1, f"fatal: still not clean after the rescue ({left}): left for a person")
 
 
-async def _safe_worktrees(git: GitDriver, repo: Path) -> list[WorktreeInfo]:
+async def _worktrees_or_none(git: GitDriver, repo: Path) -> list[WorktreeInfo] | None:
     try:
         return await git.worktrees(repo)
     except GitError:
-        return []
+        return None

@@ -116,12 +116,16 @@ def prepare_db_file(path: Path) -> None:
 def _connect(path: Path) -> sqlite3.Connection:
     """Open and configure the connection (runs in a worker thread: it may wait for the WAL switch)."""
     refuse_network_share(path)
-    prepare_db_file(path)
+    existed = path.exists()
+    if not existed:
+        prepare_db_file(path)
     conn = sqlite3.connect(str(path), isolation_level=None)
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         _refuse_foreign(conn, path)
+        if existed:  # ours, it turns out: private from now on (another program's file keeps its mode)
+            make_private(path)
         # WAL lets readers (status, dashboards, the change watcher) run beside the writer.
         for attempt in range(BUSY_RETRIES):
             try:

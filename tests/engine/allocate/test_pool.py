@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import subprocess
 from pathlib import Path
@@ -336,6 +337,25 @@ async def test_failing_post_create_fails_cleanly(make_settings: Any) -> None:
         assert "boom" in err.value.message and "exited 3" in err.value.message
         (slot,) = await c.store.slots()
         assert slot.state == SlotState.FREE and not slot.setup_done
+
+
+async def test_a_roll_back_without_gits_listing_keeps_the_slot(make_settings: Any, repo: Path) -> None:
+    """The setup fails and leaves `git worktree list` failing too (an admin folder it cannot read): the
+    roll-back cannot learn from git that the worktree exists, and must not drop the slot's row."""
+    from agent_coord.engine.coordinator import Coordinator
+
+    broken = repo / ".git" / "worktrees" / "not-ours"
+    script = f"mkdir -p '{broken}/commondir' && echo '{broken}/gitdir-target' > '{broken}/gitdir' && exit 3"
+    s = make_settings(post_create=(f"sh -c {shlex.quote(script)}",))
+    async with Coordinator.open(s, register=True, agent_id="agent-setup") as c:
+        with pytest.raises(CoordError) as err:
+            await c.pool.allocate("setup-breaks-the-listing")
+        assert err.value.code == ErrorCode.GIT_FAILED
+        listing = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True)
+        assert listing.returncode != 0, "the listing must fail for this test to mean anything"
+        (slot,) = await c.store.slots()
+        assert Path(slot.path).is_dir()
+        assert slot.state in (SlotState.FREE, SlotState.QUARANTINED), slot
 
 
 async def test_cancelled_allocation_leaves_nothing_half_done(make_settings: Any) -> None:
