@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import random
 import sqlite3
 import time
@@ -117,7 +118,11 @@ def _connect(path: Path) -> sqlite3.Connection:
     """Open and configure the connection (runs in a worker thread: it may wait for the WAL switch)."""
     refuse_network_share(path)
     existed = path.exists()
-    if not existed:
+    if existed:
+        # Opened for writing and closed, nothing changed: a read-only file system or a directory says
+        # so here, in its own words (SQLite would only say it cannot open the file).
+        os.close(os.open(path, os.O_RDWR))
+    else:
         prepare_db_file(path)
     conn = sqlite3.connect(str(path), isolation_level=None)
     try:
