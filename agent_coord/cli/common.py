@@ -18,6 +18,14 @@ T = TypeVar("T")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Warm git worktrees for parallel agents.")
 
+
+@app.callback()
+def _commands() -> None:
+    """Warm git worktrees for parallel agents."""
+    # A group even when one command is registered: a command imports only its own module, and Typer
+    # would run a lone command as the program itself ('agent-coord conflicts' read 'conflicts' as an argument).
+
+
 # Exit codes scripts can rely on (documented in the README).
 EXIT_OK = 0
 EXIT_REFUSED = 1  # the coordinator refused; the code and reason are on stderr

@@ -165,3 +165,17 @@ async def test_follow_json_lines_and_a_closed_pipe_end_quietly(coord: Any, tmp_p
             if proc.returncode is None:
                 proc.kill()
     assert errors.read_text() == ""  # no traceback, no "Exception ignored ... BrokenPipeError"
+
+
+@pytest.mark.parametrize("command", sorted({"conflicts", "advise", "web", "metrics", "status", "demo"}))
+def test_each_command_runs_as_its_own_process(command: str, env: dict[str, str]) -> None:
+    """A command imports only its own module: a module that defines one command is still a command of
+    the group, not the program (`agent-coord conflicts` once read 'conflicts' as an extra argument)."""
+    import subprocess
+
+    from agent_coord.cli import COMMAND_MODULES
+
+    assert command in COMMAND_MODULES
+    done = subprocess.run([*CLI, command, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"agent-coord {command}" in " ".join(done.stdout.split()), done.stdout
