@@ -35,9 +35,6 @@ AGENT_COORD = Path(sys.executable).parent / "agent-coord"
 SESSION = "0123abcd-4567-89ef-aaaa-bbbbccccdddd"
 OTHER_SESSION = "fedcba98-7654-3210-ffff-eeeeddddcccc"
 AGENT = "claude-0123abcd-456"
-# The tightest timeout our settings.json gives a hook (SessionStart: 15 s). A hook takes about 0.3 s
-# on an idle machine; the bound only catches one that hangs, not a loaded CI machine.
-SLOW_HOOK_S = 15.0
 
 
 def run(
@@ -59,9 +56,9 @@ def run(
 def hook(
     env: dict[str, str], event: str, payload: dict[str, Any] | str, **extra: str
 ) -> subprocess.CompletedProcess[str]:
-    started = time.monotonic()
+    # A hook that hangs fails on run()'s timeout; how fast hooks start is measured by bench/hooks.py,
+    # not asserted against the wall clock of a shared machine.
     proc = run(env, ["hook", event], payload if isinstance(payload, str) else json.dumps(payload), extra=extra)
-    assert time.monotonic() - started < SLOW_HOOK_S, f"hook {event} took too long"
     return proc
 
 
