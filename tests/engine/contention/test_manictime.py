@@ -274,7 +274,9 @@ def test_read_while_another_connection_writes(
     started = time.monotonic()
     view = reader_for(live).read(at, live.agents)
     elapsed = time.monotonic() - started
-    assert elapsed < 1.0, f"read took {elapsed:.3f}s"
+    # Never waits out the writer: its own lock wait is a fraction of a second (a hang would be minutes);
+    # the bound leaves room for a loaded machine.
+    assert elapsed < 10.0, f"read took {elapsed:.3f}s"
     if view.available:
         assert_matches(view, live, at)
     else:

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.anyio
 VALIDATE_EVERY_S = 1.0
 # "Within one validation interval": the interval itself, plus the validation run and the polling, on
 # a loaded two-core machine.
-SLACK_S = 1.5
+RECOVERY_PASSES = 2  # as the fault campaign's bound (bench/fault_check.py)
 
 
 def git_bytes(cwd: Path, *args: str) -> bytes:
@@ -85,16 +85,24 @@ async def test_sigkilled_agent_clean_slot_freed_dirty_slot_rescued(env: dict[str
             assert victim_row["pid"] == victim.pid  # the agent is the server's parent: this process
 
             await victim.kill()
-            killed_at = time.monotonic()
+            killed_at = time.time()  # the clock events are stamped with
 
             async def both_free() -> bool:
                 status = structured(await survivor.call_tool("status", {}))
                 states = {w["worktree_id"]: w["state"] for w in status["worktrees"]}
                 return states.get(clean["worktree_id"]) == "FREE" and states.get(dirty["worktree_id"]) == "FREE"
 
-            await wait_for(both_free, VALIDATE_EVERY_S + SLACK_S + 5)
-            elapsed = time.monotonic() - killed_at
-            assert elapsed <= VALIDATE_EVERY_S + SLACK_S, f"reclaimed after {elapsed:.2f}s"
+            await wait_for(both_free, 60)
+            # Within one check interval, counted in the validator's own passes (a loaded machine
+            # stretches seconds, not passes): the death is noticed between passes and one starts at once.
+            reclaimed = [
+                e for e in events(env, "reclaim") if e["worktree_id"] in (clean["worktree_id"], dirty["worktree_id"])
+            ]
+            done_at = max(e["ts"] for e in reclaimed)
+            passes = [
+                e for e in events(env, "validate") if e["outcome"] == "started" and killed_at < e["ts"] <= done_at
+            ]
+            assert len(passes) <= RECOVERY_PASSES, f"reclaimed after {len(passes)} validation passes"
 
         status = structured(await survivor.call_tool("status", {}))
         views = {w["worktree_id"]: w for w in status["worktrees"]}
