@@ -61,12 +61,11 @@ class ReclaimJob:
         return EventDraft(
             Action.RECLAIM,
             outcome,
-            self.rc.identity.agent_id,
-            self.repo.id,
-            s.id,
-            s.branch,
-            None,
-            s.fencing_token,
+            agent_id=self.rc.identity.agent_id,
+            repo_id=self.repo.id,
+            worktree_id=s.id,
+            branch=s.branch,
+            fencing_token=s.fencing_token,
             detail={
                 "reason": self.reason,
                 "previous_owner": s.owner,

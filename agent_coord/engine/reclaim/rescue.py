@@ -80,12 +80,11 @@ async def save_work(
         EventDraft(
             Action.RESCUE,
             "saved",
-            agent_id,
-            who.repo_id,
-            who.slot_id,
-            who.branch,
-            None,
-            who.fencing_token,
+            agent_id=agent_id,
+            repo_id=who.repo_id,
+            worktree_id=who.slot_id,
+            branch=who.branch,
+            fencing_token=who.fencing_token,
             detail={
                 "rescue_ref": ref,
                 "commit": saved.commit,

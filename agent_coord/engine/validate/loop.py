@@ -152,7 +152,10 @@ class ValidatorLoop(OverEngine):
         if why is not None:
             await self.store.log(
                 EventDraft(
-                    Action.VALIDATE, "started", self.identity.agent_id, detail={"interval_s": self.every_s, "why": why}
+                    Action.VALIDATE,
+                    "started",
+                    agent_id=self.identity.agent_id,
+                    detail={"interval_s": self.every_s, "why": why},
                 )
             )
             result = await self.validator.validate(repair=True)

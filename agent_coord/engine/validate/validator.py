@@ -83,11 +83,8 @@ class Validator(OverEngine):
                     EventDraft(
                         Action.VALIDATE,
                         "repaired",
-                        self.identity.agent_id,
-                        None,
-                        None,
-                        None,
-                        duration,
+                        agent_id=self.identity.agent_id,
+                        duration_ms=duration,
                         detail={
                             "findings": len(findings),
                             "repaired": repaired,
@@ -181,8 +178,8 @@ class Validator(OverEngine):
                 event=EventDraft(
                     Action.AGENT_STALE if verdict.stale else Action.AGENT_DEAD,
                     "detected",
-                    agent_id,
-                    agent.repo_id,
+                    agent_id=agent_id,
+                    repo_id=agent.repo_id,
                     detail={"reason": verdict.reason},
                 ),
             )
