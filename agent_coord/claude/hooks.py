@@ -33,6 +33,7 @@ from agent_coord.engine.git.driver import GitError
 from agent_coord.engine.liveness.judge import same_agent
 from agent_coord.engine.models import AllocationResult, ReleaseResult
 from agent_coord.engine.release.releaser import Releaser
+from agent_coord.engine.repos import bounds_of
 from agent_coord.engine.store import EventDraft
 from agent_coord.engine.store.records import HELD_STATES, Action, Agent, Repo, Slot, SlotState
 
@@ -222,7 +223,8 @@ async def provide_claude_setup(coord: Coordinator, result: AllocationResult) -> 
     """Link the project's uncommitted Claude Code setup into the new slot (see `slot_setup`); a line
     for the user when that failed, since the session then starts without our hooks."""
     try:
-        await link_claude_setup(coord.git, Path(result.repo), Path(result.path))
+        slot = (await bounds_of(await coord.repos.resolve(result.repo))).slot(result.path)
+        await link_claude_setup(coord.git, Path(result.repo), slot)
     except (GitError, OSError) as exc:
         return f"agent-coord: could not link the Claude Code setup into {result.path}: {exc}"
     return None

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import anyio
 
+from agent_coord.engine.git.confinement import Confined
 from agent_coord.engine.git.driver import GitDriver
+from agent_coord.engine.git.slot_files import Refused, SlotFiles
 
 # What Claude Code reads from a project directory (files, or folders of files).
 SETUP_PATHS = (
@@ -53,30 +55,18 @@ def _exclude_pattern(rel: str) -> str:
     return "/" + escaped
 
 
-def _stays_in(slot: Path, rel: str) -> bool:
-    """No folder between the slot and `rel` is a symlink or a file: a branch that commits `.claude` as a
-    link to somewhere else must not make us write there."""
-    current = slot
-    for part in Path(rel).parts[:-1]:
-        current = current / part
-        if current.is_symlink() or (current.exists() and not current.is_dir()):
-            return False
-    return True
-
-
-def _link_missing(main: Path, slot: Path, names: list[str]) -> list[str]:
+def _link_missing(main: Path, files: SlotFiles, names: list[str]) -> list[str]:
+    """Link each of `names` into the slot `files` writes in, through the guard (`slot_files`): never
+    over what the slot has (its branch's own version, a file the user made), never through a folder
+    of the slot that is a link (a branch that commits `.claude` as a link to elsewhere) or a file."""
     linked: list[str] = []
-    slot = Path(os.path.realpath(slot))
     for rel in names:
-        source, target = main / rel, slot / rel
-        if target.exists() or target.is_symlink() or not (source.is_file() or source.is_symlink()):
-            continue  # never over what the slot has (its branch's own version, a file the user made)
-        if not _stays_in(slot, rel):
+        source = main / rel
+        if not (source.is_file() or source.is_symlink()):
             continue
-        with contextlib.suppress(OSError):  # a file where a folder should be: that path is left out
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(source, target)
-            linked.append(rel)
+        with contextlib.suppress(OSError, Refused):
+            if files.link_in(rel, source):
+                linked.append(rel)
     return linked
 
 
@@ -101,11 +91,10 @@ def _add_excludes(exclude_file: Path, names: list[str]) -> None:
         os.close(fd)
 
 
-async def link_claude_setup(git: GitDriver, main: Path, slot: Path) -> list[str]:
+async def link_claude_setup(git: GitDriver, main: Path, slot: Confined) -> list[str]:
     """Link into `slot` each file of `main`'s Claude Code setup that git does not track and the slot
-    lacks, and exclude every such path from git's view; returns the paths linked now."""
-    if await anyio.Path(main).resolve() == await anyio.Path(slot).resolve():
-        return []
+    lacks, and exclude every such path from git's view; returns the paths linked now. The slot must
+    pass the confinement guard (Unconfined, a GitError, otherwise)."""
     # Without exclude options `--others` lists ignored files too: a gitignored settings.local.json is
     # part of the setup as much as an untracked one.
     out = await git.run(main, "ls-files", "-z", "--others", "--", *SETUP_PATHS)
@@ -116,7 +105,8 @@ async def link_claude_setup(git: GitDriver, main: Path, slot: Path) -> list[str]
     exclude_file = common / "info" / "exclude"
 
     def apply() -> list[str]:
-        _add_excludes(exclude_file, names)
-        return _link_missing(main, slot, names)
+        with SlotFiles.of_slot(slot.bounds, slot.path) as files:
+            _add_excludes(exclude_file, names)
+            return _link_missing(main, files, names)
 
     return await anyio.to_thread.run_sync(apply)

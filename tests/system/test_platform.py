@@ -292,6 +292,7 @@ def test_the_claude_setup_is_never_linked_through_a_symlink_out_of_the_slot(tmp_
     """A branch may commit `.claude` as a link to a folder elsewhere: linking the setup into the slot
     must not write into that folder."""
     from agent_coord.claude.slot_setup import _link_missing
+    from agent_coord.engine.git.slot_files import SlotFiles
 
     main, slot, elsewhere = tmp_path / "main", tmp_path / "slot", tmp_path / "elsewhere"
     (main / ".claude").mkdir(parents=True)
@@ -300,6 +301,7 @@ def test_the_claude_setup_is_never_linked_through_a_symlink_out_of_the_slot(tmp_
     slot.mkdir()
     elsewhere.mkdir()
     (slot / ".claude").symlink_to(elsewhere)
-    linked = _link_missing(main, slot, [".claude/settings.json", ".mcp.json"])
+    with SlotFiles(slot) as files:
+        linked = _link_missing(main, files, [".claude/settings.json", ".mcp.json"])
     assert linked == [".mcp.json"]
     assert list(elsewhere.iterdir()) == []

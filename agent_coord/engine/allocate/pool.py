@@ -276,7 +276,7 @@ class Pool(OverEngine):
                 await add_cold_slot(self.git, Path(repo.path), path, plan.branch, plan.start)
 
     async def _setup(self, repo: Repo, claim: Claim) -> None:
-        path = Path(claim.slot.path)
+        path = (await bounds_of(repo)).slot(claim.slot.path)
         with tracer.start_as_current_span("slot.setup"):
             await copy_included_files(self.git, Path(repo.path), path)
             await run_post_create(self.settings.post_create, path, self.settings.setup_timeout_s)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shlex
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 
+from agent_coord.engine.git.confinement import Confined, check_slot
 from agent_coord.engine.git.driver import GitDriver
+from agent_coord.engine.git.slot_files import Refused, SlotFiles
 
 INCLUDE_FILE = ".worktreeinclude"
 OUTPUT_TAIL = 2000
@@ -21,26 +22,10 @@ class SetupError(Exception):
     pass
 
 
-def _copy_one(src_root: Path, dst_root: Path, rel: str) -> bool:
-    rel_path = Path(rel)
-    if rel_path.is_absolute() or ".." in rel_path.parts:
-        return False
-    src = src_root / rel_path
-    dst = dst_root / rel_path
-    if dst.exists() or dst.is_symlink():
-        return False  # never overwrite what the slot already has
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_symlink():
-        os.symlink(os.readlink(src), dst)
-    elif src.is_file():
-        shutil.copy2(src, dst)
-    else:
-        return False
-    return True
-
-
-async def copy_included_files(git: GitDriver, repo: Path, slot: Path) -> list[str]:
-    """Copy untracked files of the main worktree that `.worktreeinclude` (gitignore syntax) matches."""
+async def copy_included_files(git: GitDriver, repo: Path, slot: Confined) -> list[str]:
+    """Copy untracked files of the main worktree that `.worktreeinclude` (gitignore syntax) matches.
+    Each one is written through the guard (`slot_files`): a name that would leave the slot, or a folder
+    of the slot that is a link or a file, leaves that file out; a slot that fails the guard, all."""
     include = repo / INCLUDE_FILE
     if not await anyio.Path(include).is_file():  # a stat, but not on the event loop
         return []
@@ -48,19 +33,28 @@ async def copy_included_files(git: GitDriver, repo: Path, slot: Path) -> list[st
     names = [n for n in out.split("\0") if n and n != INCLUDE_FILE]
 
     def copy_all() -> list[str]:
-        return [n for n in names if _copy_one(repo, slot, n)]
+        copied: list[str] = []
+        with SlotFiles.of_slot(slot.bounds, slot.path) as files:
+            for name in names:
+                with contextlib.suppress(Refused):
+                    if files.copy_in(name, repo / name):
+                        copied.append(name)
+        return copied
 
     return await anyio.to_thread.run_sync(copy_all)
 
 
-async def run_post_create(commands: Sequence[str], slot: Path, timeout_s: float) -> None:
+async def run_post_create(commands: Sequence[str], slot: Confined, timeout_s: float) -> None:
+    """Run each command in the slot; the slot passes the guard right before each, and the command runs
+    in the real directory the guard checked."""
     for command in commands:
         argv = shlex.split(command)
         if not argv:
             continue
+        checked = await anyio.to_thread.run_sync(check_slot, slot.bounds, slot.path)
         try:
             with anyio.fail_after(timeout_s):
-                result = await anyio.run_process(argv, cwd=slot, check=False, stderr=subprocess.STDOUT)
+                result = await anyio.run_process(argv, cwd=checked.path, check=False, stderr=subprocess.STDOUT)
         except TimeoutError as exc:
             raise SetupError(f"post-create command {command!r} timed out after {timeout_s:.0f}s") from exc
         except OSError as exc:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.git_error import GitError
+from agent_coord.engine.git.path_rules import entry_problem
 
 LOST_AND_FOUND = ".lost+found"
 
@@ -104,12 +105,12 @@ class Shape:
 
 def inside_pool(bounds: Bounds, path: Path) -> Path:
     """The real path of the entry `path` names in the pool root, without following the entry itself."""
-    parent = Path(os.path.realpath(path.parent))
-    if parent != bounds.pool_root or path.name in {"", ".", "..", LOST_AND_FOUND}:
-        raise Unconfined(path, f"not directly inside the pool root {bounds.pool_root}")
-    real = parent / path.name
-    if real == bounds.repo or real in bounds.repo.parents or real == bounds.common_dir:
-        raise Unconfined(path, "it is the repository or one of its ancestors")
+    real = Path(os.path.realpath(path.parent)) / path.name
+    if path.name == LOST_AND_FOUND:
+        raise Unconfined(path, f"{LOST_AND_FOUND} is where leftovers are kept, not a slot")
+    problem = entry_problem(bounds.pool_root, bounds.repo, bounds.common_dir, real)
+    if problem is not None:
+        raise Unconfined(path, problem)
     return real
 
 
