@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import anyio
 
 from agent_coord.config import Settings
 from agent_coord.engine.errors import CoordError, ErrorCode
-from agent_coord.engine.git.confinement import Bounds, check_pool_root
+from agent_coord.engine.git.confinement import Bounds, check_pool_root, mark_pool_root
 from agent_coord.engine.git.driver import GitDriver, reject_option_like
 from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Repo
@@ -44,6 +45,8 @@ class RepoResolver:
         self._by_id: dict[int, Repo] = {}
 
     async def resolve(self, repo_arg: str | None) -> Repo:
+        """The repository a call is about, its pool root checked (`check_pool_root`); a pool root that
+        exists and holds nothing but the pool's slots is marked as the pool's own."""
         key = repo_arg if repo_arg is not None else ""
         cached = self._by_arg.get(key)
         if cached is not None:
@@ -78,11 +81,17 @@ class RepoResolver:
             candidate = await anyio.to_thread.run_sync(Bounds.of, top, pool_root)
             await anyio.to_thread.run_sync(check_pool_root, candidate, set())
         repo = known or await self.store.ensure_repo(str(top), str(pool_root))
-        recorded = {s.path for s in await self.store.slots(repo.id)}
-        await anyio.to_thread.run_sync(check_pool_root, await bounds_of(repo), recorded)
+        await self.mark_if_own(repo)
         self._by_arg[key] = repo
         self._by_id[repo.id] = repo
         return repo
+
+    async def mark_if_own(self, repo: Repo) -> None:
+        """Check the repository's pool root (PoolRootRefused) and mark it when it is the pool's own."""
+        recorded = {s.path for s in await self.store.slots(repo.id)}
+        bounds = await bounds_of(repo)
+        if await anyio.to_thread.run_sync(check_pool_root, bounds, recorded):
+            await anyio.to_thread.run_sync(partial(mark_pool_root, bounds, create=False))
 
     async def _main_or_none(self, path: Path) -> Path | None:
         try:

@@ -95,6 +95,8 @@ class PoolImporter:
             if dry_run:
                 return self._result(repo, source, True, plans, {}, new_agents, lease_s)
             adopted = await self._adopt(repo, plans, new_agents, lease_s, source)
+            # The person's worktrees are the pool's now: once nothing else is there, the root is its own.
+            await self.repos.mark_if_own(repo)
             return self._result(repo, source, False, plans, adopted, new_agents, lease_s)
 
     # ---- checking -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import anyio
 
-from agent_coord.engine.git.confinement import Bounds, Confined, Shape, shape
+from agent_coord.engine.git.confinement import Bounds, Confined, Shape, mark_pool_root, shape
 from agent_coord.engine.git.driver import GitDriver, GitError, WorktreeInfo
 from agent_coord.engine.git.worktree_probe import clear_confined_add_marker, index_locked
 from agent_coord.engine.reclaim.rescue import save_work
@@ -38,7 +38,8 @@ def make_room(bounds: Bounds, slot: Path) -> None:
             path.rmdir()
         else:
             raise GitError(["worktree", "add"], 1, f"fatal: {path} already exists; run validate --repair")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not bounds.pool_root.exists():
+        mark_pool_root(bounds, create=True)  # made by us, so the pool's own
 
 
 async def switch_warm_slot(

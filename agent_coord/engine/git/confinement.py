@@ -18,8 +18,10 @@ What fails is never touched: the callers quarantine the slot and say why.
 What remains is the moment between the check (file reads, microseconds) and git opening the directory:
 a swap inside that moment is not seen. Every later command checks again.
 
-The pool root itself is checked when a repository is resolved (`check_pool_root`): one that is the
-repository, an ancestor of it, inside its `.git`, or that holds another repository, is refused.
+The pool root itself is checked when a repository is resolved and at every validation pass
+(`check_pool_root`): one that is the repository, an ancestor of it, inside its `.git`, that holds
+another repository, or that holds anything agent-coord did not put there while it is not marked as
+this repository's pool (`POOL_MARKER`), is refused.
 """
 
 from __future__ import annotations
@@ -181,42 +183,119 @@ def check_entry(bounds: Bounds, path: Path) -> Path:
     return real
 
 
-def check_pool_root(bounds: Bounds, recorded: set[str]) -> None:
-    """Refuse a pool root that is the repository, an ancestor of it or inside its `.git`, or that holds
-    another repository (a directory with its own `.git`, or a worktree of another repository). Entries
-    that are this repository's worktrees, `recorded` slot paths, `.lost+found`, or plain directories
-    (leftovers that validation moves aside) are fine. Blocking."""
+POOL_MARKER = ".agent-coord-pool"
+# What a desktop leaves in any folder a person opened; never a reason to refuse a pool root.
+DESKTOP_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+SETTING = "AGENT_COORD_POOL_ROOT"
+
+
+def marker_text(bounds: Bounds) -> str:
+    return f"agent-coord pool of {bounds.repo}\n"
+
+
+def pool_marker(bounds: Bounds) -> str | None:
+    """The marker's text when the pool root carries one (a regular file, never followed), else None."""
+    marker = bounds.pool_root / POOL_MARKER
+    try:
+        fd = os.open(marker, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""  # a link or something unreadable: a marker, but not ours
+    try:
+        return os.read(fd, 4096).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+
+
+def mark_pool_root(bounds: Bounds, *, create: bool) -> None:
+    """Mark the pool root as this repository's pool, once `check_pool_root` found it the pool's own (or
+    it is about to be made): a later pass then knows that what it finds there was put into the pool's
+    own folder. `create` makes the folder too. Blocking."""
+    root = bounds.pool_root
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
+    elif not root.is_dir():
+        return
+    try:
+        fd = os.open(root / POOL_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except FileExistsError:
+        return
+    try:
+        os.write(fd, marker_text(bounds).encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def check_pool_root(bounds: Bounds, recorded: set[str]) -> bool:
+    """Refuse a pool root agent-coord may not act in (PoolRootRefused, naming the setting). Blocking.
+
+    * Never the repository, an ancestor of it, or a folder inside its `.git`.
+    * Never one that holds another repository (a directory with its own `.git`, or another
+      repository's worktree), nor one marked as another repository's pool.
+    * A folder agent-coord has not marked as its own (`mark_pool_root`) holds only the slots the store
+      records, this repository's own worktrees (a person's, left alone until imported), `.lost+found`
+      and desktop litter: a folder of other projects, the home directory or a download folder is
+      refused, never adopted or tidied. A marked pool root may hold anything else: a leftover there is
+      moved to `.lost+found`, a worktree of this repository adopted.
+
+    Returns whether the pool root is the pool's own: marked, or holding nothing but recorded slots
+    (the caller may then mark it)."""
     root, repo = bounds.pool_root, bounds.repo
-    setting = "AGENT_COORD_POOL_ROOT"
     if root == repo:
-        raise PoolRootRefused(f"{setting} {root} is the repository itself; use a directory of its own")
+        raise PoolRootRefused(f"{SETTING} {root} is the repository itself; use a directory of its own")
     if root in repo.parents:
         raise PoolRootRefused(
-            f"{setting} {root} contains the repository {repo}; use a directory of its own, "
+            f"{SETTING} {root} contains the repository {repo}; use a directory of its own, "
             f"such as {repo.parent / (repo.name + '.worktrees')}"
         )
     if root == bounds.common_dir or bounds.common_dir in root.parents:
-        raise PoolRootRefused(f"{setting} {root} is inside the repository's .git")
+        raise PoolRootRefused(f"{SETTING} {root} is inside the repository's .git")
     try:
         entries = sorted(root.iterdir())
     except FileNotFoundError:
-        return
+        return True
     except OSError as exc:
-        raise PoolRootRefused(f"{setting} {root} cannot be read: {exc.strerror}") from exc
+        raise PoolRootRefused(f"{SETTING} {root} cannot be read: {exc.strerror}") from exc
+    marker = pool_marker(bounds)
+    if marker is not None and marker != marker_text(bounds):
+        raise PoolRootRefused(
+            f"{SETTING} {root} is marked as another pool ({POOL_MARKER}: {marker.strip()[:200]!r}); "
+            "use a directory of its own"
+        )
     real_recorded = {os.path.realpath(p) for p in recorded}
     strangers: list[str] = []
+    unmade: list[str] = []
+    persons = False
     for entry in entries:
-        if entry.name == LOST_AND_FOUND or str(entry) in recorded or str(entry) in real_recorded:
+        if entry.name in (LOST_AND_FOUND, POOL_MARKER) or entry.name in DESKTOP_LITTER:
             continue
-        dotgit = entry / ".git"
-        if entry.is_symlink() or not os.path.lexists(dotgit):
+        if str(entry) in recorded or str(entry) in real_recorded:
             continue
-        try:
-            check_slot(bounds, entry)
-        except Unconfined:
-            strangers.append(entry.name)
+        if not entry.is_symlink() and os.path.lexists(entry / ".git"):
+            try:
+                check_slot(bounds, entry)
+            except Unconfined:
+                strangers.append(entry.name)
+            else:
+                persons = True
+            continue
+        unmade.append(entry.name)
     if strangers:
         raise PoolRootRefused(
-            f"{setting} {root} holds other repositories ({', '.join(strangers[:5])}); a pool root holds "
+            f"{SETTING} {root} holds other repositories ({', '.join(strangers[:5])}); a pool root holds "
             "only this repository's worktrees: use a directory of its own"
         )
+    if marker is None and unmade:
+        more = f" and {len(unmade) - 5} more" if len(unmade) > 5 else ""
+        raise PoolRootRefused(
+            f"{SETTING} {root} holds files agent-coord did not make ({', '.join(unmade[:5])}{more}); "
+            "a pool root is an empty or new directory of its own, such as "
+            f"{repo.parent / (repo.name + '.worktrees')}"
+        )
+    return marker is not None or not (persons or unmade)
+
+
+def pool_root_is_marked(bounds: Bounds) -> bool:
+    """Blocking."""
+    return pool_marker(bounds) == marker_text(bounds)

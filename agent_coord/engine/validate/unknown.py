@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 
+from agent_coord.engine.git.confinement import pool_root_is_marked
 from agent_coord.engine.git.driver import GitError, WorktreeInfo, WorktreeStatus
 from agent_coord.engine.git.worktree_listing import WorktreeListing, real_path, real_paths
 from agent_coord.engine.models import Finding
@@ -49,6 +50,19 @@ async def sort_unknown(run: ValidationRun, rp: RepoPass) -> tuple[list[WorktreeI
 
 async def adopt_untracked(ck: Checker, run: ValidationRun, rp: RepoPass, untracked: list[WorktreeInfo]) -> None:
     if not untracked:
+        return
+    assert rp.bounds is not None
+    if not await anyio.to_thread.run_sync(pool_root_is_marked, rp.bounds):
+        # A person's own worktrees in a folder agent-coord did not make: theirs until they import them.
+        run.skipped.extend(
+            Finding(
+                kind="untracked_worktree",
+                path=w.path,
+                detail="a worktree of this repository in a pool root agent-coord did not make",
+                action="left alone (agent-coord import-pool adopts it)",
+            )
+            for w in untracked
+        )
         return
     # An allocation inserts its row before `git worktree add`: what the first read missed, a second read
     # (after the listing) has, unless the worktree really is unknown.
