@@ -17,6 +17,7 @@ from agent_coord.engine.errors import MAX_TEXT, CoordError, ErrorCode
 from agent_coord.engine.git.confinement import Shape, Unconfined, inside_pool, shape
 from agent_coord.engine.git.driver import GitError, reject_option_like
 from agent_coord.engine.git.operations import describe, moved_worktree, operation_in_progress, unsaveable_work
+from agent_coord.engine.git.removal import RemovalFailed, remove_worktree
 from agent_coord.engine.git.worktree_listing import WorktreeListing
 from agent_coord.engine.git.worktree_record import WorktreeRecord, read_worktree_record
 from agent_coord.engine.liveness.judge import judge, same_agent
@@ -366,13 +367,14 @@ class Releaser(OverEngine):
                 await self.git.discard_changes(slot_dir)
             if record is not None:
                 if remove:
-                    await self.git.worktree_remove(Path(repo.path), slot_dir)
+                    await remove_worktree(self.git, Path(repo.path), slot_dir)
                 elif status is not None and status.branch is not None:
                     await self.git.detach(slot_dir)
             # With no git entry for the slot there is nothing to prune; a repo-wide `git worktree prune`
             # here would drop other vanished worktrees' entries before validation saved their work.
         except GitError as exc:
-            unconfined = isinstance(exc, Unconfined)
+            # Quarantined too: a removal that could not put the slot's files back.
+            unconfined = isinstance(exc, Unconfined) or (isinstance(exc, RemovalFailed) and not exc.intact)
             with anyio.CancelScope(shield=True):
                 # A slot that failed the guard half-way (swapped under us) is a person's now: quarantined.
                 await self.store.transition(
@@ -386,7 +388,8 @@ class Releaser(OverEngine):
             raise CoordError(
                 ErrorCode.GIT_FAILED,
                 f"git failed while releasing {slot.id}: {exc.reason}"
-                + (f"; quarantined for a person{saved}" if unconfined else ""),
+                + ("; quarantined for a person" if unconfined else "")
+                + saved,
             ) from exc
         gone = remove or record is None
         detail: dict[str, object] = {"remove": remove, "force": force}

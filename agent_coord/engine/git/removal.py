@@ -1,0 +1,168 @@
+"""Removing a slot's worktree without ever leaving half of it.
+
+`git worktree remove` deletes the work tree and then, whatever happened there, git's administrative
+entry for it: when a file cannot be deleted (on Windows, any file another program holds open; on
+POSIX, a folder without write permission or an immutable file), what is left is a folder that is no
+longer a worktree, with part of its files gone, and a store record for a slot that git has forgotten.
+
+So the removal goes in an order where every failure leaves a worktree git still knows:
+
+1. The slot passes the guard and is clean (`git status`: nothing changed, untracked or only on a
+   detached HEAD; a release saves and discards first), so every byte in it is in a commit or ignored.
+2. Every entry of the work tree except `.git` is deleted, from the very directory the guard checked
+   (opened without following a link, entries deleted relative to it). What cannot be deleted is tried
+   again with a bounded back-off (a program that holds a file open for a moment closes it).
+3. Only when nothing but `.git` is left does git remove the worktree (`--force`: its files are gone,
+   on purpose) with its administrative entry.
+
+When something still cannot be deleted after the last attempt, the tracked files are checked out again
+(`git reset --hard`; the index was never touched) and `RemovalFailed` (a GitError) says which file
+failed and why: the slot is what it was, minus ignored files (build output, which removal deletes
+anyway). Should even that fail, `RemovalFailed.intact` is False and the caller quarantines the slot;
+nothing is lost either way, since step 1 proved that everything else is in git.
+
+A worktree with submodules is left to git alone, which refuses to remove one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from agent_coord.engine.git.confinement import Confined, Unconfined, check_slot
+from agent_coord.engine.git.driver import GitDriver, GitError
+
+ATTEMPTS = 6
+FIRST_PAUSE_S = 0.1  # then doubled: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 = 3.1 s at most between attempts
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+class RemovalFailed(GitError):
+    """The worktree could not be removed; `intact`: its tracked files were put back (else quarantine)."""
+
+    def __init__(self, path: Path, why: str, *, intact: bool) -> None:
+        self.intact = intact
+        super().__init__(["worktree", "remove"], 1, f"fatal: could not remove {path}: {why}")
+
+
+@dataclass
+class Leftovers:
+    failures: list[tuple[str, OSError]] = field(default_factory=list)
+
+    def note(self, path: str, exc: BaseException) -> None:
+        if isinstance(exc, FileNotFoundError):
+            return  # gone meanwhile: that is the goal
+        if isinstance(exc, OSError):
+            self.failures.append((path, exc))
+        else:
+            raise exc
+
+    def describe(self, root: Path) -> str:
+        path, exc = self.failures[0]
+        try:
+            shown = str(Path(path).relative_to(root))
+        except ValueError:
+            shown = path
+        more = f" (+{len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
+        return f"{shown}: {exc.strerror or exc}{more}"
+
+
+def dir_fds_supported() -> bool:
+    return shutil.rmtree.avoids_symlink_attacks and {os.open, os.unlink, os.rmdir} <= os.supports_dir_fd
+
+
+def empty_work_tree(slot: Confined, *, use_dir_fds: bool | None = None) -> Leftovers:
+    """Delete every entry of the checked slot but `.git`, never following a link (blocking). Returns
+    what could not be deleted."""
+    use_fds = dir_fds_supported() if use_dir_fds is None else use_dir_fds
+    checked = check_slot(slot.bounds, slot.path)
+    left = Leftovers()
+    if not use_fds:
+        for entry in os.scandir(checked.path):
+            if entry.name != ".git":
+                _delete_path(Path(entry.path), left)
+        return left
+    fd = os.open(checked.path, os.O_RDONLY | DIRECTORY | NOFOLLOW)
+    try:
+        st, seen = os.fstat(fd), os.lstat(checked.path)
+        if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
+            raise Unconfined(slot.path, "it was replaced while it was being removed")
+        for name in os.listdir(fd):
+            if name != ".git":
+                _delete_at(fd, name, str(checked.path / name), left)
+    finally:
+        os.close(fd)
+    return left
+
+
+def _delete_at(parent: int, name: str, shown: str, left: Leftovers) -> None:
+    try:
+        st = os.lstat(name, dir_fd=parent)
+        if stat.S_ISDIR(st.st_mode):
+            _rmtree(name, left, dir_fd=parent)
+        else:
+            os.unlink(name, dir_fd=parent)
+    except OSError as exc:
+        left.note(shown, exc)
+
+
+def _delete_path(path: Path, left: Leftovers) -> None:
+    try:
+        st = os.lstat(path)
+        is_link = stat.S_ISLNK(st.st_mode) or bool(
+            getattr(st, "st_file_attributes", 0) & getattr(stat, "FILE_ATTRIBUTE_REPARSE_POINT", 0)
+        )
+        if stat.S_ISDIR(st.st_mode) and not is_link:
+            _rmtree(str(path), left)
+        elif stat.S_ISDIR(st.st_mode):
+            os.rmdir(path)  # a junction: removed as a link, its target untouched
+        else:
+            os.unlink(path)
+    except OSError as exc:
+        left.note(str(path), exc)
+
+
+def _rmtree(path: str, left: Leftovers, *, dir_fd: int | None = None) -> None:
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, dir_fd=dir_fd, onexc=lambda _f, p, exc: left.note(p, exc))
+    else:
+        shutil.rmtree(path, dir_fd=dir_fd, onerror=lambda _f, p, info: left.note(p, info[1]))
+
+
+async def remove_worktree(
+    git: GitDriver, repo: Path, slot: Confined, *, attempts: int = ATTEMPTS, first_pause_s: float = FIRST_PAUSE_S
+) -> None:
+    """Remove the clean worktree `slot` and git's entry for it, or raise with the slot still a worktree
+    (see the module docstring). Raises Unconfined, GitError (git refused: dirty, locked, submodules),
+    or RemovalFailed."""
+    checked = await anyio.to_thread.run_sync(check_slot, slot.bounds, slot.path)
+    if await anyio.Path(checked.admin / "modules").exists():
+        await git.worktree_remove(repo, slot)  # git refuses a worktree with submodules: nothing removed
+        return
+    status = await git.status(slot)
+    if status.dirty:
+        changed = ", ".join(c[3:] for c in status.changed[:5]) or f"{status.unsaved_commits} unsaved commit(s)"
+        raise GitError(["worktree", "remove"], 1, f"fatal: {slot.path} contains modified or untracked files: {changed}")
+    pause = first_pause_s
+    left = Leftovers()
+    for attempt in range(attempts):
+        left = await anyio.to_thread.run_sync(empty_work_tree, slot)
+        if not left.failures:
+            await git.worktree_remove(repo, slot, force=True)
+            return
+        if attempt < attempts - 1:
+            await anyio.sleep(pause)
+            pause *= 2
+    why = f"{left.describe(checked.path)} after {attempts} attempts; a program may hold it open, or it is read-only"
+    try:
+        await git.run(slot, "reset", "--hard", "--quiet")
+    except GitError as exc:
+        raise RemovalFailed(slot.path, f"{why}; putting its files back failed too: {exc.reason}", intact=False) from exc
+    raise RemovalFailed(slot.path, f"{why}; its files were put back, nothing was removed", intact=True)
