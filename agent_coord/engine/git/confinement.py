@@ -33,7 +33,7 @@ from pathlib import Path
 
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.git_error import GitError
-from agent_coord.engine.git.path_rules import entry_problem
+from agent_coord.engine.git.path_rules import entry_problem, pool_root_problem
 
 LOST_AND_FOUND = ".lost+found"
 
@@ -242,15 +242,12 @@ def check_pool_root(bounds: Bounds, recorded: set[str]) -> bool:
     Returns whether the pool root is the pool's own: marked, or holding nothing but recorded slots
     (the caller may then mark it)."""
     root, repo = bounds.pool_root, bounds.repo
-    if root == repo:
-        raise PoolRootRefused(f"{SETTING} {root} is the repository itself; use a directory of its own")
-    if root in repo.parents:
+    problem = pool_root_problem(root, repo, bounds.common_dir)
+    if problem is not None:
         raise PoolRootRefused(
-            f"{SETTING} {root} contains the repository {repo}; use a directory of its own, "
-            f"such as {repo.parent / (repo.name + '.worktrees')}"
+            f"{SETTING} {root} {problem}; use a directory of its own, such as "
+            f"{repo.parent / (repo.name + '.worktrees')}"
         )
-    if root == bounds.common_dir or bounds.common_dir in root.parents:
-        raise PoolRootRefused(f"{SETTING} {root} is inside the repository's .git")
     try:
         entries = sorted(root.iterdir())
     except FileNotFoundError:

@@ -80,5 +80,17 @@ def entry_problem(pool_root: PurePath, repo: PurePath, common_dir: PurePath, ent
     return None
 
 
+def pool_root_problem(pool_root: PurePath, repo: PurePath, common_dir: PurePath) -> str | None:
+    """Why a pool root (resolved) can never be one, whatever it holds: the repository, an ancestor of
+    it, or inside its `.git`. None otherwise."""
+    if pool_root == repo:
+        return "is the repository itself"
+    if pool_root in repo.parents:
+        return f"contains the repository {repo}"
+    if same_or_inside(pool_root, common_dir):
+        return "is inside the repository's .git"
+    return None
+
+
 def windows_flavoured(path: PurePath) -> bool:
     return isinstance(path, PureWindowsPath)
