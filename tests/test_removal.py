@@ -184,3 +184,114 @@ async def test_emptying_a_work_tree_removes_links_and_never_what_they_point_at(
     assert left.failures == []
     assert sorted(p.name for p in path.iterdir()) == [".git"]
     seen.assert_unchanged()
+
+
+@pytest.mark.parametrize("remove", [False, True], ids=["keep", "remove"])
+async def test_a_symlink_where_a_folder_was_is_saved_and_never_followed(
+    coord: Any, repo: Path, tmp_path: Path, remove: bool
+) -> None:
+    """An agent replaces the tracked folder `src` by a link to a person's folder: a forced release
+    saves the link as a link, and neither the reset, the clean nor the removal reach through it."""
+    from bench.outside_check import Outside
+
+    sibling = tmp_path / "sibling"
+    sibling.mkdir()
+    (sibling / "notes.txt").write_text("a person's notes\n")
+    a, path = await slot_with_work(coord, repo)
+    shutil.rmtree(path / "src")
+    (path / "src").symlink_to(sibling)
+    seen = Outside(repo, sibling)
+    done = await coord.pool.release(worktree_id=a.worktree_id, force=True, remove=remove)
+    assert done.rescue_ref
+    assert git(repo, "cat-file", "-p", f"{done.rescue_ref}:src") == str(sibling)  # the link itself
+    seen.assert_unchanged()
+    if remove:
+        assert not os.path.lexists(path)
+    else:
+        assert (path / "src" / "code.txt").read_text() == "committed work\n" and not (path / "src").is_symlink()
+
+
+async def test_staged_unstaged_and_untracked_work_at_once_is_saved_before_a_forced_removal(
+    coord: Any, repo: Path
+) -> None:
+    a, path = await slot_with_work(coord, repo)
+    (path / "src" / "code.txt").write_text("staged version\n")
+    git(path, "add", "src/code.txt")
+    (path / "src" / "code.txt").write_text("working version\n")
+    (path / "staged-then-deleted.txt").write_text("only in the index\n")
+    git(path, "add", "staged-then-deleted.txt")
+    (path / "staged-then-deleted.txt").unlink()
+    (path / "untracked.txt").write_text("untracked\n")
+    done = await coord.pool.release(worktree_id=a.worktree_id, force=True, remove=True)
+    ref = done.rescue_ref
+    assert ref and done.state == "REMOVED" and not os.path.lexists(path)
+    assert git(repo, "show", f"{ref}:src/code.txt") == "working version\n"
+    assert git(repo, "show", f"{ref}:untracked.txt") == "untracked\n"
+    assert git(repo, "show", f"{ref}^2:src/code.txt") == "staged version\n"  # the index commit
+    assert git(repo, "show", f"{ref}^2:staged-then-deleted.txt") == "only in the index\n"
+
+
+KILLED_RELEASE = """
+import sys
+import anyio
+from agent_coord.config import Settings
+from agent_coord.engine.coordinator import Coordinator
+
+async def main() -> None:
+    async with Coordinator.open(Settings(), register=True, agent_id="agent-killed") as c:
+        a = await c.pool.allocate("feat/killed")
+        print(a.worktree_id, a.path, flush=True)
+        sys.stdin.readline()
+        await c.pool.release(worktree_id=a.worktree_id, remove=True)
+
+anyio.run(main)
+"""
+
+
+async def test_a_process_killed_in_the_middle_of_a_removal_leaves_a_slot_validation_restores(
+    make_settings: Any, env: dict[str, str], repo: Path, tmp_path: Path, hold: Hold
+) -> None:
+    """The server is killed while it empties the work tree (a held file keeps it in the back-off):
+    the slot is still a worktree git knows, and the next validation puts its files back."""
+    import sys
+
+    from agent_coord.engine.coordinator import Coordinator
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RELEASE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        slot_id, raw = child.stdout.readline().split(" ", 1)
+        path = Path(raw.strip())
+        (path / "src").mkdir()
+        (path / "src" / "code.txt").write_text("committed work\n")
+        git(path, "add", "src")
+        git(path, "commit", "-q", "-m", "work")
+        (path / "build").mkdir()
+        (path / "build" / "out.bin").write_bytes(b"\x00")
+        let_go = hold(path / "build" / "out.bin")
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        deadline = time.monotonic() + 60
+        while (path / "README.md").exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not (path / "README.md").exists(), "the removal never started"
+        child.kill()
+    finally:
+        child.kill()
+        child.wait()
+    let_go()
+    assert listed(repo, path) and (path / ".git").is_file()  # half emptied, but still a worktree
+    async with Coordinator.open(make_settings(), register=True, agent_id="agent-validator") as c:
+        await c.validate(repair=True)
+        (slot,) = [s for s in await c.store.slots() if s.id == slot_id]
+        assert slot.state == SlotState.FREE, slot
+    assert listed(repo, path)
+    assert (path / "README.md").read_text() == "hello\n" and (path / "src" / "code.txt").exists()
+    assert git(path, "status", "--porcelain") == ""
+    assert git(repo, "show", "feat/killed:src/code.txt") == "committed work\n"

@@ -222,3 +222,24 @@ async def test_a_branch_that_commits_a_folder_as_a_link_out_gets_nothing_written
         linked = await link_claude_setup(c.git, repo, Bounds.of(repo, slot.parent).slot(slot))
         assert ".claude/settings.json" not in linked
     seen.assert_unchanged()
+
+
+@pytest.mark.anyio
+async def test_a_slot_swapped_during_its_setup_is_never_granted(make_settings: Any, repo: Path, tmp_path: Path) -> None:
+    """A post-create step long enough for the slot to be swapped for a link to the main checkout
+    (done here by the step itself): the allocation refuses, the slot is quarantined, the main checkout
+    is untouched."""
+    from agent_coord.engine.coordinator import Coordinator
+    from agent_coord.engine.errors import CoordError, ErrorCode
+    from agent_coord.engine.store.records import SlotState
+
+    swap = f'sh -c \'d="$(pwd)"; mv "$d" "{tmp_path / "moved-away"}"; ln -s "{repo}" "$d"\''
+    (repo / "README.md").write_text("a person's uncommitted edit\n")
+    seen = Outside(repo)
+    async with Coordinator.open(make_settings(post_create=(swap,)), register=True, agent_id="agent-sw") as c:
+        with pytest.raises(CoordError) as refused:
+            await c.pool.allocate("feat/swapped")
+        assert refused.value.code == ErrorCode.GIT_FAILED
+        (slot,) = await c.store.slots()
+        assert slot.state == SlotState.QUARANTINED
+    seen.assert_unchanged()

@@ -22,6 +22,7 @@ from agent_coord.engine.allocate.slot_setup import SetupError, copy_included_fil
 from agent_coord.engine.context import EngineContext, OverEngine
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.branch_names import MAX_REF_LENGTH
+from agent_coord.engine.git.confinement import check_slot
 from agent_coord.engine.git.driver import GitError
 from agent_coord.engine.models import AllocationResult, Contention, ReleaseResult
 from agent_coord.engine.radar.models import Conflict
@@ -280,6 +281,8 @@ class Pool(OverEngine):
         with tracer.start_as_current_span("slot.setup"):
             await copy_included_files(self.git, Path(repo.path), path)
             await run_post_create(self.settings.post_create, path, self.settings.setup_timeout_s)
+            # Setup takes long enough for the slot to be swapped under it: never grant what fails the guard.
+            await anyio.to_thread.run_sync(check_slot, path.bounds, path.path)
 
     async def _roll_back(self, repo: Repo, claim: Claim, reason: str) -> None:
         await roll_back(self.git, self.store, self.me, repo, claim.slot, reason)

@@ -84,13 +84,14 @@ async def test_release_refuses_an_operation_in_progress_and_validate_reports_it(
     grant = await coord.pool.allocate(f"feat/{state.replace('.', '-')}")
     wt = Path(grant.path)
     STATES[state](wt)
-    for force in (False, True):
+    for force, remove in [(False, False), (True, False), (False, True), (True, True)]:
         with pytest.raises(CoordError) as refused:
-            await coord.pool.release(worktree_id=grant.worktree_id, force=force)
+            await coord.pool.release(worktree_id=grant.worktree_id, force=force, remove=remove)
         assert refused.value.code == ErrorCode.OPERATION_IN_PROGRESS, refused.value
         assert state.split(".")[0] in refused.value.message and "then release again" in refused.value.message
     slot = next(s for s in await coord.store.slots() if s.id == grant.worktree_id)
     assert slot.state == SlotState.BUSY and slot.owner == coord.agent_id
+    assert f"worktree {wt}\n" in git(repo, "worktree", "list", "--porcelain")  # nothing removed
     report = await coord.validate(repair=True)
     (seen,) = [f for f in report.skipped if f.kind == "operation_in_progress"]
     assert seen.worktree_id == grant.worktree_id
@@ -222,9 +223,9 @@ async def test_detached_commits_submodule_nested_repo_and_sparse_checkout(
     nested.mkdir(parents=True)
     git(nested, "init", "-q")
     commit(nested, "lib.txt", "nested\n")
-    for force in (False, True):
+    for force, remove in [(False, False), (True, False), (False, True), (True, True)]:
         with pytest.raises(CoordError) as refused:
-            await coord.pool.release(worktree_id=grant.worktree_id, force=force)
+            await coord.pool.release(worktree_id=grant.worktree_id, force=force, remove=remove)
         assert refused.value.code == ErrorCode.WORKTREE_DIRTY
         assert "cannot save: vendor/lib" in refused.value.message and "release again" in refused.value.message
     assert (nested / "lib.txt").read_text() == "nested\n"
