@@ -11,7 +11,7 @@ anywhere but where the rule says.
 
 from __future__ import annotations
 
-from pathlib import PurePath, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 
 import pytest
 from hypothesis import given, settings
@@ -226,3 +226,36 @@ def test_no_relative_posix_path_accepted_for_a_write_leaves_the_slot(names: list
 
 def test_the_host_flavour_is_the_default() -> None:
     assert relative_parts("a/b") == tuple(PurePath("a/b").parts)
+
+
+# ---- the real guard, with spaces and non-ASCII in every path -------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_pool_whose_paths_hold_spaces_and_non_ascii_works_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent_coord.config import Settings
+    from agent_coord.engine.coordinator import Coordinator
+
+    from .conftest import make_repo
+
+    home = tmp_path / "Ana María" / "código fuente"
+    repo = make_repo(home, "mi repo ñ")
+    (repo / ".env").write_text("SECRETO=sí\n")
+    (repo / ".worktreeinclude").write_text(".env\n")
+    monkeypatch.setenv("AGENT_COORD_DB", str(tmp_path / "estado dé" / "coord.db"))
+    monkeypatch.setenv("AGENT_COORD_REPO", str(repo))
+    monkeypatch.setenv("AGENT_COORD_MANICTIME_DB", "")
+    async with Coordinator.open(Settings(), register=True, agent_id="agent-ñ") as c:
+        a = await c.pool.allocate("feat/ñandú-sin-espacios")
+        slot = Path(a.path)
+        assert slot.parent == (home / "mi repo ñ.worktrees").resolve()
+        assert (slot / ".env").read_text() == "SECRETO=sí\n"
+        (slot / "notas de trabajo é.txt").write_text("trabajo\n")
+        forced = await c.pool.release(worktree_id=a.worktree_id, force=True)
+        assert forced.rescue_ref
+        assert (await c.validate(repair=True)).findings == []
+        b = await c.pool.allocate("feat/otra")
+        assert (await c.pool.release(worktree_id=b.worktree_id, remove=True)).state == "REMOVED"
+        assert not slot.exists()
