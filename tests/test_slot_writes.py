@@ -243,3 +243,24 @@ async def test_a_slot_swapped_during_its_setup_is_never_granted(make_settings: A
         (slot,) = await c.store.slots()
         assert slot.state == SlotState.QUARANTINED
     seen.assert_unchanged()
+
+
+@pytest.mark.anyio
+async def test_worktreeinclude_patterns_that_point_outside_copy_nothing_outside(
+    make_settings: Any, repo: Path, tmp_path: Path
+) -> None:
+    from agent_coord.engine.coordinator import Coordinator
+
+    sibling = tmp_path / "sibling"
+    sibling.mkdir()
+    (sibling / "notes.txt").write_text("a person's notes\n")
+    (repo / ".env").write_text("SECRET=1\n")
+    (repo / ".worktreeinclude").write_text(f".env\n../sibling/notes.txt\n../**\n{sibling}/*\n/etc/passwd\n..\n")
+    seen = Outside(sibling)
+    async with Coordinator.open(make_settings(), register=True, agent_id="agent-inc") as c:
+        a = await c.pool.allocate("feat/patterns")
+    slot = Path(a.path)
+    assert (slot / ".env").read_text() == "SECRET=1\n"
+    assert sorted(p.name for p in slot.iterdir()) == [".env", ".git", ".gitignore", "README.md"]
+    seen.assert_unchanged()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pool", "repo", "sibling", "state"]
