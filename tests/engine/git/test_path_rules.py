@@ -237,8 +237,7 @@ async def test_a_pool_whose_paths_hold_spaces_and_non_ascii_works_end_to_end(
 ) -> None:
     from agent_coord.config import Settings
     from agent_coord.engine.coordinator import Coordinator
-
-    from .conftest import make_repo
+    from tests.conftest import make_repo
 
     home = tmp_path / "Ana María" / "código fuente"
     repo = make_repo(home, "mi repo ñ")

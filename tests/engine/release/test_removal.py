@@ -22,8 +22,7 @@ import pytest
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.confinement import Bounds, check_slot
 from agent_coord.engine.store.records import SlotState
-
-from .conftest import git
+from tests.conftest import git
 
 pytestmark = pytest.mark.anyio
 

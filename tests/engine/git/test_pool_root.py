@@ -20,8 +20,7 @@ from agent_coord.engine.errors import ErrorCode
 from agent_coord.engine.git.confinement import POOL_MARKER, PoolRootRefused
 from agent_coord.engine.store.records import SlotState
 from bench.outside_check import Outside, fingerprint
-
-from .conftest import git, make_repo
+from tests.conftest import git, make_repo
 
 pytestmark = pytest.mark.anyio
 
@@ -99,7 +98,7 @@ async def test_a_folder_that_is_not_the_pools_own_is_refused_at_start_up_and_lef
 def test_the_cli_and_the_hooks_refuse_a_projects_folder_and_move_nothing(
     env: dict[str, str], repo: Path, tmp_path: Path
 ) -> None:
-    from .test_hooks import run
+    from tests.claude.test_hooks import run
 
     src = projects_folder(tmp_path)
     before = fingerprint(src)

@@ -21,8 +21,7 @@ from agent_coord.engine.git.confinement import Bounds, Unconfined
 from agent_coord.engine.git.path_rules import relative_parts
 from agent_coord.engine.git.slot_files import Refused, SlotFiles, dir_fds_supported
 from bench.outside_check import Outside
-
-from .conftest import git
+from tests.conftest import git
 
 WALKS = pytest.mark.parametrize(
     "use_dir_fds",
