@@ -299,10 +299,9 @@ class PoolImporter:
                     event=EventDraft(
                         Action.ADOPT,
                         p.state.value,
-                        self.identity.agent_id,
-                        repo.id,
-                        None,
-                        p.branch if p.detach_from is None else p.detach_from,
+                        agent_id=self.identity.agent_id,
+                        repo_id=repo.id,
+                        branch=p.branch if p.detach_from is None else p.detach_from,
                         detail={
                             "source": "import",
                             "file": source,

@@ -97,7 +97,13 @@ async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slo
     else:
         registered = any(Path(w.path) == path for w in listed)
     draft = EventDraft(
-        Action.RECLAIM, "rolled_back", agent_id, repo.id, slot.id, slot.branch, detail={"reason": reason}
+        Action.RECLAIM,
+        "rolled_back",
+        agent_id=agent_id,
+        repo_id=repo.id,
+        worktree_id=slot.id,
+        branch=slot.branch,
+        detail={"reason": reason},
     )
     if not registered:
         await store.transition(
@@ -130,10 +136,10 @@ async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slo
                 EventDraft(
                     Action.RECLAIM,
                     "quarantined",
-                    agent_id,
-                    repo.id,
-                    slot.id,
-                    slot.branch,
+                    agent_id=agent_id,
+                    repo_id=repo.id,
+                    worktree_id=slot.id,
+                    branch=slot.branch,
                     detail={"error": exc.reason},
                 ),
             ],

@@ -103,10 +103,9 @@ async def _adopt(ck: Checker, run: ValidationRun, rp: RepoPass, w: WorktreeInfo)
                 event=EventDraft(
                     Action.ADOPT,
                     state.value,
-                    ck.identity.agent_id,
-                    rp.repo.id,
-                    None,
-                    w.branch,
+                    agent_id=ck.identity.agent_id,
+                    repo_id=rp.repo.id,
+                    branch=w.branch,
                     detail={"path": w.path, "source": "validate"},
                 ),
             )
