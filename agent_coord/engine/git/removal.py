@@ -13,7 +13,9 @@ So the removal goes in an order where every failure leaves a worktree git still 
    (opened without following a link, entries deleted relative to it). What cannot be deleted is tried
    again with a bounded back-off (a program that holds a file open for a moment closes it).
 3. Only when nothing but `.git` is left does git remove the worktree (`--force`: its files are gone,
-   on purpose) with its administrative entry.
+   on purpose) with its administrative entry. Should git drop its entry and then fail to delete the
+   emptied folder (a pool root that refuses), the removal is done all the same: the folder holds at
+   most `.git`, and an empty leftover is validation's to tidy.
 
 When something still cannot be deleted after the last attempt, the tracked files are checked out again
 (`git reset --hard`; the index was never touched) and `RemovalFailed` (a GitError) says which file
@@ -26,16 +28,18 @@ A worktree with submodules is left to git alone, which refuses to remove one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 
-from agent_coord.engine.git.confinement import Confined, Unconfined, check_slot
+from agent_coord.engine.git.confinement import Confined, Unconfined, check_slot, inside_pool
 from agent_coord.engine.git.driver import GitDriver, GitError
 
 ATTEMPTS = 6
@@ -155,14 +159,43 @@ async def remove_worktree(
     for attempt in range(attempts):
         left = await anyio.to_thread.run_sync(empty_work_tree, slot)
         if not left.failures:
-            await git.worktree_remove(repo, slot, force=True)
+            await _remove_emptied(git, repo, slot, checked.admin)
             return
         if attempt < attempts - 1:
             await anyio.sleep(pause)
             pause *= 2
     why = f"{left.describe(checked.path)} after {attempts} attempts; a program may hold it open, or it is read-only"
+    await _put_back(git, slot, why)
+
+
+async def _put_back(git: GitDriver, slot: Confined, why: str) -> NoReturn:
+    """Check the tracked files out again (the index was never touched) and refuse; quarantine-worthy
+    (`intact=False`) when even that fails."""
     try:
         await git.run(slot, "reset", "--hard", "--quiet")
     except GitError as exc:
         raise RemovalFailed(slot.path, f"{why}; putting its files back failed too: {exc.reason}", intact=False) from exc
     raise RemovalFailed(slot.path, f"{why}; its files were put back, nothing was removed", intact=True)
+
+
+async def _remove_emptied(git: GitDriver, repo: Path, slot: Confined, admin: Path) -> None:
+    """Git removes the emptied worktree. When git fails before dropping its entry, the files are put
+    back (RemovalFailed); when it dropped its entry but not the folder (a pool root that refuses the
+    deletion), the worktree is gone for git and the folder holds at most `.git`: the removal is done,
+    and what is left of the folder is tidied here or, failing that, by validation (an empty leftover)."""
+    try:
+        await git.worktree_remove(repo, slot, force=True)
+    except GitError as exc:
+        if await anyio.Path(admin).exists():
+            await _put_back(git, slot, exc.reason)
+        await anyio.to_thread.run_sync(_tidy_leftover, slot)
+
+
+def _tidy_leftover(slot: Confined) -> None:
+    with contextlib.suppress(OSError, Unconfined):
+        real = inside_pool(slot.bounds, slot.path)
+        if stat.S_ISDIR(os.lstat(real).st_mode):
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(os.lstat(real / ".git").st_mode):
+                    os.unlink(real / ".git")
+            os.rmdir(real)

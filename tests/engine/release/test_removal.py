@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -26,7 +26,9 @@ from tests.conftest import git
 
 pytestmark = pytest.mark.anyio
 
-Hold = Callable[[Path], Callable[[], None]]
+
+class Hold(Protocol):
+    def __call__(self, path: Path, *, entries: bool = False) -> Callable[[], None]: ...
 
 
 def _chattr(flag: str, path: Path) -> bool:
@@ -38,7 +40,8 @@ def hold(tmp_path: Path) -> Iterator[Hold]:
     """`hold(file)` makes `file` undeletable and returns the function that lets it go."""
     undo: list[Callable[[], None]] = []
 
-    def make(path: Path) -> Callable[[], None]:
+    def make(path: Path, *, entries: bool = False) -> Callable[[], None]:
+        """`entries`: `path` is a folder whose entries must not be deleted (rather than a file)."""
         if os.geteuid() == 0:
             if shutil.which("chattr") is None or not _chattr("+i", path):
                 pytest.skip("as root, an undeletable file needs chattr +i on a file system that has it")
@@ -46,7 +49,7 @@ def hold(tmp_path: Path) -> Iterator[Hold]:
             def let_go() -> None:
                 _chattr("-i", path)
         else:
-            parent = path.parent
+            parent = path if entries else path.parent
             mode = parent.stat().st_mode & 0o777
             parent.chmod(0o500)
 
@@ -294,3 +297,22 @@ async def test_a_process_killed_in_the_middle_of_a_removal_leaves_a_slot_validat
     assert (path / "README.md").read_text() == "hello\n" and (path / "src" / "code.txt").exists()
     assert git(path, "status", "--porcelain") == ""
     assert git(repo, "show", "feat/killed:src/code.txt") == "committed work\n"
+
+
+async def test_a_pool_root_that_refuses_the_last_deletion_still_ends_in_a_removed_slot(
+    coord: Any, repo: Path, hold: Hold
+) -> None:
+    """Git drops its entry and then cannot delete the emptied folder (the pool root refuses): the slot
+    is removed for git and for the store, and the empty folder left is validation's to tidy."""
+    a, path = await slot_with_work(coord, repo)
+    let_go = hold(path.parent, entries=True)
+    try:
+        done = await coord.pool.release(worktree_id=a.worktree_id, remove=True)
+        assert done.state == "REMOVED"
+        assert not listed(repo, path) and list(path.iterdir()) == []
+    finally:
+        let_go()
+    assert a.worktree_id not in {s.id for s in await coord.store.slots()}
+    await coord.validate(repair=True)
+    assert not path.exists()
+    assert git(repo, "show", "feat/removal:src/code.txt") == "committed work\n"
