@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tomllib
 from collections.abc import Iterable
@@ -16,7 +15,9 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent_coord.store_target import PostgresUrl, parse_store_target, read_password_file
 
 DEFAULT_AGENT_PATTERNS = ("claude", "@anthropic-ai/claude-code", "claude-code")
 # Processes between an agent and its server that are not the agent itself (hooks run via `sh -c`).
@@ -42,9 +43,6 @@ def _default_manictime() -> Path | None:
 
 
 ENV_PREFIX = "agent_coord_"
-
-
-DB_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
 
 
 def _is_complex(annotation: Any) -> bool:
@@ -92,7 +90,10 @@ class Settings(BaseModel):
     # Values may carry secrets (a store URL's password): errors name the setting, never its value.
     model_config = ConfigDict(extra="ignore", validate_default=True, hide_input_in_errors=True)
 
-    db: Path = Field(default_factory=lambda: _state_home() / "agent-coord" / "coord.db")
+    # A SQLite file, or a postgresql:// URL (agent_coord/engine/store/target.py).
+    db: Path | PostgresUrl = Field(default_factory=lambda: _state_home() / "agent-coord" / "coord.db")
+    # A file holding the PostgreSQL password (a mounted secret); PGPASSFILE works too, through libpq.
+    db_password_file: Path | None = None
     repo: Path | None = None
     pool_root: Path | None = None
     pool_max: int = Field(default=8, ge=1, le=1000)
@@ -133,23 +134,28 @@ class Settings(BaseModel):
     alert_cooldown_s: float = Field(default=900.0, ge=0)
     alert_pool_full_s: float = Field(default=300.0, ge=0)
 
-    @field_validator("repo", "pool_root", "db", "manictime_db", "activity_file", mode="before")
+    @field_validator("repo", "pool_root", "db", "db_password_file", "manictime_db", "activity_file", mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if v == "" else v
 
     @field_validator("db", mode="before")
     @classmethod
-    def _db_is_a_file(cls, v: Any) -> Any:
-        """A URL is never taken as a relative file name (`postgresql://…` would silently become one).
-        A Windows drive path (`C:\\…`) is a path: a scheme has two letters at least."""
-        found = DB_URL_SCHEME.match(v) if isinstance(v, str) else None
-        if found is None:
-            return v
-        scheme = found.group(1).lower()
-        if scheme in ("postgresql", "postgres"):
-            raise ValueError("a PostgreSQL store is not available in this version; set AGENT_COORD_DB to a file path")
-        raise ValueError(f"{scheme}:// is not a store agent-coord can use; set AGENT_COORD_DB to a file path")
+    def _db_is_a_file_or_a_store_url(cls, v: Any) -> Any:
+        """A `postgresql://` URL selects PostgreSQL; any other URL is refused, never taken as a relative
+        file name. A Windows drive path (`C:\\…`) is a path: a scheme has two letters at least."""
+        return parse_store_target(v)
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> Settings:
+        if self.db_password_file is None:
+            return self
+        if not isinstance(self.db, PostgresUrl):
+            raise ValueError("AGENT_COORD_DB_PASSWORD_FILE is for a postgresql:// AGENT_COORD_DB")
+        if self.db.has_password:
+            raise ValueError("the PostgreSQL password is given twice (in the URL and in a file): keep one")
+        self.db = self.db.with_password(read_password_file(self.db_password_file))
+        return self
 
     def __init__(self, **values: Any) -> None:
         fields = {name: field.annotation for name, field in type(self).model_fields.items()}

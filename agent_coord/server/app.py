@@ -166,7 +166,7 @@ async def startup_refusal(settings: Settings) -> str | None:
     """Why this server cannot start, as one coded line, or None. Checked before the MCP session
     starts, so the reason reaches the client as the answer to `initialize` (server/refusal.py)."""
     try:
-        store = await Store.open(settings.db.expanduser())
+        store = await Store.open(settings.db)
     except CoordError as exc:
         return str(exc)
     except StoreBusyError:

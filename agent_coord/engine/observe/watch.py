@@ -1,7 +1,13 @@
-"""Notice commits by any process: poll `PRAGMA data_version` on a connection of our own.
+"""Notice commits by any process.
 
-`data_version` changes when another connection commits, so a dedicated connection sees every write,
-this process's included. Asking costs a few microseconds; no state is read until it changes.
+SQLite: poll `PRAGMA data_version` on a connection of our own. `data_version` changes when another
+connection commits, so a dedicated connection sees every write, this process's included. Asking
+costs a few microseconds; no state is read until it changes.
+
+PostgreSQL: `LISTEN` on the channel the schema's triggers notify (schema_pg.CHANGES_CHANNEL) on every
+committed change. Notifications are gathered for one interval and announced once, as the SQLite poll
+would; a lost connection is re-established with back-off, and announced as a change, since commits
+made while it was away were not heard.
 """
 
 from __future__ import annotations
@@ -13,14 +19,20 @@ from pathlib import Path
 import aiosqlite
 import anyio
 
+from agent_coord.store_target import PostgresUrl
+
 
 class ChangeWatcher:
-    def __init__(self, db: Path, interval_s: float = 0.1) -> None:
+    def __init__(self, db: Path | PostgresUrl, interval_s: float = 0.1) -> None:
         self.db = db
         self.interval_s = interval_s
 
     async def changes(self) -> AsyncIterator[int]:
-        """Yield the new data_version each time the database changed; runs until cancelled."""
+        """Yield a new number each time the store changed; runs until cancelled."""
+        if isinstance(self.db, PostgresUrl):
+            async for version in self._pg_changes(self.db):
+                yield version
+            return
         conn = await aiosqlite.connect(f"file:{self.db}?mode=ro", uri=True, isolation_level=None)
         try:
             await conn.execute("PRAGMA busy_timeout = 1000")
@@ -38,3 +50,38 @@ class ChangeWatcher:
         finally:
             with anyio.CancelScope(shield=True):
                 await conn.close()
+
+    async def _pg_changes(self, url: PostgresUrl) -> AsyncIterator[int]:
+        import psycopg
+
+        from agent_coord.engine.store.schema_pg import CHANGES_CHANNEL
+
+        version = 0
+        backoff = self.interval_s
+        first = True
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(url.secret_url(), autocommit=True, connect_timeout=3)
+            except psycopg.OperationalError:
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            try:
+                await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
+                backoff = self.interval_s
+                if not first:
+                    version += 1
+                    yield version
+                first = False
+                while True:
+                    heard = 0
+                    async for _ in conn.notifies(timeout=self.interval_s):
+                        heard += 1
+                    if heard:
+                        version += 1
+                        yield version
+            except psycopg.OperationalError:
+                await anyio.sleep(backoff)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await conn.close()

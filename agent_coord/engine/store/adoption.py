@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from agent_coord.engine.store.dialect import Db, sql
 from agent_coord.engine.store.records import Agent, Repo, Slot, SlotState
 from agent_coord.engine.store.rows import (
     AdoptionConflictError,
@@ -38,7 +38,7 @@ class Adoption(_Tables):
         """
         now = time.time()
 
-        def tx(conn: sqlite3.Connection) -> list[Slot]:
+        def tx(conn: Db) -> list[Slot]:
             for agent in agents:
                 _insert_agent(conn, agent, on_conflict="DO NOTHING")
             named: dict[int, int] = {}  # adoption index -> number taken from its directory name
@@ -47,7 +47,12 @@ class Adoption(_Tables):
                 if name.startswith("wt-") and name[3:].isdigit() and name == f"wt-{int(name[3:]):02d}":
                     named[i] = int(name[3:])
             if named:
-                conn.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'slot_seq'", (max(named.values()),))
+                move_past = sql(
+                    conn,
+                    sqlite="UPDATE meta SET value = MAX(value, ?) WHERE key = 'slot_seq'",
+                    postgresql="UPDATE meta SET value = GREATEST(value, ?) WHERE key = 'slot_seq'",
+                )
+                conn.execute(move_past, (max(named.values()),))
             taken: set[str] = set()
             result: list[Slot] = []
             for i, a in enumerate(adoptions):

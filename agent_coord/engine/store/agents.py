@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
+from agent_coord.engine.store.dialect import Db
 from agent_coord.engine.store.records import Agent
 from agent_coord.engine.store.rows import (
     AGENT_SELECT,
@@ -25,14 +25,14 @@ class AgentRecords(_Tables):
     """The agents table. Only the server that registered an id renews it."""
 
     async def agents(self) -> list[Agent]:
-        def tx(conn: sqlite3.Connection) -> list[Agent]:
+        def tx(conn: Db) -> list[Agent]:
             rows = conn.execute(f"{AGENT_SELECT} ORDER BY a.id").fetchall()
             return [_agent(r) for r in rows]
 
         return await self._conn.read(tx)
 
     async def agent(self, agent_id: str) -> Agent | None:
-        def tx(conn: sqlite3.Connection) -> Agent | None:
+        def tx(conn: Db) -> Agent | None:
             row = conn.execute(f"{AGENT_SELECT} WHERE a.id = ?", (agent_id,)).fetchone()
             return _agent(row) if row else None
 
@@ -43,7 +43,7 @@ class AgentRecords(_Tables):
         owning a slot in any state. Ended sessions accumulate; nothing that judges liveness on every
         call should read them."""
 
-        def tx(conn: sqlite3.Connection) -> list[Agent]:
+        def tx(conn: Db) -> list[Agent]:
             rows = conn.execute(LIVE_AGENT_SELECT).fetchall()
             return [_agent(r) for r in rows]
 
@@ -55,7 +55,7 @@ class AgentRecords(_Tables):
         heartbeat (`Coordinator.heartbeat`). Returns how many went."""
         cutoff = now - after_s
 
-        def tx(conn: sqlite3.Connection) -> int:
+        def tx(conn: Db) -> int:
             return int(
                 conn.execute(
                     "DELETE FROM agents WHERE id IN (SELECT id FROM agents WHERE last_heartbeat < :cutoff"
@@ -70,7 +70,7 @@ class AgentRecords(_Tables):
     # ---- agents -----------------------------------------------------------------------------
 
     async def register_agent(self, agent: Agent) -> None:
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Db) -> None:
             _insert_agent(
                 conn,
                 agent,
@@ -114,7 +114,7 @@ class AgentRecords(_Tables):
         now = time.time() if now is None else now
         until = now + lease_s
 
-        def tx(conn: sqlite3.Connection) -> tuple[Agent | None, int]:
+        def tx(conn: Db) -> tuple[Agent | None, int]:
             sets = "last_heartbeat = ?, lease_expires_at = ?"
             args: list[Any] = [now, until]
             if status is not None:
@@ -144,7 +144,7 @@ class AgentRecords(_Tables):
     async def set_agent_status(
         self, agent_id: str, status: str, *, server_pid: int | None, event: EventDraft | None
     ) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: Db) -> bool:
             if server_pid is None:
                 cur = conn.execute("UPDATE agents SET status = ? WHERE id = ?", (status, agent_id))
             else:

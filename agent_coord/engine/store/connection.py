@@ -32,16 +32,18 @@ from typing import Any, TypeVar
 import anyio
 
 from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.store.dialect import Db
 from agent_coord.engine.store.schema import MIGRATIONS
 from agent_coord.platform.file_modes import create_private_file, make_private
 from agent_coord.platform.filesystems import refuse_network_share
+from agent_coord.store_target import PostgresUrl
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 8
 
-Transaction = Callable[[sqlite3.Connection], T]
+Transaction = Callable[[Db], T]
 
 
 class StoreBusyError(Exception):
@@ -51,7 +53,8 @@ class StoreBusyError(Exception):
 class StoreUnavailableError(CoordError):
     """The database cannot be used at all: the message names the file, why, and what to do."""
 
-    def __init__(self, path: Path, why: str) -> None:
+    def __init__(self, path: Path | PostgresUrl, why: str) -> None:
+        # A PostgresUrl prints without its password.
         super().__init__(ErrorCode.STORE_UNAVAILABLE, f"the coordination database {path} {why}")
 
 
@@ -184,6 +187,8 @@ def _run(conn: sqlite3.Connection, fn: Transaction[T], begin: str) -> T:
 
 
 class Connection:
+    postgres = False
+
     def __init__(self, conn: sqlite3.Connection, thread: ThreadPoolExecutor, path: Path) -> None:
         self._conn = conn
         self.path = path
@@ -234,7 +239,7 @@ class Connection:
             raise
 
     async def _migrate(self) -> None:
-        def step(conn: sqlite3.Connection) -> None:
+        def step(conn: Db) -> None:
             row = conn.execute("PRAGMA user_version").fetchone()
             version = int(row[0]) if row else 0
             if version > len(MIGRATIONS):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent_coord.engine.store.dialect import Db, sql, sql_for
 from agent_coord.engine.store.records import Event, MetricTotals
 from agent_coord.engine.store.rows import EventDraft, _append, _event, _Tables
 from agent_coord.engine.store.schema import BUCKET_S
@@ -29,13 +29,20 @@ class EventLog(_Tables):
     # ---- change detection -------------------------------------------------------------------
 
     async def data_version(self) -> int:
-        """Changes whenever *another* connection commits (any process): a few µs to ask."""
-        return await self._conn.scalar("PRAGMA data_version")
+        """Changes whenever *another* connection commits (any process): a few µs to ask. On PostgreSQL,
+        the next transaction id, which moves when any transaction writes."""
+        return await self._conn.scalar(
+            sql_for(
+                self._conn,
+                sqlite="PRAGMA data_version",
+                postgresql="SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+            )
+        )
 
     # ---- events -----------------------------------------------------------------------------
 
     async def log(self, draft: EventDraft) -> None:
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Db) -> None:
             _append(conn, draft, time.time())
 
         await self._conn.write(tx)
@@ -44,7 +51,7 @@ class EventLog(_Tables):
         """Append events stamped with their own times, all in one transaction (benches and imports
         building a log that has lived; the rollups follow through the same trigger)."""
 
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Db) -> None:
             for ts, draft in entries:
                 _append(conn, draft, ts)
 
@@ -68,7 +75,7 @@ class EventLog(_Tables):
             sql += " LIMIT ?"
             args.append(limit)
 
-        def tx(conn: sqlite3.Connection) -> list[Event]:
+        def tx(conn: Db) -> list[Event]:
             rows = conn.execute(sql, args).fetchall()
             return [_event(r) for r in rows]
 
@@ -80,7 +87,7 @@ class EventLog(_Tables):
         by_slot = worktree_id is not None
         sql, value = (LAST_END_OF_SLOT, worktree_id) if by_slot else (LAST_END_OF_BRANCH, branch)
 
-        def tx(conn: sqlite3.Connection) -> Event | None:
+        def tx(conn: Db) -> Event | None:
             row = conn.execute(sql, (value,)).fetchone()
             return None if row is None else _event(row)
 
@@ -90,7 +97,7 @@ class EventLog(_Tables):
         """Every rescue ref saved from the grant with this fencing token (tokens are never reused), also
         by a reclaim or release that died before recording its end."""
 
-        def tx(conn: sqlite3.Connection) -> list[str]:
+        def tx(conn: Db) -> list[str]:
             rows = conn.execute(
                 "SELECT * FROM events WHERE action = 'rescue' AND fencing_token = ? ORDER BY id", (fencing_token,)
             ).fetchall()
@@ -120,7 +127,7 @@ class EventLog(_Tables):
         cached = self._sealed_metrics
         merged = self._merged_latency
 
-        def tx(conn: sqlite3.Connection) -> tuple[MetricTotals, _SealedMetrics, _MergedLatency]:
+        def tx(conn: Db) -> tuple[MetricTotals, _SealedMetrics, _MergedLatency]:
             oldest = conn.execute("SELECT first_ts FROM metric_buckets ORDER BY bucket LIMIT 1").fetchone()
             span_start = max(window_start, float(oldest[0])) if oldest else now
             late = conn.execute("SELECT value FROM meta WHERE key = 'metric_late_events'").fetchone()
@@ -134,8 +141,13 @@ class EventLog(_Tables):
                 live_attempts += int(row[0])
             live_busy = _read_busy(conn, live_bucket, None, first_bucket, span_start)
             open_holds = conn.execute(
-                "SELECT COALESCE(SUM(:now - MAX(since, :span)), 0), COUNT(*) FROM metric_holds"
-                " WHERE since >= :holds_since AND since <= :now",
+                sql(
+                    conn,
+                    sqlite="SELECT COALESCE(SUM(:now - MAX(since, :span)), 0), COUNT(*) FROM metric_holds"
+                    " WHERE since >= :holds_since AND since <= :now",
+                    postgresql="SELECT COALESCE(SUM(:now - GREATEST(since, :span)), 0), COUNT(*) FROM metric_holds"
+                    " WHERE since >= :holds_since AND since <= :now",
+                ),
                 {"now": now, "span": span_start, "holds_since": holds_since},
             ).fetchone()
             # Only an attempt adds a latency: while the live buckets count the same attempts, the
@@ -153,10 +165,17 @@ class EventLog(_Tables):
                 latency = tuple(histogram[b] for b in sorted(histogram))
             # Radar events are few and indexed by their own partial index (schema 4): this reads only them.
             radar = conn.execute(
-                "SELECT COALESCE(SUM(outcome = 'conflict'), 0),"
-                " COALESCE(SUM(outcome = 'cleared' AND json_extract(detail, '$.reason') = 'resolved'), 0),"
-                " COALESCE(SUM(outcome = 'cleared' AND json_extract(detail, '$.reason') = 'released'), 0)"
-                " FROM events WHERE action = 'radar' AND ts >= ? AND ts <= ?",
+                sql(
+                    conn,
+                    sqlite="SELECT COALESCE(SUM(outcome = 'conflict'), 0),"
+                    " COALESCE(SUM(outcome = 'cleared' AND json_extract(detail, '$.reason') = 'resolved'), 0),"
+                    " COALESCE(SUM(outcome = 'cleared' AND json_extract(detail, '$.reason') = 'released'), 0)"
+                    " FROM events WHERE action = 'radar' AND ts >= ? AND ts <= ?",
+                    postgresql="SELECT COUNT(*) FILTER (WHERE outcome = 'conflict'),"
+                    " COUNT(*) FILTER (WHERE outcome = 'cleared' AND detail::jsonb ->> 'reason' = 'resolved'),"
+                    " COUNT(*) FILTER (WHERE outcome = 'cleared' AND detail::jsonb ->> 'reason' = 'released')"
+                    " FROM events WHERE action = 'radar' AND ts >= ? AND ts <= ?",
+                ),
                 (window_start, now),
             ).fetchone()
             totals = MetricTotals(
@@ -189,7 +208,7 @@ class EventLog(_Tables):
         cutoff = now - keep_s
         rollup_bucket = int((now - max(keep_s, rollups_keep_s)) // BUCKET_S)
 
-        def tx(conn: sqlite3.Connection) -> int:
+        def tx(conn: Db) -> int:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'events_keep_s'", (keep_s,))
             deleted = conn.execute(
                 "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < ? ORDER BY ts LIMIT ?)",
@@ -209,8 +228,15 @@ class EventLog(_Tables):
     # ---- repositories -----------------------------------------------------------------------
 
     async def integrity_check(self) -> str:
-        def tx(conn: sqlite3.Connection) -> str:
-            row = conn.execute("PRAGMA integrity_check").fetchone()
+        def tx(conn: Db) -> str:
+            # PostgreSQL checks its pages itself; what can be wrong there is an index left invalid.
+            check = sql(
+                conn,
+                sqlite="PRAGMA integrity_check",
+                postgresql="SELECT COALESCE(string_agg(indexrelid::regclass::text, ', ') || ': invalid', 'ok')"
+                " FROM pg_index WHERE NOT indisvalid",
+            )
+            row = conn.execute(check).fetchone()
             return str(row[0]) if row else "no answer"
 
         return await self._conn.read(tx)
@@ -221,7 +247,7 @@ class EventLog(_Tables):
         """Move the named cursor to `upto` by CAS; return the claimed range (after, upto], or None when
         another process already claimed past it. Each event is thereby handled by exactly one process."""
 
-        def tx(conn: sqlite3.Connection) -> tuple[int, int] | None:
+        def tx(conn: Db) -> tuple[int, int] | None:
             key = f"cursor:{cursor}"
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, (SELECT COALESCE(MAX(id), 0) FROM events WHERE id < ?))"
@@ -242,7 +268,7 @@ class EventLog(_Tables):
     async def lease(self, name: str) -> tuple[str, float] | None:
         """(holder, expires_at) of a named lease, or None when nobody holds it."""
 
-        def tx(conn: sqlite3.Connection) -> tuple[str, float] | None:
+        def tx(conn: Db) -> tuple[str, float] | None:
             row = conn.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
             return (str(row[0]), float(row[1])) if row else None
 
@@ -256,7 +282,7 @@ class EventLog(_Tables):
         """
         now = time.time()
 
-        def tx(conn: sqlite3.Connection) -> bool:
+        def tx(conn: Db) -> bool:
             conn.execute(
                 "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT(name) DO NOTHING",
                 (name, holder, now + ttl_s),
@@ -271,7 +297,7 @@ class EventLog(_Tables):
         return await self._conn.write(tx)
 
     async def release_lease(self, name: str, holder: str) -> None:
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Db) -> None:
             conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
         await self._conn.write(tx)
@@ -295,7 +321,7 @@ class _MergedLatency:
     latency: tuple[tuple[float, int], ...]
 
 
-def _read_sealed(conn: sqlite3.Connection, key: tuple[int, int, int, float]) -> _SealedMetrics:
+def _read_sealed(conn: Db, key: tuple[int, int, int, float]) -> _SealedMetrics:
     first_bucket, live_bucket, _, span_start = key
     latency = {
         float(r[0]): (float(r[1]), int(r[2]))
@@ -315,7 +341,7 @@ def _read_sealed(conn: sqlite3.Connection, key: tuple[int, int, int, float]) -> 
 
 
 def _read_busy(
-    conn: sqlite3.Connection, from_bucket: int, to_bucket: int | None, first_bucket: int, span_start: float
+    conn: Db, from_bucket: int, to_bucket: int | None, first_bucket: int, span_start: float
 ) -> tuple[float, int]:
     """Busy seconds and intervals of the holds that ended in [from_bucket, to_bucket); a hold that
     started before the window counts from the window's start."""
@@ -323,7 +349,7 @@ def _read_busy(
         "SELECT COALESCE(SUM(CASE WHEN start_bucket >= :b0"
         " THEN end_offsets - start_offsets + n * (end_bucket - start_bucket) * :w"
         " ELSE end_offsets + n * (end_bucket * :w - :span) END), 0), COALESCE(SUM(n), 0)"
-        " FROM metric_busy WHERE end_bucket >= :lo AND (:hi IS NULL OR end_bucket < :hi)",
+        " FROM metric_busy WHERE end_bucket >= :lo AND end_bucket < COALESCE(:hi, end_bucket + 1)",
         {"b0": first_bucket, "w": BUCKET_S, "span": span_start, "lo": from_bucket, "hi": to_bucket},
     ).fetchone()
     return float(row[0]), int(row[1])

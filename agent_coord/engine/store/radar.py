@@ -4,12 +4,12 @@ read by every server, the CLI and the edit guard (which reads them with bare sql
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent_coord.engine.store.dialect import Db, sql
 from agent_coord.engine.store.rows import EventDraft, _append, _Tables
 
 BASE_PREFIX = "base:"
@@ -69,7 +69,7 @@ class RadarWrite:
     events: list[EventDraft] = field(default_factory=list)
 
 
-def _pair(row: sqlite3.Row) -> RadarPair:
+def _pair(row: Any) -> RadarPair:
     return RadarPair(
         a=row["a"],
         b=row["b"],
@@ -99,7 +99,7 @@ WHERE p.kind != 'none' AND (p.b_token IS NULL OR sb.id IS NOT NULL)
 
 class RadarRecords(_Tables):
     async def radar_rows(self, repo_id: int) -> tuple[list[RadarTree], list[RadarPair]]:
-        def tx(conn: sqlite3.Connection) -> tuple[list[RadarTree], list[RadarPair]]:
+        def tx(conn: Db) -> tuple[list[RadarTree], list[RadarPair]]:
             trees = [
                 RadarTree(
                     r["worktree_id"],
@@ -121,7 +121,7 @@ class RadarRecords(_Tables):
         """One pass's results, in one transaction with the events they raise."""
         now = time.time()
 
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Db) -> None:
             for wt in write.drop_worktrees:
                 conn.execute("DELETE FROM radar_trees WHERE worktree_id = ?", (wt,))
                 conn.execute("DELETE FROM radar_changes WHERE worktree_id = ?", (wt,))
@@ -129,20 +129,43 @@ class RadarRecords(_Tables):
                 conn.execute("DELETE FROM radar_pairs WHERE a = ? AND b = ?", (a, b))
             for t in write.trees:
                 conn.execute(
-                    "INSERT OR REPLACE INTO radar_trees (worktree_id, fencing_token, repo_id, head, tree, base_ref,"
-                    " base_commit, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    sql(
+                        conn,
+                        sqlite="INSERT OR REPLACE INTO radar_trees (worktree_id, fencing_token, repo_id, head, tree,"
+                        " base_ref, base_commit, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        postgresql="INSERT INTO radar_trees (worktree_id, fencing_token, repo_id, head, tree,"
+                        " base_ref, base_commit, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (worktree_id) DO UPDATE SET fencing_token = excluded.fencing_token,"
+                        " repo_id = excluded.repo_id, head = excluded.head, tree = excluded.tree,"
+                        " base_ref = excluded.base_ref, base_commit = excluded.base_commit,"
+                        " updated_at = excluded.updated_at",
+                    ),
                     (t.worktree_id, t.fencing_token, t.repo_id, t.head, t.tree, t.base_ref, t.base_commit, now),
                 )
             for wt, paths in write.changes.items():
                 conn.execute("DELETE FROM radar_changes WHERE worktree_id = ?", (wt,))
                 conn.executemany(
-                    "INSERT OR IGNORE INTO radar_changes (worktree_id, repo_id, path) VALUES (?, ?, ?)",
+                    sql(
+                        conn,
+                        sqlite="INSERT OR IGNORE INTO radar_changes (worktree_id, repo_id, path) VALUES (?, ?, ?)",
+                        postgresql="INSERT INTO radar_changes (worktree_id, repo_id, path) VALUES (?, ?, ?)"
+                        " ON CONFLICT DO NOTHING",
+                    ),
                     [(wt, repo_id, p) for p in paths],
                 )
             for p in write.pairs:
                 conn.execute(
-                    "INSERT OR REPLACE INTO radar_pairs (a, b, repo_id, a_token, b_token, a_state, b_state, kind,"
-                    " detail, since, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    sql(
+                        conn,
+                        sqlite="INSERT OR REPLACE INTO radar_pairs (a, b, repo_id, a_token, b_token, a_state,"
+                        " b_state, kind, detail, since, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        postgresql="INSERT INTO radar_pairs (a, b, repo_id, a_token, b_token, a_state, b_state,"
+                        " kind, detail, since, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (a, b) DO UPDATE SET repo_id = excluded.repo_id, a_token = excluded.a_token,"
+                        " b_token = excluded.b_token, a_state = excluded.a_state, b_state = excluded.b_state,"
+                        " kind = excluded.kind, detail = excluded.detail, since = excluded.since,"
+                        " updated_at = excluded.updated_at",
+                    ),
                     (
                         p.a,
                         p.b,
@@ -167,7 +190,7 @@ class RadarRecords(_Tables):
         sql = _LIVE_PAIRS + (" AND p.repo_id = ?" if repo_id is not None else "") + " ORDER BY p.a, p.b"
         args: tuple[Any, ...] = (repo_id,) if repo_id is not None else ()
 
-        def tx(conn: sqlite3.Connection) -> list[LivePair]:
+        def tx(conn: Db) -> list[LivePair]:
             out: list[LivePair] = []
             for r in conn.execute(sql, args):
                 a = SideInfo(r["a"], r["a_branch"], r["a_owner"], r["a_task"], r["a_host"])
@@ -183,7 +206,7 @@ class RadarRecords(_Tables):
         """The `base` each allocation (worktree id, fencing token) was made from, from its grant event."""
         wanted = list(allocations)
 
-        def tx(conn: sqlite3.Connection) -> dict[tuple[str, int], str | None]:
+        def tx(conn: Db) -> dict[tuple[str, int], str | None]:
             out: dict[tuple[str, int], str | None] = {}
             for wt, token in wanted:
                 row = conn.execute(

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_coord.engine.store.connection import Connection
+from agent_coord.engine.store.dialect import Db, StoreConnection, sql
 from agent_coord.engine.store.records import HELD_STATES, Agent, Event, Slot, SlotState
 
 SLOT_COLUMNS = frozenset(
@@ -40,7 +39,7 @@ class EventDraft:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def _slot(row: sqlite3.Row) -> Slot:
+def _slot(row: Any) -> Slot:
     return Slot(
         id=row["id"],
         repo_id=row["repo_id"],
@@ -60,11 +59,11 @@ def _slot(row: sqlite3.Row) -> Slot:
     )
 
 
-def _agent(row: sqlite3.Row) -> Agent:
+def _agent(row: Any) -> Agent:
     return Agent(**{k: row[k] for k in row.keys()})  # noqa: SIM118 - sqlite3.Row is not a Mapping
 
 
-def _event(row: sqlite3.Row) -> Event:
+def _event(row: Any) -> Event:
     data = {k: row[k] for k in row.keys()}  # noqa: SIM118
     data["detail"] = json.loads(data["detail"] or "{}")
     return Event(**data)
@@ -82,10 +81,20 @@ AGENT_SELECT = (
 )
 
 
-def _record_starts(conn: sqlite3.Connection, agent: Agent) -> None:
+def _record_starts(conn: Db, agent: Agent) -> None:
+    insert = (
+        "INSERT {} INTO agent_starts (agent_id, pid, pid_create_time, pid_start_s, server_pid,"
+        " server_create_time, server_start_s) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    )
     conn.execute(
-        "INSERT OR REPLACE INTO agent_starts (agent_id, pid, pid_create_time, pid_start_s, server_pid,"
-        " server_create_time, server_start_s) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        sql(
+            conn,
+            sqlite=insert.format("OR REPLACE"),
+            postgresql=insert.format("")
+            + " ON CONFLICT (agent_id) DO UPDATE SET pid = excluded.pid, pid_create_time = excluded.pid_create_time,"
+            " pid_start_s = excluded.pid_start_s, server_pid = excluded.server_pid,"
+            " server_create_time = excluded.server_create_time, server_start_s = excluded.server_start_s",
+        ),
         (
             agent.id,
             agent.pid,
@@ -98,7 +107,7 @@ def _record_starts(conn: sqlite3.Connection, agent: Agent) -> None:
     )
 
 
-def _insert_agent(conn: sqlite3.Connection, agent: Agent, *, on_conflict: str) -> None:
+def _insert_agent(conn: Db, agent: Agent, *, on_conflict: str) -> None:
     """Insert an agent row; `on_conflict` (fixed text from our code) says what an existing id gets."""
     columns = (
         "id, host, boot_id, pid, pid_create_time, server_pid, server_create_time, repo_id, status, note,"
@@ -125,7 +134,7 @@ def _insert_agent(conn: sqlite3.Connection, agent: Agent, *, on_conflict: str) -
     )
 
 
-def _append(conn: sqlite3.Connection, draft: EventDraft, now: float) -> None:
+def _append(conn: Db, draft: EventDraft, now: float) -> None:
     conn.execute(
         "INSERT INTO events (ts, agent_id, action, repo_id, worktree_id, branch, outcome, duration_ms,"
         " fencing_token, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -150,7 +159,7 @@ class BranchHeldError(Exception):
         self.holder = holder
 
 
-def _raise_if_branch_held(conn: sqlite3.Connection, repo_id: int, branch: str) -> None:
+def _raise_if_branch_held(conn: Db, repo_id: int, branch: str) -> None:
     row = conn.execute(
         "SELECT * FROM slots WHERE repo_id = ? AND branch = ? AND state IN (?, ?, ?)",
         (repo_id, branch, *HELD_STATES),
@@ -177,7 +186,7 @@ class AdoptionConflictError(Exception):
         self.reason = reason
 
 
-def _next_slot_id(conn: sqlite3.Connection, pool_root: str) -> str:
+def _next_slot_id(conn: Db, pool_root: str) -> str:
     """The next `wt-NN` whose id and default path are both unused (adopted worktrees keep odd names)."""
     while True:
         row = conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'slot_seq' RETURNING value").fetchone()
@@ -189,17 +198,24 @@ def _next_slot_id(conn: sqlite3.Connection, pool_root: str) -> str:
             return slot_id
 
 
-def _slot_by_id(conn: sqlite3.Connection, slot_id: str) -> Slot | None:
+def _slot_by_id(conn: Db, slot_id: str) -> Slot | None:
     row = conn.execute("SELECT * FROM slots WHERE id = ?", (slot_id,)).fetchone()
     return _slot(row) if row else None
 
 
-def _slot_exists(conn: sqlite3.Connection, slot_id: str) -> bool:
+def _slot_exists(conn: Db, slot_id: str) -> bool:
     return conn.execute("SELECT 1 FROM slots WHERE id = ?", (slot_id,)).fetchone() is not None
 
 
-def _next_token(conn: sqlite3.Connection) -> int:
-    row = conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'fencing_token' RETURNING value").fetchone()
+def _next_token(conn: Db) -> int:
+    """The next fencing token: strictly greater than every one handed out before."""
+    row = conn.execute(
+        sql(
+            conn,
+            sqlite="UPDATE meta SET value = value + 1 WHERE key = 'fencing_token' RETURNING value",
+            postgresql="SELECT nextval('fencing_tokens')",
+        )
+    ).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -207,4 +223,4 @@ def _next_token(conn: sqlite3.Connection) -> int:
 class _Tables:
     """What every part of the store shares: one connection (see connection.py for its rules)."""
 
-    _conn: Connection
+    _conn: StoreConnection

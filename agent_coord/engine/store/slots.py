@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agent_coord.engine.store.dialect import Db, is_postgres
 from agent_coord.engine.store.records import Repo, Slot, SlotState
 from agent_coord.engine.store.rows import (
     SLOT_COLUMNS,
@@ -26,7 +26,7 @@ class SlotTransitions(_Tables):
     """Every change is a CAS on (id, state, version or fencing token) that writes its events alongside."""
 
     async def ensure_repo(self, path: str, pool_root: str) -> Repo:
-        def tx(conn: sqlite3.Connection) -> Repo:
+        def tx(conn: Db) -> Repo:
             conn.execute(
                 "INSERT INTO repos (path, pool_root, created_at) VALUES (?, ?, ?) ON CONFLICT(path) DO NOTHING",
                 (path, pool_root, time.time()),
@@ -38,7 +38,7 @@ class SlotTransitions(_Tables):
         return await self._conn.write(tx)
 
     async def repos(self) -> list[Repo]:
-        def tx(conn: sqlite3.Connection) -> list[Repo]:
+        def tx(conn: Db) -> list[Repo]:
             rows = conn.execute("SELECT * FROM repos ORDER BY id").fetchall()
             return [Repo(id=r["id"], path=r["path"], pool_root=r["pool_root"]) for r in rows]
 
@@ -47,7 +47,7 @@ class SlotTransitions(_Tables):
     # ---- reads ------------------------------------------------------------------------------
 
     async def slots(self, repo_id: int | None = None) -> list[Slot]:
-        def tx(conn: sqlite3.Connection) -> list[Slot]:
+        def tx(conn: Db) -> list[Slot]:
             if repo_id is None:
                 cur = conn.execute("SELECT * FROM slots ORDER BY id")
             else:
@@ -57,7 +57,7 @@ class SlotTransitions(_Tables):
         return await self._conn.read(tx)
 
     async def slot(self, slot_id: str) -> Slot | None:
-        def tx(conn: sqlite3.Connection) -> Slot | None:
+        def tx(conn: Db) -> Slot | None:
             return _slot_by_id(conn, slot_id)
 
         return await self._conn.read(tx)
@@ -82,7 +82,7 @@ class SlotTransitions(_Tables):
         now = time.time()
         order = "DESC" if warmest else "ASC"
 
-        def tx(conn: sqlite3.Connection) -> Slot | None:
+        def tx(conn: Db) -> Slot | None:
             _raise_if_branch_held(conn, repo_id, branch)
             marks = ",".join("?" * len(paths))
             row = conn.execute(
@@ -113,7 +113,7 @@ class SlotTransitions(_Tables):
         """Phase 1, cold: insert an ALLOCATING slot if the pool is below its maximum. None when full."""
         now = time.time()
 
-        def tx(conn: sqlite3.Connection) -> Slot | None:
+        def tx(conn: Db) -> Slot | None:
             _raise_if_branch_held(conn, repo.id, branch)
             count_row = conn.execute(
                 "SELECT COUNT(*) FROM slots WHERE repo_id = ? AND state != 'QUARANTINED'", (repo.id,)
@@ -154,7 +154,7 @@ class SlotTransitions(_Tables):
         states = [expect_state] if isinstance(expect_state, SlotState) else list(expect_state)
         now = time.time()
 
-        def tx(conn: sqlite3.Connection) -> Slot | None:
+        def tx(conn: Db) -> Slot | None:
             where = f"id = ? AND state IN ({','.join('?' * len(states))})"
             args: list[Any] = [slot_id, *[s.value for s in states]]
             if expect_token is not None:
@@ -197,7 +197,7 @@ class SlotTransitions(_Tables):
         """Adopt a worktree the store did not know (validation, import)."""
         now = time.time()
 
-        def tx(conn: sqlite3.Connection) -> Slot:
+        def tx(conn: Db) -> Slot:
             slot_id = _next_slot_id(conn, repo.pool_root)
             conn.execute(
                 "INSERT INTO slots (id, repo_id, path, state, version, branch, released_at, setup_done,"
@@ -214,7 +214,7 @@ class SlotTransitions(_Tables):
 
 
 def _to_allocating(
-    conn: sqlite3.Connection,
+    conn: Db,
     slot_id: str,
     version: int | None,
     owner: str,
@@ -225,6 +225,16 @@ def _to_allocating(
 ) -> int | None:
     """CAS a FREE slot (at `version`, when given) to ALLOCATING with a new fencing token; the token,
     or None when the row was not FREE at that version (the caller rolls the transaction back)."""
+    if is_postgres(conn):
+        # The token is drawn from the sequence only for the row that matched: a lost CAS draws none.
+        row = conn.execute(
+            "UPDATE slots SET state = 'ALLOCATING', version = version + 1, owner = ?, branch = ?,"
+            " fencing_token = nextval('fencing_tokens'), lease_expires_at = ?, since = ?, task = ?,"
+            " rescue_ref = NULL WHERE id = ? AND state = 'FREE' AND version = COALESCE(?, version)"
+            " RETURNING fencing_token",
+            (owner, branch, now + lease_s, now, task, slot_id, version),
+        ).fetchone()
+        return int(row[0]) if row else None
     token = _next_token(conn)
     cur = conn.execute(
         "UPDATE slots SET state = 'ALLOCATING', version = version + 1, owner = ?, branch = ?,"

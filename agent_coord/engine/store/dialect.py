@@ -1,0 +1,65 @@
+"""What a transaction function may use of its connection, on either engine.
+
+A transaction is one synchronous function over a `Db`: the stdlib `sqlite3.Connection` for SQLite,
+`pg_connection.PgDb` for PostgreSQL. The statements are written once, in SQLite's spelling (`?` and
+`:name` parameters), which `PgDb` translates; where the engines need different SQL, the call site
+picks with `sql(conn, sqlite=…, postgresql=…)`, so the two versions stand side by side and are
+reviewed together.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Db(Protocol):
+    def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor: ...
+
+
+class StoreConnection(Protocol):
+    """What the store's parts use of their engine: connection.Connection or pg_connection.PgConnection."""
+
+    postgres: bool
+
+    async def write(self, fn: Callable[[Db], T]) -> T: ...
+
+    async def read(self, fn: Callable[[Db], T]) -> T: ...
+
+    async def scalar(self, sql: str) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+def sql_for(conn: StoreConnection, *, sqlite: str, postgresql: str) -> str:
+    return postgresql if conn.postgres else sqlite
+
+
+def is_postgres(conn: Db) -> bool:
+    return not isinstance(conn, sqlite3.Connection)
+
+
+def sql(conn: Db, *, sqlite: str, postgresql: str) -> str:
+    """The statement for the engine behind `conn`."""
+    return postgresql if is_postgres(conn) else sqlite
+
+
+class ConstraintError(sqlite3.IntegrityError):
+    """A constraint of the PostgreSQL schema refused a write (unique branch, foreign key): raised as the
+    `sqlite3.IntegrityError` the engine already handles for SQLite, so the engine does not care which."""
