@@ -14,6 +14,7 @@ import pytest
 from agent_coord.config import Settings
 
 from .installed import installed  # noqa: F401  (a session fixture: the wheel, built and installed once)
+from .pg_support import pg_cluster, pg_url, store_target  # noqa: F401  (a real PostgreSQL: see pg_support.py)
 
 # Commits made by tests need an identity, whatever the machine's git config says.
 os.environ.update(

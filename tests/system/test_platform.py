@@ -202,7 +202,7 @@ def test_a_windows_or_posix_path_is_a_database_file(value: str, monkeypatch: pyt
 
 
 @pytest.mark.parametrize(
-    "value", ["postgresql://coord:s3cret@db.example/coord", "postgres://coord:s3cret@db/x", "mysql://coord:s3cret@db/x"]
+    "value", ["mysql://coord:s3cret@db/x", "sqlite://coord:s3cret@x/y", "postgresql://coord:s3cret@h:x/y"]
 )
 def test_a_url_is_never_taken_as_a_file_name_and_its_secret_is_never_shown(
     value: str, monkeypatch: pytest.MonkeyPatch
@@ -216,6 +216,19 @@ def test_a_url_is_never_taken_as_a_file_name_and_its_secret_is_never_shown(
         Settings()
     assert "AGENT_COORD_DB" in str(caught.value) or "db" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["postgresql://coord:s3cret@db.example/coord", "postgres://coord:s3cret@db/x"])
+def test_a_postgresql_url_selects_postgresql_and_its_secret_is_never_shown(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent_coord.config import Settings
+    from agent_coord.store_target import PostgresUrl
+
+    monkeypatch.setenv("AGENT_COORD_DB", value)
+    settings = Settings()
+    assert isinstance(settings.db, PostgresUrl)
+    assert "s3cret" not in f"{settings!r} {settings.db} {settings.model_dump()}"
 
 
 # ---- hooks given paths and names from elsewhere ---------------------------------------------------

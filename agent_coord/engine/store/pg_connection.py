@@ -168,15 +168,19 @@ class PgConnection:
 
     @classmethod
     async def open(cls, url: PostgresUrl, *, migrate: bool = True) -> PgConnection:
+        settings: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "application_name": "agent-coord",
+            "options": f"-c lock_timeout={LOCK_TIMEOUT}",
+        }
+
         def make() -> psycopg_pool.ConnectionPool[psycopg.Connection[Any]]:
+            # One connection first, for the server's own reason when it refuses (the pool only times out).
+            psycopg.connect(url.secret_url(), **settings).close()
             pool = psycopg_pool.ConnectionPool(
                 url.secret_url(),
-                kwargs={
-                    "autocommit": True,
-                    "connect_timeout": CONNECT_TIMEOUT_S,
-                    "application_name": "agent-coord",
-                    "options": f"-c lock_timeout={LOCK_TIMEOUT}",
-                },
+                kwargs=settings,
                 min_size=1,
                 max_size=POOL_SIZE,
                 timeout=WAIT_FOR_CONNECTION_S,

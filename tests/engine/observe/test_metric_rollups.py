@@ -18,6 +18,9 @@ from agent_coord.engine.observe.metrics import totals_from_events
 from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Action, Event, MetricTotals
 from agent_coord.engine.store.schema import BUCKET_S, MIGRATIONS
+from agent_coord.store_target import PostgresUrl
+
+from .pg_support import raw
 
 pytestmark = pytest.mark.anyio
 
@@ -51,8 +54,8 @@ def history(seed: int, n: int) -> list[Event]:
     return events
 
 
-def insert(db: Path, events: list[Event]) -> None:
-    with sqlite3.connect(db) as conn:
+def insert(db: Path | PostgresUrl, events: list[Event]) -> None:
+    with raw(db) as conn:
         conn.executemany(
             "INSERT INTO events (id, ts, agent_id, action, repo_id, worktree_id, branch, outcome, duration_ms, detail)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -101,8 +104,10 @@ def assert_agrees(rolled: MetricTotals, events: list[Event]) -> None:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_rollups_written_by_the_trigger_agree_with_the_events(tmp_path: Path, seed: int) -> None:
-    db = tmp_path / "c.db"
+async def test_rollups_written_by_the_trigger_agree_with_the_events(
+    store_target: Path | PostgresUrl, seed: int
+) -> None:
+    db = store_target
     store = await Store.open(db)
     events = history(seed, 600)
     insert(db, events)
@@ -127,15 +132,17 @@ async def test_the_upgrade_from_an_earlier_schema_rolls_up_the_existing_log(tmp_
     assert_agrees(rolled, events)
 
 
-async def test_an_empty_log_has_no_totals(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "c.db")
+async def test_an_empty_log_has_no_totals(store_target: Path | PostgresUrl) -> None:
+    store = await Store.open(store_target)
     rolled = await store.metric_totals(now=NOW, window_s=WINDOW, holds_since=0.0)
     await store.close()
     assert rolled == MetricTotals(span_start=NOW)
 
 
-async def test_the_sealed_hours_are_read_once_and_a_late_event_is_still_counted(tmp_path: Path) -> None:
-    db = tmp_path / "c.db"
+async def test_the_sealed_hours_are_read_once_and_a_late_event_is_still_counted(
+    store_target: Path | PostgresUrl,
+) -> None:
+    db = store_target
     store = await Store.open(db)
     events = history(4, 300)
     insert(db, events)

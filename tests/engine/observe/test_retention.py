@@ -12,6 +12,9 @@ import pytest
 from agent_coord.engine.observe.retention import Retention, prune
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.records import Action, Agent
+from agent_coord.store_target import PostgresUrl
+
+from .pg_support import raw
 
 pytestmark = pytest.mark.anyio
 
@@ -36,8 +39,8 @@ def agent(agent_id: str, *, status: str, heartbeat: float, lease_s: float = 300.
     )
 
 
-async def test_old_events_go_in_batches_and_the_metrics_still_count_them(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "c.db")
+async def test_old_events_go_in_batches_and_the_metrics_still_count_them(store_target: Path | PostgresUrl) -> None:
+    store = await Store.open(store_target)
     now = time.time()
     old = [(now - 6 * DAY + i, EventDraft(Action.ALLOCATE, "ok", "a", duration_ms=20.0)) for i in range(1200)]
     young = [(now - DAY + i, EventDraft(Action.ALLOCATE, "ok", "a", duration_ms=30.0)) for i in range(10)]
@@ -54,23 +57,23 @@ async def test_old_events_go_in_batches_and_the_metrics_still_count_them(tmp_pat
     await store.close()
 
 
-async def test_no_one_deletes_an_event_inside_the_retention_period(tmp_path: Path) -> None:
-    db = tmp_path / "c.db"
+async def test_no_one_deletes_an_event_inside_the_retention_period(store_target: Path | PostgresUrl) -> None:
+    db = store_target
     store = await Store.open(db)
     now = time.time()
     await store.append_history([(now - 9 * DAY, EventDraft(Action.REGISTER, "ok")), (now, EventDraft("x", "ok"))])
     await store.close()
-    with sqlite3.connect(db) as raw:
+    with raw(db) as conn:
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-            raw.execute("DELETE FROM events WHERE action = 'x'")
+            conn.execute("DELETE FROM events WHERE action = 'x'")
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-            raw.execute("UPDATE events SET outcome = 'no' WHERE action = 'register'")
-        raw.execute("DELETE FROM events WHERE action = 'register'")  # older than the 8 days kept
-        assert raw.execute("SELECT action FROM events").fetchall() == [("x",)]
+            conn.execute("UPDATE events SET outcome = 'no' WHERE action = 'register'")
+        conn.execute("DELETE FROM events WHERE action = 'register'")  # older than the 8 days kept
+        assert conn.execute("SELECT action FROM events") == [("x",)]
 
 
-async def test_ended_agents_are_retired_after_a_day_and_no_longer_read(tmp_path: Path) -> None:
-    db = tmp_path / "c.db"
+async def test_ended_agents_are_retired_after_a_day_and_no_longer_read(store_target: Path | PostgresUrl) -> None:
+    db = store_target
     store = await Store.open(db)
     now = time.time()
     await store.register_agent(agent("gone", status="disconnected", heartbeat=now - 2 * DAY))
@@ -79,9 +82,9 @@ async def test_ended_agents_are_retired_after_a_day_and_no_longer_read(tmp_path:
     await store.register_agent(agent("recent", status="disconnected", heartbeat=now - 3600))
     await store.register_agent(agent("live", status="active", heartbeat=now))
     await store.register_agent(agent("owner", status="disconnected", heartbeat=now - 2 * DAY))
-    with sqlite3.connect(db) as raw:
-        raw.execute("INSERT INTO repos (id, path, pool_root, created_at) VALUES (1, '/r', '/p', 0)")
-        raw.execute(
+    with raw(db) as conn:
+        conn.execute("INSERT INTO repos (id, path, pool_root, created_at) VALUES (1, '/r', '/p', 0)")
+        conn.execute(
             "INSERT INTO slots (id, repo_id, path, state, owner, branch, created_at)"
             " VALUES ('wt-1', 1, '/p/wt-1', 'BUSY', 'owner', 'b', 0)"
         )
@@ -89,6 +92,6 @@ async def test_ended_agents_are_retired_after_a_day_and_no_longer_read(tmp_path:
     retention = Retention(keep_s=8 * DAY, rollups_keep_s=8 * DAY)
     assert await prune(store, retention, now=now) == (0, 3)
     assert {a.id for a in await store.agents()} == {"recent", "live", "owner"}
-    with sqlite3.connect(db) as raw:  # their recorded starts went with them
-        assert raw.execute("SELECT COUNT(*) FROM agent_starts WHERE agent_id = 'gone'").fetchone() == (0,)
+    with raw(db) as conn:  # their recorded starts went with them
+        assert conn.execute("SELECT COUNT(*) FROM agent_starts WHERE agent_id = 'gone'") == [(0,)]
     await store.close()
