@@ -4,10 +4,8 @@ agents and servers (some aimed inside a transaction or between allocation phases
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent_coord.store_target import PostgresUrl
 from bench._common import ROOT, git_env
 from bench.fault_processes import alive, sigkill, wait_servers_gone
 from bench.fault_server import BETWEEN_PHASES, IN_TX, read_flag
 from bench.outside_check import Outside
+from bench.store_read import rows
 
 
 @dataclass
@@ -34,6 +34,8 @@ class CampaignConfig:
     git_delay_ms: float = 150.0  # AGENT_COORD_FAULT_GIT_DELAY_MS for every third server
     seed: int = 1
     base: str | None = None
+    # The store: a postgresql:// URL (an empty database), or None for a SQLite file in the campaign's directory.
+    store_url: str | None = None
 
     @classmethod
     def quick(cls) -> CampaignConfig:
@@ -96,11 +98,15 @@ class Campaign:
         (sibling / "keep.txt").write_text("a sibling directory's file\n")
         self.outside = Outside(self.repo, sibling)
 
+    @property
+    def store(self) -> Path | PostgresUrl:
+        return PostgresUrl(self.config.store_url) if self.config.store_url else self.db
+
     def server_env(self, index: int, gen: int, agent_id: str) -> dict[str, str]:
         env = git_env()
         env.update(
             {
-                "AGENT_COORD_DB": str(self.db),
+                "AGENT_COORD_DB": self.config.store_url or str(self.db),
                 "AGENT_COORD_REPO": str(self.repo),
                 "AGENT_COORD_POOL_ROOT": str(self.pool),
                 "AGENT_COORD_MANICTIME_DB": "",
@@ -262,14 +268,20 @@ class Campaign:
         """Slots in ALLOCATING/RELEASING for more than a few seconds whose agent is still alive."""
         live = {a.agent_id for a in self.agents if a.proc.poll() is None}
         now = time.time()
-        with contextlib.closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)) as conn:
-            rows = conn.execute(
-                "SELECT id, state, owner, since, fencing_token FROM slots WHERE state IN ('ALLOCATING','RELEASING')"
-            ).fetchall()
+        found = rows(
+            self.store,
+            "SELECT id, state, owner, since, fencing_token FROM slots WHERE state IN ('ALLOCATING','RELEASING')",
+        )
         return [
-            {"slot": r[0], "state": r[1], "owner": r[2], "age_s": round(now - (r[3] or now), 1), "token": r[4]}
-            for r in rows
-            if r[2] in live and now - (r[3] or now) > 3.0
+            {
+                "slot": r["id"],
+                "state": r["state"],
+                "owner": r["owner"],
+                "age_s": round(now - (r["since"] or now), 1),
+                "token": r["fencing_token"],
+            }
+            for r in found
+            if r["owner"] in live and now - (r["since"] or now) > 3.0
         ]
 
 

@@ -5,23 +5,23 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import sqlite3
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agent_coord.store_target import PostgresUrl
 from bench._common import git_env
 from bench.fault_campaign import Campaign
+from bench.store_read import integrity, rows
 
 CLOSING_REPAIRS = {"orphaned_allocation", "missing_worktree", "duplicate_path", "duplicate_branch"}
 HELD = ("ALLOCATING", "BUSY", "RELEASING")
 
 
-def final_validation(db: Path, repo: Path, pool: Path) -> dict[str, Any]:
+def final_validation(db: Path | PostgresUrl, repo: Path, pool: Path) -> dict[str, Any]:
     """`validate --repair` in process (an observer, not an agent), then a dry run that must find nothing."""
     import anyio
 
@@ -116,18 +116,16 @@ RECOVERY_PASSES = 2  # validation passes started after a kill within which its s
 
 
 def check(campaign: Campaign, validation: dict[str, Any]) -> dict[str, Any]:
-    db, repo = campaign.db, campaign.repo
+    store, repo = campaign.store, campaign.repo
     violations: list[str] = []
     stats: dict[str, Any] = {}
-    with contextlib.closing(sqlite3.connect(str(db), timeout=30)) as conn:
-        conn.row_factory = sqlite3.Row
-        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
-        events = conn.execute(
-            "SELECT id, ts, agent_id, action, worktree_id, outcome, fencing_token, detail FROM events ORDER BY id"
-        ).fetchall()
-        slots = conn.execute("SELECT * FROM slots").fetchall()
-    if integrity != "ok":
-        violations.append(f"integrity_check: {integrity}")
+    checked = integrity(store)
+    events = rows(
+        store, "SELECT id, ts, agent_id, action, worktree_id, outcome, fencing_token, detail FROM events ORDER BY id"
+    )
+    slots = rows(store, "SELECT * FROM slots")
+    if checked != "ok":
+        violations.append(f"integrity_check: {checked}")
     if campaign.outside is not None:
         violations += [f"outside the pool changed: {c}" for c in campaign.outside.changes()]
 
@@ -275,4 +273,4 @@ def check(campaign: Campaign, validation: dict[str, Any]) -> dict[str, Any]:
         violations.append(f"lost file: {item}")
     stats["files"] = where
     stats["rescue_refs"] = len(rescue_refs)
-    return {"violations": violations, "stats": stats, "integrity": integrity}
+    return {"violations": violations, "stats": stats, "integrity": checked}

@@ -1,7 +1,8 @@
 """agent-coord's stdio server, unchanged, plus what the fault campaign needs to aim its kills.
 
 `python -m bench.fault_server` serves exactly like `python -m server`, after wrapping two methods:
-  - `connection._run` (one whole transaction, in the store's worker thread) sets bit 0 of a one-byte
+  - `connection._run` (one whole transaction, in the store's worker thread; on PostgreSQL,
+    `PgConnection._transaction`) sets bit 0 of a one-byte
     flag (a shared file, mmap'ed) from before `BEGIN` until after `COMMIT`/`ROLLBACK`; with
     AGENT_COORD_FAULT_TX_DELAY_MS it also sleeps up to that long inside write transactions, after
     their statements and before `COMMIT`, so a kill can land while the write lock is held and the
@@ -74,7 +75,35 @@ def _install(flag_path: str) -> None:
             clear_bit(BETWEEN_PHASES)
 
     connection_module._run = _run
+    _install_pg(set_bit, clear_bit, tx_delay)
     pool_module.Pool._git_phase = _git_phase  # type: ignore[method-assign]
+
+
+def _install_pg(set_bit: Any, clear_bit: Any, tx_delay: float) -> None:
+    """The same marks around PostgreSQL transactions (a server of a PostgreSQL store)."""
+    try:
+        from agent_coord.engine.store.pg_connection import PgConnection
+        from agent_coord.engine.store.schema_pg import WRITER_LOCK
+    except ImportError:  # no driver: this server cannot use PostgreSQL anyway
+        return
+    original = PgConnection._transaction
+
+    def _transaction(self: Any, fn: Any, begin: str) -> Any:
+        set_bit(IN_TX)
+        try:
+            if tx_delay and WRITER_LOCK in begin:
+
+                def slow(c: Any) -> Any:
+                    result = fn(c)
+                    time.sleep(random.uniform(0, tx_delay))
+                    return result
+
+                return original(self, slow, begin)
+            return original(self, fn, begin)
+        finally:
+            clear_bit(IN_TX)
+
+    PgConnection._transaction = _transaction  # type: ignore[method-assign]
 
 
 def read_flag(flag_path: str) -> tuple[int, int]:

@@ -62,7 +62,7 @@ def run_campaign(config: CampaignConfig, base: Path) -> dict[str, Any]:
                 sigkill(a.proc.pid)
                 a.proc.wait()
         wait_servers_gone(campaign.flags, timeout=10)
-    validation = final_validation(campaign.db, campaign.repo, campaign.pool)
+    validation = final_validation(campaign.store, campaign.repo, campaign.pool)
     result = check(campaign, validation)
     kinds: dict[str, int] = {}
     for k in campaign.kills:

@@ -12,11 +12,13 @@ has the results.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent_coord.store_target import PostgresUrl
 from bench import fault_fs
 from bench.fault_check import grant_intervals
 from bench.faults import CampaignConfig, run_campaign, summarize
@@ -94,6 +96,28 @@ def test_fault_campaign_ci_subset(tmp_path: Path) -> None:
     _assert_clean(report)
     assert report["kills"] >= 5, summarize(report)
     assert report["agents_killed"] >= 1 and report["servers_killed"] >= 1, summarize(report)
+
+
+@pytest.mark.timeout(150)
+def test_fault_campaign_ci_subset_on_postgresql(tmp_path: Path, pg_url: PostgresUrl) -> None:
+    """The same campaign with every server on one PostgreSQL database: servers are SIGKILLed inside
+    transactions (the server rolls those back when their connection drops) and between phases."""
+    report = run_campaign(replace(CampaignConfig.quick(), store_url=pg_url.secret_url()), tmp_path)
+    print(summarize(report))
+    _assert_clean(report)
+    assert report["kills"] >= 5, summarize(report)
+    assert report["agents_killed"] >= 1 and report["servers_killed"] >= 1, summarize(report)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_fault_campaign_full_on_postgresql(tmp_path: Path, pg_url: PostgresUrl) -> None:
+    report = run_campaign(replace(CampaignConfig(), store_url=pg_url.secret_url()), tmp_path)
+    print(summarize(report))
+    _assert_clean(report)
+    assert report["kills"] >= 100, summarize(report)
+    assert report["died_inside_transaction"] >= 1, summarize(report)
+    assert report["died_between_phases"] >= 1, summarize(report)
 
 
 @pytest.mark.slow

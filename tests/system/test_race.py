@@ -14,27 +14,35 @@ pytestmark = pytest.mark.anyio
 N = 8
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def race_env(request: pytest.FixtureRequest, env: dict[str, str]) -> dict[str, str]:
+    """The same races on each engine: a SQLite file, or a database of the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return env
+    return {**env, "AGENT_COORD_DB": request.getfixturevalue("pg_url").secret_url()}
+
+
 def _code(result: Any) -> str:
     return "ok" if not result.is_error else result.content[0].text.split(":", 1)[0]
 
 
-async def test_eight_processes_same_branch_exactly_one_wins(env: dict[str, str]) -> None:
+async def test_eight_processes_same_branch_exactly_one_wins(race_env: dict[str, str]) -> None:
     async def script(client: Any, i: int) -> Any:
         result = await client.call_tool("allocate_worktree", {"branch": "contested"})
         return result, (await client.call_tool("status", {})).structured_content
 
-    outcomes = await run_agents(env, N, script)
+    outcomes = await run_agents(race_env, N, script)
     codes = sorted(_code(r) for r, _ in outcomes)
     assert codes == ["BRANCH_CONFLICT"] * (N - 1) + ["ok"]
     loser = next(r for r, _ in outcomes if r.is_error)
     assert "held by agent racer-" in loser.content[0].text or "checked out" in loser.content[0].text
 
 
-async def test_eight_processes_pool_of_four(env: dict[str, str], repo: Path) -> None:
+async def test_eight_processes_pool_of_four(race_env: dict[str, str], repo: Path) -> None:
     async def script(client: Any, i: int) -> Any:
         return await client.call_tool("allocate_worktree", {"branch": f"b{i}"})
 
-    results = await run_agents(env, N, script, AGENT_COORD_POOL_MAX="4")
+    results = await run_agents(race_env, N, script, AGENT_COORD_POOL_MAX="4")
     codes = sorted(_code(r) for r in results)
     assert codes == ["POOL_EXHAUSTED"] * 4 + ["ok"] * 4, [r.content for r in results]
     winners = [r.structured_content for r in results if not r.is_error]
@@ -44,7 +52,7 @@ async def test_eight_processes_pool_of_four(env: dict[str, str], repo: Path) -> 
     async def look(client: Any, i: int) -> Any:
         return (await client.call_tool("status", {})).structured_content
 
-    (status,) = await run_agents(env, 1, look, prefix="observer")
+    (status,) = await run_agents(race_env, 1, look, prefix="observer")
     busy = {(w["path"], w["branch"]) for w in status["worktrees"] if w["state"] == "BUSY"}
     assert busy == {(w["path"], w["branch"]) for w in winners}
     # git agrees with the store: every busy slot is a worktree on its branch, and there are no others.
