@@ -49,6 +49,7 @@ async def _agent(spec: dict[str, Any]) -> None:
     held: dict[str, dict[str, Any]] = {}  # worktree_id -> grant
     released_branches: list[str] = []
     stop = Path(spec["stop_file"])
+    tolerated = set(spec.get("tolerated", []))  # codes this campaign may give on purpose (a store outage)
     counter = 0
     server_n = 0
 
@@ -91,7 +92,13 @@ async def _agent(spec: dict[str, Any]) -> None:
                     )
                 else:
                     journal.log(ev="refused", op="allocate", code=code, text=res.content[0].text[:200])
-                    if code not in {"POOL_EXHAUSTED", "BRANCH_CONFLICT", "ALLOCATION_TIMEOUT", "GIT_FAILED"}:
+                    if code not in {
+                        "POOL_EXHAUSTED",
+                        "BRANCH_CONFLICT",
+                        "ALLOCATION_TIMEOUT",
+                        "GIT_FAILED",
+                        *tolerated,
+                    }:
                         journal.log(ev="unexpected", op="allocate", code=code)
             elif held:
                 wt_id = rng.choice(sorted(held))
@@ -142,7 +149,7 @@ async def _agent(spec: dict[str, Any]) -> None:
                         released_branches.append(grant["branch"])
                     else:
                         journal.log(ev="refused", op="release", wt=wt_id, code=code, text=res.content[0].text[:200])
-                        if code not in {"WORKTREE_DIRTY", "GIT_FAILED"}:
+                        if code not in {"WORKTREE_DIRTY", "GIT_FAILED", *tolerated}:
                             journal.log(ev="unexpected", op="release", code=code)
             if rng.random() < 0.05:
                 await client.call_tool("heartbeat", {"status": "active"})

@@ -8,7 +8,9 @@ import json
 import random
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,9 @@ class CampaignConfig:
     base: str | None = None
     # The store: a postgresql:// URL (an empty database), or None for a SQLite file in the campaign's directory.
     store_url: str | None = None
+    # Seconds into the chaos at which `Campaign.store_outage` (a server restart) is called; None: never.
+    # The agents then count STORE_UNAVAILABLE as an answer they may get.
+    store_outage_at_s: float | None = None
 
     @classmethod
     def quick(cls) -> CampaignConfig:
@@ -68,6 +73,9 @@ class Campaign:
     # The main checkout (with a person's uncommitted edit and untracked file) and a sibling directory,
     # fingerprinted before the chaos: the checker proves nothing there changed.
     outside: Outside | None = None
+    # Takes the store's server away and brings it back (blocking); see CampaignConfig.store_outage_at_s.
+    store_outage: Callable[[], None] | None = None
+    outages: list[dict[str, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.repo = self.base / "repo"
@@ -136,6 +144,7 @@ class Campaign:
             "flag_dir": str(self.flags),
             "server_log": str(self.base / "logs" / f"{agent_id}.log"),
             "server_env": self.server_env(index, gen, agent_id),
+            "tolerated": ["STORE_UNAVAILABLE"] if self.config.store_outage_at_s is not None else [],
             "git_env": git_env(),
         }
         proc = subprocess.Popen(
@@ -231,6 +240,10 @@ class Campaign:
         kinds = ["agent", "server", "both", "in_tx", "between_phases"]
         weights = [0.2, 0.2, 0.15, 0.25, 0.2]
         progress = Progress(self.base / "journals")
+        outage = None
+        if self.store_outage is not None and cfg.store_outage_at_s is not None:
+            outage = threading.Timer(cfg.store_outage_at_s, self._outage, (self.store_outage,))
+            outage.start()
         while len(self.kills) < cfg.kills and time.time() - started < cfg.max_seconds:
             # Pace the kills by the agents' progress as well as by time: a kill every interval, but only
             # once the agents, restarted servers included, have done about one operation each since the
@@ -248,6 +261,8 @@ class Campaign:
                 self.kills.append(record)
             self.replace_dead()
         chaos_s = time.time() - started
+        if outage is not None:
+            outage.join()
         # Let the survivors run on a moment, then see what killed servers left in transit.
         time.sleep(min(3.0, cfg.validate_every_s))
         in_transit = self.in_transit_snapshot()
@@ -263,6 +278,11 @@ class Campaign:
         # Servers of exited agents stop on EOF; make sure none is left before validating.
         wait_servers_gone(self.flags, timeout=15)
         return {"chaos_s": round(chaos_s, 1), "in_transit_at_end": in_transit}
+
+    def _outage(self, take_away: Callable[[], None]) -> None:
+        began = time.time()
+        take_away()
+        self.outages.append({"at": began, "seconds": round(time.time() - began, 2)})
 
     def in_transit_snapshot(self) -> list[dict[str, Any]]:
         """Slots in ALLOCATING/RELEASING for more than a few seconds whose agent is still alive."""

@@ -39,6 +39,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,11 @@ from bench.fault_processes import sigkill, wait_servers_gone
 from bench.fault_server import BETWEEN_PHASES, IN_TX
 
 
-def run_campaign(config: CampaignConfig, base: Path) -> dict[str, Any]:
+def run_campaign(
+    config: CampaignConfig, base: Path, *, store_outage: Callable[[], None] | None = None
+) -> dict[str, Any]:
     started = time.time()
-    campaign = Campaign(config, base)
+    campaign = Campaign(config, base, store_outage=store_outage)
     try:
         run = campaign.run()
     finally:
@@ -84,7 +87,15 @@ def run_campaign(config: CampaignConfig, base: Path) -> dict[str, Any]:
         "validation": validation,
         **result,
         "kill_log": campaign.kills,
+        "store_outages": campaign.outages,
+        "store_unavailable_answers": _answers(base / "journals", "STORE_UNAVAILABLE"),
     }
+
+
+def _answers(journals: Path, code: str) -> int:
+    """How many calls the agents saw answered with `code`."""
+    needle = f'"code": "{code}"'
+    return sum(p.read_text().count(needle) for p in journals.glob("*.jsonl"))
 
 
 def summarize(report: dict[str, Any]) -> str:
@@ -109,6 +120,12 @@ def summarize(report: dict[str, Any]) -> str:
         f"  left in transit by killed servers of live agents: {report['in_transit_at_end']}",
         f"  violations: {len(report['violations'])}",
     ]
+    if report.get("store_outages"):
+        lines.insert(
+            -1,
+            f"  store outages {report['store_outages']}: {report['store_unavailable_answers']} calls answered "
+            "STORE_UNAVAILABLE",
+        )
     lines += [f"    - {v}" for v in report["violations"][:30]]
     return "\n".join(lines)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -76,8 +77,9 @@ async def _watch(coord: Coordinator, settings: Settings, subs: Subscriptions) ->
             await subs.announce(resources.POOL_URIS)
             if mirror is not None:
                 # A range claimed is this server's alone to write: cancelled between the claim and the
-                # append (a shutdown), its lines would be lost to every server.
-                with anyio.CancelScope(shield=True):
+                # append (a shutdown), its lines would be lost to every server. The store away
+                # (STORE_UNAVAILABLE) stops nothing: the next change mirrors these too.
+                with anyio.CancelScope(shield=True), contextlib.suppress(CoordError):
                     await _mirror(coord, mirror)
     finally:
         if mirror is not None:

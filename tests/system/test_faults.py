@@ -12,6 +12,7 @@ has the results.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from agent_coord.store_target import PostgresUrl
 from bench import fault_fs
 from bench.fault_check import grant_intervals
 from bench.faults import CampaignConfig, run_campaign, summarize
+from bench.pg_cluster import Cluster
 
 
 def _event(
@@ -99,12 +101,22 @@ def test_fault_campaign_ci_subset(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(150)
-def test_fault_campaign_ci_subset_on_postgresql(tmp_path: Path, pg_url: PostgresUrl) -> None:
+def test_fault_campaign_ci_subset_on_postgresql(tmp_path: Path, pg_url: PostgresUrl, pg_cluster: Cluster) -> None:
     """The same campaign with every server on one PostgreSQL database: servers are SIGKILLed inside
-    transactions (the server rolls those back when their connection drops) and between phases."""
-    report = run_campaign(replace(CampaignConfig.quick(), store_url=pg_url.secret_url()), tmp_path)
+    transactions (the server rolls those back when their connection drops) and between phases, and
+    the PostgreSQL server itself is stopped for a few seconds mid-campaign: the servers answer
+    STORE_UNAVAILABLE meanwhile (never hang) and carry on once it is back."""
+
+    def outage() -> None:
+        pg_cluster.stop()
+        time.sleep(6.0)  # longer than a call waits for a connection (pg_connection.WAIT_FOR_CONNECTION_S)
+        pg_cluster.start()
+
+    config = replace(CampaignConfig.quick(), store_url=pg_url.secret_url(), store_outage_at_s=12.0)
+    report = run_campaign(config, tmp_path, store_outage=outage)
     print(summarize(report))
     _assert_clean(report)
+    assert len(report["store_outages"]) == 1 and report["store_unavailable_answers"] >= 1, summarize(report)
     assert report["kills"] >= 5, summarize(report)
     assert report["agents_killed"] >= 1 and report["servers_killed"] >= 1, summarize(report)
 

@@ -49,7 +49,7 @@ POOL_SIZE = 4
 RETRIES = 12
 CONNECT_TIMEOUT_S = 3
 # How long a call waits for a connection while the server is away, before STORE_UNAVAILABLE.
-WAIT_FOR_CONNECTION_S = 5.0
+WAIT_FOR_CONNECTION_S = 3.0
 # A lock wait longer than this is a stuck peer, not contention: retried like a deadlock.
 LOCK_TIMEOUT = "10s"
 RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.LockNotAvailable)
