@@ -84,11 +84,19 @@ async def test_claims_are_compare_and_swaps_with_rising_fencing_tokens(store_tar
     assert busy and busy.state == SlotState.BUSY and busy.setup_done and busy.version == a.version + 1
     free = await store.transition(a.id, expect_state=SlotState.BUSY, changes=freed(time.time()))
     assert free and free.state == SlotState.FREE and free.owner is None
-    assert await store.claim_free_slot(a.id, free.version - 1, owner="x", branch="b4", task=None, lease_s=5) is None
-    again = await store.claim_free_slot(
-        a.id, free.version, owner="x", branch="b4", task=None, lease_s=5, event=EventDraft("allocate", "ok", "x")
+    stale = await store.transition(a.id, expect_state=SlotState.FREE, expect_version=free.version - 1, changes={})
+    assert stale is None
+    again = await store.claim_any_free_slot(
+        repo.id, paths=[a.path], warmest=True, owner="x", branch="b4", task=None, lease_s=5
     )
     assert again and again.fencing_token and again.fencing_token > b.fencing_token > a.fencing_token
+    await store.transition(
+        a.id,
+        expect_state=SlotState.ALLOCATING,
+        expect_version=again.version,
+        changes={"state": SlotState.BUSY},
+        events=[EventDraft("allocate", "ok", "x")],
+    )
     # The database itself refuses a second live allocation of one branch.
     with raw(store_target) as conn, pytest.raises(sqlite3.IntegrityError):
         conn.execute("UPDATE slots SET branch = 'b4' WHERE id = ?", (b.id,))

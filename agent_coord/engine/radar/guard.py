@@ -171,6 +171,8 @@ def run(stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
         if not isinstance(event, dict):
             raise GuardError("the hook input is not a JSON object")
         db = db_path(file)
+        if "://" in db:  # a PostgreSQL store: never echo the URL, it may hold a password
+            raise GuardError("the edit guard reads a SQLite store only (AGENT_COORD_DB is a URL)")
         if not os.path.isfile(db):
             raise GuardError(f"no coordination database at {db}")
         conn = sqlite3.connect(f"file:{_uri_path(os.path.abspath(db))}?mode=ro", uri=True, timeout=0.1)

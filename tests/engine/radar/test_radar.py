@@ -291,6 +291,9 @@ def test_edit_guard_fails_open(tmp_path: Path) -> None:
     assert (broken.returncode, broken.stdout) == (0, "") and "allowed without checking" in broken.stderr
     bad_mode = run_guard({"AGENT_COORD_DB": str(garbage)}, event, "sometimes")
     assert (bad_mode.returncode, bad_mode.stdout) == (0, "") and "EDIT_GUARD" in bad_mode.stderr
+    postgres = run_guard({"AGENT_COORD_DB": "postgresql://coord:Guard-Secret@db.example/coord"}, event, "deny")
+    assert (postgres.returncode, postgres.stdout) == (0, "") and "allowed without checking" in postgres.stderr
+    assert "Guard-Secret" not in postgres.stderr
 
 
 async def test_allocate_and_release_results_carry_conflicts(two: tuple[Coordinator, Coordinator]) -> None:
