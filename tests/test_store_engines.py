@@ -405,3 +405,26 @@ async def test_a_restart_of_the_server_is_survived(pg_cluster: Cluster, pg_url: 
     assert after and before.fencing_token and after.fencing_token and after.fencing_token > before.fencing_token
     assert {s.branch for s in await store.slots(repo.id)} == {"x", "y"}
     await store.close()
+
+
+# ---- many processes ----------------------------------------------------------------------------------
+
+
+def test_sixteen_processes_race_on_postgresql_without_a_double_grant(pg_cluster: Cluster) -> None:
+    """16 worker processes, each with its own store, allocate and release as fast as they can over a
+    pool of 16 (bench/store_cas_pg.py, shortened); the log is then checked grant by grant."""
+    from bench.store_cas_pg import run_once
+
+    result = run_once("store", 16, 2.0, 0.0, pg_cluster.url("race"))
+    assert result["cycles"] > 0 and result["busy_to_caller"] == 0, result
+    assert (result["double_grants"], result["lost_acknowledged"]) == (0, 0), result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rate", [0.0, 20.0])
+def test_sixteen_processes_race_on_postgresql_long(pg_cluster: Cluster, rate: float) -> None:
+    from bench.store_cas_pg import run_once
+
+    for impl in ("store", "raw"):
+        result = run_once(impl, 16, 20.0, rate, pg_cluster.url("race_long"))
+        assert (result["double_grants"], result["lost_acknowledged"], result["busy_to_caller"]) == (0, 0, 0), result
