@@ -20,6 +20,7 @@ first attempt, by design. That wait is policy, not cost, so it is off by default
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from bench._common import (
     write_results,
 )
 from bench._repo import fresh_clone
+from bench.pg_cluster import running_cluster
 
 FILES = 5000
 COMMITS = 300
@@ -52,7 +54,7 @@ COMMITS = 300
 SERVER_MODULE = "agent_coord.server"
 
 
-def server_env(db: Path, repo: Path, pool: Path, agent_id: str, pool_max: int, jitter: bool) -> dict[str, str]:
+def server_env(db: Path | str, repo: Path, pool: Path, agent_id: str, pool_max: int, jitter: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
     env.update(
         {
@@ -104,7 +106,7 @@ async def run_agents(
 
     async def agent(i: int) -> None:
         params = StdioServerParameters(command=sys.executable, args=["-m", module], env=envs[i], cwd=str(ROOT))
-        log = Path(envs[i]["AGENT_COORD_DB"]).parent / f"server-{i}.log"
+        log = Path(envs[i]["AGENT_COORD_POOL_ROOT"]).parent / "state" / f"server-{i}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as errlog:
             await _agent_session(Client(stdio_client(params, errlog=errlog), mode="legacy"), i)
@@ -223,11 +225,18 @@ def raw_warm(repo: Path, root: Path, n: int, rounds: int, head: str, tag: str) -
 
 
 def bench_n(
-    n: int, repo: Path, tmp: Path, cold_rounds: int, warm_rounds: int, jitter: bool, module: str = SERVER_MODULE
+    n: int,
+    repo: Path,
+    tmp: Path,
+    cold_rounds: int,
+    warm_rounds: int,
+    jitter: bool,
+    module: str = SERVER_MODULE,
+    store_url: str | None = None,
 ) -> dict[str, Any]:
-    base = tmp / f"n{n}-{module}"
+    base = tmp / f"n{n}-{module}{'-pg' if store_url else ''}"
     base.mkdir()
-    db = base / "state" / "coord.db"
+    db: Path | str = store_url or base / "state" / "coord.db"
     pool = base / "pool"
     raw_root = base / "raw"
     raw_root.mkdir()
@@ -235,7 +244,7 @@ def bench_n(
         ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
     envs = [server_env(db, repo, pool, f"bench-{n}-{i}", max(n, 1), jitter) for i in range(n)]
-    tag = "p" if module != SERVER_MODULE else ""
+    tag = ("p" if module != SERVER_MODULE else "") + ("g" if store_url else "")
     raw: dict[str, list[float]] = {"cold": [], "warm": []}
 
     def baseline(kind: str, label: str) -> Callable[[], None]:
@@ -272,6 +281,7 @@ def bench_n(
     out = {
         "agents": n,
         "server": module,
+        "store": "postgresql" if store_url else "sqlite",
         "attempts": attempts,
         "seconds": round(time.monotonic() - started, 1),
         "cold": {
@@ -314,6 +324,12 @@ def main() -> None:
         help="also run another server module (python -m MODULE, e.g. a prototype of a change) beside the real "
         "one, interleaved, for a before/after in one run",
     )
+    parser.add_argument(
+        "--postgresql",
+        action="store_true",
+        help="also run the servers on a PostgreSQL store (a throwaway local cluster, a fresh database per "
+        "agent count) beside the SQLite one, interleaved",
+    )
     args = parser.parse_args()
     counts = [int(x) for x in (args.agents or ("1,4" if args.quick else "1,4,16")).split(",")]
     cold_rounds = args.cold_rounds or (2 if args.quick else 4)
@@ -323,26 +339,37 @@ def main() -> None:
     per_n: list[dict[str, Any]] = []
     base_dir = args.base_dir or default_base()
     print(f"base directory: {base_dir}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="agent-coord-bench-e2e-", dir=base_dir) as tmp_name:
+    with (
+        tempfile.TemporaryDirectory(prefix="agent-coord-bench-e2e-", dir=base_dir) as tmp_name,
+        contextlib.ExitStack() as stack,
+    ):
         tmp = Path(tmp_name)
         repo = fresh_clone(FILES, COMMITS, tmp / "repo")
+        cluster = stack.enter_context(running_cluster()) if args.postgresql else None
         modules = [SERVER_MODULE, args.prototype] if args.prototype else [SERVER_MODULE]
-        runs = [(n, m) for n in counts for m in (modules if n % 2 == 0 else list(reversed(modules)))]
-        for n, module in runs:
-            r = bench_n(n, repo, tmp, cold_rounds, warm_rounds, args.jitter, module)
+        variants: list[tuple[str, str | None]] = [(m, None) for m in modules]
+        if cluster is not None:
+            variants.append((SERVER_MODULE, "postgresql"))
+        runs = [(n, v) for n in counts for v in (variants if n % 2 == 0 else list(reversed(variants)))]
+        for n, (module, engine) in runs:
+            url = cluster.create_database(f"e2e_{n}") if cluster is not None and engine else None
+            r = bench_n(n, repo, tmp, cold_rounds, warm_rounds, args.jitter, module, url)
             per_n.append(r)
             errors = len(r["cold"]["errors"]) + len(r["warm"]["errors"])
             print(
-                f"  {n:2} agents, {module} ({r['seconds']} s): warm p50 {r['warm']['wall']['p50']:.1f} ms "
+                f"  {n:2} agents, {module} on {r['store']} ({r['seconds']} s): "
+                f"warm p50 {r['warm']['wall']['p50']:.1f} ms "
                 f"(raw switch {r['raw_warm']['p50']:.1f}), cold p50 {r['cold']['wall']['p50']:.1f} ms "
                 f"(raw worktree add {r['raw_cold']['p50']:.1f}), errors {errors}",
                 flush=True,
             )
     rows = []
     verdicts: dict[str, bool] = {}
-    for r in sorted(per_n, key=lambda x: (x["agents"], x["server"])):
+    for r in sorted(per_n, key=lambda x: (x["agents"], x["server"], x["store"])):
         n = r["agents"]
         name = "agent-coord" if r["server"] == SERVER_MODULE else r["server"].removeprefix("bench.")
+        if r["store"] == "postgresql":
+            name += " (PostgreSQL)"
         for kind, raw_key, budget in (("warm", "raw_warm", 25.0), ("cold", "raw_cold", 25.0)):
             a, b = r[kind]["wall"], r[raw_key]
             delta = a["p50"] - b["p50"]
