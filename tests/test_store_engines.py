@@ -239,6 +239,25 @@ async def test_concurrent_claims_from_two_stores_never_grant_one_slot_twice(stor
         await store.close()
 
 
+async def test_alerts_and_lease_gaps(store_target: Target) -> None:
+    from agent_coord.engine.store.alerts import AlertDraft
+
+    store = await Store.open(store_target)
+    now = time.time()
+    await store.register_agent(agent("a", now - 30))
+    await store.renewal_history("a", 4_000_001, [now - 20, now - 10, now - 7], 60)
+    gaps = await store.lease_gaps(since=now - 3600)
+    assert gaps.renewals == 3 and gaps.agents["a"][0] == 3 and gaps.max_s == pytest.approx(10.0)
+    draft = AlertDraft("stuck:wt-1", "stuck", "warning", "wt-1 is stuck")
+    kinds = frozenset({"stuck"})
+    raised = await store.sync_alerts([draft], kinds=kinds, now=now, cooldown_s=60)
+    assert len(raised) == 1 and [a.key for a in await store.active_alerts()] == ["stuck:wt-1"]
+    assert await store.sync_alerts([draft], kinds=kinds, now=now, cooldown_s=60) == []  # deduplicated
+    cleared = await store.sync_alerts([], kinds=kinds, now=now + 1, cooldown_s=60)
+    assert len(cleared) == 1 and await store.active_alerts() == []
+    await store.close()
+
+
 # ---- AGENT_COORD_DB --------------------------------------------------------------------------------
 
 

@@ -4,11 +4,11 @@ alert command's run; and the lease-renewal gap rollups that `advise` reads."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agent_coord.engine.store.dialect import Db, sql
 from agent_coord.engine.store.records import Action, Event
 from agent_coord.engine.store.rows import EventDraft, _append, _event, _Tables
 from agent_coord.engine.store.schema import BUCKET_S
@@ -91,7 +91,7 @@ class LeaseGapRollup:
     agents: dict[str, tuple[int, float]]
 
 
-def _alert(row: sqlite3.Row) -> Alert:
+def _alert(row: Any) -> Alert:
     return Alert(
         id=int(row["id"]),
         key=row["key"],
@@ -109,7 +109,7 @@ def _alert(row: sqlite3.Row) -> Alert:
     )
 
 
-def _log_change(conn: sqlite3.Connection, change: AlertChange, now: float) -> None:
+def _log_change(conn: Db, change: AlertChange, now: float) -> None:
     a = change.alert
     detail: dict[str, Any] = {"alert": a.id, "key": a.key, "kind": a.kind, "severity": a.severity, "message": a.message}
     if change.replaces is not None:
@@ -123,7 +123,7 @@ def _log_change(conn: sqlite3.Connection, change: AlertChange, now: float) -> No
     )
 
 
-def _clear(conn: sqlite3.Connection, alert: Alert, now: float, notice: str | None) -> Alert:
+def _clear(conn: Db, alert: Alert, now: float, notice: str | None) -> Alert:
     conn.execute(
         "UPDATE alerts SET cleared_at = ?, notify_clear = COALESCE(notify_clear, ?) WHERE id = ?",
         (now, notice, alert.id),
@@ -132,7 +132,7 @@ def _clear(conn: sqlite3.Connection, alert: Alert, now: float, notice: str | Non
     return _alert(row)
 
 
-def _raise(conn: sqlite3.Connection, draft: AlertDraft, now: float, *, muted: bool) -> Alert:
+def _raise(conn: Db, draft: AlertDraft, now: float, *, muted: bool) -> Alert:
     notice = "muted" if muted else None
     row = conn.execute(
         "INSERT INTO alerts (key, kind, severity, message, agent_id, repo_id, worktree_id, detail, raised_at,"
@@ -177,15 +177,21 @@ class AlertRecords(_Tables):
         the database is not written and every watcher's `data_version` stays still."""
         first = {d.key: d.severity for d in reversed(wanted)}  # the first draft of a key wins, as below
 
-        def needed(conn: sqlite3.Connection) -> bool:
+        def needed(conn: Db) -> bool:
             active = {
                 str(k): str(v) for k, v in conn.execute("SELECT key, severity FROM alerts WHERE cleared_at IS NULL")
             }
             if any(active.get(key) != severity for key, severity in first.items()):
                 return True
             gone = conn.execute(
-                "SELECT 1 FROM alerts WHERE cleared_at IS NULL AND kind IN (SELECT value FROM json_each(?))"
-                " AND key NOT IN (SELECT value FROM json_each(?)) LIMIT 1",
+                sql(
+                    conn,
+                    sqlite="SELECT 1 FROM alerts WHERE cleared_at IS NULL AND kind IN (SELECT value FROM json_each(?))"
+                    " AND key NOT IN (SELECT value FROM json_each(?)) LIMIT 1",
+                    postgresql="SELECT 1 FROM alerts WHERE cleared_at IS NULL"
+                    " AND kind IN (SELECT jsonb_array_elements_text(?::jsonb))"
+                    " AND key NOT IN (SELECT jsonb_array_elements_text(?::jsonb)) LIMIT 1",
+                ),
                 (json.dumps(sorted(kinds)), json.dumps(sorted(first))),
             ).fetchone()
             if gone is not None:
@@ -197,7 +203,7 @@ class AlertRecords(_Tables):
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (RESCUE_CURSOR,)).fetchone()
             return row is None or rescue_cursor - int(row[0]) > CURSOR_LAG
 
-        def tx(conn: sqlite3.Connection) -> list[AlertChange]:
+        def tx(conn: Db) -> list[AlertChange]:
             active = {a.key: a for a in map(_alert, conn.execute("SELECT * FROM alerts WHERE cleared_at IS NULL"))}
             changes: list[AlertChange] = []
             keys: set[str] = set()
@@ -237,7 +243,7 @@ class AlertRecords(_Tables):
     async def active_alerts(self) -> list[Alert]:
         """Every alert not cleared, the most severe first, then the newest."""
 
-        def tx(conn: sqlite3.Connection) -> list[Alert]:
+        def tx(conn: Db) -> list[Alert]:
             rows = conn.execute(
                 "SELECT * FROM alerts WHERE cleared_at IS NULL ORDER BY severity = 'failing' DESC, raised_at DESC, id"
             )
@@ -246,7 +252,7 @@ class AlertRecords(_Tables):
         return await self._conn.read(tx)
 
     async def alert_history(self, *, after_id: int = 0) -> list[Alert]:
-        def tx(conn: sqlite3.Connection) -> list[Alert]:
+        def tx(conn: Db) -> list[Alert]:
             return [_alert(r) for r in conn.execute("SELECT * FROM alerts WHERE id > ? ORDER BY id", (after_id,))]
 
         return await self._conn.read(tx)
@@ -255,7 +261,7 @@ class AlertRecords(_Tables):
         """Rescue events after the evaluator's cursor (on a first look: those since `since_ts`), and the
         newest event id, the cursor to record once they are handled."""
 
-        def tx(conn: sqlite3.Connection) -> tuple[list[Event], int]:
+        def tx(conn: Db) -> tuple[list[Event], int]:
             top = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (RESCUE_CURSOR,)).fetchone()
             if row is None:
@@ -279,7 +285,7 @@ class AlertRecords(_Tables):
         server asks first runs it, once. One older than `max_age_s` is marked expired instead (alerts
         raised while no command was configured are not announced when one is)."""
 
-        def pending(conn: sqlite3.Connection) -> bool:
+        def pending(conn: Db) -> bool:
             return (
                 conn.execute(
                     "SELECT 1 FROM alerts WHERE notify_raise IS NULL"
@@ -288,7 +294,7 @@ class AlertRecords(_Tables):
                 is not None
             )
 
-        def tx(conn: sqlite3.Connection) -> tuple[Alert, NoticePhase] | None:
+        def tx(conn: Db) -> tuple[Alert, NoticePhase] | None:
             oldest = now - max_age_s
             conn.execute(
                 "UPDATE alerts SET notify_raise = 'expired' WHERE notify_raise IS NULL AND raised_at < ?", (oldest,)
@@ -320,7 +326,7 @@ class AlertRecords(_Tables):
         """The lease-renewal gaps rolled up since `since` (whole hours: the bucket that holds it on)."""
         first = int(since // BUCKET_S)
 
-        def tx(conn: sqlite3.Connection) -> LeaseGapRollup:
+        def tx(conn: Db) -> LeaseGapRollup:
             agents: dict[str, tuple[int, float]] = {}
             hours = renewals = 0
             for agent_id, n, top in conn.execute(
@@ -346,7 +352,7 @@ class AlertRecords(_Tables):
         index; a month of them is a few thousand rows)."""
         marks = ", ".join("?" * len(ADVICE_ACTIONS))
 
-        def tx(conn: sqlite3.Connection) -> list[Event]:
+        def tx(conn: Db) -> list[Event]:
             rows = conn.execute(
                 f"SELECT * FROM events WHERE ts >= ? AND ts <= ? AND action IN ({marks}) ORDER BY ts, id",  # noqa: S608
                 (since, until, *ADVICE_ACTIONS),
@@ -359,7 +365,7 @@ class AlertRecords(_Tables):
         """Renew an agent's lease at each of `times`, in one transaction, as `heartbeat` does one at a
         time (benches and tests building a history that has lived; the gap rollups follow)."""
 
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Db) -> None:
             for t in times:
                 conn.execute(
                     "UPDATE agents SET last_heartbeat = ?, lease_expires_at = ? WHERE id = ? AND server_pid = ?",
