@@ -28,7 +28,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from agent_coord.engine.store.records import freed
@@ -42,12 +42,15 @@ RETRIES = 12
 # ---- workers --------------------------------------------------------------------------------------
 
 
-async def store_worker(url: str, pool_max: int, duration: float, rate: float, start: float) -> dict[str, Any]:
+async def store_worker(
+    url: str, pool_max: int, duration: float, rate: float, ready: Callable[[], float]
+) -> dict[str, Any]:
     from agent_coord.engine.store import EventDraft, Store, StoreBusyError
     from agent_coord.engine.store.records import Action, SlotState
 
     store = await Store.open(PostgresUrl(url))
     repo = await store.ensure_repo("/bench/repo", "/bench/pool")
+    start = await asyncio.to_thread(ready)  # connected: the measured window starts for every worker at once
     owner, branch = f"bench-{os.getpid()}", f"b-{os.getpid()}"
     paths = slot_paths(pool_max)
     acked = 0
@@ -102,7 +105,7 @@ async def store_worker(url: str, pool_max: int, duration: float, rate: float, st
     return {**tally.result(0, elapsed), "owner": owner, "acked": acked}
 
 
-def raw_worker(url: str, pool_max: int, duration: float, rate: float, start: float) -> dict[str, Any]:
+def raw_worker(url: str, pool_max: int, duration: float, rate: float, ready: Callable[[], float]) -> dict[str, Any]:
     import psycopg
     from psycopg import errors as pg_errors
     from psycopg.rows import dict_row
@@ -139,6 +142,7 @@ def raw_worker(url: str, pool_max: int, duration: float, rate: float, start: flo
         return int(row["id"])
 
     repo_id = write(ensure_repo)
+    start = ready()
     owner, branch = f"bench-{os.getpid()}", f"b-{os.getpid()}"
     held = ("ALLOCATING", "BUSY", "RELEASING")
     paths = slot_paths(pool_max)
@@ -255,12 +259,15 @@ def raw_worker(url: str, pool_max: int, duration: float, rate: float, start: flo
 
 
 def worker_main(args: argparse.Namespace) -> None:
-    print("ready", flush=True)
-    start = float(sys.stdin.readline())
+    def ready() -> float:
+        """Say so once connected, and wait for the common start time."""
+        print("ready", flush=True)
+        return float(sys.stdin.readline())
+
     if args.impl == "store":
-        result = asyncio.run(store_worker(args.db, args.pool_max, args.duration, args.rate, start))
+        result = asyncio.run(store_worker(args.db, args.pool_max, args.duration, args.rate, ready))
     else:
-        result = raw_worker(args.db, args.pool_max, args.duration, args.rate, start)
+        result = raw_worker(args.db, args.pool_max, args.duration, args.rate, ready)
     print(json.dumps(result), flush=True)
 
 
@@ -305,6 +312,9 @@ def cluster_prefix(url: str | None) -> Iterator[str]:
 _databases = iter(range(1, 1_000_000))
 
 
+SETTINGS: dict[str, str] = {}  # database settings for every run's database (--synchronous-commit)
+
+
 def fresh_database(prefix_url: str) -> str:
     import psycopg
 
@@ -315,6 +325,8 @@ def fresh_database(prefix_url: str) -> str:
     name = f"{base[1].split('?')[0]}_{os.getpid()}_{next(_databases)}"
     with psycopg.connect(f"{base[0]}/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+        for key, value in SETTINGS.items():
+            conn.execute(f'ALTER DATABASE "{name}" SET {key} = {value}')
     url = f"{base[0]}/{name}"
 
     async def make() -> None:
@@ -389,6 +401,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=None, help="seconds per full-speed run")
     parser.add_argument("--procs", default="1,4,16", help="process counts for the full-speed runs")
     parser.add_argument("--url", default=None, help="a PostgreSQL URL whose database name prefixes the runs'")
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=["on", "off"],
+        default="on",
+        help="the databases' synchronous_commit (off: a commit does not wait for its WAL flush)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=["store", "raw"], help=argparse.SUPPRESS)
     parser.add_argument("--pool-max", type=int, default=16, help=argparse.SUPPRESS)
@@ -399,9 +417,10 @@ def main() -> None:
         args.duration = args.duration or 1.0
         worker_main(args)
         return
+    SETTINGS["synchronous_commit"] = args.synchronous_commit
     reps = args.reps or (1 if args.quick else 3)
-    duration = args.duration or (1.5 if args.quick else 3.0)
-    paced_duration = 3.0 if args.quick else 6.0
+    duration = args.duration or (3.0 if args.quick else 5.0)
+    paced_duration = 4.0 if args.quick else 8.0
     counts = [int(x) for x in args.procs.split(",")]
     impls = ["store", "raw"]
     info = machine()
@@ -463,7 +482,10 @@ def main() -> None:
     }
     print()
     print_verdicts(verdicts)
-    path = write_results("store_cas_pg", {"machine": info, "reps": reps, "runs": runs, "summary": summaries})
+    path = write_results(
+        "store_cas_pg",
+        {"machine": info, "reps": reps, "settings": SETTINGS, "runs": runs, "summary": summaries},
+    )
     print(f"\nresults: {path.relative_to(ROOT)}")
 
 

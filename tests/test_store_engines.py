@@ -354,6 +354,19 @@ async def test_a_database_of_another_program_is_refused(pg_url: PostgresUrl) -> 
         await Store.open(pg_url)
 
 
+async def test_a_schema_of_its_own_through_the_url(pg_url: PostgresUrl) -> None:
+    """A database shared with another program: agent-coord's tables go into the schema the URL names."""
+    with raw(pg_url) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+        conn.execute("CREATE SCHEMA coord")
+    url = pg_url.with_query(options="-csearch_path=coord")
+    store = await Store.open(url)
+    await store.ensure_repo("/r", "/pool")
+    await store.close()
+    with raw(pg_url) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM coord.repos") == [(1,)]
+
+
 def test_settings_never_show_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENT_COORD_DB", "postgresql://u:Hidden-9@h/db")
     settings = Settings()

@@ -168,12 +168,15 @@ class PgConnection:
 
     @classmethod
     async def open(cls, url: PostgresUrl, *, migrate: bool = True) -> PgConnection:
+        # No `options` here: the URL's own (a search_path, say) must not be replaced.
         settings: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": CONNECT_TIMEOUT_S,
             "application_name": "agent-coord",
-            "options": f"-c lock_timeout={LOCK_TIMEOUT}",
         }
+
+        def configure(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
 
         def make() -> psycopg_pool.ConnectionPool[psycopg.Connection[Any]]:
             # One connection first, for the server's own reason when it refuses (the pool only times out).
@@ -181,6 +184,7 @@ class PgConnection:
             pool = psycopg_pool.ConnectionPool(
                 url.secret_url(),
                 kwargs=settings,
+                configure=configure,
                 min_size=1,
                 max_size=POOL_SIZE,
                 timeout=WAIT_FOR_CONNECTION_S,
