@@ -19,8 +19,7 @@ from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Action, Event, MetricTotals
 from agent_coord.engine.store.schema import BUCKET_S, MIGRATIONS
 from agent_coord.store_target import PostgresUrl
-
-from .pg_support import raw
+from tests.pg_support import raw
 
 pytestmark = pytest.mark.anyio
 

@@ -13,8 +13,7 @@ from agent_coord.engine.observe.retention import Retention, prune
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.records import Action, Agent
 from agent_coord.store_target import PostgresUrl
-
-from .pg_support import raw
+from tests.pg_support import raw
 
 pytestmark = pytest.mark.anyio
 

@@ -26,8 +26,7 @@ from agent_coord.engine.store.schema import MIGRATIONS
 from agent_coord.engine.store.schema_pg import PG_MIGRATIONS
 from agent_coord.store_target import PostgresUrl, StoreTargetError
 from bench.pg_cluster import PASSWORD, Cluster
-
-from .pg_support import raw
+from tests.pg_support import raw
 
 pytestmark = pytest.mark.anyio
 
