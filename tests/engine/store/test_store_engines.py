@@ -392,6 +392,41 @@ def test_quoted_text_and_casts_are_left_alone() -> None:
 # ---- PostgreSQL only: notifications and a restart ---------------------------------------------------
 
 
+async def test_a_serialization_failure_or_deadlock_is_retried_whole_and_bounded(pg_url: PostgresUrl) -> None:
+    """The server's own 40001 and 40P01 (raised by it, not mocked): the transaction runs again from the
+    start; one that keeps failing ends in StoreBusyError after the bounded retries."""
+    from agent_coord.engine.store import StoreBusyError
+    from agent_coord.engine.store.dialect import Db
+    from agent_coord.engine.store.pg_connection import RETRIES, PgConnection
+
+    conn = await PgConnection.open(pg_url)
+    attempts: list[int] = []
+
+    def flaky(db: Db) -> int:
+        attempts.append(1)
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('tries', 1) ON CONFLICT (key) DO UPDATE SET value = meta.value + 1"
+        )
+        if len(attempts) <= 2:
+            code = "serialization_failure" if len(attempts) == 1 else "deadlock_detected"
+            db.execute(f"DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '{code}'; END $$")
+        row = db.execute("SELECT value FROM meta WHERE key = 'tries'").fetchone()
+        return int(row[0])
+
+    assert await conn.write(flaky) == 1  # the failed attempts were rolled back whole
+    assert len(attempts) == 3
+
+    def hopeless(db: Db) -> None:
+        attempts.append(1)
+        db.execute("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure'; END $$")
+
+    attempts.clear()
+    with pytest.raises(StoreBusyError):
+        await conn.write(hopeless)
+    assert len(attempts) == RETRIES
+    await conn.close()
+
+
 async def test_a_commit_by_another_process_is_announced(pg_url: PostgresUrl) -> None:
     store = await Store.open(pg_url)
     heard = anyio.Event()
