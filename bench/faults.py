@@ -88,11 +88,11 @@ def run_campaign(
         **result,
         "kill_log": campaign.kills,
         "store_outages": campaign.outages,
-        "store_unavailable_answers": _answers(base / "journals", "STORE_UNAVAILABLE"),
+        "store_unavailable_answers": answers(base / "journals", "STORE_UNAVAILABLE"),
     }
 
 
-def _answers(journals: Path, code: str) -> int:
+def answers(journals: Path, code: str) -> int:
     """How many calls the agents saw answered with `code`."""
     needle = f'"code": "{code}"'
     return sum(p.read_text().count(needle) for p in journals.glob("*.jsonl"))

@@ -22,7 +22,7 @@ import pytest
 from agent_coord.store_target import PostgresUrl
 from bench import fault_fs
 from bench.fault_check import grant_intervals
-from bench.faults import CampaignConfig, run_campaign, summarize
+from bench.faults import CampaignConfig, answers, run_campaign, summarize
 from bench.pg_cluster import Cluster
 
 
@@ -104,19 +104,33 @@ def test_fault_campaign_ci_subset(tmp_path: Path) -> None:
 def test_fault_campaign_ci_subset_on_postgresql(tmp_path: Path, pg_url: PostgresUrl, pg_cluster: Cluster) -> None:
     """The same campaign with every server on one PostgreSQL database: servers are SIGKILLed inside
     transactions (the server rolls those back when their connection drops) and between phases, and
-    the PostgreSQL server itself is stopped for a few seconds mid-campaign: the servers answer
-    STORE_UNAVAILABLE meanwhile (never hang) and carry on once it is back."""
+    the PostgreSQL server itself is stopped mid-campaign. Meanwhile a call to a running server is
+    answered STORE_UNAVAILABLE (counted; whether one lands depends on the kills, since a server started
+    during the outage refuses to start: tests/engine/store/test_store_engines.py proves the answer on
+    its own); once the database is back the servers reconnect and the agents are granted again."""
 
     def outage() -> None:
+        """Down until an agent's call was answered STORE_UNAVAILABLE, 12 s at most."""
         pg_cluster.stop()
-        time.sleep(6.0)  # longer than a call waits for a connection (pg_connection.WAIT_FOR_CONNECTION_S)
+        deadline = time.monotonic() + 12
+        while answers(tmp_path / "journals", "STORE_UNAVAILABLE") == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
         pg_cluster.start()
 
-    config = replace(CampaignConfig.quick(), store_url=pg_url.secret_url(), store_outage_at_s=12.0)
+    config = replace(CampaignConfig.quick(), store_url=pg_url.secret_url(), store_outage_at_s=8.0)
     report = run_campaign(config, tmp_path, store_outage=outage)
     print(summarize(report))
     _assert_clean(report)
-    assert len(report["store_outages"]) == 1 and report["store_unavailable_answers"] >= 1, summarize(report)
+    (outage_seen,) = report["store_outages"]
+    back = outage_seen["at"] + outage_seen["seconds"]
+    # `"ev": "grant"` lines only: a kill may have cut a journal's last line short.
+    grants_after = [
+        r
+        for p in (tmp_path / "journals").glob("*.jsonl")
+        for r in (json.loads(line) for line in p.read_text().splitlines() if '"ev": "grant"' in line)
+        if r["t"] > back
+    ]
+    assert grants_after, summarize(report)
     assert report["kills"] >= 5, summarize(report)
     assert report["agents_killed"] >= 1 and report["servers_killed"] >= 1, summarize(report)
 
