@@ -9,15 +9,18 @@ from collections.abc import Sequence
 from rich.console import Console, Group
 from rich.text import Text
 
+from agent_coord.dashboard.conflicts import pair_views
 from agent_coord.dashboard.formatting import cut
 from agent_coord.dashboard.layout import plan_rows
 from agent_coord.dashboard.metrics_view import metric_lines_compact, metric_table
 from agent_coord.dashboard.sections import (
     AGENT_COLUMNS,
+    CONFLICT_COLUMNS,
     EVENT_COLUMNS,
     SLOT_COLUMNS,
     agent_rows,
     alert_lines,
+    conflict_rows,
     contention_line,
     event_rows,
     slot_rows,
@@ -44,6 +47,7 @@ def render_screen(
     s_rows = slot_rows(st.worktrees, now)
     a_rows = agent_rows(st, now, gone or set())
     e_rows = event_rows(snapshot.events)
+    c_rows = conflict_rows(pair_views(snapshot.conflicts, st.worktrees), now)
     compact = metric_lines_compact(snapshot.metrics, width)
     table = metric_table(snapshot.metrics, width) if snapshot.metrics else compact
     plan = plan_rows(
@@ -55,6 +59,7 @@ def render_screen(
         metrics_compact=len(compact),
         metrics_table=len(table),
         alerts=len(st.alerts),
+        conflicts=len(c_rows),
     )
     lines: list[Text] = []
     if plan.title:
@@ -70,6 +75,13 @@ def render_screen(
             )
         else:
             lines += [section_header("SLOTS", width), Text("  (no slots yet: the pool fills on first allocation)")]
+    if plan.conflicts:
+        if c_rows:
+            lines += table_lines(
+                CONFLICT_COLUMNS, c_rows, width, plan.conflicts, more=lambda n: f"… {n} more predicted collisions"
+            )
+        else:
+            lines += [section_header("RADAR", width), Text("  (no predicted merge conflicts)", style="dim")]
     if plan.agents:
         if a_rows:
             lines += table_lines(AGENT_COLUMNS, a_rows, width, plan.agents, more=lambda n: f"… {n} more agents")

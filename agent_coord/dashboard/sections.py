@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
+from agent_coord.dashboard.conflicts import PairView, file_text
 from agent_coord.dashboard.formatting import age, clock, cut, elide_start, lease_left
 from agent_coord.dashboard.table import Cell, Column
 from agent_coord.engine.models import AgentView, AlertView, StatusResult, WorktreeView
@@ -69,6 +70,16 @@ def alert_lines(alerts: Sequence[AlertView], width: int, lines: int) -> list[Tex
     return out
 
 
+CONFLICT_COLUMNS = (
+    Column("RADAR", 7, 8),
+    Column("BETWEEN", 8, None, shrink=2),
+    Column("AND", 8, None, shrink=2),
+    Column("FILES:LINES", 10, None, shrink=2),
+    Column("AGE", 3, 5, right=True),
+    Column("WHAT TO DO", 10, None, shrink=4, drop=1),
+)
+KIND_STYLE = {"conflict": "bold red", "overlap": "yellow"}
+
 _SLOT_ORDER = {"BUSY": 0, "ALLOCATING": 0, "RELEASING": 0, "QUARANTINED": 1, "FREE": 2}
 
 
@@ -88,6 +99,26 @@ def slot_rows(worktrees: Sequence[WorktreeView], now: float) -> list[list[Cell]]
                 (lease, lease_style),
                 (w.task or (f"work saved to {w.rescue_ref}" if w.rescue_ref else "-"), "dim"),
                 (w.path, "dim"),
+            ]
+        )
+    return rows
+
+
+def conflict_rows(pairs: Sequence[PairView], now: float) -> list[list[Cell]]:
+    """One line per pair the radar flags: conflicts first (the order of ``pair_views``)."""
+    rows: list[list[Cell]] = []
+    for p in pairs:
+        files = ", ".join(file_text(f) for f in p.files)
+        if p.also:
+            files += f" (+ {len(p.also)} overlapping)"
+        rows.append(
+            [
+                (p.kind, KIND_STYLE.get(p.kind, "")),
+                (p.a.label, ""),
+                (p.b.label, "cyan" if p.with_base else ""),
+                (files, ""),
+                (age(p.since, now), ""),
+                (p.short_advice, "dim"),
             ]
         )
     return rows

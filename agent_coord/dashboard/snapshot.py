@@ -9,8 +9,10 @@ from dataclasses import dataclass
 import psutil
 
 from agent_coord.engine.coordinator import Coordinator
+from agent_coord.engine.errors import CoordError
 from agent_coord.engine.models import AgentView, StatusResult
 from agent_coord.engine.observe.metrics import MetricsReport
+from agent_coord.engine.radar.models import ConflictReport
 from agent_coord.engine.store.records import Action, Event
 
 # How many events a snapshot reads: enough to fill a tall terminal after noise is filtered out.
@@ -25,6 +27,7 @@ class Snapshot:
     metrics: MetricsReport | None
     events: list[Event]  # oldest first, noise removed
     taken_at: float
+    conflicts: ConflictReport | None = None  # what the conflict radar last stored, for the repository shown
 
 
 async def take_snapshot(coord: Coordinator, repo: str | None) -> Snapshot:
@@ -34,7 +37,12 @@ async def take_snapshot(coord: Coordinator, repo: str | None) -> Snapshot:
         metrics = MetricsReport.model_validate(status.metrics) if status.metrics else None
     except ValueError:  # an older or newer server's shape: show the rest rather than nothing
         metrics = None
-    return Snapshot(status=status, metrics=metrics, events=events, taken_at=time.time())
+    try:
+        # The repository status resolved (its path), so both name the same one; None: every repository.
+        conflicts: ConflictReport | None = await coord.conflict_report(status.repo)
+    except CoordError:  # the repository went away between the two reads: the next change reads again
+        conflicts = None
+    return Snapshot(status=status, metrics=metrics, events=events, taken_at=time.time(), conflicts=conflicts)
 
 
 def gone_agents(agents: Sequence[AgentView], host: str) -> set[str]:

@@ -22,7 +22,9 @@ from agent_coord.config import Settings
 from agent_coord.dashboard import SLOT_COLUMNS, Snapshot, fit_columns, plan_rows, render_screen
 from agent_coord.engine.models import AgentView, Contention, ContentionSource, PoolSummary, StatusResult, WorktreeView
 from agent_coord.engine.observe.metrics import compute_metrics
+from agent_coord.engine.radar.models import BaseBranch, Conflict, ConflictPair, ConflictReport, OtherAllocation
 from agent_coord.engine.store.records import Event
+from tests.conftest import git
 
 NOW = 1_800_000_000.0
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
@@ -100,6 +102,33 @@ def fake_snapshot(slots: int = 8, agents: int = 8, events: int = 120) -> Snapsho
     return Snapshot(status=status, metrics=metrics, events=evs, taken_at=NOW)
 
 
+def with_radar(snapshot: Snapshot) -> Snapshot:
+    """wt-02 and wt-03 conflict on app.py (lines 10-12 / 11), wt-05 overlaps its base on README.md."""
+    w = {v.worktree_id: v for v in snapshot.status.worktrees}
+
+    def other(wt: str) -> OtherAllocation:
+        return OtherAllocation(worktree_id=wt, branch=w[wt].branch, agent_id=w[wt].agent_id, task=w[wt].task)
+
+    def conflict(kind: str, paths: list[str], ranges: dict[str, list[tuple[int, int]]] | None, to: object) -> Conflict:
+        return Conflict.model_validate({"kind": kind, "paths": paths, "ranges": ranges, "with": to, "since": NOW - 90})
+
+    report = ConflictReport(
+        repo=snapshot.status.repo,
+        pairs=[
+            ConflictPair(a="wt-02", b="wt-03", kind="conflict", paths=["app.py"], since=NOW - 90),
+            ConflictPair(a="wt-05", b="base:main", kind="overlap", paths=["README.md"], since=NOW - 400),
+        ],
+        worktrees={
+            "wt-02": [conflict("conflict", ["app.py"], {"app.py": [(10, 12)]}, other("wt-03"))],
+            "wt-03": [conflict("conflict", ["app.py"], {"app.py": [(11, 11)]}, other("wt-02"))],
+            "wt-05": [conflict("overlap", ["README.md"], None, BaseBranch(base="main"))],
+        },
+    )
+    return Snapshot(
+        status=snapshot.status, metrics=snapshot.metrics, events=snapshot.events, taken_at=NOW, conflicts=report
+    )
+
+
 def screen_text(snapshot: Snapshot, width: int, height: int) -> list[str]:
     console = Console(width=width, height=height, file=io.StringIO(), record=True, color_system=None)
     console.print(render_screen(snapshot, width=width, height=height, now=NOW))
@@ -123,6 +152,26 @@ def test_the_screen_fits_and_shows_slots_then_events(width: int, height: int) ->
     # The newest event (id 120: 1476 ms, wt-08) is always on screen, right under its header.
     header = next(i for i, line in enumerate(lines) if line.startswith("TIME"))
     assert ("1476" in lines[header + 1] and "wt-08" in lines[header + 1]) or width < 70
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (220, 50)])
+def test_the_radar_pairs_come_right_after_the_slots(width: int, height: int) -> None:
+    lines = screen_text(with_radar(fake_snapshot()), width, height)
+    assert len(lines) <= height and all(len(line) <= width for line in lines)
+    header = next(i for i, line in enumerate(lines) if line.startswith("RADAR"))
+    assert header < next(i for i, line in enumerate(lines) if line.startswith("TIME"))
+    conflict, overlap = lines[header + 1], lines[header + 2]
+    # Conflicts first; each side's agent and branch, the file with both sides' lines, since when.
+    assert conflict.startswith("conflict") and "app.py:10-12/11" in conflict and "90s" in conflict, conflict
+    assert overlap.startswith("overlap") and "base main" in overlap and "README.md" in overlap, overlap
+    if width >= 220:  # the whole names, and what to do, where there is room
+        assert "agent-with-a-long-name-1 · feature/some-very-long-branch-name-number-1" in conflict, conflict
+        assert "one keeps the lines" in conflict, conflict
+
+
+def test_no_radar_section_without_predictions() -> None:
+    lines = screen_text(fake_snapshot(), 80, 24)
+    assert not any(line.startswith("RADAR") for line in lines)
 
 
 def test_a_tall_terminal_gets_the_metrics_table() -> None:
@@ -236,3 +285,66 @@ def test_dashboard_without_a_terminal_prints_one_snapshot(env: dict[str, str], s
     assert "agent-pipe" in row and "BUSY" in row
     assert "METRICS" in done.stdout and "TIME" in done.stdout  # the full metrics table and the events
     assert "allocate" in done.stdout
+
+
+def test_dashboard_shows_the_radar_pairs_of_real_worktrees(env: dict[str, str], settings: Settings) -> None:
+    """Two agents edit the same lines uncommitted; after a radar pass the dashboard lists the pair with
+    the file and each side's lines, in a pseudo-terminal as it updates and in the piped snapshot."""
+    from agent_coord.engine.coordinator import Coordinator
+
+    repo = Path(env["AGENT_COORD_REPO"])
+    (repo / "app.py").write_text("".join(f"line {i}\n" for i in range(1, 31)))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "app")
+
+    def edit(path: Path, line: int, text: str) -> None:
+        lines = path.read_text().splitlines(keepends=True)
+        lines[line - 1] = text + "\n"
+        path.write_text("".join(lines))
+
+    child = pexpect.spawn(
+        agent_coord(), ["dashboard"], env=child_env(env), dimensions=(30, 140), encoding="utf-8", timeout=10
+    )
+    try:
+        raw: list[str] = []
+        assert read_until(child, raw, lambda f: any(line.startswith("SLOT") for line in f), 15), "".join(raw)[-2000:]
+
+        async def collide() -> None:
+            async with (
+                Coordinator.open(settings, register=True, agent_id="agent-left") as a,
+                Coordinator.open(settings, register=True, agent_id="agent-right") as b,
+            ):
+                wa = await a.pool.allocate("feat/left", task="rename things")
+                wb = await b.pool.allocate("feat/right", task="fix things")
+                edit(Path(wa.path) / "app.py", 7, "seven by left")
+                edit(Path(wb.path) / "app.py", 7, "seven by right")
+                report = await a.radar_loop.tick()
+                assert report is not None and report.conflicts == 1, report
+
+        anyio.run(collide)
+
+        def radar_line(frame: list[str]) -> bool:
+            return any(
+                line.startswith("conflict") and "feat/left" in line and "feat/right" in line and "app.py:7" in line
+                for line in frame
+            )
+
+        assert read_until(child, raw, radar_line, 15), "\n".join(last_frame("".join(raw)))
+        screen = last_frame("".join(raw))
+        assert any(line.startswith("RADAR") for line in screen)
+        child.send("q")
+        child.expect(pexpect.EOF, timeout=5)
+    finally:
+        child.close(force=True)
+    # The piped snapshot has it too, with what to do about it.
+    done = subprocess.run(
+        [agent_coord(), "dashboard"],
+        env={**child_env(env), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("conflict"))
+    assert "agent-left" in row and "agent-right" in row and "app.py:7" in row and "rebase" in row, row
