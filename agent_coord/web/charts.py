@@ -6,8 +6,8 @@
   busy intervals the ``pool_utilization`` metric uses (a grant or a busy adoption opens one, a release
   or reclaim closes it).
 * Per hour: successful allocations, allocation conflicts (``BRANCH_CONFLICT`` and ``cas_lost``) and
-  predicted merge conflicts, kept apart. Nothing predicts merge conflicts yet, so that series is
-  ``None`` ("no radar"), which the page shows as an empty state rather than as zeros.
+  predicted merge conflicts, kept apart: the conflict radar's ``radar`` events, one when a pair starts to
+  conflict, and one when it clears (``resolved`` before either side was released, or ``released``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ class HourPoint(BaseModel):
     utilisation: float | None = Field(description="busy share of the pool in this hour, None before the log starts")
     allocations: int = Field(description="successful allocations in this hour")
     allocation_conflicts: int = Field(description="branch conflicts and lost compare-and-swaps in this hour")
+    merge_conflicts: int = Field(default=0, description="predicted merge conflicts that appeared in this hour")
+    merge_conflicts_resolved: int = Field(
+        default=0, description="predicted merge conflicts resolved in this hour while both sides were still held"
+    )
 
 
 class Charts(BaseModel):
@@ -47,9 +51,6 @@ class Charts(BaseModel):
     latency_samples: int = Field(description="how many timed allocation attempts the histogram holds")
     hours: list[HourPoint] = Field(description="one point per hour, oldest first")
     band: tuple[float, float] = Field(description="the utilisation band to stay in (low, high)")
-    merge_conflicts: list[int] | None = Field(
-        description="predicted merge conflicts per hour; None while no conflict radar exists"
-    )
 
 
 def latency_histogram(durations: Sequence[float]) -> list[LatencyBucket]:
@@ -109,6 +110,11 @@ def compute_charts(events: Sequence[Event], *, now: float, window_s: float, slot
                 hours[i].allocation_conflicts += 1
         elif e.action == Action.CAS_LOST and i is not None:
             hours[i].allocation_conflicts += 1
+        elif e.action == Action.RADAR and i is not None:
+            if e.outcome == "conflict":
+                hours[i].merge_conflicts += 1
+            elif e.outcome == "cleared" and isinstance(e.detail, dict) and e.detail.get("reason") == "resolved":
+                hours[i].merge_conflicts_resolved += 1
 
     busy = [0.0] * n_hours
     for start, end in busy_intervals(events, now):
@@ -131,5 +137,4 @@ def compute_charts(events: Sequence[Event], *, now: float, window_s: float, slot
         latency_samples=len(durations),
         hours=hours,
         band=UTILISATION_BAND,
-        merge_conflicts=None,
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from agent_coord.dashboard.conflicts import PairView, Side, pair_views
 from agent_coord.dashboard.sections import HELD, liveness
 from agent_coord.dashboard.snapshot import Snapshot, gone_agents, take_snapshot
 from agent_coord.engine.coordinator import Coordinator
@@ -94,6 +95,25 @@ def event_view(e: Event) -> dict[str, Any]:
         "duration_ms": None if e.duration_ms is None or not math.isfinite(e.duration_ms) else round(e.duration_ms),
         "worktree": e.worktree_id,
         "detail": _detail(e),
+    }
+
+
+def _side_view(side: Side) -> dict[str, Any]:
+    return {"worktree": side.worktree_id, "branch": side.branch, "agent": side.agent_id, "task": side.task}
+
+
+def conflict_view(p: PairView) -> dict[str, Any]:
+    return {
+        "kind": p.kind,
+        "a": _side_view(p.a),
+        "b": _side_view(p.b),
+        "with_base": p.with_base,
+        "files": [
+            {"path": f.path, "other_path": f.other_path, "a_lines": f.a_lines, "b_lines": f.b_lines} for f in p.files
+        ],
+        "also": p.also,
+        "since": p.since,
+        "advice": p.advice,
     }
 
 
@@ -182,6 +202,8 @@ def state_document(
             ],
         },
         "charts": charts.model_dump(mode="json"),
+        # The radar's pairs, conflicts first; empty while it predicts nothing (or has not run yet).
+        "conflicts": [conflict_view(p) for p in pair_views(snapshot.conflicts, status.worktrees)],
         "events": [event_view(e) for e in reversed(snapshot.events)],  # newest first
     }
 

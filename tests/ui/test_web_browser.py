@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 from tests.agent_proc import agent_process, call_step, write_step
+from tests.conftest import git
 from tests.paths import DATA
 from tests.web_support import chromium_path, http, web_server
 
@@ -246,3 +247,72 @@ async def test_keyboard_navigation_and_accessibility(chromium: Path, env: dict[s
                 await page.keyboard.press("Escape")
                 await page.locator("#confirm").wait_for(state="hidden")
                 assert slot_states(env)[wid] == "BUSY"
+
+
+APP = "".join(f"line {i}\n" for i in range(1, 31))
+
+
+def edited(line: int, text: str) -> bytes:
+    lines = APP.splitlines(keepends=True)
+    lines[line - 1] = text + "\n"
+    return "".join(lines).encode()
+
+
+async def test_the_conflict_radar_in_the_page(chromium: Path, env: dict[str, str], shots: Path) -> None:
+    """Two agents edit the same line, uncommitted: the radar (running in their servers) predicts the
+    conflict and the open page shows the pair, its file and lines, and what to do, without a reload;
+    one agent takes its edit back and the pair goes, counted as resolved in the chart."""
+    repo = Path(env["AGENT_COORD_REPO"])
+    (repo / "app.py").write_text(APP)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "app")
+    radar = {"AGENT_COORD_RADAR_EVERY_S": "1"}
+    with web_server(env) as server:
+        async with browser(chromium) as new_page:
+            view = await new_page(server.url)
+            page = view.page
+            assert "No predicted merge conflicts" in (await page.locator("#conflict-rows").text_content() or "")
+            left = [
+                call_step("allocate_worktree", {"branch": "feat/left", "task": "rename the helpers"}, "a"),
+                write_step("a", "app.py", edited(7, "seven by left")),
+            ]
+            right = [
+                call_step("allocate_worktree", {"branch": "feat/right", "task": "fix the helpers"}, "a"),
+                write_step("a", "app.py", edited(7, "seven by right")),
+            ]
+            async with (
+                agent_process(env, left, AGENT_COORD_AGENT_ID="lefty", **radar) as a,
+                agent_process(env, right, AGENT_COORD_AGENT_ID="righty", **radar) as b,
+            ):
+                assert all(r["ok"] for r in await a.until_ready()) and all(r["ok"] for r in await b.until_ready())
+                row = page.locator('#conflict-rows tr[data-kind="conflict"]')
+                await row.wait_for(timeout=30000)
+                text = await row.text_content() or ""
+                for expected in ("feat/left", "feat/right", "lefty", "righty", "app.py", "lines 7", "rebases"):
+                    assert expected in text, (expected, text)
+                assert "1 conflict" in (await page.locator("#conflict-count").text_content() or "")
+                await page.locator("#chart-merge svg").wait_for()
+                assert view.loads == 1, "the page reloaded"
+                # Accessible with the radar's rows in it, at both widths.
+                for shot, viewport in (("conflicts-desktop.png", DESKTOP), ("conflicts-narrow.png", NARROW)):
+                    v = view if viewport is DESKTOP else await new_page(server.url, viewport)
+                    await v.page.locator('#conflict-rows tr[data-kind="conflict"]').wait_for()
+                    await v.page.add_script_tag(content=AXE.read_text(encoding="utf-8"))
+                    result = await v.page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+                    serious = [
+                        f"{x['id']} ({x['impact']}): {x['help']} at {[n['target'] for n in x['nodes']][:3]}"
+                        for x in result["violations"]
+                        if x["impact"] in ("serious", "critical")
+                    ]
+                    assert serious == [], serious
+                    await v.page.locator("#conflicts").screenshot(path=str(shots / shot))
+                    assert v.errors == []
+                # One side takes its edit back: the pair goes, and the chart counts it as resolved.
+                assert (await b.send(write_step("a", "app.py", APP.encode())))["ok"]
+                await page.locator("#conflict-rows >> text=No predicted merge conflicts").wait_for(timeout=30000)
+                await page.wait_for_function(
+                    "(document.querySelector('#chart-merge svg') || {getAttribute: () => ''})"
+                    ".getAttribute('aria-label').includes('1 predicted, 1 resolved')"
+                )
+                await page.locator("#chart-merge").screenshot(path=str(shots / "merge-conflicts-chart.png"))
+                assert view.loads == 1 and view.errors == []

@@ -84,7 +84,8 @@ def test_every_page_and_stream_needs_the_token(read_only: WebServer) -> None:
     forged = session[: session.index(".") + 1] + "0" * 43
     assert http(server.base, headers={"Cookie": forged}).status == 401
     state = json.loads(http(server.base + "api/state", headers=bearer(server)).body)
-    assert state["read_only"] is True and state["charts"]["merge_conflicts"] is None
+    assert state["read_only"] is True and state["conflicts"] == []
+    assert all(h["merge_conflicts"] == 0 for h in state["charts"]["hours"])
     assert server.token not in json.dumps(state)
 
 
@@ -204,8 +205,16 @@ def test_guard_and_addresses() -> None:
     assert url_for("127.0.0.1", 80, "/x/", "t") == "http://127.0.0.1:80/x/?token=t"
 
 
-def _event(i: int, ts: float, action: str, outcome: str, wid: str | None = "wt-01", ms: float | None = None) -> Event:
-    return Event(i, ts, "a", action, 1, wid, "b", outcome, ms, None)
+def _event(
+    i: int,
+    ts: float,
+    action: str,
+    outcome: str,
+    wid: str | None = "wt-01",
+    ms: float | None = None,
+    detail: dict[str, object] | None = None,
+) -> Event:
+    return Event(i, ts, "a", action, 1, wid, "b", outcome, ms, None, detail=detail or {})
 
 
 def test_charts_from_the_event_log() -> None:
@@ -217,9 +226,15 @@ def test_charts_from_the_event_log() -> None:
         _event(4, now - 2000, "cas_lost", "lost", wid=None),
         _event(5, now - 1800, "allocate", "ok", wid="wt-02", ms=900),
         _event(6, now - 100, "allocate", "INVALID_BRANCH", wid=None, ms=1),  # a caller error: not counted
+        # The radar: a conflict appears in each hour; the first is resolved, the second ends by a release.
+        _event(7, now - 6000, "radar", "conflict", detail={"with": "wt-02"}),
+        _event(8, now - 4000, "radar", "cleared", detail={"with": "wt-02", "reason": "resolved"}),
+        _event(9, now - 1700, "radar", "conflict", detail={"with": "wt-02"}),
+        _event(10, now - 60, "radar", "cleared", detail={"with": "wt-02", "reason": "released"}),
     ]
     charts = compute_charts(events, now=now, window_s=86400, slot_count=2)
-    assert len(charts.hours) == 2 and charts.merge_conflicts is None
+    assert len(charts.hours) == 2
+    assert [(h.merge_conflicts, h.merge_conflicts_resolved) for h in charts.hours] == [(1, 1), (1, 0)]
     assert [h.allocations for h in charts.hours] == [1, 1]
     assert [h.allocation_conflicts for h in charts.hours] == [0, 2]
     # First hour: wt-01 busy 30 of 60 minutes, of 2 slots. Second: wt-02 busy the last 30 minutes.

@@ -101,6 +101,49 @@
     replaceRows($("slot-rows"), rows);
   }
 
+  // ---- the conflict radar -----------------------------------------------------------------------
+  const KIND_TONE = { conflict: "bad", overlap: "warn" };
+  const span = (a, b) => (a === b ? String(a) : `${a}–${b}`);
+  const lineList = (lines) => lines.map(([a, b]) => span(a, b)).join(", ");
+  function sideCell(side, withBase) {
+    if (withBase) return el("td", {}, el("span", { class: "mono", text: side.branch || "?" }), el("div", { class: "muted", text: "base branch" }));
+    return el("td", {},
+      el("div", { class: "mono", text: side.branch || side.worktree }),
+      el("div", { class: "muted" }, `agent ${side.agent || "?"} · `, el("span", { class: "mono", text: side.worktree })),
+      side.task ? el("div", { class: "muted wrap", text: side.task }) : null);
+  }
+  function fileItem(f, p) {
+    const li = el("li", {}, el("span", { class: "mono", text: f.path }));
+    if (f.other_path) li.append(el("span", { class: "muted" }, " (", el("span", { class: "mono", text: f.other_path }), " on the other side)"));
+    const who = (s) => s.branch || s.worktree;
+    const parts = [];
+    if (f.a_lines.length) parts.push(`lines ${lineList(f.a_lines)} in ${who(p.a)}`);
+    if (f.b_lines.length) parts.push(`${lineList(f.b_lines)} in ${who(p.b)}`);
+    if (parts.length) li.append(el("span", { class: "lines", text: ` — ${parts.join("; ")}` }));
+    else if (p.kind === "conflict") li.append(el("span", { class: "muted", text: " — whole file (binary or deleted)" }));
+    return li;
+  }
+  function renderConflicts(d) {
+    const pairs = d.conflicts || [];
+    const conflicts = pairs.filter((p) => p.kind === "conflict").length;
+    const count = $("conflict-count");
+    count.textContent = pairs.length ? `${conflicts} conflict${conflicts === 1 ? "" : "s"}, ${pairs.length - conflicts} overlap${pairs.length - conflicts === 1 ? "" : "s"}` : "none";
+    count.className = `badge tone-${conflicts ? "bad" : pairs.length ? "warn" : "ok"}`;
+    const rows = pairs.map((p) => {
+      const files = el("ul", { class: "files" }, ...p.files.map((f) => fileItem(f, p)));
+      if (p.also.length) files.append(el("li", { class: "muted" }, "also both changed, in different lines: ", el("span", { class: "mono", text: p.also.join(", ") })));
+      return el("tr", { "data-pair": `${p.a.worktree}|${p.with_base ? `base:${p.b.branch}` : p.b.worktree}`, "data-kind": p.kind },
+        el("td", {}, badge(p.kind, KIND_TONE[p.kind])),
+        sideCell(p.a, false),
+        sideCell(p.b, p.with_base),
+        el("td", { class: "wrap" }, files),
+        el("td", { class: "num", "data-ago": p.since, text: ago(p.since) }),
+        el("td", { class: "wrap advice", text: p.advice }));
+    });
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "No predicted merge conflicts: no two live worktrees have changed the same files." })));
+    replaceRows($("conflict-rows"), rows);
+  }
+
   function renderAgents(d) {
     const f = d.focus || {};
     const used = (f.sources || []).map((s) => `${s.name} ${s.used ? "✓" : "✗"}`).join(", ");
@@ -234,14 +277,37 @@
     return wrap;
   }
 
+  function mergeChart(c) {
+    const total = c.hours.reduce((s, h) => s + h.merge_conflicts + h.merge_conflicts_resolved, 0);
+    if (!total) return empty("No merge conflicts predicted in the window.");
+    const n = c.hours.length;
+    const max = Math.max(1, ...c.hours.map((h) => Math.max(h.merge_conflicts, h.merge_conflicts_resolved)));
+    const slot = (W - L - R) / n;
+    const predicted = c.hours.reduce((s, h) => s + h.merge_conflicts, 0);
+    const resolved = c.hours.reduce((s, h) => s + h.merge_conflicts_resolved, 0);
+    const root = frame(`Predicted merge conflicts per hour over ${n} hours: ${predicted} predicted, ${resolved} resolved before release`);
+    yAxis(root, max, count);
+    c.hours.forEach((h, i) => {
+      const bw = Math.min(16, Math.max(1, slot / 2 - 1));
+      const p = (h.merge_conflicts / max) * (H - B - T), r = (h.merge_conflicts_resolved / max) * (H - B - T);
+      const rp = svg("rect", { x: L + i * slot, y: H - B - p, width: bw, height: p, class: "bar2" });
+      rp.append(svg("title", {}, `${h.merge_conflicts} predicted merge conflicts`));
+      const rr = svg("rect", { x: L + i * slot + bw + 1, y: H - B - r, width: bw, height: r, class: "bar3" });
+      rr.append(svg("title", {}, `${h.merge_conflicts_resolved} resolved before release`));
+      root.append(rp, rr);
+    });
+    hourLabels(root, c.hours, (i) => L + i * slot + slot / 2);
+    const wrap = el("div", {}, root);
+    wrap.append(el("div", { class: "legend" }, el("span", {}, el("span", { class: "sw b" }), "predicted merge conflicts"), el("span", {}, el("span", { class: "sw c" }), "resolved before release")));
+    return wrap;
+  }
+
   function renderCharts(d) {
     const c = d.charts;
     $("chart-latency").replaceChildren(latencyChart(c));
     $("chart-util").replaceChildren(utilisationChart(c));
     $("chart-alloc").replaceChildren(allocationChart(c));
-    $("chart-merge").replaceChildren(c.merge_conflicts === null
-      ? empty("No conflict radar yet: nothing predicts merge conflicts, so there is nothing to chart.")
-      : empty("Merge conflict predictions arrive with the conflict radar."));
+    $("chart-merge").replaceChildren(mergeChart(c));
   }
 
   // ---- activity with filters ------------------------------------------------------------------
@@ -288,7 +354,7 @@
     doc = d;
     skewMs = d.now * 1000 - Date.now();
     $("error").hidden = true;
-    renderHeader(d); renderAlerts(d); renderSlots(d); renderAgents(d); renderMetrics(d); renderCharts(d); renderActivity();
+    renderHeader(d); renderAlerts(d); renderSlots(d); renderConflicts(d); renderAgents(d); renderMetrics(d); renderCharts(d); renderActivity();
     probe.version = d.version;
     probe.renders.push({ version: d.version, newestEvent: d.events.length ? d.events[0].id : 0, at: Date.now() });
     if (probe.renders.length > 2000) probe.renders.splice(0, 1000);
