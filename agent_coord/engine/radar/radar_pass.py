@@ -4,9 +4,10 @@ with its base, store what changed.
 Incremental: a pair is compared again only when one side's state (HEAD commit and snapshot tree), its
 fencing token, or the base tip changed since the stored comparison; otherwise the stored row stands.
 Change detection in two steps: inotify (watch.py) says which worktrees may have changed since the last
-pass, HEAD is re-read for the others; only those are snapshotted again. The snapshot's tree id then
-decides: it changes exactly when the working tree's content does, an unstaged edit of a tracked file
-included (an index mtime or HEAD alone would miss that).
+pass, HEAD is re-read for the others; only those are snapshotted again, and a worktree snapshotted by
+this process before is looked at again only in the directories inotify names (snapshot.py). The
+snapshot's tree id then decides: it changes exactly when the working tree's content does, an unstaged
+edit of a tracked file included (an index mtime or HEAD alone would miss that).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from agent_coord.engine.store.records import Action, Repo, Slot, SlotState
 
 logger = logging.getLogger("agent-coord")
 SNAPSHOT_CONCURRENCY = 2  # background work: at most one git process per core of a 2-core machine
+# More changed directories than this in one worktree (a build, a checkout): look at all of it.
+MAX_CHANGED_DIRECTORIES = 64
 GIT_ERRORS = (pygit2.GitError, KeyError, ValueError)
 
 
@@ -45,12 +48,20 @@ class PassReport:
     pairs: int = 0  # pairs and base comparisons that exist after the pass
     computed: int = 0  # of which compared again in this pass
     snapshots: int = 0  # worktrees snapshotted in this pass (the others had not changed)
+    whole: int = 0  # of which looked at whole (the others: only in the directories that changed)
     snapshot_ms: float = 0.0  # of the duration: snapshots (git)
     compare_ms: float = 0.0  # of the duration: comparisons (libgit2)
     conflicts: int = 0
     overlaps: int = 0
     skipped: list[str] = field(default_factory=list)  # worktree ids not snapshotted, with why
     duration_ms: float = 0.0
+    stages_ms: dict[str, float] = field(default_factory=dict)  # where the duration went (the bench prints it)
+
+    def stage(self, name: str, since: float) -> float:
+        """Adds the time since `since` (time.monotonic) to stage `name`; returns now."""
+        now = time.monotonic()
+        self.stages_ms[name] = round(self.stages_ms.get(name, 0.0) + (now - since) * 1000, 2)
+        return now
 
 
 @dataclass(frozen=True)
@@ -87,10 +98,13 @@ class RadarPass:
         self._given_scratch = scratch
         self._own_scratch: Path | None = None  # made at the first pass, removed by close()
         self._predictors: dict[str, Predictor] = {}
+        # Worktree id -> the fencing token whose snapshot the scratch index `<id>.index` holds now.
+        self._indexes: dict[str, int] = {}
         self.watcher = WorktreeWatcher()
 
     def close(self) -> None:
         self.watcher.close()
+        self._indexes.clear()
         if self._own_scratch is not None:
             shutil.rmtree(self._own_scratch, ignore_errors=True)
             self._own_scratch = None
@@ -119,15 +133,28 @@ class RadarPass:
             and (s.owner not in agents or agents[s.owner].host == self.host)
         ]
         repos = await self.store.repos()
+        t = report.stage("store_read", started)
         bounds = await anyio.to_thread.run_sync(_bounds, repos)
         admins = await anyio.to_thread.run_sync(_admin_dirs, live, bounds, report)
         live = [s for s in live if s.path in admins]  # a slot that fails the confinement guard is not read
+        t = report.stage("confinement", t)
         changed = self.watcher.changed(admins)
+        report.stage("watcher", t)
         for repo in repos:
             mine = [s for s in live if s.repo_id == repo.id]
             await self.run_repo(repo, bounds.get(repo.id), mine, changed, admins, report)
         report.duration_ms = round((time.monotonic() - started) * 1000, 1)
         return report
+
+    def _since(self, slot: Slot) -> set[str] | None:
+        """The directories to look at again in `slot`, or None for all of it: the first snapshot of an
+        allocation in this process, when inotify cannot say, or when too much changed."""
+        if self._indexes.get(slot.id) != slot.fencing_token:
+            return None
+        touched = self.watcher.touched(slot.path)
+        if touched is None or len(touched) > MAX_CHANGED_DIRECTORIES:
+            return None
+        return touched
 
     def _predictor(self, repo: Repo) -> Predictor:
         if repo.path not in self._predictors:
@@ -143,6 +170,7 @@ class RadarPass:
         admins: dict[str, str],
         report: PassReport,
     ) -> None:
+        t = time.monotonic()
         old_trees, old_pairs = await self.store.radar_rows(repo.id)
         if not live and not old_trees and not old_pairs:
             return
@@ -150,9 +178,11 @@ class RadarPass:
         unknown = [(s.id, s.fencing_token) for s in live if (s.id, s.fencing_token) not in known]
         bases = await self.store.allocation_bases((wt, tok) for wt, tok in unknown if tok is not None)
         predictor = self._predictor(repo)
+        t = report.stage("store_read", t)
         # Unchanged by the watcher's account, but HEAD may still have moved (a ref update touches no
         # watched file): those are snapshotted too.
         stale = await anyio.to_thread.run_sync(_moved_heads, predictor, live, known, admins, changed)
+        t = report.stage("heads", t)
         snaps: dict[str, Snapshot] = {}
         scratch = self._scratch()
         limiter = anyio.Semaphore(SNAPSHOT_CONCURRENCY)
@@ -160,11 +190,24 @@ class RadarPass:
         async def take(slot: Slot) -> None:
             async with limiter:
                 where = bounds.slot(slot.path) if bounds is not None else Path(slot.path)
+                since = self._since(slot)
+                self._indexes.pop(slot.id, None)  # until this snapshot succeeds
                 try:
-                    snaps[slot.id] = await snapshot(self.git, where, scratch, slot.id)
+                    try:
+                        snaps[slot.id] = await snapshot(self.git, where, scratch, slot.id, since=since)
+                    except (GitError, SnapshotError):
+                        if since is None:
+                            raise
+                        report.whole += 1  # a path git refused, a scratch index gone: all of it then
+                        snaps[slot.id] = await snapshot(self.git, where, scratch, slot.id)
                 except (GitError, SnapshotError, OSError) as exc:
                     self.watcher.mark(slot.path)
                     report.skipped.append(f"{slot.id}: {exc}")
+                    return
+                assert slot.fencing_token is not None
+                self._indexes[slot.id] = slot.fencing_token
+                if since is None:
+                    report.whole += 1
 
         t0 = time.monotonic()
         async with anyio.create_task_group() as tg:
@@ -174,11 +217,14 @@ class RadarPass:
         report.snapshots += len(snaps)
         t1 = time.monotonic()
         report.snapshot_ms += round((t1 - t0) * 1000, 1)
+        report.stage("snapshot", t0)
         write = await anyio.to_thread.run_sync(
             _compare, predictor, repo, live, snaps, known, bases, {(p.a, p.b): p for p in old_pairs}, report
         )
         report.compare_ms += round((time.monotonic() - t1) * 1000, 1)
+        t = report.stage("compare", t1)
         await self.store.save_radar(repo.id, write)
+        report.stage("store_write", t)
 
 
 def _compare(

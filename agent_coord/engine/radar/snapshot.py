@@ -6,11 +6,17 @@ untracked files that are not ignored) and `git write-tree` stores it. The copy c
 stat data, so only files changed since the agent's own git last looked are read and hashed. The
 blobs land in the shared object database as loose objects that nothing references; `git gc` prunes
 them after its grace period like any other.
+
+The next snapshot of the same worktree can start from that scratch index instead, which already holds
+the working tree as it was: given the directories that changed since (the radar's inotify watcher knows
+them), `git add -A` looks only under those. Stat-ing and listing 5,000 files is most of a snapshot's
+cost; a few directories cost a fraction of it.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,13 +60,64 @@ def _prepare(worktree: Path | Confined, scratch: Path, name: str) -> tuple[Path,
     return copy, head
 
 
-async def snapshot(git: GitDriver, worktree: Path | Confined, scratch: Path, name: str) -> Snapshot:
-    """Snapshot `worktree` using `scratch/<name>.index` as the scratch index."""
+def _reuse(worktree: Path | Confined, scratch: Path, name: str) -> tuple[Path, str]:
+    """(the scratch index a previous snapshot left, what HEAD holds). Blocking."""
+    admin = admin_dir(worktree)
+    kept = scratch / f"{name}.index"
+    if not kept.is_file():
+        raise SnapshotError(f"no scratch index {kept} to start from")
+    return kept, (admin / "HEAD").read_text(encoding="utf-8").strip()
+
+
+def pathspecs(top: Path, changed: Collection[str]) -> list[str] | None:
+    """The directories to look under again (relative to `top`, each also covering what is below it):
+    a directory gone is replaced by its nearest one still there, and one inside another is dropped.
+    None when that is the top: everything. Blocking (stats the directories)."""
+    found: set[str] = set()
+    for relative in changed:
+        parts = [p for p in relative.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            return None
+        while parts and not (top.joinpath(*parts).is_dir() and not top.joinpath(*parts).is_symlink()):
+            parts.pop()  # deleted, or replaced by a file or a link: its parent holds the change
+        if not parts:
+            return None
+        found.add("/".join(parts))
+    return [d for d in sorted(found) if not any(d.startswith(other + "/") for other in found)]
+
+
+async def snapshot(
+    git: GitDriver, worktree: Path | Confined, scratch: Path, name: str, *, since: Collection[str] | None = None
+) -> Snapshot:
+    """Snapshot `worktree` using `scratch/<name>.index` as the scratch index.
+
+    `since`: the directories (relative, "" the top) changed since the previous snapshot of this worktree
+    made that scratch index; only they are looked at again. None: start from the agent's index and look
+    at everything."""
+    where = worktree.path if isinstance(worktree, Confined) else worktree
     try:
-        copy, head = await anyio.to_thread.run_sync(_prepare, worktree, scratch, name)
+        if since is None:
+            index, head = await anyio.to_thread.run_sync(_prepare, worktree, scratch, name)
+            look: list[str] | None = None
+        else:
+            index, head = await anyio.to_thread.run_sync(_reuse, worktree, scratch, name)
+            look = await anyio.to_thread.run_sync(pathspecs, Path(where), since)
     except (OSError, UnicodeDecodeError) as exc:
         raise SnapshotError(f"cannot read the git files of {worktree}: {exc}") from exc
-    env = {"GIT_INDEX_FILE": str(copy)}
-    await git.run(worktree, "add", "-A", "--ignore-errors", env=env)
+    env = {"GIT_INDEX_FILE": str(index)}
+    if look is None:
+        await git.run(worktree, "add", "-A", "--ignore-errors", env=env)
+    elif look:
+        # Names from the worktree, read as literal paths (no glob, no magic), NUL-separated on stdin.
+        await git.run_input(
+            worktree,
+            "\0".join(look),
+            "add",
+            "-A",
+            "--ignore-errors",
+            "--pathspec-from-file=-",
+            "--pathspec-file-nul",
+            env={**env, "GIT_LITERAL_PATHSPECS": "1"},
+        )
     out = await git.run(worktree, "write-tree", env=env)
     return Snapshot(head=head, tree=out.strip())

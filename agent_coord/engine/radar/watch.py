@@ -4,10 +4,15 @@ A pass must notice an unstaged edit of a tracked file, which neither the index's
 git finds it only by stat-ing every tracked file (`git status`, `git add -A`: tens of ms per worktree
 of 5,000 files). inotify tells us instead: every directory of a watched worktree, and its git admin
 directory (index, HEAD), is watched; any event marks the worktree changed, and only changed worktrees
-are snapshotted again. Where it cannot be trusted, the worktree counts as changed on every pass:
+are snapshotted again. Each event also names the directory it happened in, so `touched()` tells a pass
+which directories of a worktree to look at again (the snapshot then re-reads only those). Where it cannot
+be trusted, the worktree counts as changed on every pass, with every directory to look at:
 
 * not Linux, or inotify unavailable, or the watch limit (`fs.inotify.max_user_watches`) reached;
 * the kernel's event queue overflowed (every worktree);
+* the worktree's own index changed (an agent's `git add`, `rm --cached`, commit or checkout may change
+  which files are tracked: only a snapshot from that index is sure to agree), or a `.gitignore` or
+  `.gitattributes` did (a file the scratch index once took stays in it when it becomes ignored);
 * and, as a safety net against anything missed (a directory created between its parent's event and our
   watch on it is re-walked, but a network filesystem sends no events at all), every
   `FULL_EVERY_PASSES` passes.
@@ -40,12 +45,19 @@ IN_CLOEXEC = 0o2000000
 MASK = IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
 HEADER = struct.Struct("iIII")
 FULL_EVERY_PASSES = 30  # 5 minutes at the default interval
+# Files of a worktree's git admin directory whose change leaves the working tree's content and what is
+# tracked as they were (HEAD is re-read by every pass anyway).
+ADMIN_HARMLESS = ("HEAD", "HEAD.lock", "ORIG_HEAD", "ORIG_HEAD.lock", "FETCH_HEAD", "COMMIT_EDITMSG", "logs")
+# Files whose change alters how every file below them is read (ignored or not, filters): a file once
+# added stays in an index even when it becomes ignored, so only a snapshot from the agent's index agrees.
+RULE_FILES = (".gitignore", ".gitattributes")
 
 
 @dataclass
 class _Watched:
     wds: set[int] = field(default_factory=set)
     complete: bool = True  # every directory got its watch
+    admin: str = ""
 
 
 class WorktreeWatcher:
@@ -57,6 +69,10 @@ class WorktreeWatcher:
         self._watched: dict[str, _Watched] = {}  # worktree path -> its watches
         self._owner: dict[int, tuple[str, str]] = {}  # wd -> (worktree path, directory)
         self._dirty: set[str] = set()
+        # Per dirty worktree, the directories (relative, "" the top) events happened in since the last
+        # `changed()`; None: anything may have changed.
+        self._dirs: dict[str, set[str] | None] = {}
+        self._touched: dict[str, set[str] | None] = {}  # the same, as of the last `changed()`
         self._passes = 0
 
     def _open(self) -> None:
@@ -82,6 +98,8 @@ class WorktreeWatcher:
         self._watched.clear()
         self._owner.clear()
         self._dirty.clear()
+        self._dirs.clear()
+        self._touched.clear()
 
     def changed(self, worktrees: dict[str, str]) -> set[str]:
         """Of `worktrees` ({path: git admin dir}), those that may have changed since the last call.
@@ -93,14 +111,29 @@ class WorktreeWatcher:
             self._unwatch(gone)
         out: set[str] = set()
         full = self._passes % FULL_EVERY_PASSES == 0
+        self._touched = {}
         for path, admin in worktrees.items():
             if path not in self._watched:
                 self._watch(path, admin)
                 out.add(path)
-            elif full or not self._watched[path].complete or path in self._dirty:
+                self._touched[path] = None
+            elif full or not self._watched[path].complete:
                 out.add(path)
+                self._touched[path] = None
+            elif path in self._dirty:
+                out.add(path)
+                self._touched[path] = self._dirs.get(path)
+            else:
+                self._touched[path] = set()
         self._dirty -= out
+        for path in out:
+            self._dirs.pop(path, None)
         return out
+
+    def touched(self, path: str) -> set[str] | None:
+        """The directories of `path` (relative to it, "" its top) in which something changed, as of the
+        last `changed()`: set() when nothing did, None when anything may have (look at everything)."""
+        return self._touched.get(path)
 
     def pending(self) -> bool:
         """Whether a watched worktree changed since the last `changed()` (reads the queued events)."""
@@ -108,8 +141,9 @@ class WorktreeWatcher:
         return bool(self._dirty)
 
     def mark(self, path: str) -> None:
-        """Snapshot `path` again at the next pass (a snapshot of it failed, say)."""
+        """Snapshot `path` again, all of it, at the next pass (a snapshot of it failed, say)."""
         self._dirty.add(path)
+        self._dirs[path] = None
 
     # ---- inotify plumbing ----------------------------------------------------------------------
 
@@ -124,7 +158,7 @@ class WorktreeWatcher:
         return True
 
     def _watch(self, worktree: str, admin: str) -> None:
-        entry = self._watched[worktree] = _Watched()
+        entry = self._watched[worktree] = _Watched(admin=admin)
         if not self.available:
             entry.complete = False
             return
@@ -148,6 +182,7 @@ class WorktreeWatcher:
             if self._libc is not None:
                 self._libc.inotify_rm_watch(self._fd, wd)
         self._dirty.discard(worktree)
+        self._dirs.pop(worktree, None)
 
     def _drain(self) -> None:
         if not self.available:
@@ -167,12 +202,14 @@ class WorktreeWatcher:
     def _event(self, wd: int, mask: int, name: str) -> None:
         if mask & IN_Q_OVERFLOW:
             self._dirty.update(self._watched)
+            self._dirs.update(dict.fromkeys(self._watched))
             return
         owner = self._owner.get(wd)
         if owner is None:
             return
         worktree, directory = owner
         self._dirty.add(worktree)
+        self._note(worktree, directory, mask, name)
         if mask & IN_IGNORED:
             self._owner.pop(wd, None)
             if worktree in self._watched:
@@ -186,3 +223,23 @@ class WorktreeWatcher:
             and not self._walk(worktree, os.path.join(directory, name))
         ):
             self._watched[worktree].complete = False
+
+    def _note(self, worktree: str, directory: str, mask: int, name: str) -> None:
+        """Remember where in `worktree` the event happened (see `touched`)."""
+        entry = self._watched.get(worktree)
+        seen = self._dirs.get(worktree, set())
+        if seen is None or entry is None:
+            self._dirs[worktree] = None
+            return
+        if directory == entry.admin:
+            if name not in ADMIN_HARMLESS:
+                self._dirs[worktree] = None  # the index: what is tracked may have changed
+            else:
+                self._dirs[worktree] = seen
+            return
+        if (directory == worktree and mask & (IN_DELETE_SELF | IN_MOVE_SELF)) or name in RULE_FILES:
+            self._dirs[worktree] = None
+            return
+        relative = os.path.relpath(directory, worktree)
+        seen.add("" if relative == os.curdir else relative.replace(os.sep, "/"))
+        self._dirs[worktree] = seen
