@@ -4,7 +4,8 @@ Measured in one run, interleaved, medians of repetitions:
   full         a radar pass from nothing stored: 16 snapshots, 136 comparisons
   raw          the same 136 merges as bare `git merge-tree --write-tree` processes on the same snapshots
                (committed with `git commit-tree` beforehand, untimed): what a git-only radar would run
-  incremental  a pass after one worktree got an unstaged edit of a tracked file: must find it
+  incremental  a pass after one worktree got an unstaged edit of a tracked file: must find it (the
+               holder's radar, with its caches and its scratch indexes, as a long-running server has them)
   hook         `agent-coord hook pre-edit` from process start to answer, against `python -c pass`
   edit→result  from an edit to the first `heartbeat` result that carries its conflict, with the radar
                loop running at the default interval (10 s)
@@ -205,7 +206,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     if which == "full":
                         ms, report = await full_pass(coords[0], db, scratch)
                         full.append(ms)
-                        parts.append({"full_snapshot_ms": report.snapshot_ms, "full_compare_ms": report.compare_ms})
+                        parts.append({f"full_{k}_ms": v for k, v in report.stages_ms.items()})
                     else:
                         raw.append(raw_merges(repo, commits, head))
                 # Incremental: agent 5 (odd, so far only overlapping) now edits the hot line too.
@@ -215,7 +216,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 inc = await radar.run()
                 incremental.append((time.perf_counter() - t0) * 1000)
-                parts[-1].update(inc_snapshot_ms=inc.snapshot_ms, inc_compare_ms=inc.compare_ms)
+                parts[-1].update({f"inc_{k}_ms": v for k, v in inc.stages_ms.items()})
+                parts[-1]["inc_whole_snapshots"] = inc.whole
                 seen = await coords[5].conflicts()
                 found.append(
                     inc.snapshots == 1
@@ -275,15 +277,17 @@ def main() -> None:
         f"comparisons {result['comparisons']}, conflicting {result['conflicting_pairs']}, "
         f"overlapping {result['overlapping_pairs']}"
     )
-    for key in ("full_snapshot_ms", "full_compare_ms", "inc_snapshot_ms", "inc_compare_ms"):
-        print(f"  {key}: median {median(p[key] for p in result['parts'] if key in p):.1f}")
+    print("where a pass's time goes (median ms per stage):")
+    for key in sorted({k for p in result["parts"] for k in p}):
+        print(f"  {key}: {median(p[key] for p in result['parts'] if key in p):.1f}")
     print_verdicts(
         {
             f"full pass <= 1.2x raw merge-tree ({full / raw:.2f}x)": full <= 1.2 * raw,
             f"full pass <= 2 s ({full:.0f} ms)": full <= 2000,
             f"incremental <= 1/8 of full ({inc / full:.3f})": inc <= full / 8,
             "incremental pass finds the change every time": all(result["incremental_found"]),
-            f"hook p50 <= 60 ms ({hook['hook_p50']:.0f})": hook["hook_p50"] <= 60,
+            f"hook p50 <= 60 ms ({hook['hook_p50']:.0f}; python -c pass {hook['bare_p50']:.0f})": hook["hook_p50"]
+            <= 60,
             f"hook p99 <= 150 ms ({hook['hook_p99']:.0f})": hook["hook_p99"] <= 150,
             "hook warned about the conflicted file": hook["warned"],
         }
