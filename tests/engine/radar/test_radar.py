@@ -203,6 +203,8 @@ async def test_incremental_pass_recomputes_only_changed_pairs(
     changed = await a.radar_loop.tick()
     # Only a is snapshotted again; a's pair with b and with its base are compared again, not b's base.
     assert changed is not None and (changed.snapshots, changed.computed) == (1 if watched else 2, 2)
+    # ... and only where the edit was: from the scratch index of a's last snapshot, not from a's own index.
+    assert changed.whole == (0 if watched else 2)
     if not watched:
         return
     os.makedirs(Path(wa.path) / "new" / "deeper")
