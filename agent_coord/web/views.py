@@ -28,7 +28,7 @@ from agent_coord.engine.store.records import Event
 from agent_coord.web.charts import compute_charts
 
 # Event detail keys worth showing; the rest (commit ids, internal counters) stays in `activity --json`.
-DETAIL_KEYS = ("message", "reason", "rescue_ref", "forced_from", "kind", "findings")
+DETAIL_KEYS = ("message", "reason", "rescue_ref", "forced_from", "kind", "findings", "with_branch", "paths")
 # How long a held slot's "dirty" answer is reused: one `git status` per slot per change would make a
 # burst of commits cost a burst of git processes, and a few seconds old is fresh enough to look at.
 DIRTY_TTL_S = 5.0
@@ -75,7 +75,10 @@ def _detail(e: Event) -> str:
         value = e.detail.get(key) if isinstance(e.detail, dict) else None
         if value in (None, "", [], {}):
             continue
-        text = value if isinstance(value, str) else str(value)
+        if isinstance(value, list):
+            text = ", ".join(map(str, value))
+        else:
+            text = value if isinstance(value, str) else str(value)
         parts.append(f"{key}: {text[:300]}")
     return "; ".join(parts)
 

@@ -15,6 +15,7 @@ from agent_coord.engine.store.records import Event
 from agent_coord.web.charts import compute_charts, latency_histogram
 from agent_coord.web.security import Guard, host_name, is_loopback
 from agent_coord.web.serve import url_for
+from agent_coord.web.views import event_view
 from tests.agent_proc import agent_process, call_step, write_step
 from tests.conftest import make_repo
 from tests.paths import ROOT
@@ -244,6 +245,9 @@ def test_charts_from_the_event_log() -> None:
     assert sum(b.count for b in charts.latency) == 3
     assert latency_histogram([25, 26, 10**6])[0].count == 1 and latency_histogram([10**6])[-1].count == 1
     assert compute_charts([], now=now, window_s=86400, slot_count=0).hours[0].utilisation is None
+    # A radar event's activity row says with which branch and on which files.
+    radar = _event(11, now, "radar", "conflict", detail={"with": "wt-02", "with_branch": "feat-b", "paths": ["a", "b"]})
+    assert event_view(radar)["detail"] == "with_branch: feat-b; paths: a, b"
 
 
 def test_screenshots_are_linked_from_the_readme() -> None:
