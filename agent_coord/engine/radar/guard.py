@@ -8,13 +8,13 @@ pre-edit`). When the file about to be edited is changed in another live worktree
 * `off`: nothing.
 
 It runs before every edit, so it imports only the standard library (no MCP SDK, no pydantic, no git)
-and reads the store with bare sqlite3, read-only. It fails open: when the store cannot be read it
-allows the edit and says why in one line on stderr.
+and reads the store with bare sqlite3, read-only; even `json` is imported only when there is something
+to say (the event is read with SQLite's JSON functions). It fails open: when the store cannot be read
+it allows the edit and says why in one line on stderr.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import sys
@@ -59,17 +59,48 @@ def db_path(file: dict[str, Any]) -> str:
     return os.path.join(state, "agent-coord", "coord.db")
 
 
-def _target(event: dict[str, Any]) -> str | None:
+# The event's fields the guard needs, read by SQLite (malformed JSON is an sqlite3.Error: fail open).
+_EVENT_FIELDS = """
+SELECT json_type(:e),
+       CASE WHEN json_type(:e, '$.tool_input.file_path') = 'text'
+            THEN json_extract(:e, '$.tool_input.file_path') END,
+       CASE WHEN json_type(:e, '$.tool_input.notebook_path') = 'text'
+            THEN json_extract(:e, '$.tool_input.notebook_path') END,
+       CASE WHEN json_type(:e, '$.cwd') = 'text' THEN json_extract(:e, '$.cwd') END
+"""
+
+
+def _event_fields(conn: sqlite3.Connection, raw: str) -> tuple[str | None, str | None, str | None, str | None]:
+    """(JSON type of the event, tool_input.file_path, tool_input.notebook_path, cwd), strings or None."""
+    try:
+        kind, file_path, notebook_path, cwd = conn.execute(_EVENT_FIELDS, {"e": raw}).fetchone()
+        return kind, file_path, notebook_path, cwd
+    except sqlite3.OperationalError as exc:
+        if "no such function" not in str(exc):
+            raise
+    import json  # an SQLite built without its JSON functions
+
+    event = json.loads(raw)
+    if not isinstance(event, dict):
+        return "array", None, None, None
     tool_input = event.get("tool_input")
-    if not isinstance(tool_input, dict):
+    fields = tool_input if isinstance(tool_input, dict) else {}
+    texts = [v if isinstance(v, str) else None for v in (fields.get("file_path"), fields.get("notebook_path"))]
+    cwd = event.get("cwd")
+    return "object", texts[0], texts[1], cwd if isinstance(cwd, str) else None
+
+
+def _target(conn: sqlite3.Connection, raw: str) -> str | None:
+    """The file the tool is about to change, absolute with links resolved; None when it names none."""
+    kind, file_path, notebook_path, cwd = _event_fields(conn, raw)
+    if kind != "object":
+        raise GuardError("the hook input is not a JSON object")
+    path = file_path or notebook_path
+    if not path:
         return None
-    raw = tool_input.get("file_path") or tool_input.get("notebook_path")
-    if not isinstance(raw, str) or not raw:
-        return None
-    if not os.path.isabs(raw):
-        cwd = event.get("cwd")
-        raw = os.path.join(cwd if isinstance(cwd, str) else os.getcwd(), raw)
-    return os.path.realpath(raw)
+    if not os.path.isabs(path):
+        path = os.path.join(cwd if cwd is not None else os.getcwd(), path)
+    return os.path.realpath(path)
 
 
 def _within(path: str, root: str) -> str | None:
@@ -112,6 +143,8 @@ def others_changing(conn: sqlite3.Connection, target: str) -> tuple[str | None, 
 def _conflict_ranges(conn: sqlite3.Connection, mine: str, other: str, rel: str) -> list[list[int]] | None:
     """My lines of `rel` that the radar predicts will conflict with `other`, or None when it predicts
     no conflict there ([] when it does but has no line ranges: binary, deleted)."""
+    import json  # only when another worktree changes the file: there is something to say
+
     a, b = sorted((mine, other))
     row = conn.execute("SELECT detail, kind FROM radar_pairs WHERE a = ? AND b = ?", (a, b)).fetchone()
     if row is None or row[1] != "conflict":
@@ -144,9 +177,9 @@ def message(found: list[dict[str, Any]]) -> str:
     )
 
 
-def decide(event: dict[str, Any], mode: str, conn: sqlite3.Connection) -> dict[str, Any] | None:
+def decide(raw_event: str, mode: str, conn: sqlite3.Connection) -> dict[str, Any] | None:
     """The hook's stdout JSON, or None for no output (allow, say nothing)."""
-    target = _target(event)
+    target = _target(conn, raw_event)
     if mode == "off" or target is None:
         return None
     _, found = others_changing(conn, target)
@@ -171,9 +204,7 @@ def run(stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
             raise GuardError(f"AGENT_COORD_EDIT_GUARD must be one of {', '.join(MODES)}, not {mode!r}")
         if mode == "off":
             return 0
-        event = json.loads(stdin.read(MAX_INPUT_BYTES) or "{}")
-        if not isinstance(event, dict):
-            raise GuardError("the hook input is not a JSON object")
+        raw_event = stdin.read(MAX_INPUT_BYTES) or "{}"
         db = db_path(file)
         if "://" in db:  # a PostgreSQL store: never echo the URL, it may hold a password
             raise GuardError("the edit guard reads a SQLite store only (AGENT_COORD_DB is a URL)")
@@ -181,13 +212,15 @@ def run(stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
             raise GuardError(f"no coordination database at {db}")
         conn = sqlite3.connect(f"file:{_uri_path(os.path.abspath(db))}?mode=ro", uri=True, timeout=0.1)
         try:
-            answer = decide(event, mode, conn)
+            answer = decide(raw_event, mode, conn)
         finally:
             conn.close()
     except (OSError, ValueError, sqlite3.Error, GuardError) as exc:
         stderr.write(f"agent-coord edit guard: allowed without checking ({exc})\n")
         return 0
     if answer is not None:
+        import json  # ASCII-only output (non-ASCII escaped), whatever the terminal's encoding
+
         stdout.write(json.dumps(answer) + "\n")
     return 0
 

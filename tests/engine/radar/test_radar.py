@@ -242,6 +242,20 @@ def run_guard(env: dict[str, str], event: dict[str, object], mode: str | None) -
     )
 
 
+def run_guard_raw(env: dict[str, str], stdin: str) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "agent-coord"
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
+    return subprocess.run(
+        [str(script), "hook", "pre-edit"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**run_env, **env},
+        timeout=60,
+        check=False,
+    )
+
+
 def edit_event(path: Path) -> dict[str, object]:
     return {
         "hook_event_name": "PreToolUse",
@@ -280,6 +294,14 @@ async def test_edit_guard_answers_per_setting(two: tuple[Coordinator, Coordinato
     # The other side edits b's own file: a's worktree is the one named.
     other_side = run_guard(env, edit_event(Path(wb.path) / "app.py"), "warn")
     assert "feat-a" in json.loads(other_side.stdout)["hookSpecificOutput"]["additionalContext"]
+    # A path relative to the event's cwd is the same file.
+    relative = {**event, "cwd": wa.path, "tool_input": {"file_path": "app.py"}}
+    assert "feat-b" in json.loads(run_guard(env, relative, "warn").stdout)["hookSpecificOutput"]["additionalContext"]
+    # Input that is no event: allowed, with one line on stderr saying why.
+    for bad in ("{not json", "[1, 2]"):
+        refused = run_guard_raw(env, bad)
+        assert (refused.returncode, refused.stdout) == (0, ""), refused
+        assert "allowed without checking" in refused.stderr and len(refused.stderr.splitlines()) == 1
 
 
 def test_edit_guard_fails_open(tmp_path: Path) -> None:
