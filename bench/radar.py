@@ -214,7 +214,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         raw.append(raw_merges(repo, commits, head))
                 # Incremental: agent 5 (odd, so far only overlapping) now edits the hot line too.
                 radar = RadarPass(coords[0].store, coords[0].git, coords[0].identity.host, scratch)
-                await radar.run()  # caches as a long-running holder has them
+                # The holder compared every pair when its sides appeared, so its caches (merge bases, each
+                # tree's changes) and scratch indexes hold them: one pass from nothing stored gives it both.
+                clear_radar(db)
+                await radar.run()
                 _set_line(paths[5] / HOT, 1, f"hot edit 5 rep {rep}")
                 t0 = time.perf_counter()
                 inc = await radar.run()
