@@ -217,14 +217,22 @@ def mark_pool_root(bounds: Bounds, *, create: bool) -> None:
         root.mkdir(parents=True, exist_ok=True)
     elif not root.is_dir():
         return
-    try:
-        fd = os.open(root / POOL_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except FileExistsError:
+    if os.path.lexists(root / POOL_MARKER):
         return
+    # Written whole under another name, then linked into place (never over a marker already there): a
+    # process killed half-way leaves no empty marker, which would read as another pool's. Best effort:
+    # a pool root this user cannot write to stays unmarked, which only keeps its checks strict.
+    draft = root / f"{POOL_MARKER}.{os.getpid()}.tmp"
     try:
-        os.write(fd, marker_text(bounds).encode("utf-8"))
-    finally:
-        os.close(fd)
+        draft.write_text(marker_text(bounds), encoding="utf-8")
+        try:
+            os.link(draft, root / POOL_MARKER)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    except OSError:
+        return
 
 
 def check_pool_root(bounds: Bounds, recorded: set[str]) -> bool:
@@ -266,6 +274,8 @@ def check_pool_root(bounds: Bounds, recorded: set[str]) -> bool:
     persons = False
     for entry in entries:
         if entry.name in (LOST_AND_FOUND, POOL_MARKER) or entry.name in DESKTOP_LITTER:
+            continue
+        if entry.name.startswith(POOL_MARKER + ".") and entry.name.endswith(".tmp"):  # being marked
             continue
         if str(entry) in recorded or str(entry) in real_recorded:
             continue

@@ -10,6 +10,7 @@ symlink as well, and nothing in it is touched: no marker, no `.lost+found`, no m
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -180,3 +181,25 @@ async def test_a_persons_own_worktrees_in_an_unmarked_folder_are_left_alone_unti
         assert slot.state == SlotState.BUSY and slot.branch == "feat/mine"
     assert (root / POOL_MARKER).exists()
     seen.assert_unchanged()
+
+
+async def test_a_pool_root_this_user_cannot_write_to_is_used_unmarked(
+    make_settings: Any, repo: Path, tmp_path: Path
+) -> None:
+    """Marking is best effort: `status` on a pool root that refuses new entries still starts."""
+    from agent_coord.engine.coordinator import Coordinator
+
+    root = tmp_path / "locked-pool"
+    root.mkdir()
+    if os.geteuid() == 0:
+        assert subprocess.run(["chattr", "+i", str(root)]).returncode == 0
+    else:
+        root.chmod(0o500)
+    try:
+        async with Coordinator.open(make_settings(pool_root=root), register=False) as c:
+            assert await c.default_repo() is not None
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(root)], check=True)
+        root.chmod(0o700)
+    assert list(root.iterdir()) == []
