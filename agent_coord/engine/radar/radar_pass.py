@@ -486,11 +486,9 @@ def _event(
     return EventDraft(
         Action.RADAR,
         outcome,
-        None,
-        repo.id,
-        pair.a,
-        branches.get(pair.a),
-        None,
-        pair.a_token,
+        repo_id=repo.id,
+        worktree_id=pair.a,
+        branch=branches.get(pair.a),
+        fencing_token=pair.a_token,
         detail={"with": pair.b, "with_branch": other, "paths": paths, **extra},
     )
