@@ -68,6 +68,29 @@ def operation_in_progress(worktree: Path, *, with_index_lock: bool = False) -> t
     return None
 
 
+@dataclass(frozen=True)
+class IndexLock:
+    """An `index.lock` seen in a worktree: which file it is (a new lock is a new file) and how old."""
+
+    marker: Path
+    identity: tuple[int, int, int]  # device, inode, modification time in ns
+    age_s: float
+
+
+def index_lock(worktree: Path, now: float) -> IndexLock | None:
+    """The worktree's `index.lock`, or None. Any git that reads the index with optional locks (an
+    editor's `git status`, a person's) holds one for milliseconds; a killed git leaves one for good."""
+    admin = admin_dir(worktree)
+    if admin is None:
+        return None
+    marker = admin / INDEX_LOCK.marker
+    try:
+        st = os.lstat(marker)
+    except OSError:
+        return None
+    return IndexLock(marker, (st.st_dev, st.st_ino, st.st_mtime_ns), max(0.0, now - st.st_mtime))
+
+
 def describe(found: tuple[Operation, Path], worktree: Path) -> str:
     operation, marker = found
     return f"a {operation.name} is in progress in {worktree} ({marker}); {operation.finish}"

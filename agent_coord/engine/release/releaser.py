@@ -16,7 +16,14 @@ from agent_coord.engine.context import EngineContext, OverEngine
 from agent_coord.engine.errors import MAX_TEXT, CoordError, ErrorCode
 from agent_coord.engine.git.confinement import Shape, Unconfined, inside_pool, shape
 from agent_coord.engine.git.driver import GitError, reject_option_like
-from agent_coord.engine.git.operations import describe, moved_worktree, operation_in_progress, unsaveable_work
+from agent_coord.engine.git.operations import (
+    INDEX_LOCK,
+    Operation,
+    describe,
+    moved_worktree,
+    operation_in_progress,
+    unsaveable_work,
+)
 from agent_coord.engine.git.removal import RemovalFailed, remove_worktree
 from agent_coord.engine.git.worktree_listing import WorktreeListing
 from agent_coord.engine.git.worktree_record import WorktreeRecord, read_worktree_record
@@ -311,7 +318,7 @@ class Releaser(OverEngine):
         except Unconfined as exc:
             await self._quarantine(repo, slot, token, exc)
         if record is not None and form == Shape.WORKTREE:
-            stopped = await anyio.to_thread.run_sync(lambda: operation_in_progress(path, with_index_lock=True))
+            stopped = await _stopped_operation(path)
             if stopped is not None:
                 # Even with force: released so, the slot would break the next allocation (git refuses
                 # to switch), and resetting under the operation would lose its own state.
@@ -430,3 +437,17 @@ class Releaser(OverEngine):
             rescue_ref=rescue,
             removed=gone,
         )
+
+
+# A git reading the slot with optional locks (an editor's `git status`) holds its index.lock for
+# milliseconds: a release waits that long before it calls the lock an operation in progress.
+INDEX_LOCK_WAIT_S = 1.0
+
+
+async def _stopped_operation(path: Path) -> tuple[Operation, Path] | None:
+    deadline = time.monotonic() + INDEX_LOCK_WAIT_S
+    while True:
+        found = await anyio.to_thread.run_sync(lambda: operation_in_progress(path, with_index_lock=True))
+        if found is None or found[0] is not INDEX_LOCK or time.monotonic() >= deadline:
+            return found
+        await anyio.sleep(0.02)

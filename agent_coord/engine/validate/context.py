@@ -82,6 +82,8 @@ class Checker(OverEngine):
         # An allocation gives up after its timeout and rolls itself back; an ALLOCATING row older than
         # this was abandoned (a cancelled or wedged server) even though its owner is alive.
         self.allocating_grace_s = allocating_grace_s
+        # The `index.lock` seen in each slot at the previous pass (git_states.persistent_index_lock).
+        self.index_locks: dict[str, tuple[int, int, int]] = {}
 
     async def owner(self, owner_id: str | None, run: ValidationRun) -> tuple[Agent | None, Liveness]:
         """The owner as it is *now*: a snapshot from the start of a long run would call a live agent

@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from agent_coord.engine.errors import CoordError, ErrorCode
@@ -96,6 +98,61 @@ async def test_release_refuses_an_operation_in_progress_and_validate_reports_it(
     (seen,) = [f for f in report.skipped if f.kind == "operation_in_progress"]
     assert seen.worktree_id == grant.worktree_id
     assert (await coord.validate(repair=False)).findings == []
+
+
+async def _state(coord: Any, worktree_id: str) -> SlotState:
+    return next(s.state for s in await coord.store.slots() if s.id == worktree_id)
+
+
+async def test_a_readers_index_lock_never_quarantines_a_free_slot(coord: Any) -> None:
+    """An editor (or a person) runs `git status` in a FREE slot: git takes the index lock for a moment.
+    Only a lock that persists (the same file at two passes, or one left long ago) quarantines."""
+    grant = await coord.pool.allocate("feat/read-by-an-editor")
+    await coord.pool.release(worktree_id=grant.worktree_id)
+    wt, wid = Path(grant.path), grant.worktree_id
+    lock = Path(git(wt, "rev-parse", "--absolute-git-dir").strip()) / "index.lock"
+
+    # A real reader: `git status` with optional locks (GIT_OPTIONAL_LOCKS unset), over and over.
+    env = {k: v for k, v in os.environ.items() if k != "GIT_OPTIONAL_LOCKS"}
+    reader = subprocess.Popen(["sh", "-c", "while :; do git status --porcelain >/dev/null 2>&1; done"], cwd=wt, env=env)
+    try:
+        with anyio.fail_after(30):
+            while not lock.exists():  # the reader's lock comes and goes
+                await anyio.sleep(0.001)
+        for _ in range(4):
+            await coord.validate(repair=True)
+            assert await _state(coord, wid) == SlotState.FREE
+    finally:
+        reader.kill()
+        reader.wait()
+    with anyio.fail_after(10):
+        while lock.exists():
+            await anyio.sleep(0.01)
+
+    lock.write_text("")  # appears right before a pass, and is gone before the next
+    first = await coord.validate(repair=True)
+    assert await _state(coord, wid) == SlotState.FREE
+    assert [f.kind for f in first.skipped] == ["index_lock"]
+    lock.unlink()
+    assert not (await coord.validate(repair=True)).skipped
+
+    lock.write_text("")  # stays: a git that was killed
+    await coord.validate(repair=True)
+    assert await _state(coord, wid) == SlotState.FREE
+    second = await coord.validate(repair=True)
+    (f,) = second.findings
+    assert f.kind == "operation_in_progress" and "since the previous validation" in f.detail and f.repaired
+    assert await _state(coord, wid) == SlotState.QUARANTINED
+    lock.unlink()
+    await coord.validate(repair=True)  # the cause is gone: healed
+    assert await _state(coord, wid) == SlotState.FREE
+
+    lock.write_text("")  # left long ago: counts at the first look (a one-shot `agent-coord validate`)
+    old = time.time() - 600
+    os.utime(lock, (old, old))
+    (f,) = (await coord.validate(repair=True)).findings
+    assert f.kind == "operation_in_progress" and await _state(coord, wid) == SlotState.QUARANTINED
+    lock.unlink()
 
 
 async def test_a_free_slot_left_in_a_bisect_is_quarantined_then_healed(coord: Any, repo: Path) -> None:
