@@ -120,6 +120,13 @@ def release(
                 r.worktree_id, r.state, r.branch or "-", "yes" if r.dirty else "no", r.rescue_ref or "-", r.path
             )
         output_console().print(table)
+        for r in done.released:
+            if r.state == "QUARANTINED":
+                typer.echo(
+                    f"{r.worktree_id}: its agent kept writing while it was saved (last in {r.rescue_ref}); left "
+                    "untouched and quarantined until that agent is gone, then validation returns it",
+                    err=True,
+                )
     elif not done.refused:
         typer.echo(f"nothing to release: agent {agent} holds no BUSY worktree")
     for exc in done.refused:

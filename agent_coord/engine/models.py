@@ -129,7 +129,7 @@ class ReleaseResult(Result):
     worktree_id: str = Field(description="the worktree released")
     path: str = Field(description="the slot's path: run nothing there any more")
     branch: str | None = Field(description="the branch released; it and its commits stay in the repository")
-    state: str = Field(description="`FREE` (kept warm) or `REMOVED`")
+    state: str = Field(description="`FREE` (kept warm), `REMOVED`, or `QUARANTINED` (forced while it kept changing)")
     dirty: bool = Field(description="there were uncommitted changes (saved to `rescue_ref`)")
     rescue_ref: str | None = Field(default=None, description="where uncommitted work was saved; tell the user")
     removed: bool = Field(default=False, description="the slot's directory was deleted")

@@ -81,6 +81,26 @@ async def rescue_index(
     return await _build(git, repo, ref, message, index_file=index_file, head=head, with_worktree=False, env={})
 
 
+async def worktree_trees(git: GitDriver, worktree: Confined) -> tuple[str, str]:
+    """(index tree, working tree's tree) of the worktree now, as a rescue would save them, with no
+    commit or ref written: what a forced release compares with what it saved before it cleans.
+    Raises RescueFailed when the worktree changes while it is read."""
+    out = await git.run(worktree, "rev-parse", "--path-format=absolute", "--git-path", "index")
+    head = await _head(git, worktree, {})
+    with tempfile.TemporaryDirectory(prefix="agent-coord-rescue-") as tmp:
+        copy = Path(tmp) / "index"
+        have_index = await anyio.to_thread.run_sync(_copy_if_there, Path(out.strip()), copy)
+        scratch = {"GIT_INDEX_FILE": str(copy), **RESCUE_IDENTITY}
+        if not have_index and head is not None:
+            await git.run(worktree, "read-tree", head, env=scratch)
+        await _set_conflicts_aside(git, worktree, scratch, Path(tmp) / "conflicts")
+        try:
+            index_tree = (await git.run(worktree, "write-tree", env=scratch)).strip()
+        except GitError as exc:
+            raise RescueFailed(f"the index cannot be read as a tree ({exc.reason})") from exc
+        return index_tree, await _worktree_tree(git, worktree, scratch)
+
+
 async def _head(git: GitDriver, cwd: Confined | Path, env: dict[str, str]) -> str | None:
     out = await git.run(cwd, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False, env=env)
     return out.strip() or None

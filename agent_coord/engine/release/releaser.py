@@ -14,7 +14,7 @@ from opentelemetry import trace
 
 from agent_coord.engine.context import EngineContext, OverEngine
 from agent_coord.engine.errors import MAX_TEXT, CoordError, ErrorCode
-from agent_coord.engine.git.confinement import Shape, Unconfined, inside_pool, shape
+from agent_coord.engine.git.confinement import Confined, Shape, Unconfined, inside_pool, shape
 from agent_coord.engine.git.driver import GitError, reject_option_like
 from agent_coord.engine.git.operations import (
     INDEX_LOCK,
@@ -25,6 +25,7 @@ from agent_coord.engine.git.operations import (
     unsaveable_work,
 )
 from agent_coord.engine.git.removal import RemovalFailed, remove_worktree
+from agent_coord.engine.git.rescue_commit import RescueFailed, worktree_trees
 from agent_coord.engine.git.worktree_listing import WorktreeListing
 from agent_coord.engine.git.worktree_record import WorktreeRecord, read_worktree_record
 from agent_coord.engine.liveness.judge import judge, same_agent
@@ -37,6 +38,10 @@ from agent_coord.engine.store.records import HELD_STATES, Action, Repo, Slot, Sl
 
 tracer = trace.get_tracer("agent-coord.pool")
 SETTLE_S = 5.0  # how long a release waits for another hand's release or reclaim of the same slot
+# A forced release saves, then compares the worktree with what it saved before it cleans; a worktree
+# that changed meanwhile (its agent writes on) is saved again, this many times at most.
+SAVE_ROUNDS = 3
+WRITER = "forced release: the worktree changed while it was being saved and cleaned"
 
 
 def _quarantined() -> dict[str, object]:
@@ -53,6 +58,78 @@ class Releaser(OverEngine):
         (`claude-<session>`) is ours to release without force; an explicitly named agent's is not,
         even under the same parent process (see `same_agent`)."""
         return owner is not None and same_agent(self.identity, await self.store.agent(owner))
+
+    async def _save_until_settled(self, slot: Slot, slot_dir: Confined) -> tuple[list[str], bool]:
+        """Save the worktree, then read it again: cleaned only when it still is what was saved (its
+        agent, maybe alive, may write on). Saved again while it changes, `SAVE_ROUNDS` times at most.
+        Returns every ref saved and whether the worktree settled. When no save could be proved (it
+        changed under every one), the last failure is raised: nothing was touched."""
+        refs: list[str] = []
+        failed: RescueFailed | None = None
+        for _ in range(SAVE_ROUNDS):
+            try:
+                saved = await save_work(self.git, self.store, self.me, slot, slot_dir, "forced release")
+            except RescueFailed as exc:
+                failed = exc
+                continue
+            refs.append(saved.ref)
+            try:
+                now = await worktree_trees(self.git, slot_dir)
+            except RescueFailed:
+                continue  # it changed while it was read: save again
+            if now == (saved.rescue.index_tree, saved.rescue.worktree_tree):
+                return refs, True
+        if not refs:
+            assert failed is not None
+            raise failed
+        return refs, False
+
+    async def _park(
+        self, repo: Repo, slot: Slot, token: int | None, refs: list[str], forced_from: str | None, started: float
+    ) -> ReleaseResult:
+        """The worktree kept changing while a forced release saved it: nothing is cleaned (what was
+        written after the last save would be lost), the allocation ends, and the slot is QUARANTINED,
+        still naming the agent that writes in it, until that agent is gone (validation then saves what
+        it wrote since and returns the slot to the pool)."""
+        writer = forced_from or slot.owner
+        event = EventDraft(
+            Action.RELEASE,
+            "ok",
+            self.me,
+            repo.id,
+            slot.id,
+            slot.branch,
+            (time.monotonic() - started) * 1000,
+            token,
+            detail={
+                "force": True,
+                "rescue_ref": refs[-1],
+                "rescue_refs": refs,
+                "quarantined": "its agent kept writing while the work was saved; nothing was cleaned",
+                **({"forced_from": forced_from} if forced_from else {}),
+            },
+        )
+        done = await self.store.transition(
+            slot.id,
+            expect_state=SlotState.RELEASING,
+            expect_token=token,
+            changes={**_quarantined(), "owner": writer, "rescue_ref": refs[-1]},
+            events=[event],
+        )
+        self.ctx.granted.forget(slot.id)
+        if done is None:
+            raise CoordError(
+                ErrorCode.ALLOCATION_ENDED,
+                f"{slot.id} was reclaimed while it was being released; its changes are in {refs[-1]}",
+            )
+        return ReleaseResult(
+            worktree_id=slot.id,
+            path=slot.path,
+            branch=slot.branch,
+            state="QUARANTINED",
+            dirty=True,
+            rescue_ref=refs[-1],
+        )
 
     async def _live_owner(self, owner: str | None) -> str | None:
         """Why the owner counts as alive (then an agent's force may not take its worktree), or None."""
@@ -370,8 +447,15 @@ class Releaser(OverEngine):
         rescue: str | None = None
         try:
             if dirty:
-                rescue = (await save_work(self.git, self.store, self.me, slot, slot_dir, "forced release")).ref
-                await self.git.discard_changes(slot_dir)
+                refs, settled = await self._save_until_settled(slot, slot_dir)
+                rescue = refs[-1]
+                if settled:
+                    await self.git.discard_changes(slot_dir)
+                    if (await self.git.status(slot_dir)).dirty:  # written while it was cleaned
+                        refs.append((await save_work(self.git, self.store, self.me, slot, slot_dir, WRITER)).ref)
+                        settled = False
+                if not settled:
+                    return await self._park(repo, slot, token, refs, forced_from, started)
             if record is not None:
                 if remove:
                     await remove_worktree(self.git, Path(repo.path), slot_dir)

@@ -118,8 +118,24 @@ def note_moved(run: ValidationRun, rp: RepoPass, s: Slot) -> bool:
 
 
 async def heal_quarantined(ck: Checker, run: ValidationRun, rp: RepoPass, s: Slot) -> None:
-    """A quarantined slot whose cause is gone goes back to the pool (repair), else stays as it is."""
+    """A quarantined slot whose cause is gone goes back to the pool (repair), else stays as it is.
+    One that still names an agent (a forced release it kept writing through) waits for that agent:
+    once it is gone, the slot is reclaimed as a dead agent's is, what it wrote saved first."""
     if await stopped_operation(s) is not None:
+        return
+    if s.owner is not None:
+        _, verdict = await ck.owner(s.owner, run)
+        if verdict.alive:
+            return
+        f = slot_finding(
+            s,
+            kind="quarantine_cleared",
+            detail=f"quarantined while its agent wrote in it; the agent is gone ({verdict.reason})",
+            action="save what it wrote since to a rescue ref, then return it to the pool",
+        )
+        if run.repair:
+            rp.reclaims.append((s, f, f"{HEAL_REASON}; its writer is gone: {verdict.reason}"))
+        run.findings.append(f)
         return
     try:
         status = await ck.git.status(rp.slot_dir(s.path))
