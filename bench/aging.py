@@ -69,17 +69,37 @@ def history(n: int, now: float, seed: int = 1) -> list[tuple[float, EventDraft]]
         roll = rng.random()
         agent = f"agent-{rng.randrange(40):04x}"
         if roll < 0.01:
-            draft = EventDraft(Action.REGISTER, "ok", agent, 1)
+            draft = EventDraft(Action.REGISTER, "ok", agent_id=agent, repo_id=1)
         elif roll < 0.015:
-            draft = EventDraft(Action.VALIDATE, "ok", agent, 1, detail={"findings": []})
+            draft = EventDraft(Action.VALIDATE, "ok", agent_id=agent, repo_id=1, detail={"findings": []})
         elif roll < 0.03:
-            draft = EventDraft(Action.ALLOCATE, "POOL_EXHAUSTED", agent, 1, duration_ms=rng.uniform(5, 50))
+            draft = EventDraft(
+                Action.ALLOCATE, "POOL_EXHAUSTED", agent_id=agent, repo_id=1, duration_ms=rng.uniform(5, 50)
+            )
         elif slot in held:
-            draft = EventDraft(Action.RELEASE, "ok", held.pop(slot), 1, wid, f"feature/{slot}", rng.uniform(10, 120))
+            draft = EventDraft(
+                Action.RELEASE,
+                "ok",
+                agent_id=held.pop(slot),
+                repo_id=1,
+                worktree_id=wid,
+                branch=f"feature/{slot}",
+                duration_ms=rng.uniform(10, 120),
+            )
         else:
             held[slot] = agent
             duration = rng.lognormvariate(3.6, 0.5)
-            draft = EventDraft(Action.ALLOCATE, "ok", agent, 1, wid, f"feature/{slot}", duration, k, _detail(rng, slot))
+            draft = EventDraft(
+                Action.ALLOCATE,
+                "ok",
+                agent_id=agent,
+                repo_id=1,
+                worktree_id=wid,
+                branch=f"feature/{slot}",
+                duration_ms=duration,
+                fencing_token=k,
+                detail=_detail(rng, slot),
+            )
         out.append((ts, draft))
     return out
 

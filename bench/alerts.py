@@ -43,7 +43,16 @@ async def month(store: Store, now: float) -> None:
     for hour in range(int(MONTH // 3600) - 1):
         for slot in ("wt-01", "wt-02"):
             detail = {"strategy": "optimistic", "attempts": 1, "contention": {"level": 1}}
-            draft = EventDraft(Action.ALLOCATE, "ok", f"a{hour // 24}", 1, slot, "b", 50.0, detail=detail)
+            draft = EventDraft(
+                Action.ALLOCATE,
+                "ok",
+                agent_id=f"a{hour // 24}",
+                repo_id=1,
+                worktree_id=slot,
+                branch="b",
+                duration_ms=50.0,
+                detail=detail,
+            )
             entries.append((start + hour * 3600, draft))
     await store.append_history(entries)
     for day in range(29):

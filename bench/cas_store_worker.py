@@ -63,7 +63,18 @@ async def store_worker(db: Path, pool_max: int, duration: float, rate: float, st
                 expect_state=SlotState.ALLOCATING,
                 expect_token=token,
                 changes={"state": SlotState.BUSY, "lease_expires_at": time.time() + LEASE_S, "setup_done": 1},
-                events=[EventDraft(Action.ALLOCATE, "ok", owner, repo.id, slot.id, branch, 0.0, token)],
+                events=[
+                    EventDraft(
+                        Action.ALLOCATE,
+                        "ok",
+                        agent_id=owner,
+                        repo_id=repo.id,
+                        worktree_id=slot.id,
+                        branch=branch,
+                        duration_ms=0.0,
+                        fencing_token=token,
+                    )
+                ],
             )
             tally.op(t)
             assert busy is not None, "lost a CAS on a slot this process owns"
@@ -73,7 +84,18 @@ async def store_worker(db: Path, pool_max: int, duration: float, rate: float, st
                 expect_state=SlotState.BUSY,
                 expect_token=token,
                 changes=freed(time.time()),  # what the pool's release writes
-                events=[EventDraft(Action.RELEASE, "ok", owner, repo.id, slot.id, branch, 0.0, token)],
+                events=[
+                    EventDraft(
+                        Action.RELEASE,
+                        "ok",
+                        agent_id=owner,
+                        repo_id=repo.id,
+                        worktree_id=slot.id,
+                        branch=branch,
+                        duration_ms=0.0,
+                        fencing_token=token,
+                    )
+                ],
             )
             tally.op(t)
             assert released is not None, "lost a CAS on a slot this process owns"

@@ -49,10 +49,38 @@ def day_of_events(rng: random.Random, day_start: float, day: int) -> tuple[list[
                 "phases_ms": {"claim": round(rng.uniform(0.2, 2), 3), "git": round(rng.uniform(8, 60), 3)},
             }
             duration = rng.lognormvariate(3.6, 0.5)
-            entries.append((ts, EventDraft(Action.ALLOCATE, "ok", agent, 1, slot, f"f/{k}", duration, k, detail)))
-            entries.append((ts + 60, EventDraft(Action.RELEASE, "ok", agent, 1, slot, f"f/{k}", 20.0)))
+            entries.append(
+                (
+                    ts,
+                    EventDraft(
+                        Action.ALLOCATE,
+                        "ok",
+                        agent_id=agent,
+                        repo_id=1,
+                        worktree_id=slot,
+                        branch=f"f/{k}",
+                        duration_ms=duration,
+                        fencing_token=k,
+                        detail=detail,
+                    ),
+                )
+            )
+            entries.append(
+                (
+                    ts + 60,
+                    EventDraft(
+                        Action.RELEASE,
+                        "ok",
+                        agent_id=agent,
+                        repo_id=1,
+                        worktree_id=slot,
+                        branch=f"f/{k}",
+                        duration_ms=20.0,
+                    ),
+                )
+            )
     entries += [
-        (day_start + m * 300, EventDraft(Action.VALIDATE, "started", "agent-v", detail={"why": "interval"}))
+        (day_start + m * 300, EventDraft(Action.VALIDATE, "started", agent_id="agent-v", detail={"why": "interval"}))
         for m in range(288)
     ]
     entries.sort(key=lambda e: e[0])

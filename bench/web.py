@@ -145,7 +145,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     latencies: list[float] = []
                     c0, t0 = cpu_s(server), time.monotonic()
                     for i in range(args.changes):
-                        await coord.store.log(EventDraft(Action.VALIDATE, "ok", "bench-agent", detail={"n": i}))
+                        await coord.store.log(
+                            EventDraft(Action.VALIDATE, "ok", agent_id="bench-agent", detail={"n": i})
+                        )
                         committed_ms = time.time() * 1000
                         newest = (await coord.store.events(limit=1, newest=True))[0].id
                         drawn = []

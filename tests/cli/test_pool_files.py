@@ -228,7 +228,7 @@ def test_paths_the_store_knows_are_skipped_and_differences_reported(legacy: Path
         # As a server's validation would have done: it adopts unknown worktrees under the pool root.
         repo = await coord.repos.resolve(None)
         for name, state in (("spare", SlotState.FREE), ("alice-wip", SlotState.QUARANTINED)):
-            draft = EventDraft(Action.ADOPT, state.value, coord.agent_id, repo.id)
+            draft = EventDraft(Action.ADOPT, state.value, agent_id=coord.agent_id, repo_id=repo.id)
             await coord.store.insert_slot(repo, str(pool / name), state=state, branch=None, event=draft)
 
     with_coord(known_already)

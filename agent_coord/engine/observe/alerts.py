@@ -280,9 +280,9 @@ class AlertNotifier:
                 EventDraft(
                     Action.ALERT,
                     outcome,
-                    alert.agent_id,
-                    alert.repo_id,
-                    alert.worktree_id,
+                    agent_id=alert.agent_id,
+                    repo_id=alert.repo_id,
+                    worktree_id=alert.worktree_id,
                     detail={"alert": alert.id, "key": alert.key, "phase": phase, **detail},
                 )
             )

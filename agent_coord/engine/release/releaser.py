@@ -95,12 +95,12 @@ class Releaser(OverEngine):
         event = EventDraft(
             Action.RELEASE,
             "ok",
-            self.me,
-            repo.id,
-            slot.id,
-            slot.branch,
-            (time.monotonic() - started) * 1000,
-            token,
+            agent_id=self.me,
+            repo_id=repo.id,
+            worktree_id=slot.id,
+            branch=slot.branch,
+            duration_ms=(time.monotonic() - started) * 1000,
+            fencing_token=token,
             detail={
                 "force": True,
                 "rescue_ref": refs[-1],
@@ -161,12 +161,11 @@ class Releaser(OverEngine):
         return EventDraft(
             Action.RECLAIM,
             "quarantined",
-            self.me,
-            repo.id,
-            slot.id,
-            slot.branch,
-            None,
-            token,
+            agent_id=self.me,
+            repo_id=repo.id,
+            worktree_id=slot.id,
+            branch=slot.branch,
+            fencing_token=token,
             detail={"reason": "release", "error": exc.reason, "previous_owner": slot.owner},
         )
 
@@ -334,12 +333,12 @@ class Releaser(OverEngine):
                     EventDraft(
                         Action.RELEASE,
                         exc.code.value,
-                        self.me,
-                        repo.id,
-                        slot.id,
-                        slot.branch,
-                        (time.monotonic() - started) * 1000,
-                        slot.fencing_token,
+                        agent_id=self.me,
+                        repo_id=repo.id,
+                        worktree_id=slot.id,
+                        branch=slot.branch,
+                        duration_ms=(time.monotonic() - started) * 1000,
+                        fencing_token=slot.fencing_token,
                         detail={"message": exc.message},
                     )
                 )
@@ -491,12 +490,12 @@ class Releaser(OverEngine):
         event = EventDraft(
             Action.RELEASE,
             "ok",
-            self.me,
-            repo.id,
-            slot.id,
-            slot.branch,
-            (time.monotonic() - started) * 1000,
-            token,
+            agent_id=self.me,
+            repo_id=repo.id,
+            worktree_id=slot.id,
+            branch=slot.branch,
+            duration_ms=(time.monotonic() - started) * 1000,
+            fencing_token=token,
             detail=detail,
         )
         done = await self.store.transition(

@@ -118,7 +118,14 @@ def _log_change(conn: Db, change: AlertChange, now: float) -> None:
         detail["muted"] = True
     _append(
         conn,
-        EventDraft(Action.ALERT, change.change, a.agent_id, a.repo_id, a.worktree_id, None, detail=detail),
+        EventDraft(
+            Action.ALERT,
+            change.change,
+            agent_id=a.agent_id,
+            repo_id=a.repo_id,
+            worktree_id=a.worktree_id,
+            detail=detail,
+        ),
         now,
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ SLOT_COLUMNS = frozenset(
 class EventDraft:
     action: str
     outcome: str
+    _: KW_ONLY  # the rest by name: a row of positional Nones is unreadable
     agent_id: str | None = None
     repo_id: int | None = None
     worktree_id: str | None = None

@@ -429,7 +429,7 @@ async def test_new_slots_skip_paths_taken_by_adopted_worktrees(coord: Any, repo:
         str((pool / "wt-02").resolve()),
         state=SlotState.FREE,
         branch=None,
-        event=EventDraft("adopt", "FREE", "agent-test"),
+        event=EventDraft("adopt", "FREE", agent_id="agent-test"),
     )
     assert adopted.id == "wt-01"  # ids come from the sequence; the adopted path keeps its name
     a = await coord.pool.allocate("x1")  # warm: the adopted slot

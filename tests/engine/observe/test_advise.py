@@ -62,16 +62,50 @@ async def build(store: Store, month: Month, now: float) -> None:
                 "contention": {"level": month.level},
             }
             owner = f"agent-{hour // 24}-{slot}"
-            entries.append((t, EventDraft(Action.ALLOCATE, "ok", owner, 1, slot, "b", 50.0, detail=detail)))
+            entries.append(
+                (
+                    t,
+                    EventDraft(
+                        Action.ALLOCATE,
+                        "ok",
+                        agent_id=owner,
+                        repo_id=1,
+                        worktree_id=slot,
+                        branch="b",
+                        duration_ms=50.0,
+                        detail=detail,
+                    ),
+                )
+            )
     for day in month.refusal_days:
         t = start + day * DAY + 5 * HOUR + 60
         for i in range(3, 9):
-            entries.append((t + i, EventDraft(Action.ALLOCATE, "ok", f"burst-{i}", 1, f"wt-{i:02d}", f"b{i}", 900.0)))
+            entries.append(
+                (
+                    t + i,
+                    EventDraft(
+                        Action.ALLOCATE,
+                        "ok",
+                        agent_id=f"burst-{i}",
+                        repo_id=1,
+                        worktree_id=f"wt-{i:02d}",
+                        branch=f"b{i}",
+                        duration_ms=900.0,
+                    ),
+                )
+            )
         for who in ("late-1", "late-2", "late-1"):  # late-1 asks twice
             t += 20
-            entries.append((t, EventDraft(Action.ALLOCATE, "POOL_EXHAUSTED", who, 1, None, "c", 5.0)))
+            entries.append(
+                (t, EventDraft(Action.ALLOCATE, "POOL_EXHAUSTED", agent_id=who, repo_id=1, branch="c", duration_ms=5.0))
+            )
         for i in range(3, 9):
-            entries.append((t + HOUR / 2 + i, EventDraft(Action.RELEASE, "ok", f"burst-{i}", 1, f"wt-{i:02d}")))
+            entries.append(
+                (
+                    t + HOUR / 2 + i,
+                    EventDraft(Action.RELEASE, "ok", agent_id=f"burst-{i}", repo_id=1, worktree_id=f"wt-{i:02d}"),
+                )
+            )
     await store.append_history(entries)
     for day in range(29):
         for k in range(2):
@@ -185,7 +219,7 @@ async def test_advise_on_the_command_line(env: dict[str, str], tmp_path: Path) -
     """Registered in the lazy command map; --json is the Advice document."""
     store = await Store.open(Path(env["AGENT_COORD_DB"]))
     await store.append_history(
-        [(time.time() - 60, EventDraft(Action.ALLOCATE, "POOL_EXHAUSTED", "a", None, None, "x", 5.0))]
+        [(time.time() - 60, EventDraft(Action.ALLOCATE, "POOL_EXHAUSTED", agent_id="a", branch="x", duration_ms=5.0))]
     )
     await store.close()
     full: dict[str, Any] = {**os.environ, **env, "AGENT_COORD_POOL_MAX": "2"}

@@ -56,11 +56,14 @@ def watch(store: Store, slot_count: int = 0, **overrides: Any) -> AlertWatch:
 
 
 def allocations(ts: float, n: int, outcome: str = "ok", ms: float | None = 100.0) -> list[tuple[float, EventDraft]]:
-    return [(ts + i * 0.001, EventDraft(Action.ALLOCATE, outcome, "a", duration_ms=ms)) for i in range(n)]
+    return [(ts + i * 0.001, EventDraft(Action.ALLOCATE, outcome, agent_id="a", duration_ms=ms)) for i in range(n)]
 
 
 def events(ts: float, n: int, action: str) -> list[tuple[float, EventDraft]]:
-    return [(ts + i, EventDraft(action, "detected" if action != Action.CAS_LOST else "lost", "a")) for i in range(n)]
+    return [
+        (ts + i, EventDraft(action, "detected" if action != Action.CAS_LOST else "lost", agent_id="a"))
+        for i in range(n)
+    ]
 
 
 Step = tuple[list[tuple[float, EventDraft]], float, list[tuple[str, str | None]]]
@@ -148,7 +151,7 @@ async def test_pool_utilization_across_its_thresholds(tmp_path: Path) -> None:
     t = time.time() - 6 * HOUR
 
     def hold(at: float, action: str) -> list[tuple[float, EventDraft]]:
-        return [(at, EventDraft(action, "ok", "a", worktree_id="wt-01"))]
+        return [(at, EventDraft(action, "ok", agent_id="a", worktree_id="wt-01"))]
 
     await run_script(
         store,
@@ -175,7 +178,7 @@ async def test_rates_across_their_thresholds(
     """A week's span (the log started ten days ago): the deaths raise, then leave the window."""
     store = await Store.open(tmp_path / "c.db")
     now = time.time() - 5 * DAY
-    start = [(now - 10 * DAY, EventDraft(Action.REGISTER, "ok", "a"))]
+    start = [(now - 10 * DAY, EventDraft(Action.REGISTER, "ok", agent_id="a"))]
     await run_script(
         store,
         watch(store),
@@ -255,7 +258,17 @@ async def test_a_rescue_ref_raises_for_its_owner_and_clears_when_the_ref_is_dele
     store = await Store.open(tmp_path / "c.db")
     repo = await store.ensure_repo(str(repo_path), str(tmp_path / "pool"))
     detail = {"rescue_ref": ref, "owner": "agent-x", "reason": "dead agent"}
-    await store.log(EventDraft(Action.RESCUE, "saved", "validator", repo.id, "wt-01", "feat", detail=detail))
+    await store.log(
+        EventDraft(
+            Action.RESCUE,
+            "saved",
+            agent_id="validator",
+            repo_id=repo.id,
+            worktree_id="wt-01",
+            branch="feat",
+            detail=detail,
+        )
+    )
     w = watch(store)
     (raised,) = await w.evaluate()
     assert (raised.alert.kind, raised.alert.agent_id, raised.alert.detail["rescue_ref"]) == ("rescue", "agent-x", ref)
@@ -400,7 +413,11 @@ async def test_heartbeat_and_status_carry_the_alerts(coord: Any, tmp_path: Path)
     repo_id = (await coord.store.slot(slot_id)).repo_id
     for i in range(7):  # rescue refs nobody deleted: the heartbeat carries the worst and newest five
         detail = {"rescue_ref": f"refs/agent-coord/rescue/b/{i}", "owner": coord.agent_id, "reason": "r"}
-        await coord.store.log(EventDraft(Action.RESCUE, "saved", "v", repo_id, f"wt-{i}", "b", detail=detail))
+        await coord.store.log(
+            EventDraft(
+                Action.RESCUE, "saved", agent_id="v", repo_id=repo_id, worktree_id=f"wt-{i}", branch="b", detail=detail
+            )
+        )
     await coord.alert_watch.evaluate()
     beat = await coord.heartbeat()
     assert [a.kind for a in beat.alerts] == ["quarantined", "rescue", "rescue", "rescue", "rescue"]
@@ -617,7 +634,11 @@ async def test_an_evaluation_that_changes_nothing_writes_nothing(tmp_path: Path)
     assert await w.evaluate() == []
     assert await w.evaluate(validation=ValidateResult(findings=[], duration_ms=1.0), check_refs=True) == []
     assert await watcher.data_version() == before
-    await store.log(EventDraft(Action.RESCUE, "saved", "v", None, "wt-9", "b", detail={"rescue_ref": "refs/x"}))
+    await store.log(
+        EventDraft(
+            Action.RESCUE, "saved", agent_id="v", worktree_id="wt-9", branch="b", detail={"rescue_ref": "refs/x"}
+        )
+    )
     assert [c.alert.kind for c in await w.evaluate()] == ["rescue"]
     assert await watcher.data_version() != before
     await store.close()

@@ -41,8 +41,8 @@ def agent(agent_id: str, *, status: str, heartbeat: float, lease_s: float = 300.
 async def test_old_events_go_in_batches_and_the_metrics_still_count_them(store_target: Path | PostgresUrl) -> None:
     store = await Store.open(store_target)
     now = time.time()
-    old = [(now - 6 * DAY + i, EventDraft(Action.ALLOCATE, "ok", "a", duration_ms=20.0)) for i in range(1200)]
-    young = [(now - DAY + i, EventDraft(Action.ALLOCATE, "ok", "a", duration_ms=30.0)) for i in range(10)]
+    old = [(now - 6 * DAY + i, EventDraft(Action.ALLOCATE, "ok", agent_id="a", duration_ms=20.0)) for i in range(1200)]
+    young = [(now - DAY + i, EventDraft(Action.ALLOCATE, "ok", agent_id="a", duration_ms=30.0)) for i in range(10)]
     await store.append_history([*old, *young])
     before = await store.metric_totals(now=now, window_s=7 * DAY, holds_since=0.0)
     retention = Retention(keep_s=2 * DAY, rollups_keep_s=8 * DAY)

@@ -78,7 +78,7 @@ async def test_claims_are_compare_and_swaps_with_rising_fencing_tokens(store_tar
         expect_state=SlotState.ALLOCATING,
         expect_token=a.fencing_token,
         changes={"state": SlotState.BUSY, "setup_done": True},
-        events=[EventDraft("allocate", "ok", "a", duration_ms=float("nan"))],
+        events=[EventDraft("allocate", "ok", agent_id="a", duration_ms=float("nan"))],
     )
     assert busy and busy.state == SlotState.BUSY and busy.setup_done and busy.version == a.version + 1
     free = await store.transition(a.id, expect_state=SlotState.BUSY, changes=freed(time.time()))
@@ -94,7 +94,7 @@ async def test_claims_are_compare_and_swaps_with_rising_fencing_tokens(store_tar
         expect_state=SlotState.ALLOCATING,
         expect_version=again.version,
         changes={"state": SlotState.BUSY},
-        events=[EventDraft("allocate", "ok", "x")],
+        events=[EventDraft("allocate", "ok", agent_id="x")],
     )
     # The database itself refuses a second live allocation of one branch.
     with raw(store_target) as conn, pytest.raises(sqlite3.IntegrityError):
