@@ -234,6 +234,14 @@ def start_server(env: dict[str, str], **extra: str) -> subprocess.Popen[bytes]:
     )
 
 
+def process_name(proc: psutil.Process) -> str | None:
+    """Its name, or None when it exited between being listed and being looked at."""
+    try:
+        return proc.name()
+    except psutil.Error:
+        return None
+
+
 async def stop_servers(procs: list[subprocess.Popen[bytes]]) -> None:
     """End servers a test started: EOF first, SIGKILL if one is still there after a grace period."""
     for p in procs:

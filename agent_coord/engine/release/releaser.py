@@ -5,6 +5,7 @@ Two-phase like allocation: BUSY → RELEASING (CAS on the fencing token) → git
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -451,7 +452,10 @@ class Releaser(OverEngine):
                 if settled:
                     await self.git.discard_changes(slot_dir)
                     if (await self.git.status(slot_dir)).dirty:  # written while it was cleaned
-                        refs.append((await save_work(self.git, self.store, self.me, slot, slot_dir, WRITER)).ref)
+                        # Not proved saved (it changed again while saved): it stays on disk, untouched,
+                        # in the parked slot, which validation saves once its agent is gone.
+                        with contextlib.suppress(RescueFailed):
+                            refs.append((await save_work(self.git, self.store, self.me, slot, slot_dir, WRITER)).ref)
                         settled = False
                 if not settled:
                     return await self._park(repo, slot, token, refs, forced_from, started)

@@ -7,6 +7,7 @@ rest drive the reclaimer in-process against real repositories.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -21,7 +22,17 @@ import pytest
 from mcp import Client
 
 from agent_coord.engine.store.records import SlotState
-from tests.agent_proc import agent_process, call_step, events, query, reap, set_agent, wait_for, write_step
+from tests.agent_proc import (
+    agent_process,
+    call_step,
+    events,
+    process_name,
+    query,
+    reap,
+    set_agent,
+    wait_for,
+    write_step,
+)
 from tests.conftest import git, server_params
 
 pytestmark = pytest.mark.anyio
@@ -162,7 +173,7 @@ async def test_server_killed_between_phases_is_rolled_back(env: dict[str, str], 
     ) as crasher:
 
         def in_setup() -> bool:
-            return any(p.name() == "sleep" for p in crasher.servers())
+            return any(process_name(p) == "sleep" for p in crasher.servers())
 
         await wait_for(in_setup, 30)
         (row,) = query(env, "SELECT * FROM slots")
@@ -170,7 +181,8 @@ async def test_server_killed_between_phases_is_rolled_back(env: dict[str, str], 
         assert Path(row["path"], ".git").is_file()  # the git phase had run
         procs = crasher.servers()
         for p in procs:
-            p.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):  # a git child may have finished meanwhile
+                p.kill()
         await reap(procs)
         # Only its server died; the agent process lives on. With no server left to validate, the
         # row stays half-done.
