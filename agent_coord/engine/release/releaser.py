@@ -85,6 +85,22 @@ class Releaser(OverEngine):
             raise failed
         return refs, False
 
+    def _event(
+        self, repo: Repo, slot: Slot, outcome: str, token: int | None, started: float, detail: dict[str, object]
+    ) -> EventDraft:
+        """The release's one event, whatever its outcome (a release, a parked slot, a refusal)."""
+        return EventDraft(
+            Action.RELEASE,
+            outcome,
+            agent_id=self.me,
+            repo_id=repo.id,
+            worktree_id=slot.id,
+            branch=slot.branch,
+            duration_ms=(time.monotonic() - started) * 1000,
+            fencing_token=token,
+            detail=detail,
+        )
+
     async def _park(
         self, repo: Repo, slot: Slot, token: int | None, refs: list[str], forced_from: str | None, started: float
     ) -> ReleaseResult:
@@ -93,16 +109,13 @@ class Releaser(OverEngine):
         still naming the agent that writes in it, until that agent is gone (validation then saves what
         it wrote since and returns the slot to the pool)."""
         writer = forced_from or slot.owner
-        event = EventDraft(
-            Action.RELEASE,
+        event = self._event(
+            repo,
+            slot,
             "ok",
-            agent_id=self.me,
-            repo_id=repo.id,
-            worktree_id=slot.id,
-            branch=slot.branch,
-            duration_ms=(time.monotonic() - started) * 1000,
-            fencing_token=token,
-            detail={
+            token,
+            started,
+            {
                 "force": True,
                 "rescue_ref": refs[-1],
                 "rescue_refs": refs,
@@ -331,17 +344,7 @@ class Releaser(OverEngine):
             except CoordError as exc:
                 span.set_attribute("error.code", exc.code.value)
                 await self.store.log(
-                    EventDraft(
-                        Action.RELEASE,
-                        exc.code.value,
-                        agent_id=self.me,
-                        repo_id=repo.id,
-                        worktree_id=slot.id,
-                        branch=slot.branch,
-                        duration_ms=(time.monotonic() - started) * 1000,
-                        fencing_token=slot.fencing_token,
-                        detail={"message": exc.message},
-                    )
+                    self._event(repo, slot, exc.code.value, slot.fencing_token, started, {"message": exc.message})
                 )
                 raise
 
@@ -491,17 +494,7 @@ class Releaser(OverEngine):
             detail["forced_from"] = forced_from
         if rescue:
             detail["rescue_ref"] = rescue
-        event = EventDraft(
-            Action.RELEASE,
-            "ok",
-            agent_id=self.me,
-            repo_id=repo.id,
-            worktree_id=slot.id,
-            branch=slot.branch,
-            duration_ms=(time.monotonic() - started) * 1000,
-            fencing_token=token,
-            detail=detail,
-        )
+        event = self._event(repo, slot, "ok", token, started, detail)
         done = await self.store.transition(
             slot.id,
             expect_state=SlotState.RELEASING,
