@@ -257,7 +257,13 @@ def test_dashboard_in_a_pty_shows_another_process_allocation_and_quits_on_q(
         assert seen, "\n".join(screen)
         assert waited < 1.0
         assert len(screen) <= 24 and all(len(line) <= 80 for line in screen)
-        assert any("agent-pty" in line and "register" in line for line in screen)  # the events too
+        # The events too; a frame may be read half drawn, so wait for one that holds them.
+        assert read_until(
+            child,
+            raw,
+            lambda f: any("agent-pty" in line and ("register" in line or "allocate" in line) for line in f),
+            10,
+        ), "\n".join(last_frame("".join(raw)))
 
         quit_at = time.monotonic()
         child.send("q")
