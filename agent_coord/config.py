@@ -133,6 +133,8 @@ class Settings(BaseModel):
     alert_timeout_s: float = Field(default=10.0, gt=0)
     alert_cooldown_s: float = Field(default=900.0, ge=0)
     alert_pool_full_s: float = Field(default=300.0, ge=0)
+    # How long a call waits for a coordination database another process keeps locked, then STORE_UNAVAILABLE.
+    store_wait_s: float = Field(default=40.0, gt=0, le=3600)
 
     @field_validator("repo", "pool_root", "db", "db_password_file", "manictime_db", "activity_file", mode="before")
     @classmethod
@@ -164,6 +166,10 @@ class Settings(BaseModel):
 
 class SettingsError(ValueError):
     """A setting that cannot be used. `str()` is one line that names the variable (never its value)."""
+
+    def line(self) -> str:
+        """What every entry point prints for it (command line, hooks, `serve`), with exit code 2."""
+        return f"agent-coord: bad setting: {self}"
 
 
 def load_settings() -> Settings:

@@ -15,7 +15,7 @@ from typing import Any
 
 from agent_coord.cli.common import EXIT_REFUSED, EXIT_USAGE
 from agent_coord.config import SettingsError
-from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.errors import CoordError
 from agent_coord.engine.store import StoreBusyError
 
 COMMAND_MODULES: dict[str, str] = {
@@ -53,12 +53,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         _app(args[0] if args else None)(args=args, prog_name="agent-coord")
     except SettingsError as exc:
-        _die(f"agent-coord: bad setting: {exc}", EXIT_USAGE)
+        _die(exc.line(), EXIT_USAGE)
     except CoordError as exc:
         _die(str(exc), EXIT_REFUSED)
-    except StoreBusyError:
-        locked = CoordError(ErrorCode.STORE_UNAVAILABLE, "the coordination database stayed locked by another process")
-        _die(str(locked), EXIT_REFUSED)
+    except StoreBusyError as exc:
+        _die(str(exc.refusal()), EXIT_REFUSED)
     except Exception as exc:  # a bug: one line for the person, the traceback only with debug logging
         logging.getLogger("agent-coord").debug("unexpected failure", exc_info=True)
         _die(f"agent-coord: unexpected {type(exc).__name__}: {exc}", EXIT_REFUSED)

@@ -41,7 +41,7 @@ from agent_coord.claude.hooks import (
     session_context,
 )
 from agent_coord.claude.install import install_claude
-from agent_coord.cli.common import EXIT_OK, EXIT_REFUSED, app
+from agent_coord.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, app
 from agent_coord.config import Settings, SettingsError, load_settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError, ErrorCode
@@ -67,9 +67,9 @@ def _one_line(text: str) -> str:
     return line if len(line) <= MAX_REASON else line[: MAX_REASON - 1] + "…"
 
 
-def _fail(reason: str) -> NoReturn:
+def _fail(reason: str, exit_code: int = EXIT_REFUSED) -> NoReturn:
     typer.echo(_one_line(reason), err=True)
-    raise typer.Exit(EXIT_REFUSED)
+    raise typer.Exit(exit_code)
 
 
 @contextmanager
@@ -118,18 +118,18 @@ def _run_hook(
         return anyio.run(go)
     except CoordError as exc:
         _fail(str(exc))
-    except StoreBusyError:
-        _fail("ALLOCATION_TIMEOUT: the coordination database stayed busy; retry in a moment")
+    except StoreBusyError as exc:
+        _fail(str(exc.refusal()))
     except Exception as exc:
         # Claude Code shows stderr to the user; one line naming the failure beats a traceback there.
-        _fail(f"agent-coord failed unexpectedly: {type(exc).__name__}: {exc}")
+        _fail(f"agent-coord: unexpected {type(exc).__name__}: {exc}")
 
 
 def _settings() -> Settings:
     try:
         return hook_settings(load_settings())
     except SettingsError as exc:  # a malformed AGENT_COORD_* variable, an unreadable config file
-        _fail(f"INVALID_ARGUMENT: agent-coord settings: {exc}")
+        _fail(exc.line(), EXIT_USAGE)
 
 
 def _enter(cwd: str | None) -> None:

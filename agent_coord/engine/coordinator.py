@@ -84,7 +84,7 @@ class Coordinator(OverEngine):
     async def open(
         cls, settings: Settings, *, register: bool, agent_id: str | None = None
     ) -> AsyncIterator[Coordinator]:
-        store = await Store.open(settings.db)
+        store = await Store.open(settings.db, wait_s=settings.store_wait_s)
         coord: Coordinator | None = None
         try:
             identity = await _known_identity(

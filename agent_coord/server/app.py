@@ -21,7 +21,7 @@ from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestPar
 from agent_coord import __version__
 from agent_coord.config import Settings, SettingsError, load_settings
 from agent_coord.engine.coordinator import Coordinator
-from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.errors import CoordError
 from agent_coord.engine.observe.activity import ActivityMirror, format_activity_line
 from agent_coord.engine.observe.watch import ChangeWatcher
 from agent_coord.engine.store import Store, StoreBusyError
@@ -156,7 +156,7 @@ def run_stdio() -> int:
     try:
         settings = load_settings()
     except SettingsError as exc:
-        return refuse_on_stdio(f"agent-coord: bad setting: {exc}", exit_code=EXIT_BAD_SETTINGS)
+        return refuse_on_stdio(exc.line(), exit_code=EXIT_BAD_SETTINGS)
     refusal = anyio.run(startup_refusal, settings)
     if refusal is not None:
         return refuse_on_stdio(refusal)
@@ -168,13 +168,11 @@ async def startup_refusal(settings: Settings) -> str | None:
     """Why this server cannot start, as one coded line, or None. Checked before the MCP session
     starts, so the reason reaches the client as the answer to `initialize` (server/refusal.py)."""
     try:
-        store = await Store.open(settings.db)
+        store = await Store.open(settings.db, wait_s=settings.store_wait_s)
     except CoordError as exc:
         return str(exc)
-    except StoreBusyError:
-        return str(
-            CoordError(ErrorCode.STORE_UNAVAILABLE, "the coordination database stayed locked by another process")
-        )
+    except StoreBusyError as exc:
+        return str(exc.refusal())
     await store.close()
     return None
 

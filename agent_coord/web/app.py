@@ -188,10 +188,9 @@ async def engine_call(call: Callable[[], Awaitable[Any]]) -> Response:
         result = await call()
     except CoordError as exc:
         return refusal(exc.code.value, exc.message, STATUS_OF.get(exc.code, 409))
-    except StoreBusyError:
-        return refusal(
-            ErrorCode.ALLOCATION_TIMEOUT.value, "the coordination database stayed busy; retry in a moment", 503
-        )
+    except StoreBusyError as exc:
+        locked = exc.refusal()
+        return refusal(locked.code.value, locked.message, 503)
     return JSONResponse(result.model_dump(mode="json") if hasattr(result, "model_dump") else result)
 
 

@@ -177,8 +177,8 @@ def test_the_hooks_answer_a_damaged_database_in_one_line(env: dict[str, str], tm
         assert done.stdout == ""
         assert one_line(done.stderr).startswith("STORE_UNAVAILABLE:"), event
     done = cli(env, "hook", "worktree-create", stdin=payload, AGENT_COORD_POOL_MAX="many")
-    assert done.returncode == 1 and done.stdout == ""
-    assert one_line(done.stderr).startswith("INVALID_ARGUMENT: agent-coord settings: AGENT_COORD_POOL_MAX")
+    assert done.returncode == 2 and done.stdout == ""  # a usage error, as on the command line
+    assert one_line(done.stderr).startswith("agent-coord: bad setting: AGENT_COORD_POOL_MAX")
 
 
 def _serve(env: dict[str, str], **extra: str) -> subprocess.CompletedProcess[str]:
@@ -315,13 +315,11 @@ def test_a_database_locked_through_every_retry_is_one_coded_line(
     """Another process holds the write lock and never lets go: the command gives up after its bounded
     retries with one line (the waits are shortened here; the rule is the same)."""
     from agent_coord.cli import main
-    from agent_coord.engine.store import connection
 
     db = fresh_db(env)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(connection, "BUSY_TIMEOUT_MS", 20)
-    monkeypatch.setattr(connection, "BUSY_RETRIES", 2)
+    monkeypatch.setenv("AGENT_COORD_STORE_WAIT_S", "0.05")
     holder = sqlite3.connect(db, timeout=0)
     try:
         holder.execute("BEGIN EXCLUSIVE")

@@ -149,23 +149,13 @@ class Pool(OverEngine):
                         claim = await self._claim(repo, branch, task, warmest, plan.listed)
                     if claim is not None:
                         break
-                    await self.store.log(
-                        EventDraft(
-                            Action.CAS_LOST,
-                            "lost",
-                            agent_id=self.me,
-                            repo_id=repo.id,
-                            branch=branch,
-                            detail={"attempt": attempts, "strategy": strategy},
-                        )
-                    )
+                    await self._log_lost(repo, branch, attempts, strategy)
                     if pessimistic:
                         await anyio.sleep(BACKOFF_BASE_S * (2**attempt) * random.uniform(0.5, 1.5))
                 if claim is None:
-                    raise CoordError(
-                        ErrorCode.ALLOCATION_TIMEOUT,
-                        f"the coordination database stayed locked through {attempts} attempts",
-                    )
+                    # Every claim found the database locked by another process: the store's answer,
+                    # as on every other call (docs/decisions.md, "One answer per situation").
+                    raise StoreBusyError(self.store.path).refusal()
                 await self._git_phase(repo, claim, plan)
             if not claim.slot.setup_done:
                 # Outside the allocation timeout: a dependency install may take minutes (setup_timeout_s).
@@ -174,6 +164,8 @@ class Pool(OverEngine):
             if claim is not None:
                 with anyio.CancelScope(shield=True):
                     await self._roll_back(repo, claim, "allocation timed out")
+            elif attempts > 0:
+                raise StoreBusyError(self.store.path).refusal() from None  # every claim so far found it locked
             raise CoordError(
                 ErrorCode.ALLOCATION_TIMEOUT,
                 f"gave up after {self.settings.allocation_timeout_s:g}s; nothing was changed",
@@ -208,6 +200,20 @@ class Pool(OverEngine):
         )
         self.ctx.granted.remember(result.worktree_id, result.fencing_token)
         return result
+
+    async def _log_lost(self, repo: Repo, branch: str, attempts: int, strategy: str) -> None:
+        draft = EventDraft(
+            Action.CAS_LOST,
+            "lost",
+            agent_id=self.me,
+            repo_id=repo.id,
+            branch=branch,
+            detail={"attempt": attempts, "strategy": strategy},
+        )
+        try:
+            await self.store.log(draft)
+        except StoreBusyError:  # the lock that lost the claim: the next attempt decides, not the log
+            logger.warning("could not log the lost claim of %r: the database stayed locked", branch)
 
     async def _claim(
         self,

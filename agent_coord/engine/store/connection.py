@@ -42,12 +42,29 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 8
+# How long a transaction waits for a database another process keeps locked (AGENT_COORD_STORE_WAIT_S):
+# SQLite's own busy wait per attempt, times the attempts.
+DEFAULT_WAIT_S = BUSY_TIMEOUT_MS * BUSY_RETRIES / 1000
 
 Transaction = Callable[[Db], T]
 
 
 class StoreBusyError(Exception):
-    """SQLITE_BUSY persisted through every retry."""
+    """SQLITE_BUSY persisted through every retry: another process kept the database locked."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        super().__init__("the database stayed locked through every retry")
+        self.path = path
+
+    def refusal(self) -> CoordError:
+        """What every entry point answers (tools, command line, hooks, web, `serve`): one code for
+        one situation (docs/decisions.md, "One answer per situation")."""
+        where = f" {self.path}" if self.path is not None else ""
+        return CoordError(
+            ErrorCode.STORE_UNAVAILABLE,
+            f"the coordination database{where} stayed locked by another process (AGENT_COORD_STORE_WAIT_S); "
+            "nothing was changed; retry in a moment",
+        )
 
 
 class StoreUnavailableError(CoordError):
@@ -117,7 +134,12 @@ def prepare_db_file(path: Path) -> None:
     create_private_file(path)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _busy_ms(wait_s: float) -> int:
+    """SQLite's busy wait per attempt, so that every attempt together waits about `wait_s`."""
+    return max(1, int(wait_s * 1000 / BUSY_RETRIES))
+
+
+def _connect(path: Path, busy_ms: int) -> sqlite3.Connection:
     """Open and configure the connection (runs in a worker thread: it may wait for the WAL switch)."""
     refuse_network_share(path)
     existed = path.exists()
@@ -130,7 +152,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None)
     try:
         conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
         _refuse_foreign(conn, path)
         if existed:  # ours, it turns out: private from now on (another program's file keeps its mode)
             make_private(path)
@@ -195,20 +217,26 @@ class Connection:
         self._thread = thread
         self._lock = anyio.Lock()
         self._closed = False
+        self._max_pause_s = DEFAULT_WAIT_S / (2 * BUSY_RETRIES)
 
     @classmethod
-    async def open(cls, path: Path, *, migrate: bool = True) -> Connection:
+    async def open(cls, path: Path, *, migrate: bool = True, wait_s: float | None = None) -> Connection:
+        """`wait_s`: how long a transaction waits for a lock another process holds (default
+        `BUSY_TIMEOUT_MS` per attempt) before the caller gets `StoreBusyError`."""
+        busy_ms = BUSY_TIMEOUT_MS if wait_s is None else _busy_ms(wait_s)
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-coord-store")
         try:
-            conn = await asyncio.get_running_loop().run_in_executor(thread, _connect, path)
+            conn = await asyncio.get_running_loop().run_in_executor(thread, _connect, path, busy_ms)
         except BaseException as exc:
             thread.shutdown(wait=False)
             if _is_busy(exc):
-                raise StoreBusyError("the database stayed locked through every retry") from exc
+                raise StoreBusyError(path) from exc
             if _is_store_failure(exc):
                 raise unusable(path, exc) from exc
             raise
         self = cls(conn, thread, path)
+        # The pauses between attempts stay a small part of the wait (defaults: up to ~2.5 s a pause).
+        self._max_pause_s = (DEFAULT_WAIT_S if wait_s is None else wait_s) / (2 * BUSY_RETRIES)
         try:
             if migrate:
                 await self._migrate()
@@ -293,12 +321,12 @@ class Connection:
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise unusable(self.path, exc) from exc
-                await anyio.sleep(random.uniform(0.005, 0.02) * (2**attempt))
+                await anyio.sleep(min(random.uniform(0.005, 0.02) * (2**attempt), self._max_pause_s))
             except (sqlite3.DatabaseError, OSError) as exc:
                 if not _is_store_failure(exc):
                     raise
                 raise unusable(self.path, exc) from exc
-        raise StoreBusyError("the database stayed locked through every retry")
+        raise StoreBusyError(self.path)
 
 
 def _split_sql(script: str) -> list[str]:

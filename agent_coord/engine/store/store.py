@@ -29,9 +29,11 @@ class Store(SlotTransitions, Adoption, AgentRecords, EventLog, RadarRecords, Ale
         self.path = path  # where it lives: a SQLite file, or a PostgreSQL URL (printed without its password)
 
     @classmethod
-    async def open(cls, target: Path | PostgresUrl) -> Store:
+    async def open(cls, target: Path | PostgresUrl, *, wait_s: float | None = None) -> Store:
         """The store at `target`, the value of AGENT_COORD_DB: a SQLite file or a PostgreSQL URL. The
-        PostgreSQL driver is imported only for a URL, so the SQLite path never pays for it."""
+        PostgreSQL driver is imported only for a URL, so the SQLite path never pays for it. `wait_s`: how
+        long a SQLite transaction waits for another process's lock (`AGENT_COORD_STORE_WAIT_S`); PostgreSQL
+        bounds its own waits (lock_timeout, the pool's connection wait)."""
         if isinstance(target, PostgresUrl):
             try:
                 from agent_coord.engine.store.pg_connection import PgConnection
@@ -42,7 +44,7 @@ class Store(SlotTransitions, Adoption, AgentRecords, EventLog, RadarRecords, Ale
                 ) from None
             return cls(await PgConnection.open(target), target)
         path = target.expanduser()  # noqa: ASYNC240 - the home directory from the environment, no disk I/O
-        return cls(await Connection.open(path), path)
+        return cls(await Connection.open(path, wait_s=wait_s), path)
 
     @property
     def postgres(self) -> bool:

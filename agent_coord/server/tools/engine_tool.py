@@ -58,8 +58,7 @@ class EngineTool(Tool, Generic[InputT]):
         except CoordError as exc:
             raise ToolError(str(exc)) from exc
         except StoreBusyError as exc:
-            busy = CoordError(ErrorCode.ALLOCATION_TIMEOUT, "the coordination database stayed busy")
-            raise ToolError(str(busy)) from exc
+            raise ToolError(str(exc.refusal())) from exc
         except MCPError:
             raise
         except Exception as exc:
