@@ -35,7 +35,7 @@ from agent_coord.engine.models import AllocationResult, ReleaseResult
 from agent_coord.engine.release.releaser import Releaser
 from agent_coord.engine.repos import bounds_of
 from agent_coord.engine.store import EventDraft
-from agent_coord.engine.store.records import HELD_STATES, Action, Agent, Repo, Slot, SlotState
+from agent_coord.engine.store.records import HELD_STATES, Action, Agent, Origin, Repo, Slot, SlotState
 
 # A week: longer than any session is likely to stay open, short enough that a worktree held by a
 # session on another host (where the process cannot be checked) comes back eventually.
@@ -156,10 +156,15 @@ def branch_for(name: str, prefix: str) -> str:
 def hook_agent_id(session_id: str | None, configured: str | None) -> str | None:
     """`AGENT_COORD_AGENT_ID` when set; else `claude-<first 12 characters of the session id>`, the same
     for every hook of one session; None (derive it from the Claude Code process) without either."""
+    return hook_identity(session_id, configured)[0]
+
+
+def hook_identity(session_id: str | None, configured: str | None) -> tuple[str | None, Origin]:
+    """The hook's agent id (see `hook_agent_id`) and where it comes from."""
     if configured:
-        return configured
+        return configured, "explicit"
     token = re.sub(r"[^A-Za-z0-9-]", "", session_id or "")[:SESSION_ID_CHARS].strip("-")
-    return f"{AGENT_PREFIX}{token}" if token else None
+    return (f"{AGENT_PREFIX}{token}", "session") if token else (None, "process")
 
 
 def hook_settings(settings: Settings) -> Settings:
@@ -177,17 +182,22 @@ def same_process(coord: Coordinator, agent: Agent | None) -> bool:
 
 
 async def release_as(coord: Coordinator, agent_id: str, worktree_id: str) -> ReleaseResult:
-    """Release as `agent_id` (the same engine acting for the owner), so it is an owner's release and
-    never needs force."""
-    return await Releaser(coord.ctx.acting_as(agent_id)).release(worktree_id=worktree_id)
+    """Release as `agent_id` (the same engine acting for the owner, under the owner's origin), so it
+    is an owner's release and never needs force. Only for an owner `_may_act_for` accepted."""
+    owner = await coord.store.agent(agent_id)
+    origin = owner.origin if owner is not None and owner.origin is not None else None
+    return await Releaser(coord.ctx.acting_as(agent_id, origin)).release(worktree_id=worktree_id)
 
 
 async def _may_act_for(coord: Coordinator, owner: str | None) -> bool:
-    if owner is None or owner == coord.agent_id:
+    """The same agent as the owner (`same_agent`: its id and origin, or another session of the same
+    Claude Code process after /clear or a subagent's own session, which holds the directory too)."""
+    if owner is None:
         return True
-    # Another session of the same Claude Code process (after /clear, or a subagent's own session):
-    # the same process holds the directory, so it may give it back.
-    return same_process(coord, await coord.store.agent(owner))
+    registered = await coord.store.agent(owner)
+    if registered is None:
+        return owner == coord.agent_id  # no record left to tell origins apart: the id is all there is
+    return same_process(coord, registered)
 
 
 # ---- the hooks ----------------------------------------------------------------------------------
@@ -275,7 +285,7 @@ async def end_session(coord: Coordinator, payload: SessionEndInput) -> SessionEn
     owners = {coord.agent_id}
     for agent in await coord.store.agents():
         # Sessions this process ended with /clear left their worktrees to it; the process ends now.
-        if agent.id.startswith(AGENT_PREFIX) and same_process(coord, agent):
+        if agent.origin == "session" and same_process(coord, agent):
             owners.add(agent.id)
     for s in held:
         if s.owner not in owners:

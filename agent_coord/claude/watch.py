@@ -75,7 +75,7 @@ def wait_for_exit(pid: int, started: float, bound_s: float = WAIT_BOUND_S, since
             os.close(pidfd)
 
 
-def spawn(pid: int, agent_id: str, slot: str) -> bool:
+def spawn(pid: int, agent_id: str, origin: str, slot: str) -> bool:
     """Start the watcher for Claude Code process `pid`, detached (its own session, no inherited
     stdio: Claude Code reads the hook's stdout as the worktree path). False when `pid` is not there."""
     try:
@@ -87,7 +87,7 @@ def spawn(pid: int, agent_id: str, slot: str) -> bool:
     if since_boot is not None:
         argv += ["--since-boot", repr(since_boot)]
     subprocess.Popen(
-        [*argv, "--agent-id", agent_id, "--slot", slot],
+        [*argv, "--agent-id", agent_id, "--origin", origin, "--slot", slot],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--started", type=float, required=True)
     parser.add_argument("--since-boot", type=float, default=None)
     parser.add_argument("--agent-id", required=True)
+    parser.add_argument("--origin", default="explicit")
     parser.add_argument("--slot", required=True)
     args = parser.parse_args(argv)
     if not wait_for_exit(args.pid, args.started, since_boot=args.since_boot):
@@ -111,9 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"cwd": args.slot, "hook_event_name": "SessionEnd", "reason": "claude-exited"}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(
-            [sys.executable, "-c", "from agent_coord.cli import main; main()", "hook", "session-end"],
+            # As the agent the hook made, with its origin (a session's id is not an explicit one). An
+            # id generated from the Claude Code process cannot be proved ours from here (that process
+            # is gone): such a slot is refused here and comes back by validation, its work saved.
+            [
+                sys.executable,
+                "-c",
+                "from agent_coord.cli import main; main()",
+                "hook",
+                "session-end",
+                "--as-agent",
+                args.agent_id,
+                "--as-origin",
+                args.origin,
+            ],
             input=json.dumps(payload).encode(),
-            env={**os.environ, "AGENT_COORD_AGENT_ID": args.agent_id},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             timeout=SESSION_END_TIMEOUT_S,

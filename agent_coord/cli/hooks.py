@@ -33,7 +33,7 @@ from agent_coord.claude.hooks import (
     branch_for,
     create_worktree,
     end_session,
-    hook_agent_id,
+    hook_identity,
     hook_settings,
     parse_input,
     provide_claude_setup,
@@ -47,9 +47,11 @@ from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.models import AllocationResult
 from agent_coord.engine.store import StoreBusyError
+from agent_coord.engine.store.records import Origin
 
 T = TypeVar("T")
 M = TypeVar("M", bound=HookInput)
+ORIGINS: dict[str, Origin] = {"explicit": "explicit", "session": "session", "process": "process"}
 MAX_REASON = 2000  # Claude Code shows stderr to the user; a page of git output helps nobody
 
 hook_app = typer.Typer(
@@ -100,12 +102,14 @@ def _read_payload(model: type[M]) -> M:
 def _run_hook(
     fn: Callable[[Coordinator], Awaitable[T]],
     *,
-    agent_id: str | None,
+    identity: tuple[str | None, Origin],
     register: bool,
     settings: Settings,
 ) -> T:
+    agent_id, origin = identity
+
     async def go() -> T:
-        async with Coordinator.open(settings, register=register, agent_id=agent_id) as coord:
+        async with Coordinator.open(settings, register=register, agent_id=agent_id, origin=origin) as coord:
             try:
                 return await fn(coord)
             finally:
@@ -160,23 +164,19 @@ def worktree_create() -> None:
             result = await create_worktree(coord, payload, branch)
             return result, await provide_claude_setup(coord, result)
 
-        result, problem = _run_hook(
-            create,
-            agent_id=hook_agent_id(payload.session_id, settings.agent_id),
-            register=True,
-            settings=settings,
-        )
+        identity = hook_identity(payload.session_id, settings.agent_id)
+        result, problem = _run_hook(create, identity=identity, register=True, settings=settings)
         if problem:
             typer.echo(_one_line(problem), err=True)
-        _watch_claude(result)
+        _watch_claude(result, identity[1])
     typer.echo(result.path)
 
 
-def _watch_claude(result: AllocationResult) -> None:
+def _watch_claude(result: AllocationResult, origin: Origin) -> None:
     """Under Claude Code (which names itself in CLAUDE_PID), give the slot back when it exits even if
     it runs no SessionEnd hook (see agent_coord/claude/watch.py)."""
     pid = os.environ.get("CLAUDE_PID", "")
-    if pid.isdigit() and not watch.spawn(int(pid), result.agent_id, result.path):
+    if pid.isdigit() and not watch.spawn(int(pid), result.agent_id, origin, result.path):
         typer.echo(f"agent-coord: Claude Code process {pid} not found; the slot comes back by validation", err=True)
 
 
@@ -189,7 +189,7 @@ def worktree_remove() -> None:
         _enter(payload.cwd)
         result = _run_hook(
             lambda coord: remove_worktree(coord, payload),
-            agent_id=hook_agent_id(payload.session_id, settings.agent_id),
+            identity=hook_identity(payload.session_id, settings.agent_id),
             register=False,
             settings=settings,
         )
@@ -214,7 +214,7 @@ def session_start() -> None:
 
         line = _run_hook(
             context,
-            agent_id=hook_agent_id(payload.session_id, settings.agent_id),
+            identity=hook_identity(payload.session_id, settings.agent_id),
             register=False,
             settings=settings,
         )
@@ -223,16 +223,23 @@ def session_start() -> None:
 
 
 @hook_app.command("session-end")
-def session_end() -> None:
+def session_end(
+    as_agent: Annotated[str | None, typer.Option("--as-agent", hidden=True)] = None,
+    as_origin: Annotated[str, typer.Option("--as-origin", hidden=True)] = "explicit",
+) -> None:
     """SessionEnd: release what the ending session holds, best effort; always exits 0 once read."""
+    # --as-agent/--as-origin: the watcher (claude/watch.py) ends a session as the agent its hook made.
     with _stdout_reserved():
         payload = _read_payload(SessionEndInput)
         settings = _settings()
         _enter(payload.cwd)
+        identity = hook_identity(payload.session_id, settings.agent_id)
+        if as_agent:
+            identity = (as_agent, ORIGINS.get(as_origin, "explicit"))
         try:
             report = _run_hook(
                 lambda coord: end_session(coord, payload),
-                agent_id=hook_agent_id(payload.session_id, settings.agent_id),
+                identity=identity,
                 register=False,
                 settings=settings,
             )

@@ -12,7 +12,7 @@ from agent_coord.engine.git.driver import GitDriver
 from agent_coord.engine.liveness.judge import Identity
 from agent_coord.engine.repos import RepoResolver
 from agent_coord.engine.store import Store
-from agent_coord.engine.store.records import Slot
+from agent_coord.engine.store.records import Origin, Slot
 
 
 class GrantedTokens:
@@ -53,11 +53,13 @@ class EngineContext:
     def me(self) -> str:
         return self.identity.agent_id
 
-    def acting_as(self, agent_id: str) -> EngineContext:
-        """The same engine acting for `agent_id` (a hook gives back a worktree as its owner would)."""
-        if agent_id == self.identity.agent_id:
+    def acting_as(self, agent_id: str, origin: Origin | None = None) -> EngineContext:
+        """The same engine acting for `agent_id` with its `origin` (a hook gives back a worktree as its
+        owner would; the process stays this one's, which the caller proved is the owner's)."""
+        origin = origin or self.identity.origin
+        if agent_id == self.identity.agent_id and origin == self.identity.origin:
             return self
-        return replace(self, identity=replace(self.identity, agent_id=agent_id), granted=GrantedTokens())
+        return replace(self, identity=replace(self.identity, agent_id=agent_id, origin=origin), granted=GrantedTokens())
 
 
 class OverEngine:

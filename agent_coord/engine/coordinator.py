@@ -19,7 +19,7 @@ from agent_coord.engine.context import EngineContext, OverEngine
 from agent_coord.engine.errors import MAX_TEXT, CoordError, ErrorCode
 from agent_coord.engine.git.confinement import PoolRootRefused
 from agent_coord.engine.git.driver import GitDriver
-from agent_coord.engine.liveness.judge import Identity, judge, same_agent_process
+from agent_coord.engine.liveness.judge import Identity, judge, same_agent, same_agent_process
 from agent_coord.engine.models import (
     AgentView,
     AlertView,
@@ -41,7 +41,7 @@ from agent_coord.engine.repos import RepoResolver
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.alerts import Alert
 from agent_coord.engine.store.radar import SideInfo
-from agent_coord.engine.store.records import HELD_STATES, Action, Repo, SlotState
+from agent_coord.engine.store.records import HELD_STATES, Action, Origin, Repo, SlotState
 from agent_coord.engine.validate.loop import ValidatorLoop, check_every
 from agent_coord.engine.validate.validator import Validator
 
@@ -82,13 +82,18 @@ class Coordinator(OverEngine):
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, settings: Settings, *, register: bool, agent_id: str | None = None
+        cls, settings: Settings, *, register: bool, agent_id: str | None = None, origin: Origin = "explicit"
     ) -> AsyncIterator[Coordinator]:
+        """`agent_id` and its `origin` (a hook's `claude-<session>` is "session"); without one,
+        AGENT_COORD_AGENT_ID (explicit), else an id generated from the agent process."""
         store = await Store.open(settings.db, wait_s=settings.store_wait_s)
         coord: Coordinator | None = None
         try:
             identity = await _known_identity(
-                store, Identity.detect(agent_id or settings.agent_id, settings.wrapper_processes)
+                store,
+                Identity.detect(
+                    agent_id or settings.agent_id, settings.wrapper_processes, origin if agent_id else "explicit"
+                ),
             )
             coord = cls(settings, store, identity)
         finally:
@@ -121,6 +126,12 @@ class Coordinator(OverEngine):
             return None
 
     async def register(self) -> None:
+        """Record this agent (its identity, origin and process). An id that another agent holds (a live
+        one, or one that still owns worktrees) is refused: registering over it would make that agent's
+        worktrees ours."""
+        taken = await id_taken(self.store, self.identity)
+        if taken is not None:
+            raise CoordError(ErrorCode.INVALID_ARGUMENT, taken)
         repo = await self.default_repo()
         await self.store.register_agent(
             self.identity.as_agent(repo_id=repo.id if repo else None, lease_s=self.settings.stale_after_s)
@@ -363,8 +374,28 @@ async def _known_identity(store: Store, me: Identity) -> Identity:
     known = [
         a
         for a in await store.agents()
-        if a.id.startswith("agent-") and a.pid_start_s is not None and same_agent_process(me, a)
+        if (a.origin == "process" or (a.origin is None and a.id.startswith("agent-")))
+        and a.pid_start_s is not None
+        and same_agent_process(me, a)
     ]
     if not known:
         return me
     return replace(me, agent_id=max(known, key=lambda a: a.started_at).id)
+
+
+async def id_taken(store: Store, me: Identity) -> str | None:
+    """Why `me.agent_id` belongs to another agent (see `same_agent`) that is alive or holds worktrees,
+    or None. One that is gone and holds nothing leaves its id free."""
+    other = await store.agent(me.agent_id)
+    if other is None or other.origin is None or same_agent(me, other):
+        return None
+    verdict = await anyio.to_thread.run_sync(lambda: judge(other, host=me.host, boot=me.boot_id))
+    holds = [s.id for s in await store.slots() if s.owner == other.id and s.state in HELD_STATES]
+    if not verdict.alive and not holds:
+        return None
+    what = f"holds {', '.join(holds)}" if holds else "is alive"
+    return (
+        f"agent id {me.agent_id} is taken by another agent ({other.origin} id, process {other.pid} on "
+        f"{other.host}) that {what}; this {me.origin} id would make its worktrees ours. Set "
+        "AGENT_COORD_AGENT_ID to an id of your own"
+    )

@@ -20,8 +20,9 @@ from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestPar
 
 from agent_coord import __version__
 from agent_coord.config import Settings, SettingsError, load_settings
-from agent_coord.engine.coordinator import Coordinator
-from agent_coord.engine.errors import CoordError
+from agent_coord.engine.coordinator import Coordinator, id_taken
+from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.liveness.judge import Identity
 from agent_coord.engine.observe.activity import ActivityMirror, format_activity_line
 from agent_coord.engine.observe.watch import ChangeWatcher
 from agent_coord.engine.store import Store, StoreBusyError
@@ -173,8 +174,13 @@ async def startup_refusal(settings: Settings) -> str | None:
         return str(exc)
     except StoreBusyError as exc:
         return str(exc.refusal())
-    await store.close()
-    return None
+    try:
+        taken = await id_taken(store, Identity.detect(settings.agent_id, settings.wrapper_processes))
+        return str(CoordError(ErrorCode.INVALID_ARGUMENT, taken)) if taken is not None else None
+    except StoreBusyError as exc:
+        return str(exc.refusal())
+    finally:
+        await store.close()
 
 
 async def serve_stdio(settings: Settings | None = None) -> None:

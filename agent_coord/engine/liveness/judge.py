@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Literal
 import psutil
 
 from agent_coord import LAUNCHER_PID
-from agent_coord.engine.store.records import Agent
+from agent_coord.engine.store.records import Agent, Origin
 from agent_coord.platform.process_identity import CLOCK_TICKS, boot_id, start_since_boot
 
 # Create times come from /proc with jiffy resolution; allow for rounding between readers.
@@ -124,10 +123,17 @@ class Identity:
     server_create_time: float
     pid_start_s: float | None = None  # seconds from boot (see start_since_boot)
     server_start_s: float | None = None
-    id_generated: bool = False  # the id is our hash, not AGENT_COORD_AGENT_ID or a caller's
+    origin: Origin = "explicit"
+
+    @property
+    def id_generated(self) -> bool:
+        """The id is our hash of the agent process, not AGENT_COORD_AGENT_ID, a caller's or a session's."""
+        return self.origin == "process"
 
     @classmethod
-    def detect(cls, agent_id: str | None, wrappers: tuple[str, ...]) -> Identity:
+    def detect(cls, agent_id: str | None, wrappers: tuple[str, ...], origin: Origin = "explicit") -> Identity:
+        """This process's identity: `agent_id` with its `origin`, or (without an id) one generated from
+        the agent process."""
         host = socket.gethostname()
         boot = boot_id()
         me = psutil.Process()
@@ -140,8 +146,8 @@ class Identity:
         else:
             agent = agent_process(wrappers)
             agent_pid, agent_created, agent_since_boot = agent.pid, agent.create_time(), start_since_boot(agent.pid)
-        generated = not agent_id
         if not agent_id:
+            origin = "process"
             # Stable for the agent process: a restarted server under the same agent gets the same id.
             # (The same formula as ever, so an upgrade keeps the id; after a clock step the coordinator
             # finds the agent's earlier id by its start counted from boot: Coordinator.open.)
@@ -157,7 +163,7 @@ class Identity:
             server_create_time=me.create_time(),
             pid_start_s=agent_since_boot,
             server_start_s=start_since_boot(me.pid),
-            id_generated=generated,
+            origin=origin,
         )
 
     def as_agent(self, *, repo_id: int | None, lease_s: float, status: str = "active") -> Agent:
@@ -178,6 +184,7 @@ class Identity:
             lease_expires_at=now + lease_s,
             pid_start_s=self.pid_start_s,
             server_start_s=self.server_start_s,
+            origin=self.origin,
         )
 
 
@@ -268,27 +275,31 @@ def process_gone(
     return None
 
 
-GENERATED_ID = re.compile(r"agent-[0-9a-f]{8}")
-SESSION_ID_PREFIX = "claude-"  # what the Claude Code hooks derive from a session (claude/hooks.py)
-
-
-def is_session_id(agent_id: str) -> bool:
-    """An id the Claude Code hooks derive from a session (`claude-<session>`)."""
-    return agent_id.startswith(SESSION_ID_PREFIX)
-
-
 def same_agent(me: Identity, agent: Agent | None) -> bool:
-    """Is `agent` the agent `me` acts for? The same id; or, under the same agent process, a Claude Code
-    session's hooks (`claude-<session>`) and its MCP server (whatever id it has), or two ids both
-    generated from that process. Ids chosen explicitly are agents of their own: an orchestrator that
-    starts servers with different AGENT_COORD_AGENT_IDs, directly or through `sh -c`, runs that many
-    agents, and none may release or take another's worktree without force."""
+    """Is `agent` (as registered) the agent `me` acts for? Decided from id, origin and process, never
+    from what an id looks like (an explicit `claude-x` is not a session, an explicit `agent-1a2b3c4d`
+    is not a generated id):
+
+    * the same id and origin: one agent. An explicit id is the agent whichever process uses it (the
+      Inspector's calls, a restarted server); a session is one Claude Code session, also resumed in a
+      new process; a generated id is a hash of its agent process, so that process must match too (two
+      processes whose hashes collide are two agents);
+    * the same id from two origins: two agents;
+    * two ids: one agent only under the same agent process when one of them was derived from a Claude
+      Code session (its hooks and its own MCP server; the session after `/clear`) or both were
+      generated from that process. Two explicit ids are two agents even under one parent.
+
+    A row of an older version (origin unknown) is the same agent only under the same id."""
     if agent is None:
         return False
+    if agent.origin is None:
+        return agent.id == me.agent_id
     if agent.id == me.agent_id:
-        return True
-    ids = (me.agent_id, agent.id)
-    derived = any(is_session_id(i) for i in ids) or all(GENERATED_ID.fullmatch(i) for i in ids)
+        if agent.origin != me.origin:
+            return False
+        return agent.origin != "process" or same_agent_process(me, agent)
+    origins = {me.origin, agent.origin}
+    derived = "session" in origins or origins == {"process"}
     return derived and same_agent_process(me, agent)
 
 

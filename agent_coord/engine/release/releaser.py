@@ -55,10 +55,15 @@ class Releaser(OverEngine):
         self.lease_s = ctx.settings.stale_after_s
 
     async def _same_agent(self, owner: str | None) -> bool:
-        """What a hook of this same Claude Code session allocated under another derived id
-        (`claude-<session>`) is ours to release without force; an explicitly named agent's is not,
-        even under the same parent process (see `same_agent`)."""
-        return owner is not None and same_agent(self.identity, await self.store.agent(owner))
+        """Is the owner the acting agent (`same_agent`: id, origin and process; a hook of this same
+        Claude Code session under its `claude-<session>`)? An explicitly named agent is another even
+        under the same parent process, and so is one whose id merely reads like ours."""
+        if owner is None:
+            return False
+        registered = await self.store.agent(owner)
+        if registered is None:
+            return owner == self.me  # no record left to tell origins apart: the id is all there is
+        return same_agent(self.identity, registered)
 
     async def _save_until_settled(self, slot: Slot, slot_dir: Confined) -> tuple[list[str], bool]:
         """Save the worktree, then read it again: cleaned only when it still is what was saved (its
@@ -362,7 +367,7 @@ class Releaser(OverEngine):
                 f"{slot.id} is {slot.state.value}, not an allocation that can be released",
             )
         forced_from: str | None = None
-        if slot.state == SlotState.BUSY and slot.owner != self.me and not await self._same_agent(slot.owner):
+        if slot.state == SlotState.BUSY and not await self._same_agent(slot.owner):
             await self._raise_if_mine_ended(slot)
             if not force:
                 raise CoordError(

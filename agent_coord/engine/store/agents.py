@@ -13,6 +13,7 @@ from agent_coord.engine.store.rows import (
     _agent,
     _append,
     _insert_agent,
+    _record_origin,
     _record_starts,
     _Tables,
 )
@@ -81,6 +82,7 @@ class AgentRecords(_Tables):
                 " last_heartbeat=excluded.last_heartbeat, lease_expires_at=excluded.lease_expires_at",
             )
             _record_starts(conn, agent)
+            _record_origin(conn, agent)
             _append(
                 conn,
                 EventDraft(

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+# Where an agent's id comes from: AGENT_COORD_AGENT_ID or a caller's choice ("explicit"), a Claude Code
+# session's hooks ("session", `claude-<session>`), or a hash of the agent process ("process").
+Origin = Literal["explicit", "session", "process"]
 
 
 class SlotState(StrEnum):
@@ -118,6 +122,9 @@ class Agent:
     # Seconds from boot to the process's start (Linux); immune to wall-clock steps. None: unknown.
     pid_start_s: float | None = None
     server_start_s: float | None = None
+    # Where the id comes from: explicit | session | process (liveness.judge.Origin); None: unknown
+    # (registered by an older version).
+    origin: Origin | None = None
 
 
 @dataclass(frozen=True)

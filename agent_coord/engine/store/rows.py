@@ -77,8 +77,9 @@ AGENT_SELECT = (
     " a.repo_id, a.status, a.note, a.started_at, a.last_heartbeat, a.lease_expires_at,"
     " CASE WHEN s.pid = a.pid AND s.pid_create_time = a.pid_create_time THEN s.pid_start_s END AS pid_start_s,"
     " CASE WHEN s.server_pid = a.server_pid AND s.server_create_time = a.server_create_time"
-    " THEN s.server_start_s END AS server_start_s"
-    " FROM agents a LEFT JOIN agent_starts s ON s.agent_id = a.id"
+    " THEN s.server_start_s END AS server_start_s,"
+    " CASE WHEN o.pid = a.pid AND o.pid_create_time = a.pid_create_time THEN o.origin END AS origin"
+    " FROM agents a LEFT JOIN agent_starts s ON s.agent_id = a.id LEFT JOIN agent_origins o ON o.agent_id = a.id"
 )
 
 
@@ -105,6 +106,23 @@ def _record_starts(conn: Db, agent: Agent) -> None:
             agent.server_create_time,
             agent.server_start_s,
         ),
+    )
+
+
+def _record_origin(conn: Db, agent: Agent) -> None:
+    if agent.origin is None:
+        conn.execute("DELETE FROM agent_origins WHERE agent_id = ?", (agent.id,))
+        return
+    insert = "INSERT {} INTO agent_origins (agent_id, origin, pid, pid_create_time) VALUES (?, ?, ?, ?)"
+    conn.execute(
+        sql(
+            conn,
+            sqlite=insert.format("OR REPLACE"),
+            postgresql=insert.format("")
+            + " ON CONFLICT (agent_id) DO UPDATE SET origin = excluded.origin, pid = excluded.pid,"
+            " pid_create_time = excluded.pid_create_time",
+        ),
+        (agent.id, agent.origin, agent.pid, agent.pid_create_time),
     )
 
 

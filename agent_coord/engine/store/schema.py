@@ -322,6 +322,20 @@ MIGRATIONS: tuple[str, ...] = (
         ON CONFLICT (bucket, bin) DO UPDATE SET n = n + 1, max_s = MAX(max_s, excluded.max_s);
     END;
     """,  # noqa: S608
+    # 6: where each agent's id comes from (liveness.judge.Origin): `explicit` (AGENT_COORD_AGENT_ID or a
+    # caller's), `session` (derived from a Claude Code session by the hooks), `process` (generated from
+    # the agent process). Sameness is decided from id, origin and process (judge.same_agent), never
+    # from what an id looks like. A table beside `agents`, as `agent_starts` is, naming the agent
+    # process it was recorded with: an older server re-registering the id leaves it describing another
+    # process, and the origin then counts as unknown.
+    """
+    CREATE TABLE agent_origins (
+        agent_id TEXT PRIMARY KEY REFERENCES agents(id) ON DELETE CASCADE,
+        origin TEXT NOT NULL CHECK (origin IN ('explicit', 'session', 'process')),
+        pid INTEGER NOT NULL,
+        pid_create_time REAL NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

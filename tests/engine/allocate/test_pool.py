@@ -443,7 +443,7 @@ async def test_same_agent_process_releases_without_force(coord: Any, settings: A
     release it: an agent is its process, whatever id it registered under."""
     from agent_coord.engine.coordinator import Coordinator
 
-    async with Coordinator.open(settings, register=True, agent_id="claude-0123456789ab") as hook:
+    async with Coordinator.open(settings, register=True, agent_id="claude-0123456789ab", origin="session") as hook:
         a = await hook.pool.allocate("from-hook")
     r = await coord.pool.release(worktree_id=a.worktree_id)
     assert r.state == "FREE"
