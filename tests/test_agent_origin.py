@@ -144,3 +144,28 @@ async def test_an_origin_counts_only_while_its_row_names_the_same_process(coord:
     with sqlite3.connect(env["AGENT_COORD_DB"]) as conn:
         conn.execute("UPDATE agents SET pid = pid + 1 WHERE id = ?", (coord.agent_id,))
     assert (await coord.store.agent(coord.agent_id)).origin is None
+
+
+@pytest.mark.parametrize("server_id", [None, "coder"])
+async def test_a_sessions_own_server_releases_the_slot_its_hook_made(
+    env: dict[str, str], repo: Path, server_id: str | None
+) -> None:
+    """This test plays Claude Code: its WorktreeCreate hook makes a slot as `claude-<session>`, and its
+    own MCP server (a generated id, or one set in .mcp.json's env) gives it back without force: one
+    agent process, one session, one agent for that slot."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")} | env
+    made = subprocess.run(
+        [sys.executable, "-m", "agent_coord", "hook", "worktree-create"],
+        input=json.dumps({"session_id": "fedcba9876543210", "name": "own", "cwd": str(repo)}),
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=60,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    extra = {"AGENT_COORD_AGENT_ID": server_id} if server_id else {}
+    async with Client(server_params(env, **extra), mode="legacy") as server:
+        released = await server.call_tool("release_worktree", {"path": made.stdout.strip()})
+        assert not released.is_error, released.content
+        assert released.structured_content["state"] == "FREE"
