@@ -169,3 +169,25 @@ async def test_a_sessions_own_server_releases_the_slot_its_hook_made(
         released = await server.call_tool("release_worktree", {"path": made.stdout.strip()})
         assert not released.is_error, released.content
         assert released.structured_content["state"] == "FREE"
+
+
+async def test_a_session_never_ends_an_explicit_agent_that_shares_its_ids_text(env: dict[str, str], repo: Path) -> None:
+    """A server named `claude-0123456789ab` explicitly holds a worktree; a Claude Code session whose
+    derived id reads the same ends: the server's worktree is not the session's to give back."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")} | env
+    async with Client(server_params(env, AGENT_COORD_AGENT_ID="claude-0123456789ab"), mode="legacy") as server:
+        held = await server.call_tool("allocate_worktree", {"branch": "feat/explicit"})
+        assert not held.is_error, held.content
+        ended = subprocess.run(
+            [sys.executable, "-m", "agent_coord", "hook", "session-end"],
+            input=json.dumps({"session_id": "0123456789abcdef", "cwd": str(repo), "reason": "logout"}),
+            capture_output=True,
+            text=True,
+            env=full,
+            timeout=60,
+            check=False,
+        )
+        assert ended.returncode == 0 and "held by another agent" in ended.stderr, ended.stderr
+        status = (await server.call_tool("status", {})).structured_content
+        (mine,) = [w for w in status["worktrees"] if w["branch"] == "feat/explicit"]
+        assert mine["state"] == "BUSY" and mine["agent_id"] == "claude-0123456789ab"

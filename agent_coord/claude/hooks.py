@@ -290,6 +290,10 @@ async def end_session(coord: Coordinator, payload: SessionEndInput) -> SessionEn
     for s in held:
         if s.owner not in owners:
             continue
+        if not await _may_act_for(coord, s.owner):
+            # The same id text, registered with another origin (or another process's hash): not ours.
+            report.kept.append(f"{s.id} ({s.path}): kept, held by another agent named {s.owner}")
+            continue
         try:
             report.released.append(await release_as(coord, s.owner or coord.agent_id, s.id))
         except CoordError as exc:
