@@ -20,8 +20,7 @@ from mcp import Client
 from agent_coord.engine.liveness.judge import Identity, same_agent
 from agent_coord.engine.store.records import Agent, Origin
 from agent_coord.platform.process_identity import boot_id, start_since_boot
-
-from .conftest import server_params
+from tests.conftest import server_params
 
 pytestmark = pytest.mark.anyio
 

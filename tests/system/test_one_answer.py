@@ -19,7 +19,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from .conftest import server_params
+from tests.conftest import server_params
 
 pytestmark = pytest.mark.anyio
 
