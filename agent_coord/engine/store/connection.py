@@ -52,7 +52,7 @@ Transaction = Callable[[Db], T]
 class StoreBusyError(Exception):
     """SQLITE_BUSY persisted through every retry: another process kept the database locked."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | PostgresUrl | None = None) -> None:
         super().__init__("the database stayed locked through every retry")
         self.path = path
 

@@ -275,7 +275,7 @@ class PgConnection:
                 reconnects += 1
                 if reconnects > POOL_SIZE + 1:
                     raise unreachable(self.url, exc.__cause__ or exc) from None
-        raise StoreBusyError("the transaction kept conflicting with others through every retry")
+        raise StoreBusyError(self.url)  # the transaction kept conflicting with others through every retry
 
     async def _hop(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` in a worker thread and wait until it has finished, whatever happens: a cancelled

@@ -370,4 +370,14 @@ PG_MIGRATIONS: tuple[str, ...] = (
         EXECUTE FUNCTION agents_lease_gap();
     {_notify_on("alerts")}
     """,  # noqa: S608
+    # 6: where each agent's id came from (schema.py's migration 6).
+    f"""
+    CREATE TABLE agent_origins (
+        agent_id TEXT PRIMARY KEY REFERENCES agents(id) ON DELETE CASCADE,
+        origin TEXT NOT NULL CHECK (origin IN ('explicit', 'session', 'process')),
+        pid BIGINT NOT NULL,
+        pid_create_time DOUBLE PRECISION NOT NULL
+    );
+    {_notify_on("agent_origins")}
+    """,
 )
