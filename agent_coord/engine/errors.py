@@ -34,10 +34,12 @@ class CoordError(Exception):
     """A refusal with a stable code. `str()` is `CODE: what happened. Next: what to do`, the form agents
     read; `message` is what happened alone (for the event log and the command line)."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, next_step: str | None = None) -> None:
+        """`next_step` replaces the code's usual advice where the situation has a more exact one."""
         # Imported here: the guidance table is keyed by ErrorCode, defined above.
         from agent_coord.engine.guidance import guidance
 
-        super().__init__(f"{code.value}: {message.rstrip('. ')}. {guidance(code).advice()}")
+        advice = f"Next: {next_step}" if next_step else guidance(code).advice()
+        super().__init__(f"{code.value}: {message.rstrip('. ')}. {advice}")
         self.code = code
         self.message = message

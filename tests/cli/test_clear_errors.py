@@ -228,6 +228,46 @@ def test_a_pool_root_that_cannot_be_listed_is_reported_not_raised(env: dict[str,
     assert one_line(alloc.stderr).split(":", 1)[0] in {c.value for c in ErrorCode}
 
 
+def _without_file_permission_override() -> list[str]:
+    """A command prefix under which file modes bind: root ignores them, so root drops the capabilities
+    that override them (`setpriv`), as an unprivileged user never had them."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is needed to make file modes bind for root")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_a_pool_root_without_read_permission_is_one_coded_line(env: dict[str, str], tmp_path: Path) -> None:
+    """A real folder whose mode forbids reading it: every entry point names the setting and the cause and
+    says what to do, and the folder is left as it was."""
+    pool = Path(env["AGENT_COORD_POOL_ROOT"])
+    pool.mkdir()
+    assert cli(env, "validate", "--repair").returncode == 0  # the pool root is agent-coord's own
+    before = sorted(p.name for p in pool.iterdir())
+    pool.chmod(0)
+    try:
+        prefix = _without_file_permission_override()
+        hook_input = json.dumps({"session_id": "s", "name": "n", "cwd": env["AGENT_COORD_REPO"]})
+        for args, stdin in ((["validate", "--json"], ""), (["hook", "worktree-create"], hook_input)):
+            done = subprocess.run(
+                [*prefix, sys.executable, "-m", "agent_coord", *args],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                env=_env(env),
+                timeout=60,
+            )
+            assert done.returncode == 1 and done.stdout == "", (args, done.stdout, done.stderr)
+            line = one_line(done.stderr)
+            assert line.startswith("INVALID_ARGUMENT: AGENT_COORD_POOL_ROOT"), line
+            assert "Permission denied" in line and "Next: set AGENT_COORD_POOL_ROOT" in line, line
+    finally:
+        pool.chmod(0o755)
+    assert sorted(p.name for p in pool.iterdir()) == before
+
+
 async def test_a_store_error_in_process_is_coded(tmp_path: Path) -> None:
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"SQLite format 3\x00" + os.urandom(500))

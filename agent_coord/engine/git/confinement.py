@@ -52,7 +52,12 @@ class PoolRootRefused(CoordError):
     """A pool root that would put the repository, or other people's files, in the pool's hands."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.INVALID_ARGUMENT, message)
+        super().__init__(
+            ErrorCode.INVALID_ARGUMENT,
+            message,
+            next_step=f"set {SETTING} to a folder agent-coord may own (one it created, or an empty one) "
+            "that the user running it can read and write, then start again.",
+        )
 
 
 @dataclass(frozen=True)
