@@ -9,8 +9,9 @@ pre-edit`). When the file about to be edited is changed in another live worktree
 
 It runs before every edit, so it imports only the standard library (no MCP SDK, no pydantic, no git)
 and reads the store with bare sqlite3, read-only; even `json` is imported only when there is something
-to say (the event is read with SQLite's JSON functions). It fails open: when the store cannot be read
-it allows the edit and says why in one line on stderr.
+to say (the event is read with SQLite's JSON functions). A PostgreSQL store is read through psycopg, the
+one import that path adds, in a read-only transaction; the event is still read by an in-memory SQLite.
+It fails open: when the store cannot be read it allows the edit and says why in one line on stderr.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ import sys
 # `typing` costs a few ms of the hook's start-up; annotations are never evaluated here (PEP 563).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, TextIO
+
+    # Runs one SELECT written with `?` placeholders on the store, whichever engine holds it.
+    Query = Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
 
 MODES = ("off", "warn", "ask", "deny")
 MAX_INPUT_BYTES = 1 << 20
@@ -111,12 +116,12 @@ def _within(path: str, root: str) -> str | None:
     return os.path.relpath(path, real).replace(os.sep, "/")
 
 
-def others_changing(conn: sqlite3.Connection, target: str) -> tuple[str | None, list[dict[str, Any]]]:
+def others_changing(query: Query, target: str) -> tuple[str | None, list[dict[str, Any]]]:
     """(my worktree id or None, the other live allocations that changed this file)."""
     best: tuple[int, str | None, int, str] | None = None  # (depth, slot id, repo id, relative path)
-    rows = conn.execute(
-        "SELECT id, repo_id, path FROM slots WHERE state = 'BUSY' UNION ALL SELECT NULL, id, path FROM repos"
-    ).fetchall()
+    rows = query(
+        "SELECT id, repo_id, path FROM slots WHERE state = 'BUSY' UNION ALL SELECT NULL, id, path FROM repos", ()
+    )
     for slot_id, repo_id, root in rows:
         rel = _within(target, root)
         if rel is not None and (best is None or len(root) > best[0]):
@@ -124,32 +129,32 @@ def others_changing(conn: sqlite3.Connection, target: str) -> tuple[str | None, 
     if best is None:
         return None, []
     _, mine, repo_id, rel = best
-    others = conn.execute(
+    others = query(
         "SELECT s.id, s.branch, s.owner, s.task FROM radar_changes c"
         " JOIN radar_trees t ON t.worktree_id = c.worktree_id"
         " JOIN slots s ON s.id = c.worktree_id AND s.fencing_token = t.fencing_token AND s.state = 'BUSY'"
         " WHERE c.repo_id = ? AND c.path = ? AND c.worktree_id IS NOT ? ORDER BY s.id",
         (repo_id, rel, mine),
-    ).fetchall()
+    )
     found: list[dict[str, Any]] = []
     for wt, branch, owner, task in others:
         entry: dict[str, Any] = {"worktree_id": wt, "branch": branch, "agent_id": owner, "task": task, "path": rel}
         if mine is not None:
-            entry["ranges"] = _conflict_ranges(conn, mine, wt, rel)
+            entry["ranges"] = _conflict_ranges(query, mine, wt, rel)
         found.append(entry)
     return mine, found
 
 
-def _conflict_ranges(conn: sqlite3.Connection, mine: str, other: str, rel: str) -> list[list[int]] | None:
+def _conflict_ranges(query: Query, mine: str, other: str, rel: str) -> list[list[int]] | None:
     """My lines of `rel` that the radar predicts will conflict with `other`, or None when it predicts
     no conflict there ([] when it does but has no line ranges: binary, deleted)."""
     import json  # only when another worktree changes the file: there is something to say
 
     a, b = sorted((mine, other))
-    row = conn.execute("SELECT detail, kind FROM radar_pairs WHERE a = ? AND b = ?", (a, b)).fetchone()
-    if row is None or row[1] != "conflict":
+    rows = query("SELECT detail, kind FROM radar_pairs WHERE a = ? AND b = ?", (a, b))
+    if not rows or rows[0][1] != "conflict":
         return None
-    side = json.loads(row[0]).get("a" if mine == a else "b", {})
+    side = json.loads(rows[0][0]).get("a" if mine == a else "b", {})
     if rel not in side.get("conflict", []):
         return None
     ranges = side.get("ranges", {}).get(rel, [])
@@ -177,12 +182,13 @@ def message(found: list[dict[str, Any]]) -> str:
     )
 
 
-def decide(raw_event: str, mode: str, conn: sqlite3.Connection) -> dict[str, Any] | None:
-    """The hook's stdout JSON, or None for no output (allow, say nothing)."""
+def decide(raw_event: str, mode: str, conn: sqlite3.Connection, query: Query | None = None) -> dict[str, Any] | None:
+    """The hook's stdout JSON, or None for no output (allow, say nothing). `conn` reads the event (and
+    the store, unless `query` reads it elsewhere)."""
     target = _target(conn, raw_event)
     if mode == "off" or target is None:
         return None
-    _, found = others_changing(conn, target)
+    _, found = others_changing(query or _sqlite_query(conn), target)
     if not found:
         return None
     text = message(found)
@@ -206,15 +212,10 @@ def run(stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
             return 0
         raw_event = stdin.read(MAX_INPUT_BYTES) or "{}"
         db = db_path(file)
-        if "://" in db:  # a PostgreSQL store: never echo the URL, it may hold a password
-            raise GuardError("the edit guard reads a SQLite store only (AGENT_COORD_DB is a URL)")
-        if not os.path.isfile(db):
-            raise GuardError(f"no coordination database at {db}")
-        conn = sqlite3.connect(f"file:{_uri_path(os.path.abspath(db))}?mode=ro", uri=True, timeout=0.1)
-        try:
-            answer = decide(raw_event, mode, conn)
-        finally:
-            conn.close()
+        if "://" in db:
+            answer = _decide_on_postgresql(raw_event, mode, db, _setting("db_password_file", file))
+        else:
+            answer = _decide_on_sqlite(raw_event, mode, db)
     except (OSError, ValueError, sqlite3.Error, GuardError) as exc:
         stderr.write(f"agent-coord edit guard: allowed without checking ({exc})\n")
         return 0
@@ -223,6 +224,56 @@ def run(stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
 
         stdout.write(json.dumps(answer) + "\n")
     return 0
+
+
+def _sqlite_query(conn: sqlite3.Connection) -> Query:
+    return lambda sql, params: conn.execute(sql, params).fetchall()
+
+
+def _decide_on_sqlite(raw_event: str, mode: str, db: str) -> dict[str, Any] | None:
+    if not os.path.isfile(db):
+        raise GuardError(f"no coordination database at {db}")
+    conn = sqlite3.connect(f"file:{_uri_path(os.path.abspath(db))}?mode=ro", uri=True, timeout=0.1)
+    try:
+        return decide(raw_event, mode, conn)
+    finally:
+        conn.close()
+
+
+def _decide_on_postgresql(raw_event: str, mode: str, url: str, password_file: str | None) -> dict[str, Any] | None:
+    """The same answer from a PostgreSQL store. Its errors never carry the URL's password: psycopg's
+    texts are scrubbed, and a URL that cannot be parsed is not shown at all."""
+    from agent_coord.store_target import PostgresUrl, StoreTargetError
+
+    try:
+        target = PostgresUrl(url)
+    except StoreTargetError:
+        raise GuardError("AGENT_COORD_DB is not a usable PostgreSQL URL") from None
+    conn = sqlite3.connect(":memory:")  # reads the event, as on the SQLite path
+    try:
+        if _target(conn, raw_event) is None:  # nothing to look up: no connection made
+            return None
+        import psycopg
+
+        extra: dict[str, Any] = {}
+        if password_file:
+            with open(os.path.expanduser(password_file), encoding="utf-8") as fh:
+                extra["password"] = fh.read().strip()
+        try:
+            with psycopg.connect(target.secret_url(), connect_timeout=3, **extra) as pg:
+                pg.read_only = True
+
+                def query(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+                    # SQLite's null-safe `IS NOT` (older SQLites lack IS DISTINCT FROM) is PostgreSQL's.
+                    sql = sql.replace("IS NOT ?", "IS DISTINCT FROM ?").replace("?", "%s")
+                    return pg.execute(sql, params).fetchall()
+
+                return decide(raw_event, mode, conn, query)
+        except psycopg.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GuardError(f"the PostgreSQL store cannot be read: {target.scrub(first)}") from None
+    finally:
+        conn.close()
 
 
 def _uri_path(path: str) -> str:

@@ -18,6 +18,7 @@ from agent_coord.config import Settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.radar.models import BaseBranch, Conflict, OtherAllocation
 from agent_coord.engine.radar.radar_pass import PassReport
+from agent_coord.store_target import PostgresUrl
 from tests.conftest import git, make_repo
 
 pytestmark = pytest.mark.anyio
@@ -318,6 +319,51 @@ def test_edit_guard_fails_open(tmp_path: Path) -> None:
     postgres = run_guard({"AGENT_COORD_DB": "postgresql://coord:Guard-Secret@db.example/coord"}, event, "deny")
     assert (postgres.returncode, postgres.stdout) == (0, "") and "allowed without checking" in postgres.stderr
     assert "Guard-Secret" not in postgres.stderr
+
+
+async def test_edit_guard_reads_a_postgresql_store(
+    shared_repo: Path, env: dict[str, str], pg_url: PostgresUrl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same answer when the store is PostgreSQL, the password given in a file and never shown."""
+    password_file = tmp_path / "pg-password"
+    password_file.write_text("not-the-password\n")
+    pg_env = {**env, "AGENT_COORD_DB": pg_url.secret_url()}
+    for key, value in pg_env.items():
+        monkeypatch.setenv(key, value)
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(Coordinator.open(Settings(), register=True, agent_id="agent-a"))
+        b = await stack.enter_async_context(Coordinator.open(Settings(), register=True, agent_id="agent-b"))
+        wa = await a.pool.allocate("feat-a")
+        wb = await b.pool.allocate("feat-b", task="fix things")
+        edit(Path(wa.path) / "app.py", 10, "by a")
+        edit(Path(wb.path) / "app.py", 10, "by b")
+        await radar_pass(a)
+        event = edit_event(Path(wa.path) / "app.py")
+
+        denied = run_guard(pg_env, event, "deny")
+        assert denied.returncode == 0, denied.stderr
+        out = json.loads(denied.stdout)["hookSpecificOutput"]
+        assert out["permissionDecision"] == "deny" and "feat-b" in out["permissionDecisionReason"]
+        assert "lines 10" in out["permissionDecisionReason"]
+        quiet = run_guard(pg_env, edit_event(Path(wa.path) / "other.py"), "deny")
+        assert (quiet.returncode, quiet.stdout) == (0, ""), quiet.stderr
+
+        # A server that refuses the login: allowed, one line, no secret in it.
+        user = pg_url.redacted().split("://", 1)[1].split("@", 1)[0].split(":", 1)[0]
+        host_part = pg_url.redacted().split("@", 1)[1]
+        wrong = f"postgresql://{user}:Guard-Secret-Wrong@{host_part}"
+        for refused_env in (
+            {**env, "AGENT_COORD_DB": wrong},
+            {
+                **env,
+                "AGENT_COORD_DB": wrong.replace(":Guard-Secret-Wrong", ""),
+                "AGENT_COORD_DB_PASSWORD_FILE": str(password_file),
+            },
+        ):
+            refused = run_guard(refused_env, event, "deny")
+            assert (refused.returncode, refused.stdout) == (0, ""), refused
+            assert "allowed without checking" in refused.stderr and len(refused.stderr.splitlines()) == 1
+            assert "Guard-Secret-Wrong" not in refused.stderr and "not-the-password" not in refused.stderr
 
 
 async def test_allocate_and_release_results_carry_conflicts(two: tuple[Coordinator, Coordinator]) -> None:
