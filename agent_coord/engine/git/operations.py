@@ -112,15 +112,6 @@ def moved_worktree(listing: WorktreeListing, slot_path: str, branch: str | None)
         if (info.branch == branch) if branch is not None else info.detached:
             return info
     return None
-    for info in listing.entries:
-        if branch is not None and info.branch == branch:
-            return info
-    name = Path(slot_path).name
-    for info in listing.entries:
-        admin = admin_dir(Path(info.path))
-        if admin is not None and admin.parent.name == "worktrees" and admin.name == name and info.detached:
-            return info
-    return None
 
 
 def unsaveable_work(worktree: Path, changed: list[str]) -> list[str]:

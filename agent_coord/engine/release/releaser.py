@@ -202,28 +202,26 @@ class Releaser(OverEngine):
             f"{slot.id} was not released: {exc.reason}; nothing was run in it, and it is quarantined for a person",
         )
 
-    async def _moved_back(self, repo: Repo, slot: Slot, path: Path) -> WorktreeRecord | None:
-        """A slot whose worktree a person moved away (`git worktree move`) is moved back to its path
-        before it is released, so that its branch is released too and the pool keeps its directory.
-        None when git lists no such worktree; GIT_FAILED when git refuses the move (submodules)."""
+    async def _refuse_moved(self, repo: Repo, slot: Slot, path: Path) -> None:
+        """A slot whose worktree a person moved away (`git worktree move`) is not released: its worktree is
+        now outside the pool, where agent-coord never acts (not even to move it back), and releasing the
+        record alone would hand out a branch that is still checked out there. The person moves it back."""
         if await anyio.Path(path).exists():
-            return None
+            return
         try:
             listing = await WorktreeListing.read(self.git, Path(repo.path))
         except GitError:
-            return None
+            return
         moved = moved_worktree(listing, slot.path, slot.branch)
         if moved is None:
-            return None
-        try:
-            await self.git.run(repo.path, "worktree", "move", "--", moved.path, str(path))
-        except GitError as exc:
-            raise CoordError(
-                ErrorCode.GIT_FAILED,
-                f"{slot.id}'s worktree was moved to {moved.path} and git cannot move it back: {exc.reason}; "
-                f"move it back by hand (git worktree move {moved.path} {path}), then release again",
-            ) from exc
-        return await self._git_record(repo, path)
+            return
+        raise CoordError(
+            ErrorCode.GIT_FAILED,
+            f"{slot.id}'s worktree was moved to {moved.path}, outside the pool, where agent-coord does not act; "
+            f"nothing was released. Move it back (git worktree move -- {moved.path} {path}), then release again",
+            next_step=f"ask the user to move the worktree back (git worktree move -- {moved.path} {path}); "
+            "then release again.",
+        )
 
     async def find_slot(
         self, *, worktree_id: str | None, path: str | None, branch: str | None, repo_arg: str | None = None
@@ -397,7 +395,7 @@ class Releaser(OverEngine):
                 f"{slot.id} ({path}) is locked: {record.lock_reason or 'no reason given'}; nothing was released",
             )
         if record is None and slot.state == SlotState.BUSY:
-            record = await self._moved_back(repo, slot, path)
+            await self._refuse_moved(repo, slot, path)
         try:
             form = await anyio.to_thread.run_sync(shape, bounds, slot_dir.path)
         except Unconfined as exc:

@@ -6,7 +6,7 @@ moved away with `git worktree move`; and quarantined slots whose cause has gone 
   `index.lock` counts only once it persists (the same file at two passes, or older than
   `STALE_INDEX_LOCK_S`): any reader with optional locks (an editor's `git status`) takes one for a moment;
 * a BUSY slot's operation is its owner's business: reported under `skipped`, left alone;
-* a moved worktree keeps its record (its owner's release moves it back); reported for a person;
+* a moved worktree keeps its record (its release is refused until a person moves it back); reported;
 * a QUARANTINED slot that is clean again (no changes, no commits only on its HEAD, no operation, no
   lock) goes back to the pool through the reclaimer, which detaches it first.
 """
@@ -111,7 +111,8 @@ def note_moved(run: ValidationRun, rp: RepoPass, s: Slot) -> bool:
             s,
             kind="moved_worktree",
             detail=f"{s.state.value} slot's worktree was moved to {moved.path}",
-            action=f"none: move it back (git worktree move {moved.path} {s.path}); its owner's release does so",
+            action=f"none: a person moves it back (git worktree move -- {moved.path} {s.path}); until then "
+            "its release is refused",
         )
     )
     return True

@@ -214,18 +214,27 @@ async def test_a_dirty_quarantined_slot_stays_quarantined(coord: Any) -> None:
     assert (Path(grant.path) / "work.txt").read_text() == "unsaved\n"
 
 
-async def test_a_moved_worktree_is_reported_and_moved_back_by_its_release(
+async def test_a_moved_worktree_is_reported_and_its_release_waits_for_a_person_to_move_it_back(
     coord: Any, repo: Path, tmp_path: Path
 ) -> None:
+    """The moved worktree is outside the pool: nothing is run there, not even the move back."""
     grant = await coord.pool.allocate("feat/moved")
     elsewhere = tmp_path / "moved-away"
     git(repo, "worktree", "move", grant.path, str(elsewhere))
+    (elsewhere / "work.txt").write_text("unsaved\n")
     report = await coord.validate(repair=True)
     (moved,) = [f for f in report.findings if f.kind == "moved_worktree"]
     assert str(elsewhere) in moved.detail and "git worktree move" in moved.action
     slot = next(s for s in await coord.store.slots() if s.id == grant.worktree_id)
     assert slot.state == SlotState.BUSY  # the record is kept, the branch still its owner's
-    done = await coord.pool.release(worktree_id=grant.worktree_id)
+    for force in (False, True):
+        with pytest.raises(CoordError) as refused:
+            await coord.pool.release(worktree_id=grant.worktree_id, force=force)
+        assert refused.value.code == ErrorCode.GIT_FAILED
+        assert f"git worktree move -- {elsewhere} {grant.path}" in str(refused.value)
+        assert (elsewhere / "work.txt").read_text() == "unsaved\n" and not Path(grant.path).exists()
+    git(repo, "worktree", "move", str(elsewhere), grant.path)  # the person moves it back
+    done = await coord.pool.release(worktree_id=grant.worktree_id, force=True)
     assert done.state == "FREE"
     assert Path(grant.path).is_dir() and not elsewhere.exists()
     assert git(Path(grant.path), "rev-parse", "--abbrev-ref", "HEAD").strip() == "HEAD"
