@@ -6,6 +6,7 @@ import os
 import shlex
 import stat
 import subprocess
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -358,16 +359,31 @@ async def test_a_roll_back_without_gits_listing_keeps_the_slot(make_settings: An
         assert slot.state in (SlotState.FREE, SlotState.QUARANTINED), slot
 
 
-async def test_cancelled_allocation_leaves_nothing_half_done(make_settings: Any) -> None:
+async def cancel_once_started(call: Awaitable[object], marker: Path) -> None:
+    """Run `call` and cancel it once `marker` exists (its post-create command has started): at that
+    step, whatever the machine's load, not after a guessed delay."""
     import anyio
+
+    async def run() -> None:
+        await call
+
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            with anyio.fail_after(60):
+                while not marker.exists():
+                    await anyio.sleep(0.02)
+            scope.cancel()
+    assert scope.cancelled_caught
+
+
+async def test_cancelled_allocation_leaves_nothing_half_done(make_settings: Any) -> None:
 
     from agent_coord.engine.coordinator import Coordinator
 
-    s = make_settings(post_create=("sleep 5",))
+    s = make_settings(post_create=("sh -c 'touch ../started; sleep 5'",))
     async with Coordinator.open(s, register=True, agent_id="agent-cancel") as c:
-        with anyio.move_on_after(0.5) as scope:
-            await c.pool.allocate("cancelled")
-        assert scope.cancelled_caught
+        await cancel_once_started(c.pool.allocate("cancelled"), Path(s.pool_root) / "started")
         (slot,) = await c.store.slots()
         assert slot.state == SlotState.FREE and slot.owner is None and slot.branch is None
         assert git(Path(slot.path), "status", "--porcelain=v2", "--branch").splitlines()[1].endswith("(detached)")
@@ -379,20 +395,17 @@ async def test_a_cancel_inside_worktree_add_leaves_no_lock_behind(make_settings:
     """A cancelled request kills its git; killed inside `git worktree add`, git leaves its own lock
     ('initializing') on the new worktree. The roll-back removes that lock (and only that one), or the
     next agent would get a slot it can never release."""
-    import anyio
 
     from agent_coord.engine.coordinator import Coordinator
 
     # As git leaves it: the marker in the worktree's admin dir, then the process dies (here: is cancelled).
     leave_marker = (
-        "sh -c 'test -e ../once && exit 0; touch ../once;"
-        ' echo initializing > "$(git rev-parse --git-path locked)"; sleep 5\''
+        "sh -c 'test -e ../once && exit 0;"
+        ' echo initializing > "$(git rev-parse --git-path locked)"; touch ../once; sleep 5\''
     )
     s = make_settings(post_create=(leave_marker,))
     async with Coordinator.open(s, register=True, agent_id="agent-cancel") as c:
-        with anyio.move_on_after(1.0) as scope:
-            await c.pool.allocate("cancelled")
-        assert scope.cancelled_caught
+        await cancel_once_started(c.pool.allocate("cancelled"), Path(s.pool_root) / "once")
         (slot,) = await c.store.slots()
         assert slot.state == SlotState.FREE
         assert "locked" not in git(Path(slot.path), "worktree", "list", "--porcelain")
