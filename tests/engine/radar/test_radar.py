@@ -16,6 +16,7 @@ import pytest
 
 from agent_coord.config import Settings
 from agent_coord.engine.coordinator import Coordinator
+from agent_coord.engine.models import AllocationResult
 from agent_coord.engine.radar.models import BaseBranch, Conflict, OtherAllocation
 from agent_coord.engine.radar.radar_pass import PassReport
 from agent_coord.store_target import PostgresUrl
@@ -266,13 +267,19 @@ def edit_event(path: Path) -> dict[str, object]:
     }
 
 
-async def test_edit_guard_answers_per_setting(two: tuple[Coordinator, Coordinator], env: dict[str, str]) -> None:
-    a, b = two
+async def both_change_line_10(a: Coordinator, b: Coordinator) -> tuple[AllocationResult, AllocationResult]:
+    """feat-a and feat-b (task "fix things") change line 10 of app.py uncommitted; the radar has looked."""
     wa = await a.pool.allocate("feat-a")
     wb = await b.pool.allocate("feat-b", task="fix things")
     edit(Path(wa.path) / "app.py", 10, "by a")
     edit(Path(wb.path) / "app.py", 10, "by b")
     await radar_pass(a)
+    return wa, wb
+
+
+async def test_edit_guard_answers_per_setting(two: tuple[Coordinator, Coordinator], env: dict[str, str]) -> None:
+    a, b = two
+    wa, wb = await both_change_line_10(a, b)
     event = edit_event(Path(wa.path) / "app.py")
 
     warn = run_guard(env, event, None)  # the default is warn
@@ -333,11 +340,7 @@ async def test_edit_guard_reads_a_postgresql_store(
     async with AsyncExitStack() as stack:
         a = await stack.enter_async_context(Coordinator.open(Settings(), register=True, agent_id="agent-a"))
         b = await stack.enter_async_context(Coordinator.open(Settings(), register=True, agent_id="agent-b"))
-        wa = await a.pool.allocate("feat-a")
-        wb = await b.pool.allocate("feat-b", task="fix things")
-        edit(Path(wa.path) / "app.py", 10, "by a")
-        edit(Path(wb.path) / "app.py", 10, "by b")
-        await radar_pass(a)
+        wa, _ = await both_change_line_10(a, b)
         event = edit_event(Path(wa.path) / "app.py")
 
         denied = run_guard(pg_env, event, "deny")
