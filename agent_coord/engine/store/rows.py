@@ -83,29 +83,32 @@ AGENT_SELECT = (
 )
 
 
-def _record_starts(conn: Db, agent: Agent) -> None:
-    insert = (
-        "INSERT {} INTO agent_starts (agent_id, pid, pid_create_time, pid_start_s, server_pid,"
-        " server_create_time, server_start_s) VALUES (?, ?, ?, ?, ?, ?, ?)"
-    )
+def upsert(conn: Db, table: str, key: str, row: dict[str, Any]) -> None:
+    """Insert `row`, or update every other column of the row with the same `key`. One statement for
+    both engines (SQLite has had `ON CONFLICT … DO UPDATE` since 3.24)."""
+    columns = ", ".join(row)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in row if c != key)
     conn.execute(
-        sql(
-            conn,
-            sqlite=insert.format("OR REPLACE"),
-            postgresql=insert.format("")
-            + " ON CONFLICT (agent_id) DO UPDATE SET pid = excluded.pid, pid_create_time = excluded.pid_create_time,"
-            " pid_start_s = excluded.pid_start_s, server_pid = excluded.server_pid,"
-            " server_create_time = excluded.server_create_time, server_start_s = excluded.server_start_s",
-        ),
-        (
-            agent.id,
-            agent.pid,
-            agent.pid_create_time,
-            agent.pid_start_s,
-            agent.server_pid,
-            agent.server_create_time,
-            agent.server_start_s,
-        ),
+        f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})"  # noqa: S608 (names are ours)
+        f" ON CONFLICT ({key}) DO UPDATE SET {updates}",
+        tuple(row.values()),
+    )
+
+
+def _record_starts(conn: Db, agent: Agent) -> None:
+    upsert(
+        conn,
+        "agent_starts",
+        "agent_id",
+        {
+            "agent_id": agent.id,
+            "pid": agent.pid,
+            "pid_create_time": agent.pid_create_time,
+            "pid_start_s": agent.pid_start_s,
+            "server_pid": agent.server_pid,
+            "server_create_time": agent.server_create_time,
+            "server_start_s": agent.server_start_s,
+        },
     )
 
 
@@ -113,16 +116,11 @@ def _record_origin(conn: Db, agent: Agent) -> None:
     if agent.origin is None:
         conn.execute("DELETE FROM agent_origins WHERE agent_id = ?", (agent.id,))
         return
-    insert = "INSERT {} INTO agent_origins (agent_id, origin, pid, pid_create_time) VALUES (?, ?, ?, ?)"
-    conn.execute(
-        sql(
-            conn,
-            sqlite=insert.format("OR REPLACE"),
-            postgresql=insert.format("")
-            + " ON CONFLICT (agent_id) DO UPDATE SET origin = excluded.origin, pid = excluded.pid,"
-            " pid_create_time = excluded.pid_create_time",
-        ),
-        (agent.id, agent.origin, agent.pid, agent.pid_create_time),
+    upsert(
+        conn,
+        "agent_origins",
+        "agent_id",
+        {"agent_id": agent.id, "origin": agent.origin, "pid": agent.pid, "pid_create_time": agent.pid_create_time},
     )
 
 
