@@ -154,6 +154,35 @@ def unreachable(url: PostgresUrl, exc: BaseException) -> StoreUnavailableError:
     )
 
 
+def migrate_schema(conn: psycopg.Connection[Any], url: PostgresUrl) -> None:
+    """Bring the schema to this version, inside the caller's transaction, which holds MIGRATION_LOCK (a
+    server's start, or `migrate-store`'s copy, whose schema and rows then commit together)."""
+    exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if not (exists and exists[0]):
+        tables = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1 LIMIT 8"
+            )
+        ]
+        if tables:
+            raise StoreUnavailableError(
+                url,
+                f"belongs to another program (tables: {', '.join(tables)}); give agent-coord a "
+                "database (or a schema, through search_path) of its own",
+            )
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (0)")
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    version = int(row[0]) if row else 0
+    if version > len(PG_MIGRATIONS):
+        raise StoreUnavailableError(
+            url, f"has schema {version}, newer than this agent-coord ({len(MIGRATIONS)}); upgrade agent-coord"
+        )
+    for index in range(version, len(PG_MIGRATIONS)):
+        conn.execute(PG_MIGRATIONS[index])  # no parameters: one script, several statements
+        conn.execute("UPDATE schema_version SET version = %s", (index + 1,))
+
+
 class PgConnection:
     """What `Store` uses on PostgreSQL; see the module's docstring."""
 
@@ -213,36 +242,9 @@ class PgConnection:
         return self
 
     async def _migrate(self) -> None:
-        url = self.url
-
         def step(conn: psycopg.Connection[Any]) -> None:
             conn.execute(f"BEGIN; SELECT {MIGRATION_LOCK}")
-            exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
-            if not (exists and exists[0]):
-                tables = [
-                    str(r[0])
-                    for r in conn.execute(
-                        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1 LIMIT 8"
-                    )
-                ]
-                if tables:
-                    raise StoreUnavailableError(
-                        url,
-                        f"belongs to another program (tables: {', '.join(tables)}); give agent-coord a "
-                        "database (or a schema, through search_path) of its own",
-                    )
-                conn.execute(
-                    "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (0)"
-                )
-            row = conn.execute("SELECT version FROM schema_version").fetchone()
-            version = int(row[0]) if row else 0
-            if version > len(PG_MIGRATIONS):
-                raise StoreUnavailableError(
-                    url, f"has schema {version}, newer than this agent-coord ({len(MIGRATIONS)}); upgrade agent-coord"
-                )
-            for index in range(version, len(PG_MIGRATIONS)):
-                conn.execute(PG_MIGRATIONS[index])  # no parameters: one script, several statements
-                conn.execute("UPDATE schema_version SET version = %s", (index + 1,))
+            migrate_schema(conn, self.url)
             conn.execute("COMMIT")
 
         await self._hop(self._with_connection, step)
