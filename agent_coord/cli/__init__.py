@@ -31,6 +31,7 @@ COMMAND_MODULES: dict[str, str] = {
     "export-pool": "pool_files",
     "import-pool": "pool_files",
     "conflicts": "radar",
+    "migrate-store": "store_copy",
     "dashboard": "showcase",
     "demo": "showcase",
     "web": "showcase",

@@ -166,7 +166,9 @@ async def test_follow_json_lines_and_a_closed_pipe_end_quietly(coord: Any, tmp_p
     assert errors.read_text() == ""  # no traceback, no "Exception ignored ... BrokenPipeError"
 
 
-@pytest.mark.parametrize("command", sorted({"conflicts", "advise", "web", "metrics", "status", "demo"}))
+@pytest.mark.parametrize(
+    "command", sorted({"conflicts", "advise", "web", "metrics", "status", "demo", "migrate-store"})
+)
 def test_each_command_runs_as_its_own_process(command: str, env: dict[str, str]) -> None:
     """A command imports only its own module: a module that defines one command is still a command of
     the group, not the program (`agent-coord conflicts` once read 'conflicts' as an extra argument)."""
