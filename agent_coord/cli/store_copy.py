@@ -99,7 +99,8 @@ def migrate_store(
         for t in report.tables:
             typer.echo(f"{t.table:<{width}}  {t.source:>10}  {t.target:>10}")
         typer.echo(f"{'max event id':<{width}}  {report.max_event_id.source:>10}  {report.max_event_id.target:>10}")
-        typer.echo(f"{'fencing token':<{width}}  {report.fencing_token.source:>10}  {report.fencing_token.target:>10}")
+        token = "not set" if report.dry_run else report.fencing_token.target
+        typer.echo(f"{'fencing token':<{width}}  {report.fencing_token.source:>10}  {token:>10}")
         typer.echo("verified: every table agrees" if report.verified else "NOT verified: the counts above differ")
     if not report.verified:
         raise typer.Exit(EXIT_REFUSED)
