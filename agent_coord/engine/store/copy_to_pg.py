@@ -59,7 +59,7 @@ META_SEQUENCES = {"fencing_tokens": "fencing_token"}  # SQLite's own counter: th
 
 class MigrationRefusedError(Exception):
     """A refusal of `migrate-store` with a stable code (TARGET_NOT_EMPTY, SOURCE_IN_USE, SCHEMA_MISMATCH,
-    COPY_MISMATCH); nothing was written to the target. `str()` is `CODE: what happened; what to do`."""
+    COPY_REFUSED, COPY_MISMATCH); nothing was written to the target. `str()` is `CODE: what happened; what to do`."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
@@ -286,9 +286,18 @@ def _copy_table(src: sqlite3.Connection, db: psycopg.Connection[Any], table: _Ta
     statement = pg_sql.SQL("COPY {} ({}) FROM STDIN").format(
         pg_sql.Identifier(table.name), pg_sql.SQL(", ").join(pg_sql.Identifier(c) for c in table.columns)
     )
-    with db.cursor() as cur, cur.copy(statement) as copy:
-        for row in _source_rows(src, table):
-            copy.write_row(row)
+    try:
+        with db.cursor() as cur, cur.copy(statement) as copy:
+            for row in _source_rows(src, table):
+                copy.write_row(row)
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        # A value SQLite keeps and PostgreSQL cannot (a NUL character in a text, say): a person must decide.
+        raise MigrationRefusedError(
+            "COPY_REFUSED",
+            f"PostgreSQL refused a row of the source's table {table.name} ({' '.join(str(exc).split())}); the "
+            "copy was rolled back, nothing was written; correct or delete that row in the SQLite file (with "
+            "the servers stopped), then copy again",
+        ) from None
 
 
 def _same_value(row: Sequence[Any]) -> tuple[Any, ...]:

@@ -4,17 +4,24 @@ an older source and an unreachable server are refused with their codes, and noth
 
 from __future__ import annotations
 
+import itertools
+import os
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import psutil
 import pytest
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 from agent_coord.config import Settings
 from agent_coord.engine.coordinator import Coordinator
@@ -23,14 +30,16 @@ from agent_coord.engine.observe.retention import Retention, prune
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.connection import _split_sql
 from agent_coord.engine.store.copy_to_pg import MigrationRefusedError, copy_to_postgresql
+from agent_coord.engine.store.records import MetricTotals
 from agent_coord.engine.store.schema import MIGRATIONS
 from agent_coord.store_target import PostgresUrl
-from bench.pg_cluster import PASSWORD
+from bench.pg_cluster import PASSWORD, Cluster
 from tests.pg_support import raw
 
 pytestmark = pytest.mark.anyio
 
 DAY = 86400.0
+NAMES = itertools.count(1)
 
 
 def dead_process() -> tuple[int, float]:
@@ -107,8 +116,6 @@ def target_state(url: PostgresUrl) -> list[Any]:
 @pytest.fixture
 def lived(make_settings: Callable[..., Settings]) -> tuple[Settings, Path]:
     settings = make_settings(stale_after_s=3600.0)
-    import anyio
-
     anyio.run(live_a_little, settings)
     assert isinstance(settings.db, Path)
     return settings, settings.db
@@ -229,3 +236,71 @@ async def test_an_unreachable_server_is_store_unavailable_without_the_password(
         copy_to_postgresql(db, url)
     assert gone.value.code == ErrorCode.STORE_UNAVAILABLE
     assert "s3cret-pw" not in str(gone.value) and "***" in str(gone.value)
+
+
+TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+EVENTS = st.lists(
+    st.tuples(
+        st.floats(min_value=0, max_value=7 * DAY),  # seconds ago
+        st.sampled_from(["allocate", "release", "reclaim", "adopt", "cas_lost", "agent_dead", "radar"]),
+        st.sampled_from(["ok", "BUSY", "BRANCH_CONFLICT", "INVALID_BRANCH", "GIT_FAILED"]),
+        st.one_of(st.none(), st.sampled_from(["wt-01", "wt-02"])),
+        st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+        st.one_of(st.none(), st.integers(min_value=1, max_value=2**63 - 1)),
+        TEXT,
+    ),
+    max_size=25,
+)
+
+
+@given(history=EVENTS)
+@example(history=[(60.0, "allocate", "ok", "wt-01", float("inf"), 2**63 - 1, 'it\'s\t\\N\n"x"')])
+@example(history=[(60.0, "allocate", "ok", "wt-01", 12.5, 1, "nul\x00inside")])
+@examples(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_history_is_copied_exactly_or_refused_whole(pg_cluster: Cluster, history: list[Any]) -> None:
+    """Any text (quotes, tabs, backslashes, NUL), any float (NaN, infinities), tokens up to 2^63 - 1: the
+    copy is verified, the metrics read the same on both sides; or PostgreSQL refuses a value (its text
+    has no NUL) and the copy is refused whole with its code, the target left without a table."""
+    now = time.time()
+    entries = [
+        (
+            now - ago,
+            EventDraft(
+                action,
+                outcome,
+                agent_id=text or None,
+                worktree_id=wt,
+                branch=text,
+                duration_ms=ms,
+                fencing_token=token,
+                detail={"note": text},
+            ),
+        )
+        for ago, action, outcome, wt, ms, token, text in history
+    ]
+    url = PostgresUrl(pg_cluster.create_database(f"h{os.getpid()}_{next(NAMES)}"))
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "c.db"
+
+        async def build() -> MetricTotals:
+            store = await Store.open(db)
+            await store.append_history(entries)
+            totals = await store.metric_totals(now=now, window_s=7 * DAY, holds_since=now - 8 * DAY)
+            await store.close()
+            return totals
+
+        async def read() -> MetricTotals:
+            store = await Store.open(url)
+            totals = await store.metric_totals(now=now, window_s=7 * DAY, holds_since=now - 8 * DAY)
+            await store.close()
+            return totals
+
+        on_sqlite = anyio.run(build)
+        try:
+            report = copy_to_postgresql(db, url)
+        except MigrationRefusedError as refused:
+            assert refused.code == "COPY_REFUSED" and any("\x00" in e[6] for e in history), refused
+            assert target_state(url) == [[]]
+            return
+        assert report.verified
+        assert anyio.run(read) == on_sqlite
