@@ -440,10 +440,12 @@ def _copy(
         migrate_schema(db, target)
         target_schema = _target_tables(db)
         missing = sorted(
-            name if name not in target_schema else f"{name}.{column}"
-            for name, columns in schema.items()
-            for column in columns
-            if name not in target_schema or column not in target_schema[name]
+            {
+                name if name not in target_schema else f"{name}.{column}"
+                for name, columns in schema.items()
+                for column in columns
+                if name not in target_schema or column not in target_schema[name]
+            }
         )
         if missing:
             raise MigrationRefusedError(

@@ -211,7 +211,7 @@ async def test_a_source_still_in_use_is_refused_unless_allowed(
         assert [s.agent_id for s in report.running_servers] == ["agent-running"] and report.verified
 
 
-async def test_an_older_source_is_refused_and_left_as_it_was(tmp_path: Path, pg_url: PostgresUrl) -> None:
+async def test_an_older_source_or_one_with_unknown_columns_is_refused(tmp_path: Path, pg_url: PostgresUrl) -> None:
     old = tmp_path / "old.db"
     with sqlite3.connect(old, isolation_level=None) as conn:
         for statement in (s for m in MIGRATIONS[:-1] for s in _split_sql(m)):
@@ -222,6 +222,16 @@ async def test_an_older_source_is_refused_and_left_as_it_was(tmp_path: Path, pg_
         copy_to_postgresql(old, pg_url)
     assert refused.value.code == "SCHEMA_MISMATCH" and "agent-coord status" in refused.value.message
     assert old.read_bytes() == before and target_state(pg_url) == [[]]
+    # A column the target's schema lacks would be lost: refused, never dropped silently.
+    with sqlite3.connect(old, isolation_level=None) as conn:
+        for statement in _split_sql(MIGRATIONS[-1]):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        conn.execute("ALTER TABLE slots ADD COLUMN added_by_hand TEXT")
+    with pytest.raises(MigrationRefusedError) as extra:
+        copy_to_postgresql(old, pg_url)
+    assert extra.value.code == "SCHEMA_MISMATCH" and "slots.added_by_hand" in extra.value.message
+    assert target_state(pg_url) == [[]]
 
 
 async def test_an_unreachable_server_is_store_unavailable_without_the_password(
