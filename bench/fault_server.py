@@ -7,8 +7,9 @@
     AGENT_COORD_FAULT_TX_DELAY_MS it also sleeps up to that long inside write transactions, after
     their statements and before `COMMIT`, so a kill can land while the write lock is held and the
     transaction is not yet committed;
-  - `Pool._git_phase` (between phase 1, FREE→ALLOCATING committed, and phase 2, ALLOCATING→BUSY)
-    sets bit 1; AGENT_COORD_FAULT_GIT_DELAY_MS sleeps up to that long at its start.
+  - the git between phase 1 (FREE→ALLOCATING committed) and phase 2 (ALLOCATING→BUSY) of an
+    allocation, `switch_warm_slot` and `add_cold_slot` as `Pool._allocate` calls them, sets bit 1;
+    AGENT_COORD_FAULT_GIT_DELAY_MS sleeps up to that long at its start.
 The chaos loop reads the flag to SIGKILL a server inside a transaction or between allocation phases,
 and reads it again after the kill to record where the process really died. Bytes 8..16 hold the pid.
 Nothing else is changed: the same store, pool, validator and tools run.
@@ -63,20 +64,22 @@ def _install(flag_path: str) -> None:
         finally:
             clear_bit(IN_TX)
 
-    original_git_phase = pool_module.Pool._git_phase
+    def between_phases(original: Any) -> Any:
+        async def marked(*args: Any, **kwargs: Any) -> Any:
+            set_bit(BETWEEN_PHASES)
+            try:
+                if git_delay:
+                    await anyio.sleep(random.uniform(0, git_delay))
+                return await original(*args, **kwargs)
+            finally:
+                clear_bit(BETWEEN_PHASES)
 
-    async def _git_phase(self: Any, *args: Any, **kwargs: Any) -> Any:
-        set_bit(BETWEEN_PHASES)
-        try:
-            if git_delay:
-                await anyio.sleep(random.uniform(0, git_delay))
-            return await original_git_phase(self, *args, **kwargs)
-        finally:
-            clear_bit(BETWEEN_PHASES)
+        return marked
 
     connection_module._run = _run
     _install_pg(set_bit, clear_bit, tx_delay)
-    pool_module.Pool._git_phase = _git_phase  # type: ignore[method-assign]
+    for name in ("switch_warm_slot", "add_cold_slot"):  # looked up in the pool module at each call
+        setattr(pool_module, name, between_phases(getattr(pool_module, name)))
 
 
 def _install_pg(set_bit: Any, clear_bit: Any, tx_delay: float) -> None:

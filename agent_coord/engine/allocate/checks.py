@@ -1,6 +1,6 @@
-"""Before anything is claimed: the arguments, the branch name, the base and the branch checked against
-the store and git, so that a refused allocation changes nothing. Refusals are raised; the
-allocation's boundary (`Pool.allocate`) logs each one."""
+"""What an allocation reads and refuses before anything is claimed (so that a refused allocation changes
+nothing), and the answers it builds from what it read. The allocation itself, top to bottom, is
+`Pool._allocate` (pool.py); its boundary (`Pool.allocate`) logs each refusal raised here once."""
 
 from __future__ import annotations
 
@@ -8,14 +8,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from opentelemetry import trace
-
-from agent_coord.engine.concurrency import gather
-from agent_coord.engine.context import OverEngine
 from agent_coord.engine.errors import MAX_TEXT, CoordError, ErrorCode
-from agent_coord.engine.git.driver import BranchRefs, GitError, WorktreeInfo, reject_option_like
-from agent_coord.engine.models import Contention
-from agent_coord.engine.store.records import Repo, Slot, SlotState
+from agent_coord.engine.git.driver import BranchRefs, GitDriver, GitError, WorktreeInfo, reject_option_like
+from agent_coord.engine.models import AllocationResult, Contention
+from agent_coord.engine.store.records import Repo, Slot
 
 
 @dataclass
@@ -28,22 +24,53 @@ class Progress:
     contention: Contention | None = None
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What an allocation found before claiming anything."""
+def check_arguments(base: str | None, task: str | None) -> None:
+    if base is not None:
+        if not base or len(base) > MAX_TEXT:
+            raise CoordError(ErrorCode.INVALID_ARGUMENT, "base must be 1..4096 characters")
+        reject_option_like(base, "base")
+    if task is not None and len(task) > MAX_TEXT:
+        raise CoordError(ErrorCode.INVALID_ARGUMENT, "task must be at most 4096 characters")
 
-    repo: Repo
-    branch: str
-    refs: BranchRefs
-    worktrees: list[WorktreeInfo]
-    start: str | None  # where a new branch starts; None when the branch exists and is checked out as it is
-    held: Slot | None  # the caller's own BUSY allocation of this branch: answered as it is
 
-    @property
-    def listed(self) -> set[Path]:
-        """The live, unlocked worktrees git lists: the only FREE slots worth claiming. A locked one is
-        a person's to keep (`git worktree lock`), and a slot handed out locked could not be released."""
-        return {Path(w.path) for w in self.worktrees if not w.prunable and not w.locked}
+async def base_commit(git: GitDriver, repo: Repo, base: str | None) -> str | None:
+    """The commit `base` names; a bad base is refused before anything is claimed."""
+    if base is None:
+        return None
+    try:
+        return await git.resolve_commit(Path(repo.path), base)
+    except GitError as exc:
+        raise CoordError(ErrorCode.GIT_FAILED, f"base {base!r} is not a commit of {repo.path}: {exc.reason}") from exc
+
+
+async def worktrees_of(git: GitDriver, repo: Repo) -> list[WorktreeInfo]:
+    try:
+        return await git.worktrees(Path(repo.path))
+    except GitError as exc:
+        raise CoordError(ErrorCode.GIT_FAILED, f"git worktree list failed: {exc.reason}") from exc
+
+
+def claimable(worktrees: list[WorktreeInfo]) -> list[str]:
+    """The live, unlocked worktrees git lists: the only FREE slots worth claiming (a slot whose
+    directory was deleted is validation's to repair, not an allocation's to fail on). A locked one is
+    a person's to keep (`git worktree lock`), and a slot handed out locked could not be released."""
+    return sorted(str(Path(w.path)) for w in worktrees if not w.prunable and not w.locked)
+
+
+async def new_branch_start(git: GitDriver, repo: Repo, refs: BranchRefs, worktrees: list[WorktreeInfo]) -> str:
+    """Where a new branch starts without a base: its only remote-tracking namesake, else the main
+    worktree's HEAD (from git's listing, no `rev-parse`). An unborn repository is refused here rather
+    than found by git after a claim."""
+    if len(refs.remotes) == 1:
+        return refs.remotes[0]
+    main = next((w for w in worktrees if Path(w.path) == Path(repo.path)), None)
+    if main is None or main.head is None:
+        head = await git.head_commit(Path(repo.path))  # listed under another spelling: ask git
+    else:
+        head = main.head if main.head.strip("0") else None  # an unborn HEAD is listed as all zeros
+    if head is None:
+        raise CoordError(ErrorCode.GIT_FAILED, "fatal: the repository has no commit to start a branch from")
+    return head
 
 
 def since(ts: float | None) -> str:
@@ -57,93 +84,37 @@ def conflict_from_slot(s: Slot) -> CoordError:
     )
 
 
-def default_start(remotes: list[str] | None, head: str | None) -> str:
-    """A new branch starts from its only remote-tracking namesake, else from the main worktree's HEAD."""
-    if remotes is not None and len(remotes) == 1:
-        return remotes[0]
-    if head is None:
-        raise GitError(["rev-parse", "HEAD"], 1, "fatal: the repository has no commit to start a branch from")
-    return head
+def checked_out_elsewhere(repo: Repo, wt: WorktreeInfo, slots: list[Slot]) -> CoordError:
+    known = next((s for s in slots if Path(s.path) == Path(wt.path)), None)
+    where = f"worktree {known.id} ({wt.path})" if known else f"the worktree at {wt.path}"
+    if Path(wt.path) == Path(repo.path):
+        where = f"the main worktree ({wt.path})"
+    return CoordError(ErrorCode.BRANCH_CONFLICT, f"branch {wt.branch!r} is checked out in {where}")
 
 
-class Checks(OverEngine):
-    async def plan(
-        self, progress: Progress, branch: str, base: str | None, repo_arg: str | None, task: str | None
-    ) -> Plan:
-        if base is not None:
-            if not base or len(base) > MAX_TEXT:
-                raise CoordError(ErrorCode.INVALID_ARGUMENT, "base must be 1..4096 characters")
-            reject_option_like(base, "base")
-        if task is not None and len(task) > MAX_TEXT:
-            raise CoordError(ErrorCode.INVALID_ARGUMENT, "task must be at most 4096 characters")
-        repo = progress.repo = await self.repos.resolve(repo_arg)
-        branch = progress.branch = await self.git.check_branch_name(branch)
-        # Independent reads at once: the base, the branch's refs, git's worktrees and the store's slots.
-        base_commit, refs, worktrees, slots = await gather(
-            self._base_or_fail(repo, base),
-            self.git.branch_refs(Path(repo.path), branch),
-            self._worktrees_or_fail(repo),
-            self.store.slots(repo.id),
-        )
-        if not refs.exists and refs.clash is not None:
-            # Found now, not by git after a slot was claimed: a refused call changes nothing.
-            raise CoordError(
-                ErrorCode.INVALID_BRANCH,
-                f"branch {branch!r} cannot be created in {repo.path}: branch {refs.clash!r} exists "
-                "(git stores refs as files, so 'a' and 'a/b' cannot both exist)",
-            )
-        span = trace.get_current_span()
-        span.set_attribute("repo.path", repo.path)
-        span.set_attribute("branch", branch)
-        for s in slots:
-            if s.branch == branch and s.state in (SlotState.BUSY, SlotState.ALLOCATING, SlotState.RELEASING):
-                if s.owner == self.me and s.state == SlotState.BUSY:
-                    return Plan(repo, branch, refs, worktrees, None, held=s)
-                raise conflict_from_slot(s)
-        self._check_git_conflict(repo, branch, slots, worktrees)
-        start = base_commit
-        if start is None and not refs.exists:
-            try:
-                start = default_start(refs.remotes, await self._main_head(repo, refs, worktrees))
-            except GitError as exc:
-                # An unborn repository: refused here rather than found by git after a claim.
-                raise CoordError(ErrorCode.GIT_FAILED, exc.reason) from exc
-        return Plan(repo, branch, refs, worktrees, None if refs.exists else start, held=None)
+def clash(repo: Repo, refs: BranchRefs, branch: str) -> CoordError:
+    # Found before any claim, not by git after one: a refused call changes nothing.
+    return CoordError(
+        ErrorCode.INVALID_BRANCH,
+        f"branch {branch!r} cannot be created in {repo.path}: branch {refs.clash!r} exists "
+        "(git stores refs as files, so 'a' and 'a/b' cannot both exist)",
+    )
 
-    async def _main_head(self, repo: Repo, refs: BranchRefs, worktrees: list[WorktreeInfo]) -> str | None:
-        """The main worktree's HEAD commit, from git's listing (no `rev-parse`); None when unborn."""
-        if len(refs.remotes) == 1:
-            return None  # not needed: the branch starts from its remote namesake
-        main = next((w for w in worktrees if Path(w.path) == Path(repo.path)), None)
-        if main is None or main.head is None:
-            return await self.git.head_commit(Path(repo.path))  # listed under another spelling: ask git
-        return main.head if main.head.strip("0") else None  # an unborn HEAD is listed as all zeros
 
-    async def _base_or_fail(self, repo: Repo, base: str | None) -> str | None:
-        """A bad base is refused before anything is claimed, so the refusal changes nothing."""
-        if base is None:
-            return None
-        try:
-            return await self.git.resolve_commit(Path(repo.path), base)
-        except GitError as exc:
-            raise CoordError(
-                ErrorCode.GIT_FAILED, f"base {base!r} is not a commit of {repo.path}: {exc.reason}"
-            ) from exc
-
-    async def _worktrees_or_fail(self, repo: Repo) -> list[WorktreeInfo]:
-        try:
-            return await self.git.worktrees(Path(repo.path))
-        except GitError as exc:
-            raise CoordError(ErrorCode.GIT_FAILED, f"git worktree list failed: {exc.reason}") from exc
-
-    def _check_git_conflict(self, repo: Repo, branch: str, slots: list[Slot], worktrees: list[WorktreeInfo]) -> None:
-        for wt in worktrees:
-            if wt.branch == branch:
-                known = next((s for s in slots if Path(s.path) == Path(wt.path)), None)
-                where = f"worktree {known.id} ({wt.path})" if known else f"the worktree at {wt.path}"
-                if Path(wt.path) == Path(repo.path):
-                    where = f"the main worktree ({wt.path})"
-                raise CoordError(
-                    ErrorCode.BRANCH_CONFLICT,
-                    f"branch {branch!r} is checked out in {where}",
-                )
+def held_answer(agent_id: str, repo: Repo, slot: Slot, snapshot: Contention, started: float) -> AllocationResult:
+    """The caller already holds this branch: its allocation, as it is."""
+    assert slot.fencing_token is not None and slot.branch is not None
+    return AllocationResult(
+        worktree_id=slot.id,
+        path=slot.path,
+        branch=slot.branch,
+        repo=repo.path,
+        agent_id=agent_id,
+        fencing_token=slot.fencing_token,
+        lease_expires_at=slot.lease_expires_at or 0.0,
+        reused=True,
+        strategy="existing",
+        attempts=0,
+        latency_ms=round((time.monotonic() - started) * 1000, 2),
+        contention=snapshot,
+    )

@@ -1,7 +1,8 @@
 """Allocation: two-phase, compare-and-swap, git outside every transaction.
 
-The control flow lives here: checks (pool_checks.py), the claim with its retries, git between the
-phases (pool_git.py), first-time setup, and the grant (pool_grant.py). Release is release.py.
+`Pool._allocate` is the whole use case, top to bottom: the checks (helpers in checks.py), the claim
+with its retries, git between the phases (slot_git.py), first-time setup (slot_setup.py), and the
+grant. Its boundary, `Pool.allocate`, logs every refusal once. Release is engine/release.
 """
 
 from __future__ import annotations
@@ -15,13 +16,24 @@ from typing import Protocol
 import anyio
 from opentelemetry import trace
 
-from agent_coord.engine.allocate.checks import Checks, Plan, Progress, conflict_from_slot
-from agent_coord.engine.allocate.grant import existing, grant
+from agent_coord.engine.allocate.checks import (
+    Progress,
+    base_commit,
+    check_arguments,
+    checked_out_elsewhere,
+    claimable,
+    clash,
+    conflict_from_slot,
+    held_answer,
+    new_branch_start,
+    worktrees_of,
+)
 from agent_coord.engine.allocate.slot_git import Claim, add_cold_slot, roll_back, switch_warm_slot
 from agent_coord.engine.allocate.slot_setup import SetupError, copy_included_files, run_post_create
+from agent_coord.engine.concurrency import gather
 from agent_coord.engine.context import EngineContext, OverEngine
 from agent_coord.engine.errors import CoordError, ErrorCode
-from agent_coord.engine.git.branch_names import MAX_REF_LENGTH
+from agent_coord.engine.git.branch_names import MAX_REF_LENGTH, check_branch_name
 from agent_coord.engine.git.confinement import check_slot
 from agent_coord.engine.git.driver import GitError
 from agent_coord.engine.models import AllocationResult, Contention, ReleaseResult
@@ -30,7 +42,7 @@ from agent_coord.engine.radar.view import conflicts_for
 from agent_coord.engine.release.releaser import Releaser
 from agent_coord.engine.repos import bounds_of
 from agent_coord.engine.store import BranchHeldError, EventDraft, StoreBusyError
-from agent_coord.engine.store.records import Action, Repo
+from agent_coord.engine.store.records import Action, Repo, SlotState
 
 tracer = trace.get_tracer("agent-coord.pool")
 logger = logging.getLogger("agent-coord")
@@ -46,7 +58,6 @@ class Pool(OverEngine):
     def __init__(self, ctx: EngineContext, contention: ContentionMonitor) -> None:
         super().__init__(ctx)
         self.contention = contention
-        self.checks = Checks(ctx)
         self.releaser = Releaser(ctx)
         self.find_slot = self.releaser.find_slot
 
@@ -119,20 +130,51 @@ class Pool(OverEngine):
     async def _allocate(
         self, progress: Progress, branch: str, base: str | None, repo_arg: str | None, task: str | None, started: float
     ) -> AllocationResult:
-        plan = await self.checks.plan(progress, branch, base, repo_arg, task)
-        repo, branch = plan.repo, plan.branch
-        if plan.held is not None:
-            held = existing(self.me, repo, plan.held, await self.contention.snapshot(repo), started)
-            self.ctx.granted.remember(held.worktree_id, held.fencing_token)
-            return held
-
+        """The use case, top to bottom: check (nothing claimed yet), claim a slot (phase 1), git with no
+        transaction open, first-time setup, grant (phase 2). After the claim, any failure or
+        cancellation rolls the slot back before the error goes on."""
         span = trace.get_current_span()
-        snapshot = await self.contention.snapshot(repo)
+
+        # Checks: a refusal here has changed nothing.
+        check_arguments(base, task)
+        repo = progress.repo = await self.repos.resolve(repo_arg)
+        branch = progress.branch = await check_branch_name(branch, self.git)
+        # Independent reads at once: the base, the branch's refs, git's worktrees and the store's slots.
+        start, refs, worktrees, slots = await gather(
+            base_commit(self.git, repo, base),
+            self.git.branch_refs(Path(repo.path), branch),
+            worktrees_of(self.git, repo),
+            self.store.slots(repo.id),
+        )
+        if not refs.exists and refs.clash is not None:
+            raise clash(repo, refs, branch)
+        span.set_attribute("repo.path", repo.path)
+        span.set_attribute("branch", branch)
+        for s in slots:
+            if s.branch == branch and s.state in (SlotState.BUSY, SlotState.ALLOCATING, SlotState.RELEASING):
+                if s.owner == self.me and s.state == SlotState.BUSY:
+                    held = held_answer(self.me, repo, s, await self.contention.snapshot(repo), started)
+                    self.ctx.granted.remember(held.worktree_id, held.fencing_token)
+                    return held
+                raise conflict_from_slot(s)
+        for wt in worktrees:
+            if wt.branch == branch:
+                raise checked_out_elsewhere(repo, wt, slots)
+        if refs.exists:
+            start = None  # an existing branch is checked out as it is
+        elif start is None:
+            start = await new_branch_start(self.git, repo, refs, worktrees)
+
+        # The strategy: optimistic, or under contention pessimistic (jitter, backoff, the coldest slot).
+        snapshot = progress.contention = await self.contention.snapshot(repo)
         pessimistic = snapshot.level >= self.settings.contention_threshold
         strategy = "pessimistic" if pessimistic else "optimistic"
         span.set_attribute("contention.level", snapshot.level)
         span.set_attribute("allocation.strategy", strategy)
-        progress.contention = snapshot
+        # Warmest first for the focused or uncontended caller; under contention the others take the
+        # coldest, leaving the warm one for the user's focus.
+        warmest = (not pessimistic) or snapshot.caller_focused
+        lease_s = self.settings.stale_after_s
         attempts = 0
         jitter_ms = 0.0
         claim: Claim | None = None
@@ -141,12 +183,44 @@ class Pool(OverEngine):
                 if pessimistic and not (snapshot.caller_focused and self.settings.focus_skips_jitter):
                     jitter_ms = random.uniform(0, self.settings.jitter_max_ms)
                     await anyio.sleep(jitter_ms / 1000)
-                warmest = (not pessimistic) or snapshot.caller_focused
+
+                # Phase 1: one compare-and-swap per attempt, FREE (or new) → ALLOCATING. The FREE slot is
+                # chosen inside the claiming transaction, so it cannot lose to another process while one
+                # exists; only slots git lists as live worktrees are candidates. Shielded: once the row
+                # is claimed we must know it, to roll it back on any exit.
                 for attempt in range(self.settings.retries + 1):
                     attempts = progress.attempts = attempt + 1
-                    # Shielded: once the row is claimed we must know it, to roll it back on any exit.
-                    with anyio.CancelScope(shield=True):
-                        claim = await self._claim(repo, branch, task, warmest, plan.listed)
+                    with anyio.CancelScope(shield=True), tracer.start_as_current_span("cas.claim"):
+                        try:
+                            slot = await self.store.claim_any_free_slot(
+                                repo.id,
+                                paths=claimable(worktrees),
+                                warmest=warmest,
+                                owner=self.me,
+                                branch=branch,
+                                task=task,
+                                lease_s=lease_s,
+                            )
+                            warm = slot is not None
+                            slot = slot or await self.store.claim_new_slot(
+                                repo,
+                                owner=self.me,
+                                branch=branch,
+                                task=task,
+                                lease_s=lease_s,
+                                pool_max=self.settings.pool_max,
+                            )
+                        except BranchHeldError as exc:
+                            raise conflict_from_slot(exc.holder) from exc
+                        except StoreBusyError:
+                            slot = None  # the write lock stayed taken through the store's own retries
+                        else:
+                            if slot is None:
+                                raise CoordError(
+                                    ErrorCode.POOL_EXHAUSTED,
+                                    f"all {self.settings.pool_max} slots of {repo.path} are in use",
+                                )
+                            claim = Claim(slot, warm)
                     if claim is not None:
                         break
                     await self._log_lost(repo, branch, attempts, strategy)
@@ -156,7 +230,16 @@ class Pool(OverEngine):
                     # Every claim found the database locked by another process: the store's answer,
                     # as on every other call (docs/decisions.md, "One answer per situation").
                     raise StoreBusyError(self.store.path).refusal()
-                await self._git_phase(repo, claim, plan)
+
+                # Between the phases: git, with no transaction open. Every git command in the slot passes
+                # the confinement guard (git/confinement.py).
+                slot_dir = (await bounds_of(repo)).slot(claim.slot.path)
+                with tracer.start_as_current_span("git.phase") as git_span:
+                    git_span.set_attribute("worktree.warm", claim.warm)
+                    if claim.warm:
+                        await switch_warm_slot(self.git, self.store, self.me, claim.slot, slot_dir, branch, start)
+                    else:
+                        await add_cold_slot(self.git, Path(repo.path), slot_dir, branch, start)
             if not claim.slot.setup_done:
                 # Outside the allocation timeout: a dependency install may take minutes (setup_timeout_s).
                 await self._setup(repo, claim)
@@ -183,23 +266,61 @@ class Pool(OverEngine):
                 with anyio.CancelScope(shield=True):
                     await self._roll_back(repo, claim, "allocation abandoned")
             raise
-        assert claim is not None
-        result = await grant(
-            self.store,
-            self.me,
-            repo,
-            claim,
-            branch,
-            strategy=strategy,
+
+        # Phase 2: ALLOCATING → BUSY under the same fencing token, with its event.
+        latency_ms = (time.monotonic() - started) * 1000
+        token = claim.slot.fencing_token
+        assert token is not None
+        lease_until = time.time() + lease_s
+        with tracer.start_as_current_span("cas.commit"):
+            granted = await self.store.transition(
+                claim.slot.id,
+                expect_state=SlotState.ALLOCATING,
+                expect_token=token,
+                changes={"state": SlotState.BUSY, "lease_expires_at": lease_until, "setup_done": 1},
+                events=[
+                    EventDraft(
+                        Action.ALLOCATE,
+                        "ok",
+                        agent_id=self.me,
+                        repo_id=repo.id,
+                        worktree_id=claim.slot.id,
+                        branch=branch,
+                        duration_ms=latency_ms,
+                        fencing_token=token,
+                        detail={
+                            "strategy": strategy,
+                            "attempts": attempts,
+                            "warm": claim.warm,
+                            "jitter_ms": round(jitter_ms, 1),
+                            "contention": snapshot.model_dump(mode="json"),
+                            # What the conflict radar compares this allocation with (engine/radar).
+                            **({"base": base} if base is not None else {}),
+                        },
+                    )
+                ],
+            )
+        if granted is None:
+            raise CoordError(
+                ErrorCode.ALLOCATION_TIMEOUT,
+                f"{claim.slot.id} was rolled back by validation while git ran; nothing is held",
+            )
+        self.ctx.granted.remember(granted.id, token)
+        return AllocationResult(
+            worktree_id=granted.id,
+            path=granted.path,
+            branch=branch,
+            repo=repo.path,
+            agent_id=self.me,
+            fencing_token=token,
+            lease_expires_at=lease_until,
+            reused=claim.warm,
+            strategy=strategy,  # type: ignore[arg-type]
             attempts=attempts,
-            jitter_ms=jitter_ms,
-            snapshot=snapshot,
-            started=started,
-            lease_s=self.settings.stale_after_s,
-            base=base,
+            latency_ms=round(latency_ms, 2),
+            contention=snapshot,
+            jitter_ms=round(jitter_ms, 1),
         )
-        self.ctx.granted.remember(result.worktree_id, result.fencing_token)
-        return result
 
     async def _log_lost(self, repo: Repo, branch: str, attempts: int, strategy: str) -> None:
         draft = EventDraft(
@@ -214,73 +335,6 @@ class Pool(OverEngine):
             await self.store.log(draft)
         except StoreBusyError:  # the lock that lost the claim: the next attempt decides, not the log
             logger.warning("could not log the lost claim of %r: the database stayed locked", branch)
-
-    async def _claim(
-        self,
-        repo: Repo,
-        branch: str,
-        task: str | None,
-        warmest: bool,
-        listed: set[Path],
-    ) -> Claim | None:
-        """Phase 1: one compare-and-swap. None when the database stayed locked (contention): retry.
-
-        Only FREE slots that git lists as live worktrees (`listed`) are candidates: a slot whose
-        directory was deleted is validation's to repair, not an allocation's to fail on."""
-        with tracer.start_as_current_span("cas.claim"):
-            lease = self.settings.stale_after_s
-            try:
-                # The FREE slot is chosen inside the claiming transaction, so this cannot lose to another
-                # process while one exists. Warmest first for the focused or uncontended caller; under
-                # contention the others take the coldest, leaving the warm one for the user's focus.
-                slot = await self.store.claim_any_free_slot(
-                    repo.id,
-                    paths=sorted(str(p) for p in listed),
-                    warmest=warmest,
-                    owner=self.me,
-                    branch=branch,
-                    task=task,
-                    lease_s=lease,
-                )
-                if slot is not None:
-                    return Claim(slot, warm=True)
-                slot = await self.store.claim_new_slot(
-                    repo,
-                    owner=self.me,
-                    branch=branch,
-                    task=task,
-                    lease_s=lease,
-                    pool_max=self.settings.pool_max,
-                )
-            except BranchHeldError as exc:
-                raise conflict_from_slot(exc.holder) from exc
-            except StoreBusyError:
-                return None  # the write lock stayed taken through the store's own retries: back off
-            if slot is None:
-                raise CoordError(
-                    ErrorCode.POOL_EXHAUSTED,
-                    f"all {self.settings.pool_max} slots of {repo.path} are in use",
-                )
-            return Claim(slot, warm=False)
-
-    async def _git_phase(self, repo: Repo, claim: Claim, plan: Plan) -> None:
-        """Between the phases: git runs with no transaction open. The caller rolls back on failure."""
-        # Every git command in the slot passes the confinement guard (git/confinement.py).
-        path = (await bounds_of(repo)).slot(claim.slot.path)
-        with tracer.start_as_current_span("git.phase") as span:
-            span.set_attribute("worktree.warm", claim.warm)
-            if claim.warm:
-                await switch_warm_slot(
-                    self.git,
-                    self.store,
-                    self.me,
-                    claim.slot,
-                    path,
-                    plan.branch,
-                    plan.start,
-                )
-            else:
-                await add_cold_slot(self.git, Path(repo.path), path, plan.branch, plan.start)
 
     async def _setup(self, repo: Repo, claim: Claim) -> None:
         path = (await bounds_of(repo)).slot(claim.slot.path)

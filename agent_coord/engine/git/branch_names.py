@@ -1,18 +1,22 @@
 """Branch names: refused in Python when git's rules are plain, left to `git check-ref-format` otherwise.
 
-A warm allocation used to spend a git process on `check-ref-format --branch` for every name. For
-names made only of ASCII letters, digits and `-_./` (what agents and hooks use) git's rules come
-down to a few string tests, written out below from git's `check_refname_format` (refs.c) as applied
-to `refs/heads/<name>` by `strbuf_check_branch_ref`; tests/engine/allocate/test_branch_names.py holds them to git's
-verdict over every short name of that alphabet. Any other character (`@`, non-ASCII, punctuation)
-still goes to git, whose verdict is remembered per name.
+Asking git (`check-ref-format --branch`) costs a process per allocation. For names made only of
+ASCII letters, digits and `-_./` (what agents and hooks use) git's rules come down to a few string
+tests, written out below from git's `check_refname_format` (refs.c) as applied to
+`refs/heads/<name>` by `strbuf_check_branch_ref`; tests/engine/allocate/test_branch_names.py holds
+them to git's verdict over every short name of that alphabet. Any other character (`@`, non-ASCII,
+punctuation) still goes to git, whose verdict is remembered per name.
 """
 
 from __future__ import annotations
 
 import string
+from typing import TYPE_CHECKING
 
 from agent_coord.engine.errors import CoordError, ErrorCode
+
+if TYPE_CHECKING:
+    from agent_coord.engine.git.driver import GitDriver
 
 MAX_REF_LENGTH = 255
 MAX_REF_COMPONENT_BYTES = 250  # NAME_MAX 255 minus ".lock"
@@ -23,11 +27,15 @@ def refuse(name: str, why: str) -> CoordError:
     return CoordError(ErrorCode.INVALID_BRANCH, f"{name!r} is not a valid branch name: {why}")
 
 
-def check_always(name: str) -> None:
-    """What no branch name may be, whatever its characters; raises INVALID_BRANCH.
+async def check_branch_name(name: str, git: GitDriver) -> str:
+    """`name` if git can create it as a branch, else INVALID_BRANCH (before anything is claimed).
 
-    All of it is git's rule too, except the component length, which is the file system's: each
-    component becomes a file (and a ".lock" beside it) under refs/heads."""
+    Git's rules in order: first what no name may be, whatever its characters (git's rules too,
+    except the component length, which is the file system's: each component becomes a file, and a
+    ".lock" beside it, under refs/heads); then, for a plain name, the few of git's rules that can
+    apply to the plain alphabet (for `--branch`, a leading `-` and `HEAD` are refused above); any
+    other name goes to `git check-ref-format --branch` once (`GitDriver.accepts_branch_name`). A
+    name never reaches git as an option and never changes on the way."""
     if not name or len(name) > MAX_REF_LENGTH:
         raise CoordError(ErrorCode.INVALID_BRANCH, f"branch name must be 1..{MAX_REF_LENGTH} characters")
     if name.startswith("-"):
@@ -48,27 +56,19 @@ def check_always(name: str) -> None:
             ErrorCode.INVALID_BRANCH,
             f"a component of the branch name is longer than {MAX_REF_COMPONENT_BYTES} bytes (file name limit)",
         )
-
-
-def is_plain(name: str) -> bool:
-    return all(c in PLAIN_CHARACTERS for c in name)
-
-
-def plain_problem(name: str) -> str | None:
-    """Why git refuses the plain name `name` as a branch, or None when it accepts it.
-
-    Of git's rules only these can apply to the plain alphabet: no `..`; no component empty, starting
-    with `.` or ending with `.lock`; no trailing `.`; and, for `--branch`, no leading `-` and not `HEAD`
-    (both refused by check_always)."""
+    if not PLAIN_CHARACTERS.issuperset(name):
+        if not await git.accepts_branch_name(name):
+            raise CoordError(ErrorCode.INVALID_BRANCH, f"{name!r} is not a valid branch name (git check-ref-format)")
+        return name
     if ".." in name:
-        return "it contains '..'"
+        raise refuse(name, "it contains '..'")
     if name.endswith("."):
-        return "it ends with '.'"
+        raise refuse(name, "it ends with '.'")
     for part in name.split("/"):
         if not part:
-            return "it has an empty component (a leading, trailing or doubled '/')"
+            raise refuse(name, "it has an empty component (a leading, trailing or doubled '/')")
         if part.startswith("."):
-            return f"its component {part!r} starts with '.'"
+            raise refuse(name, f"its component {part!r} starts with '.'")
         if part.endswith(".lock"):
-            return f"its component {part!r} ends with '.lock'"
-    return None
+            raise refuse(name, f"its component {part!r} ends with '.lock'")
+    return name

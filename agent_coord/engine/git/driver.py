@@ -13,7 +13,6 @@ from opentelemetry import trace
 
 from agent_coord.engine.concurrency import gather
 from agent_coord.engine.errors import CoordError, ErrorCode
-from agent_coord.engine.git import branch_names
 from agent_coord.engine.git.confinement import Confined, check_slot
 from agent_coord.engine.git.git_error import GitError as GitError
 
@@ -163,17 +162,9 @@ class GitDriver:
             raise CoordError(ErrorCode.NOT_A_REPOSITORY, f"{path} belongs to a bare repository ({common})")
         return common.parent.resolve()
 
-    async def check_branch_name(self, name: str) -> str:
-        """`name` if git can create it as a branch, else INVALID_BRANCH (before anything is claimed).
-
-        Plain names are judged in Python (branch_names.py), others by `git check-ref-format --branch`
-        once per name: a name never reaches git as an option and never changes on the way."""
-        branch_names.check_always(name)
-        if branch_names.is_plain(name):
-            problem = branch_names.plain_problem(name)
-            if problem is not None:
-                raise branch_names.refuse(name, problem)
-            return name
+    async def accepts_branch_name(self, name: str) -> bool:
+        """Git's verdict on `name` as a branch (`check-ref-format --branch`), asked once per name. Only
+        for what `branch_names.check_branch_name` cannot judge itself: it refuses a leading `-` first."""
         valid = self._branch_verdicts.get(name)
         if valid is None:
             result = await anyio.run_process([self.git, "check-ref-format", "--branch", name], check=False, env=_env())
@@ -181,11 +172,7 @@ class GitDriver:
             if len(self._branch_verdicts) >= BRANCH_VERDICTS_KEPT:
                 self._branch_verdicts.pop(next(iter(self._branch_verdicts)))
             self._branch_verdicts[name] = valid
-        if not valid:
-            raise CoordError(ErrorCode.INVALID_BRANCH, f"{name!r} is not a valid branch name (git check-ref-format)")
-        # Not git's output: it ends in a newline, and stripping it as text would also strip a trailing
-        # no-break space that is part of the name. With '@{' refused, git prints the name unchanged.
-        return name
+        return valid
 
     async def resolve_commit(self, repo: Path, rev: str) -> str:
         out = await self.run(repo, "rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}")
