@@ -15,6 +15,7 @@ first attempt, by design. That wait is policy, not cost, so it is off by default
 
     python -m bench.e2e_allocate           # 1, 4, 16 agents, ~2 min (first run also generates the repo, ~5 s)
     python -m bench.e2e_allocate --quick   # 1 and 4 agents, fewer rounds, ~20 s
+    python -m bench.e2e_allocate --against /path/to/a/checkout   # its servers too, interleaved: before/after
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ async def run_agents(
     scripts: list[Script],
     between: list[Callable[[], None]],
     module: str = SERVER_MODULE,
+    tree: Path = ROOT,
 ) -> list[list[dict[str, Any]]]:
     """Start n stdio servers; run scripts[k] on all of them at once, calling between[k]() before each."""
     from mcp import Client
@@ -105,7 +107,7 @@ async def run_agents(
     results: list[list[dict[str, Any]]] = [[] for _ in scripts]
 
     async def agent(i: int) -> None:
-        params = StdioServerParameters(command=sys.executable, args=["-m", module], env=envs[i], cwd=str(ROOT))
+        params = StdioServerParameters(command=sys.executable, args=["-m", module], env=envs[i], cwd=str(tree))
         log = Path(envs[i]["AGENT_COORD_POOL_ROOT"]).parent / "state" / f"server-{i}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as errlog:
@@ -233,8 +235,11 @@ def bench_n(
     jitter: bool,
     module: str = SERVER_MODULE,
     store_url: str | None = None,
+    tree: Path = ROOT,
 ) -> dict[str, Any]:
-    base = tmp / f"n{n}-{module}{'-pg' if store_url else ''}"
+    """`tree`: the source tree the servers import agent_coord from (`python -m` puts its cwd first)."""
+    label = "" if tree == ROOT else f"-{tree.name}"
+    base = tmp / f"n{n}-{module}{label}{'-pg' if store_url else ''}"
     base.mkdir()
     db: Path | str = store_url or base / "state" / "coord.db"
     pool = base / "pool"
@@ -244,7 +249,7 @@ def bench_n(
         ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
     envs = [server_env(db, repo, pool, f"bench-{n}-{i}", max(n, 1), jitter) for i in range(n)]
-    tag = ("p" if module != SERVER_MODULE else "") + ("g" if store_url else "")
+    tag = ("p" if module != SERVER_MODULE else "") + ("g" if store_url else "") + ("t" if label else "")
     raw: dict[str, list[float]] = {"cold": [], "warm": []}
 
     def baseline(kind: str, label: str) -> Callable[[], None]:
@@ -261,7 +266,7 @@ def bench_n(
     between = [baseline("cold", "a"), baseline("cold", "b"), baseline("warm", "a")]
     tail = [baseline("warm", "b")]
     started = time.monotonic()
-    results = anyio.run(run_agents, n, envs, scripts, between, module)
+    results = anyio.run(run_agents, n, envs, scripts, between, module, tree)
     for fn in tail:
         fn()
     rows = [r for phase in results for r in phase]
@@ -281,6 +286,7 @@ def bench_n(
     out = {
         "agents": n,
         "server": module,
+        "tree": str(tree),
         "store": "postgresql" if store_url else "sqlite",
         "attempts": attempts,
         "seconds": round(time.monotonic() - started, 1),
@@ -325,6 +331,13 @@ def main() -> None:
         "one, interleaved, for a before/after in one run",
     )
     parser.add_argument(
+        "--against",
+        default=None,
+        metavar="DIR",
+        help="also run the servers of another source tree (e.g. a checkout of the base commit) beside this "
+        "one's, interleaved, for a before/after in one run",
+    )
+    parser.add_argument(
         "--postgresql",
         action="store_true",
         help="also run the servers on a PostgreSQL store (a throwaway local cluster, a fresh database per "
@@ -347,17 +360,19 @@ def main() -> None:
         repo = fresh_clone(FILES, COMMITS, tmp / "repo")
         cluster = stack.enter_context(running_cluster()) if args.postgresql else None
         modules = [SERVER_MODULE, args.prototype] if args.prototype else [SERVER_MODULE]
-        variants: list[tuple[str, str | None]] = [(m, None) for m in modules]
+        variants: list[tuple[str, str | None, Path]] = [(m, None, ROOT) for m in modules]
+        if args.against:
+            variants.append((SERVER_MODULE, None, Path(args.against).resolve()))
         if cluster is not None:
-            variants.append((SERVER_MODULE, "postgresql"))
+            variants.append((SERVER_MODULE, "postgresql", ROOT))
         runs = [(n, v) for n in counts for v in (variants if n % 2 == 0 else list(reversed(variants)))]
-        for n, (module, engine) in runs:
+        for n, (module, engine, tree) in runs:
             url = cluster.create_database(f"e2e_{n}") if cluster is not None and engine else None
-            r = bench_n(n, repo, tmp, cold_rounds, warm_rounds, args.jitter, module, url)
+            r = bench_n(n, repo, tmp, cold_rounds, warm_rounds, args.jitter, module, url, tree)
             per_n.append(r)
             errors = len(r["cold"]["errors"]) + len(r["warm"]["errors"])
             print(
-                f"  {n:2} agents, {module} on {r['store']} ({r['seconds']} s): "
+                f"  {n:2} agents, {module} of {tree.name} on {r['store']} ({r['seconds']} s): "
                 f"warm p50 {r['warm']['wall']['p50']:.1f} ms "
                 f"(raw switch {r['raw_warm']['p50']:.1f}), cold p50 {r['cold']['wall']['p50']:.1f} ms "
                 f"(raw worktree add {r['raw_cold']['p50']:.1f}), errors {errors}",
@@ -365,9 +380,11 @@ def main() -> None:
             )
     rows = []
     verdicts: dict[str, bool] = {}
-    for r in sorted(per_n, key=lambda x: (x["agents"], x["server"], x["store"])):
+    for r in sorted(per_n, key=lambda x: (x["agents"], x["server"], x["store"], x["tree"])):
         n = r["agents"]
         name = "agent-coord" if r["server"] == SERVER_MODULE else r["server"].removeprefix("bench.")
+        if Path(r["tree"]) != ROOT:
+            name += f" ({Path(r['tree']).name})"
         if r["store"] == "postgresql":
             name += " (PostgreSQL)"
         for kind, raw_key, budget in (("warm", "raw_warm", 25.0), ("cold", "raw_cold", 25.0)):
