@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -184,11 +186,11 @@ async def test_server_killed_between_phases_is_rolled_back(env: dict[str, str], 
             with contextlib.suppress(psutil.NoSuchProcess):  # a git child may have finished meanwhile
                 p.kill()
         await reap(procs)
-        # Only its server died; the agent process lives on. With no server left to validate, the
-        # row stays half-done.
-        await anyio.sleep(0.3)
+        # Only its server died; the agent process lives on. With no server left to validate (none
+        # runs: nothing else could change the row), the row stays half-done.
+        assert crasher.servers() == [] and psutil.pid_exists(crasher.pid)
         (row,) = query(env, "SELECT * FROM slots")
-        assert row["state"] == "ALLOCATING" and psutil.pid_exists(crasher.pid)
+        assert row["state"] == "ALLOCATING"
 
         # The next validation (a new server's, once the dead one's validator lease has lapsed)
         # rolls it back.
@@ -356,26 +358,32 @@ async def test_allocating_row_of_an_earlier_server_of_a_live_agent_is_rolled_bac
     claimed = await coord.store.claim_new_slot(
         repo_row, owner="agent-test", branch="feat/resume", task=None, lease_s=300, pool_max=8
     )
-    assert claimed is not None
-    await anyio.sleep(0.01)
+    assert claimed is not None and claimed.since is not None
+    since = claimed.since
+    await wait_for(lambda: time.time() > since, 5)  # the new server registers strictly after the claim
     async with Coordinator.open(settings, register=True, agent_id="agent-test") as resumed:
         (f,) = (await resumed.validate(repair=True)).findings
         assert f.kind == "stuck_allocating" and "last registered" in f.detail
         assert (await resumed.pool.allocate("feat/resume")).branch == "feat/resume"
 
 
-async def test_live_allocation_in_flight_is_not_drift(coord: Any, make_settings: Any) -> None:
+async def test_live_allocation_in_flight_is_not_drift(coord: Any, make_settings: Any, tmp_path: Path) -> None:
     """Validation running beside an allocation that sits in its git phase sees nothing to repair."""
     from agent_coord.engine.coordinator import Coordinator
 
-    async with Coordinator.open(make_settings(post_create=("sleep 1",)), register=True, agent_id="agent-slow") as slow:
+    # The post-create command holds the allocation in its git phase until the validations are done.
+    go = tmp_path / "go"
+    wait_for_go = f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.02)"
+    hold = shlex.join([sys.executable, "-c", wait_for_go])
+    async with Coordinator.open(make_settings(post_create=(hold,)), register=True, agent_id="agent-slow") as slow:
         async with anyio.create_task_group() as tg:
             tg.start_soon(slow.pool.allocate, "feat/slow")
-            await wait_for(lambda: _has_state(slow, SlotState.ALLOCATING), 5)
+            await wait_for(lambda: _has_state(slow, SlotState.ALLOCATING), 30)
             for _ in range(3):
                 result = await coord.validate(repair=True)
                 assert result.findings == [], result.findings
-                await anyio.sleep(0.1)
+                assert await _has_state(slow, SlotState.ALLOCATING)  # the pass ran beside the allocation
+            go.touch()
         (slot,) = await slow.store.slots()
         assert slot.state == SlotState.BUSY and slot.owner == "agent-slow"
 
