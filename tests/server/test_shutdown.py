@@ -126,7 +126,12 @@ async def test_disconnected_agent_keeps_its_slot_until_the_lease_lapses(make_set
         grant = await leaving.pool.allocate("feat/leaving")
     async with Coordinator.open(settings, register=False, agent_id="agent-observer") as observer:
         assert (await observer.validate(repair=True)).findings == []  # still within its lease
-        await anyio.sleep(0.6)
+
+        async def lapsed() -> bool:
+            agent = await observer.store.agent("agent-leaving")
+            return agent is not None and agent.lease_expires_at < time.time()
+
+        await wait_for(lapsed, 30)
         # Its agent process (this test's parent) lives on: on this host that keeps the slot, lease or not.
         assert (await observer.validate(repair=True)).findings == []
         # Where the process cannot be checked (another host), the lapsed lease decides.

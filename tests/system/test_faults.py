@@ -191,11 +191,18 @@ async def test_slow_release_is_not_reclaimed_under_a_live_agent(make_settings: A
     ):
         grant = await agent.pool.allocate("feature")
         detach = agent.git.detach
+        outlived = anyio.Event()
+        validated = anyio.Event()
 
-        async def slow_detach(path: Path) -> None:  # a release that takes 3 s: a big rescue, a slow disk
-            for _ in range(6):
-                await anyio.sleep(0.5)
-                await agent.heartbeat()  # the agent stays alive and keeps renewing its lease
+        async def slow_detach(path: Path) -> None:
+            # A release that outlives the lease it started with (a big rescue, a slow disk), while the
+            # agent stays alive and keeps renewing; it goes on once a validation has run beside it.
+            while time.time() <= grant.lease_expires_at:
+                await agent.heartbeat()
+                await anyio.sleep(0.1)
+            await agent.heartbeat()
+            outlived.set()
+            await validated.wait()
             await detach(path)
 
         agent.git.detach = slow_detach  # type: ignore[method-assign]
@@ -206,8 +213,10 @@ async def test_slow_release_is_not_reclaimed_under_a_live_agent(make_settings: A
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(release)
-            await anyio.sleep(2.5)
+            with anyio.fail_after(60):
+                await outlived.wait()
             findings = await validator.validate(repair=True)
+            validated.set()
         with sqlite3.connect(settings.db) as conn:
             actions = [
                 r[0]
