@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import psutil
 import pytest
 from anyio.abc import ByteReceiveStream
 from typer.testing import CliRunner
@@ -21,6 +22,7 @@ from agent_coord.cli import app  # every command registered
 from agent_coord.config import Settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.observe.activity import parse_activity_line
+from tests.agent_proc import wait_for
 
 T = TypeVar("T")
 CLI = [sys.executable, "-c", "from agent_coord.cli import main; main()"]
@@ -124,7 +126,7 @@ async def test_follow_shows_another_process_allocation_within_1s(coord: Any) -> 
             with anyio.fail_after(10):
                 first = parse_activity_line(await lines.next())
             assert first.action == "register" and first.agent == "agent-test"
-            await anyio.sleep(0.5)  # let the follower take its baseline (its catch-up read covers it anyway)
+            # The follower printed, so it reads: what comes next reaches it by its poll or its catch-up read.
 
             result = await coord.pool.allocate("feat/followed")
             done = time.monotonic()
@@ -154,7 +156,12 @@ async def test_follow_json_lines_and_a_closed_pipe_end_quietly(coord: Any, tmp_p
         with anyio.fail_after(10):
             first = json.loads(await Lines(proc.stdout).next())
         assert first["action"] == "register" and first["line"].endswith(" | register | - | ok | -ms")
-        await anyio.sleep(0.3)
+
+        def head_gone() -> bool:
+            shell = psutil.Process(proc.pid)
+            return not [p for p in shell.children() if p.name() == "head" and p.status() != psutil.STATUS_ZOMBIE]
+
+        await wait_for(head_gone, 30)
         # `head` has gone; the follower's next write meets the closed pipe and must end it quietly.
         await coord.pool.allocate("feat/after-close")
         try:

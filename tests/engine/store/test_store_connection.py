@@ -24,10 +24,13 @@ async def test_a_natively_cancelled_caller_waits_for_its_transaction(tmp_path: P
     conn = await Connection.open(tmp_path / "c.db")
     spans: list[tuple[str, float, float]] = []
 
+    inside = threading.Event()
+
     def slow(c: sqlite3.Connection) -> None:
         start = time.monotonic()
         c.execute("INSERT INTO meta (key, value) VALUES ('slow', 1)")
-        time.sleep(0.3)
+        inside.set()
+        time.sleep(0.3)  # the transaction's own work, under way when the caller is cancelled
         spans.append(("slow", start, time.monotonic()))
 
     def quick(c: sqlite3.Connection) -> int:
@@ -37,7 +40,7 @@ async def test_a_natively_cancelled_caller_waits_for_its_transaction(tmp_path: P
         return int(row[0]) if row else 0
 
     task = asyncio.create_task(conn.write(slow))
-    await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(inside.wait, 30)  # cancelled inside its transaction, not before it
     task.cancel()  # a native cancel: anyio's shields do not stop it
     with pytest.raises(asyncio.CancelledError):
         await task
