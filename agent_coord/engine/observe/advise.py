@@ -192,6 +192,22 @@ def _sweep(events: Sequence[Event], start: float) -> _Sweep:
     return out
 
 
+def _setting_change(
+    rule: str, key: str, current: float, wanted: float, *, evidence: str, would_have: str
+) -> Recommendation:
+    """A recommended value for the setting `key` (AGENT_COORD_<KEY> in the environment)."""
+    env = f"AGENT_COORD_{key.upper()}"
+    return Recommendation(
+        rule=rule,
+        setting=env,
+        current=current,
+        recommended=wanted,
+        evidence=evidence,
+        would_have=would_have,
+        apply=_APPLY.format(env=env, key=key, value=f"{wanted:g}"),
+    )
+
+
 def _pool_max(current: Current, sweep: _Sweep) -> Recommendation | Check:
     if sweep.refusals == 0:
         return Check(
@@ -200,17 +216,16 @@ def _pool_max(current: Current, sweep: _Sweep) -> Recommendation | Check:
             f"{sweep.peak_held} of {current.pool_max} slots were held at once",
         )
     wanted = max(current.pool_max + 1, sweep.peak_demand)
-    return Recommendation(
-        rule="pool_max",
-        setting="AGENT_COORD_POOL_MAX",
-        current=current.pool_max,
-        recommended=wanted,
+    return _setting_change(
+        "pool_max",
+        "pool_max",
+        current.pool_max,
+        wanted,
         evidence=f"{sweep.refusals} of {sweep.attempts} allocation attempts were refused POOL_EXHAUSTED; the peak "
         f"demand was {sweep.peak_demand} slots (held, plus agents refused within {REFUSAL_WAIT_S:g} s and not "
         "served since)",
         would_have=f"none of the {sweep.refusals} refusals: each would have got a new slot (created cold the "
         "first time, warm after)",
-        apply=_APPLY.format(env="AGENT_COORD_POOL_MAX", key="pool_max", value=wanted),
     )
 
 
@@ -228,16 +243,15 @@ def _stale_after(current: Current, gaps: LeaseGapRollup) -> Recommendation | Che
     wanted = math.ceil(longest * STALE_MARGIN / STALE_STEP_S) * STALE_STEP_S
     late = sum(1 for _, top in gaps.agents.values() if top > current.stale_after_s)
     near = sum(1 for _, top in gaps.agents.values() if top * STALE_MARGIN > current.stale_after_s)
-    return Recommendation(
-        rule="stale_after",
-        setting="AGENT_COORD_STALE_AFTER_S",
-        current=current.stale_after_s,
-        recommended=wanted,
+    return _setting_change(
+        "stale_after",
+        "stale_after_s",
+        current.stale_after_s,
+        wanted,
         evidence=f"{evidence}: more than half of {current.stale_after_s:g} s",
         would_have=f"{late} agents renewed after their lease had lapsed (they could have been judged stale and "
         f"their worktrees reclaimed while they were alive) and {near} came within half of it; with {wanted:g} s "
         "every observed gap stays within half of the lease (a hung server's worktrees come back that much later)",
-        apply=_APPLY.format(env="AGENT_COORD_STALE_AFTER_S", key="stale_after_s", value=f"{wanted:g}"),
     )
 
 
@@ -256,15 +270,14 @@ def _heartbeat(current: Current, gaps: LeaseGapRollup) -> Recommendation | Check
             "stalls, not the interval (see stale_after)",
         )
     wanted = max(5.0, math.floor(current.stale_after_s / (RENEWALS_PER_LEASE + 1) / 5) * 5)
-    return Recommendation(
-        rule="heartbeat",
-        setting="AGENT_COORD_HEARTBEAT_IDLE_S",
-        current=current.heartbeat_idle_s,
-        recommended=wanted,
+    return _setting_change(
+        "heartbeat",
+        "heartbeat_idle_s",
+        current.heartbeat_idle_s,
+        wanted,
         evidence=f"{evidence}, fewer than {RENEWALS_PER_LEASE}: one late renewal lapses an idle agent's lease",
         would_have=f"{current.stale_after_s / wanted:.0f} renewals per lease instead of {per_lease:.1f}, at "
         f"{current.heartbeat_idle_s / wanted:.1f} times the renewal writes of idle agents",
-        apply=_APPLY.format(env="AGENT_COORD_HEARTBEAT_IDLE_S", key="heartbeat_idle_s", value=f"{wanted:g}"),
     )
 
 
@@ -296,33 +309,32 @@ def _contention(current: Current, events: Sequence[Event]) -> Recommendation | C
     if len(at_threshold) >= MIN_ALLOCATIONS and not any(map(_lost, at_threshold)):
         waited_s = sum(float(e.detail.get("jitter_ms") or 0.0) for e in at_threshold) / 1000
         wanted = current.contention_threshold + 1
-        return Recommendation(
-            rule="contention_threshold",
-            setting="AGENT_COORD_CONTENTION_THRESHOLD",
-            current=current.contention_threshold,
-            recommended=wanted,
-            evidence=f"{evidence}: pessimism at the threshold never met a race",
-            would_have=f"the {len(at_threshold)} allocations at contention {current.contention_threshold} would have "
-            f"been optimistic: {waited_s:.1f} s of jitter not waited, and the warmest slot instead of the coldest",
-            apply=_APPLY.format(env="AGENT_COORD_CONTENTION_THRESHOLD", key="contention_threshold", value=wanted),
+        why = "pessimism at the threshold never met a race"
+        would_have = (
+            f"the {len(at_threshold)} allocations at contention {current.contention_threshold} would have "
+            f"been optimistic: {waited_s:.1f} s of jitter not waited, and the warmest slot instead of the coldest"
         )
-    if (
+    elif (
         current.contention_threshold > 1
         and len(below) >= MIN_ALLOCATIONS
         and lost_below >= OPTIMISTIC_LOSS * len(below)
     ):
         wanted = current.contention_threshold - 1
-        return Recommendation(
-            rule="contention_threshold",
-            setting="AGENT_COORD_CONTENTION_THRESHOLD",
-            current=current.contention_threshold,
-            recommended=wanted,
-            evidence=f"{evidence}: {lost_below / len(below):.0%} of the optimistic ones just below it lost a race",
-            would_have=f"the {len(below)} allocations at contention {wanted} would have been pessimistic (jittered, "
-            f"backed off, coldest slot first), {lost_below} of which lost a CAS race optimistically",
-            apply=_APPLY.format(env="AGENT_COORD_CONTENTION_THRESHOLD", key="contention_threshold", value=wanted),
+        why = f"{lost_below / len(below):.0%} of the optimistic ones just below it lost a race"
+        would_have = (
+            f"the {len(below)} allocations at contention {wanted} would have been pessimistic (jittered, "
+            f"backed off, coldest slot first), {lost_below} of which lost a CAS race optimistically"
         )
-    return Check(rule="contention_threshold", evidence=evidence)
+    else:
+        return Check(rule="contention_threshold", evidence=evidence)
+    return _setting_change(
+        "contention_threshold",
+        "contention_threshold",
+        current.contention_threshold,
+        wanted,
+        evidence=f"{evidence}: {why}",
+        would_have=would_have,
+    )
 
 
 def _warm_slots(utilization: Metric, slot_count: int, peak: int) -> Recommendation | Check:
