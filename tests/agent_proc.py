@@ -276,8 +276,16 @@ def events(env: dict[str, str], action: str | None = None) -> list[dict[str, Any
     return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
 
 
+# A wait costs only as long as its condition takes; its bound matters only when the condition never
+# comes true. On a loaded CI machine a process's start alone can take tens of seconds, so no bound is
+# shorter than this: a test fails for what did not happen, never for how busy the machine was.
+MIN_WAIT_S = 60.0
+
+
 async def wait_for(check: Callable[[], Awaitable[bool] | bool], timeout: float, interval: float = 0.05) -> float:
-    """Poll until `check()` is true; return how long it took. Fails the test after `timeout`."""
+    """Poll until `check()` is true; return how long it took. Fails the test after `timeout` (at least
+    MIN_WAIT_S)."""
+    timeout = max(timeout, MIN_WAIT_S)
     started = time.monotonic()
     while True:
         outcome = check()

@@ -25,7 +25,7 @@ from agent_coord.pool_file.import_rows import map_windows_path, windows_name, wi
 from tests.conftest import git
 
 
-def wait_until(condition: object, timeout_s: float = 10.0) -> bool:
+def wait_until(condition: object, timeout_s: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if callable(condition) and condition():

@@ -93,6 +93,9 @@ async def browser(chromium: Path) -> AsyncIterator[Callable[..., Awaitable[Page]
             async def new_page(url: str | None = None, viewport: dict[str, int] = DESKTOP) -> Page:
                 # bypass_csp only so that the test can inject axe-core; the app's own CSP stays on otherwise.
                 context = await b.new_context(viewport=viewport, bypass_csp=True)
+                # Every wait is on a condition; its bound only decides when a test gives up, and a loaded
+                # CI machine can take tens of seconds to draw a page.
+                context.set_default_timeout(90_000)
                 page = Page(await context.new_page())
                 if url:
                     await page.page.goto(url)
@@ -109,7 +112,7 @@ def slot_states(env: dict[str, str]) -> dict[str, str]:
         return dict(db.execute("SELECT id, state FROM slots").fetchall())
 
 
-async def wait_for(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
+async def wait_for(check: Callable[[], bool], timeout_s: float = 90.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -130,7 +133,7 @@ async def test_page_renders_live_and_follows_another_process(chromium: Path, env
                 assert results[0]["ok"], results
                 wid = results[0]["result"]["worktree_id"]
                 row = page.locator(f'tr[data-slot="{wid}"][data-state="BUSY"]')
-                await row.wait_for(timeout=20000)
+                await row.wait_for()
                 assert "feat/live" in (await row.text_content() or "")
                 assert "painter" in (await page.locator("#agent-rows").text_content() or "")
                 await page.locator('tr[data-event] >> text="allocate"').first.wait_for()
@@ -189,7 +192,7 @@ async def test_release_through_the_page_and_refused_without_token(
                 assert "refs/" in text and "notes.txt" in text and "holder" in text, text
                 await page.screenshot(path=str(shots / "force-release-confirm.png"))
                 await page.click("#confirm-ok")
-                await page.locator(f'tr[data-slot="{wid}"][data-state="FREE"]').wait_for(timeout=20000)
+                await page.locator(f'tr[data-slot="{wid}"][data-state="FREE"]').wait_for()
                 await page.locator("#notice >> text=rescue").wait_for()
                 assert slot_states(env)[wid] == "FREE"
                 # Chromium logs the expected refusal (409 NOT_OWNER) as a failed resource; nothing else.
@@ -286,7 +289,7 @@ async def test_the_conflict_radar_in_the_page(chromium: Path, env: dict[str, str
             ):
                 assert all(r["ok"] for r in await a.until_ready()) and all(r["ok"] for r in await b.until_ready())
                 row = page.locator('#conflict-rows tr[data-kind="conflict"]')
-                await row.wait_for(timeout=30000)
+                await row.wait_for()
                 text = await row.text_content() or ""
                 for expected in ("feat/left", "feat/right", "lefty", "righty", "app.py", "lines 7", "rebases"):
                     assert expected in text, (expected, text)
@@ -309,7 +312,7 @@ async def test_the_conflict_radar_in_the_page(chromium: Path, env: dict[str, str
                     assert v.errors == []
                 # One side takes its edit back: the pair goes, and the chart counts it as resolved.
                 assert (await b.send(write_step("a", "app.py", APP.encode())))["ok"]
-                await page.locator("#conflict-rows >> text=No predicted merge conflicts").wait_for(timeout=30000)
+                await page.locator("#conflict-rows >> text=No predicted merge conflicts").wait_for()
                 await page.wait_for_function(
                     "(document.querySelector('#chart-merge svg') || {getAttribute: () => ''})"
                     ".getAttribute('aria-label').includes('1 predicted, 1 resolved')"

@@ -33,7 +33,7 @@ def spawned() -> Iterator[list[subprocess.Popen[bytes]]]:
         proc.wait(timeout=5)
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"

@@ -170,14 +170,14 @@ async def test_server_killed_between_phases_is_rolled_back(env: dict[str, str], 
         env,
         steps,
         AGENT_COORD_AGENT_ID="crasher",
-        AGENT_COORD_POST_CREATE='["sleep 30"]',
+        AGENT_COORD_POST_CREATE='["sleep 600"]',
         AGENT_COORD_VALIDATE_EVERY_S=str(VALIDATE_EVERY_S),
     ) as crasher:
 
         def in_setup() -> bool:
             return any(process_name(p) == "sleep" for p in crasher.servers())
 
-        await wait_for(in_setup, 30)
+        await wait_for(in_setup, 120)  # a server's start on a loaded machine; the sleep is killed with it
         (row,) = query(env, "SELECT * FROM slots")
         assert row["state"] == "ALLOCATING" and row["owner"] == "crasher"
         assert Path(row["path"], ".git").is_file()  # the git phase had run
@@ -196,7 +196,7 @@ async def test_server_killed_between_phases_is_rolled_back(env: dict[str, str], 
         # rolls it back.
         async with Client(server_params(env, AGENT_COORD_AGENT_ID="survivor", **interval), mode="legacy") as survivor:
             try:
-                await wait_for(lambda: query(env, "SELECT state FROM slots")[0]["state"] == "FREE", 10)
+                await wait_for(lambda: query(env, "SELECT state FROM slots")[0]["state"] == "FREE", 60)
                 runs = [e for e in events(env, "validate") if e["agent_id"] == "survivor" and e["outcome"] == "started"]
                 (rolled,) = [e for e in events(env, "reclaim") if e["worktree_id"] == row["id"]]
                 assert len([e for e in runs if e["ts"] <= rolled["ts"]]) == 1  # the survivor's first run did it
