@@ -4,6 +4,7 @@ agents and servers (some aimed inside a transaction or between allocation phases
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import subprocess
@@ -263,6 +264,12 @@ class Campaign:
         chaos_s = time.time() - started
         if outage is not None:
             outage.join()
+            # The store came back: let the agents show it (a grant after it) before they are stopped,
+            # however long a loaded machine's servers take to reconnect; bounded.
+            back = sum(self.outages[0].values()) if self.outages else time.time()
+            deadline = time.time() + 90
+            while not granted_since(self.base / "journals", back) and time.time() < deadline:
+                time.sleep(0.2)
         # Let the survivors run on a moment, then see what killed servers left in transit.
         time.sleep(min(3.0, cfg.validate_every_s))
         in_transit = self.in_transit_snapshot()
@@ -303,6 +310,17 @@ class Campaign:
             for r in found
             if r["owner"] in live and now - (r["since"] or now) > 3.0
         ]
+
+
+def granted_since(journals: Path, since: float) -> bool:
+    """Whether any agent's journal records a grant after `since` (a kill may cut a last line short)."""
+    for path in journals.glob("*.jsonl"):
+        for line in path.read_text(errors="replace").splitlines():
+            if '"ev": "grant"' in line:
+                with contextlib.suppress(ValueError):
+                    if json.loads(line)["t"] > since:
+                        return True
+    return False
 
 
 class Progress:

@@ -91,7 +91,7 @@ def _assert_clean(report: dict[str, Any]) -> None:
     assert report["validation"]["dry_run_findings"] == []
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(360)
 def test_fault_campaign_ci_subset(tmp_path: Path) -> None:
     report = run_campaign(CampaignConfig.quick(), tmp_path)
     print(summarize(report))
@@ -100,7 +100,7 @@ def test_fault_campaign_ci_subset(tmp_path: Path) -> None:
     assert report["agents_killed"] >= 1 and report["servers_killed"] >= 1, summarize(report)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(420)
 def test_fault_campaign_ci_subset_on_postgresql(tmp_path: Path, pg_url: PostgresUrl, pg_cluster: Cluster) -> None:
     """The same campaign with every server on one PostgreSQL database: servers are SIGKILLed inside
     transactions (the server rolls those back when their connection drops) and between phases, and
