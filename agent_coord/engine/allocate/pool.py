@@ -50,6 +50,13 @@ logger = logging.getLogger("agent-coord")
 BACKOFF_BASE_S = 0.05
 
 
+class BranchAppeared(CoordError):
+    """git refused to create the branch: it was created after our checks (rolled back, nothing held)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(ErrorCode.GIT_FAILED, f"the branch was created by someone else meanwhile: {reason}")
+
+
 class ContentionMonitor(Protocol):
     async def snapshot(self, repo: Repo) -> Contention: ...
 
@@ -70,7 +77,12 @@ class Pool(OverEngine):
         with tracer.start_as_current_span("allocate") as span:
             span.set_attribute("agent.id", self.me)
             try:
-                result = await self._allocate(progress, branch, base, repo, task, started)
+                try:
+                    result = await self._allocate(progress, branch, base, repo, task, started)
+                except BranchAppeared:
+                    # Another agent created the branch after our checks (and may hold it): decide again,
+                    # once, from what git and the store say now.
+                    result = await self._allocate(progress, branch, base, repo, task, started)
             except CoordError as exc:
                 span.set_attribute("error.code", exc.code.value)
                 span.set_status(trace.StatusCode.ERROR, exc.message)
@@ -259,6 +271,8 @@ class Pool(OverEngine):
             span.set_status(trace.StatusCode.ERROR, reason)
             with anyio.CancelScope(shield=True):
                 await self._roll_back(repo, claim, reason)
+            if isinstance(exc, GitError) and start is not None and "already exists" in reason:
+                raise BranchAppeared(reason) from exc
             raise CoordError(ErrorCode.GIT_FAILED, f"could not prepare {claim.slot.id}: {reason}") from exc
         except BaseException:
             # Cancelled by the client, or refused after the claim: leave nothing half-done.

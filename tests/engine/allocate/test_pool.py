@@ -104,6 +104,55 @@ async def test_existing_branch_is_checked_out_not_recreated(coord: Any, repo: Pa
     assert git(Path(result.path), "rev-parse", "HEAD") == git(repo, "rev-parse", "old-work")
 
 
+class CreatesTheBranchFirst:
+    """The contention snapshot, taken between the checks and the claim, preceded by another agent
+    creating the branch (and, when `hold` is given, allocating it): the interleaving a loaded machine
+    produces by chance, made to happen every time."""
+
+    def __init__(self, inner: Any, repo: Path, branch: str, hold: Any = None) -> None:
+        self.inner, self.repo, self.branch, self.hold, self.done = inner, repo, branch, hold, False
+
+    async def snapshot(self, repo: Any) -> Any:
+        if not self.done:
+            self.done = True
+            git(self.repo, "branch", self.branch, "HEAD~1")
+            if self.hold is not None:
+                await self.hold.pool.allocate(self.branch)
+        return await self.inner.snapshot(repo)
+
+
+async def test_a_branch_created_by_another_after_the_checks_is_taken_as_it_is(coord: Any, repo: Path) -> None:
+    (repo / "b.txt").write_text("b")
+    git(repo, "add", "b.txt")
+    git(repo, "commit", "-q", "-m", "second")
+    for warm in (False, True):  # `git worktree add -b` and `git switch -c` both refuse; both are decided again
+        branch = f"feat/appeared-{warm}"
+        if warm:
+            await coord.pool.release(worktree_id=(await coord.store.slots())[0].id)
+        coord.pool.contention = CreatesTheBranchFirst(coord.pool.contention, repo, branch)
+        result = await coord.pool.allocate(branch)
+        assert result.reused is warm
+        assert git(Path(result.path), "rev-parse", "HEAD") == git(repo, "rev-parse", "HEAD~1")  # theirs, kept
+        coord.pool.contention = coord.pool.contention.inner
+    refused = [e for e in await coord.store.events() if e.action == "allocate" and e.outcome != "ok"]
+    assert refused == []
+
+
+async def test_a_branch_created_and_held_by_another_after_the_checks_is_a_branch_conflict(
+    coord: Any, repo: Path, settings: Any
+) -> None:
+    from agent_coord.engine.coordinator import Coordinator
+
+    (repo / "b.txt").write_text("b")
+    git(repo, "add", "b.txt")
+    git(repo, "commit", "-q", "-m", "second")
+    async with Coordinator.open(settings, register=True, agent_id="agent-other") as other:
+        coord.pool.contention = CreatesTheBranchFirst(coord.pool.contention, repo, "feat/raced", hold=other)
+        with pytest.raises(CoordError) as err:
+            await coord.pool.allocate("feat/raced")
+    assert err.value.code == ErrorCode.BRANCH_CONFLICT and "agent-other" in err.value.message
+
+
 async def test_base_is_the_start_of_a_new_branch(coord: Any, repo: Path) -> None:
     first = git(repo, "rev-parse", "HEAD").strip()
     (repo / "b.txt").write_text("b")
