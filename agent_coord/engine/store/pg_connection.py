@@ -9,6 +9,15 @@ Writes are serialised by one advisory lock taken at `BEGIN` (schema_pg.WRITER_LO
 `BEGIN IMMEDIATE` serialises them: every transaction function was written as check-then-act under a
 single writer, and under that lock it stays correct at READ COMMITTED without re-reading each for
 predicate races. The compare-and-swaps themselves are `UPDATE … WHERE version/state/token … RETURNING`.
+
+The lock must not be held while the commit waits for its WAL flush, or every commit of every agent
+waits for the previous one's fsync (one disk flush per transaction, ~6 ms on a cloud disk: at most
+~160 writes/s, whatever the CPU). So a write commits with `synchronous_commit = off` (visible at once,
+the lock released) and is acknowledged only after a flush (`FLUSH`, run outside the lock with the
+connection's own `synchronous_commit`): a tiny transaction whose commit waits for the WAL up to its
+own record, hence past the write's. Concurrent flushes share one fsync (PostgreSQL's group commit).
+Nothing acknowledged can be lost: the WAL is one sequence, so the flush covers the write, and any
+write that read the unflushed one is flushed behind it before it is acknowledged in turn.
 A transaction that fails on a serialization failure, a deadlock or a lock timeout is retried whole,
 with bounded, jittered back-off; one whose connection broke before `COMMIT` was sent is retried on a
 new connection (the server rolled it back); a broken `COMMIT`, or a server that stays away, is
@@ -53,6 +62,10 @@ WAIT_FOR_CONNECTION_S = 3.0
 # A lock wait longer than this is a stuck peer, not contention: retried like a deadlock.
 LOCK_TIMEOUT = "10s"
 RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.LockNotAvailable)
+WRITE_BEGIN = f"BEGIN; SET LOCAL synchronous_commit = off; SELECT {WRITER_LOCK}"
+# A transactional WAL record and nothing else: its commit waits until the WAL is flushed up to it (an
+# xid alone writes no WAL, so its commit would not wait); any role may emit one, at any wal_level.
+FLUSH = "SELECT pg_logical_emit_message(true, 'agent-coord', '')"
 
 _PARAM = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"|::|\?|:[A-Za-z_][A-Za-z0-9_]*|%")
 
@@ -251,9 +264,9 @@ class PgConnection:
 
     # ---- running transactions ---------------------------------------------------------------
 
-    async def write(self, fn: Callable[[Db], T]) -> T:
+    async def write(self, fn: Callable[[Db], T], *, quick: bool = False) -> T:
         """Run `fn` under the writer lock, retrying the whole of it on serialization failure or deadlock."""
-        return await self._retrying(fn, f"BEGIN; SELECT {WRITER_LOCK}")
+        return await self._retrying(fn, WRITE_BEGIN)
 
     async def read(self, fn: Callable[[Db], T]) -> T:
         """Run `fn` in one snapshot."""
@@ -321,6 +334,8 @@ class PgConnection:
             result = fn(PgDb(conn))
             committing = True
             conn.execute("COMMIT")
+            if begin == WRITE_BEGIN:
+                conn.execute(FLUSH)  # durable before it is acknowledged (see the module's docstring)
             return result
         except psycopg.OperationalError as exc:
             if isinstance(exc, RETRYABLE):
