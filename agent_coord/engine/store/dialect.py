@@ -38,7 +38,9 @@ class StoreConnection(Protocol):
 
     postgres: bool
 
-    async def write(self, fn: Callable[[Db], T]) -> T: ...
+    async def write(self, fn: Callable[[Db], T], *, quick: bool = False) -> T:
+        """`quick`: a compare-and-swap of a few rows, which the engine may run without a thread hop."""
+        ...
 
     async def read(self, fn: Callable[[Db], T]) -> T: ...
 

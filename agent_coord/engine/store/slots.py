@@ -97,7 +97,7 @@ class SlotTransitions(_Tables):
 
         if not paths:
             return None
-        return await self._conn.write(tx)
+        return await self._conn.write(tx, quick=True)
 
     async def claim_new_slot(
         self,
@@ -134,7 +134,7 @@ class SlotTransitions(_Tables):
                 _append(conn, event, now)
             return _slot_by_id(conn, slot_id)
 
-        return await self._conn.write(tx)
+        return await self._conn.write(tx, quick=True)
 
     async def transition(
         self,
@@ -189,7 +189,7 @@ class SlotTransitions(_Tables):
                 _append(conn, draft, now)
             return after
 
-        return await self._conn.write(tx)
+        return await self._conn.write(tx, quick=True)
 
     async def insert_slot(
         self, repo: Repo, path: str, *, state: SlotState, branch: str | None, event: EventDraft
