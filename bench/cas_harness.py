@@ -143,6 +143,30 @@ class RawOps(Protocol):
     def close(self) -> None: ...
 
 
+EVENT_INSERT = (
+    "INSERT INTO events (ts, agent_id, action, repo_id, worktree_id, branch, outcome, duration_ms,"
+    " fencing_token, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def event_values(ops: Any, action: str, slot_id: str, token: int, now: float) -> tuple[Any, ...]:
+    """What the store's event insert binds, for a raw baseline (`ops`: its owner, repo_id, branch)."""
+    detail = json.dumps({}, sort_keys=True)
+    return (now, ops.owner, action, ops.repo_id, slot_id, ops.branch, "ok", 0.0, token, detail)
+
+
+class RawIdentity:
+    """Who a raw baseline worker is (as the store's worker: one owner and branch per process) and the
+    pool's slot paths; `repo_id` is set once its connection has registered the repository."""
+
+    def __init__(self, pool_max: int) -> None:
+        self.retried = 0
+        self.owner, self.branch = f"bench-{os.getpid()}", f"b-{os.getpid()}"
+        self.pool_max = pool_max
+        self.paths = slot_paths(pool_max)
+        self.repo_id = 0
+
+
 class GaveUp(Exception):
     """A raw transaction kept failing through every retry (the store's busy error)."""
 

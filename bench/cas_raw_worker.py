@@ -4,8 +4,6 @@ the stdlib `sqlite3` module (WAL, busy_timeout, synchronous=NORMAL, BEGIN IMMEDI
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import sqlite3
 import time
@@ -13,18 +11,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.cas_cycle import LEASE_S, slot_paths
-from bench.cas_harness import GaveUp
+from bench.cas_cycle import LEASE_S
+from bench.cas_harness import EVENT_INSERT, GaveUp, RawIdentity, event_values
 
 BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 8
 HELD = ("ALLOCATING", "BUSY", "RELEASING")
 
 
-class RawSqlite:
+class RawSqlite(RawIdentity):
     """`cas_harness.RawOps` over one stdlib sqlite3 connection."""
 
     def __init__(self, db: Path, pool_max: int) -> None:
+        super().__init__(pool_max)
         self.conn = sqlite3.connect(str(db), isolation_level=None)
         self.conn.row_factory = sqlite3.Row
         for pragma in (
@@ -34,10 +33,6 @@ class RawSqlite:
             "foreign_keys = ON",
         ):
             self.conn.execute(f"PRAGMA {pragma}")
-        self.retried = 0
-        self.owner, self.branch = f"bench-{os.getpid()}", f"b-{os.getpid()}"
-        self.pool_max = pool_max
-        self.paths = slot_paths(pool_max)
         self.repo_id = self.write(self._ensure_repo)
 
     def write(self, fn: Callable[[], Any]) -> Any:
@@ -72,22 +67,7 @@ class RawSqlite:
         return int(self.conn.execute("SELECT id FROM repos WHERE path = ?", ("/bench/repo",)).fetchone()[0])
 
     def _event(self, action: str, slot_id: str, token: int, now: float) -> None:
-        self.conn.execute(
-            "INSERT INTO events (ts, agent_id, action, repo_id, worktree_id, branch, outcome, duration_ms,"
-            " fencing_token, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                now,
-                self.owner,
-                action,
-                self.repo_id,
-                slot_id,
-                self.branch,
-                "ok",
-                0.0,
-                token,
-                json.dumps({}, sort_keys=True),
-            ),
-        )
+        self.conn.execute(EVENT_INSERT, event_values(self, action, slot_id, token, now))
 
     def _next_token(self) -> int:
         row = self.conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'fencing_token' RETURNING value")

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,8 @@ def _fresh_db(directory: Path, name: str) -> Path:
     return db
 
 
-def run_once(impl: str, procs: int, duration: float, rate: float, directory: Path) -> dict[str, Any]:
-    db = _fresh_db(directory, f"{impl}-{procs}")
+def run_once(impl: str, procs: int, duration: float, rate: float, where: Path) -> dict[str, Any]:
+    db = _fresh_db(where, f"{impl}-{procs}")
     cmd = [sys.executable, "-m", "bench.store_cas", "--worker", "--impl", impl, "--db", str(db)]
     cmd += ["--pool-max", str(procs), "--duration", str(duration), "--rate", str(rate)]
     result = launch(cmd, procs, duration)
@@ -101,15 +102,7 @@ def main() -> None:
     info = machine()
     print(machine_line(info), flush=True)
     with tempfile.TemporaryDirectory(prefix="agent-coord-bench-cas-") as tmp:
-        directory = Path(tmp)
-        runs = run_matrix(
-            lambda impl, procs, secs, rate: run_once(impl, procs, secs, rate, directory),
-            impls,
-            counts,
-            reps,
-            duration,
-            paced_duration,
-        )
+        runs = run_matrix(partial(run_once, where=Path(tmp)), impls, counts, reps, duration, paced_duration)
     summaries = summarize(runs, impls, counts)
     print()
     print_summary(

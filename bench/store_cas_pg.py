@@ -23,31 +23,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import Enum
+from functools import partial
 from typing import Any
 
 from agent_coord.store_target import PostgresUrl
+from bench import cas_harness as harness
 from bench._common import ROOT, machine, machine_line, print_verdicts, write_results
-from bench.cas_cycle import LEASE_S, slot_paths
-from bench.cas_harness import (
-    PACED_PROCS,
-    PACED_RATE,
-    GaveUp,
-    every_rep,
-    launch,
-    print_summary,
-    raw_cycles,
-    run_matrix,
-    serve_worker,
-    store_worker,
-    summarize,
-)
+from bench.cas_cycle import LEASE_S
 
 RETRIES = 12
 HELD = ("ALLOCATING", "BUSY", "RELEASING")
@@ -56,7 +44,7 @@ HELD = ("ALLOCATING", "BUSY", "RELEASING")
 # ---- the raw baseline ------------------------------------------------------------------------------
 
 
-class RawPg:
+class RawPg(harness.RawIdentity):
     """`cas_harness.RawOps` over one psycopg connection: what the store sends on PostgreSQL."""
 
     def __init__(self, url: str, pool_max: int) -> None:
@@ -65,12 +53,9 @@ class RawPg:
 
         from agent_coord.engine.store.pg_connection import FLUSH, WRITE_BEGIN
 
+        super().__init__(pool_max)
         self.conn = psycopg.connect(url, autocommit=True, row_factory=dict_row)
         self.begin, self.flush = WRITE_BEGIN, FLUSH
-        self.retried = 0
-        self.owner, self.branch = f"bench-{os.getpid()}", f"b-{os.getpid()}"
-        self.pool_max = pool_max
-        self.paths = slot_paths(pool_max)
         self.repo_id = self.write(self._ensure_repo)
 
     def write(self, fn: Callable[[], Any]) -> Any:
@@ -90,7 +75,7 @@ class RawPg:
             except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
                 self.retried += 1
                 time.sleep(min(0.2, random.uniform(0.001, 0.004) * (2**attempt)))
-        raise GaveUp
+        raise harness.GaveUp
 
     def close(self) -> None:
         self.conn.close()
@@ -181,31 +166,20 @@ class RawPg:
         self.conn.execute(f"UPDATE slots SET {sets} WHERE id = %s", (*values.values(), slot_id))
         new = self._one("SELECT * FROM slots WHERE id = %s", (slot_id,))
         self.conn.execute(
-            "INSERT INTO events (ts, agent_id, action, repo_id, worktree_id, branch, outcome, duration_ms,"
-            " fencing_token, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                now,
-                self.owner,
-                action,
-                self.repo_id,
-                slot_id,
-                self.branch,
-                "ok",
-                0.0,
-                token,
-                json.dumps({}, sort_keys=True),
-            ),
+            harness.EVENT_INSERT.replace("?", "%s"), harness.event_values(self, action, slot_id, token, now)
         )
         return new
 
 
 def worker_main(args: argparse.Namespace) -> None:
     if args.impl == "raw":
-        serve_worker(lambda ready: raw_cycles(RawPg(args.db, args.pool_max), args.duration, args.rate, ready()))
+        harness.serve_worker(
+            lambda ready: harness.raw_cycles(RawPg(args.db, args.pool_max), args.duration, args.rate, ready())
+        )
     else:
-        serve_worker(
+        harness.serve_worker(
             lambda ready: asyncio.run(
-                store_worker(PostgresUrl(args.db), args.pool_max, args.duration, args.rate, ready)
+                harness.store_worker(PostgresUrl(args.db), args.pool_max, args.duration, args.rate, ready)
             )
         )
 
@@ -288,12 +262,12 @@ def read_events(url: str) -> list[Mapping[str, Any]]:
         )
 
 
-def run_once(impl: str, procs: int, duration: float, rate: float, prefix_url: str) -> dict[str, Any]:
-    url = fresh_database(prefix_url)
+def run_once(impl: str, procs: int, duration: float, rate: float, where: str) -> dict[str, Any]:
+    url = fresh_database(where)
     cmd = [sys.executable, "-m", "bench.store_cas_pg", "--worker", "--impl", impl, "--pool-max", str(procs)]
     cmd += ["--duration", str(duration), "--rate", str(rate)]
     env = {**os.environ, "AGENT_COORD_BENCH_DB": url}  # the URL holds a password: not on a command line
-    result = launch(cmd, procs, duration, env)
+    result = harness.launch(cmd, procs, duration, env)
     result.update(check_grants(read_events(url), result.pop("acked")))
     result["impl"], result["rate_per_proc"] = impl, rate
     return result
@@ -331,25 +305,17 @@ def main() -> None:
     info = machine()
     print(machine_line(info), flush=True)
     with cluster_prefix(args.url) as prefix:
-        runs = run_matrix(
-            lambda impl, procs, secs, rate: run_once(impl, procs, secs, rate, prefix),
-            impls,
-            counts,
-            reps,
-            duration,
-            paced_duration,
-        )
-    summaries = summarize(runs, impls, counts)
+        runs = harness.run_matrix(partial(run_once, where=prefix), impls, counts, reps, duration, paced_duration)
+    summaries = harness.summarize(runs, impls, counts)
     print()
-    print_summary(summaries, impls, [("double grants", "double_grants"), ("lost acked", "lost_acknowledged")])
+    harness.print_summary(summaries, impls, [("double grants", "double_grants"), ("lost acked", "lost_acknowledged")])
     paced = next(s for s in summaries if s["mode"] == "paced")
+    paced_label = f"paced {harness.PACED_PROCS}x{harness.PACED_RATE:.0f}/s: op p99 <= 10 ms"
     verdicts = {
-        f"paced {PACED_PROCS}x{PACED_RATE:.0f}/s: op p99 <= 10 ms (median)": paced["store"]["op_p99"] <= 10.0,
-        f"paced {PACED_PROCS}x{PACED_RATE:.0f}/s: op p99 <= 10 ms in every repetition": every_rep(
-            paced, "store", lambda p99, _: p99 <= 10.0
-        ),
+        f"{paced_label} (median)": paced["store"]["op_p99"] <= 10.0,
+        f"{paced_label} in every repetition": harness.every_rep(paced, "store", lambda p99, _: p99 <= 10.0),
         "full speed, every count: throughput >= 0.3x raw psycopg in every repetition": all(
-            every_rep(s, "store", lambda _, ratio: ratio >= 0.3) for s in summaries if s["mode"] == "full"
+            harness.every_rep(s, "store", lambda _, ratio: ratio >= 0.3) for s in summaries if s["mode"] == "full"
         ),
         "0 double grants, 0 lost acknowledged cycles": all(
             r["double_grants"] == 0 and r["lost_acknowledged"] == 0 for r in runs
