@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import Enum
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from agent_coord.store_target import PostgresUrl
@@ -211,14 +212,14 @@ def check_grants(events: Sequence[Mapping[str, Any]], acked: Mapping[str, int]) 
 
 
 @contextlib.contextmanager
-def cluster_prefix(url: str | None) -> Iterator[str]:
+def cluster_prefix(url: str | None, cluster_dir: Path | None = None) -> Iterator[str]:
     """A URL whose database name is the prefix for the runs' fresh databases."""
     if url:
         yield url
         return
     from bench.pg_cluster import running_cluster
 
-    with running_cluster() as cluster:
+    with running_cluster(cluster_dir) as cluster:
         yield cluster.url("bench")
 
 
@@ -281,6 +282,13 @@ def main() -> None:
     parser.add_argument("--procs", default="1,4,16", help="process counts for the full-speed runs")
     parser.add_argument("--url", default=None, help="a PostgreSQL URL whose database name prefixes the runs'")
     parser.add_argument(
+        "--cluster-dir",
+        type=Path,
+        default=None,
+        help="where the throwaway cluster lives (default: the temporary directory, on disk); /dev/shm takes "
+        "the disk's fsync out of the figures",
+    )
+    parser.add_argument(
         "--synchronous-commit",
         choices=["on", "off"],
         default="on",
@@ -304,7 +312,7 @@ def main() -> None:
     impls = ["store", "raw"]
     info = machine()
     print(machine_line(info), flush=True)
-    with cluster_prefix(args.url) as prefix:
+    with cluster_prefix(args.url, args.cluster_dir) as prefix:
         runs = harness.run_matrix(partial(run_once, where=prefix), impls, counts, reps, duration, paced_duration)
     summaries = harness.summarize(runs, impls, counts)
     print()
@@ -325,7 +333,15 @@ def main() -> None:
     print_verdicts(verdicts)
     path = write_results(
         "store_cas_pg",
-        {"machine": info, "reps": reps, "settings": SETTINGS, "runs": runs, "summary": summaries, "verdicts": verdicts},
+        {
+            "machine": info,
+            "reps": reps,
+            "settings": SETTINGS,
+            "cluster_dir": str(args.cluster_dir or "tmp"),
+            "runs": runs,
+            "summary": summaries,
+            "verdicts": verdicts,
+        },
     )
     print(f"\nresults: {path.relative_to(ROOT)}")
 
