@@ -357,6 +357,8 @@ class Connection:
             return await self._retrying(fn, "BEGIN IMMEDIATE")
         with anyio.CancelScope(shield=True):
             async with self._lock:
+                if self._closed:
+                    raise StoreClosedError("the store is closed")
                 try:
                     outcome = await self._host.run(partial(self._run_writer, fn), self._wait_s, on_loop=quick)
                 except sqlite3.OperationalError as exc:

@@ -107,21 +107,27 @@ class HostWriterLock:
             raise
 
     def close(self) -> None:
-        """Let go of the files; the thread ends after the request it is waiting on, if any."""
-        self._requests.put(None)
-        for fd in (self._fast, self._slow):
-            os.close(fd)
+        """Let go of the files. The thread's own file is closed by the thread once it is done with the
+        request it may still be waiting on (closed under a blocked `flock`, its number could be reused
+        by another file and then unlocked)."""
+        os.close(self._fast)
+        if self._thread is None:
+            os.close(self._slow)
+        else:
+            self._requests.put(None)
 
     def _serve(self) -> None:
+        try:
+            self._serve_requests()
+        finally:
+            os.close(self._slow)
+
+    def _serve_requests(self) -> None:
         while (request := self._requests.get()) is not None:
             with request.lock:
                 if request.abandoned:
                     continue
-            try:
-                fcntl.flock(self._slow, fcntl.LOCK_EX)
-            except OSError as exc:  # closed under it: the store is closing
-                _call_soon(request, None, exc)
-                continue
+            fcntl.flock(self._slow, fcntl.LOCK_EX)
             try:
                 with request.lock:
                     if request.abandoned:
