@@ -1,7 +1,8 @@
 """agent-coord's stdio server, unchanged, plus what the fault campaign needs to aim its kills.
 
 `python -m bench.fault_server` serves exactly like `python -m server`, after wrapping two methods:
-  - `connection._run` (one whole transaction, in the store's worker thread; on PostgreSQL,
+  - `connection._run` (one whole transaction, in the store's worker thread, the host writer lock's
+    thread, or on the event loop for a quick compare-and-swap; on PostgreSQL,
     `PgConnection._transaction`) sets bit 0 of a one-byte
     flag (a shared file, mmap'ed) from before `BEGIN` until after `COMMIT`/`ROLLBACK`; with
     AGENT_COORD_FAULT_TX_DELAY_MS it also sleeps up to that long inside write transactions, after
@@ -49,7 +50,7 @@ def _install(flag_path: str) -> None:
     original_run = connection_module._run
 
     def _run(conn: Any, fn: Any, begin: str) -> Any:
-        # Runs in the store's worker thread, around the whole transaction.
+        # Runs around the whole transaction, in whichever thread runs it.
         set_bit(IN_TX)
         try:
             if tx_delay and begin == "BEGIN IMMEDIATE":
