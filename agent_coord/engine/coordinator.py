@@ -7,7 +7,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Literal
+from functools import cached_property
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 from opentelemetry import trace
@@ -30,20 +31,21 @@ from agent_coord.engine.models import (
     ValidateResult,
     WorktreeView,
 )
-from agent_coord.engine.observe.alerts import AlertNotifier, AlertPolicy, AlertWatch
-from agent_coord.engine.observe.metrics import MetricsReport, history_start, report_from_totals
-from agent_coord.engine.observe.retention import Retention
-from agent_coord.engine.radar.loop import RadarLoop
 from agent_coord.engine.radar.models import Conflict, ConflictReport
 from agent_coord.engine.radar.view import conflict_pairs, conflicts_for
-from agent_coord.engine.reclaim.reclaimer import Reclaimer
 from agent_coord.engine.repos import RepoResolver
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.alerts import Alert
 from agent_coord.engine.store.radar import SideInfo
 from agent_coord.engine.store.records import HELD_STATES, Action, Origin, Repo, SlotState
-from agent_coord.engine.validate.loop import ValidatorLoop, check_every
-from agent_coord.engine.validate.validator import Validator
+
+if TYPE_CHECKING:
+    from agent_coord.engine.observe.alerts import AlertNotifier, AlertWatch
+    from agent_coord.engine.observe.metrics import MetricsReport
+    from agent_coord.engine.radar.loop import RadarLoop
+    from agent_coord.engine.reclaim.reclaimer import Reclaimer
+    from agent_coord.engine.validate.loop import ValidatorLoop
+    from agent_coord.engine.validate.validator import Validator
 
 tracer = trace.get_tracer("agent-coord.coordinator")
 logger = logging.getLogger("agent-coord")
@@ -58,26 +60,61 @@ class Coordinator(OverEngine):
         super().__init__(ctx)
         self.contention = ContentionMonitor(ctx)
         self.pool = Pool(ctx, self.contention)
-        self.reclaimer = Reclaimer(ctx)
-        # An allocation in flight longer than any allocation may take (setup included) is stuck.
-        self.validator = Validator(
-            ctx, self.reclaimer, allocating_grace_s=settings.allocation_timeout_s + settings.setup_timeout_s + 60
-        )
-        alert_policy = AlertPolicy.of(settings)
-        self.alert_watch = AlertWatch(store, self.git, alert_policy, lambda now: self.metrics(now=now))
-        self.alert_notifier = AlertNotifier(store, alert_policy, f"{identity.agent_id}:{identity.server_pid}")
-        self.validator_loop = ValidatorLoop(
-            ctx,
-            self.validator,
-            every_s=settings.validate_every_s,
-            check_s=check_every(settings.validate_every_s, settings.heartbeat_active_s),
-            retention=Retention.of(settings.metrics_window_s, settings.events_keep_days),
-            alerts=self.alert_watch,
-        )
-        self.radar_loop = RadarLoop(store, self.git, identity, every_s=settings.radar_every_s)
         self.agent_status: Literal["active", "idle"] = "active"
         self.registered = False
         self._wake = anyio.Event()
+
+    # The server's background work (validation, alerts, the radar, whose predictions load pygit2) is
+    # built on first use: a hook or a one-shot command never runs it and should not import it.
+
+    @cached_property
+    def reclaimer(self) -> Reclaimer:
+        from agent_coord.engine.reclaim.reclaimer import Reclaimer
+
+        return Reclaimer(self.ctx)
+
+    @cached_property
+    def validator(self) -> Validator:
+        from agent_coord.engine.validate.validator import Validator
+
+        # An allocation in flight longer than any allocation may take (setup included) is stuck.
+        s = self.settings
+        return Validator(self.ctx, self.reclaimer, allocating_grace_s=s.allocation_timeout_s + s.setup_timeout_s + 60)
+
+    @cached_property
+    def alert_watch(self) -> AlertWatch:
+        from agent_coord.engine.observe.alerts import AlertPolicy, AlertWatch
+
+        return AlertWatch(self.store, self.git, AlertPolicy.of(self.settings), lambda now: self.metrics(now=now))
+
+    @cached_property
+    def alert_notifier(self) -> AlertNotifier:
+        from agent_coord.engine.observe.alerts import AlertNotifier, AlertPolicy
+
+        return AlertNotifier(
+            self.store, AlertPolicy.of(self.settings), f"{self.identity.agent_id}:{self.identity.server_pid}"
+        )
+
+    @cached_property
+    def validator_loop(self) -> ValidatorLoop:
+        from agent_coord.engine.observe.retention import Retention
+        from agent_coord.engine.validate.loop import ValidatorLoop, check_every
+
+        s = self.settings
+        return ValidatorLoop(
+            self.ctx,
+            self.validator,
+            every_s=s.validate_every_s,
+            check_s=check_every(s.validate_every_s, s.heartbeat_active_s),
+            retention=Retention.of(s.metrics_window_s, s.events_keep_days),
+            alerts=self.alert_watch,
+        )
+
+    @cached_property
+    def radar_loop(self) -> RadarLoop:
+        from agent_coord.engine.radar.loop import RadarLoop
+
+        return RadarLoop(self.store, self.git, self.identity, every_s=self.settings.radar_every_s)
 
     @classmethod
     @asynccontextmanager
@@ -109,8 +146,11 @@ class Coordinator(OverEngine):
             with anyio.CancelScope(shield=True):
                 if coord.registered:
                     await coord.disconnect()
-                await coord.validator_loop.release()
-                await coord.radar_loop.release()
+                # Only the loops this coordinator ran can hold a lease.
+                if "validator_loop" in coord.__dict__:
+                    await coord.validator_loop.release()
+                if "radar_loop" in coord.__dict__:
+                    await coord.radar_loop.release()
                 await store.close()
 
     @property
@@ -340,6 +380,8 @@ class Coordinator(OverEngine):
         )
 
     async def metrics(self, *, now: float | None = None, window_s: float | None = None) -> MetricsReport:
+        from agent_coord.engine.observe.metrics import history_start, report_from_totals
+
         now = self.ctx.now() if now is None else now
         window = self.settings.metrics_window_s if window_s is None else window_s
         totals = await self.store.metric_totals(now=now, window_s=window, holds_since=history_start(now, window))

@@ -77,7 +77,8 @@ def lean_schema(schema: dict[str, Any]) -> None:
 
 
 class Result(BaseModel):
-    model_config = ConfigDict(json_schema_extra=lean_schema)
+    # Built on first use: a hook or a command uses one or two of these models, the server all of them.
+    model_config = ConfigDict(json_schema_extra=lean_schema, defer_build=True)
 
 
 class ContentionSource(Result):
