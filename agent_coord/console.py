@@ -1,5 +1,8 @@
-"""The `agent-coord` console script. `hook pre-edit` runs before every edit an agent makes, so it is
-answered here, before the command line's framework (Typer, the MCP SDK, pydantic) is imported."""
+"""The `agent-coord` console script. Claude Code waits for every hook, so the hooks are answered here,
+before the command line's framework (Typer, Click, Rich) is imported: `hook pre-edit`, which runs before
+every edit, with the standard library alone; the others by the session's server or with only what their
+work needs (agent_coord/claude/hook_run.py). `status --json`, which scripts and status lines poll, is
+answered here too; everything else goes to the command line (agent_coord/cli/)."""
 
 from __future__ import annotations
 
@@ -7,10 +10,77 @@ import sys
 
 
 def main() -> None:
-    if sys.argv[1:3] == ["hook", "pre-edit"] and len(sys.argv) == 3:
-        from agent_coord.engine.radar.guard import main as guard
+    args = sys.argv[1:]
+    if len(args) == 2 and args[0] == "hook":
+        if args[1] == "pre-edit":
+            from agent_coord.engine.radar.guard import main as guard
 
-        sys.exit(guard())
+            sys.exit(guard())
+        from agent_coord.claude.hook_run import HOOKS, run
+
+        if args[1] in HOOKS:
+            sys.exit(run(args[1]))
+    if args[:1] == ["status"] and "--json" in args:
+        repo = _status_repo(args[1:])
+        if not isinstance(repo, bool):
+            sys.exit(status_json(repo))
     from agent_coord.cli import main as cli
 
     cli()
+
+
+def _status_repo(options: list[str]) -> str | bool | None:
+    """The `--repo` of `status --json [--repo R]`, None without one, False for any other form (left to
+    the command line, which knows every spelling and says what is wrong)."""
+    rest = [o for o in options if o != "--json"]
+    if not rest:
+        return None
+    if len(rest) == 2 and rest[0] == "--repo" and not rest[1].startswith("-"):
+        return rest[1]
+    if len(rest) == 1 and rest[0].startswith("--repo=") and len(rest[0]) > len("--repo="):
+        return rest[0].removeprefix("--repo=")
+    return False
+
+
+def status_json(repo: str | None) -> int:
+    """`agent-coord status --json`: the same output, exit codes and error lines as the command line's
+    (agent_coord/cli/core.py and agent_coord/cli/__init__.py), without Typer."""
+    import json
+    import logging
+    from pathlib import Path
+
+    import anyio
+
+    from agent_coord.config import SettingsError, load_settings
+    from agent_coord.engine.coordinator import Coordinator
+    from agent_coord.engine.errors import CoordError
+    from agent_coord.engine.store import StoreBusyError
+
+    def die(line: str, code: int) -> int:
+        print(" ".join(line.split()), file=sys.stderr)
+        return code
+
+    try:
+        settings = load_settings()
+        repo_arg = str(Path(repo).expanduser().resolve()) if repo else None
+
+        async def status() -> dict[str, object]:
+            async with Coordinator.open(settings, register=False) as coord:
+                return (await coord.status(repo_arg)).model_dump(mode="json")
+
+        try:
+            result = anyio.run(status)
+        except CoordError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    except SettingsError as exc:
+        return die(exc.line(), 2)
+    except CoordError as exc:
+        return die(str(exc), 1)
+    except StoreBusyError as exc:
+        return die(str(exc.refusal()), 1)
+    except Exception as exc:  # a bug: one line for the person, the traceback only with debug logging
+        logging.getLogger("agent-coord").debug("unexpected failure", exc_info=True)
+        return die(f"agent-coord: unexpected {type(exc).__name__}: {exc}", 1)

@@ -10,7 +10,7 @@ agents are registered with a long lease (`HOOK_LEASE_S`): on this host the proce
 liveness at once, and the lease only matters where it cannot (another host sharing the database).
 With the default five-minute lease, validation would reclaim the worktree a live session works in.
 
-No MCP imports here: the CLI (agent_coord/cli/hooks.py) reads stdin, owns stdout and maps errors to exit
+No MCP imports here: agent_coord/claude/hook_run.py reads stdin, owns stdout and maps errors to exit
 codes; this module only speaks the engine's language (`CoordError` with a stable code).
 """
 
@@ -25,6 +25,7 @@ from typing import TypeVar
 import anyio
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agent_coord.claude.hook_run import MAX_INPUT_BYTES
 from agent_coord.claude.slot_setup import link_claude_setup
 from agent_coord.config import Settings
 from agent_coord.engine.coordinator import Coordinator
@@ -42,7 +43,6 @@ from agent_coord.engine.store.records import HELD_STATES, Action, Agent, Origin,
 HOOK_LEASE_S = 7 * 86400.0
 AGENT_PREFIX = "claude-"
 SESSION_ID_CHARS = 12
-MAX_INPUT_BYTES = 1 << 20  # a hook payload is a few hundred bytes; refuse to buffer anything huge
 # `/clear` ends a session but the same Claude Code process keeps working in the same directory.
 CLEAR_REASON = "clear"
 

@@ -13,46 +13,15 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated
 
-import anyio
 import typer
 
-from agent_coord.claude import watch
+from agent_coord.claude import hook_run
 from agent_coord.claude.config_files import InstallError
-from agent_coord.claude.hooks import (
-    MAX_INPUT_BYTES,
-    HookInput,
-    SessionEndInput,
-    SessionStartInput,
-    WorktreeCreateInput,
-    WorktreeRemoveInput,
-    branch_for,
-    create_worktree,
-    end_session,
-    hook_identity,
-    hook_settings,
-    parse_input,
-    provide_claude_setup,
-    remove_worktree,
-    session_context,
-)
 from agent_coord.claude.install import install_claude
-from agent_coord.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, app
-from agent_coord.config import Settings, SettingsError, load_settings
-from agent_coord.engine.coordinator import Coordinator
-from agent_coord.engine.errors import CoordError, ErrorCode
-from agent_coord.engine.models import AllocationResult
-from agent_coord.engine.store import StoreBusyError
-from agent_coord.engine.store.records import Origin
-
-T = TypeVar("T")
-M = TypeVar("M", bound=HookInput)
-ORIGINS: dict[str, Origin] = {"explicit": "explicit", "session": "session", "process": "process"}
-MAX_REASON = 2000  # Claude Code shows stderr to the user; a page of git output helps nobody
+from agent_coord.cli.common import EXIT_REFUSED, app
 
 hook_app = typer.Typer(
     no_args_is_help=True,
@@ -61,165 +30,25 @@ hook_app = typer.Typer(
 app.add_typer(hook_app, name="hook")
 
 
-# ---- plumbing shared by the hooks ---------------------------------------------------------------
-
-
-def _one_line(text: str) -> str:
-    line = " | ".join(part.strip() for part in text.splitlines() if part.strip())
-    return line if len(line) <= MAX_REASON else line[: MAX_REASON - 1] + "…"
-
-
-def _fail(reason: str, exit_code: int = EXIT_REFUSED) -> NoReturn:
-    typer.echo(_one_line(reason), err=True)
-    raise typer.Exit(exit_code)
-
-
-@contextmanager
-def _stdout_reserved() -> Iterator[None]:
-    """Point file descriptor 1 at stderr while the hook works, so nothing but the final answer can
-    reach Claude Code's stdout: not a print, not a warning, not a child process that inherits it."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def _read_payload(model: type[M]) -> M:
-    stdin = sys.stdin
-    # Run by hand in a terminal there is nothing to wait for; treat it like an empty payload.
-    raw = b"" if stdin is None or stdin.isatty() else stdin.buffer.read(MAX_INPUT_BYTES + 1)
-    try:
-        return parse_input(model, raw)
-    except CoordError as exc:
-        _fail(str(exc))
-
-
-def _run_hook(
-    fn: Callable[[Coordinator], Awaitable[T]],
-    *,
-    identity: tuple[str | None, Origin],
-    register: bool,
-    settings: Settings,
-) -> T:
-    agent_id, origin = identity
-
-    async def go() -> T:
-        async with Coordinator.open(settings, register=register, agent_id=agent_id, origin=origin) as coord:
-            try:
-                return await fn(coord)
-            finally:
-                # The hook process ends as soon as it answers, but the agent it registered is the
-                # Claude Code process, which works on. Leaving the record "active" keeps it counted as a
-                # live agent; "disconnected" would say its session ended (only session-end says that).
-                coord.registered = False
-
-    try:
-        return anyio.run(go)
-    except CoordError as exc:
-        _fail(str(exc))
-    except StoreBusyError as exc:
-        _fail(str(exc.refusal()))
-    except Exception as exc:
-        # Claude Code shows stderr to the user; one line naming the failure beats a traceback there.
-        _fail(f"agent-coord: unexpected {type(exc).__name__}: {exc}")
-
-
-def _settings() -> Settings:
-    try:
-        return hook_settings(load_settings())
-    except SettingsError as exc:  # a malformed AGENT_COORD_* variable, an unreadable config file
-        _fail(exc.line(), EXIT_USAGE)
-
-
-def _enter(cwd: str | None) -> None:
-    """Work from the session's directory, so the default repository is the session's repository."""
-    if cwd and os.path.isabs(cwd) and os.path.isdir(cwd):
-        os.chdir(cwd)
-
-
-# ---- the hooks ----------------------------------------------------------------------------------
+# ---- the hooks: the console script runs them without Typer (agent_coord/claude/hook_run.py) -----
 
 
 @hook_app.command("worktree-create")
 def worktree_create() -> None:
     """WorktreeCreate: allocate a pool slot; print its absolute path as the last line of stdout."""
-    with _stdout_reserved():
-        payload = _read_payload(WorktreeCreateInput)
-        settings = _settings()
-        name = payload.requested_name
-        if name is None:
-            _fail("INVALID_ARGUMENT: hook input has no worktree name (expected `name` or `worktree_name`)")
-        try:
-            branch = branch_for(name, settings.branch_prefix)
-        except CoordError as exc:
-            _fail(str(exc))
-        _enter(payload.cwd)
-
-        async def create(coord: Coordinator) -> tuple[AllocationResult, str | None]:
-            result = await create_worktree(coord, payload, branch)
-            return result, await provide_claude_setup(coord, result)
-
-        identity = hook_identity(payload.session_id, settings.agent_id)
-        result, problem = _run_hook(create, identity=identity, register=True, settings=settings)
-        if problem:
-            typer.echo(_one_line(problem), err=True)
-        _watch_claude(result, identity[1])
-    typer.echo(result.path)
-
-
-def _watch_claude(result: AllocationResult, origin: Origin) -> None:
-    """Under Claude Code (which names itself in CLAUDE_PID), give the slot back when it exits even if
-    it runs no SessionEnd hook (see agent_coord/claude/watch.py)."""
-    pid = os.environ.get("CLAUDE_PID", "")
-    if pid.isdigit() and not watch.spawn(int(pid), result.agent_id, origin, result.path):
-        typer.echo(f"agent-coord: Claude Code process {pid} not found; the slot comes back by validation", err=True)
+    _exit(hook_run.in_process("worktree-create"))
 
 
 @hook_app.command("worktree-remove")
 def worktree_remove() -> None:
     """WorktreeRemove: give the slot at `worktree_path` back, kept warm; a dirty slot stays held."""
-    with _stdout_reserved():
-        payload = _read_payload(WorktreeRemoveInput)
-        settings = _settings()
-        _enter(payload.cwd)
-        result = _run_hook(
-            lambda coord: remove_worktree(coord, payload),
-            identity=hook_identity(payload.session_id, settings.agent_id),
-            register=False,
-            settings=settings,
-        )
-        typer.echo(f"agent-coord: {result.worktree_id} is {result.state} ({result.path})", err=True)
+    _exit(hook_run.in_process("worktree-remove"))
 
 
 @hook_app.command("session-start")
 def session_start() -> None:
     """SessionStart: one line of context for the session (its worktrees, the pool)."""
-    with _stdout_reserved():
-        payload = _read_payload(SessionStartInput)
-        settings = _settings()
-        _enter(payload.cwd)
-
-        async def context(coord: Coordinator) -> str | None:
-            try:
-                return (await session_context(coord, payload)).render()
-            except CoordError as exc:
-                if exc.code == ErrorCode.NOT_A_REPOSITORY:
-                    return None  # a session outside any repository has no pool to tell about
-                raise
-
-        line = _run_hook(
-            context,
-            identity=hook_identity(payload.session_id, settings.agent_id),
-            register=False,
-            settings=settings,
-        )
-    if line:
-        typer.echo(line)
+    _exit(hook_run.in_process("session-start"))
 
 
 @hook_app.command("session-end")
@@ -229,28 +58,12 @@ def session_end(
 ) -> None:
     """SessionEnd: release what the ending session holds, best effort; always exits 0 once read."""
     # --as-agent/--as-origin: the watcher (claude/watch.py) ends a session as the agent its hook made.
-    with _stdout_reserved():
-        payload = _read_payload(SessionEndInput)
-        settings = _settings()
-        _enter(payload.cwd)
-        identity = hook_identity(payload.session_id, settings.agent_id)
-        if as_agent:
-            identity = (as_agent, ORIGINS.get(as_origin, "explicit"))
-        try:
-            report = _run_hook(
-                lambda coord: end_session(coord, payload),
-                identity=identity,
-                register=False,
-                settings=settings,
-            )
-        except typer.Exit:
-            # The reason is on stderr already. Claude Code is exiting; nothing it can do with a failure,
-            # and validation reclaims whatever is left once the process is gone.
-            raise typer.Exit(EXIT_OK) from None
-        for released in report.released:
-            typer.echo(f"agent-coord: released {released.worktree_id} ({released.path})", err=True)
-        for kept in report.kept:
-            typer.echo(_one_line(f"agent-coord: {kept}"), err=True)
+    _exit(hook_run.in_process("session-end", as_agent=as_agent, as_origin=as_origin))
+
+
+def _exit(code: int) -> None:
+    if code:
+        raise typer.Exit(code)
 
 
 # ---- install-claude -----------------------------------------------------------------------------

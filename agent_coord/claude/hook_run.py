@@ -1,0 +1,385 @@
+"""Claude Code's hooks as processes: `agent-coord hook worktree-create|worktree-remove|session-start|session-end`.
+
+Claude Code waits for every hook, so the console script (agent_coord/console.py) calls `run` before the
+command line's framework (Typer, Click, Rich) is imported. A hook first asks the session's own MCP
+server to answer (agent_coord/claude/hook_socket.py: the server has the engine loaded); when none
+answers, it works in-process, importing only what its work needs. Both compute the answer with
+`answer` below, so they answer alike; the Typer commands of the same names (agent_coord/cli/hooks.py,
+for `--help` and the watcher's `--as-agent`) work in-process through the same functions.
+
+The contract: one JSON object on stdin; for worktree-create the worktree's absolute path as the last
+(and only) line of stdout; on refusal a non-zero exit with a one-line reason on stderr. Everything
+else a hook might print (logging, warnings, a child process) goes to stderr, because Claude Code reads
+stdout as the path.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+
+TYPE_CHECKING = False  # `typing` is not imported at run time: a few ms of every hook's start-up
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
+    from typing import NoReturn, TypeVar
+
+    from agent_coord.claude.hooks import HookInput
+    from agent_coord.config import Settings
+    from agent_coord.engine.coordinator import Coordinator
+    from agent_coord.engine.models import AllocationResult
+    from agent_coord.engine.store.records import Origin
+
+    T = TypeVar("T")
+    M = TypeVar("M", bound=HookInput)
+
+# The exit codes of agent_coord/cli/common.py (not imported from there: it loads Typer).
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+MAX_REASON = 2000  # Claude Code shows stderr to the user; a page of git output helps nobody
+HOOKS = ("worktree-create", "worktree-remove", "session-start", "session-end")
+ORIGINS: dict[str, Origin] = {"explicit": "explicit", "session": "session", "process": "process"}
+MAX_INPUT_BYTES = 1 << 20  # a hook payload is a few hundred bytes; refuse to buffer anything huge
+
+
+class Answer:
+    """What a hook says: one line (or nothing) for stdout, lines for stderr, its exit code."""
+
+    def __init__(self) -> None:
+        self.stdout: str | None = None
+        self.stderr: list[str] = []
+        self.code = EXIT_OK
+
+    def say(self, line: str) -> None:
+        self.stderr.append(line)
+
+    def fail(self, reason: str, code: int = EXIT_REFUSED) -> NoReturn:
+        self.say(_one_line(reason))
+        self.code = code
+        raise _Refused
+
+    def emit(self) -> int:
+        for line in self.stderr:
+            print(line, file=sys.stderr)
+        sys.stderr.flush()
+        if self.stdout is not None:
+            print(self.stdout, flush=True)
+        return self.code
+
+
+class _Refused(Exception):
+    """The hook's answer is complete: a refusal, already on its stderr."""
+
+
+def run(hook: str) -> int:
+    """Run `hook` (one of `HOOKS`) as this process; its exit code. Whatever goes wrong ends in one
+    line on stderr, as from the command line (agent_coord/cli/__init__.py), never a traceback."""
+    try:
+        raw = _read_stdin()
+        forwarded = _forwarded(hook, raw)
+        if forwarded is not None:
+            return forwarded
+        return in_process(hook, raw)
+    except Exception as exc:  # a bug: one line for the person, the traceback only with debug logging
+        import logging
+
+        logging.getLogger("agent-coord").debug("unexpected failure", exc_info=True)
+        print(" ".join(f"agent-coord: unexpected {type(exc).__name__}: {exc}".split()), file=sys.stderr)
+        return EXIT_REFUSED
+
+
+def in_process(hook: str, raw: bytes | None = None, *, as_agent: str | None = None, as_origin: str = "explicit") -> int:
+    """Work out `hook`'s answer in this process, print it and return its exit code."""
+    import anyio
+
+    with _stdout_reserved():
+        payload = _read_stdin() if raw is None else raw
+        result = anyio.run(lambda: answer(hook, payload, as_agent=as_agent, as_origin=as_origin))
+    return result.emit()
+
+
+async def answer(
+    hook: str,
+    raw: bytes,
+    *,
+    chdir: bool = True,
+    claude_pid: str | None = None,
+    as_agent: str | None = None,
+    as_origin: str = "explicit",
+) -> Answer:
+    """The answer to `hook` given its payload `raw`. `chdir`: work from the payload's directory (a
+    hook process; the server answers only when that is its own directory already). `claude_pid`: the
+    Claude Code process to watch after a worktree-create (default: CLAUDE_PID)."""
+    out = Answer()
+    try:
+        if hook == "worktree-create":
+            watch = os.environ.get("CLAUDE_PID", "") if claude_pid is None else claude_pid
+            await _worktree_create(out, raw, chdir, watch)
+        elif hook == "worktree-remove":
+            await _worktree_remove(out, raw, chdir)
+        elif hook == "session-start":
+            await _session_start(out, raw, chdir)
+        elif hook == "session-end":
+            await _session_end(out, raw, chdir, as_agent, as_origin)
+        else:
+            out.fail(f"agent-coord: no hook {hook!r}", EXIT_USAGE)
+    except _Refused:
+        pass
+    return out
+
+
+# ---- plumbing shared by the hooks ---------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    line = " | ".join(part.strip() for part in text.splitlines() if part.strip())
+    return line if len(line) <= MAX_REASON else line[: MAX_REASON - 1] + "…"
+
+
+@contextmanager
+def _stdout_reserved() -> Iterator[None]:
+    """Point file descriptor 1 at stderr while the hook works, so nothing but the final answer can
+    reach Claude Code's stdout: not a print, not a warning, not a child process that inherits it."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _read_stdin() -> bytes:
+    stdin = sys.stdin
+    # Run by hand in a terminal there is nothing to wait for; treat it like an empty payload.
+    return b"" if stdin is None or stdin.isatty() else stdin.buffer.read(MAX_INPUT_BYTES + 1)
+
+
+def _payload(out: Answer, model: type[M], raw: bytes) -> M:
+    from agent_coord.claude.hooks import parse_input
+    from agent_coord.engine.errors import CoordError
+
+    try:
+        return parse_input(model, raw)
+    except CoordError as exc:
+        out.fail(str(exc))
+
+
+def _settings(out: Answer) -> Settings:
+    from agent_coord.claude.hooks import hook_settings
+    from agent_coord.config import SettingsError, load_settings
+
+    try:
+        return hook_settings(load_settings())
+    except SettingsError as exc:  # a malformed AGENT_COORD_* variable, an unreadable config file
+        out.fail(exc.line(), EXIT_USAGE)
+
+
+def _enter(cwd: str | None) -> None:
+    """Work from the session's directory, so the default repository is the session's repository."""
+    if cwd and os.path.isabs(cwd) and os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
+async def _with_coordinator(
+    out: Answer,
+    fn: Callable[[Coordinator], Awaitable[T]],
+    *,
+    identity: tuple[str | None, Origin],
+    register: bool,
+    settings: Settings,
+) -> T:
+    from agent_coord.engine.coordinator import Coordinator
+    from agent_coord.engine.errors import CoordError
+    from agent_coord.engine.store import StoreBusyError
+
+    agent_id, origin = identity
+    try:
+        async with Coordinator.open(settings, register=register, agent_id=agent_id, origin=origin) as coord:
+            try:
+                return await fn(coord)
+            finally:
+                # The hook ends as soon as it answers, but the agent it registered is the Claude Code
+                # process, which works on. Leaving the record "active" keeps it counted as a live
+                # agent; "disconnected" would say its session ended (only session-end says that).
+                coord.registered = False
+    except CoordError as exc:
+        out.fail(str(exc))
+    except StoreBusyError as exc:
+        out.fail(str(exc.refusal()))
+    except Exception as exc:
+        # Claude Code shows stderr to the user; one line naming the failure beats a traceback there.
+        out.fail(f"agent-coord: unexpected {type(exc).__name__}: {exc}")
+
+
+# ---- the hooks ----------------------------------------------------------------------------------
+
+
+async def _worktree_create(out: Answer, raw: bytes, chdir: bool, claude_pid: str) -> None:
+    """WorktreeCreate: allocate a pool slot; print its absolute path as the last line of stdout."""
+    from agent_coord.claude.hooks import (
+        WorktreeCreateInput,
+        branch_for,
+        create_worktree,
+        hook_identity,
+        provide_claude_setup,
+    )
+    from agent_coord.engine.errors import CoordError
+
+    payload = _payload(out, WorktreeCreateInput, raw)
+    settings = _settings(out)
+    name = payload.requested_name
+    if name is None:
+        out.fail("INVALID_ARGUMENT: hook input has no worktree name (expected `name` or `worktree_name`)")
+    try:
+        branch = branch_for(name, settings.branch_prefix)
+    except CoordError as exc:
+        out.fail(str(exc))
+    if chdir:
+        _enter(payload.cwd)
+
+    async def create(coord: Coordinator) -> tuple[AllocationResult, str | None]:
+        result = await create_worktree(coord, payload, branch)
+        return result, await provide_claude_setup(coord, result)
+
+    identity = hook_identity(payload.session_id, settings.agent_id)
+    result, problem = await _with_coordinator(out, create, identity=identity, register=True, settings=settings)
+    if problem:
+        out.say(_one_line(problem))
+    _watch_claude(out, claude_pid, result, identity[1])
+    out.stdout = result.path
+
+
+def _watch_claude(out: Answer, pid: str, result: AllocationResult, origin: Origin) -> None:
+    """Under Claude Code (which names itself in CLAUDE_PID), give the slot back when it exits even if
+    it runs no SessionEnd hook (see agent_coord/claude/watch.py)."""
+    if not pid.isdigit():
+        return
+    from agent_coord.claude import watch
+
+    if not watch.spawn(int(pid), result.agent_id, origin, result.path):
+        out.say(f"agent-coord: Claude Code process {pid} not found; the slot comes back by validation")
+
+
+async def _worktree_remove(out: Answer, raw: bytes, chdir: bool) -> None:
+    """WorktreeRemove: give the slot at `worktree_path` back, kept warm; a dirty slot stays held."""
+    from agent_coord.claude.hooks import WorktreeRemoveInput, hook_identity, remove_worktree
+
+    payload = _payload(out, WorktreeRemoveInput, raw)
+    settings = _settings(out)
+    if chdir:
+        _enter(payload.cwd)
+    result = await _with_coordinator(
+        out,
+        lambda coord: remove_worktree(coord, payload),
+        identity=hook_identity(payload.session_id, settings.agent_id),
+        register=False,
+        settings=settings,
+    )
+    out.say(f"agent-coord: {result.worktree_id} is {result.state} ({result.path})")
+
+
+async def _session_start(out: Answer, raw: bytes, chdir: bool) -> None:
+    """SessionStart: one line of context for the session (its worktrees, the pool)."""
+    from agent_coord.claude.hooks import SessionStartInput, hook_identity, session_context
+    from agent_coord.engine.errors import CoordError, ErrorCode
+
+    payload = _payload(out, SessionStartInput, raw)
+    settings = _settings(out)
+    if chdir:
+        _enter(payload.cwd)
+
+    async def context(coord: Coordinator) -> str | None:
+        try:
+            return (await session_context(coord, payload)).render()
+        except CoordError as exc:
+            if exc.code == ErrorCode.NOT_A_REPOSITORY:
+                return None  # a session outside any repository has no pool to tell about
+            raise
+
+    line = await _with_coordinator(
+        out,
+        context,
+        identity=hook_identity(payload.session_id, settings.agent_id),
+        register=False,
+        settings=settings,
+    )
+    if line:
+        out.stdout = line
+
+
+async def _session_end(out: Answer, raw: bytes, chdir: bool, as_agent: str | None, as_origin: str) -> None:
+    """SessionEnd: release what the ending session holds, best effort; always exits 0 once read.
+    `as_agent`/`as_origin`: the watcher (claude/watch.py) ends a session as the agent its hook made."""
+    from agent_coord.claude.hooks import SessionEndInput, end_session, hook_identity
+
+    payload = _payload(out, SessionEndInput, raw)
+    settings = _settings(out)
+    if chdir:
+        _enter(payload.cwd)
+    identity = hook_identity(payload.session_id, settings.agent_id)
+    if as_agent:
+        identity = (as_agent, ORIGINS.get(as_origin, "explicit"))
+    try:
+        report = await _with_coordinator(
+            out, lambda coord: end_session(coord, payload), identity=identity, register=False, settings=settings
+        )
+    except _Refused:
+        # The reason is on stderr already. Claude Code is exiting; nothing it can do with a failure,
+        # and validation reclaims whatever is left once the process is gone.
+        out.code = EXIT_OK
+        return
+    for released in report.released:
+        out.say(f"agent-coord: released {released.worktree_id} ({released.path})")
+    for kept in report.kept:
+        out.say(_one_line(f"agent-coord: {kept}"))
+
+
+# ---- asking the session's server (agent_coord/claude/hook_socket.py) -----------------------------
+
+
+def _forwarded(hook: str, raw: bytes) -> int | None:
+    """The exit code of `hook` answered by the session's agent-coord server (its answer printed), or
+    None when no server answers it (none runs, or it leaves this hook to the hook process)."""
+    from agent_coord.claude import hook_socket
+
+    if not hook_socket.supported() or len(raw) > MAX_INPUT_BYTES:
+        return None
+    path = hook_socket.find_socket()
+    if path is None:
+        return None
+    import json
+    import socket
+
+    request = {
+        "hook": hook,
+        "stdin": raw.decode("utf-8", "replace"),
+        "cwd": os.getcwd(),
+        "env": hook_socket.deciding_env(os.environ),
+        "code": hook_socket.code_identity(),
+        "claude_pid": os.environ.get("CLAUDE_PID", ""),
+    }
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(1.0)
+            conn.connect(path)
+            conn.settimeout(None)  # the work itself may take as long as an allocation takes
+            conn.sendall(json.dumps(request).encode())
+            conn.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := conn.recv(1 << 16):
+                chunks.append(chunk)
+        reply = json.loads(b"".join(chunks))
+    except (OSError, ValueError):
+        return None  # a server gone or going: the hook does the work (every hook is safe to repeat)
+    if not isinstance(reply, dict) or not reply.get("answered"):
+        return None
+    out = Answer()
+    stdout, stderr, code = reply.get("stdout"), reply.get("stderr"), reply.get("code")
+    out.stdout = stdout if isinstance(stdout, str) else None
+    out.stderr = [line for line in stderr if isinstance(line, str)] if isinstance(stderr, list) else []
+    out.code = code if isinstance(code, int) else EXIT_REFUSED
+    return out.emit()
