@@ -19,6 +19,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
 from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
 from agent_coord import __version__
+from agent_coord.claude.hook_server import serve_hooks
 from agent_coord.config import Settings, SettingsError, load_settings
 from agent_coord.engine.coordinator import Coordinator, id_taken
 from agent_coord.engine.errors import CoordError, ErrorCode
@@ -126,6 +127,7 @@ def build_server(
                 tg.start_soon(coord.run_radar)
                 tg.start_soon(coord.run_alerts)
                 tg.start_soon(_watch, coord, settings, subs)
+                tg.start_soon(serve_hooks, coord)  # the session's hooks, answered here (claude/hook_socket.py)
                 try:
                     yield coord
                 finally:

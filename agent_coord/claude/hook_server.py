@@ -1,0 +1,137 @@
+"""The server's side of hooks answered over a private socket (see agent_coord/claude/hook_socket.py).
+
+Every MCP server listens while it runs; a request it should not answer (another user, another agent
+process, another environment, directory or version of agent-coord) gets "not answered", and the
+hook then works in-process, so the answer never depends on whether a server runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+from typing import Any
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream
+
+from agent_coord.claude import hook_run, hook_socket
+from agent_coord.engine.coordinator import Coordinator
+from agent_coord.engine.liveness.judge import agent_process
+
+logger = logging.getLogger("agent-coord")
+NOT_ANSWERED = {"answered": False}
+
+
+async def serve_hooks(coord: Coordinator) -> None:
+    """Answer the hooks of this server's agent process until cancelled (nothing where unsupported)."""
+    me = coord.identity
+    key = hook_socket.process_key(me.pid) if hook_socket.supported() and me.pid > 1 else None
+    directory = hook_socket.socket_dir(create=True) if key is not None else None
+    if key is None or directory is None:
+        return  # the hooks work in-process, as they always can
+    path = os.path.join(directory, hook_socket.socket_name(key[1]))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # left by an earlier server of the same agent process, which is gone or yields
+    try:
+        listener = await anyio.create_unix_listener(path, mode=0o600)
+    except OSError as exc:
+        logger.warning("hooks will work in-process: cannot listen on %s: %s", path, exc)
+        return
+    inode = os.stat(path).st_ino
+    try:
+        async with listener:
+            await listener.serve(lambda stream: _answer_one(coord, stream, key[1]))
+    finally:
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == inode:  # not a later server's socket under the same name
+                os.unlink(path)
+
+
+async def _answer_one(coord: Coordinator, stream: SocketStream, key: str) -> None:
+    async with stream:
+        try:
+            request = json.loads(await _receive_all(stream))
+            reply = await _reply(coord, stream, key, request) if isinstance(request, dict) else NOT_ANSWERED
+        except Exception:  # the hook does the work itself
+            logger.debug("hook request not answered", exc_info=True)
+            reply = NOT_ANSWERED
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            await stream.send(json.dumps(reply).encode())
+
+
+async def _receive_all(stream: SocketStream) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    with contextlib.suppress(anyio.EndOfStream):
+        while True:
+            chunk = await stream.receive()
+            size += len(chunk)
+            if size > hook_socket.MAX_REQUEST_BYTES:
+                raise ValueError("hook request too large")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _reply(coord: Coordinator, stream: SocketStream, key: str, request: dict[str, Any]) -> dict[str, Any]:
+    hook, raw, cwd = request.get("hook"), request.get("stdin"), request.get("cwd")
+    if hook not in hook_run.HOOKS or not isinstance(raw, str) or not isinstance(cwd, str):
+        return NOT_ANSWERED
+    if request.get("env") != hook_socket.deciding_env(os.environ) or request.get("code") != hook_socket.code_identity():
+        return NOT_ANSWERED
+    if not _same_directory(_working_directory(raw, cwd), os.getcwd()):
+        return NOT_ANSWERED
+    peer = _peer(stream)
+    if peer is None or peer[1] != os.geteuid():
+        return NOT_ANSWERED
+    wrappers = coord.settings.wrapper_processes
+    if await anyio.to_thread.run_sync(lambda: _agent_key(peer[0], wrappers)) != key:
+        return NOT_ANSWERED  # the hook would act for another agent process than ours
+    claude_pid = request.get("claude_pid")
+    answer = await hook_run.answer(
+        hook, raw.encode(), chdir=False, claude_pid=claude_pid if isinstance(claude_pid, str) else ""
+    )
+    return {"answered": True, "stdout": answer.stdout, "stderr": answer.stderr, "code": answer.code}
+
+
+def _working_directory(raw: str, cwd: str) -> str:
+    """The directory the hook process would work from: the payload's `cwd` when usable (hook_run._enter)."""
+    with contextlib.suppress(ValueError):
+        data = json.loads(raw) if raw.strip() else {}
+        wanted = data.get("cwd") if isinstance(data, dict) else None
+        if isinstance(wanted, str) and os.path.isabs(wanted) and os.path.isdir(wanted):
+            return wanted
+    return cwd
+
+
+def _same_directory(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _peer(stream: SocketStream) -> tuple[int, int] | None:
+    """(pid, uid) of the connected process, from the kernel (SO_PEERCRED)."""
+    sock: socket.socket = stream.extra(SocketAttribute.raw_socket)  # noqa: S610 - anyio's typed attributes, not Django
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
+
+
+def _agent_key(pid: int, wrappers: tuple[str, ...]) -> str | None:
+    """The socket key of the agent process a hook process `pid` would act for (Identity.detect)."""
+    import psutil
+
+    try:
+        agent = agent_process(wrappers, start_pid=pid)
+    except psutil.Error:
+        return None
+    found = hook_socket.process_key(agent.pid)
+    return found[1] if found is not None else None
