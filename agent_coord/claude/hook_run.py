@@ -364,18 +364,20 @@ def _forwarded(hook: str, raw: bytes) -> int | None:
     }
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(1.0)
+            # A server that does not take the request at once (stopped, its event loop stuck) is left
+            # alone; once it has taken it, the work may take as long as an allocation takes.
+            conn.settimeout(hook_socket.ACCEPT_TIMEOUT_S)
             conn.connect(path)
-            conn.settimeout(None)  # the work itself may take as long as an allocation takes
             conn.sendall(json.dumps(request).encode())
             conn.shutdown(socket.SHUT_WR)
-            chunks = []
-            while chunk := conn.recv(1 << 16):
-                chunks.append(chunk)
-        reply = json.loads(b"".join(chunks))
+            reader = conn.makefile("rb")
+            if reader.readline() != hook_socket.ACCEPTED:
+                return None
+            conn.settimeout(None)
+            reply = json.loads(reader.read())
     except (OSError, ValueError):
         return None  # a server gone or going: the hook does the work (every hook is safe to repeat)
-    if not isinstance(reply, dict) or not reply.get("answered"):
+    if not isinstance(reply, dict):
         return None
     out = Answer()
     stdout, stderr, code = reply.get("stdout"), reply.get("stderr"), reply.get("code")

@@ -23,7 +23,6 @@ from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.liveness.judge import agent_process
 
 logger = logging.getLogger("agent-coord")
-NOT_ANSWERED = {"answered": False}
 
 
 async def serve_hooks(coord: Coordinator) -> None:
@@ -53,13 +52,22 @@ async def serve_hooks(coord: Coordinator) -> None:
 
 async def _answer_one(coord: Coordinator, stream: SocketStream, key: str) -> None:
     async with stream:
-        try:
-            request = json.loads(await _receive_all(stream))
-            reply = await _reply(coord, stream, key, request) if isinstance(request, dict) else NOT_ANSWERED
-        except Exception:  # the hook does the work itself
-            logger.debug("hook request not answered", exc_info=True)
-            reply = NOT_ANSWERED
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            try:
+                request = json.loads(await _receive_all(stream))
+                taken = isinstance(request, dict) and await _takes(coord, stream, key, request)
+            except Exception:  # the hook does the work itself
+                logger.debug("hook request not answered", exc_info=True)
+                taken = False
+            if not taken:
+                await stream.send(b"not answered\n")
+                return
+            await stream.send(hook_socket.ACCEPTED)
+            hook, raw, claude_pid = request["hook"], request["stdin"], request.get("claude_pid")
+            answer = await hook_run.answer(
+                hook, raw.encode(), chdir=False, claude_pid=claude_pid if isinstance(claude_pid, str) else ""
+            )
+            reply = {"stdout": answer.stdout, "stderr": answer.stderr, "code": answer.code}
             await stream.send(json.dumps(reply).encode())
 
 
@@ -76,25 +84,21 @@ async def _receive_all(stream: SocketStream) -> bytes:
     return b"".join(chunks)
 
 
-async def _reply(coord: Coordinator, stream: SocketStream, key: str, request: dict[str, Any]) -> dict[str, Any]:
+async def _takes(coord: Coordinator, stream: SocketStream, key: str, request: dict[str, Any]) -> bool:
+    """Would the hook that sent `request` answer exactly as this server will (module docstring)?"""
     hook, raw, cwd = request.get("hook"), request.get("stdin"), request.get("cwd")
     if hook not in hook_run.HOOKS or not isinstance(raw, str) or not isinstance(cwd, str):
-        return NOT_ANSWERED
+        return False
     if request.get("env") != hook_socket.deciding_env(os.environ) or request.get("code") != hook_socket.code_identity():
-        return NOT_ANSWERED
+        return False
     if not _same_directory(_working_directory(raw, cwd), os.getcwd()):
-        return NOT_ANSWERED
+        return False
     peer = _peer(stream)
     if peer is None or peer[1] != os.geteuid():
-        return NOT_ANSWERED
+        return False
     wrappers = coord.settings.wrapper_processes
-    if await anyio.to_thread.run_sync(lambda: _agent_key(peer[0], wrappers)) != key:
-        return NOT_ANSWERED  # the hook would act for another agent process than ours
-    claude_pid = request.get("claude_pid")
-    answer = await hook_run.answer(
-        hook, raw.encode(), chdir=False, claude_pid=claude_pid if isinstance(claude_pid, str) else ""
-    )
-    return {"answered": True, "stdout": answer.stdout, "stderr": answer.stderr, "code": answer.code}
+    # The hook would act for its own agent process: it must be ours.
+    return await anyio.to_thread.run_sync(lambda: _agent_key(peer[0], wrappers)) == key
 
 
 def _working_directory(raw: str, cwd: str) -> str:

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 PROC = "/proc"
 MAX_ANCESTORS = 16
+ACCEPTED = b"answering\n"  # the server's first line when it takes the request; anything else: not answered
+ACCEPT_TIMEOUT_S = 5.0
 MAX_REQUEST_BYTES = 4 << 20  # the payload (at most 1 MiB, agent_coord.claude.hooks) and the environment
 # Variables that decide a hook's answer: a server whose own differ answers nothing (the hook works itself).
 SAME_ENV = ("HOME", "PATH", "PYTHONPATH", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "LOCALAPPDATA")

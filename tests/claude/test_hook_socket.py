@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -134,3 +135,25 @@ def test_the_socket_is_private_and_a_shared_directory_is_never_used(
     os.symlink(elsewhere, made)  # a link another user could point anywhere
     assert hook_socket.socket_dir(create=True) is None
     assert hook_socket.find_socket() is None
+
+
+def test_a_server_that_takes_no_request_leaves_the_hook_to_work_itself(
+    env: dict[str, str], repo: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """A socket under our agent process's name whose server never answers (stopped, its loop stuck):
+    the hook waits `ACCEPT_TIMEOUT_S` at most, then does the work in its own process."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    (run_dir / "agent-coord").mkdir(mode=0o700)
+    key = hook_socket.process_key(os.getpid())
+    assert key is not None
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.bind(str(run_dir / "agent-coord" / hook_socket.socket_name(key[1])))
+    stuck.listen(8)  # connections are queued by the kernel and never read
+    try:
+        path = created_path(hook(env, "worktree-create", create_payload(repo, "stuck"), XDG_RUNTIME_DIR=str(run_dir)))
+    finally:
+        stuck.close()
+    slots, agents = state(settings)
+    assert slots[str(path)].owner == AGENT
+    assert agents[AGENT].server_pid != os.getpid()
