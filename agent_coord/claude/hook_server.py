@@ -33,6 +33,7 @@ async def serve_hooks(coord: Coordinator) -> None:
     if key is None or directory is None:
         return  # the hooks work in-process, as they always can
     path = os.path.join(directory, hook_socket.socket_name(key[1]))
+    _remove_stale(directory)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # left by an earlier server of the same agent process, which is gone or yields
     try:
@@ -48,6 +49,19 @@ async def serve_hooks(coord: Coordinator) -> None:
         with contextlib.suppress(OSError):
             if os.stat(path).st_ino == inode:  # not a later server's socket under the same name
                 os.unlink(path)
+
+
+def _remove_stale(directory: str) -> None:
+    """Remove the sockets of agent processes that are gone (a server killed leaves its socket)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            if not (name.startswith("hooks-") and name.endswith(".sock")):
+                continue
+            pid, _, _ = name.removeprefix("hooks-").partition("-")
+            found = hook_socket.process_key(int(pid)) if pid.isdigit() else None
+            if found is None or hook_socket.socket_name(found[1]) != name:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
 
 
 async def _answer_one(coord: Coordinator, stream: SocketStream, key: str) -> None:

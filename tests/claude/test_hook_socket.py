@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +44,12 @@ def wait_for(condition: object, what: str, timeout: float = 60.0) -> None:
 @pytest.fixture
 def server(env: dict[str, str], repo: Path) -> Iterator[subprocess.Popen[bytes]]:
     """The session's MCP server, started in the project directory, listening for this process's hooks."""
+    key = hook_socket.process_key(os.getpid())
+    assert key is not None
+    sockets = hook_socket.socket_dir(create=True)
+    assert sockets is not None
+    path = Path(sockets) / hook_socket.socket_name(key[1])
+    path.unlink(missing_ok=True)  # left by a server an earlier test of this process killed
     proc = subprocess.Popen(
         [str(AGENT_COORD), "serve"],
         stdin=subprocess.PIPE,
@@ -50,11 +58,6 @@ def server(env: dict[str, str], repo: Path) -> Iterator[subprocess.Popen[bytes]]
         env=full_env(env),
         cwd=repo,
     )
-    key = hook_socket.process_key(os.getpid())
-    assert key is not None
-    sockets = hook_socket.socket_dir(create=True)
-    assert sockets is not None
-    path = Path(sockets) / hook_socket.socket_name(key[1])
     try:
         wait_for(lambda: path.exists() or proc.poll() is not None, "the server's socket")
         assert proc.poll() is None, "the server exited"
@@ -138,12 +141,12 @@ def test_the_socket_is_private_and_a_shared_directory_is_never_used(
 
 
 def test_a_server_that_takes_no_request_leaves_the_hook_to_work_itself(
-    env: dict[str, str], repo: Path, settings: Settings, tmp_path: Path
+    env: dict[str, str], repo: Path, settings: Settings
 ) -> None:
     """A socket under our agent process's name whose server never answers (stopped, its loop stuck):
     the hook waits `ACCEPT_TIMEOUT_S` at most, then does the work in its own process."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir(mode=0o700)
+    # A short directory of its own: a socket path has at most 107 bytes, and tmp_path is long.
+    run_dir = Path(tempfile.mkdtemp(prefix="ac-"))  # mode 0700, as XDG_RUNTIME_DIR is
     (run_dir / "agent-coord").mkdir(mode=0o700)
     key = hook_socket.process_key(os.getpid())
     assert key is not None
@@ -154,6 +157,22 @@ def test_a_server_that_takes_no_request_leaves_the_hook_to_work_itself(
         path = created_path(hook(env, "worktree-create", create_payload(repo, "stuck"), XDG_RUNTIME_DIR=str(run_dir)))
     finally:
         stuck.close()
+        shutil.rmtree(run_dir)
     slots, agents = state(settings)
     assert slots[str(path)].owner == AGENT
     assert agents[AGENT].server_pid != os.getpid()
+
+
+def test_a_starting_server_removes_the_sockets_of_agent_processes_that_are_gone(tmp_path: Path) -> None:
+    from agent_coord.claude.hook_server import _remove_stale
+
+    key = hook_socket.process_key(os.getpid())
+    assert key is not None
+    live = tmp_path / hook_socket.socket_name(key[1])
+    gone = tmp_path / hook_socket.socket_name(f"{os.getpid()}-1")  # this pid, another start: a reuse
+    never = tmp_path / hook_socket.socket_name("999999999-5")
+    unrelated = tmp_path / "notes.txt"
+    for path in (live, gone, never, unrelated):
+        path.write_text("")
+    _remove_stale(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, unrelated.name])
