@@ -21,6 +21,7 @@ from anyio.abc import SocketAttribute, SocketStream
 from agent_coord.claude import hook_run, hook_socket
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.liveness.judge import agent_process
+from agent_coord.platform.process_identity import CLOCK_TICKS
 
 logger = logging.getLogger("agent-coord")
 
@@ -28,9 +29,11 @@ logger = logging.getLogger("agent-coord")
 async def serve_hooks(coord: Coordinator) -> None:
     """Answer the hooks of this server's agent process until cancelled (nothing where unsupported)."""
     me = coord.identity
-    key = hook_socket.process_key(me.pid) if hook_socket.supported() and me.pid > 1 else None
-    directory = hook_socket.socket_dir(create=True) if key is not None else None
-    if key is None or directory is None:
+    key = hook_socket.process_key(me.pid) if hook_socket.supported() and me.pid_start_s else None
+    if key is None or abs(int(key[1].rsplit("-", 1)[1]) / CLOCK_TICKS - (me.pid_start_s or 0.0)) > 1.5 / CLOCK_TICKS:
+        return  # no agent process to serve (orphaned, recorded as gone), or its pid is another's now
+    directory = hook_socket.socket_dir(create=True)
+    if directory is None:
         return  # the hooks work in-process, as they always can
     path = os.path.join(directory, hook_socket.socket_name(key[1]))
     _remove_stale(directory)
