@@ -12,9 +12,10 @@ from agent_coord.cli.common import EXIT_FINDINGS, absolute_repo, app, emit_json,
 @app.command()
 def serve() -> None:
     """Run the MCP server on stdio (what `.mcp.json` starts)."""
+    from agent_coord.claude.hook_server import serve_hooks
     from agent_coord.server.app import run_stdio
 
-    code = run_stdio()
+    code = run_stdio(background=[serve_hooks])  # the session's hooks answered here (claude/hook_socket.py)
     if code:
         raise typer.Exit(code)
 

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,7 +19,6 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
 from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
 from agent_coord import __version__
-from agent_coord.claude.hook_server import serve_hooks
 from agent_coord.config import Settings, SettingsError, load_settings
 from agent_coord.engine.coordinator import Coordinator, id_taken
 from agent_coord.engine.errors import CoordError, ErrorCode
@@ -112,7 +111,10 @@ def tools(settings: Settings) -> list[Tool]:
 
 
 def build_server(
-    settings: Settings | None = None, *, on_stopped: Callable[[], None] | None = None
+    settings: Settings | None = None,
+    *,
+    on_stopped: Callable[[], None] | None = None,
+    background: Sequence[Callable[[Coordinator], Coroutine[Any, Any, None]]] = (),
 ) -> MCPServer[Coordinator]:
     """The server; its typed lifespan context is the running coordinator, which every handler receives."""
     settings = settings or Settings()
@@ -127,7 +129,8 @@ def build_server(
                 tg.start_soon(coord.run_radar)
                 tg.start_soon(coord.run_alerts)
                 tg.start_soon(_watch, coord, settings, subs)
-                tg.start_soon(serve_hooks, coord)  # the session's hooks, answered here (claude/hook_socket.py)
+                for task in background:  # what the entry point adds (`agent-coord serve`: the hooks' socket)
+                    tg.start_soon(task, coord)
                 try:
                     yield coord
                 finally:
@@ -153,7 +156,7 @@ def build_server(
     return mcp
 
 
-def run_stdio() -> int:
+def run_stdio(background: Sequence[Callable[[Coordinator], Coroutine[Any, Any, None]]] = ()) -> int:
     """`agent-coord serve` and `python -m agent_coord.server`: serve, or answer the client's first
     request with why the server cannot start (bad settings: exit 2; an unusable database: exit 1)."""
     try:
@@ -163,7 +166,7 @@ def run_stdio() -> int:
     refusal = anyio.run(startup_refusal, settings)
     if refusal is not None:
         return refuse_on_stdio(refusal)
-    anyio.run(serve_stdio, settings)
+    anyio.run(serve_stdio, settings, background)
     return 0
 
 
@@ -185,11 +188,13 @@ async def startup_refusal(settings: Settings) -> str | None:
         await store.close()
 
 
-async def serve_stdio(settings: Settings | None = None) -> None:
+async def serve_stdio(
+    settings: Settings | None = None, background: Sequence[Callable[[Coordinator], Coroutine[Any, Any, None]]] = ()
+) -> None:
     """Serve on stdio until stdin closes or SIGTERM/SIGINT arrives; either way the lifespan unwinds
     (the agent is recorded as disconnected) well within 2 s."""
     stopped = anyio.Event()
-    server = build_server(settings, on_stopped=stopped.set)
+    server = build_server(settings, on_stopped=stopped.set, background=background)
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
