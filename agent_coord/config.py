@@ -17,6 +17,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent_coord.platform.host_id import default_host_id, valid_host_id
 from agent_coord.store_target import PostgresUrl, parse_store_target, read_password_file
 
 DEFAULT_AGENT_PATTERNS = ("claude", "@anthropic-ai/claude-code", "claude-code")
@@ -43,6 +44,7 @@ def _default_manictime() -> Path | None:
 
 
 ENV_PREFIX = "agent_coord_"
+PROJECT_MAX = 200
 
 
 def _is_complex(annotation: Any) -> bool:
@@ -98,6 +100,10 @@ class Settings(BaseModel):
     pool_root: Path | None = None
     pool_max: int = Field(default=8, ge=1, le=1000)
     agent_id: str | None = None
+    # Which machine this is in a shared store (docs/hosts.md): its slots and agents are recorded under it.
+    host_id: str = Field(default_factory=default_host_id)
+    # The project key shared by every clone of one repository (default: root commit + normalised origin).
+    project: str | None = None
     allocation_timeout_s: float = Field(default=10.0, gt=0)
     heartbeat_active_s: float = Field(default=10.0, gt=0)
     heartbeat_idle_s: float = Field(default=60.0, gt=0)
@@ -140,6 +146,27 @@ class Settings(BaseModel):
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if v == "" else v
+
+    @field_validator("host_id", mode="before")
+    @classmethod
+    def _empty_host_id_is_the_default(cls, v: Any) -> Any:
+        return default_host_id() if v == "" else v
+
+    @field_validator("host_id")
+    @classmethod
+    def _host_id_is_a_name(cls, v: str) -> str:
+        if not valid_host_id(v):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return v
+
+    @field_validator("project")
+    @classmethod
+    def _project_is_printable(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if len(v) > PROJECT_MAX or not v.isprintable() or v != v.strip():
+            raise ValueError(f"must be 1-{PROJECT_MAX} printable characters without surrounding spaces")
+        return v
 
     @field_validator("db", mode="before")
     @classmethod

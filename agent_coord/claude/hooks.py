@@ -9,6 +9,10 @@ Nothing renews a hook agent's lease after the hook exits (there is no server beh
 agents are registered with a long lease (`HOOK_LEASE_S`): on this host the process check decides
 liveness at once, and the lease only matters where it cannot (another host sharing the database).
 With the default five-minute lease, validation would reclaim the worktree a live session works in.
+On a store shared by several hosts (PostgreSQL) a week would keep a dead host's branches from every
+other host for a week: there the hook lease is `SHARED_HOOK_LEASE_INTERVALS` ordinary leases (an hour
+by default), and a live session keeps its claims beyond it while any agent-coord server validates on
+its host (validate/hosts.py: claims lapse only once the host's validator lease has lapsed too).
 
 No MCP imports here: agent_coord/claude/hook_run.py reads stdin, owns stdout and maps errors to exit
 codes; this module only speaks the engine's language (`CoordError` with a stable code).
@@ -37,10 +41,12 @@ from agent_coord.engine.release.releaser import Releaser
 from agent_coord.engine.repos import bounds_of
 from agent_coord.engine.store import EventDraft
 from agent_coord.engine.store.records import HELD_STATES, Action, Agent, Origin, Repo, Slot, SlotState
+from agent_coord.store_target import PostgresUrl
 
 # A week: longer than any session is likely to stay open, short enough that a worktree held by a
 # session on another host (where the process cannot be checked) comes back eventually.
 HOOK_LEASE_S = 7 * 86400.0
+SHARED_HOOK_LEASE_INTERVALS = 12
 AGENT_PREFIX = "claude-"
 SESSION_ID_CHARS = 12
 # `/clear` ends a session but the same Claude Code process keeps working in the same directory.
@@ -167,9 +173,16 @@ def hook_identity(session_id: str | None, configured: str | None) -> tuple[str |
     return (f"{AGENT_PREFIX}{token}", "session") if token else (None, "process")
 
 
+def hook_lease_s(settings: Settings) -> float:
+    """The lease of a hook agent: a week on a SQLite store (one host), else 12 ordinary leases."""
+    if isinstance(settings.db, PostgresUrl):
+        return SHARED_HOOK_LEASE_INTERVALS * settings.stale_after_s
+    return max(settings.stale_after_s, HOOK_LEASE_S)
+
+
 def hook_settings(settings: Settings) -> Settings:
     """The settings a hook opens the coordinator with: the long lease described above."""
-    return settings.model_copy(update={"stale_after_s": max(settings.stale_after_s, HOOK_LEASE_S)})
+    return settings.model_copy(update={"stale_after_s": hook_lease_s(settings)})
 
 
 # ---- acting as the session's agent --------------------------------------------------------------

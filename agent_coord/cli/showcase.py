@@ -42,7 +42,7 @@ def dashboard(
             if live:
                 await run_dashboard(coord, repo_arg, console)
             else:
-                print_snapshot(await take_snapshot(coord, repo_arg), console)
+                print_snapshot(await take_snapshot(coord, repo_arg), console, host=coord.identity.host)
 
     try:
         anyio.run(go)

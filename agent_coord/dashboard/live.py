@@ -7,7 +7,6 @@ without touching the store.
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import sys
 import threading
@@ -56,7 +55,7 @@ class Dashboard:
         self.tick_s = tick_s
         self.hint = hint
         self.watch_interval_s = watch_interval_s or coord.settings.watch_interval_s
-        self.host = socket.gethostname()
+        self.host = coord.identity.host
         self.snapshot: Snapshot | None = None
         self.error: str | None = None
         self.redraws = 0

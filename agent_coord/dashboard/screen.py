@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Sequence
 
@@ -99,7 +98,8 @@ def render_screen(
     return Group(*lines[: height if height is not None else len(lines)])
 
 
-def print_snapshot(snapshot: Snapshot, console: Console, notes: Sequence[str] = ()) -> None:
-    """Everything once, for a pipe or a file (no screen to keep up to date)."""
-    gone = gone_agents(snapshot.status.agents, socket.gethostname())
+def print_snapshot(snapshot: Snapshot, console: Console, notes: Sequence[str] = (), *, host: str) -> None:
+    """Everything once, for a pipe or a file (no screen to keep up to date); `host` is this host's id
+    (only its agents' processes can be looked at)."""
+    gone = gone_agents(snapshot.status.agents, host)
     console.print(render_screen(snapshot, width=console.width, height=None, notes=notes, gone=gone, hint=""))

@@ -56,7 +56,7 @@ HEARTBEAT_ALERTS = 5
 class Coordinator(OverEngine):
     def __init__(self, settings: Settings, store: Store, identity: Identity) -> None:
         git = GitDriver()
-        ctx = EngineContext(store, git, RepoResolver(store, git, settings), settings, identity)
+        ctx = EngineContext(store, git, RepoResolver(store, git, settings, host=identity.host), settings, identity)
         super().__init__(ctx)
         self.contention = ContentionMonitor(ctx)
         self.pool = Pool(ctx, self.contention)
@@ -129,7 +129,10 @@ class Coordinator(OverEngine):
             identity = await _known_identity(
                 store,
                 Identity.detect(
-                    agent_id or settings.agent_id, settings.wrapper_processes, origin if agent_id else "explicit"
+                    agent_id or settings.agent_id,
+                    settings.wrapper_processes,
+                    origin if agent_id else "explicit",
+                    host=settings.host_id,
                 ),
             )
             coord = cls(settings, store, identity)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import partial
 from pathlib import Path
@@ -12,10 +13,12 @@ from agent_coord.config import Settings
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.confinement import Bounds, check_pool_root, mark_pool_root
 from agent_coord.engine.git.driver import GitDriver, reject_option_like
+from agent_coord.engine.project_key import project_key
 from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Repo
 
 MAX_PATH = 4096
+logger = logging.getLogger("agent-coord")
 
 
 def default_pool_root(repo: Path) -> Path:
@@ -37,10 +40,11 @@ def confine(pool_root: Path, path: Path) -> Path:
 
 
 class RepoResolver:
-    def __init__(self, store: Store, git: GitDriver, settings: Settings) -> None:
+    def __init__(self, store: Store, git: GitDriver, settings: Settings, *, host: str | None = None) -> None:
         self.store = store
         self.git = git
         self.settings = settings
+        self.host = host or settings.host_id  # the acting identity's host (Identity.host)
         self._by_arg: dict[str, Repo] = {}
         self._by_id: dict[int, Repo] = {}
 
@@ -76,15 +80,38 @@ class RepoResolver:
         # A pool root that holds the repository or other people's repositories is refused before
         # anything is written (a refused root, once recorded, would outlive the setting that named it)
         # and before anything runs in it; a repository keeps the pool root it was registered with.
-        known = next((r for r in await self.store.repos() if r.path == str(top)), None)
+        host = self.host
+        known = self._known(await self.store.repos(), str(top))
         if known is None:
             candidate = await anyio.to_thread.run_sync(Bounds.of, top, pool_root)
             await anyio.to_thread.run_sync(check_pool_root, candidate, set())
-        repo = known or await self.store.ensure_repo(str(top), str(pool_root))
+        project = await project_key(
+            self.git,
+            top,
+            host=host,
+            configured=self.settings.project if repo_arg is None or configured else None,
+            recorded=known.project if known else None,
+        )
+        repo = known
+        if known is None or known.host != host or known.project != project:
+            repo = await self.store.ensure_repo(str(top), str(pool_root), host=host, project=project)
+        assert repo is not None
+        if repo.project != project:
+            logger.warning(
+                "%s stays in project %s: a branch it holds is held under %s too; release one of them",
+                repo.path,
+                repo.project,
+                project,
+            )
         await self.mark_if_own(repo)
         self._by_arg[key] = repo
         self._by_id[repo.id] = repo
         return repo
+
+    def _known(self, repos: list[Repo], path: str) -> Repo | None:
+        """This host's row for the clone at `path` (or one no host has claimed yet, of an earlier version)."""
+        here = [r for r in repos if r.path == path and r.host in (self.host, None)]
+        return min(here, key=lambda r: r.host is None) if here else None
 
     async def mark_if_own(self, repo: Repo) -> None:
         """Check the repository's pool root (PoolRootRefused) and mark it when it is the pool's own."""
@@ -100,9 +127,21 @@ class RepoResolver:
             return None
 
     async def by_id(self, repo_id: int) -> Repo:
+        """A repository of this host by id: another host's clone is NOT_FOUND here (its directories are
+        that host's to touch, never this one's)."""
         if repo_id not in self._by_id:
+            elsewhere = None
             for repo in await self.store.repos():
-                self._by_id[repo.id] = repo
+                if repo.host in (self.host, None):
+                    self._by_id[repo.id] = repo
+                elif repo.id == repo_id:
+                    elsewhere = repo
+            if elsewhere is not None:
+                raise CoordError(
+                    ErrorCode.NOT_FOUND,
+                    f"repository #{repo_id} ({elsewhere.path}) is a clone on host {elsewhere.host}; only "
+                    f"agent-coord on that host touches its worktrees (this is host {self.host})",
+                )
         if repo_id not in self._by_id:
             raise CoordError(ErrorCode.NOT_FOUND, f"repository #{repo_id} is not known")
         return self._by_id[repo_id]

@@ -180,7 +180,9 @@ async def startup_refusal(settings: Settings) -> str | None:
     except StoreBusyError as exc:
         return str(exc.refusal())
     try:
-        taken = await id_taken(store, Identity.detect(settings.agent_id, settings.wrapper_processes))
+        taken = await id_taken(
+            store, Identity.detect(settings.agent_id, settings.wrapper_processes, host=settings.host_id)
+        )
         return str(CoordError(ErrorCode.INVALID_ARGUMENT, taken)) if taken is not None else None
     except StoreBusyError as exc:
         return str(exc.refusal())

@@ -9,7 +9,6 @@ lease countdowns against ``now`` so they move between updates without asking the
 from __future__ import annotations
 
 import math
-import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -222,7 +221,7 @@ async def read_state(
         snapshot,
         chart_events,
         await dirty.dirty(held),
-        host=socket.gethostname(),
+        host=coord.identity.host,
         read_only=read_only,
         version=version,
     )

@@ -77,10 +77,12 @@ def since(ts: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "an unknown time"
 
 
-def conflict_from_slot(s: Slot) -> CoordError:
+def conflict_from_slot(s: Slot, here: str | None = None) -> CoordError:
+    """The branch is held by `s`; one on another host than `here` (a clone of the same project) says so."""
+    where = f" on host {s.host}" if here is not None and s.host is not None and s.host != here else ""
     return CoordError(
         ErrorCode.BRANCH_CONFLICT,
-        f"branch {s.branch!r} is held by agent {s.owner} (worktree {s.id}, {s.path}) since {since(s.since)}",
+        f"branch {s.branch!r} is held by agent {s.owner}{where} (worktree {s.id}, {s.path}) since {since(s.since)}",
     )
 
 

@@ -223,7 +223,7 @@ class Pool(OverEngine):
                                 pool_max=self.settings.pool_max,
                             )
                         except BranchHeldError as exc:
-                            raise conflict_from_slot(exc.holder) from exc
+                            raise conflict_from_slot(exc.holder, self.identity.host) from exc
                         except StoreBusyError:
                             slot = None  # the write lock stayed taken through the store's own retries
                         else:

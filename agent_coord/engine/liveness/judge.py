@@ -18,6 +18,7 @@ import psutil
 
 from agent_coord import LAUNCHER_PID
 from agent_coord.engine.store.records import Agent, Origin
+from agent_coord.platform.host_id import default_host_id
 from agent_coord.platform.process_identity import CLOCK_TICKS, boot_id, start_since_boot
 
 # Create times come from /proc with jiffy resolution; allow for rounding between readers.
@@ -131,10 +132,12 @@ class Identity:
         return self.origin == "process"
 
     @classmethod
-    def detect(cls, agent_id: str | None, wrappers: tuple[str, ...], origin: Origin = "explicit") -> Identity:
-        """This process's identity: `agent_id` with its `origin`, or (without an id) one generated from
-        the agent process."""
-        host = socket.gethostname()
+    def detect(
+        cls, agent_id: str | None, wrappers: tuple[str, ...], origin: Origin = "explicit", *, host: str | None = None
+    ) -> Identity:
+        """This process's identity on `host` (the host id, AGENT_COORD_HOST_ID; default the machine id):
+        `agent_id` with its `origin`, or (without an id) one generated from the agent process."""
+        host = host or default_host_id()
         boot = boot_id()
         me = psutil.Process()
         orphaned = orphaned_from()
@@ -151,7 +154,8 @@ class Identity:
             # Stable for the agent process: a restarted server under the same agent gets the same id.
             # (The same formula as ever, so an upgrade keeps the id; after a clock step the coordinator
             # finds the agent's earlier id by its start counted from boot: Coordinator.open.)
-            digest = hashlib.sha256(f"{host}|{boot}|{agent_pid}|{agent_created}".encode()).hexdigest()
+            # The host name, not the host id: an upgrade keeps every generated id.
+            digest = hashlib.sha256(f"{socket.gethostname()}|{boot}|{agent_pid}|{agent_created}".encode()).hexdigest()
             agent_id = f"agent-{digest[:8]}"
         return cls(
             agent_id=agent_id,

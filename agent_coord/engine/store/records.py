@@ -77,6 +77,10 @@ class Repo:
     id: int
     path: str
     pool_root: str
+    # The host whose clone this is (AGENT_COORD_HOST_ID) and the project every clone shares; None on a
+    # row of an earlier version that no server of its host has resolved since.
+    host: str | None = None
+    project: str | None = None
 
     @property
     def git_dir(self) -> Path:
@@ -102,6 +106,9 @@ class Slot:
     rescue_ref: str | None
     setup_done: bool
     created_at: float
+    # Copied from its repository: the host whose directory it is, the project whose branch it holds.
+    host: str | None = None
+    project: str | None = None
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ def _slot(row: Any) -> Slot:
         rescue_ref=row["rescue_ref"],
         setup_done=bool(row["setup_done"]),
         created_at=row["created_at"],
+        host=row["host"],
+        project=row["project"],
     )
 
 
@@ -177,9 +179,11 @@ class BranchHeldError(Exception):
 
 
 def _raise_if_branch_held(conn: Db, repo_id: int, branch: str) -> None:
+    """A live allocation of `branch` in this repository or in any clone of its project, on any host."""
     row = conn.execute(
-        "SELECT * FROM slots WHERE repo_id = ? AND branch = ? AND state IN (?, ?, ?)",
-        (repo_id, branch, *HELD_STATES),
+        "SELECT * FROM slots WHERE branch = ? AND state IN (?, ?, ?)"
+        " AND (repo_id = ? OR project = (SELECT project FROM repos WHERE id = ?)) ORDER BY repo_id != ? LIMIT 1",
+        (branch, *HELD_STATES, repo_id, repo_id, repo_id),
     ).fetchone()
     if row is not None:
         raise BranchHeldError(_slot(row))

@@ -336,6 +336,32 @@ MIGRATIONS: tuple[str, ...] = (
         pid_create_time REAL NOT NULL
     );
     """,
+    # 7: several hosts, one pool of branches (docs/hosts.md). A repository row is one clone on one
+    # host (`host`: its AGENT_COORD_HOST_ID) and names its *project* (the key every clone of the
+    # repository shares: root commit + normalised origin URL, or AGENT_COORD_PROJECT); a slot carries
+    # both, copied from its repository by a trigger (so a server of the previous version inserting a
+    # slot fills them too), and the database refuses two live allocations of one branch in one
+    # project, whichever host holds it. Rows of earlier versions keep NULLs until the first server of
+    # their host resolves the repository (repos.RepoResolver); NULLs are distinct in a unique index, so
+    # those stay covered by `slots_branch_held` alone. Columns, not a table beside: every reader of
+    # `repos` and `slots` builds its record by column name (rows._slot, slots.repos), never from `*`.
+    # SQLite keeps `path UNIQUE` on both tables: a SQLite file serves one host.
+    """
+    ALTER TABLE repos ADD COLUMN host TEXT;
+    ALTER TABLE repos ADD COLUMN project TEXT;
+    ALTER TABLE slots ADD COLUMN host TEXT;
+    ALTER TABLE slots ADD COLUMN project TEXT;
+    CREATE UNIQUE INDEX slots_project_branch_held ON slots (project, branch)
+        WHERE state IN ('ALLOCATING', 'BUSY', 'RELEASING');
+    CREATE INDEX repos_project ON repos (project);
+    CREATE TRIGGER slots_host_project AFTER INSERT ON slots
+        WHEN NEW.host IS NULL OR NEW.project IS NULL
+    BEGIN
+        UPDATE slots SET host = (SELECT host FROM repos WHERE id = NEW.repo_id),
+            project = (SELECT project FROM repos WHERE id = NEW.repo_id)
+        WHERE id = NEW.id;
+    END;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

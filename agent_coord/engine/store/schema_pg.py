@@ -380,4 +380,27 @@ PG_MIGRATIONS: tuple[str, ...] = (
     );
     {_notify_on("agent_origins")}
     """,
+    # 7: several hosts, one pool of branches (schema.py's migration 7). Here a path is unique per host
+    # only: two hosts may well keep their clones and pools at the same path.
+    """
+    ALTER TABLE repos ADD COLUMN host TEXT;
+    ALTER TABLE repos ADD COLUMN project TEXT;
+    ALTER TABLE slots ADD COLUMN host TEXT;
+    ALTER TABLE slots ADD COLUMN project TEXT;
+    ALTER TABLE repos DROP CONSTRAINT repos_path_key;
+    ALTER TABLE repos ADD CONSTRAINT repos_host_path_key UNIQUE (host, path);
+    ALTER TABLE slots DROP CONSTRAINT slots_path_key;
+    ALTER TABLE slots ADD CONSTRAINT slots_host_path_key UNIQUE (host, path);
+    CREATE UNIQUE INDEX slots_project_branch_held ON slots (project, branch)
+        WHERE state IN ('ALLOCATING', 'BUSY', 'RELEASING');
+    CREATE INDEX repos_project ON repos (project);
+    CREATE FUNCTION slots_host_project() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.host IS NULL OR NEW.project IS NULL THEN
+            SELECT host, project INTO NEW.host, NEW.project FROM repos WHERE id = NEW.repo_id;
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER slots_host_project BEFORE INSERT ON slots FOR EACH ROW EXECUTE FUNCTION slots_host_project();
+    """,
 )

@@ -25,22 +25,43 @@ from agent_coord.engine.store.rows import (
 class SlotTransitions(_Tables):
     """Every change is a CAS on (id, state, version or fencing token) that writes its events alongside."""
 
-    async def ensure_repo(self, path: str, pool_root: str) -> Repo:
+    async def ensure_repo(
+        self, path: str, pool_root: str, *, host: str | None = None, project: str | None = None
+    ) -> Repo:
+        """The repository row of the clone at `path` on `host`, made or brought up to date: a row of an
+        earlier version (no host yet) is this host's; `project` is recorded unless a live branch of
+        this clone is held under that project elsewhere (then the row keeps its project, and the two
+        must be reconciled by a person: see docs/hosts.md). Its slots follow the row. On SQLite (one
+        host per file) a row at `path` recorded under another host id is this host's."""
+        single_host = not self._conn.postgres
+
         def tx(conn: Db) -> Repo:
-            conn.execute(
-                "INSERT INTO repos (path, pool_root, created_at) VALUES (?, ?, ?) ON CONFLICT(path) DO NOTHING",
-                (path, pool_root, time.time()),
-            )
-            row = conn.execute("SELECT * FROM repos WHERE path = ?", (path,)).fetchone()
-            assert row is not None
-            return Repo(id=row["id"], path=row["path"], pool_root=row["pool_root"])
+            row = conn.execute("SELECT * FROM repos WHERE path = ? AND host = ?", (path, host)).fetchone()
+            if row is None:
+                where = "path = ?" if single_host else "path = ? AND host IS NULL"
+                row = conn.execute(f"SELECT * FROM repos WHERE {where}", (path,)).fetchone()  # noqa: S608
+            if row is None:
+                return _repo(
+                    conn.execute(
+                        "INSERT INTO repos (path, pool_root, created_at, host, project) VALUES (?, ?, ?, ?, ?)"
+                        " RETURNING *",
+                        (path, pool_root, time.time(), host, project),
+                    ).fetchone()
+                )
+            keep = row["project"] if project is None or _project_taken(conn, row["id"], project) else project
+            if row["host"] != host or row["project"] != keep:
+                conn.execute("UPDATE repos SET host = ?, project = ? WHERE id = ?", (host, keep, row["id"]))
+                conn.execute("UPDATE slots SET host = ?, project = ? WHERE repo_id = ?", (host, keep, row["id"]))
+                row = conn.execute("SELECT * FROM repos WHERE id = ?", (row["id"],)).fetchone()
+            return _repo(row)
 
         return await self._conn.write(tx)
 
     async def repos(self) -> list[Repo]:
+        """Every repository of every host (a caller that touches directories keeps its own host's)."""
+
         def tx(conn: Db) -> list[Repo]:
-            rows = conn.execute("SELECT * FROM repos ORDER BY id").fetchall()
-            return [Repo(id=r["id"], path=r["path"], pool_root=r["pool_root"]) for r in rows]
+            return [_repo(r) for r in conn.execute("SELECT * FROM repos ORDER BY id").fetchall()]
 
         return await self._conn.read(tx)
 
@@ -191,6 +212,36 @@ class SlotTransitions(_Tables):
 
         return await self._conn.write(tx, quick=True)
 
+    async def lapse_claim(self, slot: Slot, *, host_lease: str, event: EventDraft) -> Slot | None:
+        """Take the branch claim of `slot`, a slot of another host, as it was judged: QUARANTINED (not
+        handed out, its branch free for every clone of the project), owner and work left for its host
+        to rescue. Only when, inside this one write transaction, the slot is still at the judged
+        version, its host's validator lease `host_lease` is lapsed or gone, and its owner's lease has
+        lapsed (or the owner is gone). None when any of that no longer holds."""
+        now = time.time()
+
+        def tx(conn: Db) -> Slot | None:
+            lease = conn.execute("SELECT expires_at FROM leases WHERE name = ?", (host_lease,)).fetchone()
+            if lease is not None and float(lease[0]) >= now:
+                return None
+            if slot.owner is not None:
+                owner = conn.execute("SELECT lease_expires_at FROM agents WHERE id = ?", (slot.owner,)).fetchone()
+                if owner is not None and float(owner[0]) >= now:
+                    return None
+            cur = conn.execute(
+                "UPDATE slots SET state = 'QUARANTINED', version = version + 1 WHERE id = ? AND version = ?"
+                " AND state IN ('ALLOCATING', 'BUSY', 'RELEASING')",
+                (slot.id, slot.version),
+            )
+            if not cur.rowcount:
+                return None
+            event.worktree_id = slot.id
+            event.fencing_token = slot.fencing_token
+            _append(conn, event, now)
+            return _slot_by_id(conn, slot.id)
+
+        return await self._conn.write(tx)
+
     async def insert_slot(
         self, repo: Repo, path: str, *, state: SlotState, branch: str | None, event: EventDraft
     ) -> Slot:
@@ -211,6 +262,21 @@ class SlotTransitions(_Tables):
             return inserted
 
         return await self._conn.write(tx)
+
+
+def _repo(row: Any) -> Repo:
+    return Repo(id=row["id"], path=row["path"], pool_root=row["pool_root"], host=row["host"], project=row["project"])
+
+
+def _project_taken(conn: Db, repo_id: int, project: str) -> bool:
+    """Does another clone of `project` hold a branch that this repository's slots hold too?"""
+    held = "('ALLOCATING', 'BUSY', 'RELEASING')"
+    row = conn.execute(
+        f"SELECT 1 FROM slots a JOIN slots b ON b.branch = a.branch WHERE a.repo_id = ? AND a.state IN {held}"  # noqa: S608
+        f" AND b.project = ? AND b.repo_id != ? AND b.state IN {held} LIMIT 1",
+        (repo_id, project, repo_id),
+    ).fetchone()
+    return row is not None
 
 
 def _to_allocating(

@@ -31,10 +31,10 @@ from agent_coord.engine.observe.alerts import AlertWatch
 from agent_coord.engine.observe.retention import Retention, prune
 from agent_coord.engine.store import EventDraft
 from agent_coord.engine.store.records import HELD_STATES, Action, Slot, SlotState
+from agent_coord.engine.validate.hosts import VALIDATOR_LEASE, HostLapser, host_lease
 from agent_coord.engine.validate.validator import Validator
 
 logger = logging.getLogger("agent-coord")
-VALIDATOR_LEASE = "validator"
 LEASE_INTERVALS = 1.5  # the lease outlives one interval, so a holder mid-pass keeps it
 
 
@@ -112,6 +112,8 @@ class ValidatorLoop(OverEngine):
         self.every_s = every_s
         self.check_s = check_s
         self.holder = LeaseHolder.of(ctx.identity).encode()
+        self.lease_name = host_lease(ctx.identity.host)
+        self.hosts = HostLapser(ctx)
         self._held = False
         self._next_full = 0.0  # monotonic; 0 = at once
         self._seen: set[tuple[str, int]] = set()
@@ -125,12 +127,19 @@ class ValidatorLoop(OverEngine):
             await anyio.sleep(self.check_s)
 
     async def release(self) -> None:
-        """Hand the lease on now rather than make the others wait for it to lapse."""
+        """Hand the leases on now rather than make the others wait for them to lapse."""
+        await self.store.release_lease(self.lease_name, self.holder)
         await self.store.release_lease(VALIDATOR_LEASE, self.holder)
 
     async def tick(self) -> str | None:
         """One check; returns why a pass ran (None when none did)."""
-        took_over = await self._take_lease()
+        why = await self._host_tick()
+        if await self._take_lease(VALIDATOR_LEASE) is not None:
+            await self.hosts.lapse(host_ttl_s=self.every_s * LEASE_INTERVALS)
+        return why
+
+    async def _host_tick(self) -> str | None:
+        took_over = await self._take_lease(self.lease_name)
         if took_over is None:
             self._held = False
             return None
@@ -176,23 +185,24 @@ class ValidatorLoop(OverEngine):
         except Exception:  # alerts are best effort: validation and the next check go on
             logger.warning("alert evaluation failed", exc_info=True)
 
-    async def _take_lease(self) -> str | None:
-        """Hold the lease for another LEASE_INTERVALS; None when another server holds it. Returns ""
-        normally, or why the previous holder was judged gone when its lease was taken over."""
+    async def _take_lease(self, name: str) -> str | None:
+        """Hold the lease `name` for another LEASE_INTERVALS; None when another server holds it. Returns
+        "" normally, or why the previous holder was judged gone when its lease was taken over."""
         ttl = self.every_s * LEASE_INTERVALS
-        current = await self.store.lease(VALIDATOR_LEASE)
+        current = await self.store.lease(name)
         if current is None or current[0] == self.holder or current[1] < time.time():
-            return "" if await self.store.take_lease(VALIDATOR_LEASE, self.holder, ttl) else None
+            return "" if await self.store.take_lease(name, self.holder, ttl) else None
         other = LeaseHolder.parse(current[0])
         gone = other.gone(self.identity) if other is not None else None
         if gone is None:
             return None
-        return gone if await self.store.take_lease(VALIDATOR_LEASE, self.holder, ttl, replace=current[0]) else None
+        return gone if await self.store.take_lease(name, self.holder, ttl, replace=current[0]) else None
 
     async def suspects(self) -> set[tuple[str, int]]:
         """Held slots (id, version) that a pass would likely take back: the owner is dead or stale, or
         the server that began a transition in flight is gone. A hint only: the pass judges again."""
-        held = [s for s in await self.store.slots(None) if s.state in HELD_STATES]
+        host = self.identity.host
+        held = [s for s in await self.store.slots(None) if s.state in HELD_STATES and s.host in (host, None)]
         if not held:
             return set()
         agents = {a.id: a for a in await self.store.live_agents()}  # every owner is among them

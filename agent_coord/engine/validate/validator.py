@@ -68,7 +68,11 @@ class Validator(OverEngine):
             if repo_arg is not None:
                 repos = [await self.repos.resolve(repo_arg)]
             else:
-                repos = [r for r in await self.store.repos() if await anyio.Path(r.path).is_dir()]
+                # Only this host's clones: another host's directories are that host's to touch.
+                host = self.identity.host
+                repos = [
+                    r for r in await self.store.repos() if r.host in (host, None) and await anyio.Path(r.path).is_dir()
+                ]
             run = ValidationRun(repair)
             for repo in repos:
                 await self._repo(repo, run)

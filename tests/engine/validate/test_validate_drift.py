@@ -244,8 +244,9 @@ async def test_duplicates_are_prevented_then_repaired_in_an_old_database(coord: 
             " FROM slots WHERE id = ?",
             (a.worktree_id,),
         )
-    # An old database, from before the index: nothing stops the duplicate.
+    # An old database, from before the indexes: nothing stops the duplicate.
     sql(env, "DROP INDEX slots_branch_held")
+    sql(env, "DROP INDEX slots_project_branch_held")
     sql(env, "UPDATE slots SET branch = 'feat/one' WHERE id = ?", (b.worktree_id,))
 
     dry = await coord.validate(repair=False)

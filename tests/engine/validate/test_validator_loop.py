@@ -16,11 +16,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent_coord.engine.store.records import SlotState
-from agent_coord.engine.validate.loop import VALIDATOR_LEASE, LeaseHolder, ValidatorLoop, check_every
+from agent_coord.engine.validate.hosts import host_lease
+from agent_coord.engine.validate.loop import LeaseHolder, ValidatorLoop, check_every
 from tests.agent_proc import set_agent
 from tests.conftest import git
 
 pytestmark = pytest.mark.anyio
+
+
+def validator_lease(coord: Any) -> str:
+    """The lease whose holder validates this host's pool."""
+    return str(host_lease(coord.identity.host))
 
 
 def dead_process() -> tuple[int, float]:
@@ -66,11 +72,11 @@ def test_any_holder_text_parses_or_is_none(text: str) -> None:
 async def test_lease_of_a_dead_server_is_taken_over_at_once(coord: Any) -> None:
     pid, created = dead_process()
     dead = replace(LeaseHolder.of(coord.identity), agent_id="gone-agent", pid=pid, create_time=created)
-    assert await coord.store.take_lease(VALIDATOR_LEASE, dead.encode(), ttl_s=3600)
+    assert await coord.store.take_lease(validator_lease(coord), dead.encode(), ttl_s=3600)
     loop = loop_of(coord)
     why = await loop.tick()
     assert why is not None and "took the lease over" in why and f"process {pid} is gone" in why
-    holder, _ = await coord.store.lease(VALIDATOR_LEASE)
+    holder, _ = await coord.store.lease(validator_lease(coord))
     assert holder == loop.holder
     assert [e.detail["why"] for e in await started(coord)] == [why]
 
@@ -81,9 +87,9 @@ async def test_lease_of_a_live_server_is_left_alone(coord: Any) -> None:
     mine = loop_of(coord, agent_id="mine", server_pid=1, server_create_time=0.0)
     assert mine.holder != other.holder
     assert await mine.tick() is None
-    assert (await coord.store.lease(VALIDATOR_LEASE))[0] == other.holder
+    assert (await coord.store.lease(validator_lease(coord)))[0] == other.holder
     # Nor can a CAS naming a holder that no longer holds it take the lease.
-    assert not await coord.store.take_lease(VALIDATOR_LEASE, mine.holder, 60, replace="someone else")
+    assert not await coord.store.take_lease(validator_lease(coord), mine.holder, 60, replace="someone else")
 
 
 async def test_a_dead_owner_sets_off_a_pass_between_intervals(coord: Any, env: dict[str, str]) -> None:
@@ -124,15 +130,15 @@ async def test_only_provable_deaths_count_for_a_takeover(coord: Any) -> None:
         replace(mine, agent_id="far", host="elsewhere", pid=pid, create_time=created),
         replace(mine, agent_id="old", create_time=me.create_time() - 5, start_s=None),
     ):
-        assert await coord.store.take_lease(VALIDATOR_LEASE, holder.encode(), ttl_s=3600, replace=loop.holder)
-        await coord.store.release_lease(VALIDATOR_LEASE, holder.encode())
-        assert await coord.store.take_lease(VALIDATOR_LEASE, holder.encode(), ttl_s=3600)
+        assert await coord.store.take_lease(validator_lease(coord), holder.encode(), ttl_s=3600, replace=loop.holder)
+        await coord.store.release_lease(validator_lease(coord), holder.encode())
+        assert await coord.store.take_lease(validator_lease(coord), holder.encode(), ttl_s=3600)
         assert await loop.tick() is None, holder
-        await coord.store.release_lease(VALIDATOR_LEASE, holder.encode())
+        await coord.store.release_lease(validator_lease(coord), holder.encode())
     # With the start counted from boot, another start under the pid is proof.
     assert mine.start_s is not None
     reused = replace(mine, agent_id="reused", start_s=mine.start_s - 1)
-    assert await coord.store.take_lease(VALIDATOR_LEASE, reused.encode(), ttl_s=3600)
+    assert await coord.store.take_lease(validator_lease(coord), reused.encode(), ttl_s=3600)
     why = await loop.tick()
     assert why is not None and "belongs to another process" in why
 
@@ -144,7 +150,7 @@ async def test_a_takeover_between_two_of_our_checks_starts_a_pass(coord: Any) ->
     assert await loop.tick() is None
     pid, created = dead_process()
     other = replace(LeaseHolder.of(coord.identity), agent_id="other", pid=pid, create_time=created, start_s=None)
-    assert await coord.store.take_lease(VALIDATOR_LEASE, other.encode(), ttl_s=3600, replace=loop.holder)
+    assert await coord.store.take_lease(validator_lease(coord), other.encode(), ttl_s=3600, replace=loop.holder)
     why = await loop.tick()
     assert why is not None and why.startswith("took the lease over")
 
