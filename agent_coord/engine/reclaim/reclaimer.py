@@ -14,6 +14,7 @@ then checks its own slot's entry against the disk (`worktree_probe`) instead of 
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -95,16 +96,24 @@ class Reclaimer(OverEngine):
         listing, info, locked = found
         if locked:
             return "locked"
-        held = await self.store.transition(
-            slot.id,
-            expect_state=slot.state,
-            expect_version=slot.version,
-            changes={
-                "state": SlotState.RELEASING,
-                "owner": self.identity.agent_id,
-                "lease_expires_at": time.time() + self.lease_s,
-            },
-        )
+        changes: dict[str, object] = {
+            "state": SlotState.RELEASING,
+            "owner": self.identity.agent_id,
+            "lease_expires_at": time.time() + self.lease_s,
+        }
+        try:
+            held = await self.store.transition(
+                slot.id, expect_state=slot.state, expect_version=slot.version, changes=changes
+            )
+        except sqlite3.IntegrityError:
+            if slot.state != SlotState.QUARANTINED:
+                raise
+            # A quarantined slot's branch was taken meanwhile (a gone host's claim lapsed, and a clone
+            # on another host took it): the reclaim holds the slot without it; the work is saved
+            # under the branch it was judged with.
+            held = await self.store.transition(
+                slot.id, expect_state=slot.state, expect_version=slot.version, changes={**changes, "branch": None}
+            )
         if held is None:
             return "lost_race"
         job = ReclaimJob(self, repo, slot, held, info, listing, reason)
