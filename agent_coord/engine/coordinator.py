@@ -85,7 +85,13 @@ class Coordinator(OverEngine):
     def alert_watch(self) -> AlertWatch:
         from agent_coord.engine.observe.alerts import AlertPolicy, AlertWatch
 
-        return AlertWatch(self.store, self.git, AlertPolicy.of(self.settings), lambda now: self.metrics(now=now))
+        return AlertWatch(
+            self.store,
+            self.git,
+            AlertPolicy.of(self.settings),
+            lambda now: self.metrics(now=now),
+            host=self.identity.host,
+        )
 
     @cached_property
     def alert_notifier(self) -> AlertNotifier:
@@ -356,6 +362,7 @@ class Coordinator(OverEngine):
                 repo=repos.get(s.repo_id, "?"),
                 rescue_ref=s.rescue_ref,
                 task=s.task,
+                host=s.host,
             )
             for s in slots
         ]

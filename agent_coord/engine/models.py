@@ -173,6 +173,7 @@ class WorktreeView(Result):
     repo: str = Field(description="the repository's top-level path")
     rescue_ref: str | None = Field(default=None, description="work saved from its last holder, if any")
     task: str | None = Field(default=None, description="what its holder said it works on")
+    host: str | None = Field(default=None, description="the host whose directory it is (AGENT_COORD_HOST_ID)")
 
 
 class AgentView(Result):

@@ -216,7 +216,9 @@ async def read_state(
     snapshot = await take_snapshot(coord, repo)
     window = snapshot.metrics.window_s if snapshot.metrics else coord.settings.metrics_window_s
     chart_events = await coord.store.events(since_ts=history_start(snapshot.taken_at, window))
-    held = [(w.path, w.repo) for w in snapshot.status.worktrees if w.state in HELD]
+    # Only this host's directories can be looked at: another host's path here is another directory.
+    here = coord.identity.host
+    held = [(w.path, w.repo) for w in snapshot.status.worktrees if w.state in HELD and w.host in (here, None)]
     return state_document(
         snapshot,
         chart_events,

@@ -10,11 +10,18 @@ saves the work left in them (staged, unstaged, untracked) to a rescue ref.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
+import random
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psutil
@@ -29,7 +36,7 @@ from agent_coord.engine.store.records import SlotState
 from agent_coord.engine.validate.hosts import host_lease
 from agent_coord.store_target import PostgresUrl
 from tests.agent_proc import agent_process, call_step, wait_for
-from tests.conftest import git, make_repo
+from tests.conftest import git, make_repo, run_agents
 
 pytestmark = pytest.mark.anyio
 
@@ -194,3 +201,90 @@ async def _rescued(coord: Coordinator, path: Path) -> bool:
     await coord.validator_loop.tick()
     slots = [s for s in await coord.store.slots() if s.path == str(path)]
     return bool(slots) and slots[0].state == SlotState.FREE
+
+
+# ---- a campaign with agents on both hosts ---------------------------------------------------------
+
+
+REFUSALS = ("BRANCH_CONFLICT", "POOL_EXHAUSTED", "ALLOCATION_TIMEOUT")
+
+
+@dataclass(frozen=True)
+class Grant:
+    host: str
+    agent: str
+    branch: str
+    token: int
+    answered: float  # monotonic: when the grant was answered
+    releasing: float  # monotonic: when its release was asked for
+
+
+def double_grants(grants: list[Grant]) -> list[str]:
+    """Two agents told they hold one branch at once: their [answered, releasing] intervals overlap
+    (a correct store grants a branch again only after the release that freed it was asked for)."""
+    found = []
+    by_branch: dict[str, list[Grant]] = {}
+    for g in grants:
+        by_branch.setdefault(g.branch, []).append(g)
+    for branch, held in by_branch.items():
+        held.sort(key=lambda g: g.answered)
+        for before, after in itertools.pairwise(held):
+            if after.answered < before.releasing or after.token <= before.token:
+                found.append(f"{branch}: {before} and {after}")
+    return found
+
+
+async def campaign(pg_url: PostgresUrl, tmp_path: Path, *, agents: int, rounds: int, branches: int) -> None:
+    _, clone_a, clone_b = two_clones(tmp_path)
+    grants: list[Grant] = []
+    refusals: list[str] = []
+
+    def script_for(host: str) -> Any:
+        async def script(client: Any, i: int) -> None:
+            rng = random.Random(f"{host}-{i}")
+            for _ in range(rounds):
+                branch = f"feat/{rng.randrange(branches)}"
+                result = await client.call_tool("allocate_worktree", {"branch": branch})
+                answered = time.monotonic()
+                if result.is_error:
+                    text = result.content[0].text
+                    code = text.split(":", 1)[0]
+                    # GIT_FAILED "already exists": the branch was made in this clone between the plan and
+                    # the git phase (a race of one host's agents, answered and rolled back).
+                    assert code in REFUSALS or (code == "GIT_FAILED" and "already exists" in text), text
+                    refusals.append(code)
+                    continue
+                got = result.structured_content
+                await anyio.sleep(rng.uniform(0, 0.05))
+                releasing = time.monotonic()
+                grants.append(Grant(host, got["agent_id"], branch, got["fencing_token"], answered, releasing))
+                released = await client.call_tool("release_worktree", {"worktree_id": got["worktree_id"]})
+                assert not released.is_error, released.content
+
+        return script
+
+    async with anyio.create_task_group() as tg:
+        for host, clone in (("host-a", clone_a), ("host-b", clone_b)):
+            env = host_env(pg_url, clone, host)
+            env["AGENT_COORD_STALE_AFTER_S"] = "300"  # nobody dies here: no lease may lapse under load
+            tg.start_soon(partial(run_agents, env, agents, script_for(host), prefix=f"{host}-agent"))
+    assert double_grants(grants) == []
+    assert {g.host for g in grants} == {"host-a", "host-b"}, (len(grants), refusals)
+    print(f"campaign: {len(grants)} grants, refusals {collections.Counter(refusals)}")
+
+
+async def test_no_double_grant_with_agents_on_both_hosts(pg_url: PostgresUrl, tmp_path: Path) -> None:
+    await campaign(pg_url, tmp_path, agents=3, rounds=6, branches=3)
+
+
+@pytest.mark.slow
+async def test_no_double_grant_with_agents_on_both_hosts_long(pg_url: PostgresUrl, tmp_path: Path) -> None:
+    await campaign(pg_url, tmp_path, agents=6, rounds=40, branches=4)
+
+
+def test_a_double_grant_is_seen() -> None:
+    """The checker itself: overlapping holds of one branch, or tokens out of order, are reported."""
+    ok = [Grant("a", "x", "b", 1, 0.0, 1.0), Grant("b", "y", "b", 2, 1.5, 2.0)]
+    assert double_grants(ok) == []
+    assert double_grants([ok[0], Grant("b", "y", "b", 2, 0.5, 2.0)])
+    assert double_grants([ok[0], Grant("b", "y", "b", 1, 1.5, 2.0)])

@@ -140,7 +140,8 @@ def pool_full_alerts(slots: Sequence[Slot], repos: dict[int, str], policy: Alert
     return out
 
 
-def drift_alerts(result: ValidateResult) -> list[AlertDraft]:
+def drift_alerts(result: ValidateResult, host: str | None = None) -> list[AlertDraft]:
+    """Unrepaired findings of a validation on `host` (each host validates only its own directories)."""
     out: list[AlertDraft] = []
     for f in [*result.findings, *result.skipped]:
         if f.repaired or f.kind in DRIFT_LEFT_ON_PURPOSE:
@@ -154,7 +155,8 @@ def drift_alerts(result: ValidateResult) -> list[AlertDraft]:
                 message=f"validation could not repair {f.kind} at {subject}: {f.detail} ({f.action})",
                 agent_id=f.agent_id,
                 worktree_id=f.worktree_id,
-                detail={"finding": f.kind, "path": f.path, "action": f.action},
+                detail={"finding": f.kind, "path": f.path, "action": f.action}
+                | ({"host": host} if host is not None else {}),
             )
         )
     return out
@@ -179,11 +181,14 @@ def rescue_alert(
 class AlertWatch:
     """Evaluates the causes and records the changes (one transaction per evaluation)."""
 
-    def __init__(self, store: Store, git: GitDriver, policy: AlertPolicy, metrics: MetricsAt) -> None:
+    def __init__(
+        self, store: Store, git: GitDriver, policy: AlertPolicy, metrics: MetricsAt, *, host: str | None = None
+    ) -> None:
         self.store = store
         self.git = git
         self.policy = policy
         self.metrics = metrics
+        self.host = host  # drift and rescue refs are judged for this host's clones only
 
     async def evaluate(
         self, *, now: float | None = None, validation: ValidateResult | None = None, check_refs: bool = False
@@ -193,13 +198,15 @@ class AlertWatch:
         now = time.time() if now is None else now
         kinds = {"metric", "quarantined", "pool_full"}
         slots = await self.store.slots()
-        repos = {r.id: r for r in await self.store.repos()}
+        every_repo = await self.store.repos()
+        repos = {r.id: r for r in every_repo if self.host is None or r.host in (self.host, None)}
         wanted = metric_alerts(await self.metrics(now))
         wanted += quarantine_alerts(slots)
-        wanted += pool_full_alerts(slots, {i: r.path for i, r in repos.items()}, self.policy, now)
+        wanted += pool_full_alerts(slots, {r.id: r.path for r in every_repo}, self.policy, now)
         if validation is not None:
             kinds.add("drift")
-            wanted += drift_alerts(validation)
+            wanted += drift_alerts(validation, self.host)
+            wanted += await self._other_hosts_drift()
         rescues, cursor = await self.store.rescues_to_alert(since_ts=now - FIRST_LOOK_S)
         for e in rescues:
             ref = e.detail.get("rescue_ref")
@@ -226,6 +233,14 @@ class AlertWatch:
         return await self.store.sync_alerts(
             wanted, kinds=frozenset(kinds), now=now, cooldown_s=self.policy.cooldown_s, rescue_cursor=cursor
         )
+
+    async def _other_hosts_drift(self) -> list[AlertDraft]:
+        """The drift alerts another host's validation raised: only that host can see whether they hold."""
+        return [
+            AlertDraft(a.key, a.kind, a.severity, a.message, a.agent_id, a.repo_id, a.worktree_id, a.detail)
+            for a in await self.store.active_alerts()
+            if a.kind == "drift" and a.detail.get("host") not in (None, self.host)
+        ]
 
     async def _rescues_still_there(self, repos: dict[int, Repo]) -> list[Alert]:
         """The active rescue alerts whose ref is still in its repository (or that cannot be checked)."""

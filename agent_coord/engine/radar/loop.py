@@ -1,5 +1,6 @@
-"""The radar's background loop: one server at a time (the holder of the `radar` lease) runs a pass every
-`radar_every_s`; every other server, the CLI and the edit guard only read what it stored.
+"""The radar's background loop: one server per host at a time (the holder of the `radar@<host>` lease)
+runs a pass every `radar_every_s`; every other server, the CLI and the edit guard only read what it
+stored.
 
 The lease is the validator's kind (validate/loop.py): it outlives a few intervals so a slow pass keeps
 it, and a holder whose server process is provably gone is replaced at once rather than waited out.
@@ -20,6 +21,13 @@ from agent_coord.engine.validate.loop import LeaseHolder
 
 logger = logging.getLogger("agent-coord")
 RADAR_LEASE = "radar"
+
+
+def radar_lease(host: str) -> str:
+    """One radar per host: only that host's worktrees can be snapshotted (docs/hosts.md)."""
+    return f"{RADAR_LEASE}@{host}"
+
+
 LEASE_INTERVALS = 3.0
 MIN_LEASE_S = 30.0
 EARLIEST_S = 3.0  # a change seen by the watcher starts a pass this long after the last one at the soonest
@@ -67,7 +75,7 @@ class RadarLoop:
 
     async def release(self) -> None:
         self.radar.close()
-        await self.store.release_lease(RADAR_LEASE, self.holder)
+        await self.store.release_lease(radar_lease(self.identity.host), self.holder)
 
     async def tick(self) -> PassReport | None:
         """One pass when this server holds (or takes) the lease; None when another holds it."""
@@ -79,10 +87,11 @@ class RadarLoop:
 
     async def _take_lease(self) -> bool:
         ttl = max(self.every_s * LEASE_INTERVALS, MIN_LEASE_S)
-        current = await self.store.lease(RADAR_LEASE)
+        name = radar_lease(self.identity.host)
+        current = await self.store.lease(name)
         if current is None or current[0] == self.holder or current[1] < time.time():
-            return await self.store.take_lease(RADAR_LEASE, self.holder, ttl)
+            return await self.store.take_lease(name, self.holder, ttl)
         other = LeaseHolder.parse(current[0])
         if other is None or other.gone(self.identity) is None:
             return False
-        return await self.store.take_lease(RADAR_LEASE, self.holder, ttl, replace=current[0])
+        return await self.store.take_lease(name, self.holder, ttl, replace=current[0])

@@ -130,9 +130,11 @@ class RadarPass:
             and s.branch is not None
             and s.fencing_token is not None
             # Only worktrees on this host can be snapshotted: another host's are compared there.
+            and s.host in (self.host, None)
             and (s.owner not in agents or agents[s.owner].host == self.host)
         ]
-        repos = await self.store.repos()
+        # Each host's radar keeps its own clones' rows: another host's are that host's radar's.
+        repos = [r for r in await self.store.repos() if r.host in (self.host, None)]
         t = report.stage("store_read", started)
         bounds = await anyio.to_thread.run_sync(_bounds, repos)
         admins = await anyio.to_thread.run_sync(_admin_dirs, live, bounds, report)

@@ -295,6 +295,21 @@ async def test_drift_left_unrepaired_raises_and_clears_when_a_pass_no_longer_fin
     await store.close()
 
 
+async def test_a_hosts_drift_is_cleared_only_by_that_hosts_passes(tmp_path: Path) -> None:
+    """Each host validates only its own directories: another host's pass knows nothing of its drift."""
+    store = await Store.open(tmp_path / "c.db")
+    here, there = watch(store), watch(store)
+    here.host, there.host = "host-a", "host-b"
+    stuck = Finding(kind="leftover_directory", path="/b/pool/x", detail="not a worktree", action="left for a person")
+    (raised,) = await there.evaluate(validation=ValidateResult(findings=[stuck], duration_ms=1.0))
+    assert raised.alert.detail["host"] == "host-b"
+    assert await here.evaluate(validation=ValidateResult(findings=[], duration_ms=1.0)) == []
+    assert [c.change for c in await there.evaluate(validation=ValidateResult(findings=[], duration_ms=1.0))] == [
+        "cleared"
+    ]
+    await store.close()
+
+
 RECORDER = """
 import json, os, sys, time
 data = json.load(sys.stdin)
