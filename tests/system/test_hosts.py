@@ -13,8 +13,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import json
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,7 +38,7 @@ from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import SlotState
 from agent_coord.engine.validate.hosts import host_lease
 from agent_coord.store_target import PostgresUrl
-from tests.agent_proc import agent_process, call_step, wait_for
+from tests.agent_proc import agent_process, call_step, proc_env, wait_for
 from tests.conftest import git, make_repo, run_agents
 
 pytestmark = pytest.mark.anyio
@@ -97,7 +100,8 @@ async def test_clones_of_one_origin_are_one_project_and_a_held_branch_names_its_
         repo_a, repo_b = await a.default_repo(), await b.default_repo()
         assert repo_a is not None and repo_b is not None
         assert repo_a.id != repo_b.id and (repo_a.host, repo_b.host) == ("host-a", "host-b")
-        assert repo_a.project == repo_b.project and repo_a.project.endswith("@" + normalise_remote(str(origin)))
+        assert repo_a.project is not None and repo_a.project == repo_b.project
+        assert repo_a.project.endswith("@" + normalise_remote(str(origin)))
         held = await a.pool.allocate("feat/shared")
         text = await conflict(b, "feat/shared")
         assert "on host host-a" in text and held.worktree_id in text and "agent-a" in text
@@ -136,7 +140,46 @@ async def test_a_host_killed_whole_loses_its_claims_once_its_leases_lapse_and_re
         alive.cancel_scope.cancel()
 
 
+# A Claude Code session: the process its hooks run under (the agent process they are attributed to).
+SESSION = (
+    "import subprocess, sys, time\n"
+    "out = subprocess.run(sys.argv[1:], input=sys.stdin.read(), capture_output=True, text=True)\n"
+    "print(out.returncode, out.stdout.strip() or out.stderr.strip().replace(chr(10), ' '), flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+def hook_session(env: dict[str, str], clone: Path, name: str) -> tuple[subprocess.Popen[str], Path]:
+    """A session whose `WorktreeCreate` hook made a worktree (the hook's claim, nothing renews it)."""
+    payload = {"session_id": "5e55-10n", "cwd": str(clone), "hook_event_name": "WorktreeCreate", "name": name}
+    hook = [str(Path(sys.executable).parent / "agent-coord"), "hook", "worktree-create"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SESSION, *hook],
+        env=proc_env(env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(payload))
+    proc.stdin.close()
+    code, out = proc.stdout.readline().split(" ", 1)
+    assert code == "0", out
+    return proc, Path(out.strip())
+
+
 async def crash_and_return(a: Coordinator, env_b: dict[str, str], clone_a: Path, clone_b: Path) -> None:
+    session, hooked = hook_session(env_b, clone_b, "hooked")
+    try:
+        await crash(a, env_b, session)
+    finally:
+        session.kill()
+        session.wait()
+    await lapse_and_return(a, env_b, clone_a, clone_b, hooked)
+
+
+async def crash(a: Coordinator, env_b: dict[str, str], session: subprocess.Popen[str]) -> None:
     async with agent_process(
         env_b, [call_step("allocate_worktree", {"branch": "feat/crash"}, save="w")], AGENT_COORD_AGENT_ID="b-1"
     ) as agent:
@@ -151,28 +194,42 @@ async def crash_and_return(a: Coordinator, env_b: dict[str, str], clone_a: Path,
         (path / "untracked.txt").write_text("untracked\n")
         await wait_for(lambda: _held_lease(a.store, host_lease("host-b")), DEADLINE_S)
         assert "on host host-b" in await conflict(a, "feat/crash")
-        kill_whole_host([psutil.Process(agent.pid), *agent.servers()])
+        # The whole host dies at once: the session, the agent and its server.
+        kill_whole_host([psutil.Process(session.pid), psutil.Process(agent.pid), *agent.servers()])
         await agent.kill()
 
-    # Host B is gone. A's checks lapse its claim once both of its leases lapsed, never before.
+
+async def lapse_and_return(a: Coordinator, env_b: dict[str, str], clone_a: Path, clone_b: Path, hooked: Path) -> None:
+    (crashed,) = [s for s in await a.store.slots() if s.host == "host-b" and s.owner == "b-1"]
+    path = Path(crashed.path)
+    (hook_slot,) = [s for s in await a.store.slots() if s.host == "host-b" and s.path == str(hooked)]
+    assert hook_slot.owner is not None and hook_slot.branch is not None
+    hook_agent = await a.store.agent(hook_slot.owner)
+    assert hook_agent is not None  # its lease: 12 ordinary leases on a shared store (claude/hooks.py)
+    assert hook_agent.lease_expires_at - hook_agent.last_heartbeat == pytest.approx(12 * LEASE_S)
+
+    # Host B is gone. A's checks lapse its claims once both of its leases lapsed, never before.
     passes = 0
 
     async def claimable() -> bool:
         nonlocal passes
         await a.validator_loop.tick()
         passes += 1
-        (slot,) = [s for s in await a.store.slots() if s.host == "host-b"]
-        return slot.state == SlotState.QUARANTINED
+        held = [s for s in await a.store.slots() if s.host == "host-b"]
+        return all(s.state == SlotState.QUARANTINED for s in held)
 
-    await wait_for(claimable, DEADLINE_S, interval=VALIDATE_S / 3)
-    (lapse,) = [e for e in await a.store.events() if e.action == "reclaim" and e.outcome == "lapsed"]
-    agent_row = await a.store.agent("b-1")
-    assert agent_row is not None and agent_row.status == "stale"
-    assert lapse.ts >= agent_row.lease_expires_at  # never before the agent's lease lapsed
-    assert lapse.detail["host"] == "host-b" and lapse.detail["by_host"] == "host-a"
+    await wait_for(claimable, DEADLINE_S * 2, interval=VALIDATE_S / 3)
+    lapses = {e.worktree_id: e for e in await a.store.events() if e.action == "reclaim" and e.outcome == "lapsed"}
+    assert set(lapses) == {crashed.id, hook_slot.id}
+    for slot_id, owner in ((crashed.id, "b-1"), (hook_slot.id, hook_slot.owner)):
+        row = await a.store.agent(owner)
+        assert row is not None and row.status == "stale"
+        assert lapses[slot_id].ts >= row.lease_expires_at  # never before the owner's lease lapsed
+        assert lapses[slot_id].detail["host"] == "host-b" and lapses[slot_id].detail["by_host"] == "host-a"
     assert passes >= 1
-    granted = await a.pool.allocate("feat/crash")
-    assert Path(granted.path).parent == clone_a.parent / "pool"
+    for branch in ("feat/crash", hook_slot.branch):
+        granted = await a.pool.allocate(branch)
+        assert Path(granted.path).parent == clone_a.parent / "pool"
     # Nothing on A touched B's directory: the work is there, as it was left.
     assert await a.validate(repair=True) is not None
     assert (path / "untracked.txt").read_text() == "untracked\n"
@@ -180,7 +237,7 @@ async def crash_and_return(a: Coordinator, env_b: dict[str, str], clone_a: Path,
 
     # Host B comes back: its own validator finds the slot's writer gone and saves the work first.
     async with host_coordinator(env_b, "b-returns") as b:
-        await wait_for(lambda: _rescued(b, path), DEADLINE_S, interval=VALIDATE_S / 3)
+        await wait_for(lambda: _rescued(b, path, hooked), DEADLINE_S, interval=VALIDATE_S / 3)
         (slot,) = [s for s in await b.store.slots() if s.path == str(path)]
         assert slot.state == SlotState.FREE and slot.rescue_ref
         ref = slot.rescue_ref
@@ -197,10 +254,10 @@ async def _held_lease(store: Store, name: str) -> bool:
     return await store.lease(name) is not None
 
 
-async def _rescued(coord: Coordinator, path: Path) -> bool:
+async def _rescued(coord: Coordinator, *paths: Path) -> bool:
     await coord.validator_loop.tick()
-    slots = [s for s in await coord.store.slots() if s.path == str(path)]
-    return bool(slots) and slots[0].state == SlotState.FREE
+    slots = [s for s in await coord.store.slots() if s.path in {str(p) for p in paths}]
+    return len(slots) == len(paths) and all(s.state == SlotState.FREE for s in slots)
 
 
 # ---- a campaign with agents on both hosts ---------------------------------------------------------
