@@ -33,7 +33,7 @@ from agent_coord.engine.radar.snapshot import Snapshot, SnapshotError, admin_dir
 from agent_coord.engine.radar.watch import WorktreeWatcher
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.radar import BASE_PREFIX, RadarPair, RadarTree, RadarWrite
-from agent_coord.engine.store.records import Action, Repo, Slot, SlotState
+from agent_coord.engine.store.records import Action, Repo, Slot, SlotState, of_this_host
 
 logger = logging.getLogger("agent-coord")
 SNAPSHOT_CONCURRENCY = 2  # background work: at most one git process per core of a 2-core machine
@@ -130,11 +130,11 @@ class RadarPass:
             and s.branch is not None
             and s.fencing_token is not None
             # Only worktrees on this host can be snapshotted: another host's are compared there.
-            and s.host in (self.host, None)
+            and of_this_host(s.host, self.host, shared=self.store.postgres)
             and (s.owner not in agents or agents[s.owner].host == self.host)
         ]
         # Each host's radar keeps its own clones' rows: another host's are that host's radar's.
-        repos = [r for r in await self.store.repos() if r.host in (self.host, None)]
+        repos = [r for r in await self.store.repos() if of_this_host(r.host, self.host, shared=self.store.postgres)]
         t = report.stage("store_read", started)
         bounds = await anyio.to_thread.run_sync(_bounds, repos)
         admins = await anyio.to_thread.run_sync(_admin_dirs, live, bounds, report)

@@ -23,6 +23,13 @@ class SlotState(StrEnum):
 HELD_STATES = (SlotState.ALLOCATING, SlotState.BUSY, SlotState.RELEASING)
 
 
+def of_this_host(row_host: str | None, host: str, *, shared: bool) -> bool:
+    """Is a repository or slot recorded under `row_host` this host's to touch? One written before
+    schema 7 (no host yet) is, on a store of one host (SQLite); on a store shared by several it is
+    nobody's until a server of its host resolves the repository (repos.RepoResolver)."""
+    return row_host == host or (row_host is None and not shared)
+
+
 def freed(now: float, rescue_ref: str | None = None) -> dict[str, Any]:
     """The changes that make a slot FREE again: nobody's, no branch, warm since `now`."""
     return {

@@ -30,7 +30,7 @@ from agent_coord.engine.models import ValidateResult
 from agent_coord.engine.observe.alerts import AlertWatch
 from agent_coord.engine.observe.retention import Retention, prune
 from agent_coord.engine.store import EventDraft
-from agent_coord.engine.store.records import HELD_STATES, Action, Slot, SlotState
+from agent_coord.engine.store.records import HELD_STATES, Action, Slot, SlotState, of_this_host
 from agent_coord.engine.validate.hosts import VALIDATOR_LEASE, HostLapser, host_lease
 from agent_coord.engine.validate.validator import Validator
 
@@ -201,8 +201,9 @@ class ValidatorLoop(OverEngine):
     async def suspects(self) -> set[tuple[str, int]]:
         """Held slots (id, version) that a pass would likely take back: the owner is dead or stale, or
         the server that began a transition in flight is gone. A hint only: the pass judges again."""
-        host = self.identity.host
-        held = [s for s in await self.store.slots(None) if s.state in HELD_STATES and s.host in (host, None)]
+        host, shared = self.identity.host, self.store.postgres
+        slots = await self.store.slots(None)
+        held = [s for s in slots if s.state in HELD_STATES and of_this_host(s.host, host, shared=shared)]
         if not held:
             return set()
         agents = {a.id: a for a in await self.store.live_agents()}  # every owner is among them

@@ -37,7 +37,7 @@ from agent_coord.engine.git.worktree_probe import GIT_ADD_MARKER
 from agent_coord.engine.models import Finding, ValidateResult
 from agent_coord.engine.reclaim.reclaimer import Reclaimer
 from agent_coord.engine.store import EventDraft
-from agent_coord.engine.store.records import Action, Repo, SlotState
+from agent_coord.engine.store.records import Action, Repo, SlotState, of_this_host
 from agent_coord.engine.validate.confined import check_confined, pool_root_refused
 from agent_coord.engine.validate.context import Checker, RepoPass, ValidationRun
 from agent_coord.engine.validate.duplicates import check_duplicates
@@ -69,9 +69,11 @@ class Validator(OverEngine):
                 repos = [await self.repos.resolve(repo_arg)]
             else:
                 # Only this host's clones: another host's directories are that host's to touch.
-                host = self.identity.host
+                host, shared = self.identity.host, self.store.postgres
                 repos = [
-                    r for r in await self.store.repos() if r.host in (host, None) and await anyio.Path(r.path).is_dir()
+                    r
+                    for r in await self.store.repos()
+                    if of_this_host(r.host, host, shared=shared) and await anyio.Path(r.path).is_dir()
                 ]
             run = ValidationRun(repair)
             for repo in repos:
