@@ -109,9 +109,10 @@ class RepoResolver:
         return repo
 
     def _known(self, repos: list[Repo], path: str) -> Repo | None:
-        """This host's row for the clone at `path` (or one no host has claimed yet, of an earlier version)."""
-        here = [r for r in repos if r.path == path and r.host in (self.host, None)]
-        return min(here, key=lambda r: r.host is None) if here else None
+        """This host's row for the clone at `path`, or one no host has claimed yet (of an earlier
+        version); on SQLite (one host per file) the row at `path` whatever host id recorded it."""
+        here = [r for r in repos if r.path == path and (r.host in (self.host, None) or not self.store.postgres)]
+        return min(here, key=lambda r: r.host != self.host) if here else None
 
     async def mark_if_own(self, repo: Repo) -> None:
         """Check the repository's pool root (PoolRootRefused) and mark it when it is the pool's own."""
