@@ -104,3 +104,16 @@ async def test_a_project_change_that_would_hold_a_branch_twice_is_not_recorded(s
         assert {s.project for s in await store.slots(b.id)} == {"two"}
     finally:
         await store.close()
+
+
+async def test_a_path_is_one_clone_per_host_and_a_sqlite_file_serves_one_host(store_target: Target) -> None:
+    store = await Store.open(store_target)
+    try:
+        old = await store.ensure_repo("/r", "/r.worktrees", host="old-id", project="p")
+        new = await store.ensure_repo("/r", "/r.worktrees", host="new-id", project="p")
+        if isinstance(store_target, PostgresUrl):
+            assert new.id != old.id and {r.host for r in await store.repos()} == {"old-id", "new-id"}
+        else:  # the same machine under a changed AGENT_COORD_HOST_ID: the row follows it
+            assert new.id == old.id and [r.host for r in await store.repos()] == ["new-id"]
+    finally:
+        await store.close()
