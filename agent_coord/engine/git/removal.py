@@ -172,7 +172,9 @@ async def _put_back(git: GitDriver, slot: Confined, why: str) -> NoReturn:
     """Check the tracked files out again (the index was never touched) and refuse; quarantine-worthy
     (`intact=False`) when even that fails."""
     try:
-        await git.run(slot, "reset", "--hard", "--quiet")
+        # ctime not trusted: what held a file (an immutable flag, an ACL, a scanner) changed only its
+        # ctime, and git would otherwise rewrite that file, which fails for the same reason it was held.
+        await git.run(slot, "-c", "core.trustctime=false", "reset", "--hard", "--quiet")
     except GitError as exc:
         raise RemovalFailed(slot.path, f"{why}; putting its files back failed too: {exc.reason}", intact=False) from exc
     raise RemovalFailed(slot.path, f"{why}; its files were put back, nothing was removed", intact=True)

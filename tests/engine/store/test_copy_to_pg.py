@@ -314,3 +314,24 @@ def test_any_history_is_copied_exactly_or_refused_whole(pg_cluster: Cluster, his
             return
         assert report.verified
         assert anyio.run(read) == on_sqlite
+
+
+async def test_rows_from_before_hosts_are_adopted_by_their_host_on_postgresql(
+    lived: tuple[Settings, Path], pg_url: PostgresUrl
+) -> None:
+    """A SQLite store upgraded from before schema 7 has repositories and slots without a host: copied as
+    they are, and on PostgreSQL the first server of this host to resolve the repository makes them its
+    own (docs/hosts.md), so its warm slots serve the next allocation."""
+    settings, db = lived
+    with sqlite3.connect(db, isolation_level=None) as conn:
+        conn.execute("UPDATE repos SET host = NULL, project = NULL")
+        conn.execute("UPDATE slots SET host = NULL, project = NULL")
+        free = {str(r[0]) for r in conn.execute("SELECT path FROM slots WHERE state = 'FREE'")}
+    assert free and copy_to_postgresql(db, pg_url).verified
+    with raw(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM slots WHERE host IS NOT NULL") == [(0,)]
+    on_pg = settings.model_copy(update={"db": pg_url})
+    async with Coordinator.open(on_pg, register=True, agent_id="agent-after") as c:
+        granted = await c.pool.allocate("feat/adopted")
+        assert granted.path in free  # a warm slot of the copy, not a new one
+        assert {s.host for s in await c.store.slots()} == {settings.host_id}
