@@ -346,7 +346,7 @@ def _forwarded(hook: str, raw: bytes) -> int | None:
     None when no server answers it (none runs, or it leaves this hook to the hook process)."""
     from agent_coord.claude import hook_socket
 
-    if not hook_socket.supported() or len(raw) > MAX_INPUT_BYTES:
+    if sys.platform == "win32" or not hook_socket.supported() or len(raw) > MAX_INPUT_BYTES:
         return None
     path = hook_socket.find_socket()
     if path is None:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 from typing import Any
 
 import anyio
@@ -103,6 +104,8 @@ async def _receive_all(stream: SocketStream) -> bytes:
 
 async def _takes(coord: Coordinator, stream: SocketStream, key: str, request: dict[str, Any]) -> bool:
     """Would the hook that sent `request` answer exactly as this server will (module docstring)?"""
+    if sys.platform == "win32":
+        return False
     hook, raw, cwd = request.get("hook"), request.get("stdin"), request.get("cwd")
     if hook not in hook_run.HOOKS or not isinstance(raw, str) or not isinstance(cwd, str):
         return False
@@ -136,7 +139,9 @@ def _same_directory(a: str, b: str) -> bool:
 
 
 def _peer(stream: SocketStream) -> tuple[int, int] | None:
-    """(pid, uid) of the connected process, from the kernel (SO_PEERCRED)."""
+    """(pid, uid) of the connected process, from the kernel (SO_PEERCRED, Linux only)."""
+    if sys.platform != "linux":
+        return None
     sock: socket.socket = stream.extra(SocketAttribute.raw_socket)  # noqa: S610 - anyio's typed attributes, not Django
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))

@@ -62,6 +62,8 @@ def code_identity() -> list[str]:
 def socket_dir(create: bool = False) -> str | None:
     """The user's private directory for the sockets, or None when it is missing (and not `create`d) or
     is not private (another owner, group or other permissions, not a directory, a symlink)."""
+    if sys.platform == "win32":
+        return None
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isabs(runtime):
         path = os.path.join(runtime, "agent-coord")

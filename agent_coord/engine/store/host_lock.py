@@ -36,6 +36,26 @@ from agent_coord.platform.file_modes import make_private
 if sys.platform != "win32":
     import fcntl
 
+    def _lock(fd: int, *, wait: bool) -> bool:
+        """Take the lock; False when `wait` is off and another holds it."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+else:  # `HostWriterLock.beside` makes none on Windows
+
+    def _lock(fd: int, *, wait: bool) -> bool:
+        raise RuntimeError("no host writer lock on Windows")
+
+    def _unlock(fd: int) -> None:
+        raise RuntimeError("no host writer lock on Windows")
+
+
 T = TypeVar("T")
 
 
@@ -73,16 +93,11 @@ class HostWriterLock:
     async def run(self, fn: Callable[[], T], timeout_s: float, *, on_loop: bool) -> tuple[T] | None:
         """`(fn(),)` run under the lock, or None if the lock stayed taken `timeout_s` (`fn` never ran).
         `on_loop`: run `fn` on the calling thread if the lock is free (`fn` must be short)."""
-        if on_loop:
+        if on_loop and _lock(self._fast, wait=False):
             try:
-                fcntl.flock(self._fast, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pass
-            else:
-                try:
-                    return (fn(),)
-                finally:
-                    fcntl.flock(self._fast, fcntl.LOCK_UN)
+                return (fn(),)
+            finally:
+                _unlock(self._fast)
         loop = asyncio.get_running_loop()
         request: _Request[T] = _Request(fn, loop, loop.create_future())
         if self._thread is None:
@@ -127,7 +142,7 @@ class HostWriterLock:
             with request.lock:
                 if request.abandoned:
                     continue
-            fcntl.flock(self._slow, fcntl.LOCK_EX)
+            _lock(self._slow, wait=True)
             try:
                 with request.lock:
                     if request.abandoned:
@@ -140,7 +155,7 @@ class HostWriterLock:
                 else:
                     _call_soon(request, result, None)
             finally:
-                fcntl.flock(self._slow, fcntl.LOCK_UN)
+                _unlock(self._slow)
 
 
 def _call_soon(request: _Request[Any], result: Any, exc: BaseException | None) -> None:
