@@ -9,12 +9,12 @@ each must then be given its own `AGENT_COORD_HOST_ID`.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import re
 import socket
 import sys
 from pathlib import Path
+
+from agent_coord.platform.process_identity import sysctl_text
 
 HOST_ID_MAX = 64
 HOST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -49,18 +49,7 @@ def default_host_id() -> str:
 
 def _macos_uuid() -> str | None:
     """`kern.uuid`: the hardware UUID (IOPlatformUUID), without running `ioreg`."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        size = ctypes.c_size_t(64)
-        buf = ctypes.create_string_buffer(size.value)
-        if libc.sysctlbyname(b"kern.uuid", buf, ctypes.byref(size), None, ctypes.c_size_t(0)) != 0:
-            return None
-    except (OSError, AttributeError):
-        return None
-    return buf.value.decode(errors="replace").strip() or None
+    return sysctl_text(b"kern.uuid")
 
 
 def _windows_machine_guid() -> str | None:

@@ -54,8 +54,8 @@ def start_since_boot(pid: int) -> float | None:
         return None
 
 
-def _macos_boot_session() -> str | None:
-    """`kern.bootsessionuuid`: a UUID the kernel draws at boot."""
+def sysctl_text(key: bytes) -> str | None:
+    """A text value of the BSD kernel's `sysctlbyname` (macOS), or None where it cannot be read."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
@@ -63,11 +63,16 @@ def _macos_boot_session() -> str | None:
         libc = ctypes.CDLL(name, use_errno=True)
         size = ctypes.c_size_t(64)
         buf = ctypes.create_string_buffer(size.value)
-        if libc.sysctlbyname(b"kern.bootsessionuuid", buf, ctypes.byref(size), None, ctypes.c_size_t(0)) != 0:
+        if libc.sysctlbyname(key, buf, ctypes.byref(size), None, ctypes.c_size_t(0)) != 0:
             return None
     except (OSError, AttributeError):
         return None
-    text = buf.value.decode(errors="replace").strip()
+    return buf.value.decode(errors="replace").strip() or None
+
+
+def _macos_boot_session() -> str | None:
+    """`kern.bootsessionuuid`: a UUID the kernel draws at boot."""
+    text = sysctl_text(b"kern.bootsessionuuid")
     return f"macos-{text}" if text else None
 
 

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import anyio
 
 from agent_coord.engine.errors import CoordError, ErrorCode
-from agent_coord.engine.store.dialect import Db
+from agent_coord.engine.store.dialect import Db, run_to_the_end
 from agent_coord.engine.store.host_lock import HostWriterLock
 from agent_coord.engine.store.schema import MIGRATIONS
 from agent_coord.platform.file_modes import create_private_file, make_private
@@ -296,21 +296,11 @@ class Connection:
         return self
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn` in the connection's thread and wait until it has finished, whatever happens.
-
-        The callers' anyio shields cover anyio cancellation; a native `Task.cancel()` gets past them,
-        so the call is also shielded here, and a cancelled caller still waits for the thread before
-        its lock is released: the connection is never used by two calls at once."""
+        """Run `fn` in the connection's thread to its end (`run_to_the_end`): the connection is never
+        used by two calls at once."""
         if self._closed:
             raise StoreClosedError("the store is closed")
-        future = asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            while not future.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([future])
-            raise
+        return await run_to_the_end(self._thread, fn, *args)
 
     async def _migrate(self) -> None:
         def step(conn: Db) -> None:

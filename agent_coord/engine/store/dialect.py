@@ -9,8 +9,11 @@ reviewed together.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -65,3 +68,18 @@ def sql(conn: Db, *, sqlite: str, postgresql: str) -> str:
 class ConstraintError(sqlite3.IntegrityError):
     """A constraint of the PostgreSQL schema refused a write (unique branch, foreign key): raised as the
     `sqlite3.IntegrityError` the engine already handles for SQLite, so the engine does not care which."""
+
+
+async def run_to_the_end(executor: Executor, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn` in `executor` and wait until it has finished, whatever happens. The callers' anyio
+    shields cover anyio cancellation; a native `Task.cancel()` gets past them, so the call is shielded
+    here too, and a cancelled caller still waits for the thread: a transaction always ends in COMMIT or
+    ROLLBACK before its connection is used again."""
+    future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        raise

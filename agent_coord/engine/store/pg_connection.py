@@ -47,7 +47,7 @@ from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
 from agent_coord.engine.store.connection import StoreBusyError, StoreClosedError, StoreUnavailableError
-from agent_coord.engine.store.dialect import ConstraintError, Db
+from agent_coord.engine.store.dialect import ConstraintError, Db, run_to_the_end
 from agent_coord.engine.store.schema import MIGRATIONS
 from agent_coord.engine.store.schema_pg import MIGRATION_LOCK, PG_MIGRATIONS, WRITER_LOCK
 from agent_coord.store_target import PostgresUrl
@@ -297,14 +297,7 @@ class PgConnection:
         caller still waits, so a transaction always ends in COMMIT or ROLLBACK before it moves on."""
         if self._closed:
             raise StoreClosedError("the store is closed")
-        future = asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            while not future.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([future])
-            raise
+        return await run_to_the_end(self._threads, fn, *args)
 
     def _with_connection(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         try:
