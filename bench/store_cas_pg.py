@@ -40,6 +40,8 @@ from bench.cas_cycle import LEASE_S
 
 RETRIES = 12
 HELD = ("ALLOCATING", "BUSY", "RELEASING")
+# The raw baseline's repository row: a host of its own, as the store records one (schema 7).
+RAW_HOST = "bench-raw"
 
 
 # ---- the raw baseline ------------------------------------------------------------------------------
@@ -87,10 +89,11 @@ class RawPg(harness.RawIdentity):
 
     def _ensure_repo(self) -> int:
         self.conn.execute(
-            "INSERT INTO repos (path, pool_root, created_at) VALUES (%s, %s, %s) ON CONFLICT(path) DO NOTHING",
-            ("/bench/repo", "/bench/pool", time.time()),
+            "INSERT INTO repos (path, pool_root, created_at, host) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT(host, path) DO NOTHING",
+            ("/bench/repo", "/bench/pool", time.time(), RAW_HOST),
         )
-        row = self._one("SELECT * FROM repos WHERE path = %s", ("/bench/repo",))
+        row = self._one("SELECT * FROM repos WHERE path = %s AND host = %s", ("/bench/repo", RAW_HOST))
         assert row is not None
         return int(row["id"])
 
