@@ -18,6 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent_coord.platform.host_id import default_host_id, valid_host_id
+from agent_coord.settings_file import read_settings_file
 from agent_coord.store_target import PostgresUrl, parse_store_target, read_password_file
 
 DEFAULT_AGENT_PATTERNS = ("claude", "@anthropic-ai/claude-code", "claude-code")
@@ -56,14 +57,8 @@ def _is_complex(annotation: Any) -> bool:
 
 def _toml_values(fields: Iterable[str]) -> dict[str, Any]:
     """`AGENT_COORD_CONFIG` (a TOML file), at lower priority than the environment."""
-    path = os.environ.get("AGENT_COORD_CONFIG")
-    if not path:
-        return {}
-    with open(path, "rb") as fh:
-        raw = tomllib.load(fh)
-    section = raw.get("agent-coord", raw)
     known = set(fields)
-    return {key: value for key, value in ((str(k).lower(), v) for k, v in section.items()) if key in known}
+    return {key: value for key, value in read_settings_file().items() if key in known}
 
 
 def _env_values(fields: dict[str, Any]) -> dict[str, Any]:

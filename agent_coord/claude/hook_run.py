@@ -178,6 +178,16 @@ def _settings(out: Answer) -> Settings:
         out.fail(exc.line(), EXIT_USAGE)
 
 
+def _read(out: Answer, model: type[M], raw: bytes, chdir: bool) -> tuple[M, Settings]:
+    """The hook's input and settings (or the hook fails, saying why), working from the session's
+    directory when `chdir`."""
+    payload = _payload(out, model, raw)
+    settings = _settings(out)
+    if chdir:
+        _enter(payload.cwd)
+    return payload, settings
+
+
 def _enter(cwd: str | None) -> None:
     """Work from the session's directory, so the default repository is the session's repository."""
     if cwd and os.path.isabs(cwd) and os.path.isdir(cwd):
@@ -229,8 +239,7 @@ async def _worktree_create(out: Answer, raw: bytes, chdir: bool, claude_pid: str
     )
     from agent_coord.engine.errors import CoordError
 
-    payload = _payload(out, WorktreeCreateInput, raw)
-    settings = _settings(out)
+    payload, settings = _read(out, WorktreeCreateInput, raw, chdir)
     name = payload.requested_name
     if name is None:
         out.fail("INVALID_ARGUMENT: hook input has no worktree name (expected `name` or `worktree_name`)")
@@ -238,8 +247,6 @@ async def _worktree_create(out: Answer, raw: bytes, chdir: bool, claude_pid: str
         branch = branch_for(name, settings.branch_prefix)
     except CoordError as exc:
         out.fail(str(exc))
-    if chdir:
-        _enter(payload.cwd)
 
     async def create(coord: Coordinator) -> tuple[AllocationResult, str | None]:
         result = await create_worktree(coord, payload, branch)
@@ -268,10 +275,7 @@ async def _worktree_remove(out: Answer, raw: bytes, chdir: bool) -> None:
     """WorktreeRemove: give the slot at `worktree_path` back, kept warm; a dirty slot stays held."""
     from agent_coord.claude.hooks import WorktreeRemoveInput, hook_identity, remove_worktree
 
-    payload = _payload(out, WorktreeRemoveInput, raw)
-    settings = _settings(out)
-    if chdir:
-        _enter(payload.cwd)
+    payload, settings = _read(out, WorktreeRemoveInput, raw, chdir)
     result = await _with_coordinator(
         out,
         lambda coord: remove_worktree(coord, payload),
@@ -287,10 +291,7 @@ async def _session_start(out: Answer, raw: bytes, chdir: bool) -> None:
     from agent_coord.claude.hooks import SessionStartInput, hook_identity, session_context
     from agent_coord.engine.errors import CoordError, ErrorCode
 
-    payload = _payload(out, SessionStartInput, raw)
-    settings = _settings(out)
-    if chdir:
-        _enter(payload.cwd)
+    payload, settings = _read(out, SessionStartInput, raw, chdir)
 
     async def context(coord: Coordinator) -> str | None:
         try:
@@ -316,10 +317,7 @@ async def _session_end(out: Answer, raw: bytes, chdir: bool, as_agent: str | Non
     `as_agent`/`as_origin`: the watcher (claude/watch.py) ends a session as the agent its hook made."""
     from agent_coord.claude.hooks import SessionEndInput, end_session, hook_identity
 
-    payload = _payload(out, SessionEndInput, raw)
-    settings = _settings(out)
-    if chdir:
-        _enter(payload.cwd)
+    payload, settings = _read(out, SessionEndInput, raw, chdir)
     identity = hook_identity(payload.session_id, settings.agent_id)
     if as_agent:
         identity = (as_agent, ORIGINS.get(as_origin, "explicit"))

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Literal
 
 import anyio
@@ -207,23 +207,19 @@ class Coordinator(OverEngine):
             raise CoordError(ErrorCode.INVALID_ARGUMENT, "note must be at most 4096 characters")
         changed = status != self.agent_status
         self.agent_status = status
-        agent, _ = await self.store.heartbeat(
+        beat = partial(
+            self.store.heartbeat,
             self.agent_id,
             status=status,
             note=note,
             lease_s=self.settings.stale_after_s,
             server_pid=self.identity.server_pid,
         )
+        agent, _ = await beat()
         if agent is None:
             # Another server took this id over, or validation marked us gone: register again.
             await self.register()
-            agent, _ = await self.store.heartbeat(
-                self.agent_id,
-                status=status,
-                note=note,
-                lease_s=self.settings.stale_after_s,
-                server_pid=self.identity.server_pid,
-            )
+            agent, _ = await beat()
         if changed:
             self._wake.set()
         held = [s.id for s in await self.store.slots() if s.owner == self.agent_id and s.state in HELD_STATES]

@@ -20,6 +20,8 @@ import os
 import sqlite3
 import sys
 
+from agent_coord.settings_file import read_settings_file
+
 # `typing` costs a few ms of the hook's start-up; annotations are never evaluated here (PEP 563).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,18 +37,6 @@ MAX_INPUT_BYTES = 1 << 20
 
 class GuardError(Exception):
     pass
-
-
-def _settings_file() -> dict[str, Any]:
-    path = os.environ.get("AGENT_COORD_CONFIG")
-    if not path:
-        return {}
-    import tomllib
-
-    with open(path, "rb") as fh:
-        raw = tomllib.load(fh)
-    section = raw.get("agent-coord", raw)
-    return {str(k).lower(): v for k, v in section.items()}
 
 
 def _setting(name: str, file: dict[str, Any]) -> str | None:
@@ -204,7 +194,7 @@ def decide(raw_event: str, mode: str, conn: sqlite3.Connection, query: Query | N
 def run(stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     """Always exits 0: the guard never blocks by failing."""
     try:
-        file = _settings_file()
+        file = read_settings_file()
         mode = (_setting("edit_guard", file) or "warn").lower()
         if mode not in MODES:
             raise GuardError(f"AGENT_COORD_EDIT_GUARD must be one of {', '.join(MODES)}, not {mode!r}")
