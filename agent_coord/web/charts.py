@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, Field
 
 from agent_coord.engine.errors import ErrorCode
-from agent_coord.engine.observe.metrics import CALLER_ERRORS
+from agent_coord.engine.observe.metrics import CALLER_ERRORS, busy_intervals
 from agent_coord.engine.store.records import Action, Event
 
 HOUR_S = 3600.0
@@ -60,24 +60,6 @@ def latency_histogram(durations: Sequence[float]) -> list[LatencyBucket]:
         counts[i] += 1
     bounds: list[float | None] = [*LATENCY_BOUNDS_MS, None]
     return [LatencyBucket(upper_ms=b, count=c) for b, c in zip(bounds, counts, strict=True)]
-
-
-def busy_intervals(events: Sequence[Event], now: float) -> list[tuple[float, float]]:
-    """(start, end) of every time a slot was held, by the rules of the ``pool_utilization`` metric."""
-    held_since: dict[str, float] = {}
-    out: list[tuple[float, float]] = []
-    for e in sorted((e for e in events if e.ts <= now), key=lambda e: (e.ts, e.id)):
-        wid = e.worktree_id
-        if wid is None:
-            continue
-        if (e.action == Action.ALLOCATE and e.outcome == "ok") or (e.action == Action.ADOPT and e.outcome == "BUSY"):
-            if wid in held_since:
-                out.append((held_since[wid], e.ts))
-            held_since[wid] = e.ts
-        elif ((e.action == Action.RELEASE and e.outcome == "ok") or e.action == Action.RECLAIM) and wid in held_since:
-            out.append((held_since.pop(wid), e.ts))
-    out.extend((start, now) for start in held_since.values())
-    return out
 
 
 def compute_charts(events: Sequence[Event], *, now: float, window_s: float, slot_count: int) -> Charts:

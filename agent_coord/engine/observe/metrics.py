@@ -288,20 +288,10 @@ def _conflict_rate(attempts: int, branch: int, cas_lost: int, min_samples: int) 
     )
 
 
-def _busy_seconds(events: Sequence[Event], span_start: float, now: float) -> tuple[float, int]:
-    """Busy slot-seconds inside [span_start, now] and the number of intervals that overlap it."""
+def busy_intervals(events: Sequence[Event], now: float) -> list[tuple[float, float]]:
+    """(start, end) of every time a slot was held up to `now`, by the rules of `pool_utilization`."""
     held_since: dict[str, float] = {}
-    busy = 0.0
-    intervals = 0
-
-    def close(worktree_id: str, end: float) -> None:
-        nonlocal busy, intervals
-        start = max(held_since.pop(worktree_id), span_start)
-        end = min(end, now)
-        if end > start:
-            busy += end - start
-            intervals += 1
-
+    out: list[tuple[float, float]] = []
     # Same-timestamp events keep log order (ids increase with insertion).
     for e in sorted((e for e in events if e.ts <= now), key=lambda e: (e.ts, e.id)):
         wid = e.worktree_id
@@ -310,13 +300,18 @@ def _busy_seconds(events: Sequence[Event], span_start: float, now: float) -> tup
         # A grant, or a busy worktree taken into the pool by import, opens a busy interval.
         if (e.action == Action.ALLOCATE and e.outcome == "ok") or (e.action == Action.ADOPT and e.outcome == "BUSY"):
             if wid in held_since:
-                close(wid, e.ts)
+                out.append((held_since[wid], e.ts))
             held_since[wid] = e.ts
-        elif ((e.action == Action.RELEASE and e.outcome == "ok") or e.action == Action.RECLAIM) and (wid in held_since):
-            close(wid, e.ts)
-    for wid in list(held_since):
-        close(wid, now)
-    return busy, intervals
+        elif ((e.action == Action.RELEASE and e.outcome == "ok") or e.action == Action.RECLAIM) and wid in held_since:
+            out.append((held_since.pop(wid), e.ts))
+    out.extend((start, now) for start in held_since.values())
+    return out
+
+
+def _busy_seconds(events: Sequence[Event], span_start: float, now: float) -> tuple[float, int]:
+    """Busy slot-seconds inside [span_start, now] and the number of intervals that overlap it."""
+    inside = [(max(start, span_start), end) for start, end in busy_intervals(events, now)]
+    return sum(end - start for start, end in inside if end > start), sum(1 for start, end in inside if end > start)
 
 
 def _utilization(busy: float, intervals: int, span: float, slot_count: int) -> Metric:

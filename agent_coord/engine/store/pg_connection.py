@@ -21,7 +21,9 @@ write that read the unflushed one is flushed behind it before it is acknowledged
 A transaction that fails on a serialization failure, a deadlock or a lock timeout is retried whole,
 with bounded, jittered back-off; one whose connection broke before `COMMIT` was sent is retried on a
 new connection (the server rolled it back); a broken `COMMIT`, or a server that stays away, is
-STORE_UNAVAILABLE, within a few seconds, never a hang.
+STORE_UNAVAILABLE, within a few seconds, never a hang. A flush cut short by the server's clean shutdown
+(or by an administrator ending the connection) is no such case: the write committed and the server
+writes its WAL out before it stops, so it is acknowledged.
 
 Reads run in `REPEATABLE READ READ ONLY` transactions: several SELECTs see one snapshot, as a SQLite
 deferred transaction does.
@@ -328,7 +330,14 @@ class PgConnection:
             committing = True
             conn.execute("COMMIT")
             if begin == WRITE_BEGIN:
-                conn.execute(FLUSH)  # durable before it is acknowledged (see the module's docstring)
+                try:
+                    conn.execute(FLUSH)  # durable before it is acknowledged (see the module's docstring)
+                except pg_errors.AdminShutdown:
+                    # COMMIT answered, so the write stands, and it is durable: a clean shutdown (smart or
+                    # fast) writes every WAL record before the server stops, and a backend an administrator
+                    # terminated leaves the server's WAL writer running. Reported as unknown, the caller
+                    # would take a done release for undone (and write on in a worktree no longer its own).
+                    return result
             return result
         except psycopg.OperationalError as exc:
             if isinstance(exc, RETRYABLE):

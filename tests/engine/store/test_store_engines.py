@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from agent_coord.config import Settings, SettingsError, load_settings
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.observe.watch import ChangeWatcher
-from agent_coord.engine.store import BranchHeldError, EventDraft, SlotAdoption, Store
+from agent_coord.engine.store import BranchHeldError, EventDraft, SlotAdoption, Store, pg_connection
 from agent_coord.engine.store.connection import StoreUnavailableError
 from agent_coord.engine.store.radar import RadarPair, RadarTree, RadarWrite
 from agent_coord.engine.store.records import Agent, SlotState, freed
@@ -471,6 +471,51 @@ async def test_a_restart_of_the_server_is_survived(pg_cluster: Cluster, pg_url: 
     assert after and before.fencing_token and after.fencing_token and after.fencing_token > before.fencing_token
     assert {s.branch for s in await store.slots(repo.id)} == {"x", "y"}
     await store.close()
+
+
+async def test_a_write_whose_flush_meets_a_clean_shutdown_is_acknowledged(
+    pg_cluster: Cluster, pg_url: PostgresUrl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """COMMIT answered, then the flush is cut short (here: the backend ends itself, as a fast shutdown
+    or an administrator ends it): the write is done and said to be done, not STORE_UNAVAILABLE."""
+    store = await Store.open(pg_url)
+    try:
+        repo = await store.ensure_repo("/r", "/pool")
+        monkeypatch.setattr(pg_connection, "FLUSH", "SELECT pg_terminate_backend(pg_backend_pid())")
+        claimed = await store.claim_new_slot(repo, owner="a", branch="x", task=None, lease_s=60, pool_max=4)
+        assert claimed is not None and claimed.owner == "a"
+        monkeypatch.undo()
+        (slot,) = await store.slots(repo.id)
+        assert (slot.id, slot.owner, slot.branch) == (claimed.id, "a", "x")
+    finally:
+        await store.close()
+
+
+def test_a_fast_shutdown_ends_a_flush_with_admin_shutdown_and_keeps_the_commit(pg_cluster: Cluster) -> None:
+    """What the store's answer above rests on, asked of PostgreSQL itself: a commit that did not wait for
+    its WAL, then a fast shutdown before the flush. The flush fails with 57P01 (and nothing else would
+    tell it from a lost connection); the committed row is there after the restart."""
+    import psycopg
+    from psycopg import errors as pg_errors
+
+    url = pg_cluster.create_database("flush_shutdown")
+    with psycopg.connect(url, autocommit=True) as setup:
+        setup.execute("CREATE TABLE t (x int)")
+    conn = psycopg.connect(url, autocommit=True)
+    try:
+        conn.execute("BEGIN; SET LOCAL synchronous_commit = off")
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.execute("COMMIT")
+        pg_cluster.stop("fast")
+        try:
+            with pytest.raises(pg_errors.AdminShutdown):
+                conn.execute(pg_connection.FLUSH)
+        finally:
+            pg_cluster.start()
+    finally:
+        conn.close()
+    with psycopg.connect(url, autocommit=True) as check:
+        assert check.execute("SELECT count(*) FROM t").fetchone() == (1,)
 
 
 # ---- many processes ----------------------------------------------------------------------------------
