@@ -31,6 +31,9 @@ from tests.conftest import git, make_repo
 from tests.installed import Installed
 from tests.paths import ROOT
 
+# Every test of the installed wheel on one worker: the wheel is built and installed once, not per worker.
+pytestmark = pytest.mark.xdist_group("installed-wheel")
+
 LOCAL_CLAUDE = ROOT / ".ci" / "claude" / "node_modules" / ".bin" / "claude"
 RUN_TIMEOUT_S = 120.0
 SESSION_EVENTS = ("SessionStart", "SessionEnd")

@@ -20,6 +20,9 @@ from tests.claude.test_hooks import create_payload, session_payload
 from tests.conftest import git
 from tests.installed import Installed
 
+# Every test of the installed wheel on one worker: the wheel is built and installed once, not per worker.
+pytestmark = pytest.mark.xdist_group("installed-wheel")
+
 SKILLS = {"allocate-worktree", "release-worktree", "multi-agent-conflict", "parallel-agent-coordination"}
 TOOLS = {"allocate_worktree", "release_worktree", "heartbeat", "status", "validate"}
 EVENTS = {
