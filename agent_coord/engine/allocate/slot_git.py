@@ -10,8 +10,10 @@ from pathlib import Path
 
 import anyio
 
+from agent_coord.engine.concurrency import gather
 from agent_coord.engine.git.confinement import Bounds, Confined, Shape, mark_pool_root, shape
-from agent_coord.engine.git.driver import GitDriver, GitError, WorktreeInfo
+from agent_coord.engine.git.driver import GitDriver, GitError, WorktreeInfo, WorktreeStatus
+from agent_coord.engine.git.seal import untouched
 from agent_coord.engine.git.worktree_probe import clear_confined_add_marker, index_locked
 from agent_coord.engine.reclaim.rescue import save_work
 from agent_coord.engine.repos import bounds_of
@@ -58,7 +60,14 @@ async def switch_warm_slot(
     "HEAD is at a branch tip, so nothing is unsaved" from refs read before the claim would trust a
     picture up to the allocation timeout old, and a branch deleted or moved meanwhile would leave the
     slot's commits only in a reflog that the next `worktree remove` deletes."""
-    state = await git.status(path, expect_detached=True)
+    # Its release's seal, when it proves nothing touched the slot since, spares a `git status` (git/seal.py).
+    # The unsaved-commit count runs beside the check all the same: the branch the slot was released from
+    # may have been deleted since.
+    sealed, unsaved = await gather(untouched(path), git.unsaved_commits(path))
+    if sealed is not None:
+        state = WorktreeStatus(changed=[], unsaved_commits=unsaved, branch=None, head=sealed.head)
+    else:
+        state = await git.status(path, expect_detached=True, unsaved_counted=unsaved)
     if state.dirty:
         await save_work(git, store, agent_id, slot, path, "stray changes in a free slot")
         await git.discard_changes(path)

@@ -27,6 +27,7 @@ from agent_coord.engine.git.operations import (
 )
 from agent_coord.engine.git.removal import RemovalFailed, remove_worktree
 from agent_coord.engine.git.rescue_commit import RescueFailed, WorktreeChanged, worktree_trees
+from agent_coord.engine.git.seal import mark_before_status, seal_after_release
 from agent_coord.engine.git.worktree_listing import WorktreeListing
 from agent_coord.engine.git.worktree_record import WorktreeRecord, read_worktree_record
 from agent_coord.engine.liveness.judge import judge, same_agent
@@ -407,7 +408,10 @@ class Releaser(OverEngine):
                     ErrorCode.OPERATION_IN_PROGRESS,
                     f"{slot.id}: {describe(stopped, path)}; then release again (nothing was released)",
                 )
-        status = await self.git.status(slot_dir) if record is not None and form == Shape.WORKTREE else None
+        in_place = record is not None and form == Shape.WORKTREE
+        # Taken before the status: what the status finds clean, the next allocation may trust (git/seal.py).
+        before = await mark_before_status(slot_dir) if in_place and not remove else None
+        status = await self.git.status(slot_dir) if in_place else None
         dirty = bool(status and status.dirty)
         if status is not None and dirty:
             nested = await anyio.to_thread.run_sync(unsaveable_work, path, status.changed)
@@ -466,8 +470,11 @@ class Releaser(OverEngine):
             if record is not None:
                 if remove:
                     await remove_worktree(self.git, Path(repo.path), slot_dir)
-                elif status is not None and status.branch is not None:
-                    await self.git.detach(slot_dir)
+                else:
+                    if status is not None and status.branch is not None:
+                        await self.git.detach(slot_dir)
+                    if before is not None and status is not None and status.head is not None and not dirty:
+                        await seal_after_release(slot_dir, before, status.head)
             # With no git entry for the slot there is nothing to prune; a repo-wide `git worktree prune`
             # here would drop other vanished worktrees' entries before validation saved their work.
         except GitError as exc:

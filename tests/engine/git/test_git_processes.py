@@ -1,0 +1,64 @@
+"""How many git processes a warm allocate+release cycle runs: counted by a spy around the git driver."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.engine.git.seal_support import quiet_for_the_margin, short_margin
+
+pytestmark = pytest.mark.anyio
+
+# for-each-ref, worktree list, rev-list and switch to allocate; status and switch --detach to release.
+WARM_CYCLE_GIT_PROCESSES = 6
+
+
+@contextmanager
+def spied(driver: Any) -> Iterator[list[tuple[str, ...]]]:
+    """Every git command the driver runs (its `run` and `run_input`), in order."""
+    calls: list[tuple[str, ...]] = []
+    run, run_input = driver.run, driver.run_input
+
+    async def spy_run(cwd: Any, *args: str, **kw: Any) -> str:
+        calls.append(args)
+        return str(await run(cwd, *args, **kw))
+
+    async def spy_input(cwd: Any, text: str, *args: str, **kw: Any) -> str:
+        calls.append(args)
+        return str(await run_input(cwd, text, *args, **kw))
+
+    driver.run, driver.run_input = spy_run, spy_input
+    try:
+        yield calls
+    finally:
+        del driver.run, driver.run_input
+
+
+async def test_a_warm_cycle_runs_one_status(coord: Any, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    short_margin(monkeypatch)
+    first = await coord.pool.allocate("feat/warm-up")
+    await quiet_for_the_margin(Path(first.path))  # files just written by `worktree add` are too new to seal
+    await coord.pool.release(worktree_id=first.worktree_id)
+    with spied(coord.pool.git) as calls:
+        again = await coord.pool.allocate("feat/cycle")
+        allocate = list(calls)
+        await coord.pool.release(worktree_id=again.worktree_id)
+    release = calls[len(allocate) :]
+    assert again.reused and again.worktree_id == first.worktree_id
+    commands = [c[0] for c in calls]
+    assert commands.count("status") == 1, commands
+    assert [c[0] for c in release] == ["status", "switch"], commands
+    assert len(calls) <= WARM_CYCLE_GIT_PROCESSES, commands
+
+
+async def test_a_slot_touched_since_its_release_gets_a_status(coord: Any, repo: Path) -> None:
+    """The default margin: a slot whose files are younger than it is never trusted on its seal."""
+    first = await coord.pool.allocate("feat/fresh")
+    await coord.pool.release(worktree_id=first.worktree_id)
+    with spied(coord.pool.git) as calls:
+        await coord.pool.allocate("feat/after-fresh")
+    assert "status" in [c[0] for c in calls]
