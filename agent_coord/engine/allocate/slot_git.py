@@ -10,7 +10,6 @@ from pathlib import Path
 
 import anyio
 
-from agent_coord.engine.concurrency import gather
 from agent_coord.engine.git.confinement import Bounds, Confined, Shape, mark_pool_root, shape
 from agent_coord.engine.git.driver import GitDriver, GitError, WorktreeInfo, WorktreeStatus
 from agent_coord.engine.git.seal import untouched
@@ -61,13 +60,14 @@ async def switch_warm_slot(
     picture up to the allocation timeout old, and a branch deleted or moved meanwhile would leave the
     slot's commits only in a reflog that the next `worktree remove` deletes."""
     # Its release's seal, when it proves nothing touched the slot since, spares a `git status` (git/seal.py).
-    # The unsaved-commit count runs beside the check all the same: the branch the slot was released from
-    # may have been deleted since.
-    sealed, unsaved = await gather(untouched(path), git.unsaved_commits(path))
-    if sealed is not None:
-        state = WorktreeStatus(changed=[], unsaved_commits=unsaved, branch=None, head=sealed.head)
+    # Commits only its HEAD holds are counted all the same (the branch it was released from may have been
+    # deleted since), unless that branch's ref file still names HEAD.
+    proof = await untouched(path)
+    if proof is None:
+        state = await git.status(path, expect_detached=True)
     else:
-        state = await git.status(path, expect_detached=True, unsaved_counted=unsaved)
+        unsaved = 0 if proof.saved_by_branch else await git.unsaved_commits(path)
+        state = WorktreeStatus(changed=[], unsaved_commits=unsaved, branch=None, head=proof.head)
     if state.dirty:
         await save_work(git, store, agent_id, slot, path, "stray changes in a free slot")
         await git.discard_changes(path)

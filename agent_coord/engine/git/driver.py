@@ -259,16 +259,10 @@ class GitDriver:
         await self.run(repo, *args)
 
     async def status(
-        self,
-        worktree: Confined,
-        *,
-        expect_detached: bool = False,
-        count_unsaved: bool = True,
-        unsaved_counted: int | None = None,
+        self, worktree: Confined, *, expect_detached: bool = False, count_unsaved: bool = True
     ) -> WorktreeStatus:
         """Changed and untracked files, the branch and HEAD, in one `git status` (porcelain v2), and the
-        commits only a detached HEAD holds. With `expect_detached` (a FREE slot) both run at once;
-        `unsaved_counted` is a count the caller took just before (then not counted again)."""
+        commits only a detached HEAD holds. With `expect_detached` (a FREE slot) both run at once."""
         status_args = (
             "status",
             "--porcelain=v2",
@@ -277,9 +271,7 @@ class GitDriver:
             "--untracked-files=all",
             "--ignore-submodules=none",
         )
-        if expect_detached and unsaved_counted is not None:
-            out, count = await self.run(worktree, *status_args, env={"GIT_OPTIONAL_LOCKS": "1"}), unsaved_counted
-        elif expect_detached:
+        if expect_detached:
             # A FREE slot is ours, not an agent's: let status write back the index it refreshed (an
             # optional lock), or a slot whose index was written in the second its files were (racily
             # clean entries) has every file re-read by every status until something rewrites it.

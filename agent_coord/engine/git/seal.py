@@ -67,6 +67,15 @@ class Seal:
     since_ns: int
     head: str
     index: FileId | None
+    branch: str | None  # the branch the release detached the slot from, at `head` then
+
+
+@dataclass(frozen=True)
+class Proof:
+    """What an allocation may take as its status: clean, detached at `head`."""
+
+    head: str
+    saved_by_branch: bool  # `head` is still its release branch's tip: no commit only HEAD holds
 
 
 def _file_id(path: Path) -> FileId | None:
@@ -101,16 +110,23 @@ def drop(admin: Path) -> None:
         os.unlink(admin / SEAL_FILE)
 
 
-def write(slot_dir: Path, admin: Path, before: SealMark, head: str) -> bool:
-    """Seal a slot found clean by a status that started after `before`, and since detached at `head`.
-    False (and no seal) when what the status saw may have changed: another index, another HEAD."""
+def write(slot_dir: Path, admin: Path, before: SealMark, head: str, branch: str | None) -> bool:
+    """Seal a slot found clean by a status that started after `before`, and since detached at `head`
+    (from `branch`, when it was on one). False (and no seal) when what the status saw may have
+    changed: another index, another HEAD."""
     drop(admin)
     try:
         if os.lstat(slot_dir).st_dev != os.lstat(admin).st_dev:
             return False  # two file systems: two clocks
         if _head(admin) != head or _file_id(admin / "index") != before.index or _busy(admin):
             return False
-        body = {"version": SEAL_VERSION, "since_ns": before.since_ns, "head": head, "index": before.index}
+        body = {
+            "version": SEAL_VERSION,
+            "since_ns": before.since_ns,
+            "head": head,
+            "index": before.index,
+            "branch": branch,
+        }
         tmp = admin / f"{SEAL_FILE}.tmp"
         tmp.write_text(json.dumps(body), encoding="utf-8")
         os.replace(tmp, admin / SEAL_FILE)
@@ -136,7 +152,13 @@ def read(admin: Path) -> Seal | None:
             return None
         index = body["index"]
         dev, ino, size, mtime, ctime = (int(v) for v in index) if index is not None else (0, 0, 0, 0, 0)
-        seal = Seal(int(body["since_ns"]), str(body["head"]), None if index is None else (dev, ino, size, mtime, ctime))
+        branch = body["branch"]
+        seal = Seal(
+            int(body["since_ns"]),
+            str(body["head"]),
+            None if index is None else (dev, ino, size, mtime, ctime),
+            None if branch is None else str(branch),
+        )
     except (KeyError, TypeError, ValueError, IndexError):
         return None
     if _head(admin) != seal.head or _file_id(admin / "index") != seal.index or _busy(admin):
@@ -144,30 +166,57 @@ def read(admin: Path) -> Seal | None:
     return seal
 
 
-async def untouched(slot: Confined) -> Seal | None:
-    """The slot's seal when it proves the slot clean and detached at `Seal.head`: its admin files as
-    sealed and no entry of its worktree changed since (one `find`, which stops at the first). None when
-    anything is in doubt: the caller then runs `git status`."""
-    checked = await anyio.to_thread.run_sync(check_slot, slot.bounds, slot.path)
-    seal = await anyio.to_thread.run_sync(read, checked.admin)
+def branch_tip_is(common_dir: Path, branch: str, head: str) -> bool:
+    """Does `branch` point at `head`, as its loose ref file says? Only a yes is trusted (a loose ref
+    overrides a packed one); a packed or missing ref, a reftable repository, a symbolic ref or
+    anything odd is a no, and the caller asks git."""
+    parts = branch.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return False
+    ref = common_dir.joinpath("refs", "heads", *parts)
+    try:
+        if not os.path.isfile(ref) or os.path.islink(ref):
+            return False
+        return ref.read_text(encoding="ascii").strip() == head
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _read_checked(slot: Confined) -> tuple[Path, Seal, bool] | None:
+    checked = check_slot(slot.bounds, slot.path)
+    seal = read(checked.admin)
     if seal is None:
         return None
+    saved = seal.branch is not None and branch_tip_is(slot.bounds.common_dir, seal.branch, seal.head)
+    return checked.path, seal, saved
+
+
+async def untouched(slot: Confined) -> Proof | None:
+    """Proof that the slot is clean and detached at the sealed commit: its admin files as sealed and no
+    entry of its worktree changed since (one `find`, which stops at the first). None when anything is
+    in doubt: the caller then runs `git status`."""
+    found = await anyio.to_thread.run_sync(_read_checked, slot)
+    if found is None:
+        return None
+    path, seal, saved = found
     seconds, ns = divmod(seal.since_ns, 1_000_000_000)
     result = await anyio.run_process(
-        ["find", str(checked.path), "-newerct", f"@{seconds}.{ns:09d}", "-print", "-quit"],
+        ["find", str(path), "-newerct", f"@{seconds}.{ns:09d}", "-print", "-quit"],
         check=False,
         env={**os.environ, "LC_ALL": "C"},
     )
     if result.returncode != 0 or result.stdout.strip() or result.stderr.strip():
         return None
-    return seal
+    return Proof(seal.head, saved)
 
 
-async def seal_after_release(slot: Confined, before: SealMark, head: str) -> bool:
-    checked = await anyio.to_thread.run_sync(check_slot, slot.bounds, slot.path)
-    return await anyio.to_thread.run_sync(write, checked.path, checked.admin, before, head)
+async def seal_after_release(slot: Confined, before: SealMark, head: str, branch: str | None) -> bool:
+    def seal() -> bool:
+        checked = check_slot(slot.bounds, slot.path)
+        return write(checked.path, checked.admin, before, head, branch)
+
+    return await anyio.to_thread.run_sync(seal)
 
 
 async def mark_before_status(slot: Confined) -> SealMark:
-    checked = await anyio.to_thread.run_sync(check_slot, slot.bounds, slot.path)
-    return await anyio.to_thread.run_sync(mark, checked.admin)
+    return await anyio.to_thread.run_sync(lambda: mark(check_slot(slot.bounds, slot.path).admin))

@@ -474,7 +474,7 @@ class Releaser(OverEngine):
                     if status is not None and status.branch is not None:
                         await self.git.detach(slot_dir)
                     if before is not None and status is not None and status.head is not None and not dirty:
-                        await seal_after_release(slot_dir, before, status.head)
+                        await seal_after_release(slot_dir, before, status.head, status.branch)
             # With no git entry for the slot there is nothing to prune; a repo-wide `git worktree prune`
             # here would drop other vanished worktrees' entries before validation saved their work.
         except GitError as exc:

@@ -138,3 +138,14 @@ async def test_a_change_while_the_release_runs_leaves_no_seal_that_hides_it(
     rescues = [e for e in await coord.store.events() if e.action == "rescue"]
     assert [e.detail["reason"] for e in rescues] == ["stray changes in a free slot"]
     assert git(wt, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+async def test_a_packed_release_branch_is_asked_of_git(coord: Any, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a loose ref file naming HEAD spares the unsaved-commit count; a packed ref is git's to read."""
+    slot_id, _ = await sealed_slot(coord, monkeypatch)
+    git(repo, "pack-refs", "--all")
+    with spied(coord.pool.git) as calls:
+        again = await coord.pool.allocate("feat/next")
+    commands = [c[0] for c in calls]
+    assert again.worktree_id == slot_id and "rev-list" in commands and "status" not in commands
+    assert [e for e in await coord.store.events() if e.action == "rescue"] == []
