@@ -38,7 +38,17 @@ from typing import Any
 
 import anyio
 
-from bench._common import ROOT, default_base, git_env, machine, machine_line, print_verdicts, table, write_results
+from bench._common import (
+    ROOT,
+    default_base,
+    git_env,
+    machine,
+    machine_line,
+    print_verdicts,
+    summary,
+    table,
+    write_results,
+)
 from bench._repo import fresh_clone
 
 FILES = 5000
@@ -185,15 +195,24 @@ async def _engine_worker(agent_id: str, seconds: float) -> None:
         cpu0 = cpu_s(resource.RUSAGE_SELF) + cpu_s(resource.RUSAGE_CHILDREN)
         end = time.monotonic() + seconds
         n = errors = 0
+        allocate_ms: list[float] = []
+        release_ms: list[float] = []
+        attempts: list[int] = []
         while time.monotonic() < end:
             try:
+                t0 = time.perf_counter()
                 got = await coord.pool.allocate(f"{agent_id}-{os.getpid()}-{n}")
+                t1 = time.perf_counter()
                 await coord.pool.release(worktree_id=got.worktree_id)
+                allocate_ms.append((t1 - t0) * 1000)
+                release_ms.append((time.perf_counter() - t1) * 1000)
+                attempts.append(got.attempts)
                 n += 1
             except CoordError:
                 errors += 1
         cpu = cpu_s(resource.RUSAGE_SELF) + cpu_s(resource.RUSAGE_CHILDREN) - cpu0
-        print(json.dumps({"cycles": n, "errors": errors, "cpu_s": cpu}), flush=True)
+        report = {"cycles": n, "errors": errors, "cpu_s": cpu, "allocate_ms": allocate_ms, "release_ms": release_ms}
+        print(json.dumps({**report, "attempts": attempts}), flush=True)
 
 
 def _phase(commands: list[tuple[list[str], dict[str, str]]]) -> dict[str, Any]:
@@ -219,6 +238,9 @@ def _phase(commands: list[tuple[list[str], dict[str, str]]]) -> dict[str, Any]:
     cycles = sum(r["cycles"] for r in results)
     return {
         "cycles": cycles,
+        "allocate_ms": summary([t for r in results for t in r.get("allocate_ms", [])]),
+        "release_ms": summary([t for r in results for t in r.get("release_ms", [])]),
+        "attempts": sorted({a for r in results for a in r.get("attempts", [])}),
         "errors": sum(r["errors"] for r in results),
         "wall_s": wall,
         "cpu_s": sum(r["cpu_s"] for r in results),
@@ -249,8 +271,13 @@ def throughput(base: Path, repo: Path, n: int, seconds: float) -> dict[str, list
     for name, commands in (("raw", raw), ("agent-coord", engine), ("raw", raw), ("agent-coord", engine)):
         result = _phase(commands)
         out[name].append(result)
+        timing = ""
+        if name == "agent-coord":
+            a, r = result["allocate_ms"], result["release_ms"]
+            timing = f" (allocate p50 {a['p50']:.0f} ms, p99 {a['p99']:.0f}"
+            timing += f"; release p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f})"
         print(
-            f"  {n} x {name}: {result['cycles']} cycles in {result['wall_s']:.1f} s, errors {result['errors']}",
+            f"  {n} x {name}: {result['cycles']} cycles in {result['wall_s']:.1f} s, errors {result['errors']}{timing}",
             flush=True,
         )
     return out
