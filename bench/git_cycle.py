@@ -107,13 +107,16 @@ def raw_worktrees(repo: Path, root: Path, n: int, head: str) -> list[Path]:
 # ---- 1. CPU per cycle, one process ----------------------------------------------------------------
 
 
-async def _engine_block(coord: Any, tag: str, cycles: int) -> list[float]:
+async def _engine_block(coord: Any, tag: str, cycles: int, children: list[float]) -> list[float]:
+    """CPU per cycle, Python and children; the children's share (git, find) is appended to `children`."""
     per: list[float] = []
     for i in range(cycles):
-        before = cpu_s(resource.RUSAGE_SELF) + cpu_s(resource.RUSAGE_CHILDREN)
+        own, kids = cpu_s(resource.RUSAGE_SELF), cpu_s(resource.RUSAGE_CHILDREN)
         got = await coord.pool.allocate(f"{tag}-{i}")
         await coord.pool.release(worktree_id=got.worktree_id)
-        per.append((cpu_s(resource.RUSAGE_SELF) + cpu_s(resource.RUSAGE_CHILDREN) - before) * 1000)
+        kids = cpu_s(resource.RUSAGE_CHILDREN) - kids
+        per.append((cpu_s(resource.RUSAGE_SELF) - own + kids) * 1000)
+        children.append(kids * 1000)
     return per
 
 
@@ -143,19 +146,21 @@ def cpu_per_cycle(base: Path, repo: Path, blocks: int, cycles: int) -> dict[str,
 
     async def go() -> dict[str, list[float]]:
         out: dict[str, list[float]] = {"agent-coord": [], "raw": [], "raw, no start": []}
+        children: list[float] = []
         async with Coordinator.open(Settings(), register=True) as coord:
             warm = await coord.pool.allocate("cpu-warm-up")
             await anyio.sleep(SEAL_AGE_S)
             await coord.pool.release(worktree_id=warm.worktree_id)
             GitDriver.run = counted  # type: ignore[method-assign]
             try:
-                await _engine_block(coord, "cpu-count", 1)
+                await _engine_block(coord, "cpu-count", 1, [])
             finally:
                 GitDriver.run = real_run  # type: ignore[method-assign]
             for b in range(blocks):
                 out["raw"] += await anyio.to_thread.run_sync(_raw_block, wt, f"raw-cpu-{b}", cycles, head)
-                out["agent-coord"] += await _engine_block(coord, f"cpu-{b}", cycles)
+                out["agent-coord"] += await _engine_block(coord, f"cpu-{b}", cycles, children)
                 out["raw, no start"] += await anyio.to_thread.run_sync(_raw_block, wt, f"raw-lean-{b}", cycles, None)
+        out["agent-coord: git and find"] = children
         return out
 
     per = anyio.run(go)

@@ -182,6 +182,25 @@ def branch_tip_is(common_dir: Path, branch: str, head: str) -> bool:
         return False
 
 
+def _instant(ns: int) -> str:
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return f"@{seconds}.{rest:09d}"
+
+
+def find_expression(seal: Seal) -> list[str]:
+    """What `find` prints when the seal may not be trusted: an entry changed since the seal's time, or
+    a file whose modification time falls in the second the index was written. Git re-reads such
+    "racily clean" files at every status until something rewrites the index; the allocation's own
+    status (which may write it back) does so, where a skipped one would leave every later release
+    paying for it. Files written later than that second are not racy: git compares their stat data."""
+    changed = ["-newerct", _instant(seal.since_ns)]
+    if seal.index is None:
+        return changed
+    second = seal.index[3] // 1_000_000_000 * 1_000_000_000
+    racy = ["!", "-type", "d", "-newermt", _instant(second - 1), "!", "-newermt", _instant(second + 999_999_999)]
+    return ["(", *changed, "-o", "(", *racy, ")", ")"]
+
+
 def _read_checked(slot: Confined) -> tuple[Path, Seal, bool] | None:
     checked = check_slot(slot.bounds, slot.path)
     seal = read(checked.admin)
@@ -199,11 +218,8 @@ async def untouched(slot: Confined) -> Proof | None:
     if found is None:
         return None
     path, seal, saved = found
-    seconds, ns = divmod(seal.since_ns, 1_000_000_000)
     result = await anyio.run_process(
-        ["find", str(path), "-newerct", f"@{seconds}.{ns:09d}", "-print", "-quit"],
-        check=False,
-        env={**os.environ, "LC_ALL": "C"},
+        ["find", str(path), *find_expression(seal), "-print", "-quit"], check=False, env={**os.environ, "LC_ALL": "C"}
     )
     if result.returncode != 0 or result.stdout.strip() or result.stderr.strip():
         return None

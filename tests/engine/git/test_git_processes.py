@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine.git.seal_support import quiet_for_the_margin, short_margin
+from tests.engine.git.seal_support import index_not_racy, quiet_for_the_margin, short_margin
 
 pytestmark = pytest.mark.anyio
 
@@ -42,6 +42,7 @@ def spied(driver: Any) -> Iterator[list[tuple[str, ...]]]:
 async def test_a_warm_cycle_runs_one_status(coord: Any, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     short_margin(monkeypatch)
     first = await coord.pool.allocate("feat/warm-up")
+    await index_not_racy(Path(first.path))  # written with its files by `worktree add`: git would re-read them
     await quiet_for_the_margin(Path(first.path))  # files just written by `worktree add` are too new to seal
     await coord.pool.release(worktree_id=first.worktree_id)
     with spied(coord.pool.git) as calls:

@@ -15,7 +15,13 @@ import pytest
 
 from agent_coord.engine.git import seal
 from tests.conftest import git
-from tests.engine.git.seal_support import quiet_for_the_margin, short_margin
+from tests.engine.git.seal_support import (
+    index_not_racy,
+    newest_file_mtime_ns,
+    quiet_for_the_margin,
+    second_over,
+    short_margin,
+)
 from tests.engine.git.test_git_processes import spied
 
 pytestmark = pytest.mark.anyio
@@ -33,6 +39,7 @@ async def sealed_slot(coord: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[str,
     (wt / "tracked.txt").write_text("as committed\n")
     git(wt, "add", "tracked.txt")
     git(wt, "commit", "-q", "-m", "a tracked file")
+    await index_not_racy(wt)
     await quiet_for_the_margin(wt)
     await coord.pool.release(worktree_id=first.worktree_id)
     assert (admin_of(wt) / seal.SEAL_FILE).is_file()
@@ -149,3 +156,27 @@ async def test_a_packed_release_branch_is_asked_of_git(coord: Any, repo: Path, m
     commands = [c[0] for c in calls]
     assert again.worktree_id == slot_id and "rev-list" in commands and "status" not in commands
     assert [e for e in await coord.store.events() if e.action == "rescue"] == []
+
+
+async def test_a_racily_clean_index_is_refreshed_by_a_status_before_it_is_trusted(
+    coord: Any, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files written in the second their index was (a fresh worktree): git re-reads them at every status
+    until the index is written back, so the allocation runs its status (which writes it) rather than
+    skip it; the next one is spared."""
+    short_margin(monkeypatch)
+    first = await coord.pool.allocate("feat/racy")
+    wt = Path(first.path)
+    index = admin_of(wt) / "index"
+    racy = os.lstat(index).st_mtime_ns // 10**9 <= newest_file_mtime_ns(wt) // 10**9
+    await second_over(newest_file_mtime_ns(wt))  # a status from now on writes an index that is not racy
+    await quiet_for_the_margin(wt)
+    await coord.pool.release(worktree_id=first.worktree_id)
+    with spied(coord.pool.git) as calls:
+        second = await coord.pool.allocate("feat/after-racy")
+    assert ("status" in [c[0] for c in calls]) == racy
+    await quiet_for_the_margin(wt)
+    await coord.pool.release(worktree_id=second.worktree_id)
+    with spied(coord.pool.git) as calls:
+        await coord.pool.allocate("feat/spared")
+    assert "status" not in [c[0] for c in calls]
