@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agent_coord.engine.errors import MAX_TEXT, CoordError, ErrorCode
 from agent_coord.engine.git.driver import BranchRefs, GitDriver, GitError, WorktreeInfo, reject_option_like
+from agent_coord.engine.git.worktree_files import allocation_worktrees
 from agent_coord.engine.models import AllocationResult, Contention
 from agent_coord.engine.store.records import Repo, Slot
 
@@ -45,7 +46,7 @@ async def base_commit(git: GitDriver, repo: Repo, base: str | None) -> str | Non
 
 async def worktrees_of(git: GitDriver, repo: Repo) -> list[WorktreeInfo]:
     try:
-        return await git.worktrees(Path(repo.path))
+        return await allocation_worktrees(git, Path(repo.path), repo.git_dir)
     except GitError as exc:
         raise CoordError(ErrorCode.GIT_FAILED, f"git worktree list failed: {exc.reason}") from exc
 

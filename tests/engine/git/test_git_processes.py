@@ -13,9 +13,10 @@ from tests.engine.git.seal_support import index_not_racy, quiet_for_the_margin, 
 
 pytestmark = pytest.mark.anyio
 
-# for-each-ref, worktree list and switch to allocate (its status spared by the release's seal, its
-# unsaved-commit count by the release branch's ref file); status and switch --detach to release.
-WARM_CYCLE_GIT_PROCESSES = 5
+# for-each-ref and switch to allocate (its worktree list read from git's files, its status spared by the
+# release's seal, its unsaved-commit count by the release branch's ref file); status and switch --detach
+# to release.
+WARM_CYCLE_GIT_PROCESSES = 4
 
 
 @contextmanager
