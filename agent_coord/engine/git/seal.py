@@ -143,11 +143,12 @@ def read(admin: Path) -> Seal | None:
     """The slot's seal if it still holds as far as the admin directory tells (HEAD, index, no lock or
     operation); the worktree itself is `untouched`'s to check. Consumed: a seal is used once."""
     try:
-        body = json.loads((admin / SEAL_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        raw = (admin / SEAL_FILE).read_bytes()
+    except OSError:
         return None
     drop(admin)
     try:
+        body = json.loads(raw)
         if body["version"] != SEAL_VERSION:
             return None
         index = body["index"]
@@ -159,7 +160,7 @@ def read(admin: Path) -> Seal | None:
             None if index is None else (dev, ino, size, mtime, ctime),
             None if branch is None else str(branch),
         )
-    except (KeyError, TypeError, ValueError, IndexError):
+    except (KeyError, TypeError, ValueError, IndexError, UnicodeDecodeError, RecursionError):
         return None
     if _head(admin) != seal.head or _file_id(admin / "index") != seal.index or _busy(admin):
         return None
