@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,16 +45,52 @@ def newest_file_mtime_ns(root: Path) -> int:
     return newest
 
 
-async def second_over(ns: int, deadline_s: float = 30.0) -> None:
-    """Wait until the clock has left the second of `ns` (a condition, polled)."""
+def new_file_mtime_ns(directory: Path) -> int:
+    """The modification time the file system gives a file created now (a new inode, as git's
+    `index.lock` is)."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=".clock-probe-")
+    try:
+        os.write(fd, b"x")
+        return os.fstat(fd).st_mtime_ns
+    finally:
+        os.close(fd)
+        os.unlink(name)
+
+
+async def file_clock_past(ns: int, probe_dir: Path, deadline_s: float = 30.0) -> None:
+    """Wait until the file system stamps a new file in a later second than `ns` (a condition, polled).
+    Not `time.time()`: file times come from the kernel's coarse clock, which runs up to a tick (a few
+    ms) behind it, so a file written just after `time.time()` entered a new second may still be stamped
+    in the old one. That clock never goes back: once a probe is past, so is every later write.
+    `probe_dir`: on the slot's file system, outside the slot (whose change times the seal checks)."""
     give_up = time.monotonic() + deadline_s
-    while time.time_ns() // 1_000_000_000 <= ns // 1_000_000_000:
-        assert time.monotonic() < give_up, "the clock did not move on"
+    while new_file_mtime_ns(probe_dir) // 1_000_000_000 <= ns // 1_000_000_000:
+        assert time.monotonic() < give_up, "the file system's clock did not move on"
         await anyio.sleep(0.05)
 
 
+def beside(wt: Path) -> Path:
+    """A directory on the slot's file system, outside the slot and the pool root: the test's own."""
+    return wt.parent.parent
+
+
+def index_mtime_ns(wt: Path) -> int:
+    admin = subprocess.run(
+        ["git", "-C", str(wt), "rev-parse", "--absolute-git-dir"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return os.lstat(Path(admin) / "index").st_mtime_ns
+
+
 async def index_not_racy(wt: Path) -> None:
-    """Once the second of the newest file is over, a `git status` that may write the index back does
-    (git rewrites an index holding "racily clean" entries), and no entry is racy any more."""
-    await second_over(newest_file_mtime_ns(wt))
-    subprocess.run(["git", "-C", str(wt), "status", "--porcelain"], check=True, capture_output=True)
+    """Write the slot's index again once the file system's clock has left the second of its newest file:
+    then no file shares the index's second. Such "racily clean" files git re-reads at every status, and
+    a seal is not trusted over them (git/seal.py). `--force-write-index` writes the index whatever git
+    thinks of it (a status writes only an index git finds racy, by its tracked files alone)."""
+    newest = newest_file_mtime_ns(wt)
+    await file_clock_past(newest, beside(wt))
+    subprocess.run(
+        ["git", "-C", str(wt), "update-index", "-q", "--refresh", "--force-write-index"],
+        check=True,
+        capture_output=True,
+    )
+    assert index_mtime_ns(wt) // 1_000_000_000 > newest // 1_000_000_000

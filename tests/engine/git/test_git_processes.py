@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from agent_coord.engine.git import seal
+from tests.conftest import git
 from tests.engine.git.seal_support import index_not_racy, quiet_for_the_margin, short_margin
 
 pytestmark = pytest.mark.anyio
@@ -58,10 +60,25 @@ async def test_a_warm_cycle_runs_one_status(coord: Any, repo: Path, monkeypatch:
     assert len(calls) <= WARM_CYCLE_GIT_PROCESSES, commands
 
 
-async def test_a_slot_touched_since_its_release_gets_a_status(coord: Any, repo: Path) -> None:
-    """The default margin: a slot whose files are younger than it is never trusted on its seal."""
+async def test_a_slot_touched_within_the_margin_before_its_release_gets_a_status(
+    coord: Any, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default margin: a file changed right before the release's mark (younger than the margin, by
+    construction rather than by how fast the machine runs) means the seal is not trusted. The file is
+    one git ignores, so the release finds the slot clean and does seal it."""
     first = await coord.pool.allocate("feat/fresh")
+    wt = Path(first.path)
+    await index_not_racy(wt)
+    await quiet_for_the_margin(wt)  # the margin's only reason to refuse is the write below
+    mark = seal.mark
+
+    def write_then_mark(admin: Path) -> seal.SealMark:
+        (wt / ".env").write_text("written just before the mark\n")
+        return mark(admin)
+
+    monkeypatch.setattr(seal, "mark", write_then_mark)
     await coord.pool.release(worktree_id=first.worktree_id)
+    assert (Path(git(wt, "rev-parse", "--absolute-git-dir").strip()) / seal.SEAL_FILE).is_file()
     with spied(coord.pool.git) as calls:
         await coord.pool.allocate("feat/after-fresh")
     assert "status" in [c[0] for c in calls]

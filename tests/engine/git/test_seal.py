@@ -16,10 +16,11 @@ import pytest
 from agent_coord.engine.git import seal
 from tests.conftest import git
 from tests.engine.git.seal_support import (
+    beside,
+    file_clock_past,
     index_not_racy,
     newest_file_mtime_ns,
     quiet_for_the_margin,
-    second_over,
     short_margin,
 )
 from tests.engine.git.test_git_processes import spied
@@ -169,7 +170,8 @@ async def test_a_racily_clean_index_is_refreshed_by_a_status_before_it_is_truste
     wt = Path(first.path)
     index = admin_of(wt) / "index"
     racy = os.lstat(index).st_mtime_ns // 10**9 <= newest_file_mtime_ns(wt) // 10**9
-    await second_over(newest_file_mtime_ns(wt))  # a status from now on writes an index that is not racy
+    # From now on a status that writes the index stamps it in a later second than every file: not racy.
+    await file_clock_past(newest_file_mtime_ns(wt), beside(wt))
     await quiet_for_the_margin(wt)
     await coord.pool.release(worktree_id=first.worktree_id)
     with spied(coord.pool.git) as calls:
