@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -50,10 +51,36 @@ def _quarantined() -> dict[str, object]:
     return {"state": SlotState.QUARANTINED, "owner": None, "lease_expires_at": None}
 
 
+@dataclass(frozen=True)
+class CutShort:
+    """A release of this server's that ended (the store went away before its last write, the call was
+    cancelled) after it made the slot RELEASING: how it left the row, and what it was releasing."""
+
+    version: int  # the RELEASING row as that release left it: the same version means nobody touched it since
+    original: SlotState  # and its owner before: what a git failure puts back
+    owner: str | None
+    token: int | None
+    forced_from: str | None
+    rescue: str | None  # where it saved the worktree's changes, if it had
+
+
 class Releaser(OverEngine):
     def __init__(self, ctx: EngineContext) -> None:
         super().__init__(ctx)
         self.lease_s = ctx.settings.stale_after_s
+        self.cut_short: dict[str, CutShort] = {}  # by slot id
+
+    def _cut_short_here(self, slot: Slot) -> CutShort | None:
+        """This server's own release of `slot`, cut short and left RELEASING exactly as the row still is:
+        no process works on it (that release is over, and any other hand would have changed the row),
+        so a release of it again finishes it instead of waiting for it."""
+        cut = self.cut_short.get(slot.id)
+        if cut is None:
+            return None
+        if slot.state != SlotState.RELEASING or slot.version != cut.version:
+            del self.cut_short[slot.id]  # finished, reclaimed or taken over since
+            return None
+        return cut
 
     async def _same_agent(self, owner: str | None) -> bool:
         """Is the owner the acting agent (`same_agent`: id, origin and process; a hook of this same
@@ -334,7 +361,7 @@ class Releaser(OverEngine):
         started = time.monotonic()
         with tracer.start_as_current_span("release") as span:
             slot = await self.find_slot(worktree_id=worktree_id, path=path, branch=branch)
-            if slot.state == SlotState.RELEASING:
+            if slot.state == SlotState.RELEASING and self._cut_short_here(slot) is None:
                 # A release or reclaim is under way (another agent's, or this server's validation): answer
                 # with how it ends, not with a guess.
                 await self._settled(slot)
@@ -353,6 +380,11 @@ class Releaser(OverEngine):
     async def _release(
         self, repo: Repo, slot: Slot, force: bool, remove: bool, started: float, *, over_live_agent: bool = False
     ) -> ReleaseResult:
+        cut = self._cut_short_here(slot)
+        if cut is not None:
+            return await self._release_checked(
+                repo, slot, force, remove, started, cut.token, cut.forced_from, resumed=cut
+            )
         if slot.state == SlotState.FREE:
             await self._raise_if_mine_ended(slot)
             if not remove:
@@ -380,6 +412,24 @@ class Releaser(OverEngine):
                 )
             forced_from = slot.owner
         token = self.ctx.granted.presented(slot) if forced_from is None else slot.fencing_token
+        return await self._release_checked(repo, slot, force, remove, started, token, forced_from)
+
+    async def _release_checked(
+        self,
+        repo: Repo,
+        slot: Slot,
+        force: bool,
+        remove: bool,
+        started: float,
+        token: int | None,
+        forced_from: str | None,
+        *,
+        resumed: CutShort | None = None,
+    ) -> ReleaseResult:
+        """The release proper, once the caller may release `slot` (or `resumed`: finishes this server's
+        own release of it that was cut short, from the top: what it did is done again or found done)."""
+        original = slot.state if resumed is None else resumed.original
+        original_owner = slot.owner if resumed is None else resumed.owner
         bounds = await bounds_of(repo)
         slot_dir = bounds.slot(slot.path)
         try:
@@ -393,7 +443,7 @@ class Releaser(OverEngine):
                 ErrorCode.WORKTREE_LOCKED,
                 f"{slot.id} ({path}) is locked: {record.lock_reason or 'no reason given'}; nothing was released",
             )
-        if record is None and slot.state == SlotState.BUSY:
+        if record is None and original == SlotState.BUSY:
             await self._refuse_moved(repo, slot, path)
         try:
             form = await anyio.to_thread.run_sync(shape, bounds, slot_dir.path)
@@ -433,8 +483,15 @@ class Releaser(OverEngine):
                 ErrorCode.WORKTREE_DIRTY,
                 f"{slot.id} has uncommitted or untracked changes: {', '.join(files)}{more}{commits}",
             )
-        original = slot.state
-        if original == SlotState.BUSY:
+        if resumed is not None:
+            # Ours again only if nobody took the row over since (a reclaim once its lease lapsed).
+            held = await self.store.transition(
+                slot.id,
+                expect_state=SlotState.RELEASING,
+                expect_version=resumed.version,
+                changes={"lease_expires_at": time.time() + self.lease_s},
+            )
+        elif original == SlotState.BUSY:
             held = await self.store.transition(
                 slot.id,
                 expect_state=SlotState.BUSY,
@@ -452,65 +509,73 @@ class Releaser(OverEngine):
         if held is None:
             await self._raise_if_mine_ended(slot)
             raise CoordError(ErrorCode.ALLOCATION_ENDED, f"{slot.id} changed hands while it was being released")
-        rescue: str | None = None
+        rescue: str | None = None if resumed is None else resumed.rescue
         try:
-            if dirty:
-                refs, settled = await self._save_until_settled(slot, slot_dir)
-                rescue = refs[-1] if refs else None
-                if settled:
-                    await self.git.discard_changes(slot_dir)
-                    if (await self.git.status(slot_dir)).dirty:  # written while it was cleaned
-                        # Not proved saved (it changed again while saved): it stays on disk, untouched,
-                        # in the parked slot, which validation saves once its agent is gone.
-                        with contextlib.suppress(RescueFailed):
-                            refs.append((await save_work(self.git, self.store, self.me, slot, slot_dir, WRITER)).ref)
-                        settled = False
-                if not settled:
-                    return await self._park(repo, slot, token, refs, forced_from, started)
-            if record is not None:
-                if remove:
-                    await remove_worktree(self.git, Path(repo.path), slot_dir)
-                else:
-                    if status is not None and status.branch is not None:
-                        await self.git.detach(slot_dir)
-                    if before is not None and status is not None and status.head is not None and not dirty:
-                        await seal_after_release(slot_dir, before, status.head, status.branch)
-            # With no git entry for the slot there is nothing to prune; a repo-wide `git worktree prune`
-            # here would drop other vanished worktrees' entries before validation saved their work.
-        except GitError as exc:
-            # Quarantined too: a removal that could not put the slot's files back.
-            unconfined = isinstance(exc, Unconfined) or (isinstance(exc, RemovalFailed) and not exc.intact)
-            with anyio.CancelScope(shield=True):
-                # A slot that failed the guard half-way (swapped under us) is a person's now: quarantined.
-                await self.store.transition(
-                    slot.id,
-                    expect_state=SlotState.RELEASING,
-                    expect_token=token,
-                    changes=_quarantined() if unconfined else {"state": original, "owner": slot.owner},
-                    events=[self._quarantine_event(repo, slot, token, exc)] if unconfined else [],
-                )
-            saved = f"; its changes are in {rescue}" if rescue else ""
-            raise CoordError(
-                ErrorCode.GIT_FAILED,
-                f"git failed while releasing {slot.id}: {exc.reason}"
-                + ("; quarantined for a person" if unconfined else "")
-                + saved,
-            ) from exc
-        gone = remove or record is None
-        detail: dict[str, object] = {"remove": remove, "force": force}
-        if forced_from:
-            detail["forced_from"] = forced_from
-        if rescue:
-            detail["rescue_ref"] = rescue
-        event = self._event(repo, slot, "ok", token, started, detail)
-        done = await self.store.transition(
-            slot.id,
-            expect_state=SlotState.RELEASING,
-            expect_token=token,
-            delete=gone,
-            changes=None if gone else freed(time.time(), rescue),
-            events=[event],
-        )
+            try:
+                if dirty:
+                    refs, settled = await self._save_until_settled(slot, slot_dir)
+                    rescue = refs[-1] if refs else None
+                    if settled:
+                        await self.git.discard_changes(slot_dir)
+                        if (await self.git.status(slot_dir)).dirty:  # written while it was cleaned
+                            # Not proved saved (it changed again while saved): it stays on disk, untouched,
+                            # in the parked slot, which validation saves once its agent is gone.
+                            with contextlib.suppress(RescueFailed):
+                                refs.append(
+                                    (await save_work(self.git, self.store, self.me, slot, slot_dir, WRITER)).ref
+                                )
+                            settled = False
+                    if not settled:
+                        return await self._park(repo, slot, token, refs, forced_from, started)
+                if record is not None:
+                    if remove:
+                        await remove_worktree(self.git, Path(repo.path), slot_dir)
+                    else:
+                        if status is not None and status.branch is not None:
+                            await self.git.detach(slot_dir)
+                        if before is not None and status is not None and status.head is not None and not dirty:
+                            await seal_after_release(slot_dir, before, status.head, status.branch)
+                # With no git entry for the slot there is nothing to prune; a repo-wide `git worktree prune`
+                # here would drop other vanished worktrees' entries before validation saved their work.
+            except GitError as exc:
+                # Quarantined too: a removal that could not put the slot's files back.
+                unconfined = isinstance(exc, Unconfined) or (isinstance(exc, RemovalFailed) and not exc.intact)
+                with anyio.CancelScope(shield=True):
+                    # A slot that failed the guard half-way (swapped under us) is a person's now: quarantined.
+                    await self.store.transition(
+                        slot.id,
+                        expect_state=SlotState.RELEASING,
+                        expect_token=token,
+                        changes=_quarantined() if unconfined else {"state": original, "owner": original_owner},
+                        events=[self._quarantine_event(repo, slot, token, exc)] if unconfined else [],
+                    )
+                saved = f"; its changes are in {rescue}" if rescue else ""
+                raise CoordError(
+                    ErrorCode.GIT_FAILED,
+                    f"git failed while releasing {slot.id}: {exc.reason}"
+                    + ("; quarantined for a person" if unconfined else "")
+                    + saved,
+                ) from exc
+            gone = remove or record is None
+            detail: dict[str, object] = {"remove": remove, "force": force}
+            if forced_from:
+                detail["forced_from"] = forced_from
+            if rescue:
+                detail["rescue_ref"] = rescue
+            event = self._event(repo, slot, "ok", token, started, detail)
+            done = await self.store.transition(
+                slot.id,
+                expect_state=SlotState.RELEASING,
+                expect_token=token,
+                delete=gone,
+                changes=None if gone else freed(time.time(), rescue),
+                events=[event],
+            )
+        except BaseException:
+            # Cut short with the row still RELEASING as `held` left it (the store went away, the call
+            # was cancelled): a release of it again here finishes it (`_cut_short_here`).
+            self.cut_short[slot.id] = CutShort(held.version, original, original_owner, token, forced_from, rescue)
+            raise
         self.ctx.granted.forget(slot.id)
         if done is None:
             # Never acknowledge what the store did not record.
