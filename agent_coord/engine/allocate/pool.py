@@ -42,6 +42,7 @@ from agent_coord.engine.radar.view import conflicts_for
 from agent_coord.engine.release.releaser import Releaser
 from agent_coord.engine.repos import bounds_of
 from agent_coord.engine.store import BranchHeldError, EventDraft, StoreBusyError
+from agent_coord.engine.store.connection import StoreUnavailableError
 from agent_coord.engine.store.records import Action, Repo, SlotState
 
 tracer = trace.get_tracer("agent-coord.pool")
@@ -92,7 +93,7 @@ class Pool(OverEngine):
             span.set_attribute("allocation.strategy", result.strategy)
             span.set_attribute("allocation.attempts", result.attempts)
             span.set_attribute("allocation.reused", result.reused)
-        result.conflicts = await self.conflicts()
+        result.conflicts = await self._conflicts_after_done()
         return result
 
     async def release(
@@ -113,12 +114,22 @@ class Pool(OverEngine):
             remove=remove,
             over_live_agent=over_live_agent,
         )
-        result.conflicts = await self.conflicts()
+        result.conflicts = await self._conflicts_after_done()
         return result
 
     async def conflicts(self) -> list[Conflict]:
         """What the conflict radar last stored for this agent's live allocations (engine/radar)."""
         return conflicts_for(await self.store.live_pairs(), lambda side: side.agent_id == self.me)
+
+    async def _conflicts_after_done(self) -> list[Conflict]:
+        """The radar's pairs for the answer to a grant or release already made: a store that cannot be read
+        now must not turn it into a refusal (an agent told its done release failed writes on in a worktree
+        that is no longer its own; one told its grant failed leaves a slot held). Without them, then."""
+        try:
+            return await self.conflicts()
+        except (StoreUnavailableError, StoreBusyError) as exc:
+            logger.warning("answered without the radar's conflicts: %s", exc)
+            return []
 
     async def _log_refusal(self, progress: Progress, error: CoordError, started: float) -> None:
         detail: dict[str, object] = {"message": error.message, "attempts": progress.attempts}

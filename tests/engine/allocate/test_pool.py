@@ -650,3 +650,23 @@ async def test_a_locked_free_slot_is_never_handed_out(coord: Any) -> None:
     assert (await coord.pool.release(worktree_id=second.worktree_id)).state == "FREE"
     slots = {s.id: s.state for s in await coord.store.slots()}
     assert slots == {first.worktree_id: SlotState.FREE, second.worktree_id: SlotState.FREE}
+
+
+async def test_a_done_grant_and_release_are_answered_done_when_the_radar_cannot_be_read(
+    coord: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store goes away after the operation committed, as the answer reads the radar's pairs: the
+    agent is told what happened (granted, released), without the pairs, not STORE_UNAVAILABLE."""
+    from agent_coord.engine.store.connection import StoreUnavailableError
+
+    async def store_gone() -> None:
+        raise StoreUnavailableError(coord.store.path, "the server is gone")
+
+    monkeypatch.setattr(coord.store, "live_pairs", store_gone)
+    granted = await coord.pool.allocate("feat/answered")
+    assert granted.conflicts == []
+    released = await coord.pool.release(worktree_id=granted.worktree_id)
+    assert released.conflicts == []
+    monkeypatch.undo()
+    (slot,) = [s for s in await coord.store.slots() if s.id == granted.worktree_id]
+    assert slot.state == SlotState.FREE and slot.owner is None
