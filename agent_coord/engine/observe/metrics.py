@@ -310,8 +310,9 @@ def busy_intervals(events: Sequence[Event], now: float) -> list[tuple[float, flo
 
 def _busy_seconds(events: Sequence[Event], span_start: float, now: float) -> tuple[float, int]:
     """Busy slot-seconds inside [span_start, now] and the number of intervals that overlap it."""
-    inside = [(max(start, span_start), end) for start, end in busy_intervals(events, now)]
-    return sum(end - start for start, end in inside if end > start), sum(1 for start, end in inside if end > start)
+    inside = [end - max(start, span_start) for start, end in busy_intervals(events, now)]
+    overlapping = [seconds for seconds in inside if seconds > 0]
+    return sum(overlapping), len(overlapping)
 
 
 def _utilization(busy: float, intervals: int, span: float, slot_count: int) -> Metric:
