@@ -3,7 +3,7 @@
 The reclaimer first moves the slot to RELEASING under its own name (a CAS on the version), so two
 reclaimers never work on one slot, and one that dies half-way leaves a row the next validation takes
 over (its lease lapses, or its server is gone); each step is idempotent. What it then does with the
-worktree is `reclaim_job`'s business; pruning vanished worktrees is `safe_prune`'s.
+worktree is `job.py`'s business; pruning vanished worktrees is `safe_prune.py`'s.
 
 A `git worktree lock`ed worktree is never touched.
 
