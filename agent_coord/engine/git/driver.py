@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 from opentelemetry import trace
 
+from agent_coord.engine.child_process import run_child
 from agent_coord.engine.concurrency import gather
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.confinement import Confined, check_slot
@@ -117,7 +118,7 @@ class GitDriver:
             span.set_attribute("git.command", args[0] if args else "")
             span.set_attribute("git.cwd", str(cwd))
             started = time.monotonic()
-            result = await anyio.run_process(cmd, check=False, env=_env(env), stdin=None)
+            result = await run_child(cmd, env=_env(env))
             span.set_attribute("git.duration_ms", (time.monotonic() - started) * 1000)
             span.set_attribute("git.returncode", result.returncode)
             if check and result.returncode != 0:
@@ -135,9 +136,7 @@ class GitDriver:
         with tracer.start_as_current_span("git") as span:
             span.set_attribute("git.command", args[0] if args else "")
             span.set_attribute("git.cwd", str(cwd))
-            result = await anyio.run_process(
-                cmd, input=text.encode("utf-8", "surrogateescape"), check=False, env=_env(env)
-            )
+            result = await run_child(cmd, env=_env(env), input=text.encode("utf-8", "surrogateescape"))
             span.set_attribute("git.returncode", result.returncode)
             if result.returncode != 0:
                 raise GitError(cmd, result.returncode, result.stderr.decode("utf-8", "replace"))
@@ -167,7 +166,7 @@ class GitDriver:
         for what `branch_names.check_branch_name` cannot judge itself: it refuses a leading `-` first."""
         valid = self._branch_verdicts.get(name)
         if valid is None:
-            result = await anyio.run_process([self.git, "check-ref-format", "--branch", name], check=False, env=_env())
+            result = await run_child([self.git, "check-ref-format", "--branch", name], env=_env())
             valid = result.returncode == 0
             if len(self._branch_verdicts) >= BRANCH_VERDICTS_KEPT:
                 self._branch_verdicts.pop(next(iter(self._branch_verdicts)))

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import anyio
 
+from agent_coord.engine.child_process import run_child
 from agent_coord.engine.git.confinement import Confined, check_slot
 from agent_coord.engine.git.operations import OPERATIONS
 
@@ -219,8 +220,8 @@ async def untouched(slot: Confined) -> Proof | None:
     if found is None:
         return None
     path, seal, saved = found
-    result = await anyio.run_process(
-        ["find", str(path), *find_expression(seal), "-print", "-quit"], check=False, env={**os.environ, "LC_ALL": "C"}
+    result = await run_child(
+        ["find", str(path), *find_expression(seal), "-print", "-quit"], env={**os.environ, "LC_ALL": "C"}
     )
     if result.returncode != 0 or result.stdout.strip() or result.stderr.strip():
         return None

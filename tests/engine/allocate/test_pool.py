@@ -113,13 +113,13 @@ class CreatesTheBranchFirst:
     def __init__(self, inner: Any, repo: Path, branch: str, hold: Any = None) -> None:
         self.inner, self.repo, self.branch, self.hold, self.done = inner, repo, branch, hold, False
 
-    async def snapshot(self, repo: Any) -> Any:
+    async def snapshot(self, repo: Any, slots: Any = None) -> Any:
         if not self.done:
             self.done = True
             git(self.repo, "branch", self.branch, "HEAD~1")
             if self.hold is not None:
                 await self.hold.pool.allocate(self.branch)
-        return await self.inner.snapshot(repo)
+        return await self.inner.snapshot(repo, slots)
 
 
 async def test_a_branch_created_by_another_after_the_checks_is_taken_as_it_is(coord: Any, repo: Path) -> None:
@@ -616,17 +616,17 @@ async def test_a_new_branch_starts_from_the_main_worktrees_head_as_it_is_now(coo
 
 async def test_git_processes_per_allocation_and_release(coord: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The warm path is CPU-bound by git processes (BENCHMARKS.md): hold it to its budget."""
-    import anyio
+    from agent_coord.engine.git import driver
 
     ran: list[str] = []
-    real = anyio.run_process
+    real = driver.run_child
 
-    async def counting(command: Any, *args: Any, **kwargs: Any) -> Any:
+    async def counting(command: Any, **kwargs: Any) -> Any:
         if Path(str(command[0])).name == "git":
             ran.append(" ".join(str(c) for c in command[3:5] if not str(c).startswith("-")))
-        return await real(command, *args, **kwargs)
+        return await real(command, **kwargs)
 
-    monkeypatch.setattr(anyio, "run_process", counting)
+    monkeypatch.setattr(driver, "run_child", counting)
     cold = await coord.pool.allocate("cold")
     assert len(ran) == 2, ran  # for-each-ref, worktree add (the worktree list read from git's files)
     ran.clear()
