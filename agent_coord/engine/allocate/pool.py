@@ -43,7 +43,7 @@ from agent_coord.engine.release.releaser import Releaser
 from agent_coord.engine.repos import bounds_of
 from agent_coord.engine.store import BranchHeldError, EventDraft, StoreBusyError
 from agent_coord.engine.store.connection import StoreUnavailableError
-from agent_coord.engine.store.records import Action, Repo, SlotState
+from agent_coord.engine.store.records import Action, Repo, Slot, SlotState
 
 tracer = trace.get_tracer("agent-coord.pool")
 logger = logging.getLogger("agent-coord")
@@ -59,7 +59,7 @@ class BranchAppeared(CoordError):
 
 
 class ContentionMonitor(Protocol):
-    async def snapshot(self, repo: Repo) -> Contention: ...
+    async def snapshot(self, repo: Repo, slots: list[Slot] | None = None) -> Contention: ...
 
 
 class Pool(OverEngine):
@@ -189,7 +189,7 @@ class Pool(OverEngine):
             start = await new_branch_start(self.git, repo, refs, worktrees)
 
         # The strategy: optimistic, or under contention pessimistic (jitter, backoff, the coldest slot).
-        snapshot = progress.contention = await self.contention.snapshot(repo)
+        snapshot = progress.contention = await self.contention.snapshot(repo, slots)
         pessimistic = snapshot.level >= self.settings.contention_threshold
         strategy = "pessimistic" if pessimistic else "optimistic"
         span.set_attribute("contention.level", snapshot.level)

@@ -172,6 +172,8 @@ class ManicTimeReader:
         """`read` in a worker thread. Past `timeout_s` the thread is abandoned (it ends on its own
         within the busy-retry budget) and the answer is available=False."""
         started = time.perf_counter()
+        if self.path is None:  # nothing to read: no thread for it
+            return self.read(at, agents)
         with anyio.move_on_after(timeout_s):
             return await anyio.to_thread.run_sync(self.read, at, list(agents), abandon_on_cancel=True)
         return ManicTimeView(

@@ -72,6 +72,11 @@ class ProcessScanner:
             return self._cached
 
     async def scan_async(self) -> ProcessScan:
+        """`scan`, off the event loop when it must read the process table; a fresh cached scan is
+        answered at once (an allocation under contention asks several times a second)."""
+        cached = self._cached
+        if cached is not None and time.monotonic() - cached.scanned_at_monotonic < self.cache_s:
+            return cached
         return await anyio.to_thread.run_sync(self.scan)
 
     def invalidate(self) -> None:
