@@ -224,7 +224,7 @@ async def _engine_worker(agent_id: str, seconds: float) -> None:
                 errors += 1
         elapsed = time.monotonic() - began
         cpu = cpu_s(resource.RUSAGE_SELF) + cpu_s(resource.RUSAGE_CHILDREN) - cpu0
-        report = {"cycles": n, "errors": errors, "cpu_s": cpu, "elapsed_s": elapsed}
+        report: dict[str, Any] = {"cycles": n, "errors": errors, "cpu_s": cpu, "elapsed_s": elapsed}
         report |= {"allocate_ms": allocate_ms, "release_ms": release_ms}
         print(json.dumps({**report, "attempts": attempts}), flush=True)
 

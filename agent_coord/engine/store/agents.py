@@ -37,7 +37,7 @@ class AgentRecords(_Tables):
             row = conn.execute(f"{AGENT_SELECT} WHERE a.id = ?", (agent_id,)).fetchone()
             return _agent(row) if row else None
 
-        return await self._conn.read(tx)
+        return await self._conn.read(tx, quick=True)
 
     async def live_agents(self) -> list[Agent]:
         """The agents that may still be running or hold a slot: not disconnected, dead or stale, or
@@ -48,7 +48,7 @@ class AgentRecords(_Tables):
             rows = conn.execute(LIVE_AGENT_SELECT).fetchall()
             return [_agent(r) for r in rows]
 
-        return await self._conn.read(tx)
+        return await self._conn.read(tx, quick=True)
 
     async def retire_agents(self, *, now: float, after_s: float, batch: int = 500) -> int:
         """Delete up to `batch` ended agents: no slot, and disconnected, dead or stale for `after_s`,

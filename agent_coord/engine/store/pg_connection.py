@@ -270,8 +270,8 @@ class PgConnection:
         """Run `fn` under the writer lock, retrying the whole of it on serialization failure or deadlock."""
         return await self._retrying(fn, WRITE_BEGIN)
 
-    async def read(self, fn: Callable[[Db], T]) -> T:
-        """Run `fn` in one snapshot."""
+    async def read(self, fn: Callable[[Db], T], *, quick: bool = False) -> T:
+        """Run `fn` in one snapshot (`quick` changes nothing here: every transaction is one hop)."""
         return await self._retrying(fn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     async def scalar(self, sql: str) -> int:

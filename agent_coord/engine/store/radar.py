@@ -200,7 +200,7 @@ class RadarRecords(_Tables):
                 out.append(LivePair(_pair(r), a, b, r["pair_updated"]))
             return out
 
-        return await self._conn.read(tx)
+        return await self._conn.read(tx, quick=True)
 
     async def allocation_bases(self, allocations: Iterable[tuple[str, int]]) -> dict[tuple[str, int], str | None]:
         """The `base` each allocation (worktree id, fencing token) was made from, from its grant event."""

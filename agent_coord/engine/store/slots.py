@@ -75,13 +75,13 @@ class SlotTransitions(_Tables):
                 cur = conn.execute("SELECT * FROM slots WHERE repo_id = ? ORDER BY id", (repo_id,))
             return [_slot(r) for r in cur.fetchall()]
 
-        return await self._conn.read(tx)
+        return await self._conn.read(tx, quick=True)
 
     async def slot(self, slot_id: str) -> Slot | None:
         def tx(conn: Db) -> Slot | None:
             return _slot_by_id(conn, slot_id)
 
-        return await self._conn.read(tx)
+        return await self._conn.read(tx, quick=True)
 
     async def claim_any_free_slot(
         self,

@@ -102,3 +102,27 @@ def test_processes_opening_a_new_database_at_once_all_get_the_store(tmp_path: Pa
         ]
         failures = [err for p in procs if (err := p.communicate(timeout=120)[1]) and p.returncode != 0]
         assert failures == [], failures[0][-800:]
+
+
+async def test_a_quick_read_is_answered_on_the_loop_while_another_process_writes(tmp_path: Path) -> None:
+    """In WAL mode a reader takes no lock a writer holds: a quick read runs on the event loop and sees
+    the last committed state while another connection (another process, for SQLite) is mid-write."""
+    conn = await Connection.open(tmp_path / "c.db")
+    await conn.write(lambda c: c.execute("INSERT INTO meta (key, value) VALUES ('k', 'committed')"))
+    other = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE meta SET value = 'uncommitted' WHERE key = 'k'")
+    loop_thread = threading.get_ident()
+    seen: list[tuple[int, str]] = []
+
+    def read(c: sqlite3.Connection) -> None:
+        row = c.execute("SELECT value FROM meta WHERE key = 'k'").fetchone()
+        seen.append((threading.get_ident(), str(row[0])))
+
+    await conn.read(read, quick=True)
+    await conn.read(read)  # the ordinary read: in the connection's thread
+    other.execute("ROLLBACK")
+    other.close()
+    await conn.close()
+    assert seen[0] == (loop_thread, "committed")
+    assert seen[1][0] != loop_thread and seen[1][1] == "committed"
