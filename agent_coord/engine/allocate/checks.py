@@ -10,7 +10,7 @@ from pathlib import Path
 
 from agent_coord.engine.errors import MAX_TEXT, CoordError, ErrorCode
 from agent_coord.engine.git.driver import BranchRefs, GitDriver, GitError, WorktreeInfo, reject_option_like
-from agent_coord.engine.git.worktree_files import allocation_worktrees
+from agent_coord.engine.git.worktree_files import allocation_branch_refs, allocation_worktrees
 from agent_coord.engine.models import AllocationResult, Contention
 from agent_coord.engine.store.records import Repo, Slot
 
@@ -42,6 +42,11 @@ async def base_commit(git: GitDriver, repo: Repo, base: str | None) -> str | Non
         return await git.resolve_commit(Path(repo.path), base)
     except GitError as exc:
         raise CoordError(ErrorCode.GIT_FAILED, f"base {base!r} is not a commit of {repo.path}: {exc.reason}") from exc
+
+
+async def branch_refs_of(git: GitDriver, repo: Repo, branch: str) -> BranchRefs:
+    """The branch's local ref, remote-tracking namesakes and clashes, read from git's files (or git)."""
+    return await allocation_branch_refs(git, Path(repo.path), repo.git_dir, branch)
 
 
 async def worktrees_of(git: GitDriver, repo: Repo) -> list[WorktreeInfo]:

@@ -19,6 +19,7 @@ from opentelemetry import trace
 from agent_coord.engine.allocate.checks import (
     Progress,
     base_commit,
+    branch_refs_of,
     check_arguments,
     checked_out_elsewhere,
     claimable,
@@ -165,7 +166,7 @@ class Pool(OverEngine):
         # Independent reads at once: the base, the branch's refs, git's worktrees and the store's slots.
         start, refs, worktrees, slots = await gather(
             base_commit(self.git, repo, base),
-            self.git.branch_refs(Path(repo.path), branch),
+            branch_refs_of(self.git, repo, branch),
             worktrees_of(self.git, repo),
             self.store.slots(repo.id),
         )

@@ -1,4 +1,5 @@
-"""An allocation's `git worktree list`, read from the files git itself reads, without a git process.
+"""An allocation's `git worktree list` and branch refs, read from the files git itself reads, without
+a git process.
 
 An allocation needs, of every worktree: its path, the branch it has checked out (none when detached),
 whether it is locked and whether it is prunable (its directory gone); and of the main worktree, its
@@ -8,6 +9,12 @@ HEAD commit. All of it is in small files:
 * `<common dir>/worktrees/<id>/gitdir`: `<worktree>/.git`, whose absence makes the entry prunable;
 * `<common dir>/worktrees/<id>/locked`: the lock (any kind of entry: git reads it with `lstat`);
 * the main worktree's branch tip: its loose ref file, else its line in `packed-refs`.
+
+Of the branch to allocate (`read_branch_refs`, what `GitDriver.branch_refs` asks `for-each-ref`): its
+loose ref file and the files or directories above and below it under `refs/heads`, the same name under
+each `refs/remotes/<remote>`, and their lines in `packed-refs`. Git's own `for-each-ref` reads every
+loose branch to answer, whatever its patterns: in a repository that has lived (thousands of branches)
+that cost an allocation more than its switch.
 
 Anything this reader does not settle the way git would (an entry that is not a directory, a relative
 or odd `gitdir`, a HEAD that is neither a branch nor a commit, a ref found neither loose nor packed,
@@ -22,7 +29,7 @@ from pathlib import Path
 
 import anyio
 
-from agent_coord.engine.git.driver import GitDriver, WorktreeInfo
+from agent_coord.engine.git.driver import BranchRefs, GitDriver, WorktreeInfo
 
 
 class _Unsettled(Exception):
@@ -135,3 +142,73 @@ async def allocation_worktrees(git: GitDriver, repo: Path, common_dir: Path) -> 
     """`read_worktrees`, or `git worktree list` where the files do not settle it (raises GitError)."""
     found = await anyio.to_thread.run_sync(read_worktrees, repo, common_dir)
     return found if found is not None else await git.worktrees(repo)
+
+
+def _loose_ref(path: Path) -> bool:
+    """Is there a ref file at `path` (False: nothing there, or a directory)? Raises _Unsettled on
+    anything else (a symbolic link, a special file)."""
+    if not os.path.lexists(path) or (os.path.isdir(path) and not os.path.islink(path)):
+        return False
+    if os.path.islink(path) or not os.path.isfile(path):
+        raise _Unsettled(str(path))
+    return True
+
+
+def _first_ref_below(directory: Path) -> str | None:
+    """A ref file somewhere below `directory` (its path relative to `refs/heads`'s parent), or None."""
+    for root, dirs, files in os.walk(directory):
+        for name in sorted(files):
+            if not name.endswith(".lock"):
+                return str(Path(root, name))
+        dirs.sort()
+    return None
+
+
+def read_branch_refs(common_dir: Path, branch: str) -> BranchRefs | None:
+    """`GitDriver.branch_refs` read from the files, or None where git must answer."""
+    try:
+        parts = branch.split("/")
+        if os.path.lexists(common_dir / "reftable") or any(part in ("", ".", "..") for part in parts):
+            return None
+        heads = common_dir / "refs" / "heads"
+        own = f"refs/heads/{branch}"
+        parents = [f"refs/heads/{'/'.join(parts[:i])}" for i in range(1, len(parts))]
+        exists = _loose_ref(heads.joinpath(*parts))
+        clashes: list[str] = [ref for ref in parents if _loose_ref(common_dir.joinpath(*ref.split("/")))]
+        below = heads.joinpath(*parts)
+        if os.path.isdir(below) and not os.path.islink(below) and (child := _first_ref_below(below)):
+            clashes.append(Path(child).relative_to(common_dir).as_posix())
+        remotes: set[str] = set()
+        remote_root = common_dir / "refs" / "remotes"
+        if os.path.isdir(remote_root) and not os.path.islink(remote_root):
+            with os.scandir(remote_root) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False) and _loose_ref(remote_root.joinpath(entry.name, *parts)):
+                        remotes.add(f"{entry.name}/{branch}")
+        packed = common_dir / "packed-refs"
+        if os.path.lexists(packed):
+            for line in _text(packed).splitlines():
+                if line.startswith(("#", "^")):
+                    continue
+                sha, _, ref = line.partition(" ")
+                if not _is_commit(sha):
+                    raise _Unsettled(str(packed))
+                if ref == own:
+                    exists = True
+                elif ref in parents or ref.startswith(f"{own}/"):
+                    clashes.append(ref)
+                elif (
+                    ref.startswith("refs/remotes/")
+                    and (short := ref.removeprefix("refs/remotes/")).partition("/")[2] == branch
+                ):
+                    remotes.add(short)
+    except (_Unsettled, OSError):
+        return None
+    clash = min(clashes).removeprefix("refs/heads/") if clashes else None
+    return BranchRefs(exists, sorted(remotes), clash)
+
+
+async def allocation_branch_refs(git: GitDriver, repo: Path, common_dir: Path, branch: str) -> BranchRefs:
+    """`read_branch_refs`, or `git for-each-ref` where the files do not settle it (raises GitError)."""
+    found = await anyio.to_thread.run_sync(read_branch_refs, common_dir, branch)
+    return found if found is not None else await git.branch_refs(repo, branch)

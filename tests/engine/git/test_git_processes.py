@@ -15,10 +15,10 @@ from tests.engine.git.seal_support import index_not_racy, quiet_for_the_margin, 
 
 pytestmark = pytest.mark.anyio
 
-# for-each-ref and switch to allocate (its worktree list read from git's files, its status spared by the
-# release's seal, its unsaved-commit count by the release branch's ref file); status and switch --detach
-# to release.
-WARM_CYCLE_GIT_PROCESSES = 4
+# switch to allocate (its worktree list and the branch's refs read from git's files, its status spared by
+# the release's seal, its unsaved-commit count by the release branch's ref file); status and switch
+# --detach to release.
+WARM_CYCLE_GIT_PROCESSES = 3
 
 
 @contextmanager
@@ -57,7 +57,7 @@ async def test_a_warm_cycle_runs_one_status(coord: Any, repo: Path, monkeypatch:
     commands = [c[0] for c in calls]
     assert commands.count("status") == 1, commands
     assert [c[0] for c in release] == ["status", "switch"], commands
-    assert len(calls) <= WARM_CYCLE_GIT_PROCESSES, commands
+    assert len(calls) == WARM_CYCLE_GIT_PROCESSES, commands
 
 
 async def test_a_slot_touched_within_the_margin_before_its_release_gets_a_status(
