@@ -136,7 +136,7 @@ class SlotTransitions(_Tables):
             return None
         if pg := self._pg():
             rows = await pg.call(
-                _CLAIM_ANY,
+                PG_CLAIM_ANY,
                 (repo_id, list(paths), warmest, owner, branch, task, now, now + lease_s),
             )
             return _claimed(rows)
@@ -180,8 +180,8 @@ class SlotTransitions(_Tables):
         if pg := self._pg():
             prefix = str(Path(repo.pool_root) / "x")[:-1]  # + a slot id: str(Path(pool_root) / slot_id)
             rows = await pg.call(
-                _CLAIM_NEW,
-                (repo.id, prefix, pool_max, owner, branch, task, now, now + lease_s, *_event_arrays([event])),
+                PG_CLAIM_NEW,
+                (repo.id, prefix, pool_max, owner, branch, task, now, now + lease_s, *pg_event_arrays([event])),
             )
             claimed = _claimed(rows)
             if claimed is not None and event is not None:
@@ -248,7 +248,7 @@ class SlotTransitions(_Tables):
         if pg is None or set(values) - SLOT_COLUMNS:  # unknown columns: the Python path says which
             return await self._conn.write(tx, quick=True)
         rows = await pg.call(
-            _TRANSITION,
+            PG_TRANSITION,
             (
                 slot_id,
                 [s.value for s in states],
@@ -256,9 +256,9 @@ class SlotTransitions(_Tables):
                 expect_version,
                 delete,
                 list(values),
-                *(_value(values.get(column)) for column in _TRANSITION_COLUMNS),
+                *(_value(values.get(column)) for column in PG_TRANSITION_COLUMNS),
                 now,
-                *_event_arrays(events),
+                *pg_event_arrays(events),
             ),
         )
         if not rows:
@@ -324,7 +324,7 @@ class SlotTransitions(_Tables):
 
 
 # agent_coord_transition's new values, in its parameters' order.
-_TRANSITION_COLUMNS = (
+PG_TRANSITION_COLUMNS = (
     "state",
     "owner",
     "branch",
@@ -336,19 +336,19 @@ _TRANSITION_COLUMNS = (
     "rescue_ref",
     "setup_done",
 )
-assert set(_TRANSITION_COLUMNS) == SLOT_COLUMNS
+assert set(PG_TRANSITION_COLUMNS) == SLOT_COLUMNS
 # The calls of schema_pg's functions (migration 8), every parameter cast to the function's type; the
-# last nine are the events' arrays (_event_arrays).
-_CLAIM_ANY = (
+# last nine are the events' arrays (pg_event_arrays).
+PG_CLAIM_ANY = (
     "SELECT o_tag AS tag, (o_slot).* FROM agent_coord_claim_any(%s::bigint, %s::text[], %s::boolean, %s::text,"
     " %s::text, %s::text, %s::float8, %s::float8)"
 )
-_CLAIM_NEW = (
+PG_CLAIM_NEW = (
     "SELECT o_tag AS tag, (o_slot).* FROM agent_coord_claim_new(%s::bigint, %s::text, %s::bigint, %s::text,"
     " %s::text, %s::text, %s::float8, %s::float8,"
     " %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::bigint[], %s::text[])"
 )
-_TRANSITION = (
+PG_TRANSITION = (
     "SELECT o_tag AS tag, (o_slot).* FROM agent_coord_transition(%s::text, %s::text[], %s::bigint, %s::bigint,"
     " %s::boolean, %s::text[], %s::text, %s::text, %s::text, %s::bigint, %s::float8, %s::float8, %s::float8,"
     " %s::text, %s::text, %s::integer, %s::float8,"
@@ -363,7 +363,7 @@ def _value(v: Any) -> Any:
     return bound(v)
 
 
-def _event_arrays(drafts: Sequence[EventDraft | None]) -> list[list[Any]]:
+def pg_event_arrays(drafts: Sequence[EventDraft | None]) -> list[list[Any]]:
     """The events for a function of schema_pg's migration 8: one array per column (rows._event_values)."""
     rows = [[_value(v) for v in _event_values(d)] for d in drafts if d is not None]
     columns: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(9)]
