@@ -54,9 +54,11 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
+from psycopg.abc import PQGen
 from psycopg.adapt import Transformer
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
+from psycopg.waiting import Wait
 
 from agent_coord.engine.store.connection import StoreBusyError, StoreClosedError, StoreUnavailableError
 from agent_coord.engine.store.dialect import ConstraintError, Db, run_to_the_end
@@ -172,14 +174,21 @@ class _Reconnect(Exception):
     """The connection broke before COMMIT was sent: the server rolled the transaction back."""
 
 
+def _readable(fd: int) -> bool:
+    if hasattr(select, "poll"):  # select.select refuses descriptors past FD_SETSIZE
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
+
+
 def _check_idle(conn: psycopg.Connection[Any]) -> None:
     """Raise _Reconnect if the server has closed this idle connection (a restart, an administrator): `call`
     sends COMMIT along with BEGIN, so a dead connection must be found before anything is sent.
     An idle connection has nothing to read unless the server spoke first: only then is it asked."""
     if conn.broken or conn.closed:
         raise _Reconnect
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
+    if _readable(conn.fileno()):
         try:
             conn.execute("SELECT 1")
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -191,25 +200,33 @@ def _exchange(conn: psycopg.Connection[Any], query: str) -> tuple[list[PGresult]
     the error that cut the connection, if one did. Read here, not by a cursor, so that every result
     that arrived before a lost connection is kept (a cursor raises and drops them)."""
     pgconn = conn.pgconn
-    try:
-        pgconn.send_query(query.encode(conn.info.encoding))
-        while pgconn.flush():
-            select.select([], [pgconn.socket], [])
-    except psycopg.OperationalError as exc:
-        raise _Reconnect from exc  # the message did not leave whole: the server runs no part of it
+    data = query.encode(conn.info.encoding)
     results: list[PGresult] = []
-    try:
+
+    def send() -> PQGen[None]:
+        pgconn.send_query(data)
+        while pgconn.flush():
+            yield Wait.W
+
+    def receive() -> PQGen[None]:
         while True:
             if pgconn.is_busy():
-                select.select([pgconn.socket], [], [])
+                yield Wait.R
                 pgconn.consume_input()
-                continue
-            result = pgconn.get_result()
-            if result is None:
-                return results, None
-            results.append(result)
+            elif (result := pgconn.get_result()) is not None:
+                results.append(result)
+            else:
+                return
+
+    try:
+        conn.wait(send())
+    except psycopg.OperationalError as exc:
+        raise _Reconnect from exc  # the message did not leave whole: the server runs no part of it
+    try:
+        conn.wait(receive())
     except psycopg.OperationalError as exc:
         return results, exc
+    return results, None
 
 
 def _rows(conn: psycopg.Connection[Any], result: PGresult) -> list[PgRow]:
