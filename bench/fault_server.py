@@ -3,11 +3,11 @@
 `python -m bench.fault_server` serves exactly like `python -m server`, after wrapping two methods:
   - `connection._run` (one whole transaction, in the store's worker thread, the host writer lock's
     thread, or on the event loop for a quick compare-and-swap; on PostgreSQL,
-    `PgConnection._transaction`) sets bit 0 of a one-byte
-    flag (a shared file, mmap'ed) from before `BEGIN` until after `COMMIT`/`ROLLBACK`; with
-    AGENT_COORD_FAULT_TX_DELAY_MS it also sleeps up to that long inside write transactions, after
-    their statements and before `COMMIT`, so a kill can land while the write lock is held and the
-    transaction is not yet committed;
+    `PgConnection._transaction`, and `PgConnection._call` for a server-side function) sets bit 0 of
+    a one-byte flag (a shared file, mmap'ed) from before `BEGIN` until after `COMMIT`/`ROLLBACK`;
+    with AGENT_COORD_FAULT_TX_DELAY_MS it also sleeps up to that long inside write transactions,
+    after their statements and before `COMMIT`, so a kill can land while the write lock is held and
+    the transaction is not yet committed (a function's call: before it is sent);
   - the git between phase 1 (FREE→ALLOCATING committed) and phase 2 (ALLOCATING→BUSY) of an
     allocation, `switch_warm_slot` and `add_cold_slot` as `Pool._allocate` calls them, sets bit 1;
     AGENT_COORD_FAULT_GIT_DELAY_MS sleeps up to that long at its start.
@@ -107,7 +107,21 @@ def _install_pg(set_bit: Any, clear_bit: Any, tx_delay: float) -> None:
         finally:
             clear_bit(IN_TX)
 
+    original_call = PgConnection._call
+
+    def _call(self: Any, statement: str, parameters: Any) -> Any:
+        # A server-side function's write is one message: a kill lands before it is sent (nothing done)
+        # or after (done inside the server, the answer lost); the delay aims kills at the first.
+        set_bit(IN_TX)
+        try:
+            if tx_delay:
+                time.sleep(random.uniform(0, tx_delay))
+            return original_call(self, statement, parameters)
+        finally:
+            clear_bit(IN_TX)
+
     PgConnection._transaction = _transaction  # type: ignore[method-assign]
+    PgConnection._call = _call  # type: ignore[method-assign]
 
 
 def read_flag(flag_path: str) -> tuple[int, int]:

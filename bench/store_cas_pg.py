@@ -3,14 +3,16 @@ psycopg running the very same statements, transaction for transaction, in the sa
 
 One cycle is bench/cas_harness.py's: claim (the warmest FREE slot, else a new one while the pool is
 below its maximum) → ALLOCATING→BUSY (+ `allocate` event) → BUSY→FREE (+ `release` event). The raw
-baseline sends what the store sends on PostgreSQL, spelled for psycopg: `BEGIN` (its commit not
-waiting for the WAL flush) and the writer lock, the branch check, the claim `UPDATE … SET
-fencing_token = nextval(…) … RETURNING`, the re-reads, the event inserts (through the same triggers:
-event order, rollups, notifications), `COMMIT`, the flush that makes it durable before it is
-acknowledged (pg_connection.py), and the same retry on serialization failure or deadlock. Every
-worker is its own process with one connection; the two implementations run interleaved, in fresh
-databases of one throwaway cluster. After every run the event log is checked: no slot granted twice
-at once, every token granted once, every cycle a worker acknowledged in the log.
+baseline (`raw`) sends what the store sends on PostgreSQL, with plain psycopg: each write one Query
+message of `BEGIN`, the commit setting (not waiting for the WAL flush), the call of the schema's
+function for it (schema_pg's migration 8: the writer lock, the branch check, the claim or the
+compare-and-swap, the event inserts through the same triggers), `COMMIT`, and the flush that makes it
+durable before it is acknowledged (pg_connection.py); the same retry on serialization failure or
+deadlock. A second reference line (`raw-tx`) runs the same cycle as transactions of single
+statements, one round trip each, under the writer lock taken at `BEGIN` (what the store sent before
+the functions). Every worker is its own process with one connection; the implementations run
+interleaved, in fresh databases of one throwaway cluster. After every run the event log is checked:
+no slot granted twice at once, every token granted once, every cycle a worker acknowledged in the log.
 
     python -m bench.store_cas_pg           # 1, 4, 16 processes full speed + 16 paced at 20 cycles/s
     python -m bench.store_cas_pg --quick   # shorter
@@ -42,13 +44,15 @@ RETRIES = 12
 HELD = ("ALLOCATING", "BUSY", "RELEASING")
 # The raw baseline's repository row: a host of its own, as the store records one (schema 7).
 RAW_HOST = "bench-raw"
+NO_EVENTS: tuple[list[Any], ...] = ([],) * 9  # a claim's event arrays when it writes no event
 
 
 # ---- the raw baseline ------------------------------------------------------------------------------
 
 
 class RawPg(harness.RawIdentity):
-    """`cas_harness.RawOps` over one psycopg connection: what the store sends on PostgreSQL."""
+    """`cas_harness.RawOps` over one psycopg connection: the store's transaction functions, statement by
+    statement (the `raw-tx` reference line)."""
 
     def __init__(self, url: str, pool_max: int) -> None:
         import psycopg
@@ -88,12 +92,16 @@ class RawPg(harness.RawIdentity):
         return row
 
     def _ensure_repo(self) -> int:
-        self.conn.execute(
+        return self.ensure_repo(self.conn)
+
+    @staticmethod
+    def ensure_repo(conn: Any) -> int:
+        conn.execute(
             "INSERT INTO repos (path, pool_root, created_at, host) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT(host, path) DO NOTHING",
             ("/bench/repo", "/bench/pool", time.time(), RAW_HOST),
         )
-        row = self._one("SELECT * FROM repos WHERE path = %s AND host = %s", ("/bench/repo", RAW_HOST))
+        row = conn.execute("SELECT * FROM repos WHERE path = %s AND host = %s", ("/bench/repo", RAW_HOST)).fetchone()
         assert row is not None
         return int(row["id"])
 
@@ -175,8 +183,100 @@ class RawPg(harness.RawIdentity):
         return new
 
 
+class RawPgFn(harness.RawIdentity):
+    """`cas_harness.RawOps` over one psycopg connection: the store's calls of the schema's functions."""
+
+    def __init__(self, url: str, pool_max: int) -> None:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        super().__init__(pool_max)
+        self.conn = psycopg.connect(url, autocommit=True, row_factory=dict_row, cursor_factory=psycopg.ClientCursor)
+        self.repo_id = RawPg.ensure_repo(self.conn)
+
+    def write(self, fn: Callable[[], Any]) -> Any:
+        from psycopg import errors as pg_errors
+
+        for attempt in range(RETRIES):
+            try:
+                return fn()
+            except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
+                self.conn.execute("ROLLBACK")
+                self.retried += 1
+                time.sleep(min(0.2, random.uniform(0.001, 0.004) * (2**attempt)))
+        raise harness.GaveUp
+
+    def _call(self, sql: str, params: Sequence[Any]) -> Mapping[str, Any] | None:
+        from agent_coord.engine.store.pg_connection import CALL_BEGIN, FLUSH
+
+        cur = self.conn.cursor()
+        try:
+            cur.execute(f"BEGIN; {CALL_BEGIN}; {sql}; COMMIT; {FLUSH}", params)
+        except BaseException:
+            if not self.conn.broken:
+                self.conn.execute("ROLLBACK")
+            raise
+        cur.nextset()
+        cur.nextset()  # past BEGIN and SET: the call's rows
+        row: Mapping[str, Any] | None = cur.fetchone()
+        assert row is None or row["tag"] != "held", "this process's branch is held"
+        return row
+
+    def claim_any(self) -> Mapping[str, Any] | None:
+        from agent_coord.engine.store.slots import PG_CLAIM_ANY
+
+        now = time.time()
+        return self._call(
+            PG_CLAIM_ANY, (self.repo_id, self.paths, True, self.owner, self.branch, None, now, now + LEASE_S)
+        )
+
+    def claim_new(self) -> Mapping[str, Any] | None:
+        from agent_coord.engine.store.slots import PG_CLAIM_NEW
+
+        now = time.time()
+        return self._call(
+            PG_CLAIM_NEW,
+            (
+                self.repo_id,
+                "/bench/pool/",
+                self.pool_max,
+                self.owner,
+                self.branch,
+                None,
+                now,
+                now + LEASE_S,
+                *NO_EVENTS,
+            ),
+        )
+
+    def transition(
+        self, slot_id: str, expect: str, token: int, changes: dict[str, Any], action: str
+    ) -> Mapping[str, Any] | None:
+        from agent_coord.engine.store.slots import PG_TRANSITION, PG_TRANSITION_COLUMNS
+
+        now = time.time()
+        values = {k: (v.value if isinstance(v, Enum) else v) for k, v in changes.items()}
+        event = harness.event_values(self, action, slot_id, token, now)[1:]
+        return self._call(
+            PG_TRANSITION,
+            (
+                *(slot_id, [expect], token, None, False, list(values)),
+                *(values.get(c) for c in PG_TRANSITION_COLUMNS),
+                now,
+                *([v] for v in event),  # one event: one element per column's array
+            ),
+        )
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def worker_main(args: argparse.Namespace) -> None:
     if args.impl == "raw":
+        harness.serve_worker(
+            lambda ready: harness.raw_cycles(RawPgFn(args.db, args.pool_max), args.duration, args.rate, ready())
+        )
+    elif args.impl == "raw-tx":
         harness.serve_worker(
             lambda ready: harness.raw_cycles(RawPg(args.db, args.pool_max), args.duration, args.rate, ready())
         )
@@ -298,7 +398,7 @@ def main() -> None:
         help="the databases' synchronous_commit (off: a commit does not wait for its WAL flush)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--impl", choices=["store", "raw"], help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=["store", "raw", "raw-tx"], help=argparse.SUPPRESS)
     parser.add_argument("--pool-max", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -312,7 +412,7 @@ def main() -> None:
     duration = args.duration or (3.0 if args.quick else 5.0)
     paced_duration = 4.0 if args.quick else 8.0
     counts = [int(x) for x in args.procs.split(",")]
-    impls = ["store", "raw"]
+    impls = ["store", "raw", "raw-tx"]
     info = machine()
     print(machine_line(info), flush=True)
     with cluster_prefix(args.url, args.cluster_dir) as prefix:

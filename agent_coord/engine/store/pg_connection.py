@@ -25,6 +25,13 @@ STORE_UNAVAILABLE, within a few seconds, never a hang. A flush cut short by the 
 (or by an administrator ending the connection) is no such case: the write committed and the server
 writes its WAL out before it stops, so it is acknowledged.
 
+The hot compare-and-swaps are functions in the server (schema_pg's migration 8), each taking the writer
+lock itself: `call` sends `BEGIN`, the commit setting, the call, `COMMIT` and the flush as one Query
+message, one network round trip, so the lock is held for the function's run, not across client round
+trips. The guarantees above hold for it: an error skips the rest of the message (no COMMIT, no flush);
+the answer to `COMMIT`, read apart from what follows it, tells a done write from an undone one; a
+connection the server closed while it sat in the pool is found before anything is sent, and replaced.
+
 Reads run in `REPEATABLE READ READ ONLY` transactions: several SELECTs see one snapshot, as a SQLite
 deferred transaction does.
 """
@@ -36,6 +43,7 @@ import contextlib
 import math
 import random
 import re
+import select
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +54,11 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
-from psycopg.pq import TransactionStatus
+from psycopg.abc import PQGen
+from psycopg.adapt import Transformer
+from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.pq.abc import PGresult
+from psycopg.waiting import Wait
 
 from agent_coord.engine.store.connection import StoreBusyError, StoreClosedError, StoreUnavailableError
 from agent_coord.engine.store.dialect import ConstraintError, Db, run_to_the_end
@@ -68,6 +80,8 @@ WRITE_BEGIN = f"BEGIN; SET LOCAL synchronous_commit = off; SELECT {WRITER_LOCK}"
 # A transactional WAL record and nothing else: its commit waits until the WAL is flushed up to it (an
 # xid alone writes no WAL, so its commit would not wait); any role may emit one, at any wal_level.
 FLUSH = "SELECT pg_logical_emit_message(true, 'agent-coord', '')"
+# What `call` runs after BEGIN: WRITE_BEGIN's commit setting; the function takes the writer lock itself.
+CALL_BEGIN = "SET LOCAL synchronous_commit = off"
 
 _PARAM = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"|::|\?|:[A-Za-z_][A-Za-z0-9_]*|%")
 
@@ -158,6 +172,68 @@ class PgDb:
 
 class _Reconnect(Exception):
     """The connection broke before COMMIT was sent: the server rolled the transaction back."""
+
+
+def _readable(fd: int) -> bool:
+    if hasattr(select, "poll"):  # select.select refuses descriptors past FD_SETSIZE
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _check_idle(conn: psycopg.Connection[Any]) -> None:
+    """Raise _Reconnect if the server has closed this idle connection (a restart, an administrator): `call`
+    sends COMMIT along with BEGIN, so a dead connection must be found before anything is sent.
+    An idle connection has nothing to read unless the server spoke first: only then is it asked."""
+    if conn.broken or conn.closed:
+        raise _Reconnect
+    if _readable(conn.fileno()):
+        try:
+            conn.execute("SELECT 1")
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise _Reconnect from exc
+
+
+def _exchange(conn: psycopg.Connection[Any], query: str) -> tuple[list[PGresult], psycopg.Error | None]:
+    """Send `query` (one or more statements, one Query message) and read its results one by one; with
+    the error that cut the connection, if one did. Read here, not by a cursor, so that every result
+    that arrived before a lost connection is kept (a cursor raises and drops them)."""
+    pgconn = conn.pgconn
+    data = query.encode(conn.info.encoding)
+    results: list[PGresult] = []
+
+    def send() -> PQGen[None]:
+        pgconn.send_query(data)
+        while pgconn.flush():
+            yield Wait.W
+
+    def receive() -> PQGen[None]:
+        while True:
+            if pgconn.is_busy():
+                yield Wait.R
+                pgconn.consume_input()
+            elif (result := pgconn.get_result()) is not None:
+                results.append(result)
+            else:
+                return
+
+    try:
+        conn.wait(send())
+    except psycopg.OperationalError as exc:
+        raise _Reconnect from exc  # the message did not leave whole: the server runs no part of it
+    try:
+        conn.wait(receive())
+    except psycopg.OperationalError as exc:
+        return results, exc
+    return results, None
+
+
+def _rows(conn: psycopg.Connection[Any], result: PGresult) -> list[PgRow]:
+    index = {(result.fname(i) or b"").decode(conn.info.encoding): i for i in range(result.nfields)}
+    loader = Transformer(conn)
+    loader.set_pgresult(result)
+    return loader.load_rows(0, result.ntuples, lambda values: PgRow(values, index))
 
 
 def unreachable(url: PostgresUrl, exc: BaseException) -> StoreUnavailableError:
@@ -268,11 +344,17 @@ class PgConnection:
 
     async def write(self, fn: Callable[[Db], T], *, quick: bool = False) -> T:
         """Run `fn` under the writer lock, retrying the whole of it on serialization failure or deadlock."""
-        return await self._retrying(fn, WRITE_BEGIN)
+        return await self._retrying(self._transaction, fn, WRITE_BEGIN)
+
+    async def call(self, statement: str, parameters: Sequence[Any]) -> list[PgRow]:
+        """Run `statement`, one call of a function that takes the writer lock itself, as a write
+        transaction of its own in one round trip; its rows. Retried, flushed and reported as `write`.
+        The parameters are bound as given (booleans as booleans): the caller converts its values."""
+        return await self._retrying(self._call, statement, tuple(parameters))
 
     async def read(self, fn: Callable[[Db], T], *, quick: bool = False) -> T:
         """Run `fn` in one snapshot (`quick` changes nothing here: every transaction is one hop)."""
-        return await self._retrying(fn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        return await self._retrying(self._transaction, fn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     async def scalar(self, sql: str) -> int:
         def one(db: Db) -> int:
@@ -281,11 +363,11 @@ class PgConnection:
 
         return await self.read(one)
 
-    async def _retrying(self, fn: Callable[[Db], T], begin: str) -> T:
+    async def _retrying(self, attempt_once: Callable[..., T], *args: Any) -> T:
         reconnects = 0
         for attempt in range(RETRIES):
             try:
-                return await self._hop(self._transaction, fn, begin)
+                return await self._hop(attempt_once, *args)
             except RETRYABLE:
                 await asyncio.sleep(min(0.2, random.uniform(0.001, 0.004) * (2**attempt)))
             except _Reconnect as exc:
@@ -350,6 +432,44 @@ class PgConnection:
             if conn.broken and not committing:
                 raise _Reconnect from exc
             raise unreachable(self.url, exc) from None
+        finally:
+            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+            self._pool.putconn(conn)
+
+    def _call(self, statement: str, parameters: Sequence[Any]) -> list[PgRow]:
+        try:
+            conn = self._pool.getconn()
+        except psycopg_pool.PoolTimeout as exc:
+            raise unreachable(self.url, exc) from None
+        try:
+            _check_idle(conn)
+            call = psycopg.ClientCursor(conn).mogrify(statement, parameters)
+            # One Query message: an error skips the rest of it (no COMMIT, no flush), and the results
+            # arrive one per statement, so the answer to COMMIT is known whatever comes after it.
+            results, lost = _exchange(conn, f"BEGIN; {CALL_BEGIN}; {call}; COMMIT; {FLUSH}")
+            failed = next((r for r in results if r.status == ExecStatus.FATAL_ERROR), None)
+            error = pg_errors.error_from_result(failed, encoding=conn.info.encoding) if failed else lost
+            committed = len(results) > 3 and results[3].status == ExecStatus.COMMAND_OK
+            if error is None:
+                return _rows(conn, results[2])
+            if committed:
+                if isinstance(error, pg_errors.AdminShutdown):
+                    # COMMIT answered, the flush cut short by a shutdown: acknowledged (see `_transaction`).
+                    return _rows(conn, results[2])
+                raise unreachable(self.url, error) from None
+            if isinstance(error, psycopg.IntegrityError):
+                raise ConstraintError(str(error)) from error
+            if isinstance(error, RETRYABLE):
+                raise error
+            if failed is None or len(results) > 3:
+                raise unreachable(self.url, error) from None  # COMMIT sent, its outcome unknown
+            if conn.broken:
+                raise _Reconnect from error  # a statement before COMMIT failed: the rest never ran
+            if isinstance(error, psycopg.OperationalError):
+                raise unreachable(self.url, error) from None
+            raise error
         finally:
             if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
                 with contextlib.suppress(psycopg.Error):

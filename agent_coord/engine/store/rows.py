@@ -153,22 +153,26 @@ def _insert_agent(conn: Db, agent: Agent, *, on_conflict: str) -> None:
     )
 
 
+def _event_values(draft: EventDraft) -> tuple[Any, ...]:
+    """An event's columns after `ts`, as `_append` writes them (and schema_pg's functions, in arrays)."""
+    return (
+        draft.agent_id,
+        draft.action,
+        draft.repo_id,
+        draft.worktree_id,
+        draft.branch,
+        draft.outcome,
+        draft.duration_ms,
+        draft.fencing_token,
+        json.dumps(draft.detail, default=str, sort_keys=True),
+    )
+
+
 def _append(conn: Db, draft: EventDraft, now: float) -> None:
     conn.execute(
         "INSERT INTO events (ts, agent_id, action, repo_id, worktree_id, branch, outcome, duration_ms,"
         " fencing_token, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            now,
-            draft.agent_id,
-            draft.action,
-            draft.repo_id,
-            draft.worktree_id,
-            draft.branch,
-            draft.outcome,
-            draft.duration_ms,
-            draft.fencing_token,
-            json.dumps(draft.detail, default=str, sort_keys=True),
-        ),
+        (now, *_event_values(draft)),
     )
 
 

@@ -63,6 +63,15 @@ def _notify_on(*tables: str) -> str:
     )
 
 
+# The events a function appends, one array per column of `events` (rows._append's values, in order).
+_EVENT_PARAMS = (
+    "e_agent TEXT[], e_action TEXT[], e_repo BIGINT[], e_worktree TEXT[], e_branch TEXT[], e_outcome TEXT[],"
+    " e_duration DOUBLE PRECISION[], e_token BIGINT[], e_detail TEXT[]"
+)
+_EVENT_ARGS = "e_agent, e_action, e_repo, e_worktree, e_branch, e_outcome, e_duration, e_token, e_detail"
+_HELD = "('ALLOCATING', 'BUSY', 'RELEASING')"
+
+
 def _int(condition: str) -> str:
     return f"({condition})::int"
 
@@ -403,4 +412,142 @@ PG_MIGRATIONS: tuple[str, ...] = (
     END $$;
     CREATE TRIGGER slots_host_project BEFORE INSERT ON slots FOR EACH ROW EXECUTE FUNCTION slots_host_project();
     """,
+    # 8: the hot compare-and-swaps (slots.py's claim_any_free_slot, claim_new_slot, transition) as
+    # functions, so a write is one round trip and the writer lock is held only inside the server. Each is
+    # the Python transaction function statement for statement; the engine-parametrised tests keep the
+    # two equal. Rows come back tagged: 'held' (the holder of the branch), 'claimed', 'before', 'after'.
+    f"""
+    CREATE FUNCTION agent_coord_append_events(p_now DOUBLE PRECISION, p_worktree TEXT, p_token BIGINT,
+        p_override BOOLEAN, {_EVENT_PARAMS}) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        FOR i IN 1 .. COALESCE(array_length(e_action, 1), 0) LOOP
+            INSERT INTO events (ts, agent_id, action, repo_id, worktree_id, branch, outcome, duration_ms,
+                fencing_token, detail)
+            VALUES (p_now, e_agent[i], e_action[i], e_repo[i],
+                CASE WHEN p_override THEN p_worktree ELSE COALESCE(e_worktree[i], p_worktree) END,
+                e_branch[i], e_outcome[i], e_duration[i],
+                CASE WHEN p_override THEN p_token ELSE COALESCE(e_token[i], p_token) END, e_detail[i]);
+        END LOOP;
+    END $$;
+
+    CREATE FUNCTION agent_coord_branch_holder(p_repo_id BIGINT, p_branch TEXT) RETURNS slots
+    LANGUAGE sql STABLE AS $$
+        SELECT * FROM slots WHERE branch = p_branch AND state IN {_HELD}
+            AND (repo_id = p_repo_id OR project = (SELECT project FROM repos WHERE id = p_repo_id))
+            ORDER BY repo_id != p_repo_id LIMIT 1
+    $$;
+
+    CREATE FUNCTION agent_coord_claim_any(p_repo_id BIGINT, p_paths TEXT[], p_warmest BOOLEAN, p_owner TEXT,
+        p_branch TEXT, p_task TEXT, p_now DOUBLE PRECISION, p_lease_expires_at DOUBLE PRECISION)
+    RETURNS TABLE (o_tag TEXT, o_slot slots) LANGUAGE plpgsql AS $$
+    DECLARE
+        v_id TEXT;
+    BEGIN
+        PERFORM {WRITER_LOCK};
+        o_slot := agent_coord_branch_holder(p_repo_id, p_branch);
+        IF o_slot.id IS NOT NULL THEN
+            o_tag := 'held';
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF p_warmest THEN
+            SELECT id INTO v_id FROM slots WHERE repo_id = p_repo_id AND state = 'FREE' AND path = ANY(p_paths)
+                ORDER BY COALESCE(released_at, 0) DESC, id LIMIT 1;
+        ELSE
+            SELECT id INTO v_id FROM slots WHERE repo_id = p_repo_id AND state = 'FREE' AND path = ANY(p_paths)
+                ORDER BY COALESCE(released_at, 0) ASC, id LIMIT 1;
+        END IF;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        UPDATE slots SET state = 'ALLOCATING', version = version + 1, owner = p_owner, branch = p_branch,
+            fencing_token = nextval('fencing_tokens'), lease_expires_at = p_lease_expires_at, since = p_now,
+            task = p_task, rescue_ref = NULL
+            WHERE id = v_id AND state = 'FREE';
+        o_tag := 'claimed';
+        SELECT * INTO o_slot FROM slots WHERE id = v_id;
+        RETURN NEXT;
+    END $$;
+
+    CREATE FUNCTION agent_coord_claim_new(p_repo_id BIGINT, p_path_prefix TEXT, p_pool_max BIGINT, p_owner TEXT,
+        p_branch TEXT, p_task TEXT, p_now DOUBLE PRECISION, p_lease_expires_at DOUBLE PRECISION,
+        {_EVENT_PARAMS})
+    RETURNS TABLE (o_tag TEXT, o_slot slots) LANGUAGE plpgsql AS $$
+    DECLARE
+        v_seq DOUBLE PRECISION;
+        v_n BIGINT;
+        v_id TEXT;
+        v_path TEXT;
+        v_token BIGINT;
+    BEGIN
+        PERFORM {WRITER_LOCK};
+        o_slot := agent_coord_branch_holder(p_repo_id, p_branch);
+        IF o_slot.id IS NOT NULL THEN
+            o_tag := 'held';
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF (SELECT COUNT(*) FROM slots WHERE repo_id = p_repo_id AND state != 'QUARANTINED') >= p_pool_max THEN
+            RETURN;
+        END IF;
+        LOOP  -- rows._next_slot_id: the next wt-NN whose id and default path are both unused
+            UPDATE meta SET value = value + 1 WHERE key = 'slot_seq' RETURNING value INTO STRICT v_seq;
+            v_n := trunc(v_seq)::BIGINT;
+            v_id := 'wt-' || CASE WHEN v_n BETWEEN 0 AND 9 THEN '0' || v_n::TEXT ELSE v_n::TEXT END;
+            v_path := p_path_prefix || v_id;
+            EXIT WHEN NOT EXISTS (SELECT 1 FROM slots WHERE id = v_id OR path = v_path);
+        END LOOP;
+        v_token := nextval('fencing_tokens');
+        INSERT INTO slots (id, repo_id, path, state, version, owner, branch, fencing_token, lease_expires_at,
+            since, task, created_at)
+            VALUES (v_id, p_repo_id, v_path, 'ALLOCATING', 0, p_owner, p_branch, v_token, p_lease_expires_at,
+                p_now, p_task, p_now);
+        PERFORM agent_coord_append_events(p_now, v_id, v_token, true, {_EVENT_ARGS});
+        o_tag := 'claimed';
+        SELECT * INTO o_slot FROM slots WHERE id = v_id;
+        RETURN NEXT;
+    END $$;
+
+    -- p_set names the columns to change; the other p_ values of the row are ignored.
+    CREATE FUNCTION agent_coord_transition(p_id TEXT, p_states TEXT[], p_token BIGINT, p_version BIGINT,
+        p_delete BOOLEAN, p_set TEXT[], p_state TEXT, p_owner TEXT, p_branch TEXT, p_fencing_token BIGINT,
+        p_lease_expires_at DOUBLE PRECISION, p_since DOUBLE PRECISION, p_released_at DOUBLE PRECISION,
+        p_task TEXT, p_rescue_ref TEXT, p_setup_done INTEGER, p_now DOUBLE PRECISION, {_EVENT_PARAMS})
+    RETURNS TABLE (o_tag TEXT, o_slot slots) LANGUAGE plpgsql AS $$
+    DECLARE
+        v_before slots;
+    BEGIN
+        PERFORM {WRITER_LOCK};
+        SELECT * INTO v_before FROM slots WHERE id = p_id AND state = ANY(p_states)
+            AND (p_token IS NULL OR fencing_token = p_token) AND (p_version IS NULL OR version = p_version);
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        o_tag := 'before';
+        o_slot := v_before;
+        RETURN NEXT;
+        IF p_delete THEN
+            DELETE FROM slots WHERE id = p_id;
+        ELSE
+            UPDATE slots SET
+                state = CASE WHEN 'state' = ANY(p_set) THEN p_state ELSE state END,
+                owner = CASE WHEN 'owner' = ANY(p_set) THEN p_owner ELSE owner END,
+                branch = CASE WHEN 'branch' = ANY(p_set) THEN p_branch ELSE branch END,
+                fencing_token = CASE WHEN 'fencing_token' = ANY(p_set) THEN p_fencing_token ELSE fencing_token END,
+                lease_expires_at = CASE WHEN 'lease_expires_at' = ANY(p_set) THEN p_lease_expires_at
+                    ELSE lease_expires_at END,
+                since = CASE WHEN 'since' = ANY(p_set) THEN p_since ELSE since END,
+                released_at = CASE WHEN 'released_at' = ANY(p_set) THEN p_released_at ELSE released_at END,
+                task = CASE WHEN 'task' = ANY(p_set) THEN p_task ELSE task END,
+                rescue_ref = CASE WHEN 'rescue_ref' = ANY(p_set) THEN p_rescue_ref ELSE rescue_ref END,
+                setup_done = CASE WHEN 'setup_done' = ANY(p_set) THEN p_setup_done ELSE setup_done END,
+                version = version + 1
+                WHERE id = p_id;
+            o_tag := 'after';
+            SELECT * INTO o_slot FROM slots WHERE id = p_id;
+            RETURN NEXT;
+        END IF;
+        PERFORM agent_coord_append_events(p_now, p_id, v_before.fencing_token, false, {_EVENT_ARGS});
+    END $$;
+    """,  # noqa: S608
 )

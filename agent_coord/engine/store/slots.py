@@ -5,14 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from agent_coord.engine.store.dialect import Db, is_postgres
 from agent_coord.engine.store.records import Repo, Slot, SlotState
 from agent_coord.engine.store.rows import (
     SLOT_COLUMNS,
+    BranchHeldError,
     EventDraft,
     _append,
+    _event_values,
     _next_slot_id,
     _next_token,
     _raise_if_branch_held,
@@ -21,9 +23,23 @@ from agent_coord.engine.store.rows import (
     _Tables,
 )
 
+if TYPE_CHECKING:
+    from agent_coord.engine.store.pg_connection import PgConnection, PgRow
+
 
 class SlotTransitions(_Tables):
-    """Every change is a CAS on (id, state, version or fencing token) that writes its events alongside."""
+    """Every change is a CAS on (id, state, version or fencing token) that writes its events alongside.
+
+    On PostgreSQL the three hot ones (claim_any_free_slot, claim_new_slot, transition) run as functions
+    in the server (schema_pg's migration 8, through `PgConnection.call`): one round trip holds the
+    cluster-wide writer lock for the function's run, not across the 4 to 6 round trips of a transaction
+    function. The Python transaction function is the SQLite path (and the reference); the
+    engine-parametrised tests keep the two equal.
+    """
+
+    def _pg(self) -> PgConnection | None:
+        """The PostgreSQL connection when the store runs on one: the hot paths then call its functions."""
+        return cast("PgConnection", self._conn) if self._conn.postgres else None
 
     async def ensure_repo(
         self, path: str, pool_root: str, *, host: str | None = None, project: str | None = None
@@ -118,6 +134,12 @@ class SlotTransitions(_Tables):
 
         if not paths:
             return None
+        if pg := self._pg():
+            rows = await pg.call(
+                PG_CLAIM_ANY,
+                (repo_id, list(paths), warmest, owner, branch, task, now, now + lease_s),
+            )
+            return _claimed(rows)
         return await self._conn.write(tx, quick=True)
 
     async def claim_new_slot(
@@ -155,6 +177,17 @@ class SlotTransitions(_Tables):
                 _append(conn, event, now)
             return _slot_by_id(conn, slot_id)
 
+        if pg := self._pg():
+            prefix = str(Path(repo.pool_root) / "x")[:-1]  # + a slot id: str(Path(pool_root) / slot_id)
+            rows = await pg.call(
+                PG_CLAIM_NEW,
+                (repo.id, prefix, pool_max, owner, branch, task, now, now + lease_s, *pg_event_arrays([event])),
+            )
+            claimed = _claimed(rows)
+            if claimed is not None and event is not None:
+                event.fencing_token = claimed.fencing_token
+                event.worktree_id = claimed.id
+            return claimed
         return await self._conn.write(tx, quick=True)
 
     async def transition(
@@ -210,7 +243,33 @@ class SlotTransitions(_Tables):
                 _append(conn, draft, now)
             return after
 
-        return await self._conn.write(tx, quick=True)
+        values = {k: (v.value if isinstance(v, SlotState) else v) for k, v in (changes or {}).items()}
+        pg = self._pg()
+        if pg is None or set(values) - SLOT_COLUMNS:  # unknown columns: the Python path says which
+            return await self._conn.write(tx, quick=True)
+        rows = await pg.call(
+            PG_TRANSITION,
+            (
+                slot_id,
+                [s.value for s in states],
+                expect_token,
+                expect_version,
+                delete,
+                list(values),
+                *(_value(values.get(column)) for column in PG_TRANSITION_COLUMNS),
+                now,
+                *pg_event_arrays(events),
+            ),
+        )
+        if not rows:
+            return None
+        before = _slot(rows[0])
+        for draft in events:
+            if draft.worktree_id is None:
+                draft.worktree_id = slot_id
+            if draft.fencing_token is None:
+                draft.fencing_token = before.fencing_token
+        return _slot(rows[-1])
 
     async def lapse_claim(self, slot: Slot, *, host_lease: str, event: EventDraft) -> Slot | None:
         """Take the branch claim of `slot`, a slot of another host, as it was judged: QUARANTINED (not
@@ -262,6 +321,63 @@ class SlotTransitions(_Tables):
             return inserted
 
         return await self._conn.write(tx)
+
+
+# agent_coord_transition's new values, in its parameters' order.
+PG_TRANSITION_COLUMNS = (
+    "state",
+    "owner",
+    "branch",
+    "fencing_token",
+    "lease_expires_at",
+    "since",
+    "released_at",
+    "task",
+    "rescue_ref",
+    "setup_done",
+)
+assert set(PG_TRANSITION_COLUMNS) == SLOT_COLUMNS
+# The calls of schema_pg's functions (migration 8), every parameter cast to the function's type; the
+# last nine are the events' arrays (pg_event_arrays).
+PG_CLAIM_ANY = (
+    "SELECT o_tag AS tag, (o_slot).* FROM agent_coord_claim_any(%s::bigint, %s::text[], %s::boolean, %s::text,"
+    " %s::text, %s::text, %s::float8, %s::float8)"
+)
+PG_CLAIM_NEW = (
+    "SELECT o_tag AS tag, (o_slot).* FROM agent_coord_claim_new(%s::bigint, %s::text, %s::bigint, %s::text,"
+    " %s::text, %s::text, %s::float8, %s::float8,"
+    " %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::bigint[], %s::text[])"
+)
+PG_TRANSITION = (
+    "SELECT o_tag AS tag, (o_slot).* FROM agent_coord_transition(%s::text, %s::text[], %s::bigint, %s::bigint,"
+    " %s::boolean, %s::text[], %s::text, %s::text, %s::text, %s::bigint, %s::float8, %s::float8, %s::float8,"
+    " %s::text, %s::text, %s::integer, %s::float8,"
+    " %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::bigint[], %s::text[])"
+)
+
+
+def _value(v: Any) -> Any:
+    """A value as the Python path binds it (pg_connection._value), one element of an array too."""
+    from agent_coord.engine.store.pg_connection import _value as bound
+
+    return bound(v)
+
+
+def pg_event_arrays(drafts: Sequence[EventDraft | None]) -> list[list[Any]]:
+    """The events for a function of schema_pg's migration 8: one array per column (rows._event_values)."""
+    rows = [[_value(v) for v in _event_values(d)] for d in drafts if d is not None]
+    columns: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(9)]
+    columns[6] = [None if d is None else float(d) for d in columns[6]]  # one element type: int and float mixed
+    return columns
+
+
+def _claimed(rows: list[PgRow]) -> Slot | None:
+    """A claim function's answer: the claimed slot, None, or the branch's holder (raised)."""
+    if not rows:
+        return None
+    if rows[0]["tag"] == "held":
+        raise BranchHeldError(_slot(rows[0]))
+    return _slot(rows[0])
 
 
 def _repo(row: Any) -> Repo:

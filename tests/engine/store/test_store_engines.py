@@ -105,6 +105,45 @@ async def test_claims_are_compare_and_swaps_with_rising_fencing_tokens(store_tar
     await store.close()
 
 
+async def test_a_transition_deletes_fills_its_events_and_meets_the_constraints_alike(store_target: Target) -> None:
+    """On PostgreSQL these writes run as server-side functions: the same answers, rows and events as the
+    transaction functions SQLite runs (the deleted row, the drafts filled in, the integrity error, an
+    unknown column refused only when the row matched)."""
+    store = await Store.open(store_target)
+    repo = await store.ensure_repo("/r", "/pool/")
+    event = EventDraft("allocate", "ok", agent_id="a", detail={"k": [1, "x"]})
+    a = await store.claim_new_slot(repo, owner="a", branch="b1", task="t", lease_s=30, pool_max=4, event=event)
+    b = await store.claim_new_slot(repo, owner="b", branch="b2", task=None, lease_s=30, pool_max=4)
+    assert a and b and a.path == "/pool/wt-01" and (event.worktree_id, event.fencing_token) == (a.id, a.fencing_token)
+    drafts = [
+        EventDraft("note", "ok", duration_ms=3),
+        EventDraft("note", "ok", worktree_id="elsewhere", fencing_token=7),
+    ]
+    moved = await store.transition(
+        a.id, expect_state=[SlotState.BUSY, SlotState.ALLOCATING], changes={"task": None, "since": 5}, events=drafts
+    )
+    assert moved and moved.task is None and moved.since == 5 and moved.version == a.version + 1
+    assert [(d.worktree_id, d.fencing_token) for d in drafts] == [(a.id, a.fencing_token), ("elsewhere", 7)]
+    with pytest.raises(sqlite3.IntegrityError):  # b2 is live in b's slot
+        await store.transition(a.id, expect_state=SlotState.ALLOCATING, changes={"branch": "b2"})
+    assert await store.transition(a.id, expect_state=SlotState.FREE, changes={"nope": 1}) is None
+    with pytest.raises(ValueError, match="nope"):
+        await store.transition(a.id, expect_state=SlotState.ALLOCATING, changes={"nope": 1})
+    gone = await store.transition(
+        b.id, expect_state=SlotState.ALLOCATING, delete=True, events=[EventDraft("reclaim", "ok")]
+    )
+    assert gone and gone.id == b.id and gone.branch == "b2"
+    assert [s.id for s in await store.slots(repo.id)] == [a.id]
+    events = [(e.action, e.worktree_id, e.fencing_token, e.duration_ms, e.detail) for e in await store.events()]
+    assert events == [
+        ("allocate", a.id, a.fencing_token, None, {"k": [1, "x"]}),
+        ("note", a.id, a.fencing_token, 3.0, {}),
+        ("note", "elsewhere", 7, None, {}),
+        ("reclaim", b.id, b.fencing_token, None, {}),
+    ]
+    await store.close()
+
+
 async def test_a_warm_claim_takes_the_warmest_free_slot(store_target: Target) -> None:
     store = await Store.open(store_target)
     repo = await store.ensure_repo("/r", "/pool")
