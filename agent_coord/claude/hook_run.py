@@ -107,21 +107,23 @@ async def answer(
     claude_pid: str | None = None,
     as_agent: str | None = None,
     as_origin: str = "explicit",
+    server: Coordinator | None = None,
 ) -> Answer:
     """The answer to `hook` given its payload `raw`. `chdir`: work from the payload's directory (a
     hook process; the server answers only when that is its own directory already). `claude_pid`: the
-    Claude Code process to watch after a worktree-create (default: CLAUDE_PID)."""
+    Claude Code process to watch after a worktree-create (default: CLAUDE_PID). `server`: the session
+    server's coordinator, when it answers (the hook then works over its store and repositories)."""
     out = Answer()
     try:
         if hook == "worktree-create":
             watch = os.environ.get("CLAUDE_PID", "") if claude_pid is None else claude_pid
-            await _worktree_create(out, raw, chdir, watch)
+            await _worktree_create(out, raw, chdir, watch, server)
         elif hook == "worktree-remove":
-            await _worktree_remove(out, raw, chdir)
+            await _worktree_remove(out, raw, chdir, server)
         elif hook == "session-start":
-            await _session_start(out, raw, chdir)
+            await _session_start(out, raw, chdir, server)
         elif hook == "session-end":
-            await _session_end(out, raw, chdir, as_agent, as_origin)
+            await _session_end(out, raw, chdir, as_agent, as_origin, server)
         else:
             out.fail(f"agent-coord: no hook {hook!r}", EXIT_USAGE)
     except _Refused:
@@ -201,6 +203,7 @@ async def _with_coordinator(
     identity: tuple[str | None, Origin],
     register: bool,
     settings: Settings,
+    server: Coordinator | None = None,
 ) -> T:
     from agent_coord.engine.coordinator import Coordinator
     from agent_coord.engine.errors import CoordError
@@ -208,6 +211,14 @@ async def _with_coordinator(
 
     agent_id, origin = identity
     try:
+        if server is not None and agent_id is not None and _same_but_lease(settings, server.settings):
+            # Answered by the session's server: its agent process is the hook's (hook_server proved
+            # it), so the hook's agent is this engine acting for another id, with the hook's lease,
+            # over the server's store and resolved repositories: not a second engine for one answer.
+            coord = server.acting_for(agent_id, origin, settings)
+            if register:
+                await coord.register()
+            return await fn(coord)
         async with Coordinator.open(settings, register=register, agent_id=agent_id, origin=origin) as coord:
             try:
                 return await fn(coord)
@@ -225,10 +236,15 @@ async def _with_coordinator(
         out.fail(f"agent-coord: unexpected {type(exc).__name__}: {exc}")
 
 
+def _same_but_lease(hook: Settings, server: Settings) -> bool:
+    """Do the hook's settings differ from its server's only by the hook agent's lease (hook_settings)?"""
+    return hook.model_copy(update={"stale_after_s": server.stale_after_s}) == server
+
+
 # ---- the hooks ----------------------------------------------------------------------------------
 
 
-async def _worktree_create(out: Answer, raw: bytes, chdir: bool, claude_pid: str) -> None:
+async def _worktree_create(out: Answer, raw: bytes, chdir: bool, claude_pid: str, server: Coordinator | None) -> None:
     """WorktreeCreate: allocate a pool slot; print its absolute path as the last line of stdout."""
     from agent_coord.claude.hooks import (
         WorktreeCreateInput,
@@ -253,7 +269,9 @@ async def _worktree_create(out: Answer, raw: bytes, chdir: bool, claude_pid: str
         return result, await provide_claude_setup(coord, result)
 
     identity = hook_identity(payload.session_id, settings.agent_id)
-    result, problem = await _with_coordinator(out, create, identity=identity, register=True, settings=settings)
+    result, problem = await _with_coordinator(
+        out, create, identity=identity, register=True, settings=settings, server=server
+    )
     if problem:
         out.say(_one_line(problem))
     _watch_claude(out, claude_pid, result, identity[1])
@@ -271,7 +289,7 @@ def _watch_claude(out: Answer, pid: str, result: AllocationResult, origin: Origi
         out.say(f"agent-coord: Claude Code process {pid} not found; the slot comes back by validation")
 
 
-async def _worktree_remove(out: Answer, raw: bytes, chdir: bool) -> None:
+async def _worktree_remove(out: Answer, raw: bytes, chdir: bool, server: Coordinator | None) -> None:
     """WorktreeRemove: give the slot at `worktree_path` back, kept warm; a dirty slot stays held."""
     from agent_coord.claude.hooks import WorktreeRemoveInput, hook_identity, remove_worktree
 
@@ -282,11 +300,12 @@ async def _worktree_remove(out: Answer, raw: bytes, chdir: bool) -> None:
         identity=hook_identity(payload.session_id, settings.agent_id),
         register=False,
         settings=settings,
+        server=server,
     )
     out.say(f"agent-coord: {result.worktree_id} is {result.state} ({result.path})")
 
 
-async def _session_start(out: Answer, raw: bytes, chdir: bool) -> None:
+async def _session_start(out: Answer, raw: bytes, chdir: bool, server: Coordinator | None) -> None:
     """SessionStart: one line of context for the session (its worktrees, the pool)."""
     from agent_coord.claude.hooks import SessionStartInput, hook_identity, session_context
     from agent_coord.engine.errors import CoordError, ErrorCode
@@ -307,12 +326,15 @@ async def _session_start(out: Answer, raw: bytes, chdir: bool) -> None:
         identity=hook_identity(payload.session_id, settings.agent_id),
         register=False,
         settings=settings,
+        server=server,
     )
     if line:
         out.stdout = line
 
 
-async def _session_end(out: Answer, raw: bytes, chdir: bool, as_agent: str | None, as_origin: str) -> None:
+async def _session_end(
+    out: Answer, raw: bytes, chdir: bool, as_agent: str | None, as_origin: str, server: Coordinator | None
+) -> None:
     """SessionEnd: release what the ending session holds, best effort; always exits 0 once read.
     `as_agent`/`as_origin`: the watcher (claude/watch.py) ends a session as the agent its hook made."""
     from agent_coord.claude.hooks import SessionEndInput, end_session, hook_identity
@@ -323,7 +345,12 @@ async def _session_end(out: Answer, raw: bytes, chdir: bool, as_agent: str | Non
         identity = (as_agent, ORIGINS.get(as_origin, "explicit"))
     try:
         report = await _with_coordinator(
-            out, lambda coord: end_session(coord, payload), identity=identity, register=False, settings=settings
+            out,
+            lambda coord: end_session(coord, payload),
+            identity=identity,
+            register=False,
+            settings=settings,
+            server=server,
         )
     except _Refused:
         # The reason is on stderr already. Claude Code is exiting; nothing it can do with a failure,

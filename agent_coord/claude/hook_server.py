@@ -83,7 +83,11 @@ async def _answer_one(coord: Coordinator, stream: SocketStream, key: str) -> Non
             await stream.send(hook_socket.ACCEPTED)
             hook, raw, claude_pid = request["hook"], request["stdin"], request.get("claude_pid")
             answer = await hook_run.answer(
-                hook, raw.encode(), chdir=False, claude_pid=claude_pid if isinstance(claude_pid, str) else ""
+                hook,
+                raw.encode(),
+                chdir=False,
+                claude_pid=claude_pid if isinstance(claude_pid, str) else "",
+                server=coord,
             )
             reply = {"stdout": answer.stdout, "stderr": answer.stderr, "code": answer.code}
             await stream.send(json.dumps(reply).encode())

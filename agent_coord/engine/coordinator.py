@@ -54,12 +54,15 @@ HEARTBEAT_ALERTS = 5
 
 
 class Coordinator(OverEngine):
-    def __init__(self, settings: Settings, store: Store, identity: Identity) -> None:
-        git = GitDriver()
-        ctx = EngineContext(store, git, RepoResolver(store, git, settings, host=identity.host), settings, identity)
-        super().__init__(ctx)
-        self.contention = ContentionMonitor(ctx)
-        self.pool = Pool(ctx, self.contention)
+    def __init__(
+        self, settings: Settings, store: Store, identity: Identity, *, sharing: Coordinator | None = None
+    ) -> None:
+        """`sharing`: another coordinator whose git driver and resolved repositories this one uses."""
+        git = sharing.git if sharing is not None else GitDriver()
+        repos = sharing.repos if sharing is not None else RepoResolver(store, git, settings, host=identity.host)
+        super().__init__(EngineContext(store, git, repos, settings, identity))
+        self.contention = ContentionMonitor(self.ctx)
+        self.pool = Pool(self.ctx, self.contention)
         self.agent_status: Literal["active", "idle"] = "active"
         self.registered = False
         self._wake = anyio.Event()
@@ -165,6 +168,14 @@ class Coordinator(OverEngine):
     @property
     def agent_id(self) -> str:
         return self.identity.agent_id
+
+    def acting_for(self, agent_id: str, origin: Origin, settings: Settings) -> Coordinator:
+        """This engine acting for `agent_id` under `settings` (a hook answered by its session's server,
+        whose agent process the caller proved is the hook's, with the hook's own lease): the same store,
+        git driver and repositories, another id. It runs none of the server's background work and never
+        closes the store."""
+        identity = replace(self.identity, agent_id=agent_id, origin=origin)
+        return Coordinator(settings, self.store, identity, sharing=self)
 
     async def default_repo(self) -> Repo | None:
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from agent_coord.claude import hook_socket
+from agent_coord.claude.hooks import hook_lease_s
 from agent_coord.config import Settings
 from tests.claude.test_hooks import AGENT, SESSION, create_payload, created_path, hook, session_payload, state
 
@@ -78,6 +79,11 @@ def test_the_sessions_server_answers_its_hooks_as_the_hook_would(
     assert agents[AGENT].server_pid == server.pid, "answered by the session's server"
     assert agents[AGENT].pid == os.getpid(), "registered for the Claude Code process, as the hook would"
     assert agents[AGENT].origin == "session"
+    # The hook agent's long lease, as the hook would give it and its slot (not the server's own).
+    lease = hook_lease_s(settings)
+    assert lease > 10 * settings.stale_after_s
+    assert agents[AGENT].lease_expires_at > time.time() + lease - 600
+    assert slots[str(path)].lease_expires_at > time.time() + lease - 600
 
     started = hook(env, "session-start", session_payload(repo, "SessionStart"))
     assert started.returncode == 0, started.stderr
