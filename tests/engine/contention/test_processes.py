@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -146,7 +147,8 @@ def test_tolerates_denied_and_zombie_processes(monkeypatch: pytest.MonkeyPatch) 
         FakeProc(104, {"name": "claude", "cmdline": ["claude"], "ppid": 101, "status": "running"}),
     ]
     monkeypatch.setattr(processes.psutil, "process_iter", lambda attrs: iter(procs))
-    scan = ProcessScanner(cache_s=0.0).scan()
+    # psutil's scan: every system but Linux, and Linux where /proc cannot be read.
+    scan = ProcessScanner(cache_s=0.0)._scan_psutil(0, 0.0)
     assert scan.count == 1 and scan.pids == [101] and scan.error is None
 
 
@@ -155,6 +157,24 @@ def test_a_failed_scan_reports_instead_of_raising(monkeypatch: pytest.MonkeyPatc
         raise psutil.AccessDenied(pid=None, name=None, msg="/proc is not readable")
 
     monkeypatch.setattr(processes.psutil, "process_iter", broken)
-    scan = ProcessScanner(cache_s=0.0).scan()
+    scan = ProcessScanner(cache_s=0.0)._scan_psutil(0, 0.0)
     assert scan.count == 0 and scan.pids == []
     assert scan.error is not None and "AccessDenied" in scan.error
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the /proc reader is Linux's")
+def test_the_proc_reader_finds_what_psutil_finds(spawned: list[subprocess.Popen[bytes]], unique_seconds: str) -> None:
+    """A plain program, a wrapper and its child, an interpreter's script, a process that renamed itself
+    with parentheses in its name: the /proc reader and psutil agree on each pattern."""
+    name = f"a)(c{random.randint(10000, 99999)}"  # at most 15 bytes: the kernel's limit
+    renamed = f"import ctypes, time; ctypes.CDLL(None).prctl(15, b'{name}', 0, 0, 0); time.sleep({unique_seconds})"
+    spawned.append(subprocess.Popen(["sleep", unique_seconds]))
+    spawned.append(subprocess.Popen(["sh", "-c", f"sleep {unique_seconds}; exit 0"]))
+    sleeper = "import sys, time; time.sleep(float(sys.argv[1]))"
+    spawned.append(subprocess.Popen(["python3", "-c", sleeper, unique_seconds, "x@y/z"]))
+    spawned.append(subprocess.Popen(["python3", "-c", renamed]))
+    for patterns, count in (([f"sleep {unique_seconds}"], 2), ([f"{unique_seconds} x@y/z"], 1), ([name], 1)):
+        scanner = ProcessScanner(patterns, cache_s=0.0)
+        wait_for(lambda: scanner._scan_psutil(0, 0.0).count == count)  # noqa: B023 (used at once)
+        ours = scanner._scan_proc(0, 0.0)
+        assert ours.pids == scanner._scan_psutil(0, 0.0).pids and ours.count == count, patterns
