@@ -9,6 +9,7 @@ before the quick path and the host writer lock (connection.py).
 
     python -m bench.store_cas            # 1, 4, 16 processes full speed + 16 paced at 20 cycles/s, ~2 min
     python -m bench.store_cas --quick    # the same, shorter, ~20 s
+    python -m bench.store_cas --host-writer   # and the design probe of one writer process per host
 
 Each worker is its own process (`--worker`), started together and released by a barrier once connected.
 """
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 import sys
 import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench._common import machine, machine_line, print_verdicts, write_results
+from bench._common import ROOT, machine, machine_line, print_verdicts, write_results
 from bench.cas_harness import (
     PACED_PROCS,
     PACED_RATE,
@@ -44,6 +46,13 @@ def worker_main(args: argparse.Namespace) -> None:
         from bench.cas_raw_worker import RawSqlite
 
         serve_worker(lambda ready: raw_cycles(RawSqlite(db, args.pool_max), args.duration, args.rate, ready()))
+        return
+    if args.impl == "host-writer":
+        from bench.cas_host_writer import HostWriterClient
+
+        serve_worker(
+            lambda ready: raw_cycles(HostWriterClient(args.addr, args.pool_max), args.duration, args.rate, ready())
+        )
         return
     if args.impl == "store-thread":
         from agent_coord.engine.store import connection
@@ -72,7 +81,23 @@ def run_once(impl: str, procs: int, duration: float, rate: float, where: Path) -
     db = _fresh_db(where, f"{impl}-{procs}")
     cmd = [sys.executable, "-m", "bench.store_cas", "--worker", "--impl", impl, "--db", str(db)]
     cmd += ["--pool-max", str(procs), "--duration", str(duration), "--rate", str(rate)]
-    result = launch(cmd, procs, duration)
+    writer = None
+    if impl == "host-writer":
+        address = str(where / f"writer-{procs}.sock")
+        Path(address).unlink(missing_ok=True)
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "bench.cas_host_writer", str(db), address, str(procs), str(procs)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "listening"
+        cmd += ["--addr", address]
+    try:
+        result = launch(cmd, procs, duration)
+    finally:
+        if writer is not None:
+            writer.wait(timeout=60)
     del result["acked"]
     return result
 
@@ -84,8 +109,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=None, help="seconds per full-speed run")
     parser.add_argument("--procs", default="1,4,16", help="process counts for the full-speed runs")
     parser.add_argument("--ablation", action="store_true", help="also run the store with every write in its thread")
+    parser.add_argument(
+        "--host-writer", action="store_true", help="also run the design probe: one writer process per host (raw SQL)"
+    )
+    parser.add_argument("--addr", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--impl", choices=["store", "store-thread", "raw"], help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=["store", "store-thread", "raw", "host-writer"], help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--pool-max", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -99,6 +128,7 @@ def main() -> None:
     paced_duration = 2.0 if args.quick else 5.0
     counts = [int(x) for x in args.procs.split(",")]
     impls = ["store", *(["store-thread"] if args.ablation else []), "raw"]
+    impls += ["host-writer"] if args.host_writer else []
     info = machine()
     print(machine_line(info), flush=True)
     with tempfile.TemporaryDirectory(prefix="agent-coord-bench-cas-") as tmp:
