@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -21,9 +21,15 @@ import anyio
 
 @dataclass(frozen=True)
 class ChildResult:
+    argv: list[str]
     returncode: int
     stdout: bytes
     stderr: bytes
+
+
+# What to run, worked out in the worker thread right before the start (a path checked there is checked
+# as late as can be, and costs no hop of its own): the argument list and the environment.
+Prepare = Callable[[], tuple[list[str], Mapping[str, str] | None]]
 
 
 class _Child:
@@ -35,13 +41,14 @@ class _Child:
         self.cancelled = False
         self.ended = threading.Event()
 
-    def run(self, argv: Sequence[str], env: Mapping[str, str] | None, input: bytes | None) -> ChildResult:
+    def run(self, prepare: Prepare, input: bytes | None) -> ChildResult:
         try:
+            argv, env = prepare()
             with self.lock:
                 if self.cancelled:  # cancelled before it started: it never will
-                    return ChildResult(-9, b"", b"")
+                    return ChildResult(argv, -9, b"", b"")
                 self.proc = subprocess.Popen(
-                    list(argv),
+                    argv,
                     stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
@@ -49,7 +56,7 @@ class _Child:
                 )
             with self.proc:
                 out, err = self.proc.communicate(input)
-            return ChildResult(self.proc.returncode, out, err)
+            return ChildResult(argv, self.proc.returncode, out, err)
         finally:
             self.ended.set()
 
@@ -62,9 +69,14 @@ class _Child:
 
 async def run_child(argv: Sequence[str], *, env: Mapping[str, str] | None, input: bytes | None = None) -> ChildResult:
     """Run `argv` (an argument list, never a shell) to its end; its stdin is `input`, or nothing."""
+    return await run_prepared(lambda: (list(argv), env), input=input)
+
+
+async def run_prepared(prepare: Prepare, *, input: bytes | None = None) -> ChildResult:
+    """`run_child` of what `prepare` answers, in the same worker thread (what it raises is raised here)."""
     child = _Child()
     try:
-        return await anyio.to_thread.run_sync(child.run, argv, env, input, abandon_on_cancel=True)
+        return await anyio.to_thread.run_sync(child.run, prepare, input, abandon_on_cancel=True)
     except BaseException:
         with anyio.CancelScope(shield=True):
             child.kill()

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 from opentelemetry import trace
 
-from agent_coord.engine.child_process import run_child
+from agent_coord.engine.child_process import Prepare, run_child, run_prepared
 from agent_coord.engine.concurrency import gather
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.confinement import Confined, check_slot
@@ -86,13 +86,18 @@ def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-async def _pinned(
-    cwd: str | Path | Confined, env: Mapping[str, str] | None
-) -> tuple[str | Path, Mapping[str, str] | None]:
-    if not isinstance(cwd, Confined):
-        return cwd, env
-    checked = await anyio.to_thread.run_sync(check_slot, cwd.bounds, cwd.path)
-    return checked.path, {**checked.git_env(), **(env or {})}
+def _git_command(git: str, cwd: str | Path | Confined, args: tuple[str, ...], env: Mapping[str, str] | None) -> Prepare:
+    """git's argument list and environment in `cwd`, worked out in the thread that starts it: a slot
+    (`Confined`) is checked by the confinement guard there, right before, and git pinned to it."""
+
+    def prepare() -> tuple[list[str], Mapping[str, str] | None]:
+        where, pinned = cwd, env
+        if isinstance(cwd, Confined):
+            checked = check_slot(cwd.bounds, cwd.path)
+            where, pinned = checked.path, {**checked.git_env(), **(env or {})}
+        return [git, "-C", str(where), *args], _env(pinned)
+
+    return prepare
 
 
 def reject_option_like(value: str, what: str, code: ErrorCode = ErrorCode.INVALID_ARGUMENT) -> None:
@@ -112,17 +117,15 @@ class GitDriver:
     ) -> str:
         """Run git in `cwd`. A slot (`Confined`) is checked by the confinement guard right before, and git
         is pinned to it (GIT_DIR, GIT_WORK_TREE): see `confinement`."""
-        cwd, env = await _pinned(cwd, env)
-        cmd = [self.git, "-C", str(cwd), *args]
         with tracer.start_as_current_span("git") as span:
             span.set_attribute("git.command", args[0] if args else "")
-            span.set_attribute("git.cwd", str(cwd))
+            span.set_attribute("git.cwd", str(cwd.path if isinstance(cwd, Confined) else cwd))
             started = time.monotonic()
-            result = await run_child(cmd, env=_env(env))
+            result = await run_prepared(_git_command(self.git, cwd, args, env))
             span.set_attribute("git.duration_ms", (time.monotonic() - started) * 1000)
             span.set_attribute("git.returncode", result.returncode)
             if check and result.returncode != 0:
-                err = GitError(cmd, result.returncode, result.stderr.decode("utf-8", "replace"))
+                err = GitError(result.argv, result.returncode, result.stderr.decode("utf-8", "replace"))
                 span.set_attribute("git.error", err.reason)
                 raise err
             return result.stdout.decode("utf-8", "replace")
@@ -131,15 +134,14 @@ class GitDriver:
         self, cwd: str | Path | Confined, text: str, *args: str, env: Mapping[str, str] | None = None
     ) -> str:
         """`run` with `text` on git's standard input (always checked)."""
-        cwd, env = await _pinned(cwd, env)
-        cmd = [self.git, "-C", str(cwd), *args]
         with tracer.start_as_current_span("git") as span:
             span.set_attribute("git.command", args[0] if args else "")
-            span.set_attribute("git.cwd", str(cwd))
-            result = await run_child(cmd, env=_env(env), input=text.encode("utf-8", "surrogateescape"))
+            span.set_attribute("git.cwd", str(cwd.path if isinstance(cwd, Confined) else cwd))
+            prepare = _git_command(self.git, cwd, args, env)
+            result = await run_prepared(prepare, input=text.encode("utf-8", "surrogateescape"))
             span.set_attribute("git.returncode", result.returncode)
             if result.returncode != 0:
-                raise GitError(cmd, result.returncode, result.stderr.decode("utf-8", "replace"))
+                raise GitError(result.argv, result.returncode, result.stderr.decode("utf-8", "replace"))
             return result.stdout.decode("utf-8", "replace")
 
     # ---- repositories and names ---------------------------------------------------------------

@@ -619,14 +619,17 @@ async def test_git_processes_per_allocation_and_release(coord: Any, monkeypatch:
     from agent_coord.engine.git import driver
 
     ran: list[str] = []
-    real = driver.run_child
+    real = driver.run_prepared
 
-    async def counting(command: Any, **kwargs: Any) -> Any:
-        if Path(str(command[0])).name == "git":
+    async def counting(prepare: Any, **kwargs: Any) -> Any:
+        def recorded() -> Any:
+            command, env = prepare()
             ran.append(" ".join(str(c) for c in command[3:5] if not str(c).startswith("-")))
-        return await real(command, **kwargs)
+            return command, env
 
-    monkeypatch.setattr(driver, "run_child", counting)
+        return await real(recorded, **kwargs)
+
+    monkeypatch.setattr(driver, "run_prepared", counting)
     cold = await coord.pool.allocate("cold")
     assert len(ran) == 1, ran  # worktree add (the worktree list and the branch's refs read from git's files)
     ran.clear()
