@@ -39,32 +39,30 @@ class _Child:
         self.lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
         self.cancelled = False
-        self.ended = threading.Event()
 
     def run(self, prepare: Prepare, input: bytes | None) -> ChildResult:
-        try:
-            argv, env = prepare()
-            with self.lock:
-                if self.cancelled:  # cancelled before it started: it never will
-                    return ChildResult(argv, -9, b"", b"")
-                self.proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    env=env,
-                )
-            with self.proc:
-                out, err = self.proc.communicate(input)
-            return ChildResult(argv, self.proc.returncode, out, err)
-        finally:
-            self.ended.set()
+        argv, env = prepare()
+        with self.lock:
+            if self.cancelled:  # cancelled before it started: it never will
+                return ChildResult(argv, -9, b"", b"")
+            proc = self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+        with proc:
+            out, err = proc.communicate(input)
+        return ChildResult(argv, proc.returncode, out, err)
 
-    def kill(self) -> None:
+    def kill(self) -> subprocess.Popen[bytes] | None:
+        """Kill the child if it started (and answer it); otherwise it never will."""
         with self.lock:
             self.cancelled = True
             if self.proc is not None and self.proc.poll() is None:
                 self.proc.kill()
+            return self.proc
 
 
 async def run_child(argv: Sequence[str], *, env: Mapping[str, str] | None, input: bytes | None = None) -> ChildResult:
@@ -79,6 +77,9 @@ async def run_prepared(prepare: Prepare, *, input: bytes | None = None) -> Child
         return await anyio.to_thread.run_sync(child.run, prepare, input, abandon_on_cancel=True)
     except BaseException:
         with anyio.CancelScope(shield=True):
-            child.kill()
-            await anyio.to_thread.run_sync(child.ended.wait)
+            proc = child.kill()
+            if proc is not None:
+                # Until it has exited, not until its pipes close (a grandchild, a hook's background job,
+                # may keep them open); with a limiter of its own, as the shared one may be exhausted.
+                await anyio.to_thread.run_sync(proc.wait, limiter=anyio.CapacityLimiter(1))
         raise

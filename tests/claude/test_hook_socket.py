@@ -182,3 +182,28 @@ def test_a_starting_server_removes_the_sockets_of_agent_processes_that_are_gone(
         path.write_text("")
     _remove_stale(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, unrelated.name])
+
+
+def test_a_served_hook_works_over_the_servers_own_engine(
+    env: dict[str, str], repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's answer acts for the hook's agent over its own engine: no second one is opened."""
+    import anyio
+
+    from agent_coord.claude import hook_run
+    from agent_coord.config import load_settings
+    from agent_coord.engine.coordinator import Coordinator
+
+    for key, value in full_env(env).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(repo)
+
+    async def answer() -> hook_run.Answer:
+        async with Coordinator.open(load_settings(), register=True) as server:
+            with monkeypatch.context() as m:
+                m.setattr(Coordinator, "open", None)  # any second engine would fail here
+                raw = json.dumps(create_payload(repo, "over-the-server")).encode()
+                return await hook_run.answer("worktree-create", raw, chdir=False, claude_pid="", server=server)
+
+    out = anyio.run(answer)
+    assert out.code == 0 and out.stdout is not None and Path(out.stdout).is_dir(), out.stderr

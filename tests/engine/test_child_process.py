@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from functools import partial
 from pathlib import Path
@@ -40,3 +41,33 @@ async def test_a_cancelled_caller_kills_the_child_and_waits_for_it(tmp_path: Pat
     pid = int(pid_file.read_text())
     # Waited for: the child is gone (reaped), not merely signalled.
     assert not psutil.pid_exists(pid)
+
+
+CANCELLED_EARLY = """
+import anyio, sys
+from agent_coord.engine.child_process import run_child
+
+async def main(mode):
+    if mode == "at-once":
+        with anyio.move_on_after(0):
+            await run_child(["true"], env=None)
+    else:  # queued for a worker thread, cancelled before one takes it
+        async with anyio.create_task_group() as tg:
+            async def go():
+                await run_child(["true"], env=None)
+            tg.start_soon(go)
+            await anyio.sleep(0)
+            tg.cancel_scope.cancel()
+    print("returned", mode)
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("mode", ["at-once", "queued"])
+def test_a_caller_cancelled_before_the_child_started_returns(mode: str) -> None:
+    """No child was started, so none is waited for (a wait for one would never end)."""
+    done = subprocess.run(
+        [sys.executable, "-c", CANCELLED_EARLY, mode], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == f"returned {mode}", done.stderr

@@ -143,9 +143,10 @@ class ProcessScanner:
             # The name may hold spaces and parentheses: it is what lies between the first "(" and the last ")".
             close = stat.rfind(b")")
             name = stat[stat.find(b"(") + 1 : close].decode("utf-8", "replace")
-            state, ppid = stat[close + 2 :].split(b" ", 2)[:2]
-            if state == b"Z":
-                continue
+            fields = stat[close + 2 :].split(b" ", 2)
+            if len(fields) < 2 or not fields[1].isdigit() or fields[0] == b"Z":
+                continue  # a zombie, or a line this reader does not know: no agent to count
+            ppid = fields[1]
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     raw = f.read()

@@ -155,13 +155,24 @@ def _loose_ref(path: Path) -> bool:
 
 
 def _first_ref_below(directory: Path) -> str | None:
-    """A ref file somewhere below `directory` (its path relative to `refs/heads`'s parent), or None."""
-    for root, dirs, files in os.walk(directory):
-        for name in sorted(files):
-            if not name.endswith(".lock"):
-                return str(Path(root, name))
-        dirs.sort()
-    return None
+    """The first ref file below `directory` in git's order (its full path), or None. Names git would not
+    take for a ref (a lock, a hidden file such as `.DS_Store`) are not refs."""
+    found = [
+        Path(root, name).as_posix()
+        for root, _, files in os.walk(directory)
+        for name in files
+        if not name.endswith(".lock") and not name.startswith(".")
+    ]
+    return min(found) if found else None
+
+
+def _is_ref_file(path: Path) -> bool:
+    """Does the loose ref file at `path` hold a ref (a commit id, or a symbolic `ref: …`)? Raises
+    _Unsettled when it does not: git skips a broken ref, which the caller leaves to git."""
+    text = _text(path).strip()
+    if _is_commit(text) or text.startswith("ref: refs/"):
+        return True
+    raise _Unsettled(str(path))
 
 
 def read_branch_refs(common_dir: Path, branch: str) -> BranchRefs | None:
@@ -170,10 +181,14 @@ def read_branch_refs(common_dir: Path, branch: str) -> BranchRefs | None:
         parts = branch.split("/")
         if os.path.lexists(common_dir / "reftable") or any(part in ("", ".", "..") for part in parts):
             return None
+        if os.path.lexists(common_dir / "head"):
+            # A file system that ignores case (macOS, Windows) would find `Feat`'s file for `feat`;
+            # git's refs are case-sensitive names, which only git's own listing gets right there.
+            return None
         heads = common_dir / "refs" / "heads"
         own = f"refs/heads/{branch}"
         parents = [f"refs/heads/{'/'.join(parts[:i])}" for i in range(1, len(parts))]
-        exists = _loose_ref(heads.joinpath(*parts))
+        exists = _loose_ref(heads.joinpath(*parts)) and _is_ref_file(heads.joinpath(*parts))
         clashes: list[str] = [ref for ref in parents if _loose_ref(common_dir.joinpath(*ref.split("/")))]
         below = heads.joinpath(*parts)
         if os.path.isdir(below) and not os.path.islink(below) and (child := _first_ref_below(below)):

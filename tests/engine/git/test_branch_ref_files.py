@@ -63,3 +63,21 @@ async def test_what_the_files_cannot_settle_is_left_to_git(repo: Path) -> None:
     assert read_branch_refs(repo / ".git", "odd") is None
     (repo / ".git" / "reftable").mkdir()
     assert read_branch_refs(repo / ".git", "main") is None
+
+
+async def test_a_case_blind_file_system_is_left_to_git(repo: Path) -> None:
+    """Where `head` opens `HEAD` (macOS, Windows), `Feat`'s file would be found for `feat`: git answers."""
+    (repo / ".git" / "head").write_text((repo / ".git" / "HEAD").read_text())
+    assert read_branch_refs(repo / ".git", "feat") is None
+
+
+async def test_the_clash_named_is_the_ref_git_names(repo: Path) -> None:
+    git(repo, "update-ref", "refs/heads/own/z", "HEAD")
+    git(repo, "update-ref", "refs/heads/own/a/b", "HEAD")
+    (repo / ".git" / "refs" / "heads" / "own" / ".DS_Store").write_text("")
+    await agrees_with_git(repo, "own")
+
+
+async def test_a_broken_loose_ref_is_left_to_git(repo: Path) -> None:
+    (repo / ".git" / "refs" / "heads" / "broken").write_text("not a commit\n")
+    assert read_branch_refs(repo / ".git", "broken") is None
