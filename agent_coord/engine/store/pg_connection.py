@@ -44,6 +44,7 @@ import math
 import random
 import re
 import select
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -175,7 +176,7 @@ class _Reconnect(Exception):
 
 
 def _readable(fd: int) -> bool:
-    if hasattr(select, "poll"):  # select.select refuses descriptors past FD_SETSIZE
+    if sys.platform != "win32":  # select.select refuses descriptors past FD_SETSIZE; Windows has no poll
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
