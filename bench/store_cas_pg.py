@@ -252,7 +252,8 @@ class RawPgFn(harness.RawIdentity):
     def transition(
         self, slot_id: str, expect: str, token: int, changes: dict[str, Any], action: str
     ) -> Mapping[str, Any] | None:
-        from agent_coord.engine.store.slots import PG_TRANSITION, PG_TRANSITION_COLUMNS
+        from agent_coord.engine.store.rows import SLOT_COLUMN_ORDER
+        from agent_coord.engine.store.slots import PG_TRANSITION
 
         now = time.time()
         values = {k: (v.value if isinstance(v, Enum) else v) for k, v in changes.items()}
@@ -261,7 +262,7 @@ class RawPgFn(harness.RawIdentity):
             PG_TRANSITION,
             (
                 *(slot_id, [expect], token, None, False, list(values)),
-                *(values.get(c) for c in PG_TRANSITION_COLUMNS),
+                *(values.get(c) for c in SLOT_COLUMN_ORDER),
                 now,
                 *([v] for v in event),  # one event: one element per column's array
             ),

@@ -10,20 +10,20 @@ from typing import Any
 from agent_coord.engine.store.dialect import Db, StoreConnection, sql
 from agent_coord.engine.store.records import HELD_STATES, Agent, Event, Slot, SlotState
 
-SLOT_COLUMNS = frozenset(
-    {
-        "state",
-        "owner",
-        "branch",
-        "fencing_token",
-        "lease_expires_at",
-        "since",
-        "released_at",
-        "task",
-        "rescue_ref",
-        "setup_done",
-    }
+# The columns a transition may set, in the order of the PostgreSQL transition function's parameters.
+SLOT_COLUMN_ORDER = (
+    "state",
+    "owner",
+    "branch",
+    "fencing_token",
+    "lease_expires_at",
+    "since",
+    "released_at",
+    "task",
+    "rescue_ref",
+    "setup_done",
 )
+SLOT_COLUMNS = frozenset(SLOT_COLUMN_ORDER)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 from agent_coord.engine.store.dialect import Db, is_postgres
 from agent_coord.engine.store.records import Repo, Slot, SlotState
 from agent_coord.engine.store.rows import (
+    SLOT_COLUMN_ORDER,
     SLOT_COLUMNS,
     BranchHeldError,
     EventDraft,
@@ -256,7 +257,7 @@ class SlotTransitions(_Tables):
                 expect_version,
                 delete,
                 list(values),
-                *(_value(values.get(column)) for column in PG_TRANSITION_COLUMNS),
+                *(_value(values.get(column)) for column in SLOT_COLUMN_ORDER),
                 now,
                 *pg_event_arrays(events),
             ),
@@ -323,20 +324,6 @@ class SlotTransitions(_Tables):
         return await self._conn.write(tx)
 
 
-# agent_coord_transition's new values, in its parameters' order.
-PG_TRANSITION_COLUMNS = (
-    "state",
-    "owner",
-    "branch",
-    "fencing_token",
-    "lease_expires_at",
-    "since",
-    "released_at",
-    "task",
-    "rescue_ref",
-    "setup_done",
-)
-assert set(PG_TRANSITION_COLUMNS) == SLOT_COLUMNS
 # The calls of schema_pg's functions (migration 8), every parameter cast to the function's type; the
 # last nine are the events' arrays (pg_event_arrays).
 PG_CLAIM_ANY = (
