@@ -6,7 +6,6 @@ Two-phase like allocation: BUSY → RELEASING (CAS on the fencing token) → git
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +36,7 @@ from agent_coord.engine.models import ReleaseResult
 from agent_coord.engine.reclaim.rescue import save_work
 from agent_coord.engine.release.ended import ended_error, ended_for, why_ended
 from agent_coord.engine.repos import bounds_of
-from agent_coord.engine.store import EventDraft, StoreBusyError
-from agent_coord.engine.store.connection import StoreUnavailableError
+from agent_coord.engine.store import EventDraft
 from agent_coord.engine.store.records import HELD_STATES, Action, Repo, Slot, SlotState, freed
 
 tracer = trace.get_tracer("agent-coord.pool")
@@ -51,9 +49,6 @@ WRITER = "forced release: the worktree changed while it was being saved and clea
 
 def _quarantined() -> dict[str, object]:
     return {"state": SlotState.QUARANTINED, "owner": None, "lease_expires_at": None}
-
-
-logger = logging.getLogger("agent-coord")
 
 
 @dataclass(frozen=True)
@@ -568,24 +563,14 @@ class Releaser(OverEngine):
             if rescue:
                 detail["rescue_ref"] = rescue
             event = self._event(repo, slot, "ok", token, started, detail)
-            try:
-                done = await self.store.transition(
-                    slot.id,
-                    expect_state=SlotState.RELEASING,
-                    expect_token=token,
-                    delete=gone,
-                    changes=None if gone else freed(time.time(), rescue),
-                    events=[event],
-                )
-            except (StoreUnavailableError, StoreBusyError) as exc:
-                # Done where the agent works (its changes saved, the worktree detached or removed), not
-                # in the record. Told it failed, the agent would write on in a worktree no longer its own
-                # (a removed one comes back as a bare folder, found only by validation). So it is answered
-                # done; the row stays RELEASING under its lease, which no one else may take: a release
-                # of it again here finishes it, and validation does once the lease lapses.
-                logger.warning("%s released, its record left RELEASING for now: %s", slot.id, exc)
-                self.cut_short[slot.id] = CutShort(held.version, original, original_owner, token, forced_from, rescue)
-                done = held
+            done = await self.store.transition(
+                slot.id,
+                expect_state=SlotState.RELEASING,
+                expect_token=token,
+                delete=gone,
+                changes=None if gone else freed(time.time(), rescue),
+                events=[event],
+            )
         except BaseException:
             # Cut short with the row still RELEASING as `held` left it (the store went away, the call
             # was cancelled): a release of it again here finishes it (`_cut_short_here`).

@@ -1,8 +1,7 @@
 """A release cut short after the slot went RELEASING (the store went away before its last write, the
 call was cancelled) leaves the row RELEASING under its own agent, with nobody at work on it. The
 agent's next release of it, on the same server, finishes it: it is neither told the allocation ended
-nor kept waiting for a release that nobody runs. A release whose only failure was that last write is
-answered done: the worktree is no longer the agent's to write in."""
+nor kept waiting for a release that nobody runs."""
 
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
+from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.store.connection import StoreUnavailableError
 from agent_coord.engine.store.records import SlotState
 from tests.conftest import git
@@ -32,33 +32,29 @@ def fail_the_release_s_last_write(coord: Any, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(coord.store, "transition", failing)
 
 
-@pytest.mark.parametrize(("dirty", "remove"), [(False, False), (True, False), (True, True)])
-async def test_a_release_whose_record_could_not_be_written_is_answered_done(
-    coord: Any, repo: Path, monkeypatch: pytest.MonkeyPatch, dirty: bool, remove: bool
+@pytest.mark.parametrize("dirty", [False, True])
+async def test_a_release_cut_short_by_the_store_is_finished_by_the_retry(
+    coord: Any, repo: Path, monkeypatch: pytest.MonkeyPatch, dirty: bool
 ) -> None:
-    """Its work is done where the agent works (changes saved, worktree detached or removed): told it
-    failed, the agent would write on in a worktree no longer its own. The record is finished later."""
     alloc = await coord.pool.allocate("feat/cut-short")
     wt = Path(alloc.path)
     if dirty:
         (wt / "work.txt").write_text("unsaved work\n")
     fail_the_release_s_last_write(coord, monkeypatch)
-    done = await coord.pool.release(worktree_id=alloc.worktree_id, force=dirty, remove=remove)
-    assert done.state == ("REMOVED" if remove else "FREE")
-    if remove:
-        assert not wt.exists()
-    else:
-        assert git(wt, "status", "--porcelain", "--untracked-files=all") == ""
-    if dirty:
-        assert done.rescue_ref is not None
-        assert "work.txt" in git(repo, "ls-tree", "-r", "--name-only", done.rescue_ref).split()
+    with pytest.raises(CoordError) as cut:
+        await coord.pool.release(worktree_id=alloc.worktree_id, force=dirty)
+    assert cut.value.code == ErrorCode.STORE_UNAVAILABLE
     (slot,) = await coord.store.slots()
-    assert slot.state == SlotState.RELEASING and slot.owner == coord.agent_id  # no one else may take it
+    assert slot.state == SlotState.RELEASING and slot.owner == coord.agent_id
 
-    # Finished by a release of it again here (validation does it once the row's lease lapses).
-    again = await coord.pool.release(worktree_id=alloc.worktree_id, force=dirty, remove=remove)
-    assert again.state == ("REMOVED" if remove else "FREE")
-    assert [s.state for s in await coord.store.slots()] == ([] if remove else [SlotState.FREE])
+    again = await coord.pool.release(worktree_id=alloc.worktree_id, force=dirty)
+    assert again.state == "FREE"
+    (slot,) = await coord.store.slots()
+    assert slot.state == SlotState.FREE and slot.owner is None
+    assert git(wt, "status", "--porcelain", "--untracked-files=all") == ""
+    if dirty:
+        refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/agent-coord/rescue/").split()
+        assert any("work.txt" in git(repo, "ls-tree", "-r", "--name-only", r).split() for r in refs)
     releases = [e for e in await coord.store.events() if e.action == "release" and e.outcome == "ok"]
     assert len(releases) == 1
 
