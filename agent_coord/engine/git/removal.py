@@ -33,6 +33,7 @@ import os
 import shutil
 import stat
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -141,11 +142,18 @@ def _rmtree(path: str, left: Leftovers, *, dir_fd: int | None = None) -> None:
 
 
 async def remove_worktree(
-    git: GitDriver, repo: Path, slot: Confined, *, attempts: int = ATTEMPTS, first_pause_s: float = FIRST_PAUSE_S
+    git: GitDriver,
+    repo: Path,
+    slot: Confined,
+    *,
+    attempts: int = ATTEMPTS,
+    first_pause_s: float = FIRST_PAUSE_S,
+    before_git_forgets: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Remove the clean worktree `slot` and git's entry for it, or raise with the slot still a worktree
     (see the module docstring). Raises Unconfined, GitError (git refused: dirty, locked, submodules),
-    or RemovalFailed."""
+    or RemovalFailed. `before_git_forgets` runs once the work tree is emptied, before git drops the
+    worktree: what it raises puts the files back and is raised (a release records itself there)."""
     checked = await anyio.to_thread.run_sync(check_slot, slot.bounds, slot.path)
     if await anyio.Path(checked.admin / "modules").exists():
         await git.worktree_remove(repo, slot)  # git refuses a worktree with submodules: nothing removed
@@ -159,6 +167,13 @@ async def remove_worktree(
     for attempt in range(attempts):
         left = await anyio.to_thread.run_sync(empty_work_tree, slot)
         if not left.failures:
+            if before_git_forgets is not None:
+                try:
+                    await before_git_forgets()
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await _check_out_again(git, slot, "the removal was called off")
+                    raise
             await _remove_emptied(git, repo, slot, checked.admin)
             return
         if attempt < attempts - 1:
@@ -171,13 +186,18 @@ async def remove_worktree(
 async def _put_back(git: GitDriver, slot: Confined, why: str) -> NoReturn:
     """Check the tracked files out again (the index was never touched) and refuse; quarantine-worthy
     (`intact=False`) when even that fails."""
+    await _check_out_again(git, slot, why)
+    raise RemovalFailed(slot.path, f"{why}; its files were put back, nothing was removed", intact=True)
+
+
+async def _check_out_again(git: GitDriver, slot: Confined, why: str) -> None:
+    """The tracked files back in the emptied work tree; RemovalFailed (`intact=False`) when that fails."""
     try:
         # ctime not trusted: what held a file (an immutable flag, an ACL, a scanner) changed only its
         # ctime, and git would otherwise rewrite that file, which fails for the same reason it was held.
         await git.run(slot, "-c", "core.trustctime=false", "reset", "--hard", "--quiet")
     except GitError as exc:
         raise RemovalFailed(slot.path, f"{why}; putting its files back failed too: {exc.reason}", intact=False) from exc
-    raise RemovalFailed(slot.path, f"{why}; its files were put back, nothing was removed", intact=True)
 
 
 async def _remove_emptied(git: GitDriver, repo: Path, slot: Confined, admin: Path) -> None:

@@ -6,6 +6,7 @@ Two-phase like allocation: BUSY → RELEASING (CAS on the fencing token) → git
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,8 @@ from agent_coord.engine.models import ReleaseResult
 from agent_coord.engine.reclaim.rescue import save_work
 from agent_coord.engine.release.ended import ended_error, ended_for, why_ended
 from agent_coord.engine.repos import bounds_of
-from agent_coord.engine.store import EventDraft
+from agent_coord.engine.store import EventDraft, StoreBusyError
+from agent_coord.engine.store.connection import StoreUnavailableError
 from agent_coord.engine.store.records import HELD_STATES, Action, Repo, Slot, SlotState, freed
 
 tracer = trace.get_tracer("agent-coord.pool")
@@ -49,6 +51,13 @@ WRITER = "forced release: the worktree changed while it was being saved and clea
 
 def _quarantined() -> dict[str, object]:
     return {"state": SlotState.QUARANTINED, "owner": None, "lease_expires_at": None}
+
+
+logger = logging.getLogger("agent-coord")
+
+
+class _TakenOver(Exception):
+    """The row changed hands before the release was recorded (a reclaim): nothing may be removed."""
 
 
 @dataclass(frozen=True)
@@ -510,6 +519,28 @@ class Releaser(OverEngine):
             await self._raise_if_mine_ended(slot)
             raise CoordError(ErrorCode.ALLOCATION_ENDED, f"{slot.id} changed hands while it was being released")
         rescue: str | None = None if resumed is None else resumed.rescue
+        gone = remove or record is None
+        detail: dict[str, object] = {"remove": remove, "force": force}
+        if forced_from:
+            detail["forced_from"] = forced_from
+        recorded: Slot | None = None
+
+        async def record_release() -> None:
+            """The release into the log, the row kept RELEASING (a removal's, before git forgets the worktree:
+            a removal cannot be undone, so one answered as failed must have left the worktree whole)."""
+            nonlocal recorded
+            if rescue:
+                detail["rescue_ref"] = rescue
+            recorded = await self.store.transition(
+                slot.id,
+                expect_state=SlotState.RELEASING,
+                expect_token=token,
+                changes={"lease_expires_at": time.time() + self.lease_s},
+                events=[self._event(repo, slot, "ok", token, started, detail)],
+            )
+            if recorded is None:
+                raise _TakenOver
+
         try:
             try:
                 if dirty:
@@ -529,7 +560,7 @@ class Releaser(OverEngine):
                         return await self._park(repo, slot, token, refs, forced_from, started)
                 if record is not None:
                     if remove:
-                        await remove_worktree(self.git, Path(repo.path), slot_dir)
+                        await remove_worktree(self.git, Path(repo.path), slot_dir, before_git_forgets=record_release)
                     else:
                         if status is not None and status.branch is not None:
                             await self.git.detach(slot_dir)
@@ -537,7 +568,23 @@ class Releaser(OverEngine):
                             await seal_after_release(slot_dir, before, status.head, status.branch)
                 # With no git entry for the slot there is nothing to prune; a repo-wide `git worktree prune`
                 # here would drop other vanished worktrees' entries before validation saved their work.
+            except _TakenOver:
+                recorded = None  # reclaimed meanwhile: its files were put back, the release answered below
             except GitError as exc:
+                if recorded is not None:
+                    # Git failed to drop the emptied worktree after the release was logged: the release
+                    # stands; the row stays RELEASING and validation takes the slot back once it lapses.
+                    logger.warning("%s released; its worktree could not be removed: %s", slot.id, exc.reason)
+                    self.ctx.granted.forget(slot.id)
+                    return ReleaseResult(
+                        worktree_id=slot.id,
+                        path=slot.path,
+                        branch=slot.branch,
+                        state="FREE",
+                        dirty=dirty,
+                        rescue_ref=rescue,
+                        removed=False,
+                    )
                 # Quarantined too: a removal that could not put the slot's files back.
                 unconfined = isinstance(exc, Unconfined) or (isinstance(exc, RemovalFailed) and not exc.intact)
                 with anyio.CancelScope(shield=True):
@@ -556,21 +603,26 @@ class Releaser(OverEngine):
                     + ("; quarantined for a person" if unconfined else "")
                     + saved,
                 ) from exc
-            gone = remove or record is None
-            detail: dict[str, object] = {"remove": remove, "force": force}
-            if forced_from:
-                detail["forced_from"] = forced_from
-            if rescue:
-                detail["rescue_ref"] = rescue
-            event = self._event(repo, slot, "ok", token, started, detail)
-            done = await self.store.transition(
-                slot.id,
-                expect_state=SlotState.RELEASING,
-                expect_token=token,
-                delete=gone,
-                changes=None if gone else freed(time.time(), rescue),
-                events=[event],
-            )
+            if remove and record is not None:
+                # Recorded before git forgot the worktree (or taken over meanwhile: `recorded` None).
+                done = recorded
+                if recorded is not None:
+                    with contextlib.suppress(StoreUnavailableError, StoreBusyError):  # validation's, else
+                        await self.store.transition(
+                            slot.id, expect_state=SlotState.RELEASING, expect_version=recorded.version, delete=True
+                        )
+            else:
+                if rescue:
+                    detail["rescue_ref"] = rescue
+                event = self._event(repo, slot, "ok", token, started, detail)
+                done = await self.store.transition(
+                    slot.id,
+                    expect_state=SlotState.RELEASING,
+                    expect_token=token,
+                    delete=gone,
+                    changes=None if gone else freed(time.time(), rescue),
+                    events=[event],
+                )
         except BaseException:
             # Cut short with the row still RELEASING as `held` left it (the store went away, the call
             # was cancelled): a release of it again here finishes it (`_cut_short_here`).

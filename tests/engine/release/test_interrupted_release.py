@@ -85,3 +85,27 @@ async def test_a_cancelled_release_is_finished_by_the_retry(
     (slot,) = await coord.store.slots()
     assert slot.state == SlotState.FREE
     assert git(Path(alloc.path), "rev-parse", "--abbrev-ref", "HEAD").strip() == "HEAD"  # detached
+
+
+async def test_a_removing_release_cut_short_by_the_store_leaves_the_worktree_whole(
+    coord: Any, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal cannot be undone, so the release is recorded before it: answered STORE_UNAVAILABLE, the
+    agent still has its worktree to work on in (what it writes then is saved by the retry)."""
+    alloc = await coord.pool.allocate("feat/remove-cut-short")
+    wt = Path(alloc.path)
+    (wt / "work.txt").write_text("unsaved work\n")
+    fail_the_release_s_last_write(coord, monkeypatch)
+    with pytest.raises(CoordError) as cut:
+        await coord.pool.release(worktree_id=alloc.worktree_id, force=True, remove=True)
+    assert cut.value.code == ErrorCode.STORE_UNAVAILABLE
+    assert wt.is_dir() and (wt / ".git").exists()
+    (wt / "after.txt").write_text("written after the answer\n")
+
+    again = await coord.pool.release(worktree_id=alloc.worktree_id, force=True, remove=True)
+    assert again.state == "REMOVED" and again.removed and not wt.exists()
+    assert await coord.store.slots() == []
+    assert again.rescue_ref is not None
+    assert "after.txt" in git(repo, "ls-tree", "-r", "--name-only", again.rescue_ref).split()
+    releases = [e for e in await coord.store.events() if e.action == "release" and e.outcome == "ok"]
+    assert len(releases) == 1
