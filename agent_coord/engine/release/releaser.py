@@ -573,40 +573,32 @@ class Releaser(OverEngine):
             except GitError as exc:
                 if recorded is not None:
                     # Git failed to drop the emptied worktree after the release was logged: the release
-                    # stands; the row stays RELEASING and validation takes the slot back once it lapses.
+                    # stands; its worktree stays, the row RELEASING for validation once it lapses.
                     logger.warning("%s released; its worktree could not be removed: %s", slot.id, exc.reason)
-                    self.ctx.granted.forget(slot.id)
-                    return ReleaseResult(
-                        worktree_id=slot.id,
-                        path=slot.path,
-                        branch=slot.branch,
-                        state="FREE",
-                        dirty=dirty,
-                        rescue_ref=rescue,
-                        removed=False,
-                    )
-                # Quarantined too: a removal that could not put the slot's files back.
-                unconfined = isinstance(exc, Unconfined) or (isinstance(exc, RemovalFailed) and not exc.intact)
-                with anyio.CancelScope(shield=True):
-                    # A slot that failed the guard half-way (swapped under us) is a person's now: quarantined.
-                    await self.store.transition(
-                        slot.id,
-                        expect_state=SlotState.RELEASING,
-                        expect_token=token,
-                        changes=_quarantined() if unconfined else {"state": original, "owner": original_owner},
-                        events=[self._quarantine_event(repo, slot, token, exc)] if unconfined else [],
-                    )
-                saved = f"; its changes are in {rescue}" if rescue else ""
-                raise CoordError(
-                    ErrorCode.GIT_FAILED,
-                    f"git failed while releasing {slot.id}: {exc.reason}"
-                    + ("; quarantined for a person" if unconfined else "")
-                    + saved,
-                ) from exc
+                    gone = False
+                else:
+                    # Quarantined too: a removal that could not put the slot's files back.
+                    unconfined = isinstance(exc, Unconfined) or (isinstance(exc, RemovalFailed) and not exc.intact)
+                    with anyio.CancelScope(shield=True):
+                        # A slot that failed the guard half-way (swapped under us) is a person's now: quarantined.
+                        await self.store.transition(
+                            slot.id,
+                            expect_state=SlotState.RELEASING,
+                            expect_token=token,
+                            changes=_quarantined() if unconfined else {"state": original, "owner": original_owner},
+                            events=[self._quarantine_event(repo, slot, token, exc)] if unconfined else [],
+                        )
+                    saved = f"; its changes are in {rescue}" if rescue else ""
+                    raise CoordError(
+                        ErrorCode.GIT_FAILED,
+                        f"git failed while releasing {slot.id}: {exc.reason}"
+                        + ("; quarantined for a person" if unconfined else "")
+                        + saved,
+                    ) from exc
             if remove and record is not None:
                 # Recorded before git forgot the worktree (or taken over meanwhile: `recorded` None).
                 done = recorded
-                if recorded is not None:
+                if recorded is not None and gone:
                     with contextlib.suppress(StoreUnavailableError, StoreBusyError):  # validation's, else
                         await self.store.transition(
                             slot.id, expect_state=SlotState.RELEASING, expect_version=recorded.version, delete=True
