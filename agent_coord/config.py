@@ -136,6 +136,9 @@ class Settings(BaseModel):
     alert_pool_full_s: float = Field(default=300.0, ge=0)
     # How long a call waits for a coordination database another process keeps locked, then STORE_UNAVAILABLE.
     store_wait_s: float = Field(default=40.0, gt=0, le=3600)
+    # The hook host (agent_coord/claude/hook_host.py): how long it waits for the next hook before it
+    # exits; 0: hooks never start one and each answers in its own process.
+    hook_host_idle_s: float = Field(default=600.0, ge=0)
 
     @field_validator("repo", "pool_root", "db", "db_password_file", "manictime_db", "activity_file", mode="before")
     @classmethod

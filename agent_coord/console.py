@@ -44,10 +44,36 @@ def _status_repo(options: list[str]) -> str | bool | None:
 
 def status_json(repo: str | None) -> int:
     """`agent-coord status --json`: the same output, exit codes and error lines as the command line's
-    (agent_coord/cli/core.py and agent_coord/cli/__init__.py), without Typer."""
-    import json
+    (agent_coord/cli/core.py and agent_coord/cli/__init__.py), without Typer; answered by the user's
+    hook host when one runs (agent_coord/claude/hook_host.py), which it starts otherwise."""
+    import os
+
+    from agent_coord.claude import hook_socket
+
+    repo_arg = os.path.realpath(os.path.expanduser(repo)) if repo else None
+    cwd = os.getcwd()
+    if hook_socket.supported():
+        path = hook_socket.host_socket(cwd)
+        request: dict[str, object] = {
+            "hook": "status",
+            "repo": repo_arg,
+            "stdin": "",
+            "cwd": cwd,
+            "env": hook_socket.deciding_env(os.environ),
+            "code": hook_socket.code_identity(),
+        }
+        reply = hook_socket.ask(path, request) if path is not None else None
+        if reply is not None:
+            from agent_coord.claude.hook_run import printed
+
+            return printed(reply)
+    code = _status_in_process(repo_arg)
+    hook_socket.start_host(cwd)
+    return code
+
+
+def _status_in_process(repo_arg: str | None) -> int:
     import logging
-    from pathlib import Path
 
     import anyio
 
@@ -62,19 +88,16 @@ def status_json(repo: str | None) -> int:
 
     try:
         settings = load_settings()
-        repo_arg = str(Path(repo).expanduser().resolve()) if repo else None
 
         async def status() -> dict[str, object]:
-            async with Coordinator.open(settings, register=False) as coord:
-                return (await coord.status(repo_arg)).model_dump(mode="json")
+            from agent_coord.claude.hook_host import status_reply
 
-        try:
-            result = anyio.run(status)
-        except CoordError as exc:
-            print(str(exc), file=sys.stderr)
-            return 1
-        print(json.dumps(result, indent=2, default=str))
-        return 0
+            async with Coordinator.open(settings, register=False) as coord:
+                return await status_reply(coord, repo_arg)
+
+        from agent_coord.claude.hook_run import printed
+
+        return printed(anyio.run(status))
     except SettingsError as exc:
         return die(exc.line(), 2)
     except CoordError as exc:

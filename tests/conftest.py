@@ -14,6 +14,7 @@ import pytest
 from agent_coord.config import Settings
 
 from .installed import installed  # noqa: F401  (a session fixture: the wheel, built and installed once)
+from .paths import HOOK_HOST_OFF
 from .pg_support import pg_cluster, pg_url, store_target  # noqa: F401  (a real PostgreSQL: see pg_support.py)
 
 # Commits made by tests need an identity, whatever the machine's git config says.
@@ -32,6 +33,7 @@ os.environ.pop("CLAUDE_PID", None)
 for key in list(os.environ):
     if key.startswith("AGENT_COORD_") and key not in ("AGENT_COORD_INSPECTOR", "AGENT_COORD_CLAUDE"):
         del os.environ[key]
+os.environ[HOOK_HOST_OFF] = "0"
 
 
 @pytest.fixture
@@ -98,7 +100,7 @@ async def coord(settings: Settings) -> AsyncIterator[Any]:
 def server_params(env: dict[str, str], **extra: str) -> Any:
     from mcp.client.stdio import StdioServerParameters
 
-    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
+    full = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)}
     full.update(env)
     full.update(extra)
     return StdioServerParameters(command=sys.executable, args=["-m", "agent_coord.server"], env=full)

@@ -80,7 +80,10 @@ def run(hook: str) -> int:
         forwarded = _forwarded(hook, raw)
         if forwarded is not None:
             return forwarded
-        return in_process(hook, raw)
+        cwd = os.getcwd()  # before the hook enters its payload's directory
+        code = in_process(hook, raw)
+        _start_host(raw, cwd)
+        return code
     except Exception as exc:  # a bug: one line for the person, the traceback only with debug logging
         import logging
 
@@ -210,11 +213,18 @@ async def _with_coordinator(
     from agent_coord.engine.store import StoreBusyError
 
     agent_id, origin = identity
+    # Answered by a server whose agent process is the hook's (hook_server and hook_host prove it), the
+    # hook's agent is that engine acting for the hook's id (without one, the id generated from that
+    # process, as the server's), with the hook's own lease, over the server's store and resolved
+    # repositories: not a second engine for one answer.
+    served = server is not None and _same_but_lease(settings, server.settings)
+    if server is not None and served and agent_id is None and server.identity.origin == "process":
+        agent_id = server.agent_id
+    if server is not None and server.identity.server_pid != os.getpid() and not (served and agent_id):
+        # The hook host acts for another process: an engine of its own would be the host's agent.
+        out.fail("agent-coord: the settings changed while the hook host answered; run the hook again")
     try:
-        if server is not None and agent_id is not None and _same_but_lease(settings, server.settings):
-            # Answered by the session's server: its agent process is the hook's (hook_server proved
-            # it), so the hook's agent is this engine acting for another id, with the hook's lease,
-            # over the server's store and resolved repositories: not a second engine for one answer.
+        if server is not None and served and agent_id is not None:
             coord = server.acting_for(agent_id, origin, settings)
             if register:
                 await coord.register()
@@ -363,50 +373,46 @@ async def _session_end(
         out.say(_one_line(f"agent-coord: {kept}"))
 
 
-# ---- asking the session's server (agent_coord/claude/hook_socket.py) -----------------------------
+# ---- asking a server (agent_coord/claude/hook_socket.py) ----------------------------------------
 
 
 def _forwarded(hook: str, raw: bytes) -> int | None:
-    """The exit code of `hook` answered by the session's agent-coord server (its answer printed), or
-    None when no server answers it (none runs, or it leaves this hook to the hook process)."""
+    """The exit code of `hook` answered by the session's agent-coord server or else the user's hook
+    host (its answer printed), or None when neither answers it."""
     from agent_coord.claude import hook_socket
 
     if sys.platform == "win32" or not hook_socket.supported() or len(raw) > MAX_INPUT_BYTES:
         return None
-    path = hook_socket.find_socket()
-    if path is None:
-        return None
-    import json
-    import socket
-
-    request = {
+    text = raw.decode("utf-8", "replace")
+    request: dict[str, object] = {
         "hook": hook,
-        "stdin": raw.decode("utf-8", "replace"),
+        "stdin": text,
         "cwd": os.getcwd(),
         "env": hook_socket.deciding_env(os.environ),
         "code": hook_socket.code_identity(),
         "claude_pid": os.environ.get("CLAUDE_PID", ""),
     }
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            # A server that does not take the request at once (stopped, its event loop stuck) is left
-            # alone; once it has taken it, the work may take as long as an allocation takes.
-            conn.settimeout(hook_socket.ACCEPT_TIMEOUT_S)
-            conn.connect(path)
-            conn.sendall(json.dumps(request).encode())
-            conn.shutdown(socket.SHUT_WR)
-            reader = conn.makefile("rb")
-            if reader.readline() != hook_socket.ACCEPTED:
-                return None
-            conn.settimeout(None)
-            reply = json.loads(reader.read())
-    except (OSError, ValueError):
-        return None  # a server gone or going: the hook does the work (every hook is safe to repeat)
-    if not isinstance(reply, dict):
-        return None
+    for path in (hook_socket.find_socket(), hook_socket.host_socket(hook_socket.working_directory(text, os.getcwd()))):
+        reply = hook_socket.ask(path, request) if path is not None else None
+        if reply is not None:
+            return printed(reply)
+    return None
+
+
+def printed(reply: dict[str, object]) -> int:
+    """Print a server's answer as this process's own; its exit code."""
     out = Answer()
     stdout, stderr, code = reply.get("stdout"), reply.get("stderr"), reply.get("code")
     out.stdout = stdout if isinstance(stdout, str) else None
     out.stderr = [line for line in stderr if isinstance(line, str)] if isinstance(stderr, list) else []
     out.code = code if isinstance(code, int) else EXIT_REFUSED
     return out.emit()
+
+
+def _start_host(raw: bytes, cwd: str) -> None:
+    """After answering in-process: start the user's hook host, so that the next hook is answered
+    without importing the engine (agent_coord/claude/hook_socket.py)."""
+    from agent_coord.claude import hook_socket
+
+    if sys.platform != "win32" and len(raw) <= MAX_INPUT_BYTES:
+        hook_socket.start_host(hook_socket.working_directory(raw.decode("utf-8", "replace"), cwd))

@@ -72,7 +72,7 @@ async def _answer_one(coord: Coordinator, stream: SocketStream, key: str) -> Non
     async with stream:
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             try:
-                request = json.loads(await _receive_all(stream))
+                request = json.loads(await receive_all(stream))
                 taken = isinstance(request, dict) and await _takes(coord, stream, key, request)
             except Exception:  # the hook does the work itself
                 logger.debug("hook request not answered", exc_info=True)
@@ -93,7 +93,7 @@ async def _answer_one(coord: Coordinator, stream: SocketStream, key: str) -> Non
             await stream.send(json.dumps(reply).encode())
 
 
-async def _receive_all(stream: SocketStream) -> bytes:
+async def receive_all(stream: SocketStream) -> bytes:
     chunks: list[bytes] = []
     size = 0
     with contextlib.suppress(anyio.EndOfStream):
@@ -115,9 +115,9 @@ async def _takes(coord: Coordinator, stream: SocketStream, key: str, request: di
         return False
     if request.get("env") != hook_socket.deciding_env(os.environ) or request.get("code") != hook_socket.code_identity():
         return False
-    if not _same_directory(_working_directory(raw, cwd), os.getcwd()):
+    if not same_directory(hook_socket.working_directory(raw, cwd), os.getcwd()):
         return False
-    peer = _peer(stream)
+    peer = peer_of(stream)
     if peer is None or peer[1] != os.geteuid():
         return False
     wrappers = coord.settings.wrapper_processes
@@ -125,24 +125,14 @@ async def _takes(coord: Coordinator, stream: SocketStream, key: str, request: di
     return await anyio.to_thread.run_sync(lambda: _agent_key(peer[0], wrappers)) == key
 
 
-def _working_directory(raw: str, cwd: str) -> str:
-    """The directory the hook process would work from: the payload's `cwd` when usable (hook_run._enter)."""
-    with contextlib.suppress(ValueError):
-        data = json.loads(raw) if raw.strip() else {}
-        wanted = data.get("cwd") if isinstance(data, dict) else None
-        if isinstance(wanted, str) and os.path.isabs(wanted) and os.path.isdir(wanted):
-            return wanted
-    return cwd
-
-
-def _same_directory(a: str, b: str) -> bool:
+def same_directory(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:
         return False
 
 
-def _peer(stream: SocketStream) -> tuple[int, int] | None:
+def peer_of(stream: SocketStream) -> tuple[int, int] | None:
     """(pid, uid) of the connected process, from the kernel (SO_PEERCRED, Linux only)."""
     if sys.platform != "linux":
         return None

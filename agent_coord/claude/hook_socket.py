@@ -20,6 +20,13 @@ The socket is private: mode 0600 in a directory of mode 0700 owned by the user
 (`$XDG_RUNTIME_DIR/agent-coord`, else `<tmp>/agent-coord-<uid>`); a directory that is not exactly that
 (another owner, other permissions, a symlink) is never used, by the server or by a hook.
 
+When no session server answers, the hook asks the user's hook host for its directory and environment
+(agent_coord/claude/hook_host.py): a process that a hook working in-process starts behind itself,
+which answers any hook process of the user working from that directory with that agent-coord and
+environment, acting for the hook's own agent process (found from the peer's pid), and exits once no
+hook has come for AGENT_COORD_HOOK_HOST_IDLE_S seconds. Its socket and lock are named after a hash
+of everything that decides the answer (`host_key`).
+
 The hook side imports only the standard library.
 """
 
@@ -126,3 +133,145 @@ def find_socket() -> str | None:
             return os.path.join(directory, socket_name(key))
         pid = parent
     return None
+
+
+# ---- asking a server ----------------------------------------------------------------------------
+
+
+def ask(path: str, request: dict[str, object]) -> dict[str, object] | None:
+    """The reply of the server listening on `path` to `request`, or None when it does not answer it
+    (gone, going, stuck before taking it, or it leaves the request to the caller)."""
+    if sys.platform == "win32":
+        return None
+    import json
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            # A server that does not take the request at once (stopped, its event loop stuck) is left
+            # alone; once it has taken it, the work may take as long as an allocation takes.
+            conn.settimeout(ACCEPT_TIMEOUT_S)
+            conn.connect(path)
+            conn.sendall(json.dumps(request).encode())
+            conn.shutdown(socket.SHUT_WR)
+            reader = conn.makefile("rb")
+            if reader.readline() != ACCEPTED:
+                return None
+            conn.settimeout(None)
+            reply = json.loads(reader.read())
+    except (OSError, ValueError):
+        return None  # the caller does the work (every hook is safe to repeat)
+    return reply if isinstance(reply, dict) else None
+
+
+# ---- the hook host ------------------------------------------------------------------------------
+
+HOST_MODULE = "agent_coord.claude.hook_host"
+IDLE_ENV = "AGENT_COORD_HOOK_HOST_IDLE_S"
+
+
+def working_directory(raw: str, cwd: str) -> str:
+    """The directory a hook works from: its payload's `cwd` when usable (hook_run._enter), else `cwd`."""
+    import json
+
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        return cwd
+    wanted = data.get("cwd") if isinstance(data, dict) else None
+    if isinstance(wanted, str) and os.path.isabs(wanted) and os.path.isdir(wanted):
+        return wanted
+    return cwd
+
+
+def host_key(workdir: str, env: Mapping[str, str]) -> str:
+    """Names the hook host that answers work from `workdir` under `env` with this agent-coord."""
+    import hashlib
+    import json
+
+    blob = json.dumps([code_identity(), deciding_env(env), os.path.realpath(workdir)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def host_socket_name(key: str) -> str:
+    return f"host-{key}.sock"
+
+
+def host_lock_name(key: str) -> str:
+    return f"host-{key}.lock"
+
+
+def host_socket(workdir: str) -> str | None:
+    """The socket of the hook host for `workdir` and this environment, where one listens (or None)."""
+    directory = socket_dir()
+    if directory is None:
+        return None
+    path = os.path.join(directory, host_socket_name(host_key(workdir, os.environ)))
+    return path if os.path.exists(path) else None
+
+
+def host_wanted(env: Mapping[str, str]) -> bool:
+    """Has the user left the hook host on (AGENT_COORD_HOOK_HOST_IDLE_S not 0)? A value the settings
+    refuse is left to the host, which reads the settings and says nothing (it exits)."""
+    value = env.get(IDLE_ENV, "").strip()
+    try:
+        return not value or float(value) != 0
+    except ValueError:
+        return True
+
+
+def holds_lock(fd: int) -> bool:
+    """Take the lock on the open file `fd` without waiting; False when another process holds it."""
+    if sys.platform == "win32":
+        return False
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def open_lock(directory: str, key: str) -> int:
+    if sys.platform == "win32":
+        raise OSError("the hook host is for Linux")
+    return os.open(
+        os.path.join(directory, host_lock_name(key)),
+        os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+    )
+
+
+def start_host(workdir: str) -> None:
+    """Start the hook host for `workdir` in the background, unless the user turned it off or one runs
+    or starts already (it holds its lock). Best effort: hooks answer without it."""
+    if not supported() or not host_wanted(os.environ):
+        return
+    directory = socket_dir(create=True)
+    if directory is None or not os.path.isdir(workdir):
+        return
+    key = host_key(workdir, os.environ)
+    try:
+        fd = open_lock(directory, key)
+    except OSError:
+        return
+    try:
+        if not holds_lock(fd):
+            return  # running, or starting
+    finally:
+        os.close(fd)  # the host takes the lock itself (a start racing ours finds it held and exits)
+    import subprocess
+
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", HOST_MODULE, "--key", key],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # Claude Code reads the hook's stdout to its end
+            stderr=subprocess.DEVNULL,
+            cwd=workdir,
+            close_fds=True,
+            start_new_session=True,  # the user's Ctrl-C in the session does not reach it
+        )
+    except OSError:
+        return

@@ -174,8 +174,21 @@ class Coordinator(OverEngine):
         whose agent process the caller proved is the hook's, with the hook's own lease): the same store,
         git driver and repositories, another id. It runs none of the server's background work and never
         closes the store."""
-        identity = replace(self.identity, agent_id=agent_id, origin=origin)
+        return self.acting_as(replace(self.identity, agent_id=agent_id, origin=origin), settings)
+
+    def acting_as(self, identity: Identity, settings: Settings) -> Coordinator:
+        """This engine acting as the agent `identity` under `settings` (see `acting_for`)."""
         return Coordinator(settings, self.store, identity, sharing=self)
+
+    async def acting_for_process(self, pid: int, settings: Settings) -> Coordinator:
+        """This engine acting as process `pid` would under `settings` if it opened its own (the hook
+        host answering a hook process of its user, agent_coord/claude/hook_host.py)."""
+        identity = await anyio.to_thread.run_sync(
+            lambda: Identity.detect(
+                settings.agent_id, settings.wrapper_processes, "explicit", host=settings.host_id, pid=pid
+            )
+        )
+        return self.acting_as(await _known_identity(self.store, identity), settings)
 
     async def default_repo(self) -> Repo | None:
         try:

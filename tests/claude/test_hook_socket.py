@@ -25,6 +25,7 @@ from agent_coord.claude import hook_socket
 from agent_coord.claude.hooks import hook_lease_s
 from agent_coord.config import Settings
 from tests.claude.test_hooks import AGENT, SESSION, create_payload, created_path, hook, session_payload, state
+from tests.paths import HOOK_HOST_OFF
 
 pytestmark = pytest.mark.skipif(not hook_socket.supported(), reason="the hooks' socket is for Linux")
 AGENT_COORD = Path(sys.executable).parent / "agent-coord"
@@ -32,7 +33,7 @@ AGENT_COORD = Path(sys.executable).parent / "agent-coord"
 
 def full_env(env: dict[str, str]) -> dict[str, str]:
     """What the hooks of tests/claude/test_hooks.py run with (and so what the server must run with)."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}, **env}
+    return {**{k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)}, **env}
 
 
 def wait_for(condition: object, what: str, timeout: float = 60.0) -> None:

@@ -30,6 +30,7 @@ from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Agent, Slot, SlotState
 from tests.conftest import git
+from tests.paths import HOOK_HOST_OFF
 
 AGENT_COORD = Path(sys.executable).parent / "agent-coord"
 SESSION = "0123abcd-4567-89ef-aaaa-bbbbccccdddd"
@@ -45,7 +46,7 @@ def run(
     cwd: Path | None = None,
     extra: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
+    full = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)}
     full.update(env)
     full.update(extra or {})
     return subprocess.run(
@@ -169,7 +170,7 @@ def test_create_twice_in_a_session_returns_the_same_slot(env: dict[str, str], re
 
 def test_parallel_subagents_get_a_slot_each(env: dict[str, str], repo: Path, settings: Settings) -> None:
     # Subagents with isolation: "worktree" start together: their hooks race in one session.
-    full = {**{k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}, **env}
+    full = {**{k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)}, **env}
     procs = [
         subprocess.Popen(
             [str(AGENT_COORD), "hook", "worktree-create"],

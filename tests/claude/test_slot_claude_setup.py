@@ -14,6 +14,7 @@ from agent_coord.config import Settings
 from agent_coord.engine.store.records import SlotState
 from tests.claude.test_hooks import AGENT_COORD, create_payload, created_path, hook, run, session_payload, state
 from tests.conftest import git
+from tests.paths import HOOK_HOST_OFF
 
 UNCOMMITTED = (
     ".mcp.json",
@@ -111,7 +112,7 @@ def test_the_slot_comes_back_when_claude_dies_without_session_end(
     env: dict[str, str], repo: Path, settings: Settings
 ) -> None:
     _install(env, repo)
-    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")} | env
+    full = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)} | env
     payload = json.dumps(create_payload(repo, "crash"))
     claude = subprocess.Popen(
         [sys.executable, "-c", FAKE_CLAUDE, str(AGENT_COORD), payload], env=full, stdout=subprocess.PIPE, text=True

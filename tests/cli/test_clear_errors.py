@@ -21,6 +21,7 @@ from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.driver import GitDriver
 from agent_coord.engine.store import Store
 from agent_coord.engine.store.schema import MIGRATIONS
+from tests.paths import HOOK_HOST_OFF
 
 pytestmark = pytest.mark.anyio
 
@@ -33,7 +34,7 @@ INITIALIZE = {
 
 
 def _env(env: dict[str, str], **extra: str) -> dict[str, str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
+    full = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)}
     full.update(env)
     full.update(extra)
     return full

@@ -17,13 +17,14 @@ from agent_coord.config import Settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.store_target import PostgresUrl
 from bench.pg_cluster import PASSWORD
+from tests.paths import HOOK_HOST_OFF
 from tests.pg_support import raw
 
 CLI = [sys.executable, "-c", "from agent_coord.cli import main; main()"]
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")} | env
+    full = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)} | env
     return subprocess.run([*CLI, "migrate-store", *args], capture_output=True, text=True, env=full, timeout=120)
 
 

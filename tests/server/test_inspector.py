@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.paths import ROOT
+from tests.paths import HOOK_HOST_OFF, ROOT
 
 LOCAL_INSPECTOR = ROOT / ".ci" / "inspector" / "node_modules" / ".bin" / "mcp-inspector"
 MCP_JSON = ROOT / "agent_coord" / "claude_config" / ".mcp.json"
@@ -42,7 +42,7 @@ def inspector() -> Path:
 
 def _base_env() -> dict[str, str]:
     """This environment without any agent-coord setting (conftest removed them; be explicit)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
+    return {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)}
 
 
 def _inspect(inspector: Path, args: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:

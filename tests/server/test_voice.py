@@ -24,6 +24,7 @@ from agent_coord.server.app import build_server
 from tests.agent_proc import set_agent
 from tests.conftest import git
 from tests.engine.reclaim.test_reclaim import dead_pid
+from tests.paths import HOOK_HOST_OFF
 
 pytestmark = pytest.mark.anyio
 
@@ -200,7 +201,7 @@ async def test_every_refusal_of_the_real_server_speaks_with_one_voice(
         capture_output=True,
         text=True,
         env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")},
+            **{k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)},
             **env,
             "AGENT_COORD_DB": str(garbage),
         },

@@ -19,6 +19,7 @@ from mcp.client.stdio import StdioServerParameters
 from tests.claude.test_hooks import create_payload, session_payload
 from tests.conftest import git
 from tests.installed import Installed
+from tests.paths import HOOK_HOST_OFF
 
 # Every test of the installed wheel on one worker: the wheel is built and installed once, not per worker.
 pytestmark = pytest.mark.xdist_group("installed-wheel")
@@ -41,7 +42,7 @@ def _system_path() -> str:
 
 
 def _env(env: dict[str, str], path: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
+    base = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)}
     return {**base, **env, "PATH": path}
 
 

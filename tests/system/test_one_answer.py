@@ -20,6 +20,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from tests.conftest import server_params
+from tests.paths import HOOK_HOST_OFF
 
 pytestmark = pytest.mark.anyio
 
@@ -28,7 +29,7 @@ HOOKS = ("worktree-create", "worktree-remove", "session-start", "session-end")
 
 
 def _run(env: dict[str, str], args: list[str], *, stdin: str = "", **extra: str) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
+    full = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)}
     full.update(env)
     full.update(extra)
     return subprocess.run(

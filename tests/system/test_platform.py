@@ -23,6 +23,7 @@ from agent_coord.platform import filesystems, process_identity
 from agent_coord.platform.termination import end_tree
 from agent_coord.pool_file.import_rows import map_windows_path, windows_name, windows_path
 from tests.conftest import git
+from tests.paths import HOOK_HOST_OFF
 
 
 def wait_until(condition: object, timeout_s: float = 30.0) -> bool:
@@ -235,7 +236,7 @@ def test_a_postgresql_url_selects_postgresql_and_its_secret_is_never_shown(
 
 
 def _hook(env: dict[str, str], event: str, payload: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")} | env
+    full = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)} | env
     agent_coord = Path(sys.executable).parent / "agent-coord"
     return subprocess.run(
         [str(agent_coord), "hook", event],

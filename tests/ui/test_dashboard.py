@@ -25,6 +25,7 @@ from agent_coord.engine.observe.metrics import compute_metrics
 from agent_coord.engine.radar.models import BaseBranch, Conflict, ConflictPair, ConflictReport, OtherAllocation
 from agent_coord.engine.store.records import Event
 from tests.conftest import git
+from tests.paths import HOOK_HOST_OFF
 
 NOW = 1_800_000_000.0
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
@@ -213,7 +214,11 @@ def last_frame(raw: str) -> list[str]:
 
 
 def child_env(env: dict[str, str]) -> dict[str, str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_") and k not in {"COLUMNS", "LINES"}}
+    full = {
+        k: v
+        for k, v in os.environ.items()
+        if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF) and k not in {"COLUMNS", "LINES"}
+    }
     return {**full, **env, "TERM": "xterm-256color"}
 
 

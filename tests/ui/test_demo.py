@@ -12,11 +12,12 @@ from typing import Any
 import psutil
 
 from agent_coord.demo import CRASHER, FAST, build_plans
+from tests.paths import HOOK_HOST_OFF
 from tests.ui.test_dashboard import agent_coord
 
 
 def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
+    env = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -133,21 +133,29 @@ class Identity:
 
     @classmethod
     def detect(
-        cls, agent_id: str | None, wrappers: tuple[str, ...], origin: Origin = "explicit", *, host: str | None = None
+        cls,
+        agent_id: str | None,
+        wrappers: tuple[str, ...],
+        origin: Origin = "explicit",
+        *,
+        host: str | None = None,
+        pid: int | None = None,
     ) -> Identity:
         """This process's identity on `host` (the host id, AGENT_COORD_HOST_ID; default the machine id):
-        `agent_id` with its `origin`, or (without an id) one generated from the agent process."""
+        `agent_id` with its `origin`, or (without an id) one generated from the agent process. `pid`:
+        the identity of that process of this user's instead (a hook process answered by the hook host,
+        agent_coord/claude/hook_host.py, which checked that its parent still runs)."""
         host = host or default_host_id()
         boot = boot_id()
-        me = psutil.Process()
-        orphaned = orphaned_from()
+        me = psutil.Process(pid) if pid is not None else psutil.Process()
+        orphaned = orphaned_from() if pid is None else None
         agent_since_boot: float | None
         if orphaned is not None:
             # The process that started us is gone: record it, so that every judge finds it gone (a
             # start of 0 matches no process that may take its pid), never its adopter.
             agent_pid, agent_created, agent_since_boot = orphaned, 0.0, 0.0
         else:
-            agent = agent_process(wrappers)
+            agent = agent_process(wrappers, start_pid=pid)
             agent_pid, agent_created, agent_since_boot = agent.pid, agent.create_time(), start_since_boot(agent.pid)
         if not agent_id:
             origin = "process"

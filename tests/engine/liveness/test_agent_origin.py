@@ -21,6 +21,7 @@ from agent_coord.engine.liveness.judge import Identity, same_agent
 from agent_coord.engine.store.records import Agent, Origin
 from agent_coord.platform.process_identity import boot_id, start_since_boot
 from tests.conftest import server_params
+from tests.paths import HOOK_HOST_OFF
 
 pytestmark = pytest.mark.anyio
 
@@ -96,7 +97,7 @@ async def test_an_id_a_live_session_holds_is_refused_to_an_explicit_newcomer(env
     its worktree the server's), and the session keeps it."""
     session = "0123456789abcdef"
     payload = json.dumps({"session_id": session, "name": "mine", "cwd": str(repo)})
-    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")} | env
+    full = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)} | env
     made = subprocess.run(
         [sys.executable, "-m", "agent_coord", "hook", "worktree-create"],
         input=payload,
@@ -152,7 +153,7 @@ async def test_a_sessions_own_server_releases_the_slot_its_hook_made(
     """This test plays Claude Code: its WorktreeCreate hook makes a slot as `claude-<session>`, and its
     own MCP server (a generated id, or one set in .mcp.json's env) gives it back without force: one
     agent process, one session, one agent for that slot."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")} | env
+    full = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)} | env
     made = subprocess.run(
         [sys.executable, "-m", "agent_coord", "hook", "worktree-create"],
         input=json.dumps({"session_id": "fedcba9876543210", "name": "own", "cwd": str(repo)}),
@@ -173,7 +174,7 @@ async def test_a_sessions_own_server_releases_the_slot_its_hook_made(
 async def test_a_session_never_ends_an_explicit_agent_that_shares_its_ids_text(env: dict[str, str], repo: Path) -> None:
     """A server named `claude-0123456789ab` explicitly holds a worktree; a Claude Code session whose
     derived id reads the same ends: the server's worktree is not the session's to give back."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")} | env
+    full = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)} | env
     async with Client(server_params(env, AGENT_COORD_AGENT_ID="claude-0123456789ab"), mode="legacy") as server:
         held = await server.call_tool("allocate_worktree", {"branch": "feat/explicit"})
         assert not held.is_error, held.content

@@ -21,6 +21,7 @@ from agent_coord.engine.radar.models import BaseBranch, Conflict, OtherAllocatio
 from agent_coord.engine.radar.radar_pass import PassReport
 from agent_coord.store_target import PostgresUrl
 from tests.conftest import git, make_repo
+from tests.paths import HOOK_HOST_OFF
 
 pytestmark = pytest.mark.anyio
 
@@ -229,7 +230,7 @@ async def test_only_one_server_computes(two: tuple[Coordinator, Coordinator]) ->
 
 def run_guard(env: dict[str, str], event: dict[str, object], mode: str | None) -> subprocess.CompletedProcess[str]:
     script = Path(sys.executable).parent / "agent-coord"
-    run_env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
+    run_env = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)}
     run_env.update(env)
     if mode is not None:
         run_env["AGENT_COORD_EDIT_GUARD"] = mode
@@ -246,7 +247,7 @@ def run_guard(env: dict[str, str], event: dict[str, object], mode: str | None) -
 
 def run_guard_raw(env: dict[str, str], stdin: str) -> subprocess.CompletedProcess[str]:
     script = Path(sys.executable).parent / "agent-coord"
-    run_env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
+    run_env = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)}
     return subprocess.run(
         [str(script), "hook", "pre-edit"],
         input=stdin,

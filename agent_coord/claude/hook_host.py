@@ -1,0 +1,222 @@
+"""The hook host: one process per user, directory and environment that answers hooks for any agent
+process of the user, so that a hook answers in tens of milliseconds even where no session server runs
+(`claude --worktree` creates the worktree before its session's server starts; a hook run by hand).
+
+A hook that no server answered works in-process and then starts the host behind itself
+(hook_socket.start_host): `python -m agent_coord.claude.hook_host --key K`, detached, in the hook's
+working directory and with its environment. The host takes the lock named after K (one host per key;
+a second start exits at once), opens the engine once and listens on the socket named after K until no
+request has come for AGENT_COORD_HOOK_HOST_IDLE_S seconds. It answers a request only when the answer
+is the one the hook process would have worked out itself:
+* the peer is the same user (SO_PEERCRED) and its parent still runs (an orphaned hook works itself);
+* it runs the same agent-coord with the same deciding environment, from the same directory, and the
+  settings it loads now are the host's (a configuration file changed since: the host exits);
+* the hook acts for its own agent process, found from the peer's pid as the hook would find it from
+  its own (Identity.detect), over the host's store, git driver and repositories (Coordinator.acting_as).
+`agent-coord status --json` is answered the same way (console.py): it acts for nobody.
+
+The host runs none of a server's background work (validation, the radar, alerts): a hook does none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import psutil
+from anyio.abc import SocketStream
+
+from agent_coord.claude import hook_run, hook_socket
+from agent_coord.claude.hook_server import peer_of, receive_all, same_directory
+from agent_coord.claude.hooks import hook_settings
+from agent_coord.config import Settings, SettingsError, load_settings
+from agent_coord.engine.coordinator import Coordinator
+from agent_coord.engine.liveness.judge import is_init_adopter
+
+logger = logging.getLogger("agent-coord")
+
+STATUS = "status"  # the request for `agent-coord status --json` (no hook has that name)
+
+
+class Idle:
+    """When the host last answered, and how many answers are under way."""
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self.last = time.monotonic()
+        self.in_flight = 0
+        self.stale = False  # the settings changed under the host: a fresh one answers from now on
+        self._poke = anyio.Event()
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.last = time.monotonic()
+            self._poke.set()
+
+    def go_stale(self) -> None:
+        self.stale = True
+        self._poke.set()
+
+    async def until_over(self) -> None:
+        """Return once no answer is under way and none has come for `idle_s` (or the host is stale)."""
+        while True:
+            if not self.in_flight:
+                left = 0.0 if self.stale else self.last + self.idle_s - time.monotonic()
+                if left <= 0:
+                    return
+            else:
+                left = self.idle_s
+            with anyio.move_on_after(left):
+                await self._poke.wait()
+            self._poke = anyio.Event()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {hook_socket.HOST_MODULE}")
+    parser.add_argument("--key", required=True, help="the host's key, as the hook that starts it computed it")
+    args = parser.parse_args(argv)
+    workdir = os.getcwd()
+    if not hook_socket.supported() or hook_socket.host_key(workdir, os.environ) != args.key:
+        return 0  # another agent-coord or environment than the hook's: it would answer nothing
+    directory = hook_socket.socket_dir(create=True)
+    if directory is None:
+        return 0
+    lock = hook_socket.open_lock(directory, args.key)  # held until this process exits
+    if not hook_socket.holds_lock(lock):
+        return 0  # another host for this key runs or starts
+    try:
+        settings = load_settings()
+    except SettingsError:
+        return 0  # every hook says what is wrong with the settings itself
+    if settings.hook_host_idle_s == 0:
+        return 0
+    path = os.path.join(directory, hook_socket.host_socket_name(args.key))
+    try:
+        anyio.run(serve, settings, path)
+    except Exception:
+        logger.debug("hook host stopped", exc_info=True)
+        return 1
+    return 0
+
+
+async def serve(settings: Settings, path: str) -> None:
+    """Answer at `path` until idle. The caller holds the host's lock: a socket there is a dead host's."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    idle = Idle(settings.hook_host_idle_s)
+    async with Coordinator.open(settings, register=False) as base:
+        listener = await anyio.create_unix_listener(path, mode=0o600)
+        inode = os.stat(path).st_ino
+        try:
+            async with listener, anyio.create_task_group() as tg:
+                tg.start_soon(listener.serve, lambda stream: _answer_one(base, stream, idle))
+                await idle.until_over()
+                # No answer is under way, and none starts before this (no await since the check): a
+                # connection not yet taken is dropped, and its hook works in-process.
+                tg.cancel_scope.cancel()
+        finally:
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+
+
+async def _answer_one(base: Coordinator, stream: SocketStream, idle: Idle) -> None:
+    with idle.busy():
+        async with stream:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                try:
+                    request = json.loads(await receive_all(stream))
+                    coord = await _acting_for(base, stream, request, idle) if isinstance(request, dict) else None
+                except Exception:  # the hook does the work itself
+                    logger.debug("hook request not answered", exc_info=True)
+                    coord = None
+                if coord is None:
+                    await stream.send(b"not answered\n")
+                    return
+                await stream.send(hook_socket.ACCEPTED)
+                if request["hook"] == STATUS:
+                    reply = await status_reply(coord, request.get("repo"))
+                else:
+                    claude_pid = request.get("claude_pid")
+                    answer = await hook_run.answer(
+                        request["hook"],
+                        request["stdin"].encode(),
+                        chdir=False,
+                        claude_pid=claude_pid if isinstance(claude_pid, str) else "",
+                        server=coord,
+                    )
+                    reply = {"stdout": answer.stdout, "stderr": answer.stderr, "code": answer.code}
+                await stream.send(json.dumps(reply).encode())
+
+
+async def _acting_for(
+    base: Coordinator, stream: SocketStream, request: dict[str, Any], idle: Idle
+) -> Coordinator | None:
+    """The engine acting for the process that sent `request`, when the host answers it as that process
+    would answer itself (module docstring); else None."""
+    if sys.platform == "win32":
+        return None
+    hook, raw, cwd = request.get("hook"), request.get("stdin"), request.get("cwd")
+    if (hook not in hook_run.HOOKS and hook != STATUS) or not isinstance(raw, str) or not isinstance(cwd, str):
+        return None
+    if hook == STATUS and not isinstance(request.get("repo"), str | None):
+        return None
+    if request.get("env") != hook_socket.deciding_env(os.environ) or request.get("code") != hook_socket.code_identity():
+        return None
+    if not same_directory(hook_socket.working_directory(raw, cwd), os.getcwd()):
+        return None
+    peer = peer_of(stream)
+    if peer is None or peer[1] != os.geteuid():
+        return None
+    try:
+        loaded = load_settings()
+    except SettingsError:
+        loaded = None
+    if loaded != base.settings:
+        idle.go_stale()  # its configuration file changed: answer nothing more, exit
+        return None
+    if hook == STATUS:
+        return base
+    if not await anyio.to_thread.run_sync(lambda: _parent_runs(peer[0])):
+        return None
+    return await base.acting_for_process(peer[0], hook_settings(loaded))
+
+
+def _parent_runs(pid: int) -> bool:
+    """Does the process that started `pid` still run (not re-parented to an init program)?"""
+    try:
+        parent = psutil.Process(pid).ppid()
+    except psutil.Error:
+        return False
+    return parent > 0 and not is_init_adopter(parent)
+
+
+async def status_reply(coord: Coordinator, repo: str | None) -> dict[str, Any]:
+    """`agent-coord status --json` as a reply: its stdout, stderr lines and exit code (console.py)."""
+    from agent_coord.engine.errors import CoordError
+    from agent_coord.engine.store import StoreBusyError
+
+    try:
+        result = (await coord.status(repo)).model_dump(mode="json")
+    except CoordError as exc:
+        return {"stdout": None, "stderr": [str(exc)], "code": 1}
+    except StoreBusyError as exc:
+        return {"stdout": None, "stderr": [" ".join(str(exc.refusal()).split())], "code": 1}
+    return {"stdout": json.dumps(result, indent=2, default=str), "stderr": [], "code": 0}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""The hook host (agent_coord/claude/hook_host.py): a hook that no server answers works in-process and
+starts the host; the next hooks from the same directory and environment are answered by it, acting for
+their own agent process, as they would have answered themselves.
+
+Which process did the work shows in what the hook process imported (`-X importtime`): one answered by
+the host never imports the engine's pydantic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent_coord.claude import hook_socket
+from agent_coord.config import Settings
+from tests.claude.test_hook_socket import wait_for
+from tests.claude.test_hooks import create_payload, created_path, session_payload, state
+from tests.paths import HOOK_HOST_OFF
+
+pytestmark = pytest.mark.skipif(not hook_socket.supported(), reason="the hook host is for Linux")
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="ac-"))  # mode 0700 and a short path, as XDG_RUNTIME_DIR is
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def host_env(env: dict[str, str], run_dir: Path) -> Iterator[dict[str, str]]:
+    """The hooks' whole environment, the host on; every host started under it is stopped afterwards."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_COORD_")}
+    full |= env | {HOOK_HOST_OFF: "120", "XDG_RUNTIME_DIR": str(run_dir)}
+    try:
+        yield full
+    finally:
+        for proc in hosts(run_dir):
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def hosts(run_dir: Path) -> list[psutil.Process]:
+    """The hook hosts started with `run_dir` as their runtime directory."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        cmdline, environ = proc.info.get("cmdline") or [], proc.info.get("environ") or {}
+        if hook_socket.HOST_MODULE in cmdline and environ.get("XDG_RUNTIME_DIR") == str(run_dir):
+            found.append(proc)
+    return found
+
+
+def host_socket(run_dir: Path, repo: Path, env: dict[str, str]) -> Path:
+    return run_dir / "agent-coord" / hook_socket.host_socket_name(hook_socket.host_key(str(repo), env))
+
+
+def run_hook(
+    env: dict[str, str], event: str, payload: dict[str, object], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """The hook as Claude Code runs it, with what it imports on stderr (before its own lines)."""
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "agent_coord", "hook", event],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def imported(proc: subprocess.CompletedProcess[str], module: str) -> bool:
+    return any(
+        line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() == module
+        for line in proc.stderr.splitlines()
+    )
+
+
+def own_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+
+
+def as_created(proc: subprocess.CompletedProcess[str]) -> Path:
+    return created_path(
+        subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout, "\n".join(own_lines(proc)))
+    )
+
+
+def test_a_hook_in_process_starts_the_host_which_answers_the_next_as_the_hook_would(
+    host_env: dict[str, str], repo: Path, run_dir: Path, settings: Settings
+) -> None:
+    first = run_hook(host_env, "worktree-create", create_payload(repo, "one", "11111111-aaaa"), repo)
+    assert imported(first, "pydantic"), "the first hook works in-process"
+    path = as_created(first)
+    sock = host_socket(run_dir, repo, host_env)
+    wait_for(sock.exists, "the hook host's socket")
+    assert (sock.stat().st_mode & 0o777) == 0o600
+
+    second = run_hook(host_env, "worktree-create", create_payload(repo, "two", "22222222-bbbb"), repo)
+    assert not imported(second, "pydantic"), "answered by the host"
+    other = as_created(second)
+    assert other != path
+    slots, agents = state(settings)
+    one, two = agents["claude-11111111-aaa"], agents["claude-22222222-bbb"]
+    # Each hook acted for its own agent process (this test process: a hook's parent), from its own
+    # process, with the hook's lease: the host recorded what the hook would have recorded itself.
+    assert one.pid == two.pid == os.getpid()
+    assert two.server_pid not in (one.server_pid, *[p.pid for p in hosts(run_dir)])
+    assert two.lease_expires_at - two.last_heartbeat == pytest.approx(one.lease_expires_at - one.last_heartbeat)
+    assert slots[str(other)].owner == "claude-22222222-bbb"
+
+    start = run_hook(host_env, "session-start", session_payload(repo, "SessionStart", "22222222-bbbb"), repo)
+    assert start.returncode == 0 and not imported(start, "pydantic")
+    assert "two" in start.stdout
+    removed = run_hook(
+        host_env,
+        "worktree-remove",
+        {**session_payload(repo, "WorktreeRemove", "22222222-bbbb"), "worktree_path": str(other)},
+        repo,
+    )
+    assert removed.returncode == 0 and not imported(removed, "pydantic"), removed.stderr
+    slots, _ = state(settings)
+    assert slots[str(other)].owner is None
+    # A refusal is the hook's own, too: one line on stderr, a non-zero exit.
+    refused = run_hook(host_env, "worktree-create", {"cwd": str(repo), "session_id": "x"}, repo)
+    assert refused.returncode == 1 and not imported(refused, "pydantic")
+    assert own_lines(refused) == [
+        "INVALID_ARGUMENT: hook input has no worktree name (expected `name` or `worktree_name`)"
+    ]
+
+
+def test_status_json_is_answered_by_the_host_with_the_same_output(
+    host_env: dict[str, str], repo: Path, run_dir: Path
+) -> None:
+    def status() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "agent_coord", "status", "--json"],
+            capture_output=True,
+            text=True,
+            env=host_env,
+            cwd=repo,
+            timeout=120,
+        )
+
+    alone = status()
+    assert alone.returncode == 0 and imported(alone, "pydantic")
+    wait_for(host_socket(run_dir, repo, host_env).exists, "the hook host's socket")
+    hosted = status()
+    assert hosted.returncode == 0 and not imported(hosted, "pydantic")
+    mine, its = json.loads(alone.stdout), json.loads(hosted.stdout)
+    assert mine.keys() == its.keys()
+    assert (mine["repo"], mine["pool"], mine["worktrees"]) == (its["repo"], its["pool"], its["worktrees"])
+
+
+def test_the_host_answers_only_its_user_environment_and_directory(
+    host_env: dict[str, str], repo: Path, run_dir: Path, tmp_path: Path
+) -> None:
+    created_path_of = run_hook(host_env, "worktree-create", create_payload(repo, "one", "11111111-aaaa"), repo)
+    assert created_path_of.returncode == 0
+    sock = host_socket(run_dir, repo, host_env)
+    wait_for(sock.exists, "the hook host's socket")
+
+    def ask(**changes: object) -> bytes:
+        request = {
+            "hook": "session-start",
+            "stdin": json.dumps(session_payload(repo, "SessionStart")),
+            "cwd": str(repo),
+            "env": hook_socket.deciding_env(host_env),
+            "code": hook_socket.code_identity(),
+            **changes,
+        }
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(60)
+            conn.connect(str(sock))
+            conn.sendall(json.dumps(request).encode())
+            conn.shutdown(socket.SHUT_WR)
+            return conn.makefile("rb").readline()
+
+    assert ask() == hook_socket.ACCEPTED
+    not_answered = b"not answered\n"
+    assert ask(env={**hook_socket.deciding_env(host_env), "AGENT_COORD_POOL_MAX": "3"}) == not_answered
+    assert ask(code=["/elsewhere/agent_coord", "0.0.0"]) == not_answered
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert ask(cwd=str(elsewhere), stdin=json.dumps({"cwd": str(elsewhere)})) == not_answered
+    assert ask(hook="pre-edit") == not_answered
+    assert ask(stdin=7) == not_answered
+    # Another environment names another host: that hook works in-process (and starts its own).
+    other_env = host_env | {"AGENT_COORD_BRANCH_PREFIX": "other-"}
+    assert host_socket(run_dir, repo, other_env) != sock
+    other = run_hook(other_env, "worktree-create", create_payload(repo, "two", "22222222-bbbb"), repo)
+    assert other.returncode == 0 and imported(other, "pydantic")
+
+
+def test_a_killed_host_is_replaced_and_an_idle_one_exits(host_env: dict[str, str], repo: Path, run_dir: Path) -> None:
+    env = host_env | {HOOK_HOST_OFF: "1"}
+    assert run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo).returncode == 0
+    sock = host_socket(run_dir, repo, env)
+    wait_for(lambda: not sock.exists() and not hosts(run_dir), "the idle host to exit")
+
+    env = host_env
+    assert run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo).returncode == 0
+    sock = host_socket(run_dir, repo, env)  # another idle time is another environment: another host
+    wait_for(sock.exists, "the hook host's socket")
+    [first] = hosts(run_dir)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert sock.exists(), "a killed host leaves its socket"
+    after = run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo)
+    assert after.returncode == 0 and imported(after, "pydantic"), "nobody answers: in-process"
+    wait_for(lambda: [p.pid for p in hosts(run_dir)] not in ([], [first.pid]) and listening(sock), "a new host")
+    answered = run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo)
+    assert answered.returncode == 0 and not imported(answered, "pydantic")
+
+
+def listening(sock: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        try:
+            conn.connect(str(sock))
+        except OSError:
+            return False
+    return True
+
+
+def test_a_changed_configuration_retires_the_host(
+    host_env: dict[str, str], repo: Path, run_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[agent-coord]\n")
+    env = host_env | {"AGENT_COORD_CONFIG": str(config)}
+    assert run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo).returncode == 0
+    sock = host_socket(run_dir, repo, env)
+    wait_for(sock.exists, "the hook host's socket")
+    config.write_text("[agent-coord]\nbranch_prefix = 'changed-'\n")
+    after = run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo)
+    assert after.returncode == 0 and imported(after, "pydantic"), "the host answers nothing on older settings"
+    wait_for(lambda: not sock.exists() or hosts(run_dir) == [], "the stale host to go")
+
+
+def test_hooks_start_no_host_when_it_is_turned_off(host_env: dict[str, str], repo: Path, run_dir: Path) -> None:
+    env = host_env | {HOOK_HOST_OFF: "0"}
+    assert run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo).returncode == 0
+    # The host is started before the hook exits, so it would be in the process table now.
+    assert hosts(run_dir) == []
+    assert not hook_socket.host_wanted({HOOK_HOST_OFF: "0"}) and hook_socket.host_wanted({HOOK_HOST_OFF: "5"})
