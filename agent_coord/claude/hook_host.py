@@ -40,20 +40,34 @@ from agent_coord.claude.hooks import hook_settings
 from agent_coord.config import Settings, SettingsError, load_settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.liveness.judge import is_init_adopter
+from agent_coord.store_target import PostgresUrl
 
 logger = logging.getLogger("agent-coord")
 
+LOG_BYTES = 256 << 10
 STATUS = "status"  # the request for `agent-coord status --json` (no hook has that name)
 
 
-class Idle:
-    """When the host last answered, and how many answers are under way."""
+def database_file(settings: Settings) -> tuple[int, int] | None:
+    """The SQLite database file the settings name (device, inode), or None (PostgreSQL, or no file)."""
+    if isinstance(settings.db, PostgresUrl):
+        return None
+    try:
+        info = os.stat(settings.db)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+class HostState:
+    """When the host last answered, how many answers are under way, and whether it should go."""
 
     def __init__(self, idle_s: float) -> None:
         self.idle_s = idle_s
         self.last = time.monotonic()
         self.in_flight = 0
         self.stale = False  # the settings changed under the host: a fresh one answers from now on
+        self.database: tuple[int, int] | None = None  # the SQLite file the host opened
         self._poke = anyio.Event()
 
     @contextlib.contextmanager
@@ -104,26 +118,40 @@ def main(argv: list[str] | None = None) -> int:
     if settings.hook_host_idle_s == 0:
         return 0
     path = os.path.join(directory, hook_socket.host_socket_name(args.key))
+    _log_to(os.path.join(directory, f"host-{args.key}.log"))
+    logger.info("hook host %d for %s: listening on %s", os.getpid(), workdir, path)
     try:
         anyio.run(serve, settings, path)
     except Exception:
-        logger.debug("hook host stopped", exc_info=True)
+        logger.exception("hook host %d stopped", os.getpid())
         return 1
+    logger.info("hook host %d: idle, exiting", os.getpid())
     return 0
+
+
+def _log_to(path: str) -> None:
+    """The host has no terminal: what it did and what went wrong go to a small file beside its socket."""
+    from logging.handlers import RotatingFileHandler
+
+    handler = RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=1, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 async def serve(settings: Settings, path: str) -> None:
     """Answer at `path` until idle. The caller holds the host's lock: a socket there is a dead host's."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    idle = Idle(settings.hook_host_idle_s)
+    host = HostState(settings.hook_host_idle_s)
     async with Coordinator.open(settings, register=False) as base:
+        host.database = database_file(settings)
         listener = await anyio.create_unix_listener(path, mode=0o600)
         inode = os.stat(path).st_ino
         try:
             async with listener, anyio.create_task_group() as tg:
-                tg.start_soon(listener.serve, lambda stream: _answer_one(base, stream, idle))
-                await idle.until_over()
+                tg.start_soon(listener.serve, lambda stream: _answer_one(base, stream, host))
+                await host.until_over()
                 # No answer is under way, and none starts before this (no await since the check): a
                 # connection not yet taken is dropped, and its hook works in-process.
                 tg.cancel_scope.cancel()
@@ -133,13 +161,13 @@ async def serve(settings: Settings, path: str) -> None:
                     os.unlink(path)
 
 
-async def _answer_one(base: Coordinator, stream: SocketStream, idle: Idle) -> None:
-    with idle.busy():
+async def _answer_one(base: Coordinator, stream: SocketStream, host: HostState) -> None:
+    with host.busy():
         async with stream:
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 try:
                     request = json.loads(await receive_all(stream))
-                    coord = await _acting_for(base, stream, request, idle) if isinstance(request, dict) else None
+                    coord = await _acting_for(base, stream, request, host) if isinstance(request, dict) else None
                 except Exception:  # the hook does the work itself
                     logger.debug("hook request not answered", exc_info=True)
                     coord = None
@@ -160,10 +188,12 @@ async def _answer_one(base: Coordinator, stream: SocketStream, idle: Idle) -> No
                     )
                     reply = {"stdout": answer.stdout, "stderr": answer.stderr, "code": answer.code}
                 await stream.send(json.dumps(reply).encode())
+                who = f"process {coord.identity.server_pid}" if coord is not base else "a command"
+                logger.info("answered %s for %s: exit %s", request["hook"], who, reply["code"])
 
 
 async def _acting_for(
-    base: Coordinator, stream: SocketStream, request: dict[str, Any], idle: Idle
+    base: Coordinator, stream: SocketStream, request: dict[str, Any], host: HostState
 ) -> Coordinator | None:
     """The engine acting for the process that sent `request`, when the host answers it as that process
     would answer itself (module docstring); else None."""
@@ -185,8 +215,10 @@ async def _acting_for(
         loaded = load_settings()
     except SettingsError:
         loaded = None
-    if loaded != base.settings:
-        idle.go_stale()  # its configuration file changed: answer nothing more, exit
+    if loaded != base.settings or database_file(loaded) != host.database:
+        # Its configuration file changed, or its database file was removed or replaced (a hook would
+        # open the new one): answer nothing more, exit.
+        host.go_stale()
         return None
     if hook == STATUS:
         return base

@@ -15,7 +15,9 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 
+from agent_coord.claude import hook_socket
 from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Action, Event, Slot, SlotState
 from tests.conftest import git, make_repo
@@ -98,6 +102,7 @@ def setup(installed: Installed, tmp_path: Path) -> Iterator[Setup]:
         AGENT_COORD_DB=str(tmp_path / "state" / "coord.db"),
         AGENT_COORD_POOL_ROOT=str(tmp_path / "pool"),
         AGENT_COORD_MANICTIME_DB="",
+        AGENT_COORD_HOOK_HOST_IDLE_S="0",  # on in test_a_second_session_is_answered_by_the_hook_host
     )
     installer = subprocess.run(
         [str(installed.agent_coord), "install-claude"], cwd=project, env=env, capture_output=True, text=True
@@ -199,3 +204,38 @@ def test_claude_worktree_session_gets_a_slot_with_our_setup_and_gives_it_back(se
     assert state == SlotState.FREE, f"slot still {state} 30 s after claude exited"
     given_back = [e for e in events if e.worktree_id == held.id and e.action in (Action.RELEASE, Action.RECLAIM)]
     assert given_back and given_back[-1].outcome in ("ok", "freed"), given_back
+
+
+def test_a_second_session_is_answered_by_the_hook_host(setup: Setup, tmp_path: Path) -> None:
+    """The first `claude --worktree` works in-process (no server runs before its session starts) and
+    leaves the hook host behind; the next session's WorktreeCreate is answered by it."""
+    setup.trust()
+    run_dir = Path(tempfile.mkdtemp(prefix="ac-"))  # private and short, as XDG_RUNTIME_DIR is
+    setup.env.update(AGENT_COORD_HOOK_HOST_IDLE_S="120", XDG_RUNTIME_DIR=str(run_dir))
+    sockets = run_dir / "agent-coord"
+    try:
+        first = setup.run("--worktree", "first", "-p", "hi")
+        assert "Not logged in" in first.stdout, first.stdout + first.stderr
+        deadline = time.monotonic() + 60
+        while not list(sockets.glob("host-*.sock")):
+            assert time.monotonic() < deadline, "no hook host started"
+            time.sleep(0.05)
+        debug = tmp_path / "second.log"
+        second = setup.run("--worktree", "second", "-p", "hi", "--debug-file", str(debug))
+        assert "Not logged in" in second.stdout, second.stdout + second.stderr
+        log = debug.read_text()
+        assert f"WorktreeCreate [{setup.installed.agent_coord} hook worktree-create] completed with status 0" in log
+        created = re.search(r"Created hook-based worktree at: (\S+)", log)
+        assert created and Path(created.group(1)).parent == tmp_path / "pool", log[-3000:]
+        answered = "".join(p.read_text() for p in sockets.glob("host-*.log"))
+        assert "answered worktree-create for process" in answered, answered
+        _, events = _store(setup.env["AGENT_COORD_DB"])
+        allocated = {e.branch for e in events if e.action == Action.ALLOCATE and e.outcome == "ok"}
+        assert allocated == {"worktree-first", "worktree-second"}
+    finally:
+        for proc in psutil.process_iter(["cmdline", "environ"]):
+            started_here = (proc.info.get("environ") or {}).get("XDG_RUNTIME_DIR") == str(run_dir)
+            if started_here and hook_socket.HOST_MODULE in (proc.info.get("cmdline") or []):
+                proc.kill()
+                proc.wait(timeout=30)
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -256,3 +256,19 @@ def test_hooks_start_no_host_when_it_is_turned_off(host_env: dict[str, str], rep
     # The host is started before the hook exits, so it would be in the process table now.
     assert hosts(run_dir) == []
     assert not hook_socket.host_wanted({HOOK_HOST_OFF: "0"}) and hook_socket.host_wanted({HOOK_HOST_OFF: "5"})
+
+
+def test_a_removed_database_retires_the_host(
+    host_env: dict[str, str], repo: Path, run_dir: Path, env: dict[str, str]
+) -> None:
+    assert run_hook(host_env, "session-start", session_payload(repo, "SessionStart"), repo).returncode == 0
+    sock = host_socket(run_dir, repo, host_env)
+    wait_for(sock.exists, "the hook host's socket")
+    # The user starts over: the host still holds the old file open, and a hook would make a new one.
+    for suffix in ("", "-wal", "-shm"):
+        Path(env["AGENT_COORD_DB"] + suffix).unlink(missing_ok=True)
+    after = run_hook(host_env, "worktree-create", create_payload(repo, "fresh", "33333333-cccc"), repo)
+    assert imported(after, "pydantic"), "the host answers nothing over a removed database"
+    as_created(after)
+    assert Path(env["AGENT_COORD_DB"]).exists()
+    wait_for(lambda: not listening(sock), "the stale host to go")
