@@ -36,10 +36,16 @@ Row = Any  # a row by column name: sqlite3.Row, or psycopg's dict row
 
 
 async def store_worker(
-    target: Path | PostgresUrl, pool_max: int, duration: float, rate: float, ready: Callable[[], float]
+    target: Path | PostgresUrl,
+    pool_max: int,
+    duration: float,
+    rate: float,
+    ready: Callable[[], float],
+    via: str | None = None,
 ) -> dict[str, Any]:
     """Cycles through agent-coord's `Store` (on either engine) until `duration` has passed; the SQLITE_BUSY
-    the store absorbed is counted, and any busy error that reached the caller."""
+    the store absorbed is counted, and any busy error that reached the caller. `via`: the address of a
+    writer process to forward every call to (bench/cas_store_writer.py) instead of a store of its own."""
     from agent_coord.engine.store import EventDraft, Store, StoreBusyError
     from agent_coord.engine.store import connection as connection_module
     from agent_coord.engine.store.records import Action, SlotState
@@ -54,7 +60,12 @@ async def store_worker(
         return hit
 
     connection_module._is_busy = counting_is_busy
-    store = await Store.open(target)
+    if via is not None:
+        from bench.cas_store_writer import StoreClient
+
+        store: Any = await StoreClient.open(via)
+    else:
+        store = await Store.open(target)
     repo = await store.ensure_repo("/bench/repo", "/bench/pool")
     start = await asyncio.to_thread(ready)  # opened: the measured window starts for every worker at once
     owner, branch = f"bench-{os.getpid()}", f"b-{os.getpid()}"

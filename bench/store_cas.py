@@ -10,6 +10,7 @@ before the quick path and the host writer lock (connection.py).
     python -m bench.store_cas            # 1, 4, 16 processes full speed + 16 paced at 20 cycles/s, ~2 min
     python -m bench.store_cas --quick    # the same, shorter, ~20 s
     python -m bench.store_cas --host-writer   # and the design probe of one writer process per host
+    python -m bench.store_cas --store-writer  # the same probe with agent-coord's Store as the writer
 
 Each worker is its own process (`--worker`), started together and released by a barrier once connected.
 """
@@ -54,6 +55,11 @@ def worker_main(args: argparse.Namespace) -> None:
             lambda ready: raw_cycles(HostWriterClient(args.addr, args.pool_max), args.duration, args.rate, ready())
         )
         return
+    if args.impl == "store-writer":
+        serve_worker(
+            lambda ready: asyncio.run(store_worker(db, args.pool_max, args.duration, args.rate, ready, via=args.addr))
+        )
+        return
     if args.impl == "store-thread":
         from agent_coord.engine.store import connection
 
@@ -82,15 +88,13 @@ def run_once(impl: str, procs: int, duration: float, rate: float, where: Path) -
     cmd = [sys.executable, "-m", "bench.store_cas", "--worker", "--impl", impl, "--db", str(db)]
     cmd += ["--pool-max", str(procs), "--duration", str(duration), "--rate", str(rate)]
     writer = None
-    if impl == "host-writer":
+    if impl in ("host-writer", "store-writer"):
         address = str(where / f"writer-{procs}.sock")
         Path(address).unlink(missing_ok=True)
-        writer = subprocess.Popen(
-            [sys.executable, "-m", "bench.cas_host_writer", str(db), address, str(procs), str(procs)],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
+        probe = ["bench.cas_host_writer", str(db), address, str(procs), str(procs)]
+        if impl == "store-writer":
+            probe = ["bench.cas_store_writer", str(db), address, str(procs)]
+        writer = subprocess.Popen([sys.executable, "-m", *probe], stdout=subprocess.PIPE, text=True, cwd=ROOT)
         assert writer.stdout is not None and writer.stdout.readline().strip() == "listening"
         cmd += ["--addr", address]
     try:
@@ -112,9 +116,16 @@ def main() -> None:
     parser.add_argument(
         "--host-writer", action="store_true", help="also run the design probe: one writer process per host (raw SQL)"
     )
+    parser.add_argument(
+        "--store-writer",
+        action="store_true",
+        help="also run the design probe with agent-coord's Store as the host's writer process",
+    )
     parser.add_argument("--addr", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--impl", choices=["store", "store-thread", "raw", "host-writer"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--impl", choices=["store", "store-thread", "raw", "host-writer", "store-writer"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--pool-max", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -129,6 +140,7 @@ def main() -> None:
     counts = [int(x) for x in args.procs.split(",")]
     impls = ["store", *(["store-thread"] if args.ablation else []), "raw"]
     impls += ["host-writer"] if args.host_writer else []
+    impls += ["store-writer"] if args.store_writer else []
     info = machine()
     print(machine_line(info), flush=True)
     with tempfile.TemporaryDirectory(prefix="agent-coord-bench-cas-") as tmp:

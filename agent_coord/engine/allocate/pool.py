@@ -35,7 +35,7 @@ from agent_coord.engine.concurrency import gather
 from agent_coord.engine.context import EngineContext, OverEngine
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.branch_names import MAX_REF_LENGTH, check_branch_name
-from agent_coord.engine.git.confinement import check_slot
+from agent_coord.engine.git.confinement import Unconfined, check_slot
 from agent_coord.engine.git.driver import GitError
 from agent_coord.engine.models import AllocationResult, Contention, ReleaseResult
 from agent_coord.engine.radar.models import Conflict
@@ -59,6 +59,18 @@ class BranchAppeared(CoordError):
         super().__init__(ErrorCode.GIT_FAILED, f"the branch was created by someone else meanwhile: {reason}")
 
 
+class SlotUnusable(CoordError):
+    """The claimed slot failed the confinement guard (a symlink or another repository in its place): it
+    was rolled back and quarantined, nothing held; another slot may serve."""
+
+    def __init__(self, slot_id: str, reason: str) -> None:
+        super().__init__(ErrorCode.GIT_FAILED, f"could not prepare {slot_id}: {reason}")
+
+
+# Allocations decided again after a rollback that left nothing held (BranchAppeared, SlotUnusable).
+DECIDE_AGAIN = 3
+
+
 class ContentionMonitor(Protocol):
     async def snapshot(self, repo: Repo, slots: list[Slot] | None = None) -> Contention: ...
 
@@ -79,12 +91,7 @@ class Pool(OverEngine):
         with tracer.start_as_current_span("allocate") as span:
             span.set_attribute("agent.id", self.me)
             try:
-                try:
-                    result = await self._allocate(progress, branch, base, repo, task, started)
-                except BranchAppeared:
-                    # Another agent created the branch after our checks (and may hold it): decide again,
-                    # once, from what git and the store say now.
-                    result = await self._allocate(progress, branch, base, repo, task, started)
+                result = await self._allocate_deciding_again(progress, branch, base, repo, task, started)
             except CoordError as exc:
                 span.set_attribute("error.code", exc.code.value)
                 span.set_status(trace.StatusCode.ERROR, exc.message)
@@ -96,6 +103,25 @@ class Pool(OverEngine):
             span.set_attribute("allocation.reused", result.reused)
         result.conflicts = await self._conflicts_after_done()
         return result
+
+    async def _allocate_deciding_again(
+        self, progress: Progress, branch: str, base: str | None, repo: str | None, task: str | None, started: float
+    ) -> AllocationResult:
+        """`_allocate`, decided again from what git and the store say now when it rolled back with nothing
+        held: another agent created the branch after our checks (once: it may hold it now), or the slot
+        it claimed was not fit to use (quarantined by the rollback, so another is claimed)."""
+        branch_appeared = False
+        for attempt in range(DECIDE_AGAIN):
+            try:
+                return await self._allocate(progress, branch, base, repo, task, started)
+            except BranchAppeared:
+                if branch_appeared or attempt == DECIDE_AGAIN - 1:
+                    raise
+                branch_appeared = True
+            except SlotUnusable:
+                if attempt == DECIDE_AGAIN - 1:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def release(
         self,
@@ -282,9 +308,11 @@ class Pool(OverEngine):
             assert claim is not None
             span.set_status(trace.StatusCode.ERROR, reason)
             with anyio.CancelScope(shield=True):
-                await self._roll_back(repo, claim, reason)
+                left = await self._roll_back(repo, claim, reason)
             if isinstance(exc, GitError) and start is not None and "already exists" in reason:
                 raise BranchAppeared(reason) from exc
+            if isinstance(exc, Unconfined) and left == SlotState.QUARANTINED:
+                raise SlotUnusable(claim.slot.id, reason) from exc
             raise CoordError(ErrorCode.GIT_FAILED, f"could not prepare {claim.slot.id}: {reason}") from exc
         except BaseException:
             # Cancelled by the client, or refused after the claim: leave nothing half-done.
@@ -370,5 +398,5 @@ class Pool(OverEngine):
             # Setup takes long enough for the slot to be swapped under it: never grant what fails the guard.
             await anyio.to_thread.run_sync(check_slot, path.bounds, path.path)
 
-    async def _roll_back(self, repo: Repo, claim: Claim, reason: str) -> None:
-        await roll_back(self.git, self.store, self.me, repo, claim.slot, reason)
+    async def _roll_back(self, repo: Repo, claim: Claim, reason: str) -> SlotState | None:
+        return await roll_back(self.git, self.store, self.me, repo, claim.slot, reason)

@@ -92,9 +92,12 @@ async def add_cold_slot(git: GitDriver, repo: Path, path: Confined, branch: str,
     await git.worktree_add(repo, path.bounds.pool_root / path.name, branch=branch, create_from=start)
 
 
-async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slot: Slot, reason: str) -> None:
-    """ALLOCATING → FREE (or gone, for a slot whose worktree was never made); QUARANTINED when what
-    the failed allocation left behind cannot be saved."""
+async def roll_back(
+    git: GitDriver, store: Store, agent_id: str, repo: Repo, slot: Slot, reason: str
+) -> SlotState | None:
+    """ALLOCATING → FREE (or gone, for a slot whose worktree was never made: None); QUARANTINED when
+    what the failed allocation left behind cannot be saved or the slot fails the confinement guard.
+    Returns the state it left the slot in."""
     token = slot.fencing_token
     path = Path(slot.path)
     slot_dir = (await bounds_of(repo)).slot(path)
@@ -118,7 +121,7 @@ async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slo
         await store.transition(
             slot.id, expect_state=SlotState.ALLOCATING, expect_token=token, delete=True, events=[draft]
         )
-        return
+        return None
     if slot.since is not None and await anyio.to_thread.run_sync(clear_confined_add_marker, slot_dir, slot.since):
         # Our `git worktree add` was killed (a cancelled request kills its git): its own lock would
         # otherwise stay on a FREE slot that the next agent then cannot release.
@@ -153,7 +156,7 @@ async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slo
                 ),
             ],
         )
-        return
+        return SlotState.QUARANTINED
     await store.transition(
         slot.id,
         expect_state=SlotState.ALLOCATING,
@@ -161,6 +164,7 @@ async def roll_back(git: GitDriver, store: Store, agent_id: str, repo: Repo, slo
         changes=freed(time.time()),
         events=[draft],
     )
+    return SlotState.FREE
 
 
 async def _clean_or_fail(git: GitDriver, path: Confined) -> None:

@@ -263,3 +263,27 @@ async def test_worktreeinclude_patterns_that_point_outside_copy_nothing_outside(
     assert sorted(p.name for p in slot.iterdir()) == [".env", ".git", ".gitignore", "README.md"]
     seen.assert_unchanged()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pool", "repo", "sibling", "state"]
+
+
+@pytest.mark.anyio
+async def test_free_slots_replaced_by_symlinks_are_quarantined_and_another_slot_serves(
+    coord: Any, repo: Path, tmp_path: Path
+) -> None:
+    """Each FREE slot swapped for a link to the repository is claimed, refused by the guard, rolled back
+    and quarantined, and the allocation decides again: it ends in a new slot, the repository untouched."""
+    from agent_coord.engine.store.records import SlotState
+
+    made = [await coord.pool.allocate(f"feat/{n}") for n in ("a", "b")]
+    for result in made:
+        await coord.pool.release(worktree_id=result.worktree_id)
+    for result in made:
+        swap_for_link(Path(result.path), repo)
+    seen = Outside(repo)
+    result = await coord.pool.allocate("feat/c")
+    assert result.worktree_id not in {m.worktree_id for m in made}
+    assert git(Path(result.path), "branch", "--show-current").strip() == "feat/c"
+    states = {s.id: s.state for s in await coord.store.slots()}
+    assert [states[m.worktree_id] for m in made] == [SlotState.QUARANTINED, SlotState.QUARANTINED]
+    seen.assert_unchanged()
+    assert git(repo, "branch", "--show-current").strip() == "main"
+    assert git(repo, "status", "--porcelain") == ""
