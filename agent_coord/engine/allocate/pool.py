@@ -228,6 +228,7 @@ class Pool(OverEngine):
         attempts = 0
         jitter_ms = 0.0
         claim: Claim | None = None
+        set_up = False  # setup has begun: the branch is checked out in the slot
         try:
             with anyio.fail_after(self.settings.allocation_timeout_s):
                 if pessimistic and not (snapshot.caller_focused and self.settings.focus_skips_jitter):
@@ -292,6 +293,7 @@ class Pool(OverEngine):
                         await add_cold_slot(self.git, Path(repo.path), slot_dir, branch, start)
             if not claim.slot.setup_done:
                 # Outside the allocation timeout: a dependency install may take minutes (setup_timeout_s).
+                set_up = True
                 await self._setup(repo, claim)
         except TimeoutError:
             if claim is not None:
@@ -311,7 +313,9 @@ class Pool(OverEngine):
                 left = await self._roll_back(repo, claim, reason)
             if isinstance(exc, GitError) and start is not None and "already exists" in reason:
                 raise BranchAppeared(reason) from exc
-            if isinstance(exc, Unconfined) and left == SlotState.QUARANTINED:
+            if isinstance(exc, Unconfined) and left == SlotState.QUARANTINED and not set_up:
+                # Refused before our git changed the slot: another slot may serve. (Refused during setup,
+                # the branch stays checked out in the quarantined slot: deciding again would only say so.)
                 raise SlotUnusable(claim.slot.id, reason) from exc
             raise CoordError(ErrorCode.GIT_FAILED, f"could not prepare {claim.slot.id}: {reason}") from exc
         except BaseException:
