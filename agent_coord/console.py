@@ -48,11 +48,15 @@ def status_json(repo: str | None) -> int:
     hook host when one runs (agent_coord/claude/hook_host.py), which it starts otherwise."""
     import os
 
+    from agent_coord import LAUNCHER_PID
     from agent_coord.claude import hook_socket
 
-    repo_arg = os.path.realpath(os.path.expanduser(repo)) if repo else None
-    cwd = os.getcwd()
-    if hook_socket.supported():
+    try:
+        cwd: str | None = os.getcwd()
+        repo_arg = os.path.realpath(os.path.expanduser(repo)) if repo else None
+    except OSError:  # this directory was removed: the command line says what that means
+        cwd, repo_arg = None, repo
+    if hook_socket.supported() and cwd is not None:
         path = hook_socket.host_socket(cwd)
         request: dict[str, object] = {
             "hook": "status",
@@ -61,6 +65,7 @@ def status_json(repo: str | None) -> int:
             "cwd": cwd,
             "env": hook_socket.deciding_env(os.environ),
             "code": hook_socket.code_identity(),
+            "launcher": LAUNCHER_PID,
         }
         reply = hook_socket.ask(path, request) if path is not None else None
         if reply is not None:
@@ -68,7 +73,8 @@ def status_json(repo: str | None) -> int:
 
             return printed(reply)
     code = _status_in_process(repo_arg)
-    hook_socket.start_host(cwd)
+    if cwd is not None:
+        hook_socket.start_host(cwd)
     return code
 
 

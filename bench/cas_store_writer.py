@@ -107,7 +107,8 @@ class StoreClient:
 
 
 def _target(value: str) -> Path | PostgresUrl:
-    parsed = parse_store_target(value)
+    """`value`, or with "-" the URL in AGENT_COORD_BENCH_DB (a password stays off the command line)."""
+    parsed = parse_store_target(os.environ["AGENT_COORD_BENCH_DB"] if value == "-" else value)
     return parsed if isinstance(parsed, PostgresUrl) else Path(parsed)
 
 

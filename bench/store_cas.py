@@ -169,6 +169,10 @@ def main() -> None:
             s["ratio"] >= 0.3 for s in summaries if s["mode"] == "full"
         ),
     }
+    if "store-writer" in impls:
+        verdicts["probe, the Store as the host's writer: paced op p99 <= 5 ms in every repetition"] = every_rep(
+            paced, "store-writer", lambda p99, _: p99 <= 5.0
+        )
     print()
     print_verdicts(verdicts)
     path = write_results(

@@ -16,6 +16,7 @@ no slot granted twice at once, every token granted once, every cycle a worker ac
 
     python -m bench.store_cas_pg           # 1, 4, 16 processes full speed + 16 paced at 20 cycles/s
     python -m bench.store_cas_pg --quick   # shorter
+    python -m bench.store_cas_pg --store-writer   # and the probe of one writer process per host
     python -m bench.store_cas_pg --url postgresql://…/empty_db_prefix   # a server of your own (it
                                            # creates databases named <prefix>_<n>; needs CREATEDB)
 """
@@ -27,7 +28,9 @@ import asyncio
 import contextlib
 import os
 import random
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import Enum
@@ -282,9 +285,10 @@ def worker_main(args: argparse.Namespace) -> None:
             lambda ready: harness.raw_cycles(RawPg(args.db, args.pool_max), args.duration, args.rate, ready())
         )
     else:
+        via = args.addr if args.impl == "store-writer" else None
         harness.serve_worker(
             lambda ready: asyncio.run(
-                harness.store_worker(PostgresUrl(args.db), args.pool_max, args.duration, args.rate, ready)
+                harness.store_worker(PostgresUrl(args.db), args.pool_max, args.duration, args.rate, ready, via=via)
             )
         )
 
@@ -372,7 +376,25 @@ def run_once(impl: str, procs: int, duration: float, rate: float, where: str) ->
     cmd = [sys.executable, "-m", "bench.store_cas_pg", "--worker", "--impl", impl, "--pool-max", str(procs)]
     cmd += ["--duration", str(duration), "--rate", str(rate)]
     env = {**os.environ, "AGENT_COORD_BENCH_DB": url}  # the URL holds a password: not on a command line
-    result = harness.launch(cmd, procs, duration, env)
+    writer = None
+    if impl == "store-writer":
+        # The design probe: one writer process with agent-coord's Store, every worker forwarding to it.
+        run_dir = tempfile.mkdtemp(prefix="ac-writer-")
+        address = os.path.join(run_dir, "writer.sock")
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "bench.cas_store_writer", "-", address, str(procs)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "listening"
+        cmd += ["--addr", address]
+    try:
+        result = harness.launch(cmd, procs, duration, env)
+    finally:
+        if writer is not None:
+            writer.wait(timeout=60)
     result.update(check_grants(read_events(url), result.pop("acked")))
     result["impl"], result["rate_per_proc"] = impl, rate
     return result
@@ -399,7 +421,13 @@ def main() -> None:
         help="the databases' synchronous_commit (off: a commit does not wait for its WAL flush)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--impl", choices=["store", "raw", "raw-tx"], help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=["store", "raw", "raw-tx", "store-writer"], help=argparse.SUPPRESS)
+    parser.add_argument("--addr", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--store-writer",
+        action="store_true",
+        help="also run the design probe: one writer process per host with agent-coord's Store, workers forwarding",
+    )
     parser.add_argument("--pool-max", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -413,7 +441,7 @@ def main() -> None:
     duration = args.duration or (3.0 if args.quick else 5.0)
     paced_duration = 4.0 if args.quick else 8.0
     counts = [int(x) for x in args.procs.split(",")]
-    impls = ["store", "raw", "raw-tx"]
+    impls = ["store", "raw", "raw-tx", *(["store-writer"] if args.store_writer else [])]
     info = machine()
     print(machine_line(info), flush=True)
     with cluster_prefix(args.url, args.cluster_dir) as prefix:
@@ -433,6 +461,10 @@ def main() -> None:
             r["double_grants"] == 0 and r["lost_acknowledged"] == 0 for r in runs
         ),
     }
+    if "store-writer" in impls:
+        verdicts["probe, the Store as the host's writer: paced op p99 <= 10 ms in every repetition"] = (
+            harness.every_rep(paced, "store-writer", lambda p99, _: p99 <= 10.0)
+        )
     print()
     print_verdicts(verdicts)
     path = write_results(

@@ -68,6 +68,7 @@ class HostState:
         self.in_flight = 0
         self.stale = False  # the settings changed under the host: a fresh one answers from now on
         self.database: tuple[int, int] | None = None  # the SQLite file the host opened
+        self.code = code_fingerprint()  # the code it runs
         self._poke = anyio.Event()
 
     @contextlib.contextmanager
@@ -162,34 +163,48 @@ async def serve(settings: Settings, path: str) -> None:
 
 
 async def _answer_one(base: Coordinator, stream: SocketStream, host: HostState) -> None:
-    with host.busy():
-        async with stream:
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                try:
-                    request = json.loads(await receive_all(stream))
-                    coord = await _acting_for(base, stream, request, host) if isinstance(request, dict) else None
-                except Exception:  # the hook does the work itself
-                    logger.debug("hook request not answered", exc_info=True)
-                    coord = None
-                if coord is None:
-                    await stream.send(b"not answered\n")
-                    return
+    """One request: "not answered", or taken and answered. Whatever goes wrong stays in this connection
+    (the other answers under way go on): after taking a request, a failure is answered `null`, and the
+    hook then works in-process (every hook is safe to repeat)."""
+    async with stream:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            try:
+                request = json.loads(await receive_all(stream))
+                coord = await _acting_for(base, stream, request, host) if isinstance(request, dict) else None
+            except Exception:  # the hook does the work itself
+                logger.info("request not answered", exc_info=True)
+                coord = None
+            if coord is None:
+                await stream.send(b"not answered\n")
+                return
+            with host.busy():  # only answers keep the host: refused ones must let it go idle
                 await stream.send(hook_socket.ACCEPTED)
-                if request["hook"] == STATUS:
-                    reply = await status_reply(coord, request.get("repo"))
-                else:
-                    claude_pid = request.get("claude_pid")
-                    answer = await hook_run.answer(
-                        request["hook"],
-                        request["stdin"].encode(),
-                        chdir=False,
-                        claude_pid=claude_pid if isinstance(claude_pid, str) else "",
-                        server=coord,
-                    )
-                    reply = {"stdout": answer.stdout, "stderr": answer.stderr, "code": answer.code}
+                try:
+                    reply = await _reply(base, coord, request)
+                except hook_run.NotServed as exc:
+                    logger.info("%s: left to the hook: %s", request["hook"], exc)
+                    reply = None
+                except Exception:
+                    logger.exception("%s: failed; left to the hook", request["hook"])
+                    reply = None
                 await stream.send(json.dumps(reply).encode())
-                who = f"process {coord.identity.server_pid}" if coord is not base else "a command"
-                logger.info("answered %s for %s: exit %s", request["hook"], who, reply["code"])
+                if reply is not None:
+                    who = f"process {coord.identity.server_pid}"
+                    logger.info("answered %s for %s: exit %s", request["hook"], who, reply["code"])
+
+
+async def _reply(base: Coordinator, coord: Coordinator, request: dict[str, Any]) -> dict[str, Any]:
+    if request["hook"] == STATUS:
+        return await status_reply(coord, request.get("repo"))
+    claude_pid = request.get("claude_pid")
+    answer = await hook_run.answer(
+        request["hook"],
+        request["stdin"].encode(),
+        chdir=False,
+        claude_pid=claude_pid if isinstance(claude_pid, str) else "",
+        server=coord,
+    )
+    return {"stdout": answer.stdout, "stderr": answer.stderr, "code": answer.code}
 
 
 async def _acting_for(
@@ -206,7 +221,12 @@ async def _acting_for(
         return None
     if request.get("env") != hook_socket.deciding_env(os.environ) or request.get("code") != hook_socket.code_identity():
         return None
-    if not same_directory(hook_socket.working_directory(raw, cwd), os.getcwd()):
+    try:
+        here = os.getcwd()
+    except OSError:
+        host.go_stale()  # its directory was removed: a hook there would find another (or none)
+        return None
+    if not same_directory(hook_socket.working_directory(raw, cwd), here):
         return None
     peer = peer_of(stream)
     if peer is None or peer[1] != os.geteuid():
@@ -215,25 +235,44 @@ async def _acting_for(
         loaded = load_settings()
     except SettingsError:
         loaded = None
-    if loaded != base.settings or database_file(loaded) != host.database:
-        # Its configuration file changed, or its database file was removed or replaced (a hook would
-        # open the new one): answer nothing more, exit.
+    if (
+        loaded is None
+        or loaded != base.settings
+        or database_file(loaded) != host.database
+        or code_fingerprint() != host.code
+    ):
+        # Its configuration file changed, its database file was removed or replaced (a hook would open
+        # the new one), or its code was changed in place: answer nothing more, exit.
         host.go_stale()
         return None
-    if hook == STATUS:
-        return base
-    if not await anyio.to_thread.run_sync(lambda: _parent_runs(peer[0])):
-        return None
-    return await base.acting_for_process(peer[0], hook_settings(loaded))
+    launcher = request.get("launcher")
+    if not isinstance(launcher, int) or not await anyio.to_thread.run_sync(lambda: _parent_is(peer[0], launcher)):
+        return None  # re-parented: the hook records its agent as gone, which only it can tell
+    return await base.acting_for_process(peer[0], loaded if hook == STATUS else hook_settings(loaded))
 
 
-def _parent_runs(pid: int) -> bool:
-    """Does the process that started `pid` still run (not re-parented to an init program)?"""
+def _parent_is(pid: int, launcher: int) -> bool:
+    """Is the process that started `pid` (`launcher`, read by it at its start) still its parent, and no
+    init program that adopts orphans (judge.orphaned_from)?"""
     try:
         parent = psutil.Process(pid).ppid()
     except psutil.Error:
         return False
-    return parent > 0 and not is_init_adopter(parent)
+    return parent == launcher and not is_init_adopter(parent)
+
+
+def code_fingerprint() -> tuple[int, int]:
+    """How many modules agent-coord has and when the last changed: an edit in place (an editable install,
+    a reinstall of the same version) shows, and a host running the old code retires."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    count, newest = 0, 0
+    for folder, _dirs, files in os.walk(package):
+        for name in files:
+            if name.endswith(".py"):
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime_ns)
+                    count += 1
+    return count, newest
 
 
 async def status_reply(coord: Coordinator, repo: str | None) -> dict[str, Any]:

@@ -72,6 +72,10 @@ class _Refused(Exception):
     """The hook's answer is complete: a refusal, already on its stderr."""
 
 
+class NotServed(Exception):
+    """The hook host cannot answer this hook as the hook would: the hook works in-process."""
+
+
 def run(hook: str) -> int:
     """Run `hook` (one of `HOOKS`) as this process; its exit code. Whatever goes wrong ends in one
     line on stderr, as from the command line (agent_coord/cli/__init__.py), never a traceback."""
@@ -80,9 +84,10 @@ def run(hook: str) -> int:
         forwarded = _forwarded(hook, raw)
         if forwarded is not None:
             return forwarded
-        cwd = os.getcwd()  # before the hook enters its payload's directory
+        cwd = _cwd()  # before the hook enters its payload's directory
         code = in_process(hook, raw)
-        _start_host(raw, cwd)
+        if cwd is not None:
+            _start_host(raw, cwd)
         return code
     except Exception as exc:  # a bug: one line for the person, the traceback only with debug logging
         import logging
@@ -222,7 +227,7 @@ async def _with_coordinator(
         agent_id = server.agent_id
     if server is not None and server.identity.server_pid != os.getpid() and not (served and agent_id):
         # The hook host acts for another process: an engine of its own would be the host's agent.
-        out.fail("agent-coord: the settings changed while the hook host answered; run the hook again")
+        raise NotServed("the settings changed while the hook host answered")
     try:
         if server is not None and served and agent_id is not None:
             coord = server.acting_for(agent_id, origin, settings)
@@ -381,22 +386,34 @@ def _forwarded(hook: str, raw: bytes) -> int | None:
     host (its answer printed), or None when neither answers it."""
     from agent_coord.claude import hook_socket
 
-    if sys.platform == "win32" or not hook_socket.supported() or len(raw) > MAX_INPUT_BYTES:
+    cwd = _cwd()
+    if sys.platform == "win32" or not hook_socket.supported() or len(raw) > MAX_INPUT_BYTES or cwd is None:
         return None
+    from agent_coord import LAUNCHER_PID
+
     text = raw.decode("utf-8", "replace")
     request: dict[str, object] = {
         "hook": hook,
         "stdin": text,
-        "cwd": os.getcwd(),
+        "cwd": cwd,
         "env": hook_socket.deciding_env(os.environ),
         "code": hook_socket.code_identity(),
         "claude_pid": os.environ.get("CLAUDE_PID", ""),
+        "launcher": LAUNCHER_PID,
     }
-    for path in (hook_socket.find_socket(), hook_socket.host_socket(hook_socket.working_directory(text, os.getcwd()))):
+    for path in (hook_socket.find_socket(), hook_socket.host_socket(hook_socket.working_directory(text, cwd))):
         reply = hook_socket.ask(path, request) if path is not None else None
         if reply is not None:
             return printed(reply)
     return None
+
+
+def _cwd() -> str | None:
+    """This process's directory, or None when it was removed (the hook then works from its payload's)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
 
 
 def printed(reply: dict[str, object]) -> int:

@@ -265,7 +265,8 @@ def start_host(workdir: str) -> None:
 
     try:
         subprocess.Popen(
-            [sys.executable, "-m", HOST_MODULE, "--key", key],
+            # -P: the working directory (a repository, which may hold an `argparse.py`) is not on sys.path.
+            [sys.executable, "-P", "-m", HOST_MODULE, "--key", key],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,  # Claude Code reads the hook's stdout to its end
             stderr=subprocess.DEVNULL,

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from agent_coord import LAUNCHER_PID
 from agent_coord.claude import hook_socket
 from agent_coord.config import Settings
 from tests.claude.test_hook_socket import wait_for
@@ -106,7 +107,7 @@ def test_a_hook_in_process_starts_the_host_which_answers_the_next_as_the_hook_wo
     assert imported(first, "pydantic"), "the first hook works in-process"
     path = as_created(first)
     sock = host_socket(run_dir, repo, host_env)
-    wait_for(sock.exists, "the hook host's socket")
+    wait_for(lambda: listening(sock), "the hook host")
     assert (sock.stat().st_mode & 0o777) == 0o600
 
     second = run_hook(host_env, "worktree-create", create_payload(repo, "two", "22222222-bbbb"), repo)
@@ -157,12 +158,15 @@ def test_status_json_is_answered_by_the_host_with_the_same_output(
 
     alone = status()
     assert alone.returncode == 0 and imported(alone, "pydantic")
-    wait_for(host_socket(run_dir, repo, host_env).exists, "the hook host's socket")
+    wait_for(lambda: listening(host_socket(run_dir, repo, host_env)), "the hook host")
     hosted = status()
     assert hosted.returncode == 0 and not imported(hosted, "pydantic")
     mine, its = json.loads(alone.stdout), json.loads(hosted.stdout)
     assert mine.keys() == its.keys()
     assert (mine["repo"], mine["pool"], mine["worktrees"]) == (its["repo"], its["pool"], its["worktrees"])
+    # What depends on who asks (this test process's agent): the host asked as the command's own.
+    assert mine["conflicts"] == its["conflicts"]
+    assert mine["contention"]["caller_focused"] == its["contention"]["caller_focused"]
 
 
 def test_the_host_answers_only_its_user_environment_and_directory(
@@ -171,7 +175,7 @@ def test_the_host_answers_only_its_user_environment_and_directory(
     created_path_of = run_hook(host_env, "worktree-create", create_payload(repo, "one", "11111111-aaaa"), repo)
     assert created_path_of.returncode == 0
     sock = host_socket(run_dir, repo, host_env)
-    wait_for(sock.exists, "the hook host's socket")
+    wait_for(lambda: listening(sock), "the hook host")
 
     def ask(**changes: object) -> bytes:
         request = {
@@ -180,6 +184,7 @@ def test_the_host_answers_only_its_user_environment_and_directory(
             "cwd": str(repo),
             "env": hook_socket.deciding_env(host_env),
             "code": hook_socket.code_identity(),
+            "launcher": LAUNCHER_PID,  # this process's parent, which still runs
             **changes,
         }
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -198,6 +203,7 @@ def test_the_host_answers_only_its_user_environment_and_directory(
     assert ask(cwd=str(elsewhere), stdin=json.dumps({"cwd": str(elsewhere)})) == not_answered
     assert ask(hook="pre-edit") == not_answered
     assert ask(stdin=7) == not_answered
+    assert ask(launcher=1) == not_answered  # as from a hook whose parent is gone (re-parented)
     # Another environment names another host: that hook works in-process (and starts its own).
     other_env = host_env | {"AGENT_COORD_BRANCH_PREFIX": "other-"}
     assert host_socket(run_dir, repo, other_env) != sock
@@ -214,7 +220,7 @@ def test_a_killed_host_is_replaced_and_an_idle_one_exits(host_env: dict[str, str
     env = host_env
     assert run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo).returncode == 0
     sock = host_socket(run_dir, repo, env)  # another idle time is another environment: another host
-    wait_for(sock.exists, "the hook host's socket")
+    wait_for(lambda: listening(sock), "the hook host")
     [first] = hosts(run_dir)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
@@ -243,11 +249,12 @@ def test_a_changed_configuration_retires_the_host(
     env = host_env | {"AGENT_COORD_CONFIG": str(config)}
     assert run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo).returncode == 0
     sock = host_socket(run_dir, repo, env)
-    wait_for(sock.exists, "the hook host's socket")
+    wait_for(lambda: listening(sock), "the hook host")
+    [old] = hosts(run_dir)
     config.write_text("[agent-coord]\nbranch_prefix = 'changed-'\n")
     after = run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo)
     assert after.returncode == 0 and imported(after, "pydantic"), "the host answers nothing on older settings"
-    wait_for(lambda: not sock.exists() or hosts(run_dir) == [], "the stale host to go")
+    wait_for(lambda: not old.is_running(), "the stale host to go")
 
 
 def test_hooks_start_no_host_when_it_is_turned_off(host_env: dict[str, str], repo: Path, run_dir: Path) -> None:
@@ -263,7 +270,8 @@ def test_a_removed_database_retires_the_host(
 ) -> None:
     assert run_hook(host_env, "session-start", session_payload(repo, "SessionStart"), repo).returncode == 0
     sock = host_socket(run_dir, repo, host_env)
-    wait_for(sock.exists, "the hook host's socket")
+    wait_for(lambda: listening(sock), "the hook host")
+    [old] = hosts(run_dir)
     # The user starts over: the host still holds the old file open, and a hook would make a new one.
     for suffix in ("", "-wal", "-shm"):
         Path(env["AGENT_COORD_DB"] + suffix).unlink(missing_ok=True)
@@ -271,4 +279,34 @@ def test_a_removed_database_retires_the_host(
     assert imported(after, "pydantic"), "the host answers nothing over a removed database"
     as_created(after)
     assert Path(env["AGENT_COORD_DB"]).exists()
-    wait_for(lambda: not listening(sock), "the stale host to go")
+    wait_for(lambda: not old.is_running(), "the stale host to go")
+
+
+def test_the_host_imports_nothing_from_the_repository_and_a_removed_directory_is_no_failure(
+    host_env: dict[str, str], repo: Path, run_dir: Path, tmp_path: Path
+) -> None:
+    # A repository with a module named like one the host imports: the host never runs it.
+    marker = tmp_path / "ran"
+    (repo / "argparse.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(3)\n")
+    assert run_hook(host_env, "session-start", session_payload(repo, "SessionStart"), repo).returncode == 0
+    wait_for(lambda: listening(host_socket(run_dir, repo, host_env)), "the hook host")
+    assert not marker.exists()
+    # A hook whose own directory was removed works from its payload's directory, as it always did.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    remove_then_run = (
+        "import os, subprocess, sys; os.rmdir(sys.argv[1]); "
+        "sys.exit(subprocess.run(sys.argv[2:], input=sys.stdin.buffer.read()).returncode)"
+    )
+    hook = [sys.executable, "-m", "agent_coord", "hook", "session-start"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", remove_then_run, str(gone), *hook],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=host_env,
+        cwd=gone,
+    )
+    _, err = proc.communicate(json.dumps(session_payload(repo, "SessionStart")).encode(), timeout=120)
+    assert proc.returncode == 0, err
+    assert b"unexpected" not in err

@@ -90,7 +90,7 @@ def _process_name(proc: psutil.Process) -> str:
 
 def agent_process(wrappers: tuple[str, ...], start_pid: int | None = None) -> psutil.Process:
     """The nearest ancestor of this process that is not a wrapper; the parent when all are."""
-    me = psutil.Process(start_pid or os.getpid())
+    me = psutil.Process(os.getpid() if start_pid is None else start_pid)
     parent = me.parent()
     if parent is None:
         return me
