@@ -35,8 +35,6 @@ from typing import Any
 import anyio
 import psutil
 
-from tests.paths import HOOK_HOST_OFF
-
 MAX_LIFETIME_ENV = "AGENT_PROC_MAX_S"
 SCRIPT = Path(__file__).resolve()
 
@@ -178,6 +176,8 @@ def call_step(tool: str, args: dict[str, Any], save: str | None = None) -> dict[
 
 
 def proc_env(env: dict[str, str], **extra: str) -> dict[str, str]:
+    from tests.paths import HOOK_HOST_OFF  # test-side only: this file also runs as a program
+
     full = {k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)}
     full.update(env)
     full.update(extra)
