@@ -134,6 +134,8 @@ def _log_to(path: str) -> None:
     """The host has no terminal: what it did and what went wrong go to a small file beside its socket."""
     from logging.handlers import RotatingFileHandler
 
+    with contextlib.suppress(OSError):  # private like its directory (a rotated file is too: 0700 above it)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600))
     handler = RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=1, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)

@@ -109,6 +109,8 @@ def test_a_hook_in_process_starts_the_host_which_answers_the_next_as_the_hook_wo
     sock = host_socket(run_dir, repo, host_env)
     wait_for(lambda: listening(sock), "the hook host")
     assert (sock.stat().st_mode & 0o777) == 0o600
+    (log,) = sock.parent.glob("host-*.log")
+    assert (log.stat().st_mode & 0o777) == 0o600
 
     second = run_hook(host_env, "worktree-create", create_payload(repo, "two", "22222222-bbbb"), repo)
     assert not imported(second, "pydantic"), "answered by the host"
