@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import sys
 
+TYPE_CHECKING = False  # `typing` is not imported at run time: the edit guard starts with `sys` alone
+if TYPE_CHECKING:
+    from typing import Any
+
+    from agent_coord.engine.coordinator import Coordinator
+
 
 def main() -> None:
     args = sys.argv[1:]
@@ -96,8 +102,6 @@ def _status_in_process(repo_arg: str | None) -> int:
         settings = load_settings()
 
         async def status() -> dict[str, object]:
-            from agent_coord.claude.hook_host import status_reply
-
             async with Coordinator.open(settings, register=False) as coord:
                 return await status_reply(coord, repo_arg)
 
@@ -113,3 +117,20 @@ def _status_in_process(repo_arg: str | None) -> int:
     except Exception as exc:  # a bug: one line for the person, the traceback only with debug logging
         logging.getLogger("agent-coord").debug("unexpected failure", exc_info=True)
         return die(f"agent-coord: unexpected {type(exc).__name__}: {exc}", 1)
+
+
+async def status_reply(coord: Coordinator, repo: str | None) -> dict[str, Any]:
+    """`agent-coord status --json` as a reply: its stdout, stderr lines and exit code (in-process here,
+    or by the hook host, agent_coord/claude/hook_host.py)."""
+    import json
+
+    from agent_coord.engine.errors import CoordError
+    from agent_coord.engine.store import StoreBusyError
+
+    try:
+        result = (await coord.status(repo)).model_dump(mode="json")
+    except CoordError as exc:
+        return {"stdout": None, "stderr": [str(exc)], "code": 1}
+    except StoreBusyError as exc:
+        return {"stdout": None, "stderr": [" ".join(str(exc.refusal()).split())], "code": 1}
+    return {"stdout": json.dumps(result, indent=2, default=str), "stderr": [], "code": 0}

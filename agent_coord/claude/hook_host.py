@@ -38,6 +38,7 @@ from agent_coord.claude import hook_run, hook_socket
 from agent_coord.claude.hook_server import peer_of, receive_all, same_directory
 from agent_coord.claude.hooks import hook_settings
 from agent_coord.config import Settings, SettingsError, load_settings
+from agent_coord.console import status_reply
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.liveness.judge import is_init_adopter
 from agent_coord.store_target import PostgresUrl
@@ -275,20 +276,6 @@ def code_fingerprint() -> tuple[int, int]:
                     newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime_ns)
                     count += 1
     return count, newest
-
-
-async def status_reply(coord: Coordinator, repo: str | None) -> dict[str, Any]:
-    """`agent-coord status --json` as a reply: its stdout, stderr lines and exit code (console.py)."""
-    from agent_coord.engine.errors import CoordError
-    from agent_coord.engine.store import StoreBusyError
-
-    try:
-        result = (await coord.status(repo)).model_dump(mode="json")
-    except CoordError as exc:
-        return {"stdout": None, "stderr": [str(exc)], "code": 1}
-    except StoreBusyError as exc:
-        return {"stdout": None, "stderr": [" ".join(str(exc.refusal()).split())], "code": 1}
-    return {"stdout": json.dumps(result, indent=2, default=str), "stderr": [], "code": 0}
 
 
 if __name__ == "__main__":
