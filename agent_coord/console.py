@@ -78,10 +78,9 @@ def status_json(repo: str | None) -> int:
             from agent_coord.claude.hook_run import printed
 
             return printed(reply)
-    code = _status_in_process(repo_arg)
     if cwd is not None:
-        hook_socket.start_host(cwd)
-    return code
+        hook_socket.start_host(cwd)  # it comes up while this status works
+    return _status_in_process(repo_arg)
 
 
 def _status_in_process(repo_arg: str | None) -> int:

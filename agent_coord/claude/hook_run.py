@@ -85,10 +85,11 @@ def run(hook: str) -> int:
         if forwarded is not None:
             return forwarded
         cwd = _cwd()  # before the hook enters its payload's directory
-        code = in_process(hook, raw)
         if cwd is not None:
+            # Started first, it comes up while this hook works: the next hook (Claude Code runs
+            # SessionStart right after the WorktreeCreate of `claude --worktree`) finds it listening.
             _start_host(raw, cwd)
-        return code
+        return in_process(hook, raw)
     except Exception as exc:  # a bug: one line for the person, the traceback only with debug logging
         import logging
 
@@ -427,7 +428,7 @@ def printed(reply: dict[str, object]) -> int:
 
 
 def _start_host(raw: bytes, cwd: str) -> None:
-    """After answering in-process: start the user's hook host, so that the next hook is answered
+    """Before answering in-process: start the user's hook host, so that the next hook is answered
     without importing the engine (agent_coord/claude/hook_socket.py)."""
     from agent_coord.claude import hook_socket
 
