@@ -2,11 +2,11 @@
 process of the user, so that a hook answers in tens of milliseconds even where no session server runs
 (`claude --worktree` creates the worktree before its session's server starts; a hook run by hand).
 
-A hook that no server answered works in-process and then starts the host behind itself
-(hook_socket.start_host): `python -m agent_coord.claude.hook_host --key K`, detached, in the hook's
+A hook that no server answered starts the host and works in-process meanwhile
+(hook_socket.start_host): `python -P -m agent_coord.claude.hook_host --key K`, detached, in the hook's
 working directory and with its environment. The host takes the lock named after K (one host per key;
 a second start exits at once), opens the engine once and listens on the socket named after K until no
-request has come for AGENT_COORD_HOOK_HOST_IDLE_S seconds. It answers a request only when the answer
+answer was asked for AGENT_COORD_HOOK_HOST_IDLE_S seconds. It answers a request only when the answer
 is the one the hook process would have worked out itself:
 * the peer is the same user (SO_PEERCRED) and its parent still runs (an orphaned hook works itself);
 * it runs the same agent-coord with the same deciding environment, from the same directory, and the

@@ -21,7 +21,7 @@ The socket is private: mode 0600 in a directory of mode 0700 owned by the user
 (another owner, other permissions, a symlink) is never used, by the server or by a hook.
 
 When no session server answers, the hook asks the user's hook host for its directory and environment
-(agent_coord/claude/hook_host.py): a process that a hook working in-process starts behind itself,
+(agent_coord/claude/hook_host.py): a process that a hook working in-process starts in the background,
 which answers any hook process of the user working from that directory with that agent-coord and
 environment, acting for the hook's own agent process (found from the peer's pid), and exits once no
 hook has come for AGENT_COORD_HOOK_HOST_IDLE_S seconds. Its socket and lock are named after a hash
