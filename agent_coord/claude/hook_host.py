@@ -5,8 +5,8 @@ process of the user, so that a hook answers in tens of milliseconds even where n
 A hook that no server answered starts the host and works in-process meanwhile
 (hook_socket.start_host): `python -P -m agent_coord.claude.hook_host --key K`, detached, in the hook's
 working directory and with its environment. The host takes the lock named after K (one host per key;
-a second start exits at once), opens the engine once and listens on the socket named after K until no
-answer was asked for AGENT_COORD_HOOK_HOST_IDLE_S seconds. It answers a request only when the answer
+a second start exits at once), opens the engine once and listens on the socket named after K until it
+has answered nothing for AGENT_COORD_HOOK_HOST_IDLE_S seconds. It answers a request only when the answer
 is the one the hook process would have worked out itself:
 * the peer is the same user (SO_PEERCRED) and its parent still runs (an orphaned hook works itself);
 * it runs the same agent-coord with the same deciding environment, from the same directory, and the
