@@ -1,4 +1,4 @@
-"""The hook host: one process per user, directory and environment that answers hooks for any agent
+"""The hook host: one process per user, repository and environment that answers hooks for any agent
 process of the user, so that a hook answers in tens of milliseconds even where no session server runs
 (`claude --worktree` creates the worktree before its session's server starts; a hook run by hand).
 
@@ -28,6 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -40,6 +41,7 @@ from agent_coord.claude.hooks import hook_settings
 from agent_coord.config import Settings, SettingsError, load_settings
 from agent_coord.console import status_reply
 from agent_coord.engine.coordinator import Coordinator
+from agent_coord.engine.errors import CoordError
 from agent_coord.engine.liveness.judge import is_init_adopter
 from agent_coord.store_target import PostgresUrl
 
@@ -229,8 +231,6 @@ async def _acting_for(
     except OSError:
         host.go_stale()  # its directory was removed: a hook there would find another (or none)
         return None
-    if not same_directory(hook_socket.working_directory(raw, cwd), here):
-        return None
     peer = peer_of(stream)
     if peer is None or peer[1] != os.geteuid():
         return None
@@ -248,10 +248,44 @@ async def _acting_for(
         # the new one), or its code was changed in place: answer nothing more, exit.
         host.go_stale()
         return None
+    if not await _serves_directory(base, hook_socket.working_directory(raw, cwd), here, raw, loaded):
+        return None
     launcher = request.get("launcher")
     if not isinstance(launcher, int) or not await anyio.to_thread.run_sync(lambda: _parent_is(peer[0], launcher)):
         return None  # re-parented: the hook records its agent as gone, which only it can tell
     return await base.acting_for_process(peer[0], loaded if hook == STATUS else hook_settings(loaded))
+
+
+async def _serves_directory(base: Coordinator, workdir: str, here: str, raw: str, settings: Settings) -> bool:
+    """Would work from `workdir` answer as work from the host's directory `here`? Yes in it; from
+    elsewhere in the same repository (a pool slot, a subdirectory) when the repository is the one git
+    finds from there (the engine resolves the default repository to its main worktree) and nothing
+    the hook reads is a path relative to its directory (a setting, its payload's `worktree_path`)."""
+    if same_directory(workdir, here):
+        return True
+    if _reads_relative_paths(raw, settings):
+        return False
+    try:
+        top = await base.git.main_worktree(Path(workdir))
+    except CoordError:
+        return False
+    return same_directory(str(top), here)
+
+
+def _reads_relative_paths(raw: str, settings: Settings) -> bool:
+    """Does the hook read a path relative to its directory: the settings file, a setting, or its
+    payload's `worktree_path`?"""
+    config = os.environ.get("AGENT_COORD_CONFIG")
+    if config and not os.path.isabs(os.path.expanduser(config)):
+        return True
+    if any(isinstance(v, Path) and not v.expanduser().is_absolute() for v in dict(settings).values()):
+        return True
+    try:
+        payload = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        return False  # the hook refuses it alike anywhere
+    path = payload.get("worktree_path") if isinstance(payload, dict) else None
+    return path is not None and not (isinstance(path, str) and os.path.isabs(path))
 
 
 def _parent_is(pid: int, launcher: int) -> bool:

@@ -20,9 +20,10 @@ The socket is private: mode 0600 in a directory of mode 0700 owned by the user
 (`$XDG_RUNTIME_DIR/agent-coord`, else `<tmp>/agent-coord-<uid>`); a directory that is not exactly that
 (another owner, other permissions, a symlink) is never used, by the server or by a hook.
 
-When no session server answers, the hook asks the user's hook host for its directory and environment
+When no session server answers, the hook asks the user's hook host for its repository and environment
 (agent_coord/claude/hook_host.py): a process that a hook working in-process starts in the background,
-which answers any hook process of the user working from that directory with that agent-coord and
+which answers any hook process of the user working in that repository (its main worktree, a pool
+slot, a subdirectory: `host_directory`) with that agent-coord and
 environment, acting for the hook's own agent process (found from the peer's pid), and exits once no
 hook has come for AGENT_COORD_HOOK_HOST_IDLE_S seconds. Its socket and lock are named after a hash
 of everything that decides the answer (`host_key`).
@@ -201,12 +202,45 @@ def host_lock_name(key: str) -> str:
     return f"host-{key}.lock"
 
 
+def host_directory(workdir: str) -> str:
+    """Where the hook host for work from `workdir` runs: the main worktree of the repository `workdir`
+    is in (a pool slot and the project share one host), read from git's files; `workdir` itself when
+    that takes more than reading them (a bare repository, anything odd). The host checks it with git."""
+    here = os.path.abspath(workdir)
+    while True:
+        marker = os.path.join(here, ".git")
+        if os.path.isdir(marker):
+            return here
+        if os.path.isfile(marker):
+            return _main_of_linked(here, marker) or workdir
+        parent = os.path.dirname(here)
+        if parent == here:
+            return workdir
+        here = parent
+
+
+def _main_of_linked(top: str, marker: str) -> str | None:
+    """The main worktree of the linked worktree at `top` (its `.git` file names its git directory,
+    whose `commondir` names the repository's), or None."""
+    try:
+        with open(marker, encoding="utf-8") as fh:
+            line = fh.readline().strip()
+        if not line.startswith("gitdir: "):
+            return None
+        gitdir = os.path.join(top, line.removeprefix("gitdir: "))
+        with open(os.path.join(gitdir, "commondir"), encoding="utf-8") as fh:
+            common = os.path.realpath(os.path.join(gitdir, fh.readline().strip()))
+    except (OSError, ValueError):
+        return None
+    return os.path.dirname(common) if os.path.basename(common) == ".git" else None
+
+
 def host_socket(workdir: str) -> str | None:
-    """The socket of the hook host for `workdir` and this environment, where one listens (or None)."""
+    """The socket of the hook host for work from `workdir` in this environment, where one listens."""
     directory = socket_dir()
     if directory is None:
         return None
-    path = os.path.join(directory, host_socket_name(host_key(workdir, os.environ)))
+    path = os.path.join(directory, host_socket_name(host_key(host_directory(workdir), os.environ)))
     return path if os.path.exists(path) else None
 
 
@@ -244,11 +278,13 @@ def open_lock(directory: str, key: str) -> int:
 
 
 def start_host(workdir: str) -> None:
-    """Start the hook host for `workdir` in the background, unless the user turned it off or one runs
-    or starts already (it holds its lock). Best effort: hooks answer without it."""
+    """Start the hook host for work from `workdir` in the background (in `host_directory`), unless the
+    user turned it off or one runs or starts already (it holds its lock). Best effort: hooks answer
+    without it."""
     if not supported() or not host_wanted(os.environ):
         return
     directory = socket_dir(create=True)
+    workdir = host_directory(workdir)
     if directory is None or not os.path.isdir(workdir):
         return
     key = host_key(workdir, os.environ)

@@ -65,7 +65,8 @@ def hosts(run_dir: Path) -> list[psutil.Process]:
 
 
 def host_socket(run_dir: Path, repo: Path, env: dict[str, str]) -> Path:
-    return run_dir / "agent-coord" / hook_socket.host_socket_name(hook_socket.host_key(str(repo), env))
+    key = hook_socket.host_key(hook_socket.host_directory(str(repo)), env)
+    return run_dir / "agent-coord" / hook_socket.host_socket_name(key)
 
 
 def run_hook(
@@ -128,6 +129,11 @@ def test_a_hook_in_process_starts_the_host_which_answers_the_next_as_the_hook_wo
     start = run_hook(host_env, "session-start", session_payload(repo, "SessionStart", "22222222-bbbb"), repo)
     assert start.returncode == 0 and not imported(start, "pydantic")
     assert "two" in start.stdout
+    # From the slot (where Claude Code runs a `--worktree` session's hooks): the project's host answers.
+    assert hook_socket.host_directory(str(other)) == str(repo)
+    in_slot = run_hook(host_env, "session-start", session_payload(other, "SessionStart", "22222222-bbbb"), other)
+    assert in_slot.returncode == 0 and not imported(in_slot, "pydantic")
+    assert in_slot.stdout == start.stdout
     removed = run_hook(
         host_env,
         "worktree-remove",
@@ -206,6 +212,13 @@ def test_the_host_answers_only_its_user_environment_and_directory(
     assert ask(hook="pre-edit") == not_answered
     assert ask(stdin=7) == not_answered
     assert ask(launcher=1) == not_answered  # as from a hook whose parent is gone (re-parented)
+    # From a subdirectory of the repository: answered (the default repository is git's answer from
+    # there, the host's own); unless the hook names a path relative to its directory.
+    sub = repo / "docs"
+    sub.mkdir()
+    assert ask(cwd=str(sub), stdin=json.dumps({"cwd": str(sub)})) == hook_socket.ACCEPTED
+    relative = {"cwd": str(sub), "worktree_path": "../x", "session_id": "s"}
+    assert ask(hook="worktree-remove", cwd=str(sub), stdin=json.dumps(relative)) == not_answered
     # Another environment names another host: that hook works in-process (and starts its own).
     other_env = host_env | {"AGENT_COORD_BRANCH_PREFIX": "other-"}
     assert host_socket(run_dir, repo, other_env) != sock
