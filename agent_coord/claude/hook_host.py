@@ -48,6 +48,7 @@ from agent_coord.store_target import PostgresUrl
 logger = logging.getLogger("agent-coord")
 
 LOG_BYTES = 256 << 10
+RECHECK_S = 5.0
 STATUS = "status"  # the request for `agent-coord status --json` (no hook has that name)
 
 
@@ -72,6 +73,7 @@ class HostState:
         self.stale = False  # the settings changed under the host: a fresh one answers from now on
         self.database: tuple[int, int] | None = None  # the SQLite file the host opened
         self.code = code_fingerprint()  # the code it runs
+        self.checked_at = time.monotonic()  # when the code and the repositories were last looked at
         self._poke = anyio.Event()
 
     @contextlib.contextmanager
@@ -83,6 +85,17 @@ class HostState:
             self.in_flight -= 1
             self.last = time.monotonic()
             self._poke.set()
+
+    def code_changed(self, base: Coordinator) -> bool:
+        """Has agent-coord's code changed in place? Looked at most every RECHECK_S (a walk of its
+        modules), when the repositories are also resolved afresh (their pool roots checked again,
+        as a validating server would)."""
+        now = time.monotonic()
+        if now - self.checked_at < RECHECK_S:
+            return False
+        self.checked_at = now
+        base.repos.forget()
+        return code_fingerprint() != self.code
 
     def go_stale(self) -> None:
         self.stale = True
@@ -238,12 +251,7 @@ async def _acting_for(
         loaded = load_settings()
     except SettingsError:
         loaded = None
-    if (
-        loaded is None
-        or loaded != base.settings
-        or database_file(loaded) != host.database
-        or code_fingerprint() != host.code
-    ):
+    if loaded is None or loaded != base.settings or database_file(loaded) != host.database or host.code_changed(base):
         # Its configuration file changed, its database file was removed or replaced (a hook would open
         # the new one), or its code was changed in place: answer nothing more, exit.
         host.go_stale()

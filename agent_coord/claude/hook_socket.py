@@ -245,12 +245,22 @@ def host_socket(workdir: str) -> str | None:
 
 
 def host_wanted(env: Mapping[str, str]) -> bool:
-    """Has the user left the hook host on (AGENT_COORD_HOOK_HOST_IDLE_S not 0)? A value the settings
-    refuse is left to the host, which reads the settings and says nothing (it exits)."""
-    value = env.get(IDLE_ENV, "").strip()
+    """Has the user left the hook host on (AGENT_COORD_HOOK_HOST_IDLE_S, else the settings file's
+    `hook_host_idle_s`, not 0)? A value the settings refuse is left to the host, which reads the
+    settings and says nothing (it exits)."""
+    value: object = next((v for k, v in env.items() if k.upper() == IDLE_ENV), None)
+    if value is None:
+        try:
+            from agent_coord.settings_file import read_settings_file
+
+            value = read_settings_file().get("hook_host_idle_s")
+        except Exception:  # an unreadable file: every hook says what is wrong with it
+            return False
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return True
     try:
-        return not value or float(value) != 0
-    except ValueError:
+        return float(value) != 0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
         return True
 
 

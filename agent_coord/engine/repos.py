@@ -48,6 +48,11 @@ class RepoResolver:
         self._by_arg: dict[str, Repo] = {}
         self._by_id: dict[int, Repo] = {}
 
+    def forget(self) -> None:
+        """Resolve every repository afresh from now on (its pool root checked again): for a process that
+        answers for a long time without validating (the hook host)."""
+        self._by_arg.clear()
+
     async def resolve(self, repo_arg: str | None) -> Repo:
         """The repository a call is about, its pool root checked (`check_pool_root`); a pool root that
         exists and holds nothing but the pool's slots is marked as the pool's own."""

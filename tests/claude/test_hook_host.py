@@ -8,6 +8,7 @@ the host never imports the engine's pydantic.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -50,8 +51,17 @@ def host_env(env: dict[str, str], run_dir: Path) -> Iterator[dict[str, str]]:
         yield full
     finally:
         for proc in hosts(run_dir):
-            proc.kill()
-            proc.wait(timeout=30)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+            wait_for(lambda: gone(proc), "a killed host")  # noqa: B023 (waited for at once)
+
+
+def gone(proc: psutil.Process) -> bool:
+    """Has `proc` exited? (A zombie has: a host's parent is init, which may reap it late or never.)"""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def hosts(run_dir: Path) -> list[psutil.Process]:
@@ -59,7 +69,7 @@ def hosts(run_dir: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline", "environ"]):
         cmdline, environ = proc.info.get("cmdline") or [], proc.info.get("environ") or {}
-        if hook_socket.HOST_MODULE in cmdline and environ.get("XDG_RUNTIME_DIR") == str(run_dir):
+        if hook_socket.HOST_MODULE in cmdline and environ.get("XDG_RUNTIME_DIR") == str(run_dir) and not gone(proc):
             found.append(proc)
     return found
 
@@ -238,7 +248,7 @@ def test_a_killed_host_is_replaced_and_an_idle_one_exits(host_env: dict[str, str
     wait_for(lambda: listening(sock), "the hook host")
     [first] = hosts(run_dir)
     first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
+    wait_for(lambda: gone(first), "the killed host")
     assert sock.exists(), "a killed host leaves its socket"
     after = run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo)
     assert after.returncode == 0 and imported(after, "pydantic"), "nobody answers: in-process"
@@ -269,15 +279,23 @@ def test_a_changed_configuration_retires_the_host(
     config.write_text("[agent-coord]\nbranch_prefix = 'changed-'\n")
     after = run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo)
     assert after.returncode == 0 and imported(after, "pydantic"), "the host answers nothing on older settings"
-    wait_for(lambda: not old.is_running(), "the stale host to go")
+    wait_for(lambda: gone(old), "the stale host to go")
 
 
-def test_hooks_start_no_host_when_it_is_turned_off(host_env: dict[str, str], repo: Path, run_dir: Path) -> None:
+def test_hooks_start_no_host_when_it_is_turned_off(
+    host_env: dict[str, str], repo: Path, run_dir: Path, tmp_path: Path
+) -> None:
     env = host_env | {HOOK_HOST_OFF: "0"}
     assert run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo).returncode == 0
     # The host is started before the hook exits, so it would be in the process table now.
     assert hosts(run_dir) == []
     assert not hook_socket.host_wanted({HOOK_HOST_OFF: "0"}) and hook_socket.host_wanted({HOOK_HOST_OFF: "5"})
+    # Turned off in the settings file alone: no host either.
+    config = tmp_path / "config.toml"
+    config.write_text("[agent-coord]\nhook_host_idle_s = 0\n")
+    env = {k: v for k, v in host_env.items() if k != HOOK_HOST_OFF} | {"AGENT_COORD_CONFIG": str(config)}
+    assert run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo).returncode == 0
+    assert hosts(run_dir) == []
 
 
 def test_a_removed_database_retires_the_host(
@@ -294,7 +312,7 @@ def test_a_removed_database_retires_the_host(
     assert imported(after, "pydantic"), "the host answers nothing over a removed database"
     as_created(after)
     assert Path(env["AGENT_COORD_DB"]).exists()
-    wait_for(lambda: not old.is_running(), "the stale host to go")
+    wait_for(lambda: gone(old), "the stale host to go")
 
 
 def test_the_host_imports_nothing_from_the_repository_and_a_removed_directory_is_no_failure(

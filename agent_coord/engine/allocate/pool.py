@@ -313,7 +313,7 @@ class Pool(OverEngine):
                 left = await self._roll_back(repo, claim, reason)
             if isinstance(exc, GitError) and start is not None and "already exists" in reason:
                 raise BranchAppeared(reason) from exc
-            if isinstance(exc, Unconfined) and left == SlotState.QUARANTINED and not set_up:
+            if isinstance(exc, Unconfined) and not exc.unreadable and left == SlotState.QUARANTINED and not set_up:
                 # Refused before our git changed the slot: another slot may serve. (Refused during setup,
                 # the branch stays checked out in the quarantined slot: deciding again would only say so.)
                 raise SlotUnusable(claim.slot.id, reason) from exc

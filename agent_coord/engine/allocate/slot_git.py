@@ -97,7 +97,7 @@ async def roll_back(
 ) -> SlotState | None:
     """ALLOCATING → FREE (or gone, for a slot whose worktree was never made: None); QUARANTINED when
     what the failed allocation left behind cannot be saved or the slot fails the confinement guard.
-    Returns the state it left the slot in."""
+    Returns the state it wrote (None: the row is gone, or another process moved it first)."""
     token = slot.fencing_token
     path = Path(slot.path)
     slot_dir = (await bounds_of(repo)).slot(path)
@@ -138,7 +138,7 @@ async def roll_back(
         if status.branch is not None:
             await git.detach(slot_dir)
     except GitError as exc:
-        await store.transition(
+        quarantined = await store.transition(
             slot.id,
             expect_state=SlotState.ALLOCATING,
             expect_token=token,
@@ -156,15 +156,15 @@ async def roll_back(
                 ),
             ],
         )
-        return SlotState.QUARANTINED
-    await store.transition(
+        return SlotState.QUARANTINED if quarantined is not None else None
+    freed_slot = await store.transition(
         slot.id,
         expect_state=SlotState.ALLOCATING,
         expect_token=token,
         changes=freed(time.time()),
         events=[draft],
     )
-    return SlotState.FREE
+    return SlotState.FREE if freed_slot is not None else None
 
 
 async def _clean_or_fail(git: GitDriver, path: Confined) -> None:

@@ -42,9 +42,12 @@ class Unconfined(GitError):
     """A path failed the guard. A GitError, so that every caller's "git failed here" path (roll back,
     quarantine, refuse) applies, and never the path that goes on."""
 
-    def __init__(self, path: Path, why: str) -> None:
+    def __init__(self, path: Path, why: str, *, unreadable: bool = False) -> None:
         self.path = path
         self.why = why
+        # The guard could not look (too many open files, permissions, a stale network handle): a fault
+        # of the moment or of the machine, not proof that the entry is not a slot.
+        self.unreadable = unreadable
         super().__init__(["confinement"], 1, f"fatal: {path} is not a slot of this pool: {why}")
 
 
@@ -130,7 +133,7 @@ def shape(bounds: Bounds, path: Path) -> str:
     except FileNotFoundError:
         return Shape.ABSENT
     except OSError as exc:
-        raise Unconfined(path, f"cannot be read ({exc.strerror})") from exc
+        raise Unconfined(path, f"cannot be read ({exc.strerror})", unreadable=True) from exc
     if stat.S_ISLNK(st.st_mode):
         raise Unconfined(path, f"it is a symlink (to {os.readlink(real)})")
     if not stat.S_ISDIR(st.st_mode):
@@ -173,7 +176,7 @@ def check_slot(bounds: Bounds, path: Path) -> CheckedSlot:
     except FileNotFoundError as exc:
         raise Unconfined(path, f"{exc.filename} is missing") from exc
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise Unconfined(path, f"cannot be read ({exc})") from exc
+        raise Unconfined(path, f"cannot be read ({exc})", unreadable=True) from exc
     return CheckedSlot(real, admin)
 
 
