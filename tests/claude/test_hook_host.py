@@ -19,7 +19,9 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import psutil
 import pytest
 
@@ -343,3 +345,29 @@ def test_the_host_imports_nothing_from_the_repository_and_a_removed_directory_is
     _, err = proc.communicate(json.dumps(session_payload(repo, "SessionStart")).encode(), timeout=120)
     assert proc.returncode == 0, err
     assert b"unexpected" not in err
+
+
+def test_the_host_answers_over_postgresql(host_env: dict[str, str], repo: Path, run_dir: Path, pg_url: Any) -> None:
+    """On a PostgreSQL store (no database file to watch) the host answers as on SQLite, and the agent
+    row it writes is the hook's own."""
+    env = host_env | {"AGENT_COORD_DB": pg_url.secret_url()}
+    first = run_hook(env, "worktree-create", create_payload(repo, "pg-one", "44444444-dddd"), repo)
+    assert imported(first, "pydantic")
+    as_created(first)
+    wait_for(lambda: listening(host_socket(run_dir, repo, env)), "the hook host")
+    second = run_hook(env, "worktree-create", create_payload(repo, "pg-two", "55555555-eeee"), repo)
+    assert not imported(second, "pydantic"), "answered by the host"
+    path = as_created(second)
+
+    async def read() -> dict[str, Any]:
+        from agent_coord.engine.store import Store
+
+        store = await Store.open(pg_url)
+        try:
+            return {a.id: a for a in await store.agents()} | {s.path: s for s in await store.slots()}
+        finally:
+            await store.close()
+
+    rows = anyio.run(read)
+    assert rows["claude-44444444-ddd"].pid == rows["claude-55555555-eee"].pid == os.getpid()
+    assert rows[str(path)].owner == "claude-55555555-eee"
