@@ -8,12 +8,15 @@ working directory and with its environment. The host takes the lock named after 
 a second start exits at once), opens the engine once and listens on the socket named after K until it
 has answered nothing for AGENT_COORD_HOOK_HOST_IDLE_S seconds. It answers a request only when the answer
 is the one the hook process would have worked out itself:
-* the peer is the same user (SO_PEERCRED) and its parent still runs (an orphaned hook works itself);
-* it runs the same agent-coord with the same deciding environment, from the same directory, and the
-  settings it loads now are the host's (a configuration file changed since: the host exits);
+* the peer is the same user (SO_PEERCRED) and its parent is still the process that started it (a
+  re-parented hook works itself);
+* it runs the same agent-coord with the same deciding environment, from the host's repository (its
+  main worktree, where the host runs, or a slot or subdirectory git places in it), and the settings
+  it loads now are the host's (a settings file, database file, code or directory changed since: the
+  host answers nothing more and exits);
 * the hook acts for its own agent process, found from the peer's pid as the hook would find it from
   its own (Identity.detect), over the host's store, git driver and repositories (Coordinator.acting_as).
-`agent-coord status --json` is answered the same way (console.py): it acts for nobody.
+`agent-coord status --json` is answered the same way (console.py), for the process that asks.
 
 The host runs none of a server's background work (validation, the radar, alerts): a hook does none.
 """
@@ -70,7 +73,7 @@ class HostState:
         self.idle_s = idle_s
         self.last = time.monotonic()
         self.in_flight = 0
-        self.stale = False  # the settings changed under the host: a fresh one answers from now on
+        self.stale = False  # what it answers from changed under it: a fresh host answers from now on
         self.database: tuple[int, int] | None = None  # the SQLite file the host opened
         self.code = code_fingerprint()  # the code it runs
         self.checked_at = time.monotonic()  # when the code and the repositories were last looked at
@@ -138,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     _log_to(os.path.join(directory, f"host-{args.key}.log"))
     logger.info("hook host %d for %s: listening on %s", os.getpid(), workdir, path)
     try:
-        anyio.run(serve, settings, path)
+        why = anyio.run(serve, settings, path)
     except Exception:
         logger.exception("hook host %d stopped", os.getpid())
         return 1
-    logger.info("hook host %d: idle, exiting", os.getpid())
+    logger.info("hook host %d: %s, exiting", os.getpid(), why)
     return 0
 
 
@@ -158,8 +161,9 @@ def _log_to(path: str) -> None:
     logger.setLevel(logging.INFO)
 
 
-async def serve(settings: Settings, path: str) -> None:
-    """Answer at `path` until idle. The caller holds the host's lock: a socket there is a dead host's."""
+async def serve(settings: Settings, path: str) -> str:
+    """Answer at `path` until idle or stale (which it returns). The caller holds the host's lock: a
+    socket there is a dead host's."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     host = HostState(settings.hook_host_idle_s)
@@ -178,6 +182,7 @@ async def serve(settings: Settings, path: str) -> None:
             with contextlib.suppress(OSError):
                 if os.stat(path).st_ino == inode:
                     os.unlink(path)
+    return "stale" if host.stale else "idle"
 
 
 async def _answer_one(base: Coordinator, stream: SocketStream, host: HostState) -> None:
@@ -198,7 +203,7 @@ async def _answer_one(base: Coordinator, stream: SocketStream, host: HostState) 
             with host.busy():  # only answers keep the host: refused ones must let it go idle
                 await stream.send(hook_socket.ACCEPTED)
                 try:
-                    reply = await _reply(base, coord, request)
+                    reply = await _reply(coord, request)
                 except hook_run.NotServed as exc:
                     logger.info("%s: left to the hook: %s", request["hook"], exc)
                     reply = None
@@ -211,7 +216,7 @@ async def _answer_one(base: Coordinator, stream: SocketStream, host: HostState) 
                     logger.info("answered %s for %s: exit %s", request["hook"], who, reply["code"])
 
 
-async def _reply(base: Coordinator, coord: Coordinator, request: dict[str, Any]) -> dict[str, Any]:
+async def _reply(coord: Coordinator, request: dict[str, Any]) -> dict[str, Any]:
     if request["hook"] == STATUS:
         return await status_reply(coord, request.get("repo"))
     claude_pid = request.get("claude_pid")
