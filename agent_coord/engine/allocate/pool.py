@@ -111,9 +111,14 @@ class Pool(OverEngine):
         held: another agent created the branch after our checks (once: it may hold it now), or the slot
         it claimed was not fit to use (quarantined by the rollback, so another is claimed)."""
         branch_appeared = False
+        first = time.monotonic()
         for attempt in range(DECIDE_AGAIN):
+            # One allocation timeout for every decision together, as its refusal says (the first has
+            # all of it, as an allocation decided once).
+            timeout_s = self.settings.allocation_timeout_s
+            budget_s = timeout_s if attempt == 0 else max(0.0, timeout_s - (time.monotonic() - first))
             try:
-                return await self._allocate(progress, branch, base, repo, task, started)
+                return await self._allocate(progress, branch, base, repo, task, started, budget_s)
             except BranchAppeared:
                 if branch_appeared or attempt == DECIDE_AGAIN - 1:
                     raise
@@ -178,7 +183,14 @@ class Pool(OverEngine):
             logger.warning("could not log the refused allocation of %r: the database stayed busy", progress.branch)
 
     async def _allocate(
-        self, progress: Progress, branch: str, base: str | None, repo_arg: str | None, task: str | None, started: float
+        self,
+        progress: Progress,
+        branch: str,
+        base: str | None,
+        repo_arg: str | None,
+        task: str | None,
+        started: float,
+        budget_s: float,
     ) -> AllocationResult:
         """The use case, top to bottom: check (nothing claimed yet), claim a slot (phase 1), git with no
         transaction open, first-time setup, grant (phase 2). After the claim, any failure or
@@ -230,7 +242,7 @@ class Pool(OverEngine):
         claim: Claim | None = None
         set_up = False  # setup has begun: the branch is checked out in the slot
         try:
-            with anyio.fail_after(self.settings.allocation_timeout_s):
+            with anyio.fail_after(budget_s):
                 if pessimistic and not (snapshot.caller_focused and self.settings.focus_skips_jitter):
                     jitter_ms = random.uniform(0, self.settings.jitter_max_ms)
                     await anyio.sleep(jitter_ms / 1000)
