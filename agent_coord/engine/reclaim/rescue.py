@@ -54,6 +54,11 @@ class SavedWork:
         return self.rescue.commit
 
 
+def grant_mark(fencing_token: int) -> str:
+    """How a rescue commit's subject names the grant whose work it holds."""
+    return f"[grant {fencing_token}]"
+
+
 async def save_work(
     git: GitDriver,
     store: Store,
@@ -69,7 +74,10 @@ async def save_work(
     proved: the caller must then touch nothing."""
     who = Whose.of(whose) if isinstance(whose, Slot) else whose
     name = who.slot_id or (Path(where.path).name if isinstance(where, GoneWorktree) else where.name)
-    message = f"agent-coord rescue of {name} ({who.branch or 'detached'}): {reason}"
+    # The grant's fencing token in the subject: a ref whose event was never written (the process died
+    # between the two) is still found as this grant's (release/ended.py).
+    grant = f" {grant_mark(who.fencing_token)}" if who.fencing_token is not None else ""
+    message = f"agent-coord rescue of {name} ({who.branch or 'detached'}){grant}: {reason}"
     if isinstance(where, GoneWorktree):
         ref = await git.free_rescue_ref(where.repo, who.branch, name)
         saved = await rescue_index(git, where.repo, where.index_file, where.head, ref, message)

@@ -4,8 +4,11 @@ when, why and by whom, and where its work went, from the event that ended it."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from agent_coord.engine.errors import CoordError, ErrorCode
+from agent_coord.engine.git.driver import RESCUE_NAMESPACE, GitDriver, GitError
+from agent_coord.engine.reclaim.rescue import grant_mark
 from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Action, Event
 
@@ -36,13 +39,37 @@ def describe_end(event: Event, rescued: list[str] | None = None) -> str:
     return f"the allocation of {what} ended at {when}: {how}{saved}"
 
 
-async def why_ended(store: Store, event: Event) -> str:
+async def why_ended(store: Store, event: Event, git: GitDriver) -> str:
     rescued = await store.rescue_refs(event.fencing_token) if event.fencing_token is not None else []
-    return describe_end(event, rescued)
+    return describe_end(event, [*rescued, *await _unlogged_rescues(store, event, git, set(rescued))])
 
 
-async def ended_error(store: Store, event: Event) -> CoordError:
-    return CoordError(ErrorCode.ALLOCATION_ENDED, await why_ended(store, event))
+async def ended_error(store: Store, event: Event, git: GitDriver) -> CoordError:
+    return CoordError(ErrorCode.ALLOCATION_ENDED, await why_ended(store, event, git))
+
+
+async def _unlogged_rescues(store: Store, event: Event, git: GitDriver, logged: set[str]) -> list[str]:
+    """Rescue refs of the ended grant that no event names: a reclaim or release killed between saving
+    the work and logging it (its redo saved the same work again, and logged that). Found by the grant's
+    mark in the rescue commit's subject (reclaim/rescue.py); best effort, git's answer or nothing."""
+    if event.fencing_token is None or event.repo_id is None:
+        return []
+    repo = next((r for r in await store.repos() if r.id == event.repo_id), None)
+    if repo is None:
+        return []
+    prefix = f"{RESCUE_NAMESPACE}/{event.branch or event.worktree_id}/"
+    try:
+        out = await git.run(Path(repo.path), "for-each-ref", "--format=%(refname)%09%(contents:subject)", prefix)
+    except (GitError, OSError):
+        return []
+    mark = grant_mark(event.fencing_token)
+    found = []
+    for line in out.splitlines():
+        ref, _, subject = line.partition("\t")
+        # "agent-coord rescue of <slot> (<branch>) [grant N]: <reason>" (refs hold no ':')
+        if ref not in logged and subject.split(": ", 1)[0].endswith(f" {mark}"):
+            found.append(ref)
+    return found
 
 
 def ended_for(event: Event | None, agent_id: str, *, held_here: bool) -> bool:
