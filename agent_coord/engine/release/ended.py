@@ -41,7 +41,9 @@ def describe_end(event: Event, rescued: list[str] | None = None) -> str:
 
 async def why_ended(store: Store, event: Event, git: GitDriver) -> str:
     rescued = await store.rescue_refs(event.fencing_token) if event.fencing_token is not None else []
-    return describe_end(event, [*rescued, *await _unlogged_rescues(store, event, git, set(rescued))])
+    unlogged = await _unlogged_rescues(store, event, git, set(rescued))
+    # In the order they were saved (a ref's last part is its UTC time, to the millisecond).
+    return describe_end(event, sorted([*rescued, *unlogged], key=lambda ref: ref.rsplit("/", 1)[-1]))
 
 
 async def ended_error(store: Store, event: Event, git: GitDriver) -> CoordError:

@@ -52,5 +52,5 @@ async def test_a_rescue_ref_whose_event_was_lost_is_named_with_the_logged_one(ma
             await owner.pool.release(branch="feat/lost-log")
     assert ended.value.code == ErrorCode.ALLOCATION_ENDED
     text = ended.value.message
-    assert text.endswith(f"saved to {taken.rescue_ref} and {unlogged}"), text
+    assert text.endswith(f"saved to {unlogged} and {taken.rescue_ref}"), text  # in the order saved
     assert f"{unlogged}-x" not in text
