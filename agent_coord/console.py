@@ -54,7 +54,6 @@ def status_json(repo: str | None) -> int:
     hook host when one runs (agent_coord/claude/hook_host.py), which it starts otherwise."""
     import os
 
-    from agent_coord import LAUNCHER_PID
     from agent_coord.claude import hook_socket
 
     try:
@@ -64,15 +63,7 @@ def status_json(repo: str | None) -> int:
         cwd, repo_arg = None, repo
     if hook_socket.supported() and cwd is not None:
         path = hook_socket.host_socket(cwd)
-        request: dict[str, object] = {
-            "hook": "status",
-            "repo": repo_arg,
-            "stdin": "",
-            "cwd": cwd,
-            "env": hook_socket.deciding_env(os.environ),
-            "code": hook_socket.code_identity(),
-            "launcher": LAUNCHER_PID,
-        }
+        request = hook_socket.request("status", "", cwd, repo=repo_arg)
         reply = hook_socket.ask(path, request) if path is not None else None
         if reply is not None:
             from agent_coord.claude.hook_run import printed

@@ -82,15 +82,10 @@ def wait_for_host(run_dir: Path) -> None:
 
 def stop_hosts(run_dir: Path) -> None:
     """Stop the hook hosts the run started (they would wait for hooks for ten minutes)."""
-    import psutil
+    from agent_coord.claude.hook_host import running_hosts
 
-    from agent_coord.claude import hook_socket
-
-    for proc in psutil.process_iter(["cmdline", "environ"]):
-        started_here = (proc.info.get("environ") or {}).get("XDG_RUNTIME_DIR") == str(run_dir)
-        if started_here and hook_socket.HOST_MODULE in (proc.info.get("cmdline") or []):
-            proc.terminate()
-            proc.wait(timeout=30)
+    for proc in running_hosts(str(run_dir)):
+        proc.terminate()
 
 
 def main() -> None:

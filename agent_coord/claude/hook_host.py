@@ -39,7 +39,7 @@ import psutil
 from anyio.abc import SocketStream
 
 from agent_coord.claude import hook_run, hook_socket
-from agent_coord.claude.hook_server import peer_of, receive_all, same_directory
+from agent_coord.claude.hook_server import peer_like_me, receive_all, same_directory
 from agent_coord.claude.hooks import hook_settings
 from agent_coord.config import Settings, SettingsError, load_settings
 from agent_coord.console import status_reply
@@ -235,22 +235,17 @@ async def _acting_for(
 ) -> Coordinator | None:
     """The engine acting for the process that sent `request`, when the host answers it as that process
     would answer itself (module docstring); else None."""
-    if sys.platform == "win32":
+    peer = peer_like_me(stream, request)
+    hook = request.get("hook")
+    if peer is None or (hook not in hook_run.HOOKS and hook != STATUS):
         return None
-    hook, raw, cwd = request.get("hook"), request.get("stdin"), request.get("cwd")
-    if (hook not in hook_run.HOOKS and hook != STATUS) or not isinstance(raw, str) or not isinstance(cwd, str):
-        return None
+    raw, cwd = request["stdin"], request["cwd"]
     if hook == STATUS and not isinstance(request.get("repo"), str | None):
-        return None
-    if request.get("env") != hook_socket.deciding_env(os.environ) or request.get("code") != hook_socket.code_identity():
         return None
     try:
         here = os.getcwd()
     except OSError:
         host.go_stale()  # its directory was removed: a hook there would find another (or none)
-        return None
-    peer = peer_of(stream)
-    if peer is None or peer[1] != os.geteuid():
         return None
     try:
         loaded = load_settings()
@@ -264,9 +259,9 @@ async def _acting_for(
     if not await _serves_directory(base, hook_socket.working_directory(raw, cwd), here, raw, loaded):
         return None
     launcher = request.get("launcher")
-    if not isinstance(launcher, int) or not await anyio.to_thread.run_sync(lambda: _parent_is(peer[0], launcher)):
+    if not isinstance(launcher, int) or not await anyio.to_thread.run_sync(lambda: _parent_is(peer, launcher)):
         return None  # re-parented: the hook records its agent as gone, which only it can tell
-    return await base.acting_for_process(peer[0], loaded if hook == STATUS else hook_settings(loaded))
+    return await base.acting_for_process(peer, loaded if hook == STATUS else hook_settings(loaded))
 
 
 async def _serves_directory(base: Coordinator, workdir: str, here: str, raw: str, settings: Settings) -> bool:
@@ -299,6 +294,19 @@ def _reads_relative_paths(raw: str, settings: Settings) -> bool:
         return False  # the hook refuses it alike anywhere
     path = payload.get("worktree_path") if isinstance(payload, dict) else None
     return path is not None and not (isinstance(path, str) and os.path.isabs(path))
+
+
+def running_hosts(runtime_dir: str) -> list[psutil.Process]:
+    """The hook hosts started with `runtime_dir` as their XDG_RUNTIME_DIR that have not exited (a zombie
+    has): what a test or bench that started them stops."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ", "status"]):
+        info = proc.info
+        if info.get("status") == psutil.STATUS_ZOMBIE or hook_socket.HOST_MODULE not in (info.get("cmdline") or []):
+            continue
+        if (info.get("environ") or {}).get("XDG_RUNTIME_DIR") == runtime_dir:
+            found.append(proc)
+    return found
 
 
 def _parent_is(pid: int, launcher: int) -> bool:

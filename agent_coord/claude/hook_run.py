@@ -201,7 +201,9 @@ def _read(out: Answer, model: type[M], raw: bytes, chdir: bool) -> tuple[M, Sett
 
 def _enter(cwd: str | None) -> None:
     """Work from the session's directory, so the default repository is the session's repository."""
-    if cwd and os.path.isabs(cwd) and os.path.isdir(cwd):
+    from agent_coord.claude.hook_socket import usable_directory
+
+    if usable_directory(cwd):
         os.chdir(cwd)
 
 
@@ -390,18 +392,8 @@ def _forwarded(hook: str, raw: bytes) -> int | None:
     cwd = _cwd()
     if sys.platform == "win32" or not hook_socket.supported() or len(raw) > MAX_INPUT_BYTES or cwd is None:
         return None
-    from agent_coord import LAUNCHER_PID
-
     text = raw.decode("utf-8", "replace")
-    request: dict[str, object] = {
-        "hook": hook,
-        "stdin": text,
-        "cwd": cwd,
-        "env": hook_socket.deciding_env(os.environ),
-        "code": hook_socket.code_identity(),
-        "claude_pid": os.environ.get("CLAUDE_PID", ""),
-        "launcher": LAUNCHER_PID,
-    }
+    request = hook_socket.request(hook, text, cwd, claude_pid=os.environ.get("CLAUDE_PID", ""))
     for path in (hook_socket.find_socket(), hook_socket.host_socket(hook_socket.working_directory(text, cwd))):
         reply = hook_socket.ask(path, request) if path is not None else None
         if reply is not None:

@@ -108,21 +108,28 @@ async def receive_all(stream: SocketStream) -> bytes:
 
 async def _takes(coord: Coordinator, stream: SocketStream, key: str, request: dict[str, Any]) -> bool:
     """Would the hook that sent `request` answer exactly as this server will (module docstring)?"""
-    if sys.platform == "win32":
+    peer = peer_like_me(stream, request)
+    if peer is None or request.get("hook") not in hook_run.HOOKS:
         return False
-    hook, raw, cwd = request.get("hook"), request.get("stdin"), request.get("cwd")
-    if hook not in hook_run.HOOKS or not isinstance(raw, str) or not isinstance(cwd, str):
-        return False
-    if request.get("env") != hook_socket.deciding_env(os.environ) or request.get("code") != hook_socket.code_identity():
-        return False
-    if not same_directory(hook_socket.working_directory(raw, cwd), os.getcwd()):
-        return False
-    peer = peer_of(stream)
-    if peer is None or peer[1] != os.geteuid():
+    if not same_directory(hook_socket.working_directory(request["stdin"], request["cwd"]), os.getcwd()):
         return False
     wrappers = coord.settings.wrapper_processes
     # The hook would act for its own agent process: it must be ours.
-    return await anyio.to_thread.run_sync(lambda: _agent_key(peer[0], wrappers)) == key
+    return await anyio.to_thread.run_sync(lambda: _agent_key(peer, wrappers)) == key
+
+
+def peer_like_me(stream: SocketStream, request: dict[str, Any]) -> int | None:
+    """The pid of the process that sent `request` (a payload and a directory as text) when it is this
+    user's and runs this agent-coord with this deciding environment, which every answer here needs;
+    else None."""
+    if sys.platform == "win32":
+        return None
+    if not isinstance(request.get("stdin"), str) or not isinstance(request.get("cwd"), str):
+        return None
+    if request.get("env") != hook_socket.deciding_env(os.environ) or request.get("code") != hook_socket.code_identity():
+        return None
+    peer = peer_of(stream)
+    return peer[0] if peer is not None and peer[1] == os.geteuid() else None
 
 
 def same_directory(a: str, b: str) -> bool:

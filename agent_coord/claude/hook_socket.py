@@ -40,6 +40,7 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import TypeGuard
 
 PROC = "/proc"
 MAX_ANCESTORS = 16
@@ -139,6 +140,22 @@ def find_socket() -> str | None:
 # ---- asking a server ----------------------------------------------------------------------------
 
 
+def request(hook: str, stdin: str, cwd: str, **more: object) -> dict[str, object]:
+    """What a hook (or `status --json`) sends a server: its payload and directory, and what the server
+    compares with its own before it answers (agent_coord/claude/hook_server.py, hook_host.py)."""
+    from agent_coord import LAUNCHER_PID
+
+    return {
+        "hook": hook,
+        "stdin": stdin,
+        "cwd": cwd,
+        "env": deciding_env(os.environ),
+        "code": code_identity(),
+        "launcher": LAUNCHER_PID,  # the process that started the hook: still its parent, or it is orphaned
+        **more,
+    }
+
+
 def ask(path: str, request: dict[str, object]) -> dict[str, object] | None:
     """The reply of the server listening on `path` to `request`, or None when it does not answer it
     (gone, going, stuck before taking it, or it leaves the request to the caller)."""
@@ -172,7 +189,7 @@ IDLE_ENV = "AGENT_COORD_HOOK_HOST_IDLE_S"
 
 
 def working_directory(raw: str, cwd: str) -> str:
-    """The directory a hook works from: its payload's `cwd` when usable (hook_run._enter), else `cwd`."""
+    """The directory a hook works from: its payload's `cwd` when usable, else `cwd`."""
     import json
 
     try:
@@ -180,9 +197,12 @@ def working_directory(raw: str, cwd: str) -> str:
     except ValueError:
         return cwd
     wanted = data.get("cwd") if isinstance(data, dict) else None
-    if isinstance(wanted, str) and os.path.isabs(wanted) and os.path.isdir(wanted):
-        return wanted
-    return cwd
+    return wanted if usable_directory(wanted) else cwd
+
+
+def usable_directory(cwd: object) -> TypeGuard[str]:
+    """Is a payload's `cwd` one a hook works from (an absolute path to a directory)?"""
+    return isinstance(cwd, str) and os.path.isabs(cwd) and os.path.isdir(cwd)
 
 
 def host_key(workdir: str, env: Mapping[str, str]) -> str:

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import psutil
 import pytest
 
-from agent_coord.claude import hook_socket
+from agent_coord.claude.hook_host import running_hosts
 from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Action, Event, Slot, SlotState
 from tests.conftest import git, make_repo
@@ -233,8 +232,6 @@ def test_a_second_session_is_answered_by_the_hook_host(setup: Setup, tmp_path: P
         allocated = {e.branch for e in events if e.action == Action.ALLOCATE and e.outcome == "ok"}
         assert allocated == {"worktree-first", "worktree-second"}
     finally:
-        for proc in psutil.process_iter(["cmdline", "environ"]):
-            started_here = (proc.info.get("environ") or {}).get("XDG_RUNTIME_DIR") == str(run_dir)
-            if started_here and hook_socket.HOST_MODULE in (proc.info.get("cmdline") or []):
-                proc.kill()
+        for proc in running_hosts(str(run_dir)):
+            proc.kill()
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -27,6 +27,7 @@ import pytest
 
 from agent_coord import LAUNCHER_PID
 from agent_coord.claude import hook_socket
+from agent_coord.claude.hook_host import running_hosts
 from agent_coord.config import Settings
 from tests.claude.test_hook_socket import wait_for
 from tests.claude.test_hooks import create_payload, created_path, session_payload, state
@@ -68,12 +69,7 @@ def gone(proc: psutil.Process) -> bool:
 
 def hosts(run_dir: Path) -> list[psutil.Process]:
     """The hook hosts started with `run_dir` as their runtime directory."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "environ"]):
-        cmdline, environ = proc.info.get("cmdline") or [], proc.info.get("environ") or {}
-        if hook_socket.HOST_MODULE in cmdline and environ.get("XDG_RUNTIME_DIR") == str(run_dir) and not gone(proc):
-            found.append(proc)
-    return found
+    return running_hosts(str(run_dir))
 
 
 def host_socket(run_dir: Path, repo: Path, env: dict[str, str]) -> Path:
