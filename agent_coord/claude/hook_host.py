@@ -212,7 +212,7 @@ async def _answer_one(base: Coordinator, stream: SocketStream, host: HostState) 
                     reply = None
                 await stream.send(json.dumps(reply).encode())
                 if reply is not None:
-                    who = f"process {coord.identity.server_pid}"
+                    who = f"process {coord.identity.pid}"  # the agent process it acted for
                     logger.info("answered %s for %s: exit %s", request["hook"], who, reply["code"])
 
 

@@ -228,7 +228,7 @@ async def _with_coordinator(
     served = server is not None and _same_but_lease(settings, server.settings)
     if server is not None and served and agent_id is None and server.identity.origin == "process":
         agent_id = server.agent_id
-    if server is not None and server.identity.server_pid != os.getpid() and not (served and agent_id):
+    if server is not None and server.for_another_process and not (served and agent_id):
         # The hook host acts for another process: an engine of its own would be the host's agent.
         raise NotServed("the settings changed while the hook host answered")
     try:

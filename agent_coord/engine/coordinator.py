@@ -65,6 +65,9 @@ class Coordinator(OverEngine):
         self.pool = Pool(self.ctx, self.contention)
         self.agent_status: Literal["active", "idle"] = "active"
         self.registered = False
+        # Acting for a process other than its own agent's (the hook host): it may not open an engine
+        # of its own for that process's work, which would act as this process's agent.
+        self.for_another_process = False
         self._wake = anyio.Event()
 
     # The server's background work (validation, alerts, the radar, whose predictions load pygit2) is
@@ -182,13 +185,24 @@ class Coordinator(OverEngine):
 
     async def acting_for_process(self, pid: int, settings: Settings) -> Coordinator:
         """This engine acting as process `pid` would under `settings` if it opened its own (the hook
-        host answering a hook process of its user, agent_coord/claude/hook_host.py)."""
-        identity = await anyio.to_thread.run_sync(
+        host answering a hook process of its user, agent_coord/claude/hook_host.py): that process's
+        agent, with this process as the server doing the work (an ALLOCATING row it leaves when it dies
+        is provably stuck: validate/held.py)."""
+        found = await anyio.to_thread.run_sync(
             lambda: Identity.detect(
                 settings.agent_id, settings.wrapper_processes, "explicit", host=settings.host_id, pid=pid
             )
         )
-        return self.acting_as(await _known_identity(self.store, identity), settings)
+        me = self.identity
+        identity = replace(
+            found,
+            server_pid=me.server_pid,
+            server_create_time=me.server_create_time,
+            server_start_s=me.server_start_s,
+        )
+        coord = self.acting_as(await _known_identity(self.store, identity), settings)
+        coord.for_another_process = True
+        return coord
 
     async def default_repo(self) -> Repo | None:
         try:

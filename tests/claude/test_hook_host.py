@@ -127,10 +127,11 @@ def test_a_hook_in_process_starts_the_host_which_answers_the_next_as_the_hook_wo
     assert other != path
     slots, agents = state(settings)
     one, two = agents["claude-11111111-aaa"], agents["claude-22222222-bbb"]
-    # Each hook acted for its own agent process (this test process: a hook's parent), from its own
-    # process, with the hook's lease: the host recorded what the hook would have recorded itself.
+    # Each hook acted for its own agent process (this test process: a hook's parent), with the hook's
+    # lease; the server is the process that did the work (the hook itself, then the host), so that an
+    # allocation a dead host leaves behind is provably stuck.
     assert one.pid == two.pid == os.getpid()
-    assert two.server_pid not in (one.server_pid, *[p.pid for p in hosts(run_dir)])
+    assert two.server_pid in [p.pid for p in hosts(run_dir)] and one.server_pid != two.server_pid
     assert two.lease_expires_at - two.last_heartbeat == pytest.approx(one.lease_expires_at - one.last_heartbeat)
     assert slots[str(other)].owner == "claude-22222222-bbb"
 
