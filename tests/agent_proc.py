@@ -236,6 +236,14 @@ def start_server(env: dict[str, str], **extra: str) -> subprocess.Popen[bytes]:
     )
 
 
+def exited(proc: psutil.Process) -> bool:
+    """Has `proc` exited? A zombie has; and a process can vanish between any two looks at it."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def process_name(proc: psutil.Process) -> str | None:
     """Its name, or None when it exited between being listed and being looked at."""
     try:

@@ -29,6 +29,7 @@ from agent_coord import LAUNCHER_PID
 from agent_coord.claude import hook_socket
 from agent_coord.claude.hook_host import running_hosts
 from agent_coord.config import Settings
+from tests.agent_proc import exited
 from tests.claude.test_hook_socket import wait_for
 from tests.claude.test_hooks import create_payload, created_path, session_payload, state
 from tests.paths import HOOK_HOST_OFF
@@ -56,15 +57,7 @@ def host_env(env: dict[str, str], run_dir: Path) -> Iterator[dict[str, str]]:
         for proc in hosts(run_dir):
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            wait_for(lambda: gone(proc), "a killed host")  # noqa: B023 (waited for at once)
-
-
-def gone(proc: psutil.Process) -> bool:
-    """Has `proc` exited? (A zombie has: a host's parent is init, which may reap it late or never.)"""
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+            wait_for(lambda: exited(proc), "a killed host")  # noqa: B023 (waited for at once)
 
 
 def hosts(run_dir: Path) -> list[psutil.Process]:
@@ -247,7 +240,7 @@ def test_a_killed_host_is_replaced_and_an_idle_one_exits(host_env: dict[str, str
     wait_for(lambda: listening(sock), "the hook host")
     [first] = hosts(run_dir)
     first.send_signal(signal.SIGKILL)
-    wait_for(lambda: gone(first), "the killed host")
+    wait_for(lambda: exited(first), "the killed host")
     assert sock.exists(), "a killed host leaves its socket"
     after = run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo)
     assert after.returncode == 0 and imported(after, "pydantic"), "nobody answers: in-process"
@@ -278,7 +271,7 @@ def test_a_changed_configuration_retires_the_host(
     config.write_text("[agent-coord]\nbranch_prefix = 'changed-'\n")
     after = run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo)
     assert after.returncode == 0 and imported(after, "pydantic"), "the host answers nothing on older settings"
-    wait_for(lambda: gone(old), "the stale host to go")
+    wait_for(lambda: exited(old), "the stale host to go")
 
 
 def test_hooks_start_no_host_when_it_is_turned_off(
@@ -311,7 +304,7 @@ def test_a_removed_database_retires_the_host(
     assert imported(after, "pydantic"), "the host answers nothing over a removed database"
     as_created(after)
     assert Path(env["AGENT_COORD_DB"]).exists()
-    wait_for(lambda: gone(old), "the stale host to go")
+    wait_for(lambda: exited(old), "the stale host to go")
 
 
 def test_the_host_imports_nothing_from_the_repository_and_a_removed_directory_is_no_failure(

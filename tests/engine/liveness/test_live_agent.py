@@ -25,7 +25,7 @@ from agent_coord.config import Settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.liveness.judge import judge
-from tests.agent_proc import agent_process, call_step, events, proc_env, query, set_agent, wait_for
+from tests.agent_proc import agent_process, call_step, events, exited, proc_env, query, set_agent, wait_for
 from tests.conftest import server_params
 
 pytestmark = pytest.mark.anyio
@@ -46,8 +46,9 @@ async def test_a_live_agent_keeps_its_slot_after_its_server_died_and_its_lease_l
         assert result["ok"], result
         grant = result["result"]
         (server_pid,) = agent.ready["server_pids"]
+        server = psutil.Process(server_pid)
         os.kill(server_pid, signal.SIGKILL)  # the MCP server dies; the agent process works on
-        await wait_for(lambda: not psutil.pid_exists(server_pid) or psutil.Process(server_pid).status() == "zombie", 10)
+        await wait_for(lambda: exited(server), 10)
         set_agent(env, "held", lease_expires_at=time.time() - 1, last_heartbeat=time.time() - 120)
 
         async with (
