@@ -87,7 +87,7 @@ async def _session(steps: list[dict[str, Any]]) -> None:
                 _emit(await _step(client, step, saved))
             except Exception as exc:  # a killed server, say: report it and carry on like an agent would
                 _emit({"op": step.get("op"), "ok": False, "error": f"{type(exc).__name__}: {exc}"})
-        children = [p.pid for p in psutil.Process().children() if "server" in " ".join(p.cmdline())]
+        children = [p.pid for p in server_children(psutil.Process())]
         _emit({"ready": True, "pid": os.getpid(), "server_pids": children})
         stdin = anyio.wrap_file(sys.stdin)
         while line := await stdin.readline():
@@ -155,10 +155,14 @@ class AgentProc:
     def servers(self) -> list[psutil.Process]:
         """The agent's server processes and everything under them (post-create commands, say)."""
         try:
-            found = [p for p in psutil.Process(self.pid).children() if "server" in " ".join(p.cmdline())]
-            return found + [c for p in found for c in p.children(recursive=True)]
+            found = server_children(psutil.Process(self.pid))
         except psutil.NoSuchProcess:
             return []
+        below: list[psutil.Process] = []
+        for server in found:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                below += server.children(recursive=True)
+        return found + below
 
     async def kill(self) -> None:
         """SIGKILL, then reap: an unreaped agent would linger as a zombie."""
@@ -242,6 +246,16 @@ def exited(proc: psutil.Process) -> bool:
         return proc.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def server_children(parent: psutil.Process) -> list[psutil.Process]:
+    """`parent`'s children running an agent-coord server (a child that exits meanwhile is left out)."""
+    found = []
+    for child in parent.children():
+        with contextlib.suppress(psutil.Error):
+            if "server" in " ".join(child.cmdline()):
+                found.append(child)
+    return found
 
 
 def process_name(proc: psutil.Process) -> str | None:
