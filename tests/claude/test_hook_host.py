@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -29,6 +30,7 @@ from agent_coord import LAUNCHER_PID
 from agent_coord.claude import hook_socket
 from agent_coord.claude.hook_host import running_hosts
 from agent_coord.config import Settings
+from agent_coord.engine.store.records import SlotState
 from tests.agent_proc import exited
 from tests.claude.test_hook_socket import wait_for
 from tests.claude.test_hooks import create_payload, created_path, session_payload, state
@@ -247,6 +249,47 @@ def test_a_killed_host_is_replaced_and_an_idle_one_exits(host_env: dict[str, str
     wait_for(lambda: [p.pid for p in hosts(run_dir)] not in ([], [first.pid]) and listening(sock), "a new host")
     answered = run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo)
     assert answered.returncode == 0 and not imported(answered, "pydantic")
+
+
+def test_a_host_killed_during_an_allocation_leaves_the_hook_its_slot(
+    host_env: dict[str, str], repo: Path, run_dir: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """The host dies while setting up the hook's new slot (its claim made, the branch checked out): the
+    hook works in-process and gets a slot, not BRANCH_CONFLICT from the claim the dead host left."""
+    hold = tmp_path / "hold.py"
+    hold.write_text(
+        "import os, pathlib, sys, time\n"
+        f"here = pathlib.Path({str(tmp_path)!r})\n"
+        "(here / f'setup-{os.getpid()}').touch()\n"
+        "while not (here / 'go').exists():\n"
+        "    time.sleep(0.02)\n"
+    )
+    env = host_env | {"AGENT_COORD_POST_CREATE": json.dumps([shlex.join([sys.executable, str(hold)])])}
+    assert run_hook(env, "session-start", session_payload(repo, "SessionStart"), repo).returncode == 0
+    wait_for(lambda: listening(host_socket(run_dir, repo, env)), "the hook host")
+    [host] = hosts(run_dir)
+
+    payload = tmp_path / "payload.json"
+    payload.write_text(json.dumps(create_payload(repo, "held", "33333333-dddd")))
+    with payload.open() as stdin:
+        hook = subprocess.Popen(
+            [sys.executable, "-m", "agent_coord", "hook", "worktree-create"],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=repo,
+        )
+    wait_for(lambda: any(tmp_path.glob("setup-*")), "the host's setup of the new slot")
+    host.kill()
+    wait_for(lambda: exited(host), "the killed host")
+    (tmp_path / "go").touch()
+    out, err = hook.communicate(timeout=120)
+
+    path = created_path(subprocess.CompletedProcess(hook.args, hook.returncode, out, err))
+    slots, _ = state(settings)
+    assert slots[str(path)].state == SlotState.BUSY and slots[str(path)].owner == "claude-33333333-ddd"
 
 
 def listening(sock: Path) -> bool:

@@ -367,6 +367,35 @@ async def test_allocating_row_of_an_earlier_server_of_a_live_agent_is_rolled_bac
         assert (await resumed.pool.allocate("feat/resume")).branch == "feat/resume"
 
 
+async def test_an_agent_registering_again_rolls_back_what_its_killed_server_left(
+    coord: Any, settings: Any, repo: Path
+) -> None:
+    """The server that was allocating for an agent was killed during setup (a hook host, a session
+    server): the agent carrying on in a new process gets its branch, not a BRANCH_CONFLICT from its own
+    half-made claim, and what was in the slot is saved first. No validation runs in between."""
+    from dataclasses import replace
+
+    from agent_coord.engine.coordinator import Coordinator
+
+    repo_row = await coord.default_repo()
+    pid, created = dead_pid()
+    agent = coord.identity.as_agent(repo_id=repo_row.id, lease_s=300)
+    await coord.store.register_agent(replace(agent, id="agent-back", server_pid=pid, server_create_time=created))
+    claimed = await coord.store.claim_new_slot(
+        repo_row, owner="agent-back", branch="feat/back", task=None, lease_s=300, pool_max=8
+    )
+    assert claimed is not None
+    git(repo, "worktree", "add", "-q", "-b", "feat/back", claimed.path)
+    (Path(claimed.path) / "half.txt").write_text("written before the kill")
+
+    async with Coordinator.open(settings, register=True, agent_id="agent-back") as back:
+        (reclaim,) = [e for e in await back.store.events() if e.action == "reclaim"]
+        assert reclaim.worktree_id == claimed.id and "can never finish" in reclaim.detail["reason"]
+        rescued = [e for e in await back.store.events() if e.action == "rescue"]
+        assert rescued and git(repo, "show", f"{rescued[0].detail['rescue_ref']}:half.txt") == "written before the kill"
+        assert (await back.pool.allocate("feat/back")).branch == "feat/back"
+
+
 async def test_live_allocation_in_flight_is_not_drift(coord: Any, make_settings: Any, tmp_path: Path) -> None:
     """Validation running beside an allocation that sits in its git phase sees nothing to repair."""
     from agent_coord.engine.coordinator import Coordinator
