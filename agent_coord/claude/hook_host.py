@@ -140,10 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     path = os.path.join(directory, hook_socket.host_socket_name(args.key))
     _log_to(os.path.join(directory, f"host-{args.key}.log"))
     logger.info("hook host %d for %s: listening on %s", os.getpid(), workdir, path)
+    failed = os.path.join(directory, hook_socket.host_failed_name(args.key))
     try:
-        why = anyio.run(serve, settings, path)
+        why = anyio.run(serve, settings, path, failed)
     except Exception:
         logger.exception("hook host %d stopped", os.getpid())
+        with contextlib.suppress(OSError):
+            os.close(os.open(failed, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600))
+            os.utime(failed)
         return 1
     logger.info("hook host %d: %s, exiting", os.getpid(), why)
     return 0
@@ -161,15 +165,18 @@ def _log_to(path: str) -> None:
     logger.setLevel(logging.INFO)
 
 
-async def serve(settings: Settings, path: str) -> str:
+async def serve(settings: Settings, path: str, failed: str | None = None) -> str:
     """Answer at `path` until idle or stale (which it returns). The caller holds the host's lock: a
-    socket there is a dead host's."""
+    socket there is a dead host's. Once serving, the mark of an earlier host's failure (`failed`) goes."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     host = HostState(settings.hook_host_idle_s)
     async with Coordinator.open(settings, register=False) as base:
         host.database = database_file(settings)
         listener = await anyio.create_unix_listener(path, mode=0o600)
+        if failed is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(failed)
         inode = os.stat(path).st_ino
         try:
             async with listener, anyio.create_task_group() as tg:

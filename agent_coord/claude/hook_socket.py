@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -222,6 +223,15 @@ def host_lock_name(key: str) -> str:
     return f"host-{key}.lock"
 
 
+def host_failed_name(key: str) -> str:
+    """A host that could not serve (its engine refused to open) leaves this file: hooks start no other
+    for `FAILED_BACKOFF_S` (the same configuration would fail the same way, each start ~250 ms of CPU)."""
+    return f"host-{key}.failed"
+
+
+FAILED_BACKOFF_S = 60.0
+
+
 def host_directory(workdir: str) -> str:
     """Where the hook host for work from `workdir` runs: the main worktree of the repository `workdir`
     is in (a pool slot and the project share one host), read from git's files; `workdir` itself when
@@ -307,24 +317,30 @@ def open_lock(directory: str, key: str) -> int:
     )
 
 
-def start_host(workdir: str) -> None:
+def start_host(workdir: str) -> bool:
     """Start the hook host for work from `workdir` in the background (in `host_directory`), unless the
-    user turned it off or one runs or starts already (it holds its lock). Best effort: hooks answer
-    without it."""
+    user turned it off, one runs or starts already (it holds its lock), or one failed to serve within
+    `FAILED_BACKOFF_S`. Best effort: hooks answer without it. Says whether it started one."""
     if not supported() or not host_wanted(os.environ):
-        return
+        return False
     directory = socket_dir(create=True)
     workdir = host_directory(workdir)
     if directory is None or not os.path.isdir(workdir):
-        return
+        return False
     key = host_key(workdir, os.environ)
+    try:
+        failed = os.stat(os.path.join(directory, host_failed_name(key))).st_mtime
+    except OSError:
+        failed = None
+    if failed is not None and abs(time.time() - failed) < FAILED_BACKOFF_S:
+        return False
     try:
         fd = open_lock(directory, key)
     except OSError:
-        return
+        return False
     try:
         if not holds_lock(fd):
-            return  # running, or starting
+            return False  # running, or starting
     finally:
         os.close(fd)  # the host takes the lock itself (a start racing ours finds it held and exits)
     import subprocess
@@ -341,4 +357,5 @@ def start_host(workdir: str) -> None:
             start_new_session=True,  # the user's Ctrl-C in the session does not reach it
         )
     except OSError:
-        return
+        return False
+    return True

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -290,6 +291,33 @@ def test_a_host_killed_during_an_allocation_leaves_the_hook_its_slot(
     path = created_path(subprocess.CompletedProcess(hook.args, hook.returncode, out, err))
     slots, _ = state(settings)
     assert slots[str(path)].state == SlotState.BUSY and slots[str(path)].owner == "claude-33333333-ddd"
+
+
+def test_a_host_that_cannot_serve_is_not_started_again_at_once(
+    host_env: dict[str, str], repo: Path, run_dir: Path
+) -> None:
+    """A configuration the engine refuses (a pool root holding other files) makes the host fail as it
+    starts: for a minute no hook starts another (each would fail the same way); then one does."""
+    pool = Path(host_env["AGENT_COORD_POOL_ROOT"])
+    pool.mkdir(parents=True, exist_ok=True)
+    (pool / "someone-else.txt").write_text("not a slot")
+    refused = run_hook(host_env, "session-start", session_payload(repo, "SessionStart"), repo)
+    assert "AGENT_COORD_POOL_ROOT" in refused.stderr
+    key = hook_socket.host_key(hook_socket.host_directory(str(repo)), host_env)
+    failed = run_dir / "agent-coord" / hook_socket.host_failed_name(key)
+    wait_for(lambda: failed.exists() and not hosts(run_dir), "the host to fail")
+    assert (failed.stat().st_mode & 0o777) == 0o600
+
+    def start_host() -> bool:
+        code = f"from agent_coord.claude import hook_socket; print(hook_socket.start_host({str(repo)!r}))"
+        done = subprocess.run([sys.executable, "-c", code], env=host_env, capture_output=True, text=True, timeout=60)
+        return done.stdout.strip() == "True"
+
+    assert not start_host(), "within the back-off: not started"
+    (pool / "someone-else.txt").unlink()
+    os.utime(failed, (time.time() - 2 * hook_socket.FAILED_BACKOFF_S,) * 2)
+    assert start_host(), "after it: started"
+    wait_for(lambda: listening(host_socket(run_dir, repo, host_env)) and not failed.exists(), "the host")
 
 
 def listening(sock: Path) -> bool:
