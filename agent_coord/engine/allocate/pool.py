@@ -320,7 +320,9 @@ class Pool(OverEngine):
         except (GitError, SetupError, OSError) as exc:
             reason = exc.reason if isinstance(exc, GitError) else str(exc)
             assert claim is not None
-            span.set_status(trace.StatusCode.ERROR, reason)
+            # An event, not the span's status: the allocation may be decided again and end in a grant
+            # (the boundary, `allocate`, sets the status of a refusal).
+            span.add_event("rolled back", {"reason": reason, "worktree.id": claim.slot.id})
             with anyio.CancelScope(shield=True):
                 left = await self._roll_back(repo, claim, reason)
             if isinstance(exc, GitError) and start is not None and "already exists" in reason:

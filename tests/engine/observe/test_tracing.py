@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from agent_coord.config import Settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.errors import CoordError
+from tests.engine.allocate.test_slot_writes import swap_for_link
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +105,22 @@ async def test_a_refused_allocation_says_why(spans: InMemorySpanExporter, coord:
     attrs = dict(root.attributes or {})
     assert attrs["error.code"] == "BRANCH_CONFLICT" and attrs["agent.id"] == "someone-else"
     assert not root.status.is_ok and "held by agent agent-test" in (root.status.description or "")
+
+
+@pytest.mark.anyio
+async def test_an_allocation_decided_again_ends_ok_and_says_what_was_rolled_back(
+    spans: InMemorySpanExporter, coord: Any, repo: Path
+) -> None:
+    """The slot it claimed was a symlink (refused, rolled back); another slot served: a grant, not an error."""
+    first = await coord.pool.allocate("feat/first")
+    await coord.pool.release(worktree_id=first.worktree_id)
+    swap_for_link(Path(first.path), repo)
+    spans.clear()
+    result = await coord.pool.allocate("feat/again")
+    root = next(s for s in spans.get_finished_spans() if s.name == "allocate")
+    assert root.status.is_ok and dict(root.attributes or {})["worktree.id"] == result.worktree_id
+    (rolled,) = [e for e in root.events if e.name == "rolled back"]
+    assert dict(rolled.attributes or {})["worktree.id"] == first.worktree_id
 
 
 def test_nothing_is_recorded_without_configuration() -> None:
