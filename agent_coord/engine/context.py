@@ -3,6 +3,7 @@ layers (the store and git), the repositories, the settings, the clock and the ag
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -11,8 +12,10 @@ from agent_coord.config import Settings
 from agent_coord.engine.git.driver import GitDriver
 from agent_coord.engine.liveness.judge import Identity
 from agent_coord.engine.repos import RepoResolver
-from agent_coord.engine.store import Store
+from agent_coord.engine.store import Store, StoreBusyError
 from agent_coord.engine.store.records import Origin, Slot
+
+logger = logging.getLogger("agent-coord")
 
 
 class GrantedTokens:
@@ -92,3 +95,12 @@ class OverEngine:
     @property
     def me(self) -> str:
         return self.ctx.identity.agent_id
+
+    async def record_worker(self, slot: Slot) -> None:
+        """Say that this process does `slot`'s transition in flight (the state its compare-and-swap just
+        wrote): only its death proves that transition can never finish (validate/held.py). Best effort:
+        without the record, the transition is judged by its agent's server."""
+        try:
+            await self.store.record_worker(self.identity.working_on(slot))
+        except StoreBusyError:
+            logger.warning("could not record the process working on %s: the database stayed busy", slot.id)

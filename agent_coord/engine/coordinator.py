@@ -20,7 +20,7 @@ from agent_coord.engine.context import EngineContext, OverEngine
 from agent_coord.engine.errors import MAX_TEXT, CoordError, ErrorCode
 from agent_coord.engine.git.confinement import PoolRootRefused
 from agent_coord.engine.git.driver import GitDriver
-from agent_coord.engine.liveness.judge import Identity, judge, same_agent, same_agent_process, server_gone
+from agent_coord.engine.liveness.judge import Identity, judge, same_agent, same_agent_process, worker_gone
 from agent_coord.engine.models import (
     AgentView,
     AlertView,
@@ -37,7 +37,7 @@ from agent_coord.engine.repos import RepoResolver
 from agent_coord.engine.store import EventDraft, Store
 from agent_coord.engine.store.alerts import Alert
 from agent_coord.engine.store.radar import SideInfo
-from agent_coord.engine.store.records import HELD_STATES, Action, Agent, Origin, Repo, SlotState
+from agent_coord.engine.store.records import HELD_STATES, Action, Origin, Repo, SlotState
 
 if TYPE_CHECKING:
     from agent_coord.engine.observe.alerts import AlertNotifier, AlertWatch
@@ -220,32 +220,40 @@ class Coordinator(OverEngine):
         if taken is not None:
             raise CoordError(ErrorCode.INVALID_ARGUMENT, taken)
         repo = await self.default_repo()
-        previous = await self.store.agent(self.agent_id)
         await self.store.register_agent(
             self.identity.as_agent(repo_id=repo.id if repo else None, lease_s=self.settings.stale_after_s)
         )
         self.registered = True
-        if previous is not None:
-            await self._roll_back_what_a_gone_server_left(previous)
+        await self._roll_back_what_gone_processes_left()
 
-    async def _roll_back_what_a_gone_server_left(self, previous: Agent) -> None:
-        """The allocations and releases this agent's previous server began and can never finish, because
-        that server is provably gone (killed in the middle of one: a hook host, a crashed session server),
-        are rolled back now, work saved first, as validation would at its next pass: otherwise the agent
-        that carries on here is refused its own branch (BRANCH_CONFLICT) by its own half-made claim."""
+    async def _roll_back_what_gone_processes_left(self) -> None:
+        """This agent's allocations and releases whose recorded process is provably gone (killed in the
+        middle of one: a hook host, a crashed session server) are rolled back now, work saved first, as
+        validation would at its next pass: otherwise the agent carrying on here is refused its own
+        branch (BRANCH_CONFLICT) by its own half-made claim. One judged by the process doing it, never
+        by the agent's other processes (a session's other hooks may be allocating right now)."""
+        in_flight = [
+            s
+            for s in await self.store.slots()
+            if s.owner == self.agent_id and s.state in (SlotState.ALLOCATING, SlotState.RELEASING)
+        ]
         me = self.identity
-        gone = await anyio.to_thread.run_sync(lambda: server_gone(previous, host=me.host, boot=me.boot_id))
-        if gone is None:
-            return
-        for s in await self.store.slots():
-            if s.owner == previous.id and s.state in (SlotState.ALLOCATING, SlotState.RELEASING):
-                what = "allocation" if s.state == SlotState.ALLOCATING else "release"
-                try:
-                    outcome = await self.reclaimer.reclaim(s, f"{gone}; the {what} it began can never finish")
-                except Exception:  # registered all the same: validation tries again at its next pass
-                    logger.warning("could not roll back %s, left by %s's gone server", s.id, previous.id, exc_info=True)
-                else:
-                    logger.info("the %s of %s that agent %s's gone server left: %s", what, s.id, previous.id, outcome)
+        for s in in_flight:
+            worker = await self.store.worker(s)
+            if worker is None:
+                continue  # judged by validation (its grace for a record about to be written)
+            gone = await anyio.to_thread.run_sync(partial(worker_gone, worker, host=me.host, boot=me.boot_id))
+            if gone is None:
+                continue
+            what = "allocation" if s.state == SlotState.ALLOCATING else "release"
+            reason = f"{gone}; the {what} it began can never finish (found as agent {self.agent_id} registered)"
+            try:
+                with anyio.CancelScope(shield=True):
+                    outcome = await self.reclaimer.reclaim(s, reason)
+            except Exception as exc:  # registered all the same: validation tries again at its next pass
+                logger.warning("could not roll back %s (%s): %s", s.id, reason, exc)
+            else:
+                logger.info("rolled back %s (%s): %s", s.id, reason, outcome)
 
     async def disconnect(self) -> None:
         await self.store.set_agent_status(

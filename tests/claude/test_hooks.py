@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -191,6 +192,73 @@ def test_parallel_subagents_get_a_slot_each(env: dict[str, str], repo: Path, set
     for i, path in enumerate(paths):
         assert_worktree_on(repo, path, f"worktree-agent-{i}")
     assert {s.owner for s in state(settings)[0].values()} == {AGENT}
+
+
+def test_a_subagents_slot_in_setup_survives_the_sessions_other_hooks_and_validation(
+    env: dict[str, str], repo: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """One session's hooks are one agent in many processes. While subagent A's slot is being set up,
+    B's hook registers the agent and exits, then C's hook registers it again and a validation runs:
+    the agent's last server (B) is gone, but A's process is not, so A's allocation is left to finish
+    (it was rolled back and its slot handed to C while A's setup still ran in it)."""
+    hold = tmp_path / "hold.py"
+    hold.write_text(
+        "import os, pathlib, time\n"
+        f"here = pathlib.Path({str(tmp_path)!r})\n"
+        "if any(here.glob('setup-*')):\n"
+        "    raise SystemExit(0)  # only the first setup waits\n"
+        "(here / f'setup-{os.getpid()}').touch()\n"
+        "pathlib.Path('setup.txt').write_text('written by setup')\n"
+        "while not (here / 'go').exists():\n"
+        "    time.sleep(0.02)\n"
+    )
+    env = env | {"AGENT_COORD_POST_CREATE": json.dumps([shlex.join([sys.executable, str(hold)])])}
+    full = {**{k: v for k, v in os.environ.items() if (not k.startswith("AGENT_COORD_") or k == HOOK_HOST_OFF)}, **env}
+    payload = tmp_path / "a.json"
+    payload.write_text(json.dumps(create_payload(repo, "a")))
+    with payload.open() as stdin:
+        a = subprocess.Popen(
+            [str(AGENT_COORD), "hook", "worktree-create"],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full,
+        )
+    try:
+        wait_for_path(tmp_path, "setup-*")
+        b = created_path(hook(env, "worktree-create", create_payload(repo, "b")))
+        c = created_path(hook(env, "worktree-create", create_payload(repo, "c")))
+        assert run(env, ["validate", "--repair"]).returncode == 0
+        slots, _ = state(settings)
+        (in_setup,) = [s for s in slots.values() if s.branch == "worktree-a"]
+        assert in_setup.state == SlotState.ALLOCATING and Path(in_setup.path) not in (b, c)
+    finally:
+        (tmp_path / "go").touch()
+    out, err = a.communicate(timeout=120)
+    path = created_path(subprocess.CompletedProcess(a.args, a.returncode, out, err))
+    assert (path / "setup.txt").read_text() == "written by setup"
+    slots, _ = state(settings)
+    assert slots[str(path)].state == SlotState.BUSY and slots[str(path)].branch == "worktree-a"
+    assert not [e for e in events(settings) if e.action == "reclaim"]
+
+
+def wait_for_path(where: Path, pattern: str) -> None:
+    deadline = time.monotonic() + 120
+    while not any(where.glob(pattern)):
+        assert time.monotonic() < deadline, f"nothing matched {pattern} in {where}"
+        time.sleep(0.02)
+
+
+def events(settings: Settings) -> list[Any]:
+    async def read() -> list[Any]:
+        store = await Store.open(settings.db)
+        try:
+            return await store.events()
+        finally:
+            await store.close()
+
+    return anyio.run(read)
 
 
 def test_name_is_sanitized_and_prefix_is_configurable(env: dict[str, str], repo: Path) -> None:

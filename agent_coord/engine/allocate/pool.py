@@ -293,6 +293,8 @@ class Pool(OverEngine):
                     # Every claim found the database locked by another process: the store's answer,
                     # as on every other call (docs/decisions.md, "One answer per situation").
                     raise StoreBusyError(self.store.path).refusal()
+                with anyio.CancelScope(shield=True):
+                    await self.record_worker(claim.slot)
 
                 # Between the phases: git, with no transaction open. Every git command in the slot passes
                 # the confinement guard (git/confinement.py).

@@ -17,7 +17,7 @@ from typing import Literal
 import psutil
 
 from agent_coord import LAUNCHER_PID
-from agent_coord.engine.store.records import Agent, Origin
+from agent_coord.engine.store.records import Agent, Origin, Slot, SlotState, SlotWorker
 from agent_coord.platform.host_id import default_host_id
 from agent_coord.platform.process_identity import CLOCK_TICKS, boot_id, start_since_boot
 
@@ -178,6 +178,19 @@ class Identity:
             origin=origin,
         )
 
+    def working_on(self, slot: Slot) -> SlotWorker:
+        """This process (the server doing the work) as the worker of `slot`'s transition in flight."""
+        return SlotWorker(
+            slot_id=slot.id,
+            state=slot.state,
+            fencing_token=slot.fencing_token,
+            host=self.host,
+            boot_id=self.boot_id,
+            pid=self.server_pid,
+            create_time=self.server_create_time,
+            start_s=self.server_start_s,
+        )
+
     def as_agent(self, *, repo_id: int | None, lease_s: float, status: str = "active") -> Agent:
         now = time.time()
         return Agent(
@@ -258,6 +271,20 @@ def server_gone(agent: Agent, *, host: str, boot: str) -> str | None:
         pid=agent.server_pid,
         created=agent.server_create_time,
         since_boot=agent.server_start_s,
+        here=(host, boot),
+    )
+
+
+def worker_gone(worker: SlotWorker, *, host: str, boot: str) -> str | None:
+    """Why the process doing a slot's transition in flight is provably gone (this host only), else None:
+    only then can that transition never finish, whatever other processes its agent runs."""
+    return process_gone(
+        f"its {'allocating' if worker.state == SlotState.ALLOCATING else 'releasing'} server",
+        host=worker.host,
+        boot=worker.boot_id,
+        pid=worker.pid,
+        created=worker.create_time,
+        since_boot=worker.start_s,
         here=(host, boot),
     )
 

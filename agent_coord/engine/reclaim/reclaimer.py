@@ -116,6 +116,7 @@ class Reclaimer(OverEngine):
             )
         if held is None:
             return "lost_race"
+        await self.record_worker(held)
         job = ReclaimJob(self, repo, slot, held, info, listing, reason)
         try:
             return await job.run()

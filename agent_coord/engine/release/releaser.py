@@ -520,6 +520,7 @@ class Releaser(OverEngine):
         if held is None:
             await self._raise_if_mine_ended(slot)
             raise CoordError(ErrorCode.ALLOCATION_ENDED, f"{slot.id} changed hands while it was being released")
+        await self.record_worker(held)
         rescue: str | None = None if resumed is None else resumed.rescue
         gone = remove or record is None
         detail: dict[str, object] = {"remove": remove, "force": force}

@@ -119,6 +119,21 @@ class Slot:
 
 
 @dataclass(frozen=True)
+class SlotWorker:
+    """The process doing a slot's transition in flight (ALLOCATING or RELEASING): the one whose death
+    proves that transition can never finish (`liveness.judge.worker_gone`)."""
+
+    slot_id: str
+    state: SlotState
+    fencing_token: int | None
+    host: str
+    boot_id: str
+    pid: int
+    create_time: float
+    start_s: float | None  # its start counted from boot, where the platform has it
+
+
+@dataclass(frozen=True)
 class Agent:
     id: str
     host: str

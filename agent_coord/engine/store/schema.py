@@ -365,6 +365,23 @@ MIGRATIONS: tuple[str, ...] = (
     # 8: nothing on SQLite; on PostgreSQL, the hot compare-and-swaps as server-side functions
     # (schema_pg.py's migration 8).
     "",
+    # 9: the process doing each transition in flight (ALLOCATING, RELEASING), recorded by that process
+    # right after its compare-and-swap: an agent has many processes (a Claude Code session's hooks, its
+    # server, the hook host), so the agent row's server says nothing about who works on one slot, and
+    # only this one process's death proves the transition can never finish. A row counts only while the
+    # slot still has the state and fencing token it was written for (an older server leaves it stale).
+    """
+    CREATE TABLE slot_workers (
+        slot_id TEXT PRIMARY KEY REFERENCES slots(id) ON DELETE CASCADE,
+        state TEXT NOT NULL,
+        fencing_token INTEGER,
+        host TEXT NOT NULL,
+        boot_id TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        create_time REAL NOT NULL,
+        start_s REAL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

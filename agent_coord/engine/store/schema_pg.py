@@ -550,4 +550,17 @@ PG_MIGRATIONS: tuple[str, ...] = (
         PERFORM agent_coord_append_events(p_now, p_id, v_before.fencing_token, false, {_EVENT_ARGS});
     END $$;
     """,  # noqa: S608
+    # 9: the process doing each transition in flight (see schema.py)
+    """
+    CREATE TABLE slot_workers (
+        slot_id TEXT PRIMARY KEY REFERENCES slots(id) ON DELETE CASCADE,
+        state TEXT NOT NULL,
+        fencing_token BIGINT,
+        host TEXT NOT NULL,
+        boot_id TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        create_time DOUBLE PRECISION NOT NULL,
+        start_s DOUBLE PRECISION
+    );
+    """,
 )

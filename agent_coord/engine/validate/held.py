@@ -8,8 +8,8 @@ import sqlite3
 import time
 
 from agent_coord.engine.git.driver import WorktreeInfo
-from agent_coord.engine.liveness.judge import Liveness, server_gone
-from agent_coord.engine.store.records import HELD_STATES, Agent, Slot, SlotState
+from agent_coord.engine.liveness.judge import Liveness, server_gone, worker_gone
+from agent_coord.engine.store.records import HELD_STATES, Agent, Slot, SlotState, SlotWorker
 from agent_coord.engine.validate.context import Checker, RepoPass, ValidationRun, slot_finding
 
 TRANSIENT_STATES = (SlotState.ALLOCATING, SlotState.RELEASING)
@@ -60,7 +60,8 @@ async def _branch_mismatch(ck: Checker, run: ValidationRun, rp: RepoPass, s: Slo
 async def check_in_flight(ck: Checker, run: ValidationRun, rp: RepoPass, s: Slot) -> None:
     """ALLOCATING or RELEASING: a transition in flight, unless it provably can never finish."""
     agent, verdict = await ck.owner(s.owner, run)
-    reason = stuck_reason(ck, s, agent, verdict)
+    worker = await ck.store.worker(s)
+    reason = stuck_reason(ck, s, agent, verdict, worker)
     if reason is None:
         return
     f = slot_finding(
@@ -74,14 +75,30 @@ async def check_in_flight(ck: Checker, run: ValidationRun, rp: RepoPass, s: Slot
     run.findings.append(f)
 
 
-def stuck_reason(ck: Checker, s: Slot, agent: Agent | None, verdict: Liveness) -> str | None:
+# The process doing a transition records itself right after its compare-and-swap, in a transaction of
+# its own; a row this young without that record may be about to get it.
+UNRECORDED_GRACE_S = 10.0
+
+
+def stuck_reason(ck: Checker, s: Slot, agent: Agent | None, verdict: Liveness, worker: SlotWorker | None) -> str | None:
     """Why a transition in flight can never finish, or None while it still may.
 
-    The work of a transition is done by a server, not by the agent: what counts is whether the
-    server that began it is still there (and, for a release, whether the row's lease still runs).
+    The work of a transition is done by one process, not by the agent (a Claude Code session's hooks,
+    its server and the hook host all act for one agent): what counts is whether the process recorded
+    doing it (`worker`) is still there, and, for a release, whether the row's lease still runs. A row
+    without that record (written by an earlier version) is judged by the server its agent last
+    registered with, as before.
     """
     now = time.time()
-    gone = server_gone(agent, host=ck.identity.host, boot=ck.identity.boot_id) if agent else None
+    host, boot = ck.identity.host, ck.identity.boot_id
+    # Where the process doing it was not recorded (an earlier version), the agent's last server decides.
+    gone = (
+        worker_gone(worker, host=host, boot=boot)
+        if worker
+        else server_gone(agent, host=host, boot=boot)
+        if agent
+        else None
+    )
     if s.state == SlotState.RELEASING:
         if s.lease_expires_at is not None and s.lease_expires_at < now:
             # Nothing renews a RELEASING row: a release or reclaim that outlived its lease was abandoned.
@@ -94,10 +111,12 @@ def stuck_reason(ck: Checker, s: Slot, agent: Agent | None, verdict: Liveness) -
         return None
     if agent is None or not verdict.alive:
         return verdict.reason  # the grant would go to a dead agent anyway
+    if worker is None and s.since is not None and now - s.since < UNRECORDED_GRACE_S:
+        return None  # its process may not have recorded itself yet
     if gone is not None:
         return f"{gone}; the allocation it began can never finish"
     if s.since is not None:
-        if agent.started_at > s.since:
+        if worker is None and agent.started_at > s.since:
             return f"claimed before agent {agent.id} last registered; the server that claimed it is gone"
         if ck.allocating_grace_s is not None and now - s.since > ck.allocating_grace_s:
             return f"allocating for {now - s.since:.0f}s, longer than any allocation may take"

@@ -351,16 +351,21 @@ async def test_allocating_row_of_an_earlier_server_of_a_live_agent_is_rolled_bac
     coord: Any, env: dict[str, str], settings: Any
 ) -> None:
     """The agent lives and restarted its server (same id): the old server's half-allocation can never
-    finish, and the resumed agent must be able to take that branch again."""
+    finish, and the resumed agent must be able to take that branch again. A row of an earlier version
+    (no process recorded doing it) is judged by the agent's registrations once past the grace for a
+    record about to be written."""
     from agent_coord.engine.coordinator import Coordinator
+    from agent_coord.engine.validate.held import UNRECORDED_GRACE_S
 
     repo_row = await coord.default_repo()
     claimed = await coord.store.claim_new_slot(
         repo_row, owner="agent-test", branch="feat/resume", task=None, lease_s=300, pool_max=8
     )
     assert claimed is not None and claimed.since is not None
-    since = claimed.since
-    await wait_for(lambda: time.time() > since, 5)  # the new server registers strictly after the claim
+    conn = sqlite3.connect(env["AGENT_COORD_DB"], timeout=5)
+    conn.execute("UPDATE slots SET since = ? WHERE id = ?", (claimed.since - 2 * UNRECORDED_GRACE_S, claimed.id))
+    conn.commit()
+    conn.close()
     async with Coordinator.open(settings, register=True, agent_id="agent-test") as resumed:
         (f,) = (await resumed.validate(repair=True)).findings
         assert f.kind == "stuck_allocating" and "last registered" in f.detail
@@ -378,13 +383,13 @@ async def test_an_agent_registering_again_rolls_back_what_its_killed_server_left
     from agent_coord.engine.coordinator import Coordinator
 
     repo_row = await coord.default_repo()
-    pid, created = dead_pid()
-    agent = coord.identity.as_agent(repo_id=repo_row.id, lease_s=300)
-    await coord.store.register_agent(replace(agent, id="agent-back", server_pid=pid, server_create_time=created))
     claimed = await coord.store.claim_new_slot(
         repo_row, owner="agent-back", branch="feat/back", task=None, lease_s=300, pool_max=8
     )
     assert claimed is not None
+    pid, created = dead_pid()
+    worker = replace(coord.identity.working_on(claimed), pid=pid, create_time=created, start_s=None)
+    assert await coord.store.record_worker(worker)
     git(repo, "worktree", "add", "-q", "-b", "feat/back", claimed.path)
     (Path(claimed.path) / "half.txt").write_text("written before the kill")
 

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -21,7 +22,7 @@ from agent_coord.engine.observe.watch import ChangeWatcher
 from agent_coord.engine.store import BranchHeldError, EventDraft, SlotAdoption, Store, pg_connection
 from agent_coord.engine.store.connection import StoreUnavailableError
 from agent_coord.engine.store.radar import RadarPair, RadarTree, RadarWrite
-from agent_coord.engine.store.records import Agent, SlotState, freed
+from agent_coord.engine.store.records import Agent, SlotState, SlotWorker, freed
 from agent_coord.engine.store.schema import MIGRATIONS
 from agent_coord.engine.store.schema_pg import PG_MIGRATIONS
 from agent_coord.store_target import PostgresUrl, StoreTargetError
@@ -102,6 +103,28 @@ async def test_claims_are_compare_and_swaps_with_rising_fencing_tokens(store_tar
     events = await store.events()
     assert [e.fencing_token for e in events if e.action == "allocate"] == [a.fencing_token, again.fencing_token]
     assert events[0].duration_ms is None  # NaN is stored as NULL on both engines
+    await store.close()
+
+
+async def test_the_process_doing_a_transition_counts_only_for_that_transition(store_target: Target) -> None:
+    store = await Store.open(store_target)
+    repo = await store.ensure_repo("/r", "/pool")
+    claimed = await store.claim_new_slot(repo, owner="a", branch="b1", task=None, lease_s=30, pool_max=2)
+    assert claimed is not None
+    worker = SlotWorker(claimed.id, claimed.state, claimed.fencing_token, "h", "boot", 4_000_000, 12.5, 3.25)
+    assert await store.worker(claimed) is None
+    assert await store.record_worker(worker)
+    assert await store.worker(claimed) == worker
+    busy = await store.transition(claimed.id, expect_state=SlotState.ALLOCATING, changes={"state": SlotState.BUSY})
+    assert busy is not None and await store.worker(busy) is None, "recorded for ALLOCATING, not for BUSY"
+    assert not await store.record_worker(worker), "the slot left the state it was recorded for"
+    releasing = await store.transition(busy.id, expect_state=SlotState.BUSY, changes={"state": SlotState.RELEASING})
+    assert releasing is not None
+    again = replace(worker, state=SlotState.RELEASING, pid=4_000_001, start_s=None)
+    assert await store.record_worker(again) and await store.worker(releasing) == again
+    assert await store.transition(releasing.id, expect_state=SlotState.RELEASING, delete=True)
+    with raw(store_target) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM slot_workers") == [(0,)], "gone with its slot"
     await store.close()
 
 
