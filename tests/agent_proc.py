@@ -42,6 +42,12 @@ SCRIPT = Path(__file__).resolve()
 # ---- the program ------------------------------------------------------------------------------
 
 
+# A wait costs only as long as its condition takes; its bound matters only when the condition never
+# comes true. On a loaded CI machine a process's start alone can take tens of seconds, so no bound is
+# shorter than this: a test fails for what did not happen, never for how busy the machine was.
+MIN_WAIT_S = 60.0
+
+
 def _emit(record: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(record, default=str) + "\n")
     sys.stdout.flush()
@@ -126,7 +132,7 @@ class AgentProc:
     def pid(self) -> int:
         return self.proc.pid
 
-    async def line(self, timeout: float = 20) -> dict[str, Any]:
+    async def line(self, timeout: float = MIN_WAIT_S) -> dict[str, Any]:
         assert self.proc.stdout is not None
         with anyio.fail_after(timeout):
             while b"\n" not in self._buffer:
@@ -136,7 +142,7 @@ class AgentProc:
         record: dict[str, Any] = json.loads(raw)
         return record
 
-    async def until_ready(self, timeout: float = 30) -> list[dict[str, Any]]:
+    async def until_ready(self, timeout: float = MIN_WAIT_S) -> list[dict[str, Any]]:
         """The results of the scripted steps, once all have run."""
         results: list[dict[str, Any]] = []
         with anyio.fail_after(timeout):
@@ -147,7 +153,7 @@ class AgentProc:
                     return results
                 results.append(record)
 
-    async def send(self, step: dict[str, Any], timeout: float = 20) -> dict[str, Any]:
+    async def send(self, step: dict[str, Any], timeout: float = MIN_WAIT_S) -> dict[str, Any]:
         assert self.proc.stdin is not None
         await self.proc.stdin.send((json.dumps(step) + "\n").encode())
         return await self.line(timeout)
@@ -298,12 +304,6 @@ def events(env: dict[str, str], action: str | None = None) -> list[dict[str, Any
     sql = "SELECT * FROM events" + (" WHERE action = ?" if action else "") + " ORDER BY id"
     rows = query(env, sql, (action,) if action else ())
     return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
-
-
-# A wait costs only as long as its condition takes; its bound matters only when the condition never
-# comes true. On a loaded CI machine a process's start alone can take tens of seconds, so no bound is
-# shorter than this: a test fails for what did not happen, never for how busy the machine was.
-MIN_WAIT_S = 60.0
 
 
 async def wait_for(check: Callable[[], Awaitable[bool] | bool], timeout: float, interval: float = 0.05) -> float:

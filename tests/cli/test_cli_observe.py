@@ -22,7 +22,7 @@ from agent_coord.cli import app  # every command registered
 from agent_coord.config import Settings
 from agent_coord.engine.coordinator import Coordinator
 from agent_coord.engine.observe.activity import parse_activity_line
-from tests.agent_proc import wait_for
+from tests.agent_proc import MIN_WAIT_S, exited, process_name, wait_for
 
 T = TypeVar("T")
 CLI = [sys.executable, "-c", "from agent_coord.cli import main; main()"]
@@ -123,14 +123,14 @@ async def test_follow_shows_another_process_allocation_within_1s(coord: Any) -> 
         try:
             assert proc.stdout is not None
             lines = Lines(proc.stdout)
-            with anyio.fail_after(10):
+            with anyio.fail_after(MIN_WAIT_S):
                 first = parse_activity_line(await lines.next())
             assert first.action == "register" and first.agent == "agent-test"
             # The follower printed, so it reads: what comes next reaches it by its poll or its catch-up read.
 
             result = await coord.pool.allocate("feat/followed")
             done = time.monotonic()
-            with anyio.fail_after(5):
+            with anyio.fail_after(MIN_WAIT_S):
                 line = await lines.next()
             latency = time.monotonic() - done
             parsed = parse_activity_line(line)
@@ -139,7 +139,7 @@ async def test_follow_shows_another_process_allocation_within_1s(coord: Any) -> 
             print(f"activity --follow latency: {latency * 1000:.0f} ms")  # how soon is the bench's to say
 
             proc.send_signal(signal.SIGTERM)
-            with anyio.fail_after(5):
+            with anyio.fail_after(MIN_WAIT_S):
                 assert await proc.wait() == 0
         finally:
             if proc.returncode is None:
@@ -153,19 +153,19 @@ async def test_follow_json_lines_and_a_closed_pipe_end_quietly(coord: Any, tmp_p
     pipeline = f"{follower} 2>{shlex.quote(str(errors))} | head -n 1"
     async with await anyio.open_process(["sh", "-c", pipeline], env=dict(os.environ)) as proc:
         assert proc.stdout is not None
-        with anyio.fail_after(10):
+        with anyio.fail_after(MIN_WAIT_S):
             first = json.loads(await Lines(proc.stdout).next())
         assert first["action"] == "register" and first["line"].endswith(" | register | - | ok | -ms")
 
         def head_gone() -> bool:
             shell = psutil.Process(proc.pid)
-            return not [p for p in shell.children() if p.name() == "head" and p.status() != psutil.STATUS_ZOMBIE]
+            return not [p for p in shell.children() if process_name(p) == "head" and not exited(p)]
 
         await wait_for(head_gone, 30)
         # `head` has gone; the follower's next write meets the closed pipe and must end it quietly.
         await coord.pool.allocate("feat/after-close")
         try:
-            with anyio.fail_after(5):
+            with anyio.fail_after(MIN_WAIT_S):
                 assert await proc.wait() == 0
         finally:
             if proc.returncode is None:

@@ -22,11 +22,12 @@ from agent_coord.engine.liveness import judge
 from agent_coord.platform import filesystems, process_identity
 from agent_coord.platform.termination import end_tree
 from agent_coord.pool_file.import_rows import map_windows_path, windows_name, windows_path
+from tests.agent_proc import exited
 from tests.conftest import git
 from tests.paths import HOOK_HOST_OFF
 
 
-def wait_until(condition: object, timeout_s: float = 30.0) -> bool:
+def wait_until(condition: object, timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if callable(condition) and condition():
@@ -80,7 +81,7 @@ def test_end_tree_stops_a_process_and_its_children() -> None:
     child = psutil.Process(parent.pid).children()[0]
     end_tree(parent.pid, hard=True)
     parent.wait(timeout=10)
-    assert wait_until(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE)
+    assert wait_until(lambda: exited(child))
 
 
 # ---- network filesystems --------------------------------------------------------------------------

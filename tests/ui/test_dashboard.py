@@ -24,6 +24,7 @@ from agent_coord.engine.models import AgentView, Contention, ContentionSource, P
 from agent_coord.engine.observe.metrics import compute_metrics
 from agent_coord.engine.radar.models import BaseBranch, Conflict, ConflictPair, ConflictReport, OtherAllocation
 from agent_coord.engine.store.records import Event
+from tests.agent_proc import MIN_WAIT_S
 from tests.conftest import git
 from tests.paths import HOOK_HOST_OFF
 
@@ -242,7 +243,8 @@ def test_dashboard_in_a_pty_shows_another_process_allocation_and_quits_on_q(
     )
     try:
         raw: list[str] = []
-        assert read_until(child, raw, lambda f: any(line.startswith("SLOT") for line in f), 15), "".join(raw)[-2000:]
+        header = read_until(child, raw, lambda f: any(line.startswith("SLOT") for line in f), MIN_WAIT_S)
+        assert header, "".join(raw)[-2000:]
 
         async def allocate() -> None:
             async with Coordinator.open(settings, register=True, agent_id="agent-pty") as coord:
@@ -255,7 +257,7 @@ def test_dashboard_in_a_pty_shows_another_process_allocation_and_quits_on_q(
             child,
             raw,
             lambda f: any(line.split()[:4] == ["wt-01", "BUSY", "agent-pty", "feat/pty-dash"] for line in f),
-            15,
+            MIN_WAIT_S,
         )
         screen = last_frame("".join(raw))
         assert seen, "\n".join(screen)
@@ -265,11 +267,11 @@ def test_dashboard_in_a_pty_shows_another_process_allocation_and_quits_on_q(
             child,
             raw,
             lambda f: any("agent-pty" in line and ("register" in line or "allocate" in line) for line in f),
-            10,
+            MIN_WAIT_S,
         ), "\n".join(last_frame("".join(raw)))
 
         child.send("q")
-        child.expect(pexpect.EOF, timeout=15)
+        child.expect(pexpect.EOF, timeout=MIN_WAIT_S)
     finally:
         child.close(force=True)
     assert child.exitstatus == 0, (child.exitstatus, child.signalstatus)
@@ -314,7 +316,8 @@ def test_dashboard_shows_the_radar_pairs_of_real_worktrees(env: dict[str, str], 
     )
     try:
         raw: list[str] = []
-        assert read_until(child, raw, lambda f: any(line.startswith("SLOT") for line in f), 15), "".join(raw)[-2000:]
+        header = read_until(child, raw, lambda f: any(line.startswith("SLOT") for line in f), MIN_WAIT_S)
+        assert header, "".join(raw)[-2000:]
 
         async def collide() -> None:
             async with (
@@ -336,11 +339,11 @@ def test_dashboard_shows_the_radar_pairs_of_real_worktrees(env: dict[str, str], 
                 for line in frame
             )
 
-        assert read_until(child, raw, radar_line, 15), "\n".join(last_frame("".join(raw)))
+        assert read_until(child, raw, radar_line, MIN_WAIT_S), "\n".join(last_frame("".join(raw)))
         screen = last_frame("".join(raw))
         assert any(line.startswith("RADAR") for line in screen)
         child.send("q")
-        child.expect(pexpect.EOF, timeout=5)
+        child.expect(pexpect.EOF, timeout=MIN_WAIT_S)
     finally:
         child.close(force=True)
     # The piped snapshot has it too, with what to do about it.

@@ -21,7 +21,7 @@ from mcp import Client
 
 from agent_coord.engine.liveness.judge import Identity, judge, process_state, server_gone, start_since_boot
 from agent_coord.engine.store.records import Agent, SlotState
-from tests.agent_proc import events, query, set_agent, start_server, stop_servers, wait_for
+from tests.agent_proc import MIN_WAIT_S, events, query, set_agent, start_server, stop_servers, wait_for
 from tests.conftest import server_params
 
 pytestmark = pytest.mark.anyio
@@ -199,7 +199,7 @@ async def test_stale_lease_reclaimed_heartbeating_agent_never(env: dict[str, str
         theirs = (await silent.call_tool("allocate_worktree", {"branch": "feat/silent"})).structured_content
         (silent_row,) = query(env, "SELECT server_pid FROM agents WHERE id = 'silent'")
         frozen = psutil.Process(silent_row["server_pid"])
-        frozen.suspend()
+        await suspend_outside_a_write(frozen, Path(env["AGENT_COORD_DB"]))
         set_agent(env, "silent", host="another-host")
         (frozen_row,) = query(env, "SELECT lease_expires_at FROM agents WHERE id = 'silent'")
         try:
@@ -338,3 +338,41 @@ def test_agent_process_is_the_servers_parent_not_a_wrapper(tmp_path: Path) -> No
     ).stdout
     agent_pid, server_pid, own = json.loads(out)
     assert server_pid == own and agent_pid == os.getpid()
+
+
+async def suspend_outside_a_write(proc: psutil.Process, db: Path) -> None:
+    """SIGSTOP `proc` at a moment it holds no write lock (the host's writer lock, SQLite's): stopped
+    inside a write it would keep every other process from writing, which is not what is tested."""
+    deadline = time.monotonic() + MIN_WAIT_S
+    while True:
+        proc.suspend()
+        if writes_are_free(db):
+            return
+        proc.resume()
+        assert time.monotonic() < deadline, "the process never left its writes"
+        await anyio.sleep(0.01)
+
+
+def writes_are_free(db: Path) -> bool:
+    import fcntl
+
+    writer = Path(f"{db}-writer")
+    if writer.exists():
+        fd = os.open(writer, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    conn = sqlite3.connect(db, timeout=0)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+    return True

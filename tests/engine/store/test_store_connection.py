@@ -64,9 +64,8 @@ async def test_a_failed_open_leaves_no_thread_and_close_is_idempotent(tmp_path: 
     before = store_threads()
     with pytest.raises(StoreUnavailableError, match="newer than this agent-coord"):
         await Store.open(db)
-    for _ in range(50):  # the executor's thread ends on its own once shut down
-        if store_threads() <= before:
-            break
+    deadline = time.monotonic() + 60
+    while store_threads() > before and time.monotonic() < deadline:  # the executor's thread ends on its own
         await asyncio.sleep(0.01)
     assert store_threads() <= before
 
