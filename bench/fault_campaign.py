@@ -29,6 +29,10 @@ class CampaignConfig:
     agents: int = 6
     kills: int = 100
     max_seconds: float = 420.0
+    # Fewer kills than this by max_seconds (a loaded machine): the chaos goes on up to this much longer
+    # to reach them, so a slow run tests as many kinds of death, only later.
+    min_kills: int = 0
+    overtime_s: float = 0.0
     kill_interval_s: float = 2.2
     pool_max: int = 6
     validate_every_s: float = 4.0
@@ -45,7 +49,16 @@ class CampaignConfig:
 
     @classmethod
     def quick(cls) -> CampaignConfig:
-        return cls(agents=3, kills=14, max_seconds=32.0, kill_interval_s=1.8, pool_max=4, validate_every_s=3.0)
+        return cls(
+            agents=3,
+            kills=14,
+            max_seconds=32.0,
+            min_kills=6,
+            overtime_s=150.0,
+            kill_interval_s=1.8,
+            pool_max=4,
+            validate_every_s=3.0,
+        )
 
 
 @dataclass
@@ -245,7 +258,12 @@ class Campaign:
         if self.store_outage is not None and cfg.store_outage_at_s is not None:
             outage = threading.Timer(cfg.store_outage_at_s, self._outage, (self.store_outage,))
             outage.start()
-        while len(self.kills) < cfg.kills and time.time() - started < cfg.max_seconds:
+
+        def chaos_on() -> bool:
+            limit = cfg.max_seconds + (cfg.overtime_s if len(self.kills) < cfg.min_kills else 0.0)
+            return time.time() - started < limit
+
+        while len(self.kills) < cfg.kills and chaos_on():
             # Pace the kills by the agents' progress as well as by time: a kill every interval, but only
             # once the agents, restarted servers included, have done about one operation each since the
             # last one (so a slow machine gets fewer, not emptier, rounds), and never more than 4
@@ -253,7 +271,7 @@ class Campaign:
             wait_until = time.time() + self.rng.uniform(0.5, 1.5) * cfg.kill_interval_s
             give_up = time.time() + 4 * cfg.kill_interval_s
             mark = progress.count()
-            while time.time() < give_up and time.time() - started < cfg.max_seconds:
+            while time.time() < give_up and chaos_on():
                 if time.time() >= wait_until and progress.count() - mark >= cfg.agents:
                     break
                 time.sleep(0.05)

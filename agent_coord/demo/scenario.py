@@ -19,7 +19,8 @@ from agent_coord.engine.observe.metrics import MetricsReport
 from agent_coord.engine.store.records import Action, Event
 from agent_coord.platform.termination import end_process
 
-START_TIMEOUT_S = 30.0  # for every agent to start its server, and for the crasher to leave dirty work
+# For every agent to start its server, and for the crasher to leave dirty work: minutes on a loaded machine
+START_TIMEOUT_S = 120.0
 
 
 @dataclass

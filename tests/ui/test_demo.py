@@ -55,7 +55,7 @@ def test_demo_fast_runs_unattended_and_shows_allocations_a_conflict_and_a_reclai
         env=clean_env(),
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=300,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
@@ -103,7 +103,7 @@ def test_demo_interrupted_stops_every_process_it_started() -> None:
         assert root is not None, "".join(seen)
         assert len(processes_using(root)) >= 6  # 3 agents and their 3 servers
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=30)
+        rest, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.store.records import SlotState
+from tests.agent_proc import MIN_WAIT_S
 from tests.conftest import git
 
 pytestmark = pytest.mark.anyio
@@ -114,19 +116,24 @@ async def test_a_readers_index_lock_never_quarantines_a_free_slot(coord: Any) ->
 
     # A real reader: `git status` with optional locks (GIT_OPTIONAL_LOCKS unset), over and over.
     env = {k: v for k, v in os.environ.items() if k != "GIT_OPTIONAL_LOCKS"}
-    reader = subprocess.Popen(["sh", "-c", "while :; do git status --porcelain >/dev/null 2>&1; done"], cwd=wt, env=env)
+    reader = subprocess.Popen(
+        ["sh", "-c", "while :; do git status --porcelain >/dev/null 2>&1; done"],
+        cwd=wt,
+        env=env,
+        start_new_session=True,  # its own group: the `git status` under way is waited for by it
+    )
     try:
-        with anyio.fail_after(30):
+        with anyio.fail_after(MIN_WAIT_S):
             while not lock.exists():  # the reader's lock comes and goes
                 await anyio.sleep(0.001)
         for _ in range(4):
             await coord.validate(repair=True)
             assert await _state(coord, wid) == SlotState.FREE
     finally:
-        reader.kill()
+        reader.kill()  # the loop; the `git status` under way finishes (killed, it would leave its lock)
         reader.wait()
-    with anyio.fail_after(10):
-        while lock.exists():
+    with anyio.fail_after(MIN_WAIT_S):
+        while group_alive(reader.pid) or lock.exists():
             await anyio.sleep(0.01)
 
     lock.write_text("")  # appears right before a pass, and is gone before the next
@@ -339,3 +346,21 @@ async def test_a_nested_repository_in_a_free_slot_never_reaches_the_next_agent(c
     slot = next(s for s in await coord.store.slots() if s.id == grant.worktree_id)
     assert slot.state == SlotState.QUARANTINED
     assert (nested / "lib.txt").read_text() == "nested\n"
+
+
+def group_alive(pgid: int) -> bool:
+    """Does any process of the group `pgid` still run (a zombie has ended)?"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return any(
+        p.info["status"] != psutil.STATUS_ZOMBIE for p in psutil.process_iter(["status"]) if _pgid(p.pid) == pgid
+    )
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
