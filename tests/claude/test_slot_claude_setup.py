@@ -128,7 +128,7 @@ def test_the_slot_comes_back_when_claude_dies_without_session_end(
         claude.wait()
         claude.stdout.close()  # type: ignore[union-attr]
 
-    deadline = time.monotonic() + 30.0
+    deadline = time.monotonic() + 120.0
     while (now := state(settings)[0][str(slot)].state) != SlotState.FREE and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert now == SlotState.FREE, f"slot still {now} 30 s after its Claude Code process died"
+    assert now == SlotState.FREE, f"slot still {now} 120 s after its Claude Code process died"

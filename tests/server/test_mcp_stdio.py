@@ -11,7 +11,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from tests.agent_proc import wait_for
+from tests.agent_proc import MIN_WAIT_S, wait_for
 from tests.conftest import git, run_agents, server_params
 
 pytestmark = pytest.mark.anyio
@@ -127,7 +127,7 @@ async def test_subscriber_on_a_sees_allocation_through_b(env: dict[str, str]) ->
                 # time: B writes again (a new branch each time) until both subscribers were notified.
                 for i in range(6):  # within the pool's 8 slots
                     structured(await b.call_tool("allocate_worktree", {"branch": f"feat/notify-{i}"}))
-                    with anyio.move_on_after(5):
+                    with anyio.move_on_after(MIN_WAIT_S / 6):
                         await got.wait()
                         await heard.wait()
                     if got.is_set() and heard.is_set():

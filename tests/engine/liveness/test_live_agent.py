@@ -7,6 +7,7 @@ at a time, never in wall-clock time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -156,7 +157,7 @@ server = subprocess.Popen([sys.executable, "-m", "agent_coord.server"], stdin=st
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(stdin_fd,))
 print(server.pid, flush=True)
 # As soon as the server has opened the database, stop it and leave: it registers after, orphaned.
-deadline = time.monotonic() + 30
+deadline = time.monotonic() + 60
 while time.monotonic() < deadline:
     try:
         if any(f.path.startswith(db) for f in psutil.Process(server.pid).open_files()):
@@ -181,7 +182,7 @@ async def test_a_server_orphaned_before_it_registered_is_not_alive(env: dict[str
         )
         assert orphaner.stdout is not None
         server_pid = int(orphaner.stdout.readline())
-        orphaner.wait(timeout=30)
+        orphaner.wait(timeout=120)
         os.kill(server_pid, signal.SIGCONT)  # its parent is gone now: let it go on registering
         os.close(read_end)
         read_end = -1
@@ -204,4 +205,5 @@ async def test_a_server_orphaned_before_it_registered_is_not_alive(env: dict[str
         except psutil.NoSuchProcess:
             pass
         except psutil.TimeoutExpired:
-            psutil.Process(server_pid).kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(server_pid).kill()
