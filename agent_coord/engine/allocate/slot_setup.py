@@ -6,6 +6,7 @@ import contextlib
 import shlex
 import subprocess
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -13,6 +14,7 @@ import anyio
 from agent_coord.engine.git.confinement import Confined, check_slot
 from agent_coord.engine.git.driver import GitDriver
 from agent_coord.engine.git.slot_files import Refused, SlotFiles
+from agent_coord.platform.termination import end_tree
 
 INCLUDE_FILE = ".worktreeinclude"
 OUTPUT_TAIL = 2000
@@ -54,11 +56,32 @@ async def run_post_create(commands: Sequence[str], slot: Confined, timeout_s: fl
         checked = await anyio.to_thread.run_sync(check_slot, slot.bounds, slot.path)
         try:
             with anyio.fail_after(timeout_s):
-                result = await anyio.run_process(argv, cwd=checked.path, check=False, stderr=subprocess.STDOUT)
+                returncode, output = await _run_to_its_end(argv, checked.path)
         except TimeoutError as exc:
             raise SetupError(f"post-create command {command!r} timed out after {timeout_s:.0f}s") from exc
         except OSError as exc:
             raise SetupError(f"post-create command {command!r} could not start: {exc}") from exc
-        if result.returncode != 0:
-            output = result.stdout.decode("utf-8", "replace")[-OUTPUT_TAIL:].strip()
-            raise SetupError(f"post-create command {command!r} exited {result.returncode}: {output}")
+        if returncode != 0:
+            tail = output.decode("utf-8", "replace")[-OUTPUT_TAIL:].strip()
+            raise SetupError(f"post-create command {command!r} exited {returncode}: {tail}")
+
+
+async def _run_to_its_end(argv: list[str], cwd: Path) -> tuple[int, bytes]:
+    """Run `argv` in `cwd` to its end: its exit status and output (stderr with stdout, the tail kept).
+    Timed out or cancelled, it is ended with everything it started (an install's own children), so
+    that nothing writes in the slot once its allocation is rolled back."""
+    tail = b""
+    async with await anyio.open_process(
+        argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            async for chunk in proc.stdout:
+                tail = (tail + chunk)[-OUTPUT_TAIL * 4 :]
+            returncode = await proc.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(partial(end_tree, proc.pid, hard=True))
+                await proc.wait()
+            raise
+    return returncode, tail

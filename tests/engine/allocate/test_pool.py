@@ -17,6 +17,7 @@ from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git import seal
 from agent_coord.engine.git.worktree_probe import clear_add_marker
 from agent_coord.engine.store.records import SlotState
+from tests.agent_proc import MIN_WAIT_S, exited, wait_for
 from tests.conftest import git
 
 pytestmark = pytest.mark.anyio
@@ -478,6 +479,26 @@ async def test_setup_time_does_not_count_against_the_allocation_timeout(make_set
     async with Coordinator.open(s, register=True, agent_id="agent-slow-setup") as c:
         result = await c.pool.allocate("slow-setup")
         assert result.latency_ms > 5000
+
+
+async def test_a_setup_cut_short_is_ended_with_what_it_started(coord: Any, repo: Path, tmp_path: Path) -> None:
+    """A post-create command cancelled (a timed-out or cancelled allocation) ends with its own children:
+    nothing it started writes on in the slot once the allocation is rolled back."""
+    import anyio
+
+    from agent_coord.engine.allocate.slot_setup import run_post_create
+    from agent_coord.engine.git.confinement import Bounds
+
+    grant = await coord.pool.allocate("feat/setup-tree")
+    confined = Bounds.of(repo, Path(grant.path).parent).slot(Path(grant.path))
+    pid_file = tmp_path / "child.pid"
+    command = shlex.join(["sh", "-c", f"sleep 300 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait"])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_post_create, [command], confined, 600.0)
+        await wait_for(pid_file.exists, MIN_WAIT_S)
+        child = psutil.Process(int(pid_file.read_text()))
+        tg.cancel_scope.cancel()
+    await wait_for(lambda: exited(child), MIN_WAIT_S)
 
 
 async def test_new_slots_skip_paths_taken_by_adopted_worktrees(coord: Any, repo: Path, tmp_path: Path) -> None:
