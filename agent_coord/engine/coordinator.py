@@ -240,7 +240,7 @@ class Coordinator(OverEngine):
         me = self.identity
         for s in in_flight:
             worker = await self.store.worker(s)
-            if worker is None:
+            if worker is None or worker.process is None:
                 continue  # judged by validation (its grace for a record about to be written)
             gone = await anyio.to_thread.run_sync(partial(worker_gone, worker, host=me.host, boot=me.boot_id))
             if gone is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sqlite3
 import subprocess
 import sys
 import time
@@ -233,6 +234,10 @@ def test_a_subagents_slot_in_setup_survives_the_sessions_other_hooks_and_validat
         slots, _ = state(settings)
         (in_setup,) = [s for s in slots.values() if s.branch == "worktree-a"]
         assert in_setup.state == SlotState.ALLOCATING and Path(in_setup.path) not in (b, c)
+        # What kept it: A's own process recorded as the one doing it (not B or C, which are gone).
+        with sqlite3.connect(settings.db) as conn:
+            (worker,) = conn.execute("SELECT pid FROM slot_workers WHERE slot_id = ?", (in_setup.id,)).fetchall()
+        assert worker[0] == a.pid
     finally:
         (tmp_path / "go").touch()
     out, err = a.communicate(timeout=120)

@@ -17,7 +17,7 @@ from typing import Literal
 import psutil
 
 from agent_coord import LAUNCHER_PID
-from agent_coord.engine.store.records import Agent, Origin, Slot, SlotState, SlotWorker
+from agent_coord.engine.store.records import Agent, Origin, SlotState, SlotWorker, WorkerProcess
 from agent_coord.platform.host_id import default_host_id
 from agent_coord.platform.process_identity import CLOCK_TICKS, boot_id, start_since_boot
 
@@ -178,18 +178,9 @@ class Identity:
             origin=origin,
         )
 
-    def working_on(self, slot: Slot) -> SlotWorker:
-        """This process (the server doing the work) as the worker of `slot`'s transition in flight."""
-        return SlotWorker(
-            slot_id=slot.id,
-            state=slot.state,
-            fencing_token=slot.fencing_token,
-            host=self.host,
-            boot_id=self.boot_id,
-            pid=self.server_pid,
-            create_time=self.server_create_time,
-            start_s=self.server_start_s,
-        )
+    def as_worker(self) -> WorkerProcess:
+        """This process (the server doing the work) as the worker of a slot's transition."""
+        return WorkerProcess(self.host, self.boot_id, self.server_pid, self.server_create_time, self.server_start_s)
 
     def as_agent(self, *, repo_id: int | None, lease_s: float, status: str = "active") -> Agent:
         now = time.time()
@@ -276,15 +267,19 @@ def server_gone(agent: Agent, *, host: str, boot: str) -> str | None:
 
 
 def worker_gone(worker: SlotWorker, *, host: str, boot: str) -> str | None:
-    """Why the process doing a slot's transition in flight is provably gone (this host only), else None:
-    only then can that transition never finish, whatever other processes its agent runs."""
+    """Why the process recorded doing a slot's transition is provably gone (this host only), else None
+    (also while none is recorded): only then can that transition never finish, whatever other
+    processes its agent runs."""
+    if worker.process is None:
+        return None
+    doing = "allocating" if worker.state == SlotState.ALLOCATING else "releasing"
     return process_gone(
-        f"its {'allocating' if worker.state == SlotState.ALLOCATING else 'releasing'} server",
-        host=worker.host,
-        boot=worker.boot_id,
-        pid=worker.pid,
-        created=worker.create_time,
-        since_boot=worker.start_s,
+        f"its {doing} server",
+        host=worker.process.host,
+        boot=worker.process.boot_id,
+        pid=worker.process.pid,
+        created=worker.process.create_time,
+        since_boot=worker.process.start_s,
         here=(host, boot),
     )
 

@@ -119,18 +119,29 @@ class Slot:
 
 
 @dataclass(frozen=True)
-class SlotWorker:
-    """The process doing a slot's transition in flight (ALLOCATING or RELEASING): the one whose death
-    proves that transition can never finish (`liveness.judge.worker_gone`)."""
+class WorkerProcess:
+    """A process, as a slot's worker records it: where it runs and how to tell it from a reused pid."""
 
-    slot_id: str
-    state: SlotState
-    fencing_token: int | None
     host: str
     boot_id: str
     pid: int
     create_time: float
     start_s: float | None  # its start counted from boot, where the platform has it
+
+
+@dataclass(frozen=True)
+class SlotWorker:
+    """A slot's transition in flight (ALLOCATING or RELEASING) and the process doing it: the one whose
+    death proves that transition can never finish (`liveness.judge.worker_gone`). The database marks
+    every transition as it happens (`since`, the slot's `version` then); the process records itself
+    right after its compare-and-swap. `process` is None until it has (or if it never does: an older
+    version, a process killed in between)."""
+
+    slot_id: str
+    version: int
+    state: SlotState
+    since: float
+    process: WorkerProcess | None
 
 
 @dataclass(frozen=True)

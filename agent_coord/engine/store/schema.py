@@ -13,6 +13,13 @@ CALLER_ERROR_CODES = ("INVALID_BRANCH", "NOT_A_REPOSITORY", "INVALID_ARGUMENT")
 _ATTEMPT = "({e}.action = 'allocate' AND {e}.outcome NOT IN (" + ", ".join(f"'{c}'" for c in CALLER_ERROR_CODES) + "))"
 _SUCCESS = "({e}.action = 'allocate' AND {e}.outcome = 'ok')"
 _BRANCH_CONFLICT = "({e}.action = 'allocate' AND {e}.outcome = 'BRANCH_CONFLICT')"
+# A slot's transition marked as it happens (migration 9): the mark of the one before goes.
+_MARK_TRANSITION = """
+        DELETE FROM slot_workers WHERE slot_id = NEW.id;
+        INSERT INTO slot_workers (slot_id, version, state, since)
+            SELECT NEW.id, NEW.version, NEW.state, (julianday('now') - 2440587.5) * 86400.0
+            WHERE NEW.state IN ('ALLOCATING', 'RELEASING');
+"""
 # inf is excluded by the range, NaN is stored as NULL.
 _TIMED = _ATTEMPT + " AND {e}.duration_ms BETWEEN -1e308 AND 1e308"
 _OPENS = "(({e}.action = 'allocate' AND {e}.outcome = 'ok') OR ({e}.action = 'adopt' AND {e}.outcome = 'BUSY'))"
@@ -365,22 +372,35 @@ MIGRATIONS: tuple[str, ...] = (
     # 8: nothing on SQLite; on PostgreSQL, the hot compare-and-swaps as server-side functions
     # (schema_pg.py's migration 8).
     "",
-    # 9: the process doing each transition in flight (ALLOCATING, RELEASING), recorded by that process
-    # right after its compare-and-swap: an agent has many processes (a Claude Code session's hooks, its
-    # server, the hook host), so the agent row's server says nothing about who works on one slot, and
-    # only this one process's death proves the transition can never finish. A row counts only while the
-    # slot still has the state and fencing token it was written for (an older server leaves it stale).
-    """
+    # 9: the process doing each transition in flight (ALLOCATING, RELEASING): an agent has many
+    # processes (a Claude Code session's hooks, its server, the hook host), so the agent row's server
+    # says nothing about who works on one slot, and only that one process's death proves the
+    # transition can never finish. A trigger marks each transition as the row changes state, owner or
+    # token (whoever writes it, an older version too): a fresh row, the slot's version then, the time,
+    # no process; the process fills its own in right after its compare-and-swap (`record_worker`, only
+    # into the mark of the version it wrote). A mark never filled in is judged as before, once old.
+    f"""
     CREATE TABLE slot_workers (
         slot_id TEXT PRIMARY KEY REFERENCES slots(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
         state TEXT NOT NULL,
-        fencing_token INTEGER,
-        host TEXT NOT NULL,
-        boot_id TEXT NOT NULL,
-        pid INTEGER NOT NULL,
-        create_time REAL NOT NULL,
+        since REAL NOT NULL,
+        host TEXT,
+        boot_id TEXT,
+        pid INTEGER,
+        create_time REAL,
         start_s REAL
     );
+    CREATE TRIGGER slots_worker_insert AFTER INSERT ON slots
+    BEGIN
+        {_MARK_TRANSITION}
+    END;
+    CREATE TRIGGER slots_worker_update AFTER UPDATE ON slots
+        WHEN NEW.state IS NOT OLD.state OR NEW.owner IS NOT OLD.owner
+            OR NEW.fencing_token IS NOT OLD.fencing_token
+    BEGIN
+        {_MARK_TRANSITION}
+    END;
     """,
 )
 

@@ -551,16 +551,33 @@ PG_MIGRATIONS: tuple[str, ...] = (
     END $$;
     """,  # noqa: S608
     # 9: the process doing each transition in flight (see schema.py)
-    """
+    f"""
     CREATE TABLE slot_workers (
         slot_id TEXT PRIMARY KEY REFERENCES slots(id) ON DELETE CASCADE,
+        version BIGINT NOT NULL,
         state TEXT NOT NULL,
-        fencing_token BIGINT,
-        host TEXT NOT NULL,
-        boot_id TEXT NOT NULL,
-        pid BIGINT NOT NULL,
-        create_time DOUBLE PRECISION NOT NULL,
+        since DOUBLE PRECISION NOT NULL,
+        host TEXT,
+        boot_id TEXT,
+        pid BIGINT,
+        create_time DOUBLE PRECISION,
         start_s DOUBLE PRECISION
     );
-    """,
+    CREATE FUNCTION agent_coord_mark_transition() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND NEW.state IS NOT DISTINCT FROM OLD.state
+                AND NEW.owner IS NOT DISTINCT FROM OLD.owner
+                AND NEW.fencing_token IS NOT DISTINCT FROM OLD.fencing_token THEN
+            RETURN NULL;
+        END IF;
+        DELETE FROM slot_workers WHERE slot_id = NEW.id;
+        IF NEW.state IN ('ALLOCATING', 'RELEASING') THEN
+            INSERT INTO slot_workers (slot_id, version, state, since)
+                VALUES (NEW.id, NEW.version, NEW.state, {_NOW});
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER slots_mark_transition AFTER INSERT OR UPDATE ON slots
+        FOR EACH ROW EXECUTE FUNCTION agent_coord_mark_transition();
+    """,  # noqa: S608
 )

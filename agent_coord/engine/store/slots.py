@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from agent_coord.engine.store.dialect import Db, is_postgres
-from agent_coord.engine.store.records import Repo, Slot, SlotState, SlotWorker
+from agent_coord.engine.store.records import Repo, Slot, SlotState, SlotWorker, WorkerProcess
 from agent_coord.engine.store.rows import (
     SLOT_COLUMN_ORDER,
     SLOT_COLUMNS,
@@ -272,58 +272,47 @@ class SlotTransitions(_Tables):
                 draft.fencing_token = before.fencing_token
         return _slot(rows[-1])
 
-    async def record_worker(self, worker: SlotWorker) -> bool:
-        """Record the process doing `worker.slot_id`'s transition in flight; False when the slot has
-        left that state and token meanwhile (nothing recorded). A separate transaction right after the
-        compare-and-swap: until it commits, the transition is judged by its agent's server, as a row
-        written by an older version is."""
+    async def record_worker(self, slot: Slot, process: WorkerProcess) -> bool:
+        """Record `process` as the one doing `slot`'s transition in flight, the one its compare-and-swap
+        just wrote (`slot` as that returned it). Into that transition's mark only, never over another's
+        record: False when the slot has moved on since (nothing recorded)."""
 
         def tx(conn: Db) -> bool:
-            now = conn.execute("SELECT state, fencing_token FROM slots WHERE id = ?", (worker.slot_id,)).fetchone()
-            if now is None or (now[0], now[1]) != (worker.state.value, worker.fencing_token):
-                return False
-            conn.execute(
-                "INSERT INTO slot_workers (slot_id, state, fencing_token, host, boot_id, pid, create_time, start_s)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (slot_id) DO UPDATE SET state = excluded.state,"
-                " fencing_token = excluded.fencing_token, host = excluded.host, boot_id = excluded.boot_id,"
-                " pid = excluded.pid, create_time = excluded.create_time, start_s = excluded.start_s",
+            cur = conn.execute(
+                "UPDATE slot_workers SET host = ?, boot_id = ?, pid = ?, create_time = ?, start_s = ?"
+                " WHERE slot_id = ? AND version = ? AND state = ? AND pid IS NULL",
                 (
-                    worker.slot_id,
-                    worker.state.value,
-                    worker.fencing_token,
-                    worker.host,
-                    worker.boot_id,
-                    worker.pid,
-                    worker.create_time,
-                    worker.start_s,
+                    process.host,
+                    process.boot_id,
+                    process.pid,
+                    process.create_time,
+                    process.start_s,
+                    slot.id,
+                    slot.version,
+                    slot.state.value,
                 ),
             )
-            return True
+            return bool(cur.rowcount)
 
         return await self._conn.write(tx, quick=True)
 
     async def worker(self, slot: Slot) -> SlotWorker | None:
-        """The process recorded doing `slot`'s transition in flight, if it was recorded for the state and
-        fencing token the slot has now."""
+        """`slot`'s transition in flight as marked, with the process doing it once it recorded itself;
+        None for a transition marked before this table existed."""
 
         def tx(conn: Db) -> SlotWorker | None:
             row = conn.execute(
-                "SELECT state, fencing_token, host, boot_id, pid, create_time, start_s FROM slot_workers"
+                "SELECT version, state, since, host, boot_id, pid, create_time, start_s FROM slot_workers"
                 " WHERE slot_id = ?",
                 (slot.id,),
             ).fetchone()
-            if row is None or row[0] != slot.state.value or row[1] != slot.fencing_token:
+            if row is None or row[1] != slot.state.value:
                 return None
-            return SlotWorker(
-                slot.id,
-                slot.state,
-                slot.fencing_token,
-                str(row[2]),
-                str(row[3]),
-                int(row[4]),
-                float(row[5]),
-                None if row[6] is None else float(row[6]),
-            )
+            process = None
+            if row[5] is not None:
+                start_s = None if row[7] is None else float(row[7])
+                process = WorkerProcess(str(row[3]), str(row[4]), int(row[5]), float(row[6]), start_s)
+            return SlotWorker(slot.id, int(row[0]), slot.state, float(row[2]), process)
 
         return await self._conn.read(tx, quick=True)
 

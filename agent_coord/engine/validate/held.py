@@ -76,7 +76,7 @@ async def check_in_flight(ck: Checker, run: ValidationRun, rp: RepoPass, s: Slot
 
 
 # The process doing a transition records itself right after its compare-and-swap, in a transaction of
-# its own; a row this young without that record may be about to get it.
+# its own; a transition marked this recently without that record may be about to get it.
 UNRECORDED_GRACE_S = 10.0
 
 
@@ -85,24 +85,24 @@ def stuck_reason(ck: Checker, s: Slot, agent: Agent | None, verdict: Liveness, w
 
     The work of a transition is done by one process, not by the agent (a Claude Code session's hooks,
     its server and the hook host all act for one agent): what counts is whether the process recorded
-    doing it (`worker`) is still there, and, for a release, whether the row's lease still runs. A row
-    without that record (written by an earlier version) is judged by the server its agent last
-    registered with, as before.
+    doing it (`worker`) is still there, and, for a release, whether the row's lease still runs. A
+    transition whose process has not recorded itself is left alone for `UNRECORDED_GRACE_S`; after
+    that (an earlier version's, or its process killed before recording), or one marked before the
+    marks existed, is judged by the server its agent last registered with.
     """
     now = time.time()
     host, boot = ck.identity.host, ck.identity.boot_id
-    # Where the process doing it was not recorded (an earlier version), the agent's last server decides.
-    gone = (
-        worker_gone(worker, host=host, boot=boot)
-        if worker
-        else server_gone(agent, host=host, boot=boot)
-        if agent
-        else None
-    )
+    pending = worker is not None and worker.process is None and now - worker.since < UNRECORDED_GRACE_S
+    if worker is not None and worker.process is not None:
+        gone = worker_gone(worker, host=host, boot=boot)
+    else:
+        gone = server_gone(agent, host=host, boot=boot) if agent else None
     if s.state == SlotState.RELEASING:
         if s.lease_expires_at is not None and s.lease_expires_at < now:
             # Nothing renews a RELEASING row: a release or reclaim that outlived its lease was abandoned.
             return f"releasing since its lease lapsed {now - s.lease_expires_at:.0f}s ago"
+        if pending:
+            return None
         if gone is not None:
             return f"{gone}; the release it began can never finish"
         if agent is None and s.lease_expires_at is None:
@@ -111,12 +111,12 @@ def stuck_reason(ck: Checker, s: Slot, agent: Agent | None, verdict: Liveness, w
         return None
     if agent is None or not verdict.alive:
         return verdict.reason  # the grant would go to a dead agent anyway
-    if worker is None and s.since is not None and now - s.since < UNRECORDED_GRACE_S:
-        return None  # its process may not have recorded itself yet
+    if pending:
+        return None
     if gone is not None:
         return f"{gone}; the allocation it began can never finish"
     if s.since is not None:
-        if worker is None and agent.started_at > s.since:
+        if (worker is None or worker.process is None) and agent.started_at > s.since:
             return f"claimed before agent {agent.id} last registered; the server that claimed it is gone"
         if ck.allocating_grace_s is not None and now - s.since > ck.allocating_grace_s:
             return f"allocating for {now - s.since:.0f}s, longer than any allocation may take"

@@ -351,9 +351,9 @@ async def test_allocating_row_of_an_earlier_server_of_a_live_agent_is_rolled_bac
     coord: Any, env: dict[str, str], settings: Any
 ) -> None:
     """The agent lives and restarted its server (same id): the old server's half-allocation can never
-    finish, and the resumed agent must be able to take that branch again. A row of an earlier version
-    (no process recorded doing it) is judged by the agent's registrations once past the grace for a
-    record about to be written."""
+    finish, and the resumed agent must be able to take that branch again. A transition no process
+    recorded itself doing (an earlier version's) is judged by the agent's registrations once past the
+    grace for a record about to be written."""
     from agent_coord.engine.coordinator import Coordinator
     from agent_coord.engine.validate.held import UNRECORDED_GRACE_S
 
@@ -363,7 +363,8 @@ async def test_allocating_row_of_an_earlier_server_of_a_live_agent_is_rolled_bac
     )
     assert claimed is not None and claimed.since is not None
     conn = sqlite3.connect(env["AGENT_COORD_DB"], timeout=5)
-    conn.execute("UPDATE slots SET since = ? WHERE id = ?", (claimed.since - 2 * UNRECORDED_GRACE_S, claimed.id))
+    # Marked longer ago than a process takes to record itself, and never recorded.
+    conn.execute("UPDATE slot_workers SET since = since - ? WHERE slot_id = ?", (2 * UNRECORDED_GRACE_S, claimed.id))
     conn.commit()
     conn.close()
     async with Coordinator.open(settings, register=True, agent_id="agent-test") as resumed:
@@ -388,8 +389,8 @@ async def test_an_agent_registering_again_rolls_back_what_its_killed_server_left
     )
     assert claimed is not None
     pid, created = dead_pid()
-    worker = replace(coord.identity.working_on(claimed), pid=pid, create_time=created, start_s=None)
-    assert await coord.store.record_worker(worker)
+    killed = replace(coord.identity.as_worker(), pid=pid, create_time=created, start_s=None)
+    assert await coord.store.record_worker(claimed, killed)
     git(repo, "worktree", "add", "-q", "-b", "feat/back", claimed.path)
     (Path(claimed.path) / "half.txt").write_text("written before the kill")
 

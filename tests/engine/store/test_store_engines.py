@@ -22,7 +22,7 @@ from agent_coord.engine.observe.watch import ChangeWatcher
 from agent_coord.engine.store import BranchHeldError, EventDraft, SlotAdoption, Store, pg_connection
 from agent_coord.engine.store.connection import StoreUnavailableError
 from agent_coord.engine.store.radar import RadarPair, RadarTree, RadarWrite
-from agent_coord.engine.store.records import Agent, SlotState, SlotWorker, freed
+from agent_coord.engine.store.records import Agent, SlotState, WorkerProcess, freed
 from agent_coord.engine.store.schema import MIGRATIONS
 from agent_coord.engine.store.schema_pg import PG_MIGRATIONS
 from agent_coord.store_target import PostgresUrl, StoreTargetError
@@ -106,23 +106,41 @@ async def test_claims_are_compare_and_swaps_with_rising_fencing_tokens(store_tar
     await store.close()
 
 
-async def test_the_process_doing_a_transition_counts_only_for_that_transition(store_target: Target) -> None:
+async def test_each_transition_is_marked_and_takes_only_its_own_process(store_target: Target) -> None:
+    """The database marks every transition into ALLOCATING or RELEASING (and forgets it on the next);
+    a process records itself only into the mark of the version its compare-and-swap wrote, so no record
+    of an earlier transition is ever taken for the current one, whatever its state and token."""
     store = await Store.open(store_target)
     repo = await store.ensure_repo("/r", "/pool")
+    p1 = WorkerProcess("h", "boot", 4_000_000, 12.5, 3.25)
+    p2 = WorkerProcess("h", "boot", 4_000_001, 13.5, None)
     claimed = await store.claim_new_slot(repo, owner="a", branch="b1", task=None, lease_s=30, pool_max=2)
     assert claimed is not None
-    worker = SlotWorker(claimed.id, claimed.state, claimed.fencing_token, "h", "boot", 4_000_000, 12.5, 3.25)
-    assert await store.worker(claimed) is None
-    assert await store.record_worker(worker)
-    assert await store.worker(claimed) == worker
+    mark = await store.worker(claimed)
+    assert mark is not None and (mark.version, mark.state, mark.process) == (claimed.version, claimed.state, None)
+    assert await store.record_worker(claimed, p1)
+    assert not await store.record_worker(claimed, p2), "never over another's record"
+    assert (await store.worker(claimed)) == replace(mark, process=p1)
+
     busy = await store.transition(claimed.id, expect_state=SlotState.ALLOCATING, changes={"state": SlotState.BUSY})
-    assert busy is not None and await store.worker(busy) is None, "recorded for ALLOCATING, not for BUSY"
-    assert not await store.record_worker(worker), "the slot left the state it was recorded for"
+    assert busy is not None and await store.worker(busy) is None, "no transition in flight"
+    assert not await store.record_worker(claimed, p1), "the slot moved on"
     releasing = await store.transition(busy.id, expect_state=SlotState.BUSY, changes={"state": SlotState.RELEASING})
-    assert releasing is not None
-    again = replace(worker, state=SlotState.RELEASING, pid=4_000_001, start_s=None)
-    assert await store.record_worker(again) and await store.worker(releasing) == again
-    assert await store.transition(releasing.id, expect_state=SlotState.RELEASING, delete=True)
+    assert releasing is not None and await store.record_worker(releasing, p1)
+    renewed = await store.transition(releasing.id, expect_state=SlotState.RELEASING, changes={"lease_expires_at": 9.0})
+    assert renewed is not None and (await store.worker(renewed)).process == p1, "its own writes keep it"  # type: ignore[union-attr]
+    # Put back (a git failure) and released again: the same state and token, another transition.
+    back = await store.transition(renewed.id, expect_state=SlotState.RELEASING, changes={"state": SlotState.BUSY})
+    assert back is not None
+    again = await store.transition(back.id, expect_state=SlotState.BUSY, changes={"state": SlotState.RELEASING})
+    assert again is not None and again.fencing_token == releasing.fencing_token
+    assert (await store.worker(again)).process is None  # type: ignore[union-attr]
+    assert not await store.record_worker(releasing, p2), "a record for the earlier release goes nowhere"
+    # Taken over (a reclaim: another owner, the state unchanged): a new mark; the first one's record is late.
+    taken = await store.transition(again.id, expect_state=SlotState.RELEASING, changes={"owner": "reclaimer"})
+    assert taken is not None and not await store.record_worker(again, p1)
+    assert await store.record_worker(taken, p2) and (await store.worker(taken)).process == p2  # type: ignore[union-attr]
+    assert await store.transition(taken.id, expect_state=SlotState.RELEASING, delete=True)
     with raw(store_target) as conn:
         assert conn.execute("SELECT COUNT(*) FROM slot_workers") == [(0,)], "gone with its slot"
     await store.close()

@@ -103,6 +103,8 @@ async def _ghost(coord: Any, agent_id: str, *, dead: bool = False, stale: bool =
 async def _give(coord: Any, env: dict[str, str], branch: str, owner: str, state: str = "BUSY") -> Any:
     alloc = await coord.pool.allocate(branch)
     sql(env, "UPDATE slots SET owner = ?, state = ? WHERE id = ?", (owner, state, alloc.worktree_id))
+    # A transition in flight begun an hour ago by a process that never recorded itself.
+    sql(env, "UPDATE slot_workers SET since = since - 3600 WHERE slot_id = ?", (alloc.worktree_id,))
     return alloc
 
 
