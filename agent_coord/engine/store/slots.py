@@ -273,26 +273,35 @@ class SlotTransitions(_Tables):
         return _slot(rows[-1])
 
     async def record_worker(self, slot: Slot, process: WorkerProcess) -> bool:
-        """Record `process` as the one doing `slot`'s transition in flight, the one its compare-and-swap
-        just wrote (`slot` as that returned it). Into that transition's mark only, never over another's
-        record: False when the slot has moved on since (nothing recorded)."""
+        """Record `process` as the one doing `slot`'s transition in flight: the one its compare-and-swap
+        just wrote (`slot` as that returned it). Only while the row is still as that left it (its
+        version): False when the slot has moved on since, nothing recorded. A takeover that changes
+        neither state, owner nor token (a reclaim under the releaser's own id) is no new mark of the
+        database's, but its record replaces the earlier process's all the same."""
+        now = time.time()
 
         def tx(conn: Db) -> bool:
-            cur = conn.execute(
-                "UPDATE slot_workers SET host = ?, boot_id = ?, pid = ?, create_time = ?, start_s = ?"
-                " WHERE slot_id = ? AND version = ? AND state = ? AND pid IS NULL",
+            row = conn.execute("SELECT version, state FROM slots WHERE id = ?", (slot.id,)).fetchone()
+            if row is None or (int(row[0]), row[1]) != (slot.version, slot.state.value):
+                return False
+            conn.execute(
+                "INSERT INTO slot_workers (slot_id, version, state, since, host, boot_id, pid, create_time, start_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (slot_id) DO UPDATE SET version = excluded.version,"
+                " state = excluded.state, host = excluded.host, boot_id = excluded.boot_id, pid = excluded.pid,"
+                " create_time = excluded.create_time, start_s = excluded.start_s",
                 (
+                    slot.id,
+                    slot.version,
+                    slot.state.value,
+                    now,
                     process.host,
                     process.boot_id,
                     process.pid,
                     process.create_time,
                     process.start_s,
-                    slot.id,
-                    slot.version,
-                    slot.state.value,
                 ),
             )
-            return bool(cur.rowcount)
+            return True
 
         return await self._conn.write(tx, quick=True)
 
