@@ -101,9 +101,10 @@ class Reclaimer(OverEngine):
             "owner": self.identity.agent_id,
             "lease_expires_at": time.time() + self.lease_s,
         }
+        worker = self.identity.as_worker()
         try:
             held = await self.store.transition(
-                slot.id, expect_state=slot.state, expect_version=slot.version, changes=changes
+                slot.id, expect_state=slot.state, expect_version=slot.version, changes=changes, worker=worker
             )
         except sqlite3.IntegrityError:
             if slot.state != SlotState.QUARANTINED:
@@ -112,11 +113,14 @@ class Reclaimer(OverEngine):
             # on another host took it): the reclaim holds the slot without it; the work is saved
             # under the branch it was judged with.
             held = await self.store.transition(
-                slot.id, expect_state=slot.state, expect_version=slot.version, changes={**changes, "branch": None}
+                slot.id,
+                expect_state=slot.state,
+                expect_version=slot.version,
+                changes={**changes, "branch": None},
+                worker=worker,
             )
         if held is None:
             return "lost_race"
-        await self.record_worker(held)
         job = ReclaimJob(self, repo, slot, held, info, listing, reason)
         try:
             return await job.run()

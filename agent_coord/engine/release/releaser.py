@@ -501,6 +501,7 @@ class Releaser(OverEngine):
                 expect_state=SlotState.RELEASING,
                 expect_version=resumed.version,
                 changes={"lease_expires_at": time.time() + self.lease_s},
+                worker=self.identity.as_worker(),
             )
         elif original == SlotState.BUSY:
             held = await self.store.transition(
@@ -509,6 +510,7 @@ class Releaser(OverEngine):
                 expect_token=token,
                 # A fresh lease: a long release (a big rescue) must not lapse into a reclaim under us.
                 changes={"state": SlotState.RELEASING, "lease_expires_at": time.time() + self.lease_s},
+                worker=self.identity.as_worker(),
             )
         else:
             held = await self.store.transition(
@@ -516,11 +518,11 @@ class Releaser(OverEngine):
                 expect_state=SlotState.FREE,
                 expect_version=slot.version,
                 changes={"state": SlotState.RELEASING, "owner": self.me},
+                worker=self.identity.as_worker(),
             )
         if held is None:
             await self._raise_if_mine_ended(slot)
             raise CoordError(ErrorCode.ALLOCATION_ENDED, f"{slot.id} changed hands while it was being released")
-        await self.record_worker(held)
         rescue: str | None = None if resumed is None else resumed.rescue
         gone = remove or record is None
         detail: dict[str, object] = {"remove": remove, "force": force}

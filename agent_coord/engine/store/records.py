@@ -133,14 +133,14 @@ class WorkerProcess:
 class SlotWorker:
     """A slot's transition in flight (ALLOCATING or RELEASING) and the process doing it: the one whose
     death proves that transition can never finish (`liveness.judge.worker_gone`). The database marks
-    every transition as it happens (`since`, the slot's `version` then); the process records itself
+    every transition as it happens (when, the slot's `version` then); the process records itself
     right after its compare-and-swap. `process` is None until it has (or if it never does: an older
     version, a process killed in between)."""
 
     slot_id: str
     version: int
     state: SlotState
-    since: float
+    age_s: float  # how long ago the database marked it, by the database's own clock
     process: WorkerProcess | None
 
 

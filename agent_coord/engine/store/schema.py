@@ -13,13 +13,15 @@ CALLER_ERROR_CODES = ("INVALID_BRANCH", "NOT_A_REPOSITORY", "INVALID_ARGUMENT")
 _ATTEMPT = "({e}.action = 'allocate' AND {e}.outcome NOT IN (" + ", ".join(f"'{c}'" for c in CALLER_ERROR_CODES) + "))"
 _SUCCESS = "({e}.action = 'allocate' AND {e}.outcome = 'ok')"
 _BRANCH_CONFLICT = "({e}.action = 'allocate' AND {e}.outcome = 'BRANCH_CONFLICT')"
+# Seconds since the epoch by SQLite's clock (`unixepoch('subsec')` needs SQLite 3.42).
+SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 # A slot's transition marked as it happens (migration 9): the mark of the one before goes.
-_MARK_TRANSITION = """
+_MARK_TRANSITION = f"""
         DELETE FROM slot_workers WHERE slot_id = NEW.id;
         INSERT INTO slot_workers (slot_id, version, state, since)
-            SELECT NEW.id, NEW.version, NEW.state, (julianday('now') - 2440587.5) * 86400.0
+            SELECT NEW.id, NEW.version, NEW.state, {SQLITE_NOW}
             WHERE NEW.state IN ('ALLOCATING', 'RELEASING');
-"""
+"""  # noqa: S608
 # inf is excluded by the range, NaN is stored as NULL.
 _TIMED = _ATTEMPT + " AND {e}.duration_ms BETWEEN -1e308 AND 1e308"
 _OPENS = "(({e}.action = 'allocate' AND {e}.outcome = 'ok') OR ({e}.action = 'adopt' AND {e}.outcome = 'BUSY'))"
@@ -391,17 +393,19 @@ MIGRATIONS: tuple[str, ...] = (
         create_time REAL,
         start_s REAL
     );
+    INSERT INTO slot_workers (slot_id, version, state, since)
+        SELECT id, version, state, {SQLITE_NOW} FROM slots WHERE state IN ('ALLOCATING', 'RELEASING');
     CREATE TRIGGER slots_worker_insert AFTER INSERT ON slots
     BEGIN
         {_MARK_TRANSITION}
     END;
-    CREATE TRIGGER slots_worker_update AFTER UPDATE ON slots
+    CREATE TRIGGER slots_worker_update AFTER UPDATE OF state, owner, fencing_token ON slots
         WHEN NEW.state IS NOT OLD.state OR NEW.owner IS NOT OLD.owner
             OR NEW.fencing_token IS NOT OLD.fencing_token
     BEGIN
         {_MARK_TRANSITION}
     END;
-    """,
+    """,  # noqa: S608
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

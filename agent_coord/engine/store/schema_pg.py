@@ -577,7 +577,9 @@ PG_MIGRATIONS: tuple[str, ...] = (
         END IF;
         RETURN NULL;
     END $$;
-    CREATE TRIGGER slots_mark_transition AFTER INSERT OR UPDATE ON slots
+    INSERT INTO slot_workers (slot_id, version, state, since)
+        SELECT id, version, state, {_NOW} FROM slots WHERE state IN ('ALLOCATING', 'RELEASING');
+    CREATE TRIGGER slots_mark_transition AFTER INSERT OR UPDATE OF state, owner, fencing_token ON slots
         FOR EACH ROW EXECUTE FUNCTION agent_coord_mark_transition();
     """,  # noqa: S608
 )

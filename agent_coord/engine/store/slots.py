@@ -23,6 +23,7 @@ from agent_coord.engine.store.rows import (
     _slot_by_id,
     _Tables,
 )
+from agent_coord.engine.store.schema import SQLITE_NOW
 
 if TYPE_CHECKING:
     from agent_coord.engine.store.pg_connection import PgConnection, PgRow
@@ -201,8 +202,11 @@ class SlotTransitions(_Tables):
         changes: dict[str, Any] | None = None,
         delete: bool = False,
         events: Sequence[EventDraft] = (),
+        worker: WorkerProcess | None = None,
     ) -> Slot | None:
         """The general compare-and-swap: apply `changes` (or delete) only if the row still matches.
+        `worker`: the process doing the transition this begins (into ALLOCATING or RELEASING), recorded in
+        the same transaction (`record_worker`), so that no moment exists where it is judged by another.
 
         Returns the new row (or the deleted one), None when the CAS lost.
         """
@@ -236,6 +240,8 @@ class SlotTransitions(_Tables):
                 updated = _slot_by_id(conn, slot_id)
                 assert updated is not None
                 after = updated
+                if worker is not None and after.state in (SlotState.ALLOCATING, SlotState.RELEASING):
+                    _record_worker(conn, after, worker, now)
             for draft in events:
                 if draft.worktree_id is None:
                     draft.worktree_id = slot_id
@@ -246,7 +252,8 @@ class SlotTransitions(_Tables):
 
         values = {k: (v.value if isinstance(v, SlotState) else v) for k, v in (changes or {}).items()}
         pg = self._pg()
-        if pg is None or set(values) - SLOT_COLUMNS:  # unknown columns: the Python path says which
+        if pg is None or worker is not None or set(values) - SLOT_COLUMNS:
+            # Unknown columns: the Python path says which. A worker: recorded in the same transaction.
             return await self._conn.write(tx, quick=True)
         rows = await pg.call(
             PG_TRANSITION,
@@ -275,32 +282,14 @@ class SlotTransitions(_Tables):
     async def record_worker(self, slot: Slot, process: WorkerProcess) -> bool:
         """Record `process` as the one doing `slot`'s transition in flight: the one its compare-and-swap
         just wrote (`slot` as that returned it). Only while the row is still as that left it (its
-        version): False when the slot has moved on since, nothing recorded. A takeover that changes
-        neither state, owner nor token (a reclaim under the releaser's own id) is no new mark of the
-        database's, but its record replaces the earlier process's all the same."""
+        version): False when the slot has moved on since, nothing recorded."""
         now = time.time()
 
         def tx(conn: Db) -> bool:
             row = conn.execute("SELECT version, state FROM slots WHERE id = ?", (slot.id,)).fetchone()
             if row is None or (int(row[0]), row[1]) != (slot.version, slot.state.value):
                 return False
-            conn.execute(
-                "INSERT INTO slot_workers (slot_id, version, state, since, host, boot_id, pid, create_time, start_s)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (slot_id) DO UPDATE SET version = excluded.version,"
-                " state = excluded.state, host = excluded.host, boot_id = excluded.boot_id, pid = excluded.pid,"
-                " create_time = excluded.create_time, start_s = excluded.start_s",
-                (
-                    slot.id,
-                    slot.version,
-                    slot.state.value,
-                    now,
-                    process.host,
-                    process.boot_id,
-                    process.pid,
-                    process.create_time,
-                    process.start_s,
-                ),
-            )
+            _record_worker(conn, slot, process, now)
             return True
 
         return await self._conn.write(tx, quick=True)
@@ -310,9 +299,11 @@ class SlotTransitions(_Tables):
         None for a transition marked before this table existed."""
 
         def tx(conn: Db) -> SlotWorker | None:
+            # Its age by the clock that stamped it (the database server's, on PostgreSQL).
+            now = "extract(epoch FROM clock_timestamp())" if is_postgres(conn) else SQLITE_NOW
             row = conn.execute(
-                "SELECT version, state, since, host, boot_id, pid, create_time, start_s FROM slot_workers"
-                " WHERE slot_id = ?",
+                f"SELECT version, state, {now} - since, host, boot_id, pid, create_time, start_s"  # noqa: S608
+                " FROM slot_workers WHERE slot_id = ?",
                 (slot.id,),
             ).fetchone()
             if row is None or row[1] != slot.state.value:
@@ -409,6 +400,28 @@ def pg_event_arrays(drafts: Sequence[EventDraft | None]) -> list[list[Any]]:
     columns: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(9)]
     columns[6] = [None if d is None else float(d) for d in columns[6]]  # one element type: int and float mixed
     return columns
+
+
+def _record_worker(conn: Db, slot: Slot, process: WorkerProcess, now: float) -> None:
+    """`process` does `slot`'s transition (the row as it is now): into the database's mark of it, or in
+    place of an earlier record (a takeover that changes neither state, owner nor token is no new mark)."""
+    conn.execute(
+        "INSERT INTO slot_workers (slot_id, version, state, since, host, boot_id, pid, create_time, start_s)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (slot_id) DO UPDATE SET version = excluded.version,"
+        " state = excluded.state, host = excluded.host, boot_id = excluded.boot_id, pid = excluded.pid,"
+        " create_time = excluded.create_time, start_s = excluded.start_s",
+        (
+            slot.id,
+            slot.version,
+            slot.state.value,
+            now,
+            process.host,
+            process.boot_id,
+            process.pid,
+            process.create_time,
+            process.start_s,
+        ),
+    )
 
 
 def _claimed(rows: list[PgRow]) -> Slot | None:

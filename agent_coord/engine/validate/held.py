@@ -92,7 +92,7 @@ def stuck_reason(ck: Checker, s: Slot, agent: Agent | None, verdict: Liveness, w
     """
     now = time.time()
     host, boot = ck.identity.host, ck.identity.boot_id
-    pending = worker is not None and worker.process is None and now - worker.since < UNRECORDED_GRACE_S
+    pending = worker is not None and worker.process is None and worker.age_s < UNRECORDED_GRACE_S
     if worker is not None and worker.process is not None:
         gone = worker_gone(worker, host=host, boot=boot)
     else:

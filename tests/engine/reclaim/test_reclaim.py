@@ -362,6 +362,8 @@ async def test_allocating_row_of_an_earlier_server_of_a_live_agent_is_rolled_bac
         repo_row, owner="agent-test", branch="feat/resume", task=None, lease_s=300, pool_max=8
     )
     assert claimed is not None and claimed.since is not None
+    since = claimed.since
+    await wait_for(lambda: time.time() > since, 5)  # the new server registers strictly after the claim
     conn = sqlite3.connect(env["AGENT_COORD_DB"], timeout=5)
     # Marked longer ago than a process takes to record itself, and never recorded.
     conn.execute("UPDATE slot_workers SET since = since - ? WHERE slot_id = ?", (2 * UNRECORDED_GRACE_S, claimed.id))
@@ -400,6 +402,29 @@ async def test_an_agent_registering_again_rolls_back_what_its_killed_server_left
         rescued = [e for e in await back.store.events() if e.action == "rescue"]
         assert rescued and git(repo, "show", f"{rescued[0].detail['rescue_ref']}:half.txt") == "written before the kill"
         assert (await back.pool.allocate("feat/back")).branch == "feat/back"
+
+
+async def test_a_release_its_process_has_not_recorded_yet_is_left_alone_for_a_moment(
+    coord: Any, env: dict[str, str]
+) -> None:
+    """A hook's agent: its last server (a hook) is gone, the agent lives. A release just begun whose
+    process has not recorded itself yet is not judged by that gone server; once its mark is older than
+    any record takes, it is (a process killed before recording: the old rule)."""
+    from dataclasses import replace
+
+    from agent_coord.engine.validate.held import UNRECORDED_GRACE_S
+
+    pid, created = dead_pid()
+    agent = coord.identity.as_agent(repo_id=None, lease_s=300)
+    await coord.store.register_agent(replace(agent, id="hooky", server_pid=pid, server_create_time=created))
+    grant = await coord.pool.allocate("feat/hooky")
+    with sqlite3.connect(env["AGENT_COORD_DB"], timeout=5) as conn:
+        conn.execute("UPDATE slots SET owner = 'hooky', state = 'RELEASING' WHERE id = ?", (grant.worktree_id,))
+    assert (await coord.validate(repair=False)).findings == []
+    with sqlite3.connect(env["AGENT_COORD_DB"], timeout=5) as conn:
+        conn.execute("UPDATE slot_workers SET since = since - ?", (2 * UNRECORDED_GRACE_S,))
+    (f,) = (await coord.validate(repair=False)).findings
+    assert f.kind == "stuck_releasing" and f"process {pid} is gone" in f.detail
 
 
 async def test_live_allocation_in_flight_is_not_drift(coord: Any, make_settings: Any, tmp_path: Path) -> None:

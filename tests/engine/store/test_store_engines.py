@@ -8,7 +8,6 @@ import asyncio
 import logging
 import sqlite3
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -118,8 +117,10 @@ async def test_each_transition_is_marked_and_takes_only_its_own_process(store_ta
     assert claimed is not None
     mark = await store.worker(claimed)
     assert mark is not None and (mark.version, mark.state, mark.process) == (claimed.version, claimed.state, None)
+    assert 0 <= mark.age_s < 60, "by the clock that stamped it"
     assert await store.record_worker(claimed, p1)
-    assert (await store.worker(claimed)) == replace(mark, process=p1)
+    recorded = await store.worker(claimed)
+    assert recorded is not None and (recorded.version, recorded.process) == (claimed.version, p1)
 
     busy = await store.transition(claimed.id, expect_state=SlotState.ALLOCATING, changes={"state": SlotState.BUSY})
     assert busy is not None and await store.worker(busy) is None, "no transition in flight"
@@ -135,6 +136,13 @@ async def test_each_transition_is_marked_and_takes_only_its_own_process(store_ta
     assert again is not None and again.fencing_token == releasing.fencing_token
     assert (await store.worker(again)).process is None  # type: ignore[union-attr]
     assert not await store.record_worker(releasing, p2), "a record for the earlier release goes nowhere"
+    # Recorded in the compare-and-swap's own transaction: no moment without it.
+    put_back = await store.transition(again.id, expect_state=SlotState.RELEASING, changes={"state": SlotState.BUSY})
+    assert put_back is not None
+    again = await store.transition(
+        put_back.id, expect_state=SlotState.BUSY, changes={"state": SlotState.RELEASING}, worker=p2
+    )
+    assert again is not None and (await store.worker(again)).process == p2  # type: ignore[union-attr]
     # Taken over (a reclaim: another owner, the state unchanged): a new mark; the first one's record is late.
     taken = await store.transition(again.id, expect_state=SlotState.RELEASING, changes={"owner": "reclaimer"})
     assert taken is not None and not await store.record_worker(again, p1)
