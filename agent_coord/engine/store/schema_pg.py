@@ -581,5 +581,22 @@ PG_MIGRATIONS: tuple[str, ...] = (
         SELECT id, version, state, {_NOW} FROM slots WHERE state IN ('ALLOCATING', 'RELEASING');
     CREATE TRIGGER slots_mark_transition AFTER INSERT OR UPDATE OF state, owner, fencing_token ON slots
         FOR EACH ROW EXECUTE FUNCTION agent_coord_mark_transition();
+    -- A claim's process records itself in one round trip, as the claim did (Store.record_worker).
+    CREATE FUNCTION agent_coord_record_worker(p_slot TEXT, p_version BIGINT, p_state TEXT,
+        p_now DOUBLE PRECISION, p_host TEXT, p_boot TEXT, p_pid BIGINT, p_create_time DOUBLE PRECISION,
+        p_start_s DOUBLE PRECISION)
+    RETURNS TABLE (o_recorded BOOLEAN) LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM {WRITER_LOCK};
+        o_recorded := EXISTS (SELECT 1 FROM slots WHERE id = p_slot AND version = p_version AND state = p_state);
+        IF o_recorded THEN
+            INSERT INTO slot_workers (slot_id, version, state, since, host, boot_id, pid, create_time, start_s)
+                VALUES (p_slot, p_version, p_state, p_now, p_host, p_boot, p_pid, p_create_time, p_start_s)
+                ON CONFLICT (slot_id) DO UPDATE SET version = excluded.version, state = excluded.state,
+                    host = excluded.host, boot_id = excluded.boot_id, pid = excluded.pid,
+                    create_time = excluded.create_time, start_s = excluded.start_s;
+        END IF;
+        RETURN NEXT;
+    END $$;
     """,  # noqa: S608
 )

@@ -292,6 +292,22 @@ class SlotTransitions(_Tables):
             _record_worker(conn, slot, process, now)
             return True
 
+        if pg := self._pg():
+            rows = await pg.call(
+                PG_RECORD_WORKER,
+                (
+                    slot.id,
+                    slot.version,
+                    slot.state.value,
+                    now,
+                    process.host,
+                    process.boot_id,
+                    process.pid,
+                    process.create_time,
+                    process.start_s,
+                ),
+            )
+            return bool(rows and rows[0]["o_recorded"])
         return await self._conn.write(tx, quick=True)
 
     async def worker(self, slot: Slot) -> SlotWorker | None:
@@ -378,6 +394,10 @@ PG_CLAIM_NEW = (
     "SELECT o_tag AS tag, (o_slot).* FROM agent_coord_claim_new(%s::bigint, %s::text, %s::bigint, %s::text,"
     " %s::text, %s::text, %s::float8, %s::float8,"
     " %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::bigint[], %s::text[])"
+)
+PG_RECORD_WORKER = (
+    "SELECT o_recorded FROM agent_coord_record_worker(%s::text, %s::bigint, %s::text, %s::float8, %s::text,"
+    " %s::text, %s::bigint, %s::float8, %s::float8)"
 )
 PG_TRANSITION = (
     "SELECT o_tag AS tag, (o_slot).* FROM agent_coord_transition(%s::text, %s::text[], %s::bigint, %s::bigint,"
