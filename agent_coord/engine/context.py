@@ -3,12 +3,9 @@ layers (the store and git), the repositories, the settings, the clock and the ag
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-
-import anyio
 
 from agent_coord.config import Settings
 from agent_coord.engine.git.driver import GitDriver
@@ -16,8 +13,6 @@ from agent_coord.engine.liveness.judge import Identity
 from agent_coord.engine.repos import RepoResolver
 from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Origin, Slot
-
-logger = logging.getLogger("agent-coord")
 
 
 class GrantedTokens:
@@ -97,15 +92,3 @@ class OverEngine:
     @property
     def me(self) -> str:
         return self.ctx.identity.agent_id
-
-    async def record_worker(self, slot: Slot) -> None:
-        """Say that this process does `slot`'s transition in flight, the one its compare-and-swap just
-        wrote (`slot` as that returned it): only its death proves that transition can never finish
-        (validate/held.py). Best effort, whatever goes wrong: without the record, the transition is
-        judged by its agent's server once its mark is old (a failure here must not cut short the work
-        the compare-and-swap began)."""
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.store.record_worker(slot, self.identity.as_worker())
-            except Exception as exc:
-                logger.warning("could not record the process working on %s: %s", slot.id, exc)

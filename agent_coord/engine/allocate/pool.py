@@ -263,6 +263,7 @@ class Pool(OverEngine):
                                 branch=branch,
                                 task=task,
                                 lease_s=lease_s,
+                                worker=self.identity.as_worker(),
                             )
                             warm = slot is not None
                             slot = slot or await self.store.claim_new_slot(
@@ -272,6 +273,7 @@ class Pool(OverEngine):
                                 task=task,
                                 lease_s=lease_s,
                                 pool_max=self.settings.pool_max,
+                                worker=self.identity.as_worker(),
                             )
                         except BranchHeldError as exc:
                             raise conflict_from_slot(exc.holder, self.identity.host) from exc
@@ -293,8 +295,6 @@ class Pool(OverEngine):
                     # Every claim found the database locked by another process: the store's answer,
                     # as on every other call (docs/decisions.md, "One answer per situation").
                     raise StoreBusyError(self.store.path).refusal()
-                with anyio.CancelScope(shield=True):
-                    await self.record_worker(claim.slot)
 
                 # Between the phases: git, with no transaction open. Every git command in the slot passes
                 # the confinement guard (git/confinement.py).

@@ -379,8 +379,9 @@ MIGRATIONS: tuple[str, ...] = (
     # says nothing about who works on one slot, and only that one process's death proves the
     # transition can never finish. A trigger marks each transition as the row changes state, owner or
     # token (whoever writes it, an older version too): a fresh row, the slot's version then, the time,
-    # no process; the process fills its own in right after its compare-and-swap (`record_worker`, only
-    # into the mark of the version it wrote). A mark never filled in is judged as before, once old.
+    # no process; the process doing it records itself in its compare-and-swap's own transaction
+    # (`Store.transition(worker=...)`, the claims' `worker`). A mark never filled in (an older
+    # version's) is judged as before, once old.
     f"""
     CREATE TABLE slot_workers (
         slot_id TEXT PRIMARY KEY REFERENCES slots(id) ON DELETE CASCADE,

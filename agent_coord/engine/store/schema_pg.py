@@ -70,6 +70,9 @@ _EVENT_PARAMS = (
 )
 _EVENT_ARGS = "e_agent, e_action, e_repo, e_worktree, e_branch, e_outcome, e_duration, e_token, e_detail"
 _HELD = "('ALLOCATING', 'BUSY', 'RELEASING')"
+# The process doing a transition (records.WorkerProcess), as the claim functions of migration 9 take it.
+_WORKER_PARAMS = "w_host TEXT, w_boot TEXT, w_pid BIGINT, w_create_time DOUBLE PRECISION, w_start_s DOUBLE PRECISION"
+_WORKER_ARGS = "w_host, w_boot, w_pid, w_create_time, w_start_s"
 
 
 def _int(condition: str) -> str:
@@ -581,22 +584,50 @@ PG_MIGRATIONS: tuple[str, ...] = (
         SELECT id, version, state, {_NOW} FROM slots WHERE state IN ('ALLOCATING', 'RELEASING');
     CREATE TRIGGER slots_mark_transition AFTER INSERT OR UPDATE OF state, owner, fencing_token ON slots
         FOR EACH ROW EXECUTE FUNCTION agent_coord_mark_transition();
-    -- A claim's process records itself in one round trip, as the claim did (Store.record_worker).
-    CREATE FUNCTION agent_coord_record_worker(p_slot TEXT, p_version BIGINT, p_state TEXT,
-        p_now DOUBLE PRECISION, p_host TEXT, p_boot TEXT, p_pid BIGINT, p_create_time DOUBLE PRECISION,
-        p_start_s DOUBLE PRECISION)
-    RETURNS TABLE (o_recorded BOOLEAN) LANGUAGE plpgsql AS $$
+    -- The claims with the process doing them recorded in the same transaction (the claim functions of
+    -- migration 8 stay for servers of the previous version).
+    CREATE FUNCTION agent_coord_record_worker(p_slot slots, p_now DOUBLE PRECISION, {_WORKER_PARAMS})
+    RETURNS VOID LANGUAGE sql AS $$
+        INSERT INTO slot_workers (slot_id, version, state, since, host, boot_id, pid, create_time, start_s)
+            VALUES ((p_slot).id, (p_slot).version, (p_slot).state, p_now, w_host, w_boot, w_pid, w_create_time,
+                w_start_s)
+            ON CONFLICT (slot_id) DO UPDATE SET version = excluded.version, state = excluded.state,
+                host = excluded.host, boot_id = excluded.boot_id, pid = excluded.pid,
+                create_time = excluded.create_time, start_s = excluded.start_s
+    $$;
+    CREATE FUNCTION agent_coord_claim_any(p_repo_id BIGINT, p_paths TEXT[], p_warmest BOOLEAN, p_owner TEXT,
+        p_branch TEXT, p_task TEXT, p_now DOUBLE PRECISION, p_lease_expires_at DOUBLE PRECISION,
+        {_WORKER_PARAMS})
+    RETURNS TABLE (o_tag TEXT, o_slot slots) LANGUAGE plpgsql AS $$
+    DECLARE
+        v_row RECORD;
     BEGIN
-        PERFORM {WRITER_LOCK};
-        o_recorded := EXISTS (SELECT 1 FROM slots WHERE id = p_slot AND version = p_version AND state = p_state);
-        IF o_recorded THEN
-            INSERT INTO slot_workers (slot_id, version, state, since, host, boot_id, pid, create_time, start_s)
-                VALUES (p_slot, p_version, p_state, p_now, p_host, p_boot, p_pid, p_create_time, p_start_s)
-                ON CONFLICT (slot_id) DO UPDATE SET version = excluded.version, state = excluded.state,
-                    host = excluded.host, boot_id = excluded.boot_id, pid = excluded.pid,
-                    create_time = excluded.create_time, start_s = excluded.start_s;
-        END IF;
-        RETURN NEXT;
+        FOR v_row IN SELECT * FROM agent_coord_claim_any(p_repo_id, p_paths, p_warmest, p_owner, p_branch,
+                p_task, p_now, p_lease_expires_at) LOOP
+            o_tag := v_row.o_tag;
+            o_slot := v_row.o_slot;
+            IF o_tag = 'claimed' THEN
+                PERFORM agent_coord_record_worker(o_slot, p_now, {_WORKER_ARGS});
+            END IF;
+            RETURN NEXT;
+        END LOOP;
+    END $$;
+    CREATE FUNCTION agent_coord_claim_new(p_repo_id BIGINT, p_path_prefix TEXT, p_pool_max BIGINT, p_owner TEXT,
+        p_branch TEXT, p_task TEXT, p_now DOUBLE PRECISION, p_lease_expires_at DOUBLE PRECISION,
+        {_EVENT_PARAMS}, {_WORKER_PARAMS})
+    RETURNS TABLE (o_tag TEXT, o_slot slots) LANGUAGE plpgsql AS $$
+    DECLARE
+        v_row RECORD;
+    BEGIN
+        FOR v_row IN SELECT * FROM agent_coord_claim_new(p_repo_id, p_path_prefix, p_pool_max, p_owner,
+                p_branch, p_task, p_now, p_lease_expires_at, {_EVENT_ARGS}) LOOP
+            o_tag := v_row.o_tag;
+            o_slot := v_row.o_slot;
+            IF o_tag = 'claimed' THEN
+                PERFORM agent_coord_record_worker(o_slot, p_now, {_WORKER_ARGS});
+            END IF;
+            RETURN NEXT;
+        END LOOP;
     END $$;
     """,  # noqa: S608
 )

@@ -111,8 +111,10 @@ class SlotTransitions(_Tables):
         branch: str,
         task: str | None,
         lease_s: float,
+        worker: WorkerProcess | None = None,
     ) -> Slot | None:
-        """Phase 1, warm: pick a FREE slot among `paths` and CAS it to ALLOCATING, in one transaction.
+        """Phase 1, warm: pick a FREE slot among `paths` and CAS it to ALLOCATING, in one transaction,
+        with `worker` recorded as the process doing the allocation (validate/held.py).
 
         Choosing inside `BEGIN IMMEDIATE` means the claim cannot lose to another process while a FREE
         slot exists (agents no longer all race for the same one). `warmest` picks the most recently
@@ -132,16 +134,18 @@ class SlotTransitions(_Tables):
             if row is None:
                 return None
             _to_allocating(conn, row["id"], None, owner, branch, task, now, lease_s)
-            return _slot_by_id(conn, row["id"])
+            claimed = _slot_by_id(conn, row["id"])
+            if claimed is not None and worker is not None:
+                _record_worker(conn, claimed, worker, now)
+            return claimed
 
         if not paths:
             return None
         if pg := self._pg():
-            rows = await pg.call(
-                PG_CLAIM_ANY,
-                (repo_id, list(paths), warmest, owner, branch, task, now, now + lease_s),
-            )
-            return _claimed(rows)
+            args = (repo_id, list(paths), warmest, owner, branch, task, now, now + lease_s)
+            if worker is None:
+                return _claimed(await pg.call(PG_CLAIM_ANY, args))
+            return _claimed(await pg.call(PG_CLAIM_ANY_BY, (*args, *_worker_args(worker))))
         return await self._conn.write(tx, quick=True)
 
     async def claim_new_slot(
@@ -154,8 +158,10 @@ class SlotTransitions(_Tables):
         lease_s: float,
         pool_max: int,
         event: EventDraft | None = None,
+        worker: WorkerProcess | None = None,
     ) -> Slot | None:
-        """Phase 1, cold: insert an ALLOCATING slot if the pool is below its maximum. None when full."""
+        """Phase 1, cold: insert an ALLOCATING slot if the pool is below its maximum (None when full), with
+        `worker` recorded as the process doing the allocation."""
         now = time.time()
 
         def tx(conn: Db) -> Slot | None:
@@ -177,14 +183,18 @@ class SlotTransitions(_Tables):
                 event.fencing_token = token
                 event.worktree_id = slot_id
                 _append(conn, event, now)
-            return _slot_by_id(conn, slot_id)
+            claimed = _slot_by_id(conn, slot_id)
+            if claimed is not None and worker is not None:
+                _record_worker(conn, claimed, worker, now)
+            return claimed
 
         if pg := self._pg():
             prefix = str(Path(repo.pool_root) / "x")[:-1]  # + a slot id: str(Path(pool_root) / slot_id)
-            rows = await pg.call(
-                PG_CLAIM_NEW,
-                (repo.id, prefix, pool_max, owner, branch, task, now, now + lease_s, *pg_event_arrays([event])),
-            )
+            args = (repo.id, prefix, pool_max, owner, branch, task, now, now + lease_s, *pg_event_arrays([event]))
+            if worker is None:
+                rows = await pg.call(PG_CLAIM_NEW, args)
+            else:
+                rows = await pg.call(PG_CLAIM_NEW_BY, (*args, *_worker_args(worker)))
             claimed = _claimed(rows)
             if claimed is not None and event is not None:
                 event.fencing_token = claimed.fencing_token
@@ -206,7 +216,7 @@ class SlotTransitions(_Tables):
     ) -> Slot | None:
         """The general compare-and-swap: apply `changes` (or delete) only if the row still matches.
         `worker`: the process doing the transition this begins (into ALLOCATING or RELEASING), recorded in
-        the same transaction (`record_worker`), so that no moment exists where it is judged by another.
+        the same transaction, so that no moment exists where it is judged by another.
 
         Returns the new row (or the deleted one), None when the CAS lost.
         """
@@ -278,37 +288,6 @@ class SlotTransitions(_Tables):
             if draft.fencing_token is None:
                 draft.fencing_token = before.fencing_token
         return _slot(rows[-1])
-
-    async def record_worker(self, slot: Slot, process: WorkerProcess) -> bool:
-        """Record `process` as the one doing `slot`'s transition in flight: the one its compare-and-swap
-        just wrote (`slot` as that returned it). Only while the row is still as that left it (its
-        version): False when the slot has moved on since, nothing recorded."""
-        now = time.time()
-
-        def tx(conn: Db) -> bool:
-            row = conn.execute("SELECT version, state FROM slots WHERE id = ?", (slot.id,)).fetchone()
-            if row is None or (int(row[0]), row[1]) != (slot.version, slot.state.value):
-                return False
-            _record_worker(conn, slot, process, now)
-            return True
-
-        if pg := self._pg():
-            rows = await pg.call(
-                PG_RECORD_WORKER,
-                (
-                    slot.id,
-                    slot.version,
-                    slot.state.value,
-                    now,
-                    process.host,
-                    process.boot_id,
-                    process.pid,
-                    process.create_time,
-                    process.start_s,
-                ),
-            )
-            return bool(rows and rows[0]["o_recorded"])
-        return await self._conn.write(tx, quick=True)
 
     async def worker(self, slot: Slot) -> SlotWorker | None:
         """`slot`'s transition in flight as marked, with the process doing it once it recorded itself;
@@ -395,10 +374,9 @@ PG_CLAIM_NEW = (
     " %s::text, %s::text, %s::float8, %s::float8,"
     " %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::bigint[], %s::text[])"
 )
-PG_RECORD_WORKER = (
-    "SELECT o_recorded FROM agent_coord_record_worker(%s::text, %s::bigint, %s::text, %s::float8, %s::text,"
-    " %s::text, %s::bigint, %s::float8, %s::float8)"
-)
+_WORKER_CASTS = " %s::text, %s::text, %s::bigint, %s::float8, %s::float8"
+PG_CLAIM_ANY_BY = PG_CLAIM_ANY[:-1] + "," + _WORKER_CASTS + ")"
+PG_CLAIM_NEW_BY = PG_CLAIM_NEW[:-1] + "," + _WORKER_CASTS + ")"
 PG_TRANSITION = (
     "SELECT o_tag AS tag, (o_slot).* FROM agent_coord_transition(%s::text, %s::text[], %s::bigint, %s::bigint,"
     " %s::boolean, %s::text[], %s::text, %s::text, %s::text, %s::bigint, %s::float8, %s::float8, %s::float8,"
@@ -420,6 +398,10 @@ def pg_event_arrays(drafts: Sequence[EventDraft | None]) -> list[list[Any]]:
     columns: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(9)]
     columns[6] = [None if d is None else float(d) for d in columns[6]]  # one element type: int and float mixed
     return columns
+
+
+def _worker_args(process: WorkerProcess) -> tuple[Any, ...]:
+    return (process.host, process.boot_id, process.pid, process.create_time, process.start_s)
 
 
 def _record_worker(conn: Db, slot: Slot, process: WorkerProcess, now: float) -> None:

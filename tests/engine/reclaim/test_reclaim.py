@@ -386,13 +386,12 @@ async def test_an_agent_registering_again_rolls_back_what_its_killed_server_left
     from agent_coord.engine.coordinator import Coordinator
 
     repo_row = await coord.default_repo()
-    claimed = await coord.store.claim_new_slot(
-        repo_row, owner="agent-back", branch="feat/back", task=None, lease_s=300, pool_max=8
-    )
-    assert claimed is not None
     pid, created = dead_pid()
     killed = replace(coord.identity.as_worker(), pid=pid, create_time=created, start_s=None)
-    assert await coord.store.record_worker(claimed, killed)
+    claimed = await coord.store.claim_new_slot(
+        repo_row, owner="agent-back", branch="feat/back", task=None, lease_s=300, pool_max=8, worker=killed
+    )
+    assert claimed is not None
     git(repo, "worktree", "add", "-q", "-b", "feat/back", claimed.path)
     (Path(claimed.path) / "half.txt").write_text("written before the kill")
 

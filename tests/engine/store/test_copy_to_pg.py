@@ -68,10 +68,15 @@ async def live_a_little(settings: Settings) -> None:
         repo_row = await b.default_repo()
         assert repo_row is not None
         in_flight = await b.store.claim_new_slot(
-            repo_row, owner=b.agent_id, branch="feat/in-flight", task=None, lease_s=3600.0, pool_max=8
+            repo_row,
+            owner=b.agent_id,
+            branch="feat/in-flight",
+            task=None,
+            lease_s=3600.0,
+            pool_max=8,
+            worker=b.identity.as_worker(),
         )
         assert in_flight is not None
-        await b.pool.record_worker(in_flight)
         async with Coordinator.open(settings, register=True, agent_id="agent-ghost") as ghost:
             held = await ghost.pool.allocate("feat/ghost")
             (Path(held.path) / "unsaved.txt").write_text("the ghost's work\n")

@@ -9,6 +9,7 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -106,56 +107,57 @@ async def test_claims_are_compare_and_swaps_with_rising_fencing_tokens(store_tar
 
 
 async def test_each_transition_is_marked_and_takes_only_its_own_process(store_target: Target) -> None:
-    """The database marks every transition into ALLOCATING or RELEASING (and forgets it on the next);
-    a process records itself only while the row is as its compare-and-swap left it, so no record of an
-    earlier transition is ever taken for the current one, whatever its state and token."""
+    """The database marks every transition into ALLOCATING or RELEASING (and forgets it on the next,
+    whoever writes it); the process doing one is recorded in its compare-and-swap's own transaction, so
+    no record of an earlier transition is ever taken for the current one, whatever its state and token."""
     store = await Store.open(store_target)
     repo = await store.ensure_repo("/r", "/pool")
     p1 = WorkerProcess("h", "boot", 4_000_000, 12.5, 3.25)
     p2 = WorkerProcess("h", "boot", 4_000_001, 13.5, None)
-    claimed = await store.claim_new_slot(repo, owner="a", branch="b1", task=None, lease_s=30, pool_max=2)
-    assert claimed is not None
-    mark = await store.worker(claimed)
-    assert mark is not None and (mark.version, mark.state, mark.process) == (claimed.version, claimed.state, None)
-    assert 0 <= mark.age_s < 60, "by the clock that stamped it"
-    assert await store.record_worker(claimed, p1)
-    recorded = await store.worker(claimed)
-    assert recorded is not None and (recorded.version, recorded.process) == (claimed.version, p1)
+
+    async def recorded(slot: Any) -> WorkerProcess | None:
+        mark = await store.worker(slot)
+        assert mark is not None and (mark.version, mark.state) == (slot.version, slot.state)
+        return mark.process
+
+    # A claim by an earlier version (no worker): marked by the database, no process, aged by its clock.
+    bare = await store.claim_new_slot(repo, owner="a", branch="b0", task=None, lease_s=30, pool_max=3)
+    assert bare is not None and await recorded(bare) is None
+    assert 0 <= (await store.worker(bare)).age_s < 60  # type: ignore[union-attr]
+    claimed = await store.claim_new_slot(repo, owner="a", branch="b1", task=None, lease_s=30, pool_max=3, worker=p1)
+    assert claimed is not None and await recorded(claimed) == p1
 
     busy = await store.transition(claimed.id, expect_state=SlotState.ALLOCATING, changes={"state": SlotState.BUSY})
     assert busy is not None and await store.worker(busy) is None, "no transition in flight"
-    assert not await store.record_worker(claimed, p1), "the slot moved on"
-    releasing = await store.transition(busy.id, expect_state=SlotState.BUSY, changes={"state": SlotState.RELEASING})
-    assert releasing is not None and await store.record_worker(releasing, p1)
+    releasing = await store.transition(
+        busy.id, expect_state=SlotState.BUSY, changes={"state": SlotState.RELEASING}, worker=p1
+    )
+    assert releasing is not None and await recorded(releasing) == p1
     renewed = await store.transition(releasing.id, expect_state=SlotState.RELEASING, changes={"lease_expires_at": 9.0})
     assert renewed is not None and (await store.worker(renewed)).process == p1, "its own writes keep it"  # type: ignore[union-attr]
-    # Put back (a git failure) and released again: the same state and token, another transition.
+    # Put back (a git failure) and released again by an earlier version: the same state and token,
+    # another transition, and no record of the first is taken for it.
     back = await store.transition(renewed.id, expect_state=SlotState.RELEASING, changes={"state": SlotState.BUSY})
     assert back is not None
     again = await store.transition(back.id, expect_state=SlotState.BUSY, changes={"state": SlotState.RELEASING})
-    assert again is not None and again.fencing_token == releasing.fencing_token
-    assert (await store.worker(again)).process is None  # type: ignore[union-attr]
-    assert not await store.record_worker(releasing, p2), "a record for the earlier release goes nowhere"
-    # Recorded in the compare-and-swap's own transaction: no moment without it.
-    put_back = await store.transition(again.id, expect_state=SlotState.RELEASING, changes={"state": SlotState.BUSY})
-    assert put_back is not None
-    again = await store.transition(
-        put_back.id, expect_state=SlotState.BUSY, changes={"state": SlotState.RELEASING}, worker=p2
+    assert again is not None and again.fencing_token == releasing.fencing_token and await recorded(again) is None
+    # Taken over under the same owner (a reclaim by the releaser's own agent): nothing the database sees
+    # as a new transition, but the compare-and-swap records its process in place of the earlier one.
+    taken = await store.transition(
+        again.id, expect_state=SlotState.RELEASING, changes={"lease_expires_at": 7.0}, worker=p2
     )
-    assert again is not None and (await store.worker(again)).process == p2  # type: ignore[union-attr]
-    # Taken over (a reclaim: another owner, the state unchanged): a new mark; the first one's record is late.
-    taken = await store.transition(again.id, expect_state=SlotState.RELEASING, changes={"owner": "reclaimer"})
-    assert taken is not None and not await store.record_worker(again, p1)
-    assert await store.record_worker(taken, p2) and (await store.worker(taken)).process == p2  # type: ignore[union-attr]
-    # Taken over under the same owner (a reclaim by the releaser's own agent): no new mark of the
-    # database's, but the new process's record replaces the earlier one, and a late record goes nowhere.
-    same = await store.transition(taken.id, expect_state=SlotState.RELEASING, changes={"lease_expires_at": 7.0})
-    assert same is not None and await store.record_worker(same, p1)
-    assert (await store.worker(same)).process == p1  # type: ignore[union-attr]
-    assert not await store.record_worker(taken, p2)
-    assert await store.transition(taken.id, expect_state=SlotState.RELEASING, delete=True)
+    assert taken is not None and (await store.worker(taken)).process == p2  # type: ignore[union-attr]
+    # A warm claim records its process too.
+    free = await store.transition(taken.id, expect_state=SlotState.RELEASING, changes=freed(time.time()))
+    assert free is not None
+    warm = await store.claim_any_free_slot(
+        repo.id, paths=[free.path], warmest=True, owner="b", branch="b2", task=None, lease_s=30, worker=p2
+    )
+    assert warm is not None and await recorded(warm) == p2
+    assert await store.transition(warm.id, expect_state=SlotState.ALLOCATING, delete=True)
+    assert await store.transition(bare.id, expect_state=SlotState.ALLOCATING, delete=True)
     with raw(store_target) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM slot_workers") == [(0,)], "gone with its slot"
+        assert conn.execute("SELECT COUNT(*) FROM slot_workers") == [(0,)], "gone with their slots"
     await store.close()
 
 
