@@ -73,6 +73,39 @@ _HELD = "('ALLOCATING', 'BUSY', 'RELEASING')"
 # The process doing a transition (records.WorkerProcess), as the claim functions of migration 9 take it.
 _WORKER_PARAMS = "w_host TEXT, w_boot TEXT, w_pid BIGINT, w_create_time DOUBLE PRECISION, w_start_s DOUBLE PRECISION"
 _WORKER_ARGS = "w_host, w_boot, w_pid, w_create_time, w_start_s"
+_CLAIM_ANY_PARAMS = (
+    "p_repo_id BIGINT, p_paths TEXT[], p_warmest BOOLEAN, p_owner TEXT, p_branch TEXT, p_task TEXT,"
+    " p_now DOUBLE PRECISION, p_lease_expires_at DOUBLE PRECISION"
+)
+_CLAIM_ANY_ARGS = "p_repo_id, p_paths, p_warmest, p_owner, p_branch, p_task, p_now, p_lease_expires_at"
+_CLAIM_NEW_PARAMS = (
+    "p_repo_id BIGINT, p_path_prefix TEXT, p_pool_max BIGINT, p_owner TEXT, p_branch TEXT, p_task TEXT,"
+    f" p_now DOUBLE PRECISION, p_lease_expires_at DOUBLE PRECISION, {_EVENT_PARAMS}"
+)
+_CLAIM_NEW_ARGS = (
+    f"p_repo_id, p_path_prefix, p_pool_max, p_owner, p_branch, p_task, p_now, p_lease_expires_at, {_EVENT_ARGS}"
+)
+
+
+def _recording_claim(claim: str, params: str, args: str) -> str:
+    """`claim` (a claim function of migration 8) with the process doing it as more parameters, recorded
+    in the same transaction (migration 9); the original stays for servers of the previous version."""
+    return f"""
+    CREATE FUNCTION {claim}({params}, {_WORKER_PARAMS})
+    RETURNS TABLE (o_tag TEXT, o_slot slots) LANGUAGE plpgsql AS $$
+    DECLARE
+        v_row RECORD;
+    BEGIN
+        FOR v_row IN SELECT * FROM {claim}({args}) LOOP
+            o_tag := v_row.o_tag;
+            o_slot := v_row.o_slot;
+            IF o_tag = 'claimed' THEN
+                PERFORM agent_coord_record_worker(o_slot, p_now, {_WORKER_ARGS});
+            END IF;
+            RETURN NEXT;
+        END LOOP;
+    END $$;
+    """  # noqa: S608 (names and parameter lists of this module, no value)
 
 
 def _int(condition: str) -> str:
@@ -595,39 +628,7 @@ PG_MIGRATIONS: tuple[str, ...] = (
                 host = excluded.host, boot_id = excluded.boot_id, pid = excluded.pid,
                 create_time = excluded.create_time, start_s = excluded.start_s
     $$;
-    CREATE FUNCTION agent_coord_claim_any(p_repo_id BIGINT, p_paths TEXT[], p_warmest BOOLEAN, p_owner TEXT,
-        p_branch TEXT, p_task TEXT, p_now DOUBLE PRECISION, p_lease_expires_at DOUBLE PRECISION,
-        {_WORKER_PARAMS})
-    RETURNS TABLE (o_tag TEXT, o_slot slots) LANGUAGE plpgsql AS $$
-    DECLARE
-        v_row RECORD;
-    BEGIN
-        FOR v_row IN SELECT * FROM agent_coord_claim_any(p_repo_id, p_paths, p_warmest, p_owner, p_branch,
-                p_task, p_now, p_lease_expires_at) LOOP
-            o_tag := v_row.o_tag;
-            o_slot := v_row.o_slot;
-            IF o_tag = 'claimed' THEN
-                PERFORM agent_coord_record_worker(o_slot, p_now, {_WORKER_ARGS});
-            END IF;
-            RETURN NEXT;
-        END LOOP;
-    END $$;
-    CREATE FUNCTION agent_coord_claim_new(p_repo_id BIGINT, p_path_prefix TEXT, p_pool_max BIGINT, p_owner TEXT,
-        p_branch TEXT, p_task TEXT, p_now DOUBLE PRECISION, p_lease_expires_at DOUBLE PRECISION,
-        {_EVENT_PARAMS}, {_WORKER_PARAMS})
-    RETURNS TABLE (o_tag TEXT, o_slot slots) LANGUAGE plpgsql AS $$
-    DECLARE
-        v_row RECORD;
-    BEGIN
-        FOR v_row IN SELECT * FROM agent_coord_claim_new(p_repo_id, p_path_prefix, p_pool_max, p_owner,
-                p_branch, p_task, p_now, p_lease_expires_at, {_EVENT_ARGS}) LOOP
-            o_tag := v_row.o_tag;
-            o_slot := v_row.o_slot;
-            IF o_tag = 'claimed' THEN
-                PERFORM agent_coord_record_worker(o_slot, p_now, {_WORKER_ARGS});
-            END IF;
-            RETURN NEXT;
-        END LOOP;
-    END $$;
+    {_recording_claim("agent_coord_claim_any", _CLAIM_ANY_PARAMS, _CLAIM_ANY_ARGS)}
+    {_recording_claim("agent_coord_claim_new", _CLAIM_NEW_PARAMS, _CLAIM_NEW_ARGS)}
     """,  # noqa: S608
 )

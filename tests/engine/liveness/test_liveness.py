@@ -23,6 +23,7 @@ from agent_coord.engine.liveness.judge import Identity, judge, process_state, se
 from agent_coord.engine.store.records import Agent, SlotState
 from tests.agent_proc import MIN_WAIT_S, events, query, set_agent, start_server, stop_servers, wait_for
 from tests.conftest import server_params
+from tests.engine.store.test_host_writer_lock import lock_is_free
 
 pytestmark = pytest.mark.anyio
 
@@ -355,19 +356,8 @@ async def suspend_outside_a_write(proc: psutil.Process, db: Path) -> None:
 
 
 def writes_are_free(db: Path) -> bool:
-    import fcntl
-
-    writer = Path(f"{db}-writer")
-    if writer.exists():
-        fd = os.open(writer, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+    if Path(f"{db}-writer").exists() and not lock_is_free(db):
+        return False
     conn = sqlite3.connect(db, timeout=0)
     try:
         conn.execute("BEGIN IMMEDIATE")
