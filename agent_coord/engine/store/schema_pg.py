@@ -87,19 +87,35 @@ _CLAIM_NEW_ARGS = (
 )
 
 
-def _recording_claim(claim: str, params: str, args: str) -> str:
-    """`claim` (a claim function of migration 8) with the process doing it as more parameters, recorded
-    in the same transaction (migration 9); the original stays for servers of the previous version."""
+_TRANSITION_PARAMS = (
+    "p_id TEXT, p_states TEXT[], p_token BIGINT, p_version BIGINT, p_delete BOOLEAN, p_set TEXT[], p_state TEXT,"
+    " p_owner TEXT, p_branch TEXT, p_fencing_token BIGINT, p_lease_expires_at DOUBLE PRECISION,"
+    " p_since DOUBLE PRECISION, p_released_at DOUBLE PRECISION, p_task TEXT, p_rescue_ref TEXT,"
+    f" p_setup_done INTEGER, p_now DOUBLE PRECISION, {_EVENT_PARAMS}"
+)
+_TRANSITION_ARGS = (
+    "p_id, p_states, p_token, p_version, p_delete, p_set, p_state, p_owner, p_branch, p_fencing_token,"
+    f" p_lease_expires_at, p_since, p_released_at, p_task, p_rescue_ref, p_setup_done, p_now, {_EVENT_ARGS}"
+)
+# The row of a claim's or transition's answer that begins a transition in flight.
+_CLAIMED = "o_tag = 'claimed'"
+_INTO_FLIGHT = "o_tag = 'after' AND (o_slot).state IN ('ALLOCATING', 'RELEASING')"
+
+
+def _recording(fn: str, params: str, args: str, begins: str) -> str:
+    """`fn` (a claim or transition function of migration 8) with the process doing the transition it
+    begins (the answer's row where `begins`) as more parameters, recorded in the same transaction
+    (migration 9); the original stays for servers of the previous version."""
     return f"""
-    CREATE FUNCTION {claim}({params}, {_WORKER_PARAMS})
+    CREATE FUNCTION {fn}({params}, {_WORKER_PARAMS})
     RETURNS TABLE (o_tag TEXT, o_slot slots) LANGUAGE plpgsql AS $$
     DECLARE
         v_row RECORD;
     BEGIN
-        FOR v_row IN SELECT * FROM {claim}({args}) LOOP
+        FOR v_row IN SELECT * FROM {fn}({args}) LOOP
             o_tag := v_row.o_tag;
             o_slot := v_row.o_slot;
-            IF o_tag = 'claimed' THEN
+            IF {begins} THEN
                 PERFORM agent_coord_record_worker(o_slot, p_now, {_WORKER_ARGS});
             END IF;
             RETURN NEXT;
@@ -628,7 +644,8 @@ PG_MIGRATIONS: tuple[str, ...] = (
                 host = excluded.host, boot_id = excluded.boot_id, pid = excluded.pid,
                 create_time = excluded.create_time, start_s = excluded.start_s
     $$;
-    {_recording_claim("agent_coord_claim_any", _CLAIM_ANY_PARAMS, _CLAIM_ANY_ARGS)}
-    {_recording_claim("agent_coord_claim_new", _CLAIM_NEW_PARAMS, _CLAIM_NEW_ARGS)}
+    {_recording("agent_coord_claim_any", _CLAIM_ANY_PARAMS, _CLAIM_ANY_ARGS, _CLAIMED)}
+    {_recording("agent_coord_claim_new", _CLAIM_NEW_PARAMS, _CLAIM_NEW_ARGS, _CLAIMED)}
+    {_recording("agent_coord_transition", _TRANSITION_PARAMS, _TRANSITION_ARGS, _INTO_FLIGHT)}
     """,  # noqa: S608
 )

@@ -262,23 +262,23 @@ class SlotTransitions(_Tables):
 
         values = {k: (v.value if isinstance(v, SlotState) else v) for k, v in (changes or {}).items()}
         pg = self._pg()
-        if pg is None or worker is not None or set(values) - SLOT_COLUMNS:
-            # Unknown columns: the Python path says which. A worker: recorded in the same transaction.
+        if pg is None or set(values) - SLOT_COLUMNS:  # unknown columns: the Python path says which
             return await self._conn.write(tx, quick=True)
-        rows = await pg.call(
-            PG_TRANSITION,
-            (
-                slot_id,
-                [s.value for s in states],
-                expect_token,
-                expect_version,
-                delete,
-                list(values),
-                *(_value(values.get(column)) for column in SLOT_COLUMN_ORDER),
-                now,
-                *pg_event_arrays(events),
-            ),
+        args = (
+            slot_id,
+            [s.value for s in states],
+            expect_token,
+            expect_version,
+            delete,
+            list(values),
+            *(_value(values.get(column)) for column in SLOT_COLUMN_ORDER),
+            now,
+            *pg_event_arrays(events),
         )
+        if worker is None:
+            rows = await pg.call(PG_TRANSITION, args)
+        else:
+            rows = await pg.call(PG_TRANSITION_BY, (*args, *_worker_args(worker)))
         if not rows:
             return None
         before = _slot(rows[0])
@@ -383,6 +383,7 @@ PG_TRANSITION = (
     " %s::text, %s::text, %s::integer, %s::float8,"
     " %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::bigint[], %s::text[])"
 )
+PG_TRANSITION_BY = PG_TRANSITION[:-1] + "," + _WORKER_CASTS + ")"
 
 
 def _value(v: Any) -> Any:
