@@ -365,9 +365,11 @@ def main() -> None:
             variants.append((SERVER_MODULE, None, Path(args.against).resolve()))
         if cluster is not None:
             variants.append((SERVER_MODULE, "postgresql", ROOT))
+            if args.against:  # the other tree on PostgreSQL too: a before/after of the PostgreSQL store
+                variants.append((SERVER_MODULE, "postgresql", Path(args.against).resolve()))
         runs = [(n, v) for n in counts for v in (variants if n % 2 == 0 else list(reversed(variants)))]
-        for n, (module, engine, tree) in runs:
-            url = cluster.create_database(f"e2e_{n}") if cluster is not None and engine else None
+        for i, (n, (module, engine, tree)) in enumerate(runs):
+            url = cluster.create_database(f"e2e_{n}_{i}") if cluster is not None and engine else None
             r = bench_n(n, repo, tmp, cold_rounds, warm_rounds, args.jitter, module, url, tree)
             per_n.append(r)
             errors = len(r["cold"]["errors"]) + len(r["warm"]["errors"])
