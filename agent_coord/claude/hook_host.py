@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         logger.exception("hook host %d stopped", os.getpid())
         with contextlib.suppress(OSError):
+            # O_TRUNC on a file that exists sets its time too: the back-off starts now either way.
             os.close(os.open(failed, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600))
-            os.utime(failed)
         return 1
     logger.info("hook host %d: %s, exiting", os.getpid(), why)
     return 0

@@ -232,16 +232,8 @@ class Coordinator(OverEngine):
         validation would at its next pass: otherwise the agent carrying on here is refused its own
         branch (BRANCH_CONFLICT) by its own half-made claim. One judged by the process doing it, never
         by the agent's other processes (a session's other hooks may be allocating right now)."""
-        in_flight = [
-            s
-            for s in await self.store.slots()
-            if s.owner == self.agent_id and s.state in (SlotState.ALLOCATING, SlotState.RELEASING)
-        ]
         me = self.identity
-        for s in in_flight:
-            worker = await self.store.worker(s)
-            if worker is None or worker.process is None:
-                continue  # judged by validation (its grace for a record about to be written)
+        for s, worker in await self.store.recorded_in_flight(self.agent_id):
             gone = await anyio.to_thread.run_sync(partial(worker_gone, worker, host=me.host, boot=me.boot_id))
             if gone is None:
                 continue

@@ -59,6 +59,17 @@ def grant_mark(fencing_token: int) -> str:
     return f"[grant {fencing_token}]"
 
 
+def rescue_subject(name: str, branch: str | None, fencing_token: int | None, reason: str) -> str:
+    """A rescue commit's message: 'agent-coord rescue of <slot> (<branch>) [grant N]: <reason>'."""
+    grant = f" {grant_mark(fencing_token)}" if fencing_token is not None else ""
+    return f"agent-coord rescue of {name} ({branch or 'detached'}){grant}: {reason}"
+
+
+def of_grant(subject: str, fencing_token: int) -> bool:
+    """Is `subject` (a rescue commit's first line) the rescue of grant `fencing_token`'s work?"""
+    return subject.split(": ", 1)[0].endswith(f" {grant_mark(fencing_token)}")
+
+
 async def save_work(
     git: GitDriver,
     store: Store,
@@ -76,8 +87,7 @@ async def save_work(
     name = who.slot_id or (Path(where.path).name if isinstance(where, GoneWorktree) else where.name)
     # The grant's fencing token in the subject: a ref whose event was never written (the process died
     # between the two) is still found as this grant's (release/ended.py).
-    grant = f" {grant_mark(who.fencing_token)}" if who.fencing_token is not None else ""
-    message = f"agent-coord rescue of {name} ({who.branch or 'detached'}){grant}: {reason}"
+    message = rescue_subject(name, who.branch, who.fencing_token, reason)
     if isinstance(where, GoneWorktree):
         ref = await git.free_rescue_ref(where.repo, who.branch, name)
         saved = await rescue_index(git, where.repo, where.index_file, where.head, ref, message)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from agent_coord.engine.errors import CoordError, ErrorCode
 from agent_coord.engine.git.driver import RESCUE_NAMESPACE, GitDriver, GitError
-from agent_coord.engine.reclaim.rescue import grant_mark
+from agent_coord.engine.reclaim.rescue import of_grant
+from agent_coord.engine.repos import RepoResolver
 from agent_coord.engine.store import Store
 from agent_coord.engine.store.records import Action, Event
 
@@ -39,37 +40,37 @@ def describe_end(event: Event, rescued: list[str] | None = None) -> str:
     return f"the allocation of {what} ended at {when}: {how}{saved}"
 
 
-async def why_ended(store: Store, event: Event, git: GitDriver) -> str:
+async def why_ended(store: Store, repos: RepoResolver, git: GitDriver, event: Event) -> str:
     rescued = await store.rescue_refs(event.fencing_token) if event.fencing_token is not None else []
-    unlogged = await _unlogged_rescues(store, event, git, set(rescued))
+    unlogged = await _unlogged_rescues(repos, git, event, set(rescued))
     # In the order they were saved (a ref's last part is its UTC time, to the millisecond).
     return describe_end(event, sorted([*rescued, *unlogged], key=lambda ref: ref.rsplit("/", 1)[-1]))
 
 
-async def ended_error(store: Store, event: Event, git: GitDriver) -> CoordError:
-    return CoordError(ErrorCode.ALLOCATION_ENDED, await why_ended(store, event, git))
+async def ended_error(store: Store, repos: RepoResolver, git: GitDriver, event: Event) -> CoordError:
+    return CoordError(ErrorCode.ALLOCATION_ENDED, await why_ended(store, repos, git, event))
 
 
-async def _unlogged_rescues(store: Store, event: Event, git: GitDriver, logged: set[str]) -> list[str]:
+async def _unlogged_rescues(repos: RepoResolver, git: GitDriver, event: Event, logged: set[str]) -> list[str]:
     """Rescue refs of the ended grant that no event names: a reclaim or release killed between saving
     the work and logging it (its redo saved the same work again, and logged that). Found by the grant's
     mark in the rescue commit's subject (reclaim/rescue.py); best effort, git's answer or nothing."""
     if event.fencing_token is None or event.repo_id is None:
         return []
-    repo = next((r for r in await store.repos() if r.id == event.repo_id), None)
-    if repo is None:
+    try:
+        repo = await repos.by_id(event.repo_id)  # this host's clone only: another host's refs are its own
+    except CoordError:
         return []
+    # The directory `rescue_ref_name` saves a branch's (or a slot's) rescues under.
     prefix = f"{RESCUE_NAMESPACE}/{event.branch or event.worktree_id}/"
     try:
         out = await git.run(Path(repo.path), "for-each-ref", "--format=%(refname)%09%(contents:subject)", prefix)
     except (GitError, OSError):
         return []
-    mark = grant_mark(event.fencing_token)
     found = []
     for line in out.splitlines():
         ref, _, subject = line.partition("\t")
-        # "agent-coord rescue of <slot> (<branch>) [grant N]: <reason>" (refs hold no ':')
-        if ref not in logged and subject.split(": ", 1)[0].endswith(f" {mark}"):
+        if ref not in logged and of_grant(subject, event.fencing_token):
             found.append(ref)
     return found
 

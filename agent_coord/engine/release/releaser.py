@@ -311,7 +311,7 @@ class Releaser(OverEngine):
             known = [e for e in ends if e is not None]
             event = max(known, key=lambda e: e.id) if known else None
         if event is not None:
-            raise await ended_error(self.store, event, self.git)
+            raise await ended_error(self.store, self.repos, self.git, event)
 
     async def ended_allocations(self) -> list[str]:
         """What became of the allocations this server was granted that another hand ended since (a
@@ -326,9 +326,10 @@ class Releaser(OverEngine):
                 continue
             self.ctx.granted.forget(slot_id)
             event = await self.store.last_end(worktree_id=slot_id)
-            told.append(
-                await why_ended(self.store, event, self.git) if event else f"your allocation of {slot_id} ended"
-            )
+            if event is None:
+                told.append(f"your allocation of {slot_id} ended")
+            else:
+                told.append(await why_ended(self.store, self.repos, self.git, event))
         return told
 
     async def _settled(self, slot: Slot) -> None:
@@ -354,7 +355,7 @@ class Releaser(OverEngine):
         if ended_for(event, self.me, held_here=slot.id in self.ctx.granted):
             assert event is not None
             self.ctx.granted.forget(slot.id)
-            raise await ended_error(self.store, event, self.git)
+            raise await ended_error(self.store, self.repos, self.git, event)
 
     async def release(
         self,

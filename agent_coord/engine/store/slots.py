@@ -294,20 +294,27 @@ class SlotTransitions(_Tables):
         None for a transition marked before this table existed."""
 
         def tx(conn: Db) -> SlotWorker | None:
-            # Its age by the clock that stamped it (the database server's, on PostgreSQL).
-            now = "extract(epoch FROM clock_timestamp())" if is_postgres(conn) else SQLITE_NOW
             row = conn.execute(
-                f"SELECT version, state, {now} - since, host, boot_id, pid, create_time, start_s"  # noqa: S608
-                " FROM slot_workers WHERE slot_id = ?",
+                f"SELECT s.state, {_worker_columns(conn)} FROM slots s JOIN slot_workers w ON w.slot_id = s.id"  # noqa: S608
+                " WHERE s.id = ?",
                 (slot.id,),
             ).fetchone()
-            if row is None or row[1] != slot.state.value:
-                return None
-            process = None
-            if row[5] is not None:
-                start_s = None if row[7] is None else float(row[7])
-                process = WorkerProcess(str(row[3]), str(row[4]), int(row[5]), float(row[6]), start_s)
-            return SlotWorker(slot.id, int(row[0]), slot.state, float(row[2]), process)
+            return _worker(row, slot) if row is not None and row["state"] == slot.state.value else None
+
+        return await self._conn.read(tx, quick=True)
+
+    async def recorded_in_flight(self, owner: str) -> list[tuple[Slot, SlotWorker]]:
+        """`owner`'s slots in ALLOCATING or RELEASING whose process doing it is recorded, with it: one read."""
+
+        def tx(conn: Db) -> list[tuple[Slot, SlotWorker]]:
+            rows = conn.execute(
+                f"SELECT s.*, {_worker_columns(conn)} FROM slots s JOIN slot_workers w ON w.slot_id = s.id"  # noqa: S608
+                " AND w.state = s.state WHERE s.owner = ? AND s.state IN ('ALLOCATING', 'RELEASING')"
+                " AND w.pid IS NOT NULL ORDER BY s.id",
+                (owner,),
+            ).fetchall()
+            slots = [_slot(row) for row in rows]
+            return [(slot, _worker(row, slot)) for row, slot in zip(rows, slots, strict=True)]
 
         return await self._conn.read(tx, quick=True)
 
@@ -399,6 +406,26 @@ def pg_event_arrays(drafts: Sequence[EventDraft | None]) -> list[list[Any]]:
     columns: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(9)]
     columns[6] = [None if d is None else float(d) for d in columns[6]]  # one element type: int and float mixed
     return columns
+
+
+def _worker_columns(conn: Db) -> str:
+    """A slot's mark and recorded process (`w`), aliased; its age by the clock that stamped it (the
+    database server's, on PostgreSQL)."""
+    now = "extract(epoch FROM clock_timestamp())" if is_postgres(conn) else SQLITE_NOW
+    return (
+        f"w.version AS w_version, {now} - w.since AS w_age, w.host AS w_host, w.boot_id AS w_boot,"
+        " w.pid AS w_pid, w.create_time AS w_create_time, w.start_s AS w_start_s"
+    )
+
+
+def _worker(row: Any, slot: Slot) -> SlotWorker:
+    process = None
+    if row["w_pid"] is not None:
+        start_s = None if row["w_start_s"] is None else float(row["w_start_s"])
+        process = WorkerProcess(
+            str(row["w_host"]), str(row["w_boot"]), int(row["w_pid"]), float(row["w_create_time"]), start_s
+        )
+    return SlotWorker(slot.id, int(row["w_version"]), slot.state, float(row["w_age"]), process)
 
 
 def _worker_args(process: WorkerProcess) -> tuple[Any, ...]:
